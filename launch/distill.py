@@ -1,0 +1,97 @@
+r"""Distils a TF-Serving-served teacher into a compact student with FS-BBT.
+
+With no flags it runs the paper's Fashion-MNIST setting: it trains a LeNet-5 teacher into the work
+dir (if none is there), serves it on a free loopback port, and distils LeNet-5-half from N = 2000
+unlabeled images, 43,200 MixUp and 4,800 CVAE images.
+
+  python launch/distill.py --workdir=/tmp/tfkd_fashion
+  python launch/distill.py --teacher=teacher-host:8500 --teacher_model_name=my_model
+"""
+
+import dataclasses
+
+import _common  # noqa: F401  (sys.path and TF log level)
+from absl import app
+from absl import flags
+from absl import logging
+
+from tfkd import data
+from tfkd import distill
+from tfkd import pipeline
+from tfkd import synthesis
+
+flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
+                    "exported student, report.json. A rerun on the same dir resumes.")
+flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
+flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debian package, then "
+                    "keras.datasets.")
+flags.DEFINE_integer("seed", 0, "Seed for sampling, synthesis and training.")
+flags.DEFINE_integer("num_shots", 2000, "N: unlabeled real images, balanced over classes.")
+flags.DEFINE_string("teacher", "", "host:port of a running TF Serving server; empty: train a "
+                    "teacher into the work dir if none is there and serve it locally.")
+flags.DEFINE_string("teacher_model_name", "teacher", "The teacher's model name (model spec).")
+flags.DEFINE_integer("teacher_version", None, "Pin a teacher version; default: the latest.")
+flags.DEFINE_string("teacher_signature", "serving_default", "The teacher's signature name.")
+flags.DEFINE_enum("teacher_architecture", "lenet5", ["lenet5"], "Teacher trained when --teacher "
+                  "is empty.")
+flags.DEFINE_integer("teacher_epochs", 20, "Epochs of the locally trained teacher.")
+flags.DEFINE_integer("num_mixup", 43_200, "MixUp images (kept pairs).")
+flags.DEFINE_float("mixup_alpha", 1.0, "MixUp λ ~ Beta(α, α).")
+flags.DEFINE_integer("num_cvae", 4_800, "CVAE images, equal per class.")
+flags.DEFINE_integer("cvae_epochs", 200, "CVAE training epochs.")
+flags.DEFINE_integer("cvae_latent_dim", 2, "CVAE latent size.")
+flags.DEFINE_enum("student_architecture", "lenet5_half", ["lenet5_half", "lenet5"], "Student.")
+flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
+flags.DEFINE_integer("batch_size", 64, "Student batch size per replica.")
+flags.DEFINE_float("learning_rate", 1e-3, "Student Adam learning rate.")
+flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entropy to the teacher's "
+                  "probabilities (FS-BBT); kd: temperature-scaled KD.")
+flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
+flags.DEFINE_float("train_mixup_alpha", 1.0, "Training-time MixUp α; 0 disables.")
+flags.DEFINE_integer("eval_examples", 0, "Test images for the accuracies; 0: the full test set.")
+flags.DEFINE_bool("evaluate_teacher", True, "Also measure the teacher's test accuracy over gRPC.")
+flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bars, 2 one line/epoch.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> pipeline.FSBBTConfig:
+    if FLAGS.num_shots <= 0:
+        raise app.UsageError(f"--num_shots must be positive, got {FLAGS.num_shots}")
+    for name in ("num_mixup", "num_cvae", "teacher_epochs", "cvae_epochs"):
+        if getattr(FLAGS, name) < 0:
+            raise app.UsageError(f"--{name} must be >= 0, got {getattr(FLAGS, name)}")
+    if FLAGS.student_epochs <= 0:
+        raise app.UsageError(f"--student_epochs must be positive, got {FLAGS.student_epochs}")
+    if FLAGS.teacher and ":" not in FLAGS.teacher:
+        raise app.UsageError(f"--teacher must be host:port, got {FLAGS.teacher!r}")
+    return pipeline.FSBBTConfig(
+        workdir=FLAGS.workdir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed,
+        num_shots=FLAGS.num_shots, teacher=FLAGS.teacher,
+        teacher_model_name=FLAGS.teacher_model_name, teacher_version=FLAGS.teacher_version,
+        teacher_signature=FLAGS.teacher_signature,
+        teacher_train=pipeline.TeacherTrainConfig(architecture=FLAGS.teacher_architecture,
+                                                  epochs=FLAGS.teacher_epochs),
+        mixup=synthesis.MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha),
+        cvae=dataclasses.replace(synthesis.CVAEConfig(), num_images=FLAGS.num_cvae,
+                                 epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim),
+        student=distill.StudentConfig(
+            architecture=FLAGS.student_architecture, epochs=FLAGS.student_epochs,
+            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, loss=FLAGS.loss,
+            temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha),
+        eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
+        verbose=FLAGS.verbose)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = config_from_flags()
+    _common.write_flags_json(flags, config.workdir)
+    report = pipeline.run_fsbbt(config)
+    logging.info("Report: %s/report.json", config.workdir)
+    print(pipeline.format_report_table(report), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

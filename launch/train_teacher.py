@@ -1,0 +1,43 @@
+r"""Trains a teacher on a dataset's full training set and exports it in TF Serving's layout.
+
+  python launch/train_teacher.py --export_base=/tmp/models/teacher
+  python launch/serve.py --model_name=teacher --model_base_path=/tmp/models/teacher
+"""
+
+import _common  # noqa: F401
+from absl import app
+from absl import flags
+
+from tfkd import data
+from tfkd import pipeline
+
+flags.DEFINE_string("export_base", "/tmp/tfkd_models/teacher", "Servable base path; the model goes "
+                    "to <export_base>/<next version>/.")
+flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
+flags.DEFINE_string("data_dir", None, "Directory of IDX files (optional).")
+flags.DEFINE_enum("architecture", "lenet5", ["lenet5", "lenet5_half"], "Teacher architecture.")
+flags.DEFINE_integer("epochs", 20, "Training epochs.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_integer("verbose", 1, "Keras verbosity.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.epochs <= 0:
+        raise app.UsageError(f"--epochs must be positive, got {FLAGS.epochs}")
+    dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    result = pipeline.train_and_export_teacher(
+        dataset, pipeline.TeacherTrainConfig(FLAGS.architecture, FLAGS.epochs, FLAGS.batch_size,
+                                             FLAGS.learning_rate),
+        FLAGS.export_base, FLAGS.seed, FLAGS.verbose)
+    print(f"test_accuracy={result['test_accuracy']:.4f} export_dir={result['export_dir']}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

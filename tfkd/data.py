@@ -1,0 +1,250 @@
+"""Datasets, their sources, few-shot sampling and `tf.data` pipelines.
+
+Every image array this module hands out is float32 NHWC with values in [0, 1]; every label array is
+int64 of shape [n] with values in [0, num_classes).
+
+Sources, in order (issue 2):
+  1. an explicit ``data_dir`` holding the four IDX files (``train-images-idx3-ubyte[.gz]`` ...),
+  2. the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``),
+  3. ``keras.datasets`` (downloads when online; offline it fails with :class:`DatasetUnavailableError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+from typing import Callable
+
+import numpy as np
+
+DEBIAN_DATA_DIRS = {
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+    "mnist": "/usr/share/datasets/mnist",
+}
+
+_IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+    "mnist": tuple(str(i) for i in range(10)),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"),
+}
+
+
+class DatasetUnavailableError(RuntimeError):
+    """Raised when no source of a dataset can be read (no data dir, no Debian package, offline)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A labelled image-classification dataset held in memory.
+
+    Attributes:
+      name: dataset name, e.g. ``"fashion_mnist"``.
+      x_train: float32 [n_train, H, W, C] in [0, 1].
+      y_train: int64 [n_train] in [0, num_classes).
+      x_test: float32 [n_test, H, W, C] in [0, 1].
+      y_test: int64 [n_test].
+      num_classes: number of classes.
+      source: where it was read from (a directory or ``"keras.datasets"``).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return CLASS_NAMES.get(self.name, tuple(str(i) for i in range(self.num_classes)))
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """Reads one IDX file (optionally gzip-compressed) into a numpy array of its stored dtype."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
+    type_code, ndim = raw[2], raw[3]
+    if type_code != 0x08:
+        raise ValueError(f"{path}: expected unsigned-byte IDX data (type 0x08), got type {type_code:#x}")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} ({np.prod(dims)} values), file holds {data.size}")
+    return data.reshape(dims)
+
+
+def _find_idx(data_dir: str, stem: str) -> str | None:
+    for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        path = os.path.join(data_dir, candidate)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def load_idx_dir(data_dir: str) -> dict[str, np.ndarray]:
+    """Loads the four MNIST-layout IDX files of ``data_dir``.
+
+    Returns:
+      dict with uint8 ``x_train`` [n, 28, 28], ``y_train`` [n], ``x_test``, ``y_test``.
+
+    Raises:
+      DatasetUnavailableError: a file is missing.
+    """
+    arrays = {}
+    for key, stem in _IDX_FILES.items():
+        path = _find_idx(data_dir, stem)
+        if path is None:
+            raise DatasetUnavailableError(
+                f"data_dir={data_dir!r}: expected IDX file {stem}[.gz] there, found "
+                f"{sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else 'no such directory'}")
+        arrays[key] = _read_idx(path)
+    return arrays
+
+
+def _from_uint8(name: str, arrays: dict[str, np.ndarray], num_classes: int, source: str) -> Dataset:
+    def images(x):
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[..., None]
+        return (x.astype(np.float32) / 255.0)
+
+    return Dataset(
+        name=name,
+        x_train=images(arrays["x_train"]),
+        y_train=np.asarray(arrays["y_train"]).reshape(-1).astype(np.int64),
+        x_test=images(arrays["x_test"]),
+        y_test=np.asarray(arrays["y_test"]).reshape(-1).astype(np.int64),
+        num_classes=num_classes,
+        source=source,
+    )
+
+
+def _keras_loader(name: str) -> Callable[[], tuple]:
+    import keras  # Imported lazily: reading IDX files needs no TensorFlow.
+
+    return {
+        "fashion_mnist": keras.datasets.fashion_mnist.load_data,
+        "mnist": keras.datasets.mnist.load_data,
+        "cifar10": keras.datasets.cifar10.load_data,
+        "cifar100": keras.datasets.cifar100.load_data,
+    }[name]
+
+
+SUPPORTED_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+_NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Loads a dataset from the first source that has it (see module docstring).
+
+    Args:
+      name: one of ``SUPPORTED_DATASETS``.
+      data_dir: optional directory of IDX files (MNIST layout); tried first when given.
+
+    Returns:
+      A :class:`Dataset` with float32 images in [0, 1], NHWC, and int64 labels.
+
+    Raises:
+      ValueError: unknown ``name``.
+      DatasetUnavailableError: ``data_dir`` was given but lacks the files, or no source could be read
+        (for example offline, with no local copy).
+    """
+    if name not in SUPPORTED_DATASETS:
+        raise ValueError(f"dataset={name!r}: expected one of {SUPPORTED_DATASETS}")
+    num_classes = _NUM_CLASSES[name]
+    if data_dir:
+        return _from_uint8(name, load_idx_dir(data_dir), num_classes, source=data_dir)
+    debian = DEBIAN_DATA_DIRS.get(name)
+    if debian and os.path.isdir(debian):
+        return _from_uint8(name, load_idx_dir(debian), num_classes, source=debian)
+    try:
+        (x_train, y_train), (x_test, y_test) = _keras_loader(name)()
+    except Exception as e:  # Offline: urllib errors, wrapped by keras in various ways.
+        hint = (" or `apt-get install -y dataset-fashion-mnist`" if name == "fashion_mnist" else "")
+        raise DatasetUnavailableError(
+            f"dataset={name!r}: no local copy (data_dir not given"
+            f"{', no ' + debian if debian else ''}) and keras.datasets could not download it "
+            f"({type(e).__name__}: {str(e)[:200]}). Run on a machine that is online, pass "
+            f"--data_dir with the IDX files{hint}.") from e
+    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return _from_uint8(name, arrays, num_classes, source="keras.datasets")
+
+
+def few_shot_indices(labels: np.ndarray, num_shots: int, num_classes: int, seed: int,
+                     balanced: bool = True) -> np.ndarray:
+    """Picks the indices of the N few-shot images (FS-BBT §4.1: 200 per class, N = 2000).
+
+    The choice depends on the labels only through *which images share a class*, never on the label
+    values: a seeded permutation of all images is walked and an image is kept while its class has
+    fewer than N / num_classes kept. Renaming the classes by any bijection picks the same images,
+    which is what the test that the method never sees true labels relies on.
+
+    Args:
+      labels: int [n] class ids of the pool.
+      num_shots: N, the number of images to pick; with ``balanced`` a multiple of ``num_classes``.
+      num_classes: number of classes.
+      seed: the sampling seed.
+      balanced: N / num_classes per class if True, else a uniform sample of the pool.
+
+    Returns:
+      int64 [N] indices into the pool, sorted.
+
+    Raises:
+      ValueError: N not positive, not divisible by ``num_classes`` when balanced, or a class with too
+        few images.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if num_shots <= 0 or num_shots > labels.size:
+        raise ValueError(f"num_shots={num_shots}: expected 1..{labels.size} (the pool size)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(labels.size)
+    if not balanced:
+        return np.sort(order[:num_shots]).astype(np.int64)
+    if num_shots % num_classes:
+        raise ValueError(f"num_shots={num_shots}: expected a multiple of num_classes={num_classes} "
+                         "for a balanced sample (or pass balanced=False)")
+    per_class = num_shots // num_classes
+    ordered = labels[order]
+    # Rank of each image within its class, in permutation order (vectorised cumcount).
+    sort = np.argsort(ordered, kind="stable")
+    sorted_labels = ordered[sort]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.empty_like(sort)
+    rank[sort] = np.arange(sort.size) - starts
+    keep = order[rank < per_class]
+    counts = np.bincount(labels[keep], minlength=num_classes)
+    if keep.size != num_shots:
+        raise ValueError(f"num_shots={num_shots}: the pool has too few images of some class "
+                         f"(picked per class: {counts.tolist()})")
+    return np.sort(keep).astype(np.int64)
+
+
+def classification_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int,
+                           shuffle: bool = False, seed: int = 0, drop_remainder: bool = False):
+    """A batched `tf.data.Dataset` of (images float32 [b,H,W,C], targets) from in-memory arrays."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, targets))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,180 @@
+"""Student training on teacher soft labels, inside a `tf.distribute` strategy.
+
+Losses (as `keras.losses.Loss` objects, so that they scale correctly under `tf.distribute`):
+
+* ``soft_ce``: cross-entropy between the teacher's soft labels p_t and the student's softmax, the
+  FS-BBT default: L = -Σ_k p_t,k log softmax(z_s)_k.
+* ``kd``: Hinton et al. (2015) temperature-scaled distillation: L = T² · CE(p_t^(T), softmax(z_s / T)),
+  where p_t^(T) ∝ p_t^(1/T) is the teacher's distribution at temperature T (equal to softmax(z_t / T)
+  when the teacher's logits z_t are not available, as for a black box).
+
+Training-time MixUp (Zhang et al. 2018; the FS-BBT code, α = 1) interpolates images *and their stored
+soft labels*: it sends no new teacher queries. Rotation and shift augmentation use Keras preprocessing
+layers inside the `tf.data` pipeline, batched (no per-image Python loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfkd import models
+
+LOSSES = ("soft_ce", "kd")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """How the student is trained.
+
+    Attributes:
+      architecture: a name in :data:`tfkd.models.MODELS`.
+      epochs, batch_size, learning_rate: Adam training (batch_size per replica).
+      loss: one of ``LOSSES``; temperature: T for ``kd`` (ignored by ``soft_ce``).
+      mixup_alpha: training-time MixUp λ ~ Beta(α, α) per example; 0 disables.
+      rotation_degrees: random rotation up to ± this many degrees; 0 disables.
+      shift_fraction: random shifts up to ± this fraction of height and width; 0 disables.
+      steps_per_execution: Keras' steps per compiled call (per-step overhead).
+    """
+
+    architecture: str = "lenet5_half"
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    loss: str = "soft_ce"
+    temperature: float = 1.0
+    mixup_alpha: float = 1.0
+    rotation_degrees: float = 10.0
+    shift_fraction: float = 0.1
+    steps_per_execution: int = 1
+
+
+class TemperatureKD(keras.losses.Loss):
+    """T² · CE(p_t^(T), softmax(z_s / T)) (Hinton et al. 2015, eq. 2 with soft targets only).
+
+    y_true: teacher probabilities float32 [b, K] (rows sum to 1); y_pred: student logits [b, K].
+    Returns the per-example loss in nats, reduced by Keras.
+    """
+
+    def __init__(self, temperature: float = 4.0, name: str = "temperature_kd", **kwargs):
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: expected > 0")
+        super().__init__(name=name, **kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, y_true, y_pred):
+        t = self.temperature
+        teacher = tf.nn.softmax(tf.math.log(tf.clip_by_value(y_true, 1e-8, 1.0)) / t, axis=-1)
+        student = tf.nn.log_softmax(y_pred / t, axis=-1)
+        return -(t ** 2) * tf.reduce_sum(teacher * student, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def make_loss(name: str, temperature: float = 1.0) -> keras.losses.Loss:
+    """The distillation loss by name (see module docstring).
+
+    Raises:
+      ValueError: unknown name.
+    """
+    if name == "soft_ce":
+        return keras.losses.CategoricalCrossentropy(from_logits=True, name="soft_ce")
+    if name == "kd":
+        return TemperatureKD(temperature)
+    raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
+
+
+def make_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """`tf.distribute.MirroredStrategy` over all local GPUs (one CPU replica when there are none)."""
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _augment_fn(config: StudentConfig, image_shape, seed: int):
+    augment = []
+    if config.rotation_degrees:
+        augment.append(keras.layers.RandomRotation(config.rotation_degrees / 360.0,
+                                                   fill_mode="nearest", seed=seed))
+    if config.shift_fraction:
+        augment.append(keras.layers.RandomTranslation(config.shift_fraction, config.shift_fraction,
+                                                      fill_mode="nearest", seed=seed + 1))
+    alpha = float(config.mixup_alpha)
+
+    def fn(images, targets):
+        for layer in augment:
+            images = layer(images, training=True)
+        if alpha > 0:
+            # λ ~ Beta(α, α) per example, as a ratio of Gamma draws; partner = the batch reversed.
+            b = tf.shape(images)[0]
+            g1 = tf.random.gamma([b], alpha)
+            g2 = tf.random.gamma([b], alpha)
+            lam = g1 / (g1 + g2)
+            lam_img = tf.reshape(lam, [-1, 1, 1, 1])
+            lam_lab = tf.reshape(lam, [-1, 1])
+            images = lam_img * images + (1.0 - lam_img) * tf.reverse(images, [0])
+            targets = lam_lab * targets + (1.0 - lam_lab) * tf.reverse(targets, [0])
+        return tf.clip_by_value(images, 0.0, 1.0), targets
+
+    return fn
+
+
+def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig,
+                     global_batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled, augmented, MixUp-ed batches of (images float32 [b, H, W, C], soft labels [b, K]).
+
+    Each epoch reshuffles; the last partial batch is dropped so that every replica gets equal work.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((images, soft_labels.astype(np.float32)))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    ds = ds.map(_augment_fn(config, images.shape[1:], seed), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig, seed: int,
+                  backup_dir: str | None = None, strategy: tf.distribute.Strategy | None = None,
+                  verbose: int = 1, callbacks=None) -> tuple[keras.Model, dict]:
+    """Trains a student from scratch on (image, teacher soft label) pairs.
+
+    Args:
+      images: float32 [n, H, W, C] in [0, 1].
+      soft_labels: float32 [n, K], rows summing to 1 (teacher probabilities or one-hot).
+      config: architecture, loss and optimisation.
+      seed: initialisation, shuffling and augmentation seed.
+      backup_dir: if given, `keras.callbacks.BackupAndRestore` keeps the training state there every
+        epoch, and a rerun resumes from the last finished epoch.
+      strategy: default :func:`make_strategy`.
+
+    Returns:
+      (the trained student, a logits `keras.Model`; the Keras history dict of per-epoch metrics).
+
+    Raises:
+      ValueError: mismatched lengths, or soft labels that are not distributions.
+    """
+    if len(images) != len(soft_labels):
+        raise ValueError(f"soft_labels: expected {len(images)} rows (one per image), got "
+                         f"{len(soft_labels)}")
+    sums = soft_labels.sum(axis=1)
+    if np.any(np.abs(sums - 1) > 1e-3):
+        raise ValueError(f"soft_labels: expected rows summing to 1, got sums in "
+                         f"[{sums.min():.4f}, {sums.max():.4f}]")
+    strategy = strategy or make_strategy()
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    if len(images) < global_batch:
+        raise ValueError(f"images: {len(images)} is fewer than one global batch ({global_batch})")
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
+        student.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                        loss=make_loss(config.loss, config.temperature),
+                        metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
+                        steps_per_execution=config.steps_per_execution)
+    ds = training_dataset(images, soft_labels, config, global_batch, seed)
+    callbacks = list(callbacks or [])
+    if backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
+    history = student.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks)
+    return student, history.history

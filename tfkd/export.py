@@ -1,0 +1,115 @@
+"""SavedModel export in TF Serving's layout, with tfkd's signature contract.
+
+Signature contract (teacher by default, and every student):
+  ``serving_default``: input ``images`` float32 [batch, H, W, C] in [0, 1];
+  outputs ``probabilities`` float32 [batch, num_classes] (rows sum to 1) and, for the student,
+  ``classes`` int64 [batch] (the argmax).
+
+Layout: ``<export_base>/<version>/{saved_model.pb, variables/, assets/}`` with numeric, increasing
+versions, as tensorflow_model_server's file-system source expects. A version is written to a hidden
+temporary directory beside it and renamed into place, so a server polling the base path never sees a
+half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SIGNATURE_KEY = "serving_default"
+INPUT_KEY = "images"
+PROBABILITIES_KEY = "probabilities"
+CLASSES_KEY = "classes"
+
+
+class _ClassifierServable(tf.Module):
+    """A tf.Module around a logits model with the contract's signature; nothing else is saved."""
+
+    def __init__(self, model: keras.Model, image_shape, with_classes: bool):
+        super().__init__(name="classifier")
+        self.model = model
+        self._with_classes = with_classes
+        self.serve = tf.function(
+            self._serve,
+            input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name=INPUT_KEY)])
+
+    def _serve(self, images):
+        logits = self.model(images, training=False)
+        outputs = {PROBABILITIES_KEY: tf.nn.softmax(logits, axis=-1)}
+        if self._with_classes:
+            outputs[CLASSES_KEY] = tf.argmax(logits, axis=-1, output_type=tf.int64)
+        return outputs
+
+
+def list_versions(export_base: str) -> list[int]:
+    """Numeric version directories under ``export_base`` (ascending); [] if none or no such dir."""
+    if not os.path.isdir(export_base):
+        return []
+    return sorted(int(d) for d in os.listdir(export_base)
+                  if d.isdigit() and os.path.isfile(os.path.join(export_base, d, "saved_model.pb")))
+
+
+def latest_version_dir(export_base: str) -> str | None:
+    """Path of the newest complete version under ``export_base``, or None."""
+    versions = list_versions(export_base)
+    return os.path.join(export_base, str(versions[-1])) if versions else None
+
+
+def export_classifier(model: keras.Model, export_base: str, version: int | None = None,
+                      with_classes: bool = True) -> str:
+    """Exports a logits classifier as a TF Serving servable version.
+
+    The model's architecture and weights are cloned first, so optimizer state never enters the
+    SavedModel.
+
+    Args:
+      model: a built Keras model, float32 [b, H, W, C] in [0, 1] -> logits [b, num_classes].
+      export_base: the servable's base path (TF Serving's ``model_base_path``).
+      version: the version number; default: one more than the newest present (1 for the first).
+      with_classes: also output ``classes`` int64 [b].
+
+    Returns:
+      The version directory written, ``<export_base>/<version>``.
+
+    Raises:
+      ValueError: ``version`` not positive, or already present.
+    """
+    existing = list_versions(export_base)
+    if version is None:
+        version = (existing[-1] + 1) if existing else 1
+    if version <= 0:
+        raise ValueError(f"version={version}: expected a positive integer")
+    final_dir = os.path.join(export_base, str(version))
+    if os.path.exists(final_dir):
+        raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
+    os.makedirs(export_base, exist_ok=True)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), with_classes)
+    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
+    try:
+        tf.saved_model.save(servable, tmp_dir, signatures={SIGNATURE_KEY: servable.serve})
+        os.rename(tmp_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return final_dir
+
+
+def saved_model_bytes(path: str) -> int:
+    """Total size in bytes of the files of a SavedModel directory."""
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def saved_model_parameters(path: str) -> int:
+    """Number of scalar weights stored in a SavedModel's variables checkpoint (0 if it has none)."""
+    prefix = os.path.join(path, "variables", "variables")
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return 0
+    return int(sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(prefix)
+                   if name != "_CHECKPOINTABLE_OBJECT_GRAPH"))

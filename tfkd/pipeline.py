@@ -1,0 +1,368 @@
+"""One function per method, composing the modules from a config dataclass.
+
+:func:`run_fsbbt` is FS-BBT (Nguyen et al., ECCV 2022, Algorithm 1): N unlabeled images -> MixUp
+images + CVAE images -> all labelled by the black-box teacher over gRPC -> student trained on the
+soft labels -> exported student, measured by serving it and querying it over gRPC.
+
+Work dir layout::
+
+    teacher/<version>/           the teacher SavedModel, when tfkd trains it (teacher="" only)
+    ledger/*.npz                 every teacher answer, persisted as it arrives (never asked twice)
+    few_shot_indices.npy         which training images are the N shots (their labels are never read)
+    cvae.weights.h5              the trained CVAE
+    labelled_set.npz             real + MixUp + CVAE images with teacher soft labels (persisted once)
+    grid_{real,mixup,cvae}.png   images per teacher class
+    student_backup/              Keras BackupAndRestore state: a rerun resumes training
+    export/student/<version>/    the student SavedModel, TF Serving layout
+    report.json                  figures of the run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+from absl import logging
+
+from tfkd import data as data_lib
+from tfkd import distill
+from tfkd import export
+from tfkd import models
+from tfkd import serving
+from tfkd import synthesis
+from tfkd import teacher as teacher_lib
+from tfkd import viz
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherTrainConfig:
+    """Training of a teacher on the full training set (what its owner would have done)."""
+
+    architecture: str = "lenet5"
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class FSBBTConfig:
+    """Everything one FS-BBT run needs; defaults are the paper's Fashion-MNIST setting.
+
+    Attributes:
+      workdir: where everything of the run is written (see module docstring).
+      dataset, data_dir: see :func:`tfkd.data.load_dataset`.
+      seed: one seed for sampling, synthesis and training.
+      num_shots: N, the unlabeled real images (balanced over classes).
+      teacher: ``host:port`` of a running TF Serving (or tfkd) server; "" trains a teacher into the
+        work dir if none is there, serves it on a free loopback port, and stops it at the end.
+      teacher_model_name, teacher_version, teacher_signature: the teacher's model spec.
+      teacher_train: used only when tfkd trains the teacher.
+      mixup, cvae, student: the stages' configs.
+      eval_examples: test images used for the accuracies (0: the full test set).
+      evaluate_teacher: also measure the teacher's test accuracy over gRPC (costs test-set queries,
+        counted apart from the distillation's).
+      verbose: Keras verbosity (1: progress bars).
+    """
+
+    workdir: str
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    seed: int = 0
+    num_shots: int = 2000
+    teacher: str = ""
+    teacher_model_name: str = "teacher"
+    teacher_version: int | None = None
+    teacher_signature: str = "serving_default"
+    teacher_train: TeacherTrainConfig = TeacherTrainConfig()
+    mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
+    cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
+    student: distill.StudentConfig = distill.StudentConfig()
+    eval_examples: int = 0
+    evaluate_teacher: bool = True
+    verbose: int = 1
+
+
+class _Stages:
+    """Seconds per stage, for the report."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        logging.info("Stage %s: start", name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+        logging.info("Stage %s: done in %.1f s", name, self.seconds[name])
+
+
+def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConfig,
+                             export_base: str, seed: int = 0, verbose: int = 1) -> dict:
+    """Trains a teacher on the full labelled training set and exports it for TF Serving.
+
+    This is the teacher owner's job, not part of distillation (which never sees these labels).
+
+    Returns:
+      dict with ``export_dir``, ``test_accuracy`` (in-process, fraction in [0, 1]),
+      ``parameters``.
+    """
+    keras.utils.set_random_seed(seed)
+    model = models.build_model(config.architecture, dataset.image_shape, dataset.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.fit(dataset.x_train, dataset.y_train, batch_size=config.batch_size, epochs=config.epochs,
+              verbose=verbose, shuffle=True)
+    _, accuracy = model.evaluate(dataset.x_test, dataset.y_test, batch_size=1024, verbose=0)
+    export_dir = export.export_classifier(model, export_base)
+    logging.info("Teacher %s: test accuracy %.4f, exported to %s", config.architecture, accuracy,
+                 export_dir)
+    return {"export_dir": export_dir, "test_accuracy": float(accuracy),
+            "parameters": models.count_parameters(model)}
+
+
+def served_accuracy(client: teacher_lib.TeacherClient, images: np.ndarray, labels: np.ndarray,
+                    progress: bool = False) -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of a served classifier, queried over gRPC."""
+    predictions = client.soft_labels(images, progress=progress).argmax(axis=1)
+    return float(np.mean(predictions == np.asarray(labels).reshape(-1)))
+
+
+@dataclasses.dataclass
+class LabelledSet:
+    """Images with teacher soft labels, by source.
+
+    Attributes:
+      images: float32 [n, H, W, C] in [0, 1]; soft_labels: float32 [n, K]; source: int8 [n] with
+      0 = real few-shot image, 1 = MixUp, 2 = CVAE.
+    """
+
+    images: np.ndarray
+    soft_labels: np.ndarray
+    source: np.ndarray
+
+    SOURCES = ("real", "mixup", "cvae")
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, images=self.images, soft_labels=self.soft_labels, source=self.source)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "LabelledSet":
+        with np.load(path) as f:
+            return cls(f["images"], f["soft_labels"], f["source"])
+
+    def count(self, source: str) -> int:
+        return int(np.sum(self.source == self.SOURCES.index(source)))
+
+
+def build_labelled_set(shots: np.ndarray, client: teacher_lib.TeacherClient, config: FSBBTConfig,
+                       stages: _Stages | None = None) -> LabelledSet:
+    """FS-BBT synthesis and labelling (§3.2-3.3): from the N unlabeled images to a labelled set.
+
+    Takes images only: no label of the real images can reach synthesis or training.
+
+    Args:
+      shots: float32 [N, H, W, C] in [0, 1], the few unlabeled images.
+      client: the black-box teacher.
+      config: mixup / cvae counts and seeds; ``workdir`` for the CVAE weights and PNG grids.
+
+    Returns:
+      the :class:`LabelledSet` (real, MixUp, CVAE in that order).
+    """
+    stages = stages or _Stages()
+    progress = config.verbose > 0
+    num_classes = client.signature.num_classes
+    with stages("label_real"):
+        real_labels = client.soft_labels(shots, progress=progress)
+        num_classes = real_labels.shape[1]
+    parts = [(shots, real_labels, 0)]
+    if config.mixup.num_images > 0:
+        with stages("mixup"):
+            mixed, info = synthesis.mixup_images(shots, config.mixup, config.seed)
+            logging.info("MixUp: %d images (%d pairs dropped as near-copies)", len(mixed),
+                         info["num_dropped"])
+        with stages("label_mixup"):
+            parts.append((mixed, client.soft_labels(mixed, progress=progress), 1))
+    if config.cvae.num_images > 0:
+        weights = os.path.join(config.workdir, "cvae.weights.h5")
+        with stages("cvae_training"):
+            if os.path.exists(weights):
+                cvae = synthesis.build_cvae(shots.shape[1:], num_classes, config.cvae)
+                cvae.load_weights(weights)
+                logging.info("CVAE: reusing %s", weights)
+            else:
+                keras.utils.set_random_seed(config.seed)
+                cvae, _ = synthesis.train_cvae(shots, real_labels.argmax(axis=1), num_classes,
+                                               config.cvae, config.seed, verbose=config.verbose)
+                cvae.save_weights(weights)
+        with stages("cvae_sampling"):
+            generated, _ = synthesis.sample_cvae(cvae, config.cvae.num_images, config.seed,
+                                                 config.cvae.uniform_bound)
+        with stages("label_cvae"):
+            parts.append((generated, client.soft_labels(generated, progress=progress), 2))
+    sources = np.concatenate([np.full(len(images), source, np.int8) for images, _, source in parts])
+    return LabelledSet(np.concatenate([p[0] for p in parts]).astype(np.float32),
+                       np.concatenate([p[1] for p in parts]).astype(np.float32), sources)
+
+
+def write_grids(labelled: LabelledSet, num_classes: int, workdir: str) -> dict[str, str]:
+    """PNG grids (one row per teacher class) of the real, MixUp and CVAE images."""
+    paths = {}
+    classes = labelled.soft_labels.argmax(axis=1)
+    for i, name in enumerate(LabelledSet.SOURCES):
+        mask = labelled.source == i
+        if mask.any():
+            grid = viz.image_grid(labelled.images[mask], classes[mask], num_classes)
+            paths[name] = viz.write_png(os.path.join(workdir, f"grid_{name}.png"), grid)
+    return paths
+
+
+@contextlib.contextmanager
+def _serve(models_by_name: dict[str, str]):
+    """An in-process tfkd model server on a free loopback port; yields its ``host:port``."""
+    server = serving.ModelServer([serving.ModelConfig(n, p) for n, p in models_by_name.items()],
+                                 poll_seconds=0)
+    with server:
+        yield server.target
+
+
+def run_fsbbt(config: FSBBTConfig) -> dict:
+    """Runs FS-BBT end to end and writes ``report.json`` in the work dir.
+
+    Every stage whose result is already in the work dir (teacher, ledger answers, labelled set,
+    student epochs, CVAE weights) is reused, so a rerun after a crash pays for nothing twice.
+
+    Returns:
+      the report (see README for its fields); accuracies are fractions in [0, 1].
+
+    Raises:
+      tfkd.data.DatasetUnavailableError, tfkd.teacher.TeacherError, grpc.RpcError, ValueError.
+    """
+    os.makedirs(config.workdir, exist_ok=True)
+    stages = _Stages()
+    report: dict = {"method": "fsbbt", "dataset": config.dataset, "seed": config.seed}
+    with stages("load_data"):
+        dataset = data_lib.load_dataset(config.dataset, config.data_dir)
+    teacher_arch = config.teacher_train.architecture
+    teacher_base = os.path.join(config.workdir, "teacher")
+    with contextlib.ExitStack() as stack:
+        target = config.teacher
+        if not target:
+            if export.latest_version_dir(teacher_base) is None:
+                with stages("teacher_training"):
+                    trained = train_and_export_teacher(dataset, config.teacher_train, teacher_base,
+                                                       config.seed, config.verbose)
+                report["teacher_accuracy_in_process"] = trained["test_accuracy"]
+            target = stack.enter_context(_serve({config.teacher_model_name: teacher_base}))
+            logging.info("Serving the teacher from %s on %s", teacher_base, target)
+            report["teacher_architecture"] = teacher_arch
+        ledger = teacher_lib.QueryLedger(os.path.join(config.workdir, "ledger"))
+        client = stack.enter_context(teacher_lib.TeacherClient(
+            target, config.teacher_model_name, config.teacher_version, config.teacher_signature,
+            ledger=ledger))
+        report["teacher"] = {"target": target, "model_name": client.model_name,
+                             "version": client.signature.version,
+                             "signature": client.signature.signature_name,
+                             "output_kind": client.signature.output_kind}
+
+        # The N unlabeled images. Labels pick the balanced sample only through class membership
+        # (see few_shot_indices); from here on only the images travel.
+        index_path = os.path.join(config.workdir, "few_shot_indices.npy")
+        indices = data_lib.few_shot_indices(dataset.y_train, config.num_shots, dataset.num_classes,
+                                            config.seed)
+        np.save(index_path, indices)
+        shots = dataset.x_train[indices]
+
+        labelled_path = os.path.join(config.workdir, "labelled_set.npz")
+        if os.path.exists(labelled_path):
+            labelled = LabelledSet.load(labelled_path)
+            logging.info("Labelled set: reusing %s (%d images)", labelled_path, len(labelled.images))
+        else:
+            labelled = build_labelled_set(shots, client, config, stages)
+            labelled.save(labelled_path)
+        report["grids"] = write_grids(labelled, labelled.soft_labels.shape[1], config.workdir)
+        report.update(num_shots=labelled.count("real"), num_mixup=labelled.count("mixup"),
+                      num_cvae=labelled.count("cvae"), teacher_queries=client.queries,
+                      teacher_ledger_hits=client.ledger_hits, teacher_requests=client.requests,
+                      teacher_ledger_size=len(ledger))
+
+        with stages("student_training"):
+            student, history = distill.train_student(
+                labelled.images, labelled.soft_labels, config.student, config.seed,
+                backup_dir=os.path.join(config.workdir, "student_backup"), verbose=config.verbose)
+        report["student_final_loss"] = float(history["loss"][-1]) if history.get("loss") else None
+        with stages("export"):
+            student_dir = export.export_classifier(student, os.path.join(config.workdir, "export",
+                                                                         "student"))
+        report["student_export_dir"] = os.path.abspath(student_dir)
+        report["student_architecture"] = config.student.architecture
+
+        n_eval = config.eval_examples or len(dataset.x_test)
+        x_eval, y_eval = dataset.x_test[:n_eval], dataset.y_test[:n_eval]
+        report["eval_examples"] = int(n_eval)
+        if config.evaluate_teacher:
+            with stages("evaluate_teacher"):
+                with teacher_lib.TeacherClient(target, config.teacher_model_name,
+                                               config.teacher_version,
+                                               config.teacher_signature) as eval_client:
+                    report["teacher_accuracy"] = served_accuracy(eval_client, x_eval, y_eval,
+                                                                 config.verbose > 0)
+                    report["teacher_eval_queries"] = eval_client.queries
+    with stages("evaluate_student"):
+        student_base = os.path.dirname(student_dir)
+        with _serve({"student": student_base}) as student_target:
+            with teacher_lib.TeacherClient(student_target, "student",
+                                           version=int(os.path.basename(student_dir))) as c:
+                report["student_accuracy"] = served_accuracy(c, x_eval, y_eval, config.verbose > 0)
+
+    report["student_parameters"] = models.count_parameters(student)
+    report["student_saved_model_bytes"] = export.saved_model_bytes(student_dir)
+    teacher_dir = export.latest_version_dir(teacher_base)
+    if not config.teacher and teacher_dir:
+        report["teacher_parameters"] = export.saved_model_parameters(teacher_dir)
+        report["teacher_saved_model_bytes"] = export.saved_model_bytes(teacher_dir)
+    else:  # A remote black box: its size is not ours to know.
+        report["teacher_parameters"] = None
+        report["teacher_saved_model_bytes"] = None
+    report["stage_seconds"] = stages.seconds
+    report["total_seconds"] = round(sum(stages.seconds.values()), 2)
+    with open(os.path.join(config.workdir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    return report
+
+
+def format_report_table(report: dict) -> str:
+    """A short plain-text table of the figures of a report."""
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def num(v):
+        return "-" if v is None else f"{v:,}"
+
+    rows = [
+        ("dataset", report.get("dataset")),
+        ("N (real images)", num(report.get("num_shots"))),
+        ("MixUp images", num(report.get("num_mixup"))),
+        ("CVAE images", num(report.get("num_cvae"))),
+        ("teacher queries sent", num(report.get("teacher_queries"))),
+        ("teacher ledger hits", num(report.get("teacher_ledger_hits"))),
+        ("teacher accuracy (served)", pct(report.get("teacher_accuracy"))),
+        ("student accuracy (served)", pct(report.get("student_accuracy"))),
+        ("test images", num(report.get("eval_examples"))),
+        ("teacher params / bytes",
+         f"{num(report.get('teacher_parameters'))} / {num(report.get('teacher_saved_model_bytes'))}"),
+        ("student params / bytes",
+         f"{num(report.get('student_parameters'))} / {num(report.get('student_saved_model_bytes'))}"),
+    ]
+    rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in report.get("stage_seconds", {}).items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,247 @@
+"""Synthetic images for FS-BBT: MixUp of the few real images, and a conditional VAE.
+
+FS-BBT (Nguyen et al., ECCV 2022, §3.2-3.3) enlarges N unlabeled images with (a) MixUp images
+``λ x_i + (1 - λ) x_j`` and (b) images decoded by a CVAE trained on the N images conditioned on the
+teacher's predicted class. Both kinds are then labelled by the black-box teacher. Nothing here talks
+to the teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from keras import layers
+
+tfd = tfp.distributions
+
+
+# --------------------------------------------------------------------------------------- MixUp
+@dataclasses.dataclass(frozen=True)
+class MixUpConfig:
+    """MixUp of the N real images (FS-BBT §3.2).
+
+    Attributes:
+      num_images: MixUp images to make (kept pairs; dropped near-copies are redrawn).
+      alpha: λ ~ Beta(alpha, alpha); the paper uses 1 (λ uniform on [0, 1]).
+      low, high: pairs with λ <= low or λ >= high are near-copies of one image and dropped.
+      decimals: λ rounded to this many decimals, as the FS-BBT code does (None: no rounding).
+    """
+
+    num_images: int = 43_200
+    alpha: float = 1.0
+    low: float = 0.05
+    high: float = 0.95
+    decimals: int | None = 2
+
+
+def mixup_images(images: np.ndarray, config: MixUpConfig, seed: int) -> tuple[np.ndarray, dict]:
+    """Makes MixUp images from random pairs of ``images``.
+
+    Args:
+      images: float32 [N, H, W, C] in [0, 1], N >= 2.
+      config: counts and λ distribution.
+      seed: the random seed (pairs and λ).
+
+    Returns:
+      (mixed float32 [num_images, H, W, C] in [0, 1], info) where info has int64 ``pairs``
+      [num_images, 2], float32 ``lam`` [num_images] in (low, high), and ``num_dropped`` (pairs drawn
+      and dropped as near-copies, or with i == j).
+
+    Raises:
+      ValueError: fewer than 2 images, or low >= high.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or len(images) < 2:
+        raise ValueError(f"images: expected float32 [N >= 2, H, W, C], got shape {list(images.shape)}")
+    if not 0.0 <= config.low < config.high <= 1.0:
+        raise ValueError(f"MixUpConfig: expected 0 <= low < high <= 1, got {config.low}, {config.high}")
+    rng = np.random.default_rng(seed)
+    n, want = len(images), config.num_images
+    pairs = np.zeros((0, 2), np.int64)
+    lams = np.zeros((0,), np.float32)
+    dropped = 0
+    while len(lams) < want:
+        draw = max(16, int((want - len(lams)) * 1.25))
+        i = rng.integers(0, n, draw)
+        j = rng.integers(0, n, draw)
+        lam = rng.beta(config.alpha, config.alpha, draw)
+        if config.decimals is not None:
+            lam = np.round(lam, config.decimals)
+        keep = (lam > config.low) & (lam < config.high) & (i != j)
+        dropped += int(np.sum(~keep))
+        pairs = np.concatenate([pairs, np.stack([i[keep], j[keep]], 1)])
+        lams = np.concatenate([lams, lam[keep].astype(np.float32)])
+    pairs, lams = pairs[:want], lams[:want]
+    lam4 = lams[:, None, None, None]
+    mixed = lam4 * images[pairs[:, 0]] + (1.0 - lam4) * images[pairs[:, 1]]
+    return mixed.astype(np.float32), {"pairs": pairs, "lam": lams, "num_dropped": dropped}
+
+
+# ----------------------------------------------------------------------------------------- CVAE
+@dataclasses.dataclass(frozen=True)
+class CVAEConfig:
+    """The conditional VAE of FS-BBT (its code's Fashion-MNIST defaults).
+
+    Attributes:
+      latent_dim: size of the latent z.
+      hidden: encoder MLP widths; the decoder uses them reversed.
+      epochs, batch_size, learning_rate: Adam training on the N images.
+      num_images: images to sample, equal per class (the remainder goes to the first classes).
+      uniform_bound: half the latents are drawn from U(-bound, bound), half from N(0, I).
+    """
+
+    latent_dim: int = 2
+    hidden: tuple = (256, 128, 64)
+    epochs: int = 200
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    num_images: int = 4_800
+    uniform_bound: float = 3.0
+
+
+class CVAE(keras.Model):
+    """Conditional VAE with tensorflow-probability distributions (Kingma et al. 2014; FS-BBT §3.3).
+
+    Posterior q(z | x, y) = N(μ(x, y), diag σ²(x, y)), prior p(z) = N(0, I), likelihood
+    p(x | z, y) = Π_pixels Bernoulli(logits = decoder(z, y)) (binary cross-entropy on [0, 1] pixels,
+    as in the FS-BBT code). Loss per image: -E_q[log p(x | z, y)] + KL(q || p), the negative ELBO, in
+    nats; KL via ``tfd.kl_divergence``.
+
+    Inputs: images float32 [b, H, W, C] in [0, 1]; conditions float32 one-hot [b, K].
+    """
+
+    def __init__(self, image_shape, num_classes: int, latent_dim: int = 2,
+                 hidden=(256, 128, 64), **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.num_classes = int(num_classes)
+        self.latent_dim = int(latent_dim)
+        num_pixels = int(np.prod(self.image_shape))
+        self.encoder = keras.Sequential(
+            [layers.Dense(h, activation="relu") for h in hidden] + [layers.Dense(2 * latent_dim)],
+            name="encoder")
+        self.decoder = keras.Sequential(
+            [layers.Dense(h, activation="relu") for h in reversed(hidden)] + [layers.Dense(num_pixels)],
+            name="decoder")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+
+    def prior(self):
+        return tfd.MultivariateNormalDiag(loc=tf.zeros([self.latent_dim]),
+                                          scale_diag=tf.ones([self.latent_dim]))
+
+    def posterior(self, images, conditions):
+        flat = tf.reshape(images, [-1, int(np.prod(self.image_shape))])
+        params = self.encoder(tf.concat([flat, conditions], axis=-1))
+        loc, raw_scale = tf.split(params, 2, axis=-1)
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(raw_scale) + 1e-5)
+
+    def likelihood(self, latents, conditions):
+        logits = self.decoder(tf.concat([latents, conditions], axis=-1))
+        logits = tf.reshape(logits, [-1, *self.image_shape])
+        return tfd.Independent(tfd.Bernoulli(logits=logits), reinterpreted_batch_ndims=3)
+
+    def decode(self, latents, conditions):
+        """Mean image float32 [b, H, W, C] in [0, 1] for latents [b, latent_dim], one-hot [b, K]."""
+        return self.likelihood(latents, conditions).mean()
+
+    def call(self, inputs):
+        images, conditions = inputs
+        return self.decode(self.posterior(images, conditions).mean(), conditions)
+
+    def negative_elbo(self, images, conditions):
+        q = self.posterior(images, conditions)
+        z = q.sample()  # Reparameterised: gradients flow to the encoder.
+        reconstruction = -self.likelihood(z, conditions).log_prob(images)
+        kl = tfd.kl_divergence(q, self.prior())
+        return reconstruction, kl
+
+    def train_step(self, data):
+        images, conditions = data
+        with tf.GradientTape() as tape:
+            reconstruction, kl = self.negative_elbo(images, conditions)
+            loss = tf.reduce_mean(reconstruction + kl)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.loss_tracker.update_state(loss)
+        self.reconstruction_tracker.update_state(tf.reduce_mean(reconstruction))
+        self.kl_tracker.update_state(tf.reduce_mean(kl))
+        return {m.name: m.result() for m in self.metrics}
+
+
+def build_cvae(image_shape, num_classes: int, config: CVAEConfig) -> CVAE:
+    """A compiled, built :class:`CVAE` for images of ``image_shape`` and ``num_classes`` conditions."""
+    cvae = CVAE(image_shape, num_classes, config.latent_dim, config.hidden)
+    cvae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    cvae((tf.zeros([1, *image_shape]), tf.zeros([1, num_classes])))
+    return cvae
+
+
+def train_cvae(images: np.ndarray, classes: np.ndarray, num_classes: int, config: CVAEConfig,
+               seed: int, verbose: int = 1, callbacks=None) -> tuple[CVAE, dict]:
+    """Trains the CVAE on the N images, conditioned on the teacher's predicted classes.
+
+    Args:
+      images: float32 [N, H, W, C] in [0, 1].
+      classes: int [N] in [0, num_classes): the teacher's argmax, never the true labels.
+      num_classes: K.
+      config: architecture and training.
+      seed: shuffling seed.
+
+    Returns:
+      (the trained CVAE, Keras history dict of per-epoch loss / reconstruction / kl in nats).
+
+    Raises:
+      ValueError: images and classes of different lengths, or classes out of range.
+    """
+    images = np.asarray(images, np.float32)
+    classes = np.asarray(classes).reshape(-1)
+    if len(images) != len(classes):
+        raise ValueError(f"classes: expected {len(images)} (one per image), got {len(classes)}")
+    if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
+        raise ValueError(f"classes: expected values in [0, {num_classes}), got "
+                         f"[{classes.min()}, {classes.max()}]")
+    cvae = build_cvae(images.shape[1:], num_classes, config)
+    conditions = np.eye(num_classes, dtype=np.float32)[classes]
+    ds = (tf.data.Dataset.from_tensor_slices((images, conditions))
+          .shuffle(len(images), seed=seed).batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    history = cvae.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks)
+    return cvae, history.history
+
+
+def sample_cvae(cvae: CVAE, num_images: int, seed: int, uniform_bound: float = 3.0,
+                batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes images with equal numbers per class; half the latents N(0, I), half U(-b, b).
+
+    Args:
+      cvae: a trained :class:`CVAE`.
+      num_images: total images; ``num_images // K`` per class, the remainder to the first classes.
+      seed: latent sampling seed.
+      uniform_bound: b.
+
+    Returns:
+      (images float32 [num_images, H, W, C] in [0, 1], conditioning classes int64 [num_images]).
+      The classes are what the CVAE was asked for; the teacher labels the images afterwards.
+    """
+    k = cvae.num_classes
+    classes = np.sort(np.arange(num_images) % k).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    # Within each class, alternate the two latent sources so that each gets half.
+    rank = np.arange(num_images) - np.searchsorted(classes, classes)
+    gaussian = rng.standard_normal((num_images, cvae.latent_dim))
+    uniform = rng.uniform(-uniform_bound, uniform_bound, (num_images, cvae.latent_dim))
+    latents = np.where((rank % 2 == 0)[:, None], gaussian, uniform).astype(np.float32)
+    conditions = np.eye(k, dtype=np.float32)[classes]
+    out = [cvae.decode(tf.constant(latents[s:s + batch_size]), tf.constant(conditions[s:s + batch_size]))
+           .numpy() for s in range(0, num_images, batch_size)]
+    images = np.concatenate(out) if out else np.zeros((0, *cvae.image_shape), np.float32)
+    return np.clip(images, 0.0, 1.0).astype(np.float32), classes
