@@ -9,6 +9,7 @@ unlabeled images, 43,200 MixUp and 4,800 CVAE images.
 """
 
 import dataclasses
+import sys
 
 import _common  # noqa: F401  (sys.path and TF log level)
 from absl import app
@@ -19,6 +20,7 @@ from tfkd import data
 from tfkd import distill
 from tfkd import pipeline
 from tfkd import synthesis
+from tfkd import teacher
 
 flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
                     "exported student, report.json. A rerun on the same dir resumes.")
@@ -88,7 +90,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_from_flags()
     _common.write_flags_json(flags, config.workdir)
-    report = pipeline.run_fsbbt(config)
+    try:
+        report = pipeline.run_fsbbt(config)
+    except (data.DatasetUnavailableError, teacher.TeacherError) as e:
+        # Expected failures get one clear line, not a traceback from deep inside.
+        sys.exit(f"error: {e}")
     logging.info("Report: %s/report.json", config.workdir)
     print(pipeline.format_report_table(report), flush=True)
 

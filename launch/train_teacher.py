@@ -4,6 +4,8 @@ r"""Trains a teacher on a dataset's full training set and exports it in TF Servi
   python launch/serve.py --model_name=teacher --model_base_path=/tmp/models/teacher
 """
 
+import sys
+
 import _common  # noqa: F401
 from absl import app
 from absl import flags
@@ -30,7 +32,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.epochs <= 0:
         raise app.UsageError(f"--epochs must be positive, got {FLAGS.epochs}")
-    dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    try:
+        dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    except data.DatasetUnavailableError as e:
+        sys.exit(f"error: {e}")
     result = pipeline.train_and_export_teacher(
         dataset, pipeline.TeacherTrainConfig(FLAGS.architecture, FLAGS.epochs, FLAGS.batch_size,
                                              FLAGS.learning_rate),

@@ -64,8 +64,8 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
                       with_classes: bool = True) -> str:
     """Exports a logits classifier as a TF Serving servable version.
 
-    The model's architecture and weights are cloned first, so optimizer state never enters the
-    SavedModel.
+    The model is rebuilt from its config and given its weights first, so optimizer state never
+    enters the SavedModel.
 
     Args:
       model: a built Keras model, float32 [b, H, W, C] in [0, 1] -> logits [b, num_classes].
@@ -88,7 +88,8 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
     if os.path.exists(final_dir):
         raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
     os.makedirs(export_base, exist_ok=True)
-    clone = keras.models.clone_model(model)
+    # A fresh, uncompiled copy (clone_model would carry the optimizer into the SavedModel).
+    clone = model.__class__.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), with_classes)
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)

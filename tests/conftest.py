@@ -1,0 +1,59 @@
+"""Shared fixtures: real Fashion-MNIST, a real trained teacher SavedModel, a real gRPC server."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from tfkd import data  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """Real Fashion-MNIST (the Debian package on CI)."""
+    return data.load_dataset("fashion_mnist")
+
+
+@pytest.fixture(scope="session")
+def teacher_base(fashion, tmp_path_factory):
+    """A real LeNet-5 teacher, trained for one epoch on 12,000 images and exported (version 1)."""
+    from tfkd import pipeline
+
+    small = data.Dataset("fashion_mnist", fashion.x_train[:12000], fashion.y_train[:12000],
+                         fashion.x_test[:2000], fashion.y_test[:2000], 10, fashion.source)
+    base = str(tmp_path_factory.mktemp("models") / "teacher")
+    result = pipeline.train_and_export_teacher(small, pipeline.TeacherTrainConfig(epochs=1), base,
+                                               seed=0, verbose=0)
+    assert result["test_accuracy"] > 0.6, result
+    return base
+
+
+@pytest.fixture(scope="session")
+def server(teacher_base):
+    """tfkd's TF-Serving-compatible gRPC server on a free loopback port, serving the teacher."""
+    from tfkd import serving
+
+    srv = serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server):
+    from tfkd import teacher
+
+    with teacher.TeacherClient(server.target, "teacher") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfkd import distill
+
+
+def test_temperature_kd_at_t1_is_soft_cross_entropy():
+    rng = np.random.default_rng(0)
+    p = tf.nn.softmax(rng.normal(size=(8, 10)).astype(np.float32)).numpy()
+    z = rng.normal(size=(8, 10)).astype(np.float32)
+    soft_ce = distill.make_loss("soft_ce")(p, z).numpy()
+    kd1 = distill.make_loss("kd", temperature=1.0)(p, z).numpy()
+    assert abs(soft_ce - kd1) < 1e-4
+    expected = np.mean(-np.sum(p * tf.nn.log_softmax(z).numpy(), axis=1))
+    assert abs(soft_ce - expected) < 1e-4
+    # At T = 4 the loss is T² times the CE of the softened distributions.
+    t = 4.0
+    pt = tf.nn.softmax(np.log(p) / t).numpy()
+    expected4 = np.mean(-t * t * np.sum(pt * tf.nn.log_softmax(z / t).numpy(), axis=1))
+    assert abs(distill.make_loss("kd", temperature=t)(p, z).numpy() - expected4) < 1e-3
+
+
+def test_bad_loss_and_temperature():
+    with pytest.raises(ValueError, match="loss='mse'"):
+        distill.make_loss("mse")
+    with pytest.raises(ValueError, match="temperature=0"):
+        distill.make_loss("kd", temperature=0)
+
+
+def test_training_batches_interpolate_stored_soft_labels():
+    images = np.random.default_rng(0).uniform(size=(64, 28, 28, 1)).astype(np.float32)
+    labels = np.eye(4, dtype=np.float32)[np.arange(64) % 4]
+    config = distill.StudentConfig(mixup_alpha=1.0, rotation_degrees=10, shift_fraction=0.1)
+    x, y = next(iter(distill.training_dataset(images, labels, config, 32, seed=0)))
+    assert x.shape == (32, 28, 28, 1) and y.shape == (32, 4)
+    assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
+    np.testing.assert_allclose(tf.reduce_sum(y, 1), 1.0, atol=1e-5)
+    assert float(tf.reduce_max(y)) < 1.0 or float(tf.reduce_min(tf.reduce_max(y, 1))) < 1.0
+
+
+def test_student_trains_and_resumes(fashion, tmp_path):
+    images = fashion.x_train[:640]
+    soft = np.eye(10, dtype=np.float32)[fashion.y_train[:640]] * 0.9 + 0.01
+    config = distill.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    student, history = distill.train_student(images, soft, config, seed=0,
+                                             backup_dir=str(tmp_path), verbose=0)
+    assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
+    assert tuple(student.output_shape) == (None, 10)
+    # Same backup dir, 3 epochs in all: only the third is trained.
+    longer = distill.StudentConfig(epochs=3, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    _, resumed = distill.train_student(images, soft, longer, seed=0, backup_dir=str(tmp_path),
+                                       verbose=0)
+    assert len(resumed["loss"]) == 1
+
+
+def test_student_rejects_bad_soft_labels(fashion):
+    with pytest.raises(ValueError, match="soft_labels: expected 64 rows"):
+        distill.train_student(fashion.x_train[:64], np.ones((10, 10)) / 10,
+                              distill.StudentConfig(epochs=1), 0, verbose=0)
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        distill.train_student(fashion.x_train[:64], np.ones((64, 10)),
+                              distill.StudentConfig(epochs=1), 0, verbose=0)
