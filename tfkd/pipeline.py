@@ -9,10 +9,13 @@ Work dir layout::
     teacher/<version>/           the teacher SavedModel, when tfkd trains it (teacher="" only)
     ledger/*.npz                 every teacher answer, persisted as it arrives (never asked twice)
     few_shot_indices.npy         which training images are the N shots (their labels are never read)
-    cvae.weights.h5              the trained CVAE
-    labelled_set.npz             real + MixUp + CVAE images with teacher soft labels (persisted once)
+    cvae-<fp>.weights.h5         the trained CVAE
+    labelled_set-<fp>.npz        real + MixUp + CVAE images with teacher soft labels (persisted once)
     grid_{real,mixup,cvae}.png   images per teacher class
-    student_backup/              Keras BackupAndRestore state: a rerun resumes training
+    student_backup-<fp>/         Keras BackupAndRestore state: a rerun resumes training
+
+``<fp>`` is a fingerprint of everything the artifact depends on (configs, seed, teacher identity),
+so a rerun with the same settings reuses it and a rerun with other settings does not.
     export/student/<version>/    the student SavedModel, TF Serving layout
     report.json                  figures of the run
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -85,6 +89,14 @@ class FSBBTConfig:
     eval_examples: int = 0
     evaluate_teacher: bool = True
     verbose: int = 1
+
+
+def fingerprint(*parts) -> str:
+    """A 10-hex-digit digest of JSON-able parts (dataclasses are turned into dicts)."""
+    def plain(x):
+        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 class _Stages:
@@ -192,7 +204,9 @@ def build_labelled_set(shots: np.ndarray, client: teacher_lib.TeacherClient, con
         with stages("label_mixup"):
             parts.append((mixed, client.soft_labels(mixed, progress=progress), 1))
     if config.cvae.num_images > 0:
-        weights = os.path.join(config.workdir, "cvae.weights.h5")
+        weights = os.path.join(config.workdir, "cvae-" + fingerprint(
+            config.dataset, config.data_dir, config.seed, config.num_shots, config.cvae,
+            client.signature.identity) + ".weights.h5")
         with stages("cvae_training"):
             if os.path.exists(weights):
                 cvae = synthesis.build_cvae(shots.shape[1:], num_classes, config.cvae)
@@ -281,13 +295,16 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
         np.save(index_path, indices)
         shots = dataset.x_train[indices]
 
-        labelled_path = os.path.join(config.workdir, "labelled_set.npz")
+        synthesis_fp = fingerprint(config.dataset, config.data_dir, config.seed, config.num_shots,
+                                   config.mixup, config.cvae, client.signature.identity)
+        labelled_path = os.path.join(config.workdir, f"labelled_set-{synthesis_fp}.npz")
         if os.path.exists(labelled_path):
             labelled = LabelledSet.load(labelled_path)
             logging.info("Labelled set: reusing %s (%d images)", labelled_path, len(labelled.images))
         else:
             labelled = build_labelled_set(shots, client, config, stages)
             labelled.save(labelled_path)
+        report["labelled_set"] = labelled_path
         report["grids"] = write_grids(labelled, labelled.soft_labels.shape[1], config.workdir)
         report.update(num_shots=labelled.count("real"), num_mixup=labelled.count("mixup"),
                       num_cvae=labelled.count("cvae"), teacher_queries=client.queries,
@@ -297,7 +314,8 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
         with stages("student_training"):
             student, history = distill.train_student(
                 labelled.images, labelled.soft_labels, config.student, config.seed,
-                backup_dir=os.path.join(config.workdir, "student_backup"), verbose=config.verbose)
+                backup_dir=os.path.join(config.workdir, "student_backup-" + fingerprint(
+                    synthesis_fp, config.student, config.seed)), verbose=config.verbose)
         report["student_final_loss"] = float(history["loss"][-1]) if history.get("loss") else None
         with stages("export"):
             student_dir = export.export_classifier(student, os.path.join(config.workdir, "export",
