@@ -46,6 +46,8 @@ flags.DEFINE_enum("student_architecture", "lenet5_half", ["lenet5_half", "lenet5
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Student batch size per replica.")
 flags.DEFINE_float("learning_rate", 1e-3, "Student Adam learning rate.")
+flags.DEFINE_enum("lr_schedule", "constant", list(distill.LR_SCHEDULES), "Student learning-rate "
+                  "schedule: constant (FS-BBT) or cosine decay to 0.")
 flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entropy to the teacher's "
                   "probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
@@ -79,7 +81,8 @@ def config_from_flags() -> pipeline.FSBBTConfig:
                                  epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim),
         student=distill.StudentConfig(
             architecture=FLAGS.student_architecture, epochs=FLAGS.student_epochs,
-            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, loss=FLAGS.loss,
+            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+            lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         verbose=FLAGS.verbose)

@@ -71,7 +71,7 @@ def test_launch_distill_end_to_end(tmp_path):
     assert report["teacher_queries"] == 600 and report["teacher_ledger_hits"] == 0
     assert report["teacher_accuracy"] > 0.7  # One epoch on the full training set.
     assert 0.0 <= report["student_accuracy"] <= 1.0
-    assert report["student_parameters"] == 27_180 and report["teacher_parameters"] == 44_426
+    assert report["student_parameters"] == 35_820 and report["teacher_parameters"] == 61_706
     assert set(report["stage_seconds"]) >= {"teacher_training", "cvae_training", "student_training"}
     flags_json = json.loads((workdir / "flags.json").read_text())
     assert flags_json["num_shots"] == 100

@@ -24,6 +24,22 @@ import tensorflow as tf
 from tfkd import models
 
 LOSSES = ("soft_ce", "kd")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(base: float, schedule: str, total_steps: int):
+    """Adam's learning rate: ``constant`` (FS-BBT), or ``cosine`` decay to 0 over ``total_steps``.
+
+    Raises:
+      ValueError: unknown schedule, or base not positive.
+    """
+    if base <= 0:
+        raise ValueError(f"learning_rate={base}: expected > 0")
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(base, decay_steps=max(1, total_steps))
+    raise ValueError(f"lr_schedule={schedule!r}: expected one of {LR_SCHEDULES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +49,7 @@ class StudentConfig:
     Attributes:
       architecture: a name in :data:`tfkd.models.MODELS`.
       epochs, batch_size, learning_rate: Adam training (batch_size per replica).
+      lr_schedule: one of ``LR_SCHEDULES``.
       loss: one of ``LOSSES``; temperature: T for ``kd`` (ignored by ``soft_ce``).
       mixup_alpha: training-time MixUp λ ~ Beta(α, α) per example; 0 disables.
       rotation_degrees: random rotation up to ± this many degrees; 0 disables.
@@ -44,6 +61,7 @@ class StudentConfig:
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     loss: str = "soft_ce"
     temperature: float = 1.0
     mixup_alpha: float = 1.0
@@ -168,7 +186,9 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
-        student.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+        total_steps = config.epochs * (len(images) // global_batch)
+        lr = learning_rate(config.learning_rate, config.lr_schedule, total_steps)
+        student.compile(optimizer=keras.optimizers.Adam(lr),
                         loss=make_loss(config.loss, config.temperature),
                         metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
                         steps_per_execution=config.steps_per_execution)

@@ -16,7 +16,8 @@ from keras import layers
 def _lenet(name: str, conv_filters: tuple[int, int], dense_units: tuple[int, int],
            input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     inputs = keras.Input(shape=input_shape, name="images")
-    x = layers.Conv2D(conv_filters[0], 5, activation="relu", name="conv1")(inputs)
+    # conv1 pads ("same"), as LeNet-5 on 28x28 inputs padded to 32x32: 5x5x16 features reach fc1.
+    x = layers.Conv2D(conv_filters[0], 5, padding="same", activation="relu", name="conv1")(inputs)
     x = layers.MaxPooling2D(2, name="pool1")(x)
     x = layers.Conv2D(conv_filters[1], 5, activation="relu", name="conv2")(x)
     x = layers.MaxPooling2D(2, name="pool2")(x)
@@ -28,10 +29,12 @@ def _lenet(name: str, conv_filters: tuple[int, int], dense_units: tuple[int, int
 
 
 def lenet5(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10) -> keras.Model:
-    """LeNet-5 as in the FS-BBT code: conv 6 and 16 filters of 5x5 (ReLU, 2x2 max-pool), dense 120, 84.
+    """LeNet-5 (LeCun et al. 1998) as in the FS-BBT code: conv 6 and 16 filters of 5x5 (the first
+    padded "same"), each with ReLU and 2x2 max-pool, then dense 120 and 84 (ReLU) and the logits.
+    61,706 weights on 28x28x1 with 10 classes, the classic LeNet-5 count.
 
     Args:
-      input_shape: (H, W, C); H and W at least 12 (two valid 5x5 convs and two 2x2 pools).
+      input_shape: (H, W, C); H and W at least 12 (pool, valid 5x5 conv, pool).
       num_classes: width of the logits.
 
     Returns:
