@@ -32,8 +32,34 @@ flags.DEFINE_integer("num_shots", 2000, "N: unlabeled real images, balanced over
 flags.DEFINE_string("teacher", "", "host:port of a running TF Serving server; empty: train a "
                     "teacher into the work dir if none is there and serve it locally.")
 flags.DEFINE_string("teacher_model_name", "teacher", "The teacher's model name (model spec).")
-flags.DEFINE_integer("teacher_version", None, "Pin a teacher version; default: the latest.")
+flags.DEFINE_integer("teacher_version", None, "Pin a teacher version number; default: the latest.")
+flags.DEFINE_string("teacher_version_label", None, "Pin a teacher version by label (e.g. stable).")
 flags.DEFINE_string("teacher_signature", "serving_default", "The teacher's signature name.")
+flags.DEFINE_string("teacher_input_key", None, "The image input's name; default: the signature's "
+                    "only input.")
+flags.DEFINE_enum("teacher_input_dtype", None, ["float32", "uint8"], "The image input's dtype; "
+                  "default: from the metadata.")
+flags.DEFINE_float("teacher_input_scale", None, "The value pixel intensity 1.0 maps to (1 or 255); "
+                   "default: 255 for uint8, else 1.")
+flags.DEFINE_string("teacher_output_key", None, "The output to read; default: probabilities, else "
+                    "the only output.")
+flags.DEFINE_enum("teacher_output", None, ["probabilities", "logits", "classes"], "What the output "
+                  "holds; classes = top-1 ids (label-only teacher). Default: from the metadata.")
+flags.DEFINE_bool("teacher_label_only", False, "Use only the teacher's argmax (emulates a "
+                  "decision-based API on a probability teacher).")
+flags.DEFINE_float("teacher_timeout", 60.0, "Per-request deadline, seconds.")
+flags.DEFINE_integer("teacher_max_in_flight", 4, "Predict requests in flight at once.")
+flags.DEFINE_integer("teacher_max_attempts", 10, "Attempts per request on UNAVAILABLE, "
+                     "DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (exponential backoff with jitter).")
+flags.DEFINE_string("teacher_tls_ca", None, "CA bundle (PEM): use a TLS channel.")
+flags.DEFINE_string("teacher_tls_cert", None, "Client certificate (PEM) for mutual TLS.")
+flags.DEFINE_string("teacher_tls_key", None, "Client private key (PEM) for mutual TLS.")
+flags.DEFINE_string("teacher_tls_server_name", None, "Override the TLS server name to verify.")
+flags.DEFINE_string("teacher_auth_token_file", None, "File holding a token sent as "
+                    "'authorization: Bearer <token>' on every call (never logged).")
+flags.DEFINE_string("teacher_auth_token_env", None, "Environment variable holding that token.")
+flags.DEFINE_integer("query_budget", None, "At most this many images sent to the teacher in this "
+                     "run; the run stops before sending if its plan needs more.")
 flags.DEFINE_enum("teacher_architecture", "lenet5", ["lenet5"], "Teacher trained when --teacher "
                   "is empty.")
 flags.DEFINE_integer("teacher_epochs", 20, "Epochs of the locally trained teacher.")
@@ -69,11 +95,25 @@ def config_from_flags() -> pipeline.FSBBTConfig:
         raise app.UsageError(f"--student_epochs must be positive, got {FLAGS.student_epochs}")
     if FLAGS.teacher and ":" not in FLAGS.teacher:
         raise app.UsageError(f"--teacher must be host:port, got {FLAGS.teacher!r}")
+    if FLAGS.teacher_version is not None and FLAGS.teacher_version_label:
+        raise app.UsageError("Give --teacher_version or --teacher_version_label, not both.")
+    if FLAGS.query_budget is not None and FLAGS.query_budget < 0:
+        raise app.UsageError(f"--query_budget must be >= 0, got {FLAGS.query_budget}")
+    teacher_config = teacher.TeacherConfig(
+        target=FLAGS.teacher, model_name=FLAGS.teacher_model_name, version=FLAGS.teacher_version,
+        version_label=FLAGS.teacher_version_label, signature_name=FLAGS.teacher_signature,
+        input_key=FLAGS.teacher_input_key, input_dtype=FLAGS.teacher_input_dtype,
+        input_scale=FLAGS.teacher_input_scale, output_key=FLAGS.teacher_output_key,
+        output_kind=FLAGS.teacher_output, label_only=FLAGS.teacher_label_only,
+        timeout_s=FLAGS.teacher_timeout, max_in_flight=FLAGS.teacher_max_in_flight,
+        retry=teacher.RetryPolicy(max_attempts=FLAGS.teacher_max_attempts),
+        tls_ca_file=FLAGS.teacher_tls_ca, tls_cert_file=FLAGS.teacher_tls_cert,
+        tls_key_file=FLAGS.teacher_tls_key, tls_server_name=FLAGS.teacher_tls_server_name,
+        auth_token_file=FLAGS.teacher_auth_token_file,
+        auth_token_env=FLAGS.teacher_auth_token_env, query_budget=FLAGS.query_budget)
     return pipeline.FSBBTConfig(
         workdir=FLAGS.workdir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed,
-        num_shots=FLAGS.num_shots, teacher=FLAGS.teacher,
-        teacher_model_name=FLAGS.teacher_model_name, teacher_version=FLAGS.teacher_version,
-        teacher_signature=FLAGS.teacher_signature,
+        num_shots=FLAGS.num_shots, teacher=teacher_config,
         teacher_train=pipeline.TeacherTrainConfig(architecture=FLAGS.teacher_architecture,
                                                   epochs=FLAGS.teacher_epochs),
         mixup=synthesis.MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha),

@@ -14,6 +14,7 @@ from absl import logging
 from tfkd import serving
 
 flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port).")
+flags.DEFINE_integer("rest_api_port", 0, "REST API port; 0: no REST API (as tensorflow_model_server).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind; loopback unless told otherwise "
                     "(0.0.0.0 for all interfaces).")
 flags.DEFINE_string("model_name", "default", "Model name, with --model_base_path.")
@@ -22,6 +23,10 @@ flags.DEFINE_string("model_config_file", "", "A ModelServerConfig text proto (mo
                     "replaces --model_name/--model_base_path.")
 flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "How often to look for new versions; 0: "
                    "never.")
+flags.DEFINE_string("ssl_server_cert", None, "PEM server certificate: serve gRPC over TLS "
+                    "(tensorflow_model_server takes these in --ssl_config_file).")
+flags.DEFINE_string("ssl_server_key", None, "PEM server private key.")
+flags.DEFINE_string("ssl_custom_ca", None, "PEM CA: require client certificates signed by it.")
 
 FLAGS = flags.FLAGS
 
@@ -37,10 +42,21 @@ def main(argv):
         models = [serving.ModelConfig(FLAGS.model_name, FLAGS.model_base_path)]
     else:
         raise app.UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
-    server = serving.ModelServer(models, host=FLAGS.host, port=FLAGS.port,
-                                 poll_seconds=FLAGS.file_system_poll_wait_seconds)
+    def read(path):
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    server = serving.ModelServer(
+        models, host=FLAGS.host, port=FLAGS.port,
+        rest_api_port=FLAGS.rest_api_port or None,
+        poll_seconds=FLAGS.file_system_poll_wait_seconds,
+        ssl_server_cert=read(FLAGS.ssl_server_cert), ssl_server_key=read(FLAGS.ssl_server_key),
+        ssl_custom_ca=read(FLAGS.ssl_custom_ca))
     server.start()
-    print(f"Serving {[m.name for m in models]} on {server.target}", flush=True)
+    rest = f", REST on {server.host}:{server.rest_api_port}" if FLAGS.rest_api_port else ""
+    print(f"Serving {[m.name for m in models]} on {server.target}{rest}", flush=True)
     logging.info("Press Ctrl-C to stop.")
     try:
         server.wait()

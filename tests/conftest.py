@@ -57,3 +57,48 @@ def client(server):
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)
+
+
+class CustomTeacher:
+    """Builds a teacher that is not a Keras export: a plain tf.Module with its own names.
+
+    Signature ``predict_scores``: input ``pixels`` uint8 [batch, 28, 28] in [0, 255] (no channel
+    axis); outputs ``scores`` float32 [batch, 10] (logits) and ``label`` int64 [batch] (top-1).
+    """
+
+    @staticmethod
+    def export(teacher_version_dir: str, export_dir: str) -> str:
+        import tensorflow as tf
+
+        class Module(tf.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="pixels")])
+            def predict_scores(self, pixels):
+                images = tf.cast(pixels, tf.float32)[..., None] / 255.0
+                p = self.inner.signatures["serving_default"](images=images)["probabilities"]
+                return {"scores": tf.math.log(p + 1e-12), "label": tf.argmax(p, axis=-1)}
+
+        module = Module(tf.saved_model.load(teacher_version_dir))
+        tf.saved_model.save(module, export_dir, signatures={"predict_scores": module.predict_scores})
+        return export_dir
+
+
+@pytest.fixture(scope="session")
+def custom_teacher_base(teacher_base, tmp_path_factory):
+    base = tmp_path_factory.mktemp("custom") / "custom"
+    CustomTeacher.export(os.path.join(teacher_base, "1"), str(base / "1"))
+    return str(base)
+
+
+@pytest.fixture(scope="session")
+def custom_server(custom_teacher_base, teacher_base):
+    from tfkd import serving
+
+    srv = serving.ModelServer([serving.ModelConfig("custom", custom_teacher_base),
+                               serving.ModelConfig("teacher", teacher_base)], poll_seconds=0)
+    srv.start()
+    yield srv
+    srv.stop()

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfkd import distill
 from tfkd import pipeline
 from tfkd import synthesis
+from tfkd.teacher import TeacherConfig
 
 from conftest import REPO
 from test_data import write_idx
@@ -33,7 +34,8 @@ def test_distillation_never_sees_the_true_labels(server, fashion, tmp_path):
     sets = {}
     for name in ("true", "renamed"):
         config = pipeline.FSBBTConfig(workdir=str(tmp_path / f"run_{name}"),
-                                      data_dir=str(tmp_path / name), teacher=server.target, **TINY)
+                                      data_dir=str(tmp_path / name),
+                                      teacher=TeacherConfig(target=server.target), **TINY)
         report = pipeline.run_fsbbt(config)
         assert report["teacher_queries"] == 50 + 200 + 40
         sets[name] = (np.load(tmp_path / f"run_{name}" / "few_shot_indices.npy"),

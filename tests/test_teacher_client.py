@@ -14,7 +14,7 @@ def test_metadata_read_from_server(client):
     sig = client.signature
     assert (sig.model_name, sig.version, sig.signature_name) == ("teacher", 1, "serving_default")
     assert sig.input_key == "images" and sig.input_dtype == np.float32
-    assert sig.input_shape == (-1, 28, 28, 1)
+    assert sig.input_shape == (-1, 28, 28, 1) and sig.input_scale == 1.0
     assert (sig.output_key, sig.output_kind, sig.num_classes) == ("probabilities", "probabilities", 10)
 
 
@@ -31,15 +31,15 @@ def test_batch_over_4mb_is_split(client, fashion):
     assert images.nbytes > teacher.GRPC_DEFAULT_MAX_MESSAGE_BYTES
     labels = client.soft_labels(images)
     assert labels.shape == (2000, 10)
-    assert client.requests == 2 and client.queries == 2000
+    assert client.requests == 2 and client.queries == 2000 and client.retries == 0
     assert client.images_per_request * 28 * 28 * 4 < teacher.GRPC_DEFAULT_MAX_MESSAGE_BYTES
     np.testing.assert_allclose(labels[:5], client.soft_labels(images[:5]), atol=1e-6)
 
 
 def test_unknown_model_is_not_found(server):
-    with pytest.raises(grpc.RpcError) as e:
+    with pytest.raises(teacher.TeacherError, match="Servable not found for request") as e:
         teacher.TeacherClient(server.target, "no_such_model")
-    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_unreachable_teacher_fails_fast_naming_the_address():

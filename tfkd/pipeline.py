@@ -67,9 +67,9 @@ class FSBBTConfig:
       dataset, data_dir: see :func:`tfkd.data.load_dataset`.
       seed: one seed for sampling, synthesis and training.
       num_shots: N, the unlabeled real images (balanced over classes).
-      teacher: ``host:port`` of a running TF Serving (or tfkd) server; "" trains a teacher into the
-        work dir if none is there, serves it on a free loopback port, and stops it at the end.
-      teacher_model_name, teacher_version, teacher_signature: the teacher's model spec.
+      teacher: how to reach and read the teacher (:class:`tfkd.teacher.TeacherConfig`); an empty
+        ``target`` trains a teacher into the work dir if none is there, serves it on a free loopback
+        port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
       teacher_train: used only when tfkd trains the teacher.
       mixup, cvae, student: the stages' configs.
       eval_examples: test images used for the accuracies (0: the full test set).
@@ -83,10 +83,7 @@ class FSBBTConfig:
     data_dir: str | None = None
     seed: int = 0
     num_shots: int = 2000
-    teacher: str = ""
-    teacher_model_name: str = "teacher"
-    teacher_version: int | None = None
-    teacher_signature: str = "serving_default"
+    teacher: teacher_lib.TeacherConfig = teacher_lib.TeacherConfig()
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
     mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
     cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
@@ -198,22 +195,36 @@ def build_labelled_set(shots: np.ndarray, client: teacher_lib.TeacherClient, con
     """
     stages = stages or _Stages()
     progress = config.verbose > 0
-    num_classes = client.signature.num_classes
-    with stages("label_real"):
-        real_labels = client.soft_labels(shots, progress=progress)
-        num_classes = real_labels.shape[1]
-    parts = [(shots, real_labels, 0)]
+    mixed = None
     if config.mixup.num_images > 0:
         with stages("mixup"):
             mixed, info = synthesis.mixup_images(shots, config.mixup, config.seed)
             logging.info("MixUp: %d images (%d pairs dropped as near-copies)", len(mixed),
                          info["num_dropped"])
+    # The query plan, checked against the budget before anything is sent. CVAE images are not known
+    # yet, so all of them count (the ledger may answer some).
+    budget = client.query_budget
+    if budget is not None:
+        planned = client.missing(shots) + (client.missing(mixed) if mixed is not None else 0)
+        planned += config.cvae.num_images
+        left = budget - client.queries
+        if planned > left:
+            raise teacher_lib.QueryBudgetExceeded(
+                f"{client.name}: the plan needs up to {planned} teacher queries ({len(shots)} real, "
+                f"{0 if mixed is None else len(mixed)} MixUp, {config.cvae.num_images} CVAE images, "
+                f"less ledger answers) but the query budget leaves {left}; raise --query_budget or "
+                "lower --num_mixup / --num_cvae. Nothing was sent.")
+    with stages("label_real"):
+        real_labels = client.soft_labels(shots, progress=progress)
+        num_classes = real_labels.shape[1]
+    parts = [(shots, real_labels, 0)]
+    if mixed is not None:
         with stages("label_mixup"):
             parts.append((mixed, client.soft_labels(mixed, progress=progress), 1))
     if config.cvae.num_images > 0:
         weights = os.path.join(config.workdir, "cvae-" + fingerprint(
             config.dataset, config.data_dir, config.seed, config.num_shots, config.cvae,
-            client.signature.identity) + ".weights.h5")
+            client.signature.identity, client.label_only) + ".weights.h5")
         with stages("cvae_training"):
             if os.path.exists(weights):
                 cvae = synthesis.build_cvae(shots.shape[1:], num_classes, config.cvae)
@@ -275,24 +286,32 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
     teacher_arch = config.teacher_train.architecture
     teacher_base = os.path.join(config.workdir, "teacher")
     with contextlib.ExitStack() as stack:
-        target = config.teacher
-        if not target:
+        teacher_config = config.teacher
+        local_teacher = not teacher_config.target
+        if local_teacher:
             if export.latest_version_dir(teacher_base) is None:
                 with stages("teacher_training"):
                     trained = train_and_export_teacher(dataset, config.teacher_train, teacher_base,
                                                        config.seed, config.verbose)
                 report["teacher_accuracy_in_process"] = trained["test_accuracy"]
-            target = stack.enter_context(_serve({config.teacher_model_name: teacher_base}))
+            target = stack.enter_context(_serve({teacher_config.model_name: teacher_base}))
             logging.info("Serving the teacher from %s on %s", teacher_base, target)
+            teacher_config = dataclasses.replace(teacher_config, target=target)
             report["teacher_architecture"] = teacher_arch
         ledger = teacher_lib.QueryLedger(os.path.join(config.workdir, "ledger"))
-        client = stack.enter_context(teacher_lib.TeacherClient(
-            target, config.teacher_model_name, config.teacher_version, config.teacher_signature,
-            ledger=ledger))
-        report["teacher"] = {"target": target, "model_name": client.model_name,
-                             "version": client.signature.version,
-                             "signature": client.signature.signature_name,
-                             "output_kind": client.signature.output_kind}
+        client = stack.enter_context(teacher_config.connect(ledger))
+        if client.signature.num_classes is None:  # Class ids: the metadata cannot say K.
+            client.with_num_classes(dataset.num_classes)
+        signature = client.signature
+        report["teacher"] = {"target": teacher_config.target, "model_name": signature.model_name,
+                             "version": signature.version, "signature": signature.signature_name,
+                             "input": f"{signature.input_key} {np.dtype(signature.input_dtype).name}"
+                                      f" {list(signature.input_shape)} x{signature.input_scale:g}",
+                             "output": signature.output_key,
+                             "output_kind": signature.output_kind,
+                             "label_only": client.label_only}
+        report["teacher_output_kind"] = ("classes (label-only view)" if client.label_only
+                                         else signature.output_kind)
 
         # The N unlabeled images. Labels pick the balanced sample only through class membership
         # (see few_shot_indices); from here on only the images travel.
@@ -303,7 +322,7 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
         shots = dataset.x_train[indices]
 
         synthesis_fp = fingerprint(config.dataset, config.data_dir, config.seed, config.num_shots,
-                                   config.mixup, config.cvae, client.signature.identity)
+                                   config.mixup, config.cvae, signature.identity, client.label_only)
         labelled_path = os.path.join(config.workdir, f"labelled_set-{synthesis_fp}.npz")
         if os.path.exists(labelled_path):
             labelled = LabelledSet.load(labelled_path)
@@ -315,8 +334,9 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
         report["grids"] = write_grids(labelled, labelled.soft_labels.shape[1], config.workdir)
         report.update(num_shots=labelled.count("real"), num_mixup=labelled.count("mixup"),
                       num_cvae=labelled.count("cvae"), teacher_queries=client.queries,
-                      teacher_ledger_hits=client.ledger_hits, teacher_requests=client.requests,
-                      teacher_ledger_size=len(ledger))
+                      teacher_queries_sent=client.queries, teacher_ledger_hits=client.ledger_hits,
+                      teacher_requests=client.requests, teacher_retries=client.retries,
+                      teacher_ledger_size=len(ledger), query_budget=client.query_budget)
 
         with stages("student_training"):
             student, history = distill.train_student(
@@ -335,9 +355,11 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
         report["eval_examples"] = int(n_eval)
         if config.evaluate_teacher:
             with stages("evaluate_teacher"):
-                with teacher_lib.TeacherClient(target, config.teacher_model_name,
-                                               config.teacher_version,
-                                               config.teacher_signature) as eval_client:
+                eval_config = dataclasses.replace(teacher_config, query_budget=None,
+                                                  label_only=False)
+                with eval_config.connect() as eval_client:
+                    if eval_client.signature.num_classes is None:
+                        eval_client.with_num_classes(dataset.num_classes)
                     report["teacher_accuracy"] = served_accuracy(eval_client, x_eval, y_eval,
                                                                  config.verbose > 0)
                     report["teacher_eval_queries"] = eval_client.queries
@@ -351,7 +373,7 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
     report["student_parameters"] = models.count_parameters(student)
     report["student_saved_model_bytes"] = export.saved_model_bytes(student_dir)
     teacher_dir = export.latest_version_dir(teacher_base)
-    if not config.teacher and teacher_dir:
+    if local_teacher and teacher_dir:
         report["teacher_parameters"] = export.saved_model_parameters(teacher_dir)
         report["teacher_saved_model_bytes"] = export.saved_model_bytes(teacher_dir)
     else:  # A remote black box: its size is not ours to know.

@@ -6,13 +6,17 @@ servicer base classes of ``tensorflow_serving.apis``:
 
 * ``PredictionService.Predict`` (model spec name, version or version label, signature name,
   ``output_filter``) and ``PredictionService.GetModelMetadata`` (``signature_def``);
-* ``ModelService.GetModelStatus``.
+* ``ModelService.GetModelStatus`` and ``ModelService.HandleReloadConfigRequest``;
+* the gRPC health service (``grpc.health.v1.Health``), and
+* the REST API (``/v1/models/NAME[/versions/N|/labels/L][/metadata|:predict]``, ``instances`` and
+  ``inputs`` bodies) on its own port.
 
-It serves, for each model, the newest numeric version directory under the model's base path (TF
-Serving's default ``latest`` version policy), polls the base paths for new versions like TF Serving's
-file-system source (``file_system_poll_wait_seconds``), and answers errors with TF Serving's status
-codes and messages: an unknown model or version -> NOT_FOUND, a bad input key or tensor ->
-INVALID_ARGUMENT, an unknown signature -> FAILED_PRECONDITION.
+It serves the versions each model's version policy asks for (``latest`` N, ``all``, ``specific``, as
+in a ``models.config``), with version labels; polls the base paths for new versions like TF Serving's
+file-system source (``file_system_poll_wait_seconds``); answers concurrent requests from a thread
+pool; and answers errors with TF Serving's status codes and messages: an unknown model or version ->
+NOT_FOUND, a bad input key or tensor -> INVALID_ARGUMENT, an unknown signature -> FAILED_PRECONDITION.
+Optionally over TLS (server certificate and key, and a CA to require client certificates).
 
 Clients (``tfkd.teacher.TeacherClient``) work unchanged against the real server.
 """
@@ -21,17 +25,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import http.server
+import json
 import os
+import re
 import threading
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from google.protobuf import json_format
 from google.protobuf import text_format
+from grpc_health.v1 import health
+from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2_grpc
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -85,15 +97,58 @@ class Servable:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """One entry of a ``models.config`` (TF Serving's ``ModelServerConfig.model_config_list``)."""
+    """One entry of a ``models.config`` (TF Serving's ``ModelServerConfig.model_config_list``).
+
+    Attributes:
+      name: the model name clients put in the model spec.
+      base_path: directory of numeric version directories.
+      version_policy: ``latest`` (the ``num_versions`` newest), ``all``, or ``specific``
+        (``versions``), as TF Serving's ``ServableVersionPolicy``.
+      version_labels: label -> version, e.g. {"stable": 1, "canary": 2}.
+    """
 
     name: str
     base_path: str
+    version_policy: str = "latest"
+    num_versions: int = 1
+    versions: tuple = ()
     version_labels: dict = dataclasses.field(default_factory=dict)
+
+    def wanted(self, available: list[int]) -> list[int]:
+        """The versions this policy serves out of ``available`` (ascending)."""
+        if self.version_policy == "all":
+            return sorted(available)
+        if self.version_policy == "specific":
+            return sorted(v for v in available if v in set(self.versions))
+        return sorted(available)[-max(1, self.num_versions):]
+
+
+def model_configs_from_proto(config, base_dir: str = ".") -> list[ModelConfig]:
+    """:class:`ModelConfig` entries of a ``ModelServerConfig`` proto (relative paths from base_dir).
+
+    Raises:
+      ValueError: no ``model_config_list``.
+    """
+    if not config.HasField("model_config_list"):
+        raise ValueError("expected a ModelServerConfig with a model_config_list")
+    models = []
+    for c in config.model_config_list.config:
+        policy = c.model_version_policy
+        choice = policy.WhichOneof("policy_choice") or "latest"
+        models.append(ModelConfig(
+            name=c.name,
+            base_path=c.base_path if os.path.isabs(c.base_path) else os.path.join(base_dir, c.base_path),
+            version_policy=choice,
+            num_versions=(policy.latest.num_versions or 1) if choice == "latest" else 1,
+            versions=tuple(policy.specific.versions) if choice == "specific" else (),
+            version_labels=dict(c.version_labels)))
+    return models
 
 
 def parse_model_config_file(path: str) -> list[ModelConfig]:
     """Parses a TF Serving ``models.config`` text proto into :class:`ModelConfig` entries.
+
+    Relative base paths are taken from the file's directory.
 
     Raises:
       ValueError: the file is not a ``ModelServerConfig`` with a ``model_config_list``.
@@ -105,46 +160,67 @@ def parse_model_config_file(path: str) -> list[ModelConfig]:
         text_format.Parse(text, config)
     except text_format.ParseError as e:
         raise ValueError(f"model_config_file={path!r}: not a ModelServerConfig text proto: {e}") from e
-    if not config.HasField("model_config_list"):
-        raise ValueError(f"model_config_file={path!r}: expected a model_config_list")
-    base = os.path.dirname(os.path.abspath(path))
-    return [ModelConfig(name=c.name,
-                        base_path=c.base_path if os.path.isabs(c.base_path)
-                        else os.path.join(base, c.base_path),
-                        version_labels=dict(c.version_labels))
-            for c in config.model_config_list.config]
+    try:
+        return model_configs_from_proto(config, os.path.dirname(os.path.abspath(path)))
+    except ValueError as e:
+        raise ValueError(f"model_config_file={path!r}: {e}") from None
 
 
 class ModelRegistry:
     """The servables of every configured model, thread-safe, refreshed from the base paths."""
 
     def __init__(self, models: list[ModelConfig]):
+        self._lock = threading.Lock()
+        self._configs: dict[str, ModelConfig] = {}
+        self._servables: dict[str, dict[int, Servable]] = {}
+        self.configure(models)
+
+    def configure(self, models: list[ModelConfig]) -> None:
+        """Replaces the set of models (``HandleReloadConfigRequest``); call :meth:`refresh` after.
+
+        Raises:
+          ValueError: duplicate names, or an unknown version policy.
+        """
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: duplicate model names in {names}")
-        self._configs = {m.name: m for m in models}
-        self._servables: dict[str, dict[int, Servable]] = {m.name: {} for m in models}
-        self._lock = threading.Lock()
+        for m in models:
+            if m.version_policy not in ("latest", "all", "specific"):
+                raise ValueError(f"model {m.name!r}: version_policy={m.version_policy!r}: expected "
+                                 "latest, all or specific")
+        with self._lock:
+            self._configs = {m.name: m for m in models}
+            self._servables = {m.name: self._servables.get(m.name, {}) for m in models}
+
+    @property
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return list(self._configs)
 
     def refresh(self) -> None:
-        """Loads the newest version of each model if it is not loaded yet (policy ``latest``)."""
-        for name, config in self._configs.items():
-            versions = export.list_versions(config.base_path)
-            if not versions:
-                continue
-            newest = versions[-1]
+        """Loads the versions each policy wants and unloads the others."""
+        with self._lock:
+            configs = list(self._configs.values())
+        for config in configs:
+            wanted = config.wanted(export.list_versions(config.base_path))
             with self._lock:
-                if newest in self._servables[name]:
+                loaded = dict(self._servables.get(config.name, {}))
+            for version in wanted:
+                if version in loaded:
                     continue
-            path = os.path.join(config.base_path, str(newest))
-            try:
-                servable = Servable.load(name, newest, path)
-            except Exception as e:  # A bad version must not take the server down.
-                logging.error("Failed to load servable %s version %d from %s: %s", name, newest, path, e)
+                path = os.path.join(config.base_path, str(version))
+                try:
+                    loaded[version] = Servable.load(config.name, version, path)
+                except Exception as e:  # A bad version must not take the server down.
+                    logging.error("Failed to load servable %s version %d from %s: %s",
+                                  config.name, version, path, e)
+                    continue
+                logging.info("Serving %s version %d from %s", config.name, version, path)
+            if not wanted:  # Keep serving what we have while a base path is briefly empty.
                 continue
             with self._lock:
-                self._servables[name] = {newest: servable}
-            logging.info("Serving %s version %d from %s", name, newest, path)
+                if config.name in self._configs:
+                    self._servables[config.name] = {v: loaded[v] for v in wanted if v in loaded}
 
     def resolve(self, model_spec) -> Servable:
         """The servable a request's ``ModelSpec`` asks for.
@@ -156,6 +232,10 @@ class ModelRegistry:
         with self._lock:
             versions = self._servables.get(name)
             if name not in self._configs or not versions:
+                if model_spec.HasField("version"):
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: Specific({name}, "
+                                       f"{model_spec.version.value})")
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
                                    f"Servable not found for request: Latest({name})")
             if model_spec.HasField("version"):
@@ -167,9 +247,12 @@ class ModelRegistry:
             if model_spec.version_label:
                 label = model_spec.version_label
                 version = self._configs[name].version_labels.get(label)
-                if version is None or version not in versions:
+                if version is None:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
                                        f"Unrecognized servable version label: {label}")
+                if version not in versions:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: Specific({name}, {version})")
                 return versions[version]
             return versions[max(versions)]
 
@@ -202,6 +285,62 @@ def _check_input(alias: str, value: np.ndarray, info) -> None:
                                f"signature's {dims} (-1 is any size)")
 
 
+def run_signature(servable: Servable, signature_name: str, inputs: dict,
+                  output_filter: list[str]) -> dict[str, np.ndarray]:
+    """Runs one signature of a servable, validating as TF Serving's Predict does.
+
+    Args:
+      inputs: alias -> numpy array (or, for the REST API, a nested list converted here).
+      output_filter: aliases to return; empty: all outputs.
+
+    Returns:
+      alias -> numpy array.
+
+    Raises:
+      ServingError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for bad inputs.
+    """
+    signature = servable.signature_defs.get(signature_name)
+    if signature is None:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f'Serving signature key "{signature_name}" not found.')
+    if len(inputs) != len(signature.inputs):
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(inputs)}!={len(signature.inputs)} "
+            f"len([{','.join(sorted(inputs))}]) != len([{','.join(sorted(signature.inputs))}])")
+    feeds = {}
+    for alias, value in inputs.items():
+        if alias not in signature.inputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
+                f"the set {{{', '.join(sorted(signature.inputs))}}}.")
+        info = signature.inputs[alias]
+        if not isinstance(value, np.ndarray):  # REST: JSON lists, typed by the signature.
+            try:
+                value = np.asarray(value, dtype=tf.dtypes.as_dtype(info.dtype).as_numpy_dtype)
+            except (TypeError, ValueError) as e:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"tensor parsing error: {alias} ({e})") from None
+        _check_input(alias, value, info)
+        feeds[alias] = tf.constant(value)
+    aliases = list(output_filter) or list(signature.outputs)
+    for alias in aliases:
+        if alias not in signature.outputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                f"the set {{{', '.join(sorted(signature.outputs))}}}.")
+    if len(set(aliases)) != len(aliases):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"duplicate output tensor alias in output_filter: {aliases}")
+    try:
+        outputs = servable.loaded.signatures[signature_name](**feeds)
+    except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
+    return {alias: outputs[alias].numpy() for alias in aliases}
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata.
 
@@ -213,55 +352,22 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         try:
-            return self._predict(request)
+            servable = self._registry.resolve(request.model_spec)
+            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            inputs = {}
+            for alias, proto in request.inputs.items():
+                try:
+                    inputs[alias] = tf.make_ndarray(proto)
+                except Exception:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"tensor parsing error: {alias}") from None
+            outputs = run_signature(servable, signature_name, inputs, list(request.output_filter))
         except ServingError as e:
             context.abort(e.code, e.message)
-
-    def _predict(self, request):
-        servable = self._registry.resolve(request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = servable.signature_defs.get(signature_name)
-        if signature is None:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f'Serving signature key "{signature_name}" not found.')
-        if len(request.inputs) != len(signature.inputs):
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input size does not match signature: {len(request.inputs)}!="
-                f"{len(signature.inputs)} len([{','.join(sorted(request.inputs))}]) != "
-                f"len([{','.join(sorted(signature.inputs))}])")
-        feeds = {}
-        for alias, proto in request.inputs.items():
-            if alias not in signature.inputs:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
-                    f"the set {{{', '.join(sorted(signature.inputs))}}}.")
-            try:
-                value = tf.make_ndarray(proto)
-            except Exception:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}")
-            _check_input(alias, value, signature.inputs[alias])
-            feeds[alias] = tf.constant(value)
-        aliases = list(request.output_filter) or list(signature.outputs)
-        for alias in aliases:
-            if alias not in signature.outputs:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"output tensor alias not found in signature: {alias} Outputs expected to be in "
-                    f"the set {{{', '.join(sorted(signature.outputs))}}}.")
-        if len(set(aliases)) != len(aliases):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"duplicate output tensor alias in output_filter: {aliases}")
-        function = servable.loaded.signatures[signature_name]
-        try:
-            outputs = function(**feeds)
-        except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0])
         response = predict_pb2.PredictResponse()
         _set_model_spec(response.model_spec, servable, signature_name)
-        for alias in aliases:
-            response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias].numpy()))
+        for alias, value in outputs.items():
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
         return response
 
     def GetModelMetadata(self, request, context):
@@ -275,19 +381,34 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                        f"Metadata field {field} is not supported")
             servable = self._registry.resolve(request.model_spec)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            _set_model_spec(response.model_spec, servable, None)
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for key, signature in servable.signature_defs.items():
-                signature_map.signature_def[key].CopyFrom(signature)
-            response.metadata["signature_def"].Pack(signature_map)
-            return response
         except ServingError as e:
             context.abort(e.code, e.message)
+        return metadata_response(servable)
+
+
+def metadata_response(servable: Servable):
+    """The ``GetModelMetadataResponse`` of a servable (its ``signature_def`` map)."""
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    _set_model_spec(response.model_spec, servable, None)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signature_defs.items():
+        signature_map.signature_def[key].CopyFrom(signature)
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def status_response(servables: list[Servable]):
+    """A ``GetModelStatusResponse``: each loaded version AVAILABLE with status OK."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for servable in servables:
+        status = response.model_version_status.add()
+        status.version = servable.version
+        status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``tensorflow.serving.ModelService.GetModelStatus``: every loaded version is AVAILABLE."""
+    """``tensorflow.serving.ModelService``: GetModelStatus and HandleReloadConfigRequest."""
 
     def __init__(self, registry: ModelRegistry):
         self._registry = registry
@@ -301,16 +422,118 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 servables = self._registry.versions(spec.name)
         except ServingError as e:
             context.abort(e.code, e.message)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for servable in servables:
-            status = response.model_version_status.add()
-            status.version = servable.version
-            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return status_response(servables)
+
+    def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self._registry.configure(model_configs_from_proto(request.config))
+        except ValueError as e:
+            response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            response.status.error_message = str(e)
+            return response
+        self._registry.refresh()
         return response
 
 
+_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|"
+                        r"/labels/(?P<label>[^/:]+))?(?P<what>/metadata|:predict)?/?$")
+_HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
+                grpc.StatusCode.FAILED_PRECONDITION: 400}
+
+
+def _rest_handler(registry: ModelRegistry):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        """TF Serving's REST API: model status, metadata and predict (row and columnar formats)."""
+
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # Route to absl, not stderr.
+            logging.debug("REST %s", fmt % args)
+
+        def _send(self, code: int, body: dict):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _spec(self, match):
+            spec = predict_pb2.PredictRequest().model_spec
+            spec.name = match["name"]
+            if match["version"]:
+                spec.version.value = int(match["version"])
+            if match["label"]:
+                spec.version_label = match["label"]
+            return spec
+
+        def _route(self, method: str):
+            match = _REST_PATH.match(self.path.split("?")[0])
+            if match is None or (method == "POST") != (match["what"] == ":predict"):
+                return self._send(404, {"error": f"Malformed request: {method} {self.path}"})
+            spec = self._spec(match)
+            try:
+                if match["what"] == "/metadata":
+                    response = metadata_response(registry.resolve(spec))
+                    return self._send(200, json_format.MessageToDict(
+                        response, preserving_proto_field_name=True))
+                if match["what"] is None:
+                    servables = ([registry.resolve(spec)] if match["version"] or match["label"]
+                                 else registry.versions(spec.name))
+                    return self._send(200, json_format.MessageToDict(
+                        status_response(servables), preserving_proto_field_name=True,
+                        always_print_fields_with_no_presence=True))
+                return self._predict(spec)
+            except ServingError as e:
+                return self._send(_HTTP_STATUS.get(e.code, 500), {"error": e.message})
+
+        def _predict(self, spec):
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except json.JSONDecodeError as e:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}")
+            servable = registry.resolve(spec)
+            signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+            signature = servable.signature_defs.get(signature_name)
+            if ("instances" in body) == ("inputs" in body):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "Missing 'inputs' or 'instances' key" if "instances" not in body
+                                   else "Both 'instances' and 'inputs' keys are present")
+            row = "instances" in body
+            data = body["instances"] if row else body["inputs"]
+            names = sorted(signature.inputs) if signature is not None else []
+            if row:  # A list of examples: values, or dicts of named values.
+                if data and isinstance(data[0], dict):
+                    inputs = {k: [example[k] for example in data] for k in data[0]}
+                else:
+                    inputs = {names[0] if len(names) == 1 else "": data}
+            else:
+                inputs = data if isinstance(data, dict) else {names[0] if len(names) == 1 else "": data}
+            outputs = run_signature(servable, signature_name, inputs, [])
+            if row:
+                if len(outputs) == 1:
+                    predictions = next(iter(outputs.values())).tolist()
+                else:
+                    n = len(next(iter(outputs.values())))
+                    predictions = [{k: v[i].tolist() for k, v in outputs.items()} for i in range(n)]
+                return self._send(200, {"predictions": predictions})
+            result = {k: v.tolist() for k, v in outputs.items()}
+            return self._send(200, {"outputs": next(iter(result.values())) if len(result) == 1
+                                    else result})
+
+        def do_GET(self):
+            self._route("GET")
+
+        def do_POST(self):
+            self._route("POST")
+
+    return Handler
+
+
 class ModelServer:
-    """The gRPC server: start, serve, poll base paths for new versions, stop.
+    """The gRPC (and optional REST) server: start, serve, poll base paths for new versions, stop.
 
     Usage::
 
@@ -320,37 +543,51 @@ class ModelServer:
     Args:
       models: the models to serve.
       host: the address to bind; 127.0.0.1 (loopback only) unless told otherwise.
-      port: the port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+      port: the gRPC port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+      rest_api_port: the REST port; None: no REST API; 0: a free one (:attr:`rest_api_port`).
       poll_seconds: how often to look for new versions under the base paths (TF Serving's
         ``--file_system_poll_wait_seconds``, default 1); 0 disables polling.
-      max_workers: threads answering requests concurrently.
+      max_workers: threads answering gRPC requests concurrently.
+      ssl_server_cert, ssl_server_key: PEM bytes; both given: the gRPC port speaks TLS.
+      ssl_custom_ca: PEM bytes; given with the above: clients must present a certificate it signed.
+      interceptors: ``grpc.ServerInterceptor`` objects (e.g. checking an authorization header).
     """
 
     def __init__(self, models: list[ModelConfig], host: str = "127.0.0.1", port: int = 0,
-                 poll_seconds: float = 1.0, max_workers: int = 8):
+                 rest_api_port: int | None = None, poll_seconds: float = 1.0, max_workers: int = 8,
+                 ssl_server_cert: bytes | None = None, ssl_server_key: bytes | None = None,
+                 ssl_custom_ca: bytes | None = None, interceptors=()):
+        if bool(ssl_server_cert) != bool(ssl_server_key):
+            raise ValueError("ssl_server_cert and ssl_server_key: give both or neither")
         self.registry = ModelRegistry(models)
         self.host = host
         self.port = port
+        self.rest_api_port = rest_api_port
         self.poll_seconds = poll_seconds
         self._max_workers = max_workers
+        self._tls = (ssl_server_cert, ssl_server_key, ssl_custom_ca) if ssl_server_cert else None
+        self._interceptors = tuple(interceptors)
         self._server = None
+        self._http = None
+        self._health = None
         self._stop = threading.Event()
-        self._poller = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def target(self) -> str:
-        """``host:port`` for clients."""
+        """``host:port`` of the gRPC API, for clients."""
         return f"{self.host}:{self.port}"
 
     def start(self) -> "ModelServer":
         """Loads the models and starts answering.
 
         Raises:
-          RuntimeError: the port cannot be bound.
+          RuntimeError: a port cannot be bound.
         """
         self.registry.refresh()
         self._server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=self._max_workers),
+            interceptors=self._interceptors,
             options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
@@ -358,16 +595,39 @@ class ModelServer:
             PredictionServicer(self.registry), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry), self._server)
-        bound = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        address = f"{self.host}:{self.port}"
+        if self._tls:
+            cert, key, ca = self._tls
+            credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                      require_client_auth=ca is not None)
+            bound = self._server.add_secure_port(address, credentials)
+        else:
+            bound = self._server.add_insecure_port(address)
         if bound == 0:
-            raise RuntimeError(f"port={self.port}: cannot bind {self.host}:{self.port}")
+            raise RuntimeError(f"port={self.port}: cannot bind {address}")
         self.port = bound
         self._server.start()
+        for service in ("", "tensorflow.serving.PredictionService",
+                        "tensorflow.serving.ModelService"):
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.rest_api_port is not None:
+            self._http = http.server.ThreadingHTTPServer((self.host, self.rest_api_port),
+                                                         _rest_handler(self.registry))
+            self._http.daemon_threads = True
+            self.rest_api_port = self._http.server_address[1]
+            self._spawn(self._http.serve_forever, "tfkd-rest")
         if self.poll_seconds > 0:
-            self._poller = threading.Thread(target=self._poll, name="tfkd-version-poll", daemon=True)
-            self._poller.start()
-        logging.info("Model server listening on %s", self.target)
+            self._spawn(self._poll, "tfkd-version-poll")
+        logging.info("Model server listening on %s (gRPC%s)", self.target,
+                     f", REST on {self.rest_api_port}" if self._http else "")
         return self
+
+    def _spawn(self, target, name):
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _poll(self):
         while not self._stop.wait(self.poll_seconds):
@@ -379,6 +639,12 @@ class ModelServer:
 
     def stop(self, grace: float = 1.0) -> None:
         self._stop.set()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None

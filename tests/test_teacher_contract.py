@@ -1,0 +1,213 @@
+"""Any teacher signature, label-only teachers, the query budget, retries, TLS and call metadata."""
+
+import os
+import subprocess
+import threading
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import predict_pb2
+
+from tfkd import pipeline
+from tfkd import serving
+from tfkd import synthesis
+from tfkd import distill
+from tfkd import teacher
+
+
+def test_non_keras_teacher_uint8_logits(custom_server, fashion):
+    images = fashion.x_test[:200]
+    with teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores",
+                               output_key="scores", output_kind="logits") as custom, \
+            teacher.TeacherClient(custom_server.target, "teacher") as keras_teacher:
+        sig = custom.signature
+        assert (sig.input_key, sig.input_dtype, sig.input_shape, sig.input_scale) == \
+            ("pixels", np.uint8, (-1, 28, 28), 255.0)
+        assert custom.encode(images).dtype == np.uint8 and custom.encode(images).shape == (200, 28, 28)
+        # softmax(log p) = p, up to the uint8 rounding of the pixels.
+        np.testing.assert_allclose(custom.soft_labels(images), keras_teacher.soft_labels(images),
+                                   atol=2e-2)
+
+
+def test_label_only_teacher_gives_one_hot(custom_server, fashion):
+    images = fashion.x_test[:100]
+    with teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores",
+                               output_key="label") as labels_only, \
+            teacher.TeacherClient(custom_server.target, "teacher", label_only=True) as view, \
+            teacher.TeacherClient(custom_server.target, "teacher") as full:
+        assert labels_only.signature.output_kind == "classes"
+        assert labels_only.signature.num_classes is None  # The metadata cannot say K ...
+        with pytest.raises(teacher.TeacherError, match="number of classes is unknown"):
+            labels_only.soft_labels(images[:2])
+        labels_only.with_num_classes(10)  # ... so the caller does.
+        one_hot = labels_only.soft_labels(images)
+        assert set(np.unique(one_hot)) == {0.0, 1.0} and np.all(one_hot.sum(1) == 1)
+        np.testing.assert_array_equal(one_hot, view.soft_labels(images))
+        np.testing.assert_array_equal(one_hot.argmax(1), full.soft_labels(images).argmax(1))
+
+
+def test_contract_errors_name_teacher_and_output(custom_server, fashion):
+    # Reading logits as probabilities breaks the contract: the run stops, naming what was wrong.
+    with teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores",
+                               output_key="scores") as wrong:
+        with pytest.raises(teacher.TeacherError,
+                           match=r"teacher 'custom', output 'scores' \(probabilities\): not prob"):
+            wrong.soft_labels(fashion.x_test[:4])
+    with pytest.raises(teacher.TeacherError, match="several outputs"):
+        teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores")
+    with pytest.raises(teacher.TeacherError, match="no signature 'serving_default'"):
+        teacher.TeacherClient(custom_server.target, "custom")
+
+
+def test_query_budget_is_never_exceeded(server, fashion, tmp_path):
+    with teacher.TeacherClient(server.target, "teacher", query_budget=150) as client:
+        client.soft_labels(fashion.x_test[:100])
+        with pytest.raises(teacher.QueryBudgetExceeded, match="only 50 of the query budget of 150"):
+            client.soft_labels(fashion.x_test[100:200])
+        assert client.queries == 100
+    # The pipeline checks its whole plan before sending anything.
+    config = pipeline.FSBBTConfig(
+        workdir=str(tmp_path / "run"), num_shots=50,
+        teacher=teacher.TeacherConfig(target=server.target, query_budget=200),
+        mixup=synthesis.MixUpConfig(num_images=200), cvae=synthesis.CVAEConfig(num_images=40),
+        student=distill.StudentConfig(epochs=1), verbose=0)
+    with pytest.raises(teacher.QueryBudgetExceeded, match="plan needs up to 290 .* leaves 200"):
+        pipeline.run_fsbbt(config)
+    assert len(teacher.QueryLedger(str(tmp_path / "run" / "ledger"))) == 0
+
+
+class FailFirst(grpc.ServerInterceptor):
+    """Answers the first ``times`` Predict calls with ``code`` (a fault injected into a real server)."""
+
+    def __init__(self, code, times):
+        self.code, self.left = code, times
+
+    def intercept_service(self, continuation, details):
+        if details.method.endswith("/Predict") and self.left > 0:
+            self.left -= 1
+            code = self.code
+
+            def fail(request, context):
+                context.abort(code, "injected fault")
+
+            return grpc.unary_unary_rpc_method_handler(
+                fail, request_deserializer=predict_pb2.PredictRequest.FromString)
+        return continuation(details)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_retryable_errors_are_retried(teacher_base, fashion, code):
+    fast = teacher.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             interceptors=[FailFirst(code, 3)]) as srv, \
+            teacher.TeacherClient(srv.target, "teacher", retry=fast) as client:
+        labels = client.soft_labels(fashion.x_test[:10])
+        assert labels.shape == (10, 10)
+        assert client.retries == 3 and client.requests == 4
+
+
+def test_client_errors_are_not_retried(teacher_base, fashion):
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             interceptors=[FailFirst(grpc.StatusCode.INVALID_ARGUMENT, 1)]) as srv, \
+            teacher.TeacherClient(srv.target, "teacher") as client:
+        with pytest.raises(teacher.TeacherError, match="Predict failed with INVALID_ARGUMENT: "
+                                                       "injected fault") as e:
+            client.soft_labels(fashion.x_test[:10])
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.retries == 0 and client.requests == 1
+
+
+class RequireToken(grpc.ServerInterceptor):
+    """Rejects calls without ``authorization: Bearer <token>`` (as an auth proxy in front would)."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def intercept_service(self, continuation, details):
+        if ("authorization", f"Bearer {self.token}") in tuple(details.invocation_metadata or ()):
+            return continuation(details)
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or bad token")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def test_authorization_header_from_file_or_env(teacher_base, fashion, tmp_path, monkeypatch, caplog):
+    secret = "s3cret-token-123"
+    (tmp_path / "token").write_text(secret + "\n")
+    monkeypatch.setenv("TFKD_TEST_TOKEN", secret)
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             interceptors=[RequireToken(secret)]) as srv:
+        with pytest.raises(teacher.TeacherError, match="UNAUTHENTICATED"):
+            teacher.TeacherClient(srv.target, "teacher")
+        for kwargs in (dict(auth_token_file=str(tmp_path / "token")),
+                       dict(auth_token_env="TFKD_TEST_TOKEN")):
+            with teacher.TeacherClient(srv.target, "teacher", **kwargs) as client:
+                assert client.soft_labels(fashion.x_test[:3]).shape == (3, 10)
+                assert secret not in repr(client)
+    assert secret not in caplog.text
+    with pytest.raises(ValueError, match="auth_token_env='TFKD_NOPE'"):
+        teacher.TeacherClient("127.0.0.1:1", "teacher", auth_token_env="TFKD_NOPE")
+
+
+@pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0,
+                    reason="openssl is not installed")
+def test_tls_channel(teacher_base, fashion, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             ssl_server_cert=cert.read_bytes(),
+                             ssl_server_key=key.read_bytes()) as srv:
+        with teacher.TeacherClient(srv.target, "teacher", tls_ca_file=str(cert)) as client:
+            assert client.soft_labels(fashion.x_test[:3]).shape == (3, 10)
+        with pytest.raises(teacher.TeacherError, match="unreachable"):  # Plaintext to a TLS port.
+            teacher.TeacherClient(srv.target, "teacher", connect_timeout_s=2)
+
+
+class PeakConcurrency(grpc.ServerInterceptor):
+    """Counts Predict calls in flight; the first call waits (bounded) for a second to arrive."""
+
+    def __init__(self):
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+        self.second_arrived = threading.Event()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if not details.method.endswith("/Predict"):
+            return handler
+        inner = handler.unary_unary
+
+        def counted(request, context):
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+                if self.active >= 2:
+                    self.second_arrived.set()
+            self.second_arrived.wait(timeout=5)  # A sequential client leaves peak at 1.
+            try:
+                return inner(request, context)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        return grpc.unary_unary_rpc_method_handler(
+            counted, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+def test_requests_in_flight_at_once(teacher_base, fashion):
+    peak = PeakConcurrency()
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             interceptors=[peak]) as srv, \
+            teacher.TeacherClient(srv.target, "teacher", max_in_flight=4,
+                                  max_request_bytes=64 * 1024 + 100 * 28 * 28 * 4) as client:
+        labels = client.soft_labels(fashion.x_test[:800])
+        assert client.requests == 8 and labels.shape == (800, 10)
+    assert peak.peak >= 2
