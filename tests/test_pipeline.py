@@ -106,3 +106,39 @@ def test_launcher_rejects_bad_flags_and_missing_data(tmp_path):
     missing = run_launcher(tmp_path / "missing", f"--data_dir={tmp_path / 'nothing'}")
     assert missing.returncode == 1
     assert "error: data_dir=" in missing.stderr and "Traceback" not in missing.stderr
+
+
+CUSTOM_FLAGS = ["--teacher_model_name=custom", "--teacher_signature=predict_scores",
+                "--teacher_input_key=pixels", "--teacher_input_dtype=uint8",
+                "--teacher_input_scale=255", "--evaluate_teacher"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output_flags,kind", [
+    (["--teacher_output_key=scores", "--teacher_output=logits"], "logits"),
+    (["--teacher_output_key=label", "--teacher_output=classes"], "classes"),
+])
+def test_launch_distill_any_teacher_with_flags_only(custom_server, tmp_path, output_flags, kind):
+    """A plain tf.Module teacher (uint8 [b, 28, 28] 'pixels' -> 'scores' logits / 'label' ids)."""
+    workdir = tmp_path / "run"
+    result = run_launcher(workdir, f"--teacher={custom_server.target}", *CUSTOM_FLAGS, *output_flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["teacher_output_kind"] == kind
+    assert report["teacher"]["input"] == "pixels uint8 [-1, 28, 28] x255"
+    assert report["teacher_queries_sent"] == 600 and report["teacher_ledger_hits"] == 0
+    assert report["teacher_accuracy"] > 0.6  # The served tf.Module, read through the flags.
+    assert "teacher_training" not in report["stage_seconds"]  # A remote teacher: never trained here.
+    labelled = pipeline.LabelledSet.load(report["labelled_set"])
+    if kind == "classes":  # Label-only: FS-BBT trains on one-hot targets.
+        assert set(np.unique(labelled.soft_labels)) == {0.0, 1.0}
+    else:
+        assert len(np.unique(labelled.soft_labels)) > 100
+
+
+def test_launcher_query_budget(custom_server, tmp_path):
+    result = run_launcher(tmp_path / "run", f"--teacher={custom_server.target}",
+                          "--teacher_model_name=teacher", "--query_budget=300")
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "query budget leaves 300" in result.stderr
+    assert "Traceback" not in result.stderr
