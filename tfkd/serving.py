@@ -323,7 +323,7 @@ def run_signature(servable: Servable, signature_name: str, inputs: dict,
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"tensor parsing error: {alias} ({e})") from None
         _check_input(alias, value, info)
-        feeds[alias] = tf.constant(value)
+        feeds[alias] = value
     aliases = list(output_filter) or list(signature.outputs)
     for alias in aliases:
         if alias not in signature.outputs:

@@ -511,10 +511,11 @@ class TeacherClient:
         if expected and any(e > 0 and e != s for e, s in zip(expected[1:], images.shape[1:])):
             raise ValueError(f"images: expected shape {list(expected)} (-1: any) for {self.name}, "
                              f"got {list(images.shape)}")
-        scaled = images.astype(np.float32) * np.float32(self.signature.input_scale)
+        scale = np.float32(self.signature.input_scale)
         if self.signature.input_dtype == np.uint8:
-            return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
-        return scaled.astype(self.signature.input_dtype)
+            return np.round(np.clip(images.astype(np.float32) * scale, 0, 255)).astype(np.uint8)
+        encoded = np.asarray(images, dtype=self.signature.input_dtype)  # No copy when it fits.
+        return encoded * scale if scale != 1 else encoded
 
     def _count(self, request) -> None:
         n = request.inputs[self.signature.input_key].tensor_shape.dim[0].size
@@ -572,13 +573,15 @@ class TeacherClient:
         encoded = self.encode(images)
         n = len(encoded)
         keys = QueryLedger.keys(encoded, self.signature.identity) if self.ledger is not None else None
-        rows: list = [None] * n
+        known = {}  # Row index -> soft labels, from the ledger.
         if keys is not None:
             for i, key in enumerate(keys):
-                rows[i] = self.ledger.get(key)
-        missing = np.array([i for i, row in enumerate(rows) if row is None], dtype=np.int64)
+                row = self.ledger.get(key)
+                if row is not None:
+                    known[i] = row
+        missing = np.setdiff1d(np.arange(n), np.fromiter(known, np.int64, len(known)))
         with self._counter_lock:
-            self.ledger_hits += n - len(missing)
+            self.ledger_hits += len(known)
             if self.query_budget is not None and self.queries + len(missing) > self.query_budget:
                 raise QueryBudgetExceeded(
                     f"{self.name}: {len(missing)} images to label, but only "
@@ -592,7 +595,8 @@ class TeacherClient:
             bar = keras.utils.Progbar(len(missing), unit_name="image")
 
         def label(idx):
-            raw = self.predict_raw(encoded[idx])
+            contiguous = idx[-1] - idx[0] + 1 == len(idx)  # A slice is a view: no copy.
+            raw = self.predict_raw(encoded[idx[0]:idx[-1] + 1] if contiguous else encoded[idx])
             answer = to_soft_labels(raw, self.signature.output_kind, self.signature.num_classes,
                                     self.model_name, self.signature.output_key)
             if len(answer) != len(idx):
@@ -601,22 +605,26 @@ class TeacherClient:
                 self.ledger.put([keys[i] for i in idx], answer)
             return idx, answer
 
+        width = self.signature.num_classes or (len(next(iter(known.values()))) if known else None)
+        out = np.zeros((n, width), np.float32) if width else None
+        if known:
+            out[np.fromiter(known, np.int64, len(known))] = np.stack(list(known.values()))
         with concurrent.futures.ThreadPoolExecutor(self.max_in_flight) as pool:
             futures = [pool.submit(label, idx) for idx in chunks]
             try:
                 for future in concurrent.futures.as_completed(futures):
                     idx, answer = future.result()
-                    for i, row in zip(idx, answer):
-                        rows[i] = row
+                    if out is None:
+                        out = np.zeros((n, answer.shape[1]), np.float32)
+                    out[idx] = answer
                     if bar is not None:
                         bar.add(len(idx))
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
-        if n == 0:
+        if out is None:  # No images.
             return np.zeros((0, self.signature.num_classes or 0), np.float32)
-        out = np.stack(rows).astype(np.float32)
         if self.label_only:
             out = np.eye(out.shape[1], dtype=np.float32)[out.argmax(axis=1)]
         return out
