@@ -46,6 +46,53 @@ def server(teacher_base):
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def real_tf_serving(teacher_base):
+    """A real tensorflow_model_server serving the same teacher; skips when it is not on PATH.
+
+    tensorflow_model_server is not installable on the machines tfkd is developed on (not on PyPI or
+    in Debian, no Docker engine), so this skips there; elsewhere it holds tfkd's server and client
+    to the real thing.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    binary = shutil.which("tensorflow_model_server")
+    if binary is None:
+        pytest.skip("tensorflow_model_server is not on PATH")
+    from tfkd import teacher
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, f"--port={port}", "--model_name=teacher",
+                             f"--model_base_path={teacher_base}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            teacher.TeacherClient(target, "teacher", connect_timeout_s=5).close()
+            break
+        except teacher.TeacherError:  # Not up, or the model still loading.
+            assert proc.poll() is None, "tensorflow_model_server exited at start"
+            assert time.monotonic() < deadline, "tensorflow_model_server did not come up in 60 s"
+            time.sleep(0.2)  # The poll interval of a loop bounded by the deadline.
+    yield target
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(params=["tfkd", "tensorflow_model_server"])
+def conformance_target(request, server):
+    """The gRPC address of each server the conformance tests hold side by side."""
+    if request.param == "tfkd":
+        return server.target
+    return request.getfixturevalue("real_tf_serving")
+
+
 @pytest.fixture()
 def client(server):
     from tfkd import teacher

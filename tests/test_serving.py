@@ -1,4 +1,7 @@
-"""The TF-Serving-compatible server, through raw TF Serving API stubs (as any client would call it)."""
+"""Server conformance through raw TF Serving API stubs (as any client would call it).
+
+Tests taking ``stub`` or ``conformance_target`` run against tfkd's server and against a real
+tensorflow_model_server when one is on PATH (skipped otherwise)."""
 
 import os
 import shutil
@@ -23,8 +26,8 @@ from conftest import REPO
 
 
 @pytest.fixture()
-def stub(server):
-    channel = grpc.insecure_channel(server.target)
+def stub(conformance_target):
+    channel = grpc.insecure_channel(conformance_target)
     yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
     channel.close()
 
@@ -107,8 +110,8 @@ def test_metadata(stub):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_model_status(server):
-    with grpc.insecure_channel(server.target) as channel:
+def test_model_status(conformance_target):
+    with grpc.insecure_channel(conformance_target) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "teacher"
