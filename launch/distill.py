@@ -79,6 +79,8 @@ flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entro
 flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
 flags.DEFINE_float("train_mixup_alpha", 1.0, "Training-time MixUp α; 0 disables.")
 flags.DEFINE_integer("eval_examples", 0, "Test images for the accuracies; 0: the full test set.")
+flags.DEFINE_list("compress", ["float16", "int8"], "Compressed student variants exported and "
+                  "measured besides float32 (float16, int8); empty for none.")
 flags.DEFINE_bool("evaluate_teacher", True, "Also measure the teacher's test accuracy over gRPC.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bars, 2 one line/epoch.")
 
@@ -93,6 +95,9 @@ def config_from_flags() -> pipeline.FSBBTConfig:
             raise app.UsageError(f"--{name} must be >= 0, got {getattr(FLAGS, name)}")
     if FLAGS.student_epochs <= 0:
         raise app.UsageError(f"--student_epochs must be positive, got {FLAGS.student_epochs}")
+    for variant in FLAGS.compress:
+        if variant not in ("float16", "int8"):
+            raise app.UsageError(f"--compress takes float16 and/or int8, got {variant!r}")
     if FLAGS.teacher and ":" not in FLAGS.teacher:
         raise app.UsageError(f"--teacher must be host:port, got {FLAGS.teacher!r}")
     if FLAGS.teacher_version is not None and FLAGS.teacher_version_label:
@@ -125,6 +130,7 @@ def config_from_flags() -> pipeline.FSBBTConfig:
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
+        compress=tuple(FLAGS.compress),
         verbose=FLAGS.verbose)
 
 

@@ -20,7 +20,7 @@ from test_data import write_idx
 TINY = dict(num_shots=50, mixup=synthesis.MixUpConfig(num_images=200),
             cvae=synthesis.CVAEConfig(epochs=2, batch_size=64, num_images=40),
             student=distill.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
-            evaluate_teacher=False, verbose=0)
+            evaluate_teacher=False, compress=(), verbose=0)
 
 
 def test_distillation_never_sees_the_true_labels(server, fashion, tmp_path):
@@ -89,6 +89,17 @@ def test_launch_distill_end_to_end(tmp_path):
     assert inputs["images"].shape.as_list() == [None, 28, 28, 1]
     assert outputs["probabilities"].shape.as_list() == [None, 10]
     assert outputs["classes"].dtype == tf.int64
+    assert os.path.exists(os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests"))
+    # Compressed variants, each measured by serving it.
+    variants = report["student_variants"]
+    assert set(variants) == {"float32", "float16", "int8"}
+    assert variants["float32"]["accuracy"] == report["student_accuracy"]
+    for name in ("float16", "int8"):
+        v = variants[name]
+        assert abs(v["accuracy_change"]) < 0.05, v
+        assert v["saved_model_bytes"] < variants["float32"]["saved_model_bytes"]
+        assert v["cpu_latency_ms"]["batch_1"] > 0
+        assert os.path.basename(os.path.dirname(v["export_dir"])) == f"student_{name}"
 
     # A second run on the same work dir pays for nothing again: zero teacher queries, no retraining
     # of the teacher, the finished student epochs restored; it exports version 2.

@@ -184,7 +184,8 @@ def test_export_contract(tmp_path):
     model.compile(optimizer="adam", loss="mse")
     model.fit(np.zeros((8, 28, 28, 1), np.float32), np.zeros((8, 10), np.float32), verbose=0)
     first = export.export_classifier(model, str(tmp_path))
-    second = export.export_classifier(model, str(tmp_path))
+    images = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype(np.float32)
+    second = export.export_classifier(model, str(tmp_path), warmup_images=images)
     assert [os.path.basename(first), os.path.basename(second)] == ["1", "2"]
     assert export.list_versions(str(tmp_path)) == [1, 2]
     assert not [d for d in os.listdir(tmp_path) if d.startswith(".tmp")]
@@ -198,3 +199,23 @@ def test_export_contract(tmp_path):
     assert outputs["probabilities"].dtype == tf.float32
     assert outputs["probabilities"].shape.as_list() == [None, 10]
     assert outputs["classes"].dtype == tf.int64 and outputs["classes"].shape.as_list() == [None]
+    # Warmup requests (batch 1 and 8 of real images) are replayed when a server loads the version.
+    assert serving.Servable.load("student", 1, first).warmup_requests == 0
+    assert serving.Servable.load("student", 2, second).warmup_requests == 2
+
+
+@pytest.mark.parametrize("variant", ["float16", "int8"])
+def test_compressed_variants_keep_the_contract(tmp_path, variant):
+    from tfkd import models
+    model = models.build_model("lenet5_half", (28, 28, 1), 10)
+    images = np.random.default_rng(0).uniform(size=(32, 28, 28, 1)).astype(np.float32)
+    full = export.export_classifier(model, str(tmp_path / "full"))
+    small = export.export_classifier(model, str(tmp_path / variant), variant=variant)
+    assert export.saved_model_bytes(small) < export.saved_model_bytes(full)
+    fn = tf.saved_model.load(small).signatures["serving_default"]
+    out = fn(images=tf.constant(images))
+    assert out["probabilities"].dtype == tf.float32
+    expected = tf.nn.softmax(model(images)).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=5e-3)
+    with pytest.raises(ValueError, match="variant='int4'"):
+        export.export_classifier(model, str(tmp_path / "x"), variant="int4")

@@ -9,6 +9,15 @@ Layout: ``<export_base>/<version>/{saved_model.pb, variables/, assets/}`` with n
 versions, as tensorflow_model_server's file-system source expects. A version is written to a hidden
 temporary directory beside it and renamed into place, so a server polling the base path never sees a
 half-written model.
+
+Every export carries TF Serving warmup requests (``assets.extra/tf_serving_warmup_requests``: a
+TFRecord of ``PredictionLog`` records built from real images), which tensorflow_model_server (and
+:mod:`tfkd.serving`) replay at load so that the first client request does not pay for tracing.
+
+Variants (post-training compression, issue 4): ``float32`` (as trained), ``float16`` (every layer's
+weights and compute in float16; inputs and outputs of the signature stay float32), ``int8`` (Keras 3
+``Model.quantize("int8")``: int8 weights with per-channel scales for the layers Keras supports, here
+the Dense layers; convolutions stay float32).
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
 PROBABILITIES_KEY = "probabilities"
 CLASSES_KEY = "classes"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+VARIANTS = ("float32", "float16", "int8")
 
 
 class _ClassifierServable(tf.Module):
@@ -39,7 +50,7 @@ class _ClassifierServable(tf.Module):
             input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name=INPUT_KEY)])
 
     def _serve(self, images):
-        logits = self.model(images, training=False)
+        logits = tf.cast(self.model(images, training=False), tf.float32)
         outputs = {PROBABILITIES_KEY: tf.nn.softmax(logits, axis=-1)}
         if self._with_classes:
             outputs[CLASSES_KEY] = tf.argmax(logits, axis=-1, output_type=tf.int64)
@@ -60,24 +71,67 @@ def latest_version_dir(export_base: str) -> str | None:
     return os.path.join(export_base, str(versions[-1])) if versions else None
 
 
+def compressed_copy(model: keras.Model, variant: str = "float32") -> keras.Model:
+    """A fresh, uncompiled copy of a functional model, optionally compressed (see module docstring).
+
+    The copy is rebuilt from the config (``keras.models.clone_model`` would carry the compiled
+    optimizer into the SavedModel).
+
+    Raises:
+      ValueError: unknown variant.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
+    config = model.get_config()
+    weights = model.get_weights()
+    if variant == "float16":
+        for layer in config["layers"]:
+            if layer["class_name"] != "InputLayer":
+                layer["config"]["dtype"] = "float16"
+        weights = [w.astype(np.float16) if w.dtype == np.float32 else w for w in weights]
+    clone = model.__class__.from_config(config)
+    clone.set_weights(weights)
+    if variant == "int8":
+        clone.quantize("int8")
+    return clone
+
+
+def warmup_records(images: np.ndarray, batch_sizes=(1, 8)) -> list[bytes]:
+    """Serialized ``PredictionLog`` records: Predict requests of real images at the given batch sizes."""
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = []
+    for b in batch_sizes:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.signature_name = SIGNATURE_KEY
+        request.inputs[INPUT_KEY].CopyFrom(
+            tf.make_tensor_proto(np.asarray(images[:b], np.float32)))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
 def export_classifier(model: keras.Model, export_base: str, version: int | None = None,
-                      with_classes: bool = True) -> str:
+                      with_classes: bool = True, warmup_images: np.ndarray | None = None,
+                      variant: str = "float32") -> str:
     """Exports a logits classifier as a TF Serving servable version.
 
-    The model is rebuilt from its config and given its weights first, so optimizer state never
-    enters the SavedModel.
-
     Args:
-      model: a built Keras model, float32 [b, H, W, C] in [0, 1] -> logits [b, num_classes].
+      model: a built functional Keras model, float32 [b, H, W, C] in [0, 1] -> logits [b, K].
       export_base: the servable's base path (TF Serving's ``model_base_path``).
       version: the version number; default: one more than the newest present (1 for the first).
       with_classes: also output ``classes`` int64 [b].
+      warmup_images: float32 [n >= 1, H, W, C] real images for the warmup requests (batch 1 and
+        min(8, n)); None writes none.
+      variant: one of ``VARIANTS``.
 
     Returns:
       The version directory written, ``<export_base>/<version>``.
 
     Raises:
-      ValueError: ``version`` not positive, or already present.
+      ValueError: ``version`` not positive or already present; unknown variant.
     """
     existing = list_versions(export_base)
     if version is None:
@@ -88,13 +142,17 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
     if os.path.exists(final_dir):
         raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
     os.makedirs(export_base, exist_ok=True)
-    # A fresh, uncompiled copy (clone_model would carry the optimizer into the SavedModel).
-    clone = model.__class__.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
+    clone = compressed_copy(model, variant)
     servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), with_classes)
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
     try:
         tf.saved_model.save(servable, tmp_dir, signatures={SIGNATURE_KEY: servable.serve})
+        if warmup_images is not None and len(warmup_images):
+            os.makedirs(os.path.join(tmp_dir, "assets.extra"), exist_ok=True)
+            sizes = sorted({1, min(8, len(warmup_images))})
+            with tf.io.TFRecordWriter(os.path.join(tmp_dir, WARMUP_FILE)) as writer:
+                for record in warmup_records(warmup_images, sizes):
+                    writer.write(record)
         os.rename(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

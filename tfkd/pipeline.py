@@ -75,6 +75,8 @@ class FSBBTConfig:
       eval_examples: test images used for the accuracies (0: the full test set).
       evaluate_teacher: also measure the teacher's test accuracy over gRPC (costs test-set queries,
         counted apart from the distillation's).
+      compress: compressed student variants to export and measure besides float32 (see
+        :data:`tfkd.export.VARIANTS`), each in ``export/student_<variant>/<version>/``.
       verbose: Keras verbosity (1: progress bars).
     """
 
@@ -90,6 +92,7 @@ class FSBBTConfig:
     student: distill.StudentConfig = distill.StudentConfig()
     eval_examples: int = 0
     evaluate_teacher: bool = True
+    compress: tuple = ("float16", "int8")
     verbose: int = 1
 
 
@@ -136,7 +139,7 @@ def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConf
     model.fit(dataset.x_train, dataset.y_train, batch_size=config.batch_size, epochs=config.epochs,
               verbose=verbose, shuffle=True)
     _, accuracy = model.evaluate(dataset.x_test, dataset.y_test, batch_size=1024, verbose=0)
-    export_dir = export.export_classifier(model, export_base)
+    export_dir = export.export_classifier(model, export_base, warmup_images=dataset.x_train[:8])
     logging.info("Teacher %s: test accuracy %.4f, exported to %s", config.architecture, accuracy,
                  export_dir)
     return {"export_dir": export_dir, "test_accuracy": float(accuracy),
@@ -344,9 +347,18 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
                 backup_dir=os.path.join(config.workdir, "student_backup-" + fingerprint(
                     synthesis_fp, config.student, config.seed)), verbose=config.verbose)
         report["student_final_loss"] = float(history["loss"][-1]) if history.get("loss") else None
+        for variant in config.compress:
+            if variant not in export.VARIANTS or variant == "float32":
+                raise ValueError(f"compress: {variant!r} is not one of {export.VARIANTS[1:]}")
         with stages("export"):
-            student_dir = export.export_classifier(student, os.path.join(config.workdir, "export",
-                                                                         "student"))
+            export_root = os.path.join(config.workdir, "export")
+            student_dir = export.export_classifier(student, os.path.join(export_root, "student"),
+                                                   warmup_images=shots[:8])
+            variant_dirs = {"float32": student_dir}
+            for variant in config.compress:
+                variant_dirs[variant] = export.export_classifier(
+                    student, os.path.join(export_root, f"student_{variant}"),
+                    warmup_images=shots[:8], variant=variant)
         report["student_export_dir"] = os.path.abspath(student_dir)
         report["student_architecture"] = config.student.architecture
 
@@ -364,11 +376,25 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
                                                                  config.verbose > 0)
                     report["teacher_eval_queries"] = eval_client.queries
     with stages("evaluate_student"):
-        student_base = os.path.dirname(student_dir)
-        with _serve({"student": student_base}) as student_target:
-            with teacher_lib.TeacherClient(student_target, "student",
-                                           version=int(os.path.basename(student_dir))) as c:
-                report["student_accuracy"] = served_accuracy(c, x_eval, y_eval, config.verbose > 0)
+        served = {("student" if v == "float32" else f"student_{v}"): d for v, d in variant_dirs.items()}
+        variants = {}
+        with _serve({name: os.path.dirname(d) for name, d in served.items()}) as student_target:
+            for (name, version_dir), variant in zip(served.items(), variant_dirs):
+                with teacher_lib.TeacherClient(student_target, name,
+                                               version=int(os.path.basename(version_dir))) as c:
+                    variants[variant] = {
+                        "accuracy": served_accuracy(c, x_eval, y_eval, config.verbose > 0),
+                        "export_dir": os.path.abspath(version_dir),
+                        "parameters": export.saved_model_parameters(version_dir),
+                        "saved_model_bytes": export.saved_model_bytes(version_dir),
+                        "cpu_latency_ms": cpu_latency_ms(version_dir, x_eval),
+                    }
+        for figures in variants.values():
+            base = variants["float32"]
+            figures["accuracy_change"] = round(figures["accuracy"] - base["accuracy"], 4)
+            figures["bytes_ratio"] = round(figures["saved_model_bytes"] / base["saved_model_bytes"], 3)
+        report["student_accuracy"] = variants["float32"]["accuracy"]
+        report["student_variants"] = variants
 
     report["student_parameters"] = models.count_parameters(student)
     report["student_saved_model_bytes"] = export.saved_model_bytes(student_dir)
@@ -384,6 +410,25 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
     with open(os.path.join(config.workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     return report
+
+
+def cpu_latency_ms(version_dir: str, images: np.ndarray, batch_sizes=(1, 64),
+                   repeats: int = 30) -> dict[str, float]:
+    """Median in-process CPU latency (ms) of a SavedModel's ``serving_default`` per batch size."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(version_dir).signatures[export.SIGNATURE_KEY]
+    result = {}
+    for b in batch_sizes:
+        batch = tf.constant(images[:b])
+        fn(images=batch)  # Warm-up.
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(images=batch)[export.PROBABILITIES_KEY].numpy()
+            times.append((time.perf_counter() - start) * 1000)
+        result[f"batch_{b}"] = round(float(np.median(times)), 3)
+    return result
 
 
 def format_report_table(report: dict) -> str:
@@ -410,6 +455,10 @@ def format_report_table(report: dict) -> str:
         ("student params / bytes",
          f"{num(report.get('student_parameters'))} / {num(report.get('student_saved_model_bytes'))}"),
     ]
+    for variant, figures in report.get("student_variants", {}).items():
+        rows.append((f"student {variant}",
+                     f"{pct(figures['accuracy'])}, {num(figures['saved_model_bytes'])} bytes, "
+                     f"{figures['cpu_latency_ms'].get('batch_1', 0):.2f} ms (batch 1)"))
     rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in report.get("stage_seconds", {}).items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -81,6 +81,7 @@ class Servable:
     path: str
     signature_defs: dict
     loaded: object
+    warmup_requests: int = 0
 
     @classmethod
     def load(cls, name: str, version: int, path: str) -> "Servable":
@@ -92,7 +93,38 @@ class Servable:
         signature_defs = {k: v for k, v in meta_graph.signature_def.items()
                           if not k.startswith("__")}
         loaded = tf.saved_model.load(path, tags=["serve"])
-        return cls(name, version, path, signature_defs, loaded)
+        servable = cls(name, version, path, signature_defs, loaded)
+        servable.warmup()
+        return servable
+
+    def warmup(self) -> int:
+        """Replays ``assets.extra/tf_serving_warmup_requests`` (Predict records), as TF Serving does.
+
+        Returns:
+          the number of requests replayed.
+
+        Raises:
+          ServingError: a warmup request fails (the version is then not served).
+        """
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = os.path.join(self.path, export.WARMUP_FILE)
+        if not os.path.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            log = prediction_log_pb2.PredictionLog.FromString(record)
+            if log.WhichOneof("log_type") != "predict_log":
+                continue
+            request = log.predict_log.request
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            run_signature(self, request.model_spec.signature_name or DEFAULT_SIGNATURE, inputs,
+                          list(request.output_filter))
+            count += 1
+        self.warmup_requests = count
+        logging.info("Servable %s version %d: %d warmup requests replayed", self.name,
+                     self.version, count)
+        return count
 
 
 @dataclasses.dataclass
