@@ -78,6 +78,8 @@ flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entro
                   "probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
 flags.DEFINE_float("train_mixup_alpha", 1.0, "Training-time MixUp α; 0 disables.")
+flags.DEFINE_integer("checkpoint_steps", 0, "Also checkpoint the student every this many steps "
+                     "(0: every epoch only). A rerun of the same command resumes.")
 flags.DEFINE_integer("eval_examples", 0, "Test images for the accuracies; 0: the full test set.")
 flags.DEFINE_list("compress", ["float16", "int8"], "Compressed student variants exported and "
                   "measured besides float32 (float16, int8); empty for none.")
@@ -128,7 +130,8 @@ def config_from_flags() -> pipeline.FSBBTConfig:
             architecture=FLAGS.student_architecture, epochs=FLAGS.student_epochs,
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
-            temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha),
+            temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
+            checkpoint_steps=FLAGS.checkpoint_steps),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
         verbose=FLAGS.verbose)

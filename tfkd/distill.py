@@ -55,6 +55,8 @@ class StudentConfig:
       rotation_degrees: random rotation up to ± this many degrees; 0 disables.
       shift_fraction: random shifts up to ± this fraction of height and width; 0 disables.
       steps_per_execution: Keras' steps per compiled call (per-step overhead).
+      checkpoint_steps: with a backup dir, also save the training state every this many steps
+        (0: at the end of each epoch only).
     """
 
     architecture: str = "lenet5_half"
@@ -68,6 +70,7 @@ class StudentConfig:
     rotation_degrees: float = 10.0
     shift_fraction: float = 0.1
     steps_per_execution: int = 1
+    checkpoint_steps: int = 0
 
 
 class TemperatureKD(keras.losses.Loss):
@@ -139,6 +142,29 @@ def _augment_fn(config: StudentConfig, image_shape, seed: int):
     return fn
 
 
+class HeldOutAccuracy(keras.callbacks.Callback):
+    """Logs top-1 accuracy on a held-out labelled slice after each epoch, to TensorBoard.
+
+    For monitoring only: nothing is selected on it. Images float32 [n, H, W, C], labels int [n].
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, log_dir: str):
+        super().__init__()
+        self.images, self.labels = images, np.asarray(labels).reshape(-1)
+        self.writer = tf.summary.create_file_writer(log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logits = self.model.predict(self.images, batch_size=1024, verbose=0)
+        accuracy = float(np.mean(logits.argmax(axis=1) == self.labels))
+        with self.writer.as_default():
+            tf.summary.scalar("heldout_accuracy", accuracy, step=epoch)
+            lr = self.model.optimizer.learning_rate
+            tf.summary.scalar("learning_rate", float(np.asarray(lr)), step=epoch)
+        self.writer.flush()
+        if logs is not None:
+            logs["heldout_accuracy"] = accuracy
+
+
 def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig,
                      global_batch_size: int, seed: int) -> tf.data.Dataset:
     """Shuffled, augmented, MixUp-ed batches of (images float32 [b, H, W, C], soft labels [b, K]).
@@ -195,6 +221,7 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     ds = training_dataset(images, soft_labels, config, global_batch, seed)
     callbacks = list(callbacks or [])
     if backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
+        callbacks.append(keras.callbacks.BackupAndRestore(
+            backup_dir, save_freq=config.checkpoint_steps or "epoch", delete_checkpoint=False))
     history = student.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks)
     return student, history.history

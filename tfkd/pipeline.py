@@ -13,10 +13,12 @@ Work dir layout::
     labelled_set-<fp>.npz        real + MixUp + CVAE images with teacher soft labels (persisted once)
     grid_{real,mixup,cvae}.png   images per teacher class
     student_backup-<fp>/         Keras BackupAndRestore state: a rerun resumes training
+    tensorboard/                 student losses, learning rate, held-out accuracy; image grids
 
 ``<fp>`` is a fingerprint of everything the artifact depends on (configs, seed, teacher identity),
 so a rerun with the same settings reuses it and a rerun with other settings does not.
-    export/student/<version>/    the student SavedModel, TF Serving layout
+    export/student/<version>/    the student SavedModel, TF Serving layout (student_<variant>/ too)
+    serving/                     models.config (stable/canary labels), batching, monitoring configs
     report.json                  figures of the run
 """
 
@@ -260,6 +262,20 @@ def write_grids(labelled: LabelledSet, num_classes: int, workdir: str) -> dict[s
     return paths
 
 
+def write_tensorboard_grids(labelled: LabelledSet, log_dir: str) -> None:
+    """TensorBoard image summaries of the real, MixUp and CVAE grids (one row per teacher class)."""
+    import tensorflow as tf
+
+    classes = labelled.soft_labels.argmax(axis=1)
+    with tf.summary.create_file_writer(log_dir).as_default():
+        for i, name in enumerate(LabelledSet.SOURCES):
+            mask = labelled.source == i
+            if mask.any():
+                grid = viz.image_grid(labelled.images[mask], classes[mask],
+                                      labelled.soft_labels.shape[1])
+                tf.summary.image(name, grid[None], step=0)
+
+
 @contextlib.contextmanager
 def _serve(models_by_name: dict[str, str]):
     """An in-process tfkd model server on a free loopback port; yields its ``host:port``."""
@@ -341,12 +357,22 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
                       teacher_requests=client.requests, teacher_retries=client.retries,
                       teacher_ledger_size=len(ledger), query_budget=client.query_budget)
 
+        n_eval = config.eval_examples or len(dataset.x_test)
+        x_eval, y_eval = dataset.x_test[:n_eval], dataset.y_test[:n_eval]
+        tensorboard_dir = os.path.join(config.workdir, "tensorboard")
+        write_tensorboard_grids(labelled, os.path.join(tensorboard_dir, "synthesis"))
+        callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student")),
+                     distill.HeldOutAccuracy(x_eval[:1000], y_eval[:1000],
+                                             os.path.join(tensorboard_dir, "student", "heldout"))]
         with stages("student_training"):
             student, history = distill.train_student(
                 labelled.images, labelled.soft_labels, config.student, config.seed,
                 backup_dir=os.path.join(config.workdir, "student_backup-" + fingerprint(
-                    synthesis_fp, config.student, config.seed)), verbose=config.verbose)
+                    synthesis_fp, config.student, config.seed)), verbose=config.verbose,
+                callbacks=callbacks)
         report["student_final_loss"] = float(history["loss"][-1]) if history.get("loss") else None
+        report["student_epochs"] = config.student.epochs
+        report["student_epochs_resumed_from"] = config.student.epochs - len(history.get("loss", []))
         for variant in config.compress:
             if variant not in export.VARIANTS or variant == "float32":
                 raise ValueError(f"compress: {variant!r} is not one of {export.VARIANTS[1:]}")
@@ -360,10 +386,13 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
                     student, os.path.join(export_root, f"student_{variant}"),
                     warmup_images=shots[:8], variant=variant)
         report["student_export_dir"] = os.path.abspath(student_dir)
+        student_version = int(os.path.basename(student_dir))
+        report["serving_configs"] = export.write_serving_configs(
+            os.path.join(config.workdir, "serving"), teacher_base if local_teacher else None,
+            os.path.dirname(student_dir), stable=max(1, student_version - 1),
+            canary=student_version)
         report["student_architecture"] = config.student.architecture
 
-        n_eval = config.eval_examples or len(dataset.x_test)
-        x_eval, y_eval = dataset.x_test[:n_eval], dataset.y_test[:n_eval]
         report["eval_examples"] = int(n_eval)
         if config.evaluate_teacher:
             with stages("evaluate_teacher"):

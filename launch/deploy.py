@@ -1,0 +1,36 @@
+r"""Deploys a student SavedModel as the next version of a base path that a running server watches.
+
+TF Serving (and tfkd's launch/serve.py) poll the base path and load the new version without a
+restart; the copy is renamed into place, so the server never sees half a model.
+
+  python launch/deploy.py --export_dir=/tmp/tfkd_fsbbt/export/student/1 \
+      --model_base_path=/srv/models/student
+"""
+
+import sys
+
+import _common  # noqa: F401
+from absl import app
+from absl import flags
+
+from tfkd import export
+
+flags.DEFINE_string("export_dir", None, "The SavedModel version directory to deploy.", required=True)
+flags.DEFINE_string("model_base_path", None, "The served base path.", required=True)
+flags.DEFINE_integer("version", None, "Version number; default: one more than the newest there.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        path = export.deploy_version(FLAGS.export_dir, FLAGS.model_base_path, FLAGS.version)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"deployed {FLAGS.export_dir} as {path}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,52 @@
+r"""Evaluates any served classifier over gRPC on a dataset's test split.
+
+  python launch/evaluate.py --server=localhost:8500 --model_name=student --dataset=fashion_mnist
+  python launch/evaluate.py --server=localhost:8500 --model_name=student --version_label=canary
+"""
+
+import json
+import sys
+
+import _common  # noqa: F401
+from absl import app
+from absl import flags
+
+from tfkd import data
+from tfkd import pipeline
+from tfkd import teacher
+
+flags.DEFINE_string("server", None, "host:port of the TF Serving (or tfkd) server.", required=True)
+flags.DEFINE_string("model_name", "student", "Model name.")
+flags.DEFINE_integer("version", None, "Version number; default: latest.")
+flags.DEFINE_string("version_label", None, "Version label (stable, canary, ...).")
+flags.DEFINE_string("signature", "serving_default", "Signature name.")
+flags.DEFINE_string("output_key", None, "Output to read; default: probabilities.")
+flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
+flags.DEFINE_string("data_dir", None, "Directory of IDX files (optional).")
+flags.DEFINE_integer("eval_examples", 0, "Test images (0: all).")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+        n = FLAGS.eval_examples or len(dataset.x_test)
+        with teacher.TeacherClient(FLAGS.server, FLAGS.model_name, version=FLAGS.version,
+                                   version_label=FLAGS.version_label,
+                                   signature_name=FLAGS.signature,
+                                   output_key=FLAGS.output_key) as client:
+            if client.signature.num_classes is None:
+                client.with_num_classes(dataset.num_classes)
+            accuracy = pipeline.served_accuracy(client, dataset.x_test[:n], dataset.y_test[:n])
+            result = {"model_name": FLAGS.model_name, "version": client.signature.version,
+                      "dataset": FLAGS.dataset, "examples": n, "accuracy": accuracy}
+    except (data.DatasetUnavailableError, teacher.TeacherError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,64 @@
+"""A training job killed mid-run resumes from its last checkpoint and ends with the same epochs."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+EPOCHS = 10
+
+
+def command(workdir):
+    return [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
+            "--teacher_epochs=1", "--num_shots=100", "--num_mixup=4000", "--num_cvae=100",
+            "--cvae_epochs=2", f"--student_epochs={EPOCHS}", "--checkpoint_steps=20",
+            "--eval_examples=300", "--compress=", "--verbose=0"]
+
+
+def checkpointed_epoch(workdir):
+    """The epoch in the student's BackupAndRestore metadata, or -1 before the first checkpoint."""
+    for path in glob.glob(os.path.join(workdir, "student_backup-*", "training_metadata.json")):
+        try:
+            with open(path) as f:
+                return json.load(f)["epoch"]
+        except (OSError, ValueError):  # Being written right now.
+            return -1
+    return -1
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_epochs(tmp_path):
+    workdir = str(tmp_path / "run")
+    first = subprocess.Popen(command(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while checkpointed_epoch(workdir) < 2:
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint of epoch 2 within 300 s"
+            time.sleep(0.05)  # The poll interval of a loop bounded by the deadline.
+        first.send_signal(signal.SIGKILL)  # Killed mid-training, as a preempted job.
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not os.path.exists(os.path.join(workdir, "report.json"))
+    queries_before = len(glob.glob(os.path.join(workdir, "ledger", "*.npz")))
+
+    second = subprocess.run(command(workdir), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = json.loads(open(os.path.join(workdir, "report.json")).read())
+    assert report["student_epochs"] == EPOCHS
+    assert 2 <= report["student_epochs_resumed_from"] < EPOCHS  # Resumed, not restarted.
+    # Nothing paid for was paid again: no teacher training, no relabelling, no new queries.
+    assert report["teacher_queries_sent"] == 0
+    assert "teacher_training" not in report["stage_seconds"]
+    assert "label_mixup" not in report["stage_seconds"]
+    assert len(glob.glob(os.path.join(workdir, "ledger", "*.npz"))) == queries_before
