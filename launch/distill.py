@@ -78,6 +78,9 @@ flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entro
                   "probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
 flags.DEFINE_float("train_mixup_alpha", 1.0, "Training-time MixUp α; 0 disables.")
+flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
+                  "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
+                  "TF_CONFIG (run the same command on every worker; the chief exports).")
 flags.DEFINE_integer("checkpoint_steps", 0, "Also checkpoint the student every this many steps "
                      "(0: every epoch only). A rerun of the same command resumes.")
 flags.DEFINE_integer("eval_examples", 0, "Test images for the accuracies; 0: the full test set.")
@@ -140,14 +143,21 @@ def config_from_flags() -> pipeline.FSBBTConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
+        strategy = distill.make_strategy(FLAGS.strategy)
+    except ValueError as e:
+        raise app.UsageError(str(e))
     config = config_from_flags()
     _common.write_flags_json(flags, config.workdir)
     try:
-        report = pipeline.run_fsbbt(config)
+        report = pipeline.run_fsbbt(config, strategy)
     except (data.DatasetUnavailableError, teacher.TeacherError) as e:
         # Expected failures get one clear line, not a traceback from deep inside.
         sys.exit(f"error: {e}")
     logging.info("Report: %s/report.json", config.workdir)
+    if report.get("role") == "worker":
+        print(f"worker done: trained {report['student_epochs']} epochs with the chief", flush=True)
+        return
     print(pipeline.format_report_table(report), flush=True)
 
 

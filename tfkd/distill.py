@@ -16,14 +16,18 @@ layers inside the `tf.data` pipeline, batched (no per-image Python loop).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfkd import models
 
 LOSSES = ("soft_ce", "kd")
+STRATEGIES = ("mirrored", "multi_worker")
+LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -56,7 +60,10 @@ class StudentConfig:
       shift_fraction: random shifts up to ± this fraction of height and width; 0 disables.
       steps_per_execution: Keras' steps per compiled call (per-step overhead).
       checkpoint_steps: with a backup dir, also save the training state every this many steps
-        (0: at the end of each epoch only).
+        (0: at the end of each epoch only). Keras ``fit`` only.
+      loop: ``fit`` (Keras ``fit``, with callbacks), ``custom`` (``strategy.run`` and
+        ``strategy.reduce`` with ``tf.train.CheckpointManager``), or ``auto``: custom under
+        MultiWorkerMirroredStrategy (Keras 3 ``fit`` has open issues there), else fit.
     """
 
     architecture: str = "lenet5_half"
@@ -71,6 +78,7 @@ class StudentConfig:
     shift_fraction: float = 0.1
     steps_per_execution: int = 1
     checkpoint_steps: int = 0
+    loop: str = "auto"
 
 
 class TemperatureKD(keras.losses.Loss):
@@ -96,22 +104,108 @@ class TemperatureKD(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
-def make_loss(name: str, temperature: float = 1.0) -> keras.losses.Loss:
-    """The distillation loss by name (see module docstring).
+def make_loss(name: str, temperature: float = 1.0,
+              reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
+    """The distillation loss by name (see module docstring); ``reduction=None`` gives per-example
+    losses [b] (for a custom loop's ``tf.nn.compute_average_loss``).
 
     Raises:
       ValueError: unknown name.
     """
     if name == "soft_ce":
-        return keras.losses.CategoricalCrossentropy(from_logits=True, name="soft_ce")
+        return keras.losses.CategoricalCrossentropy(from_logits=True, name="soft_ce",
+                                                    reduction=reduction)
     if name == "kd":
-        return TemperatureKD(temperature)
+        return TemperatureKD(temperature, reduction=reduction)
     raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
 
 
-def make_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
-    """`tf.distribute.MirroredStrategy` over all local GPUs (one CPU replica when there are none)."""
-    return tf.distribute.MirroredStrategy(devices=devices)
+def make_strategy(kind: str = "mirrored", devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """The training strategy.
+
+    Args:
+      kind: ``mirrored``: `tf.distribute.MirroredStrategy` over ``devices`` (default: all local GPUs,
+        one CPU replica when there are none); ``multi_worker``:
+        `tf.distribute.MultiWorkerMirroredStrategy` from the ``TF_CONFIG`` environment variable. A
+        multi-worker strategy must be made at program start, before other TensorFlow work.
+
+    Raises:
+      ValueError: unknown kind, or ``multi_worker`` without ``TF_CONFIG``.
+    """
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if kind == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("strategy='multi_worker': the TF_CONFIG environment variable is not "
+                             "set (it names the cluster and this task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy={kind!r}: expected one of {STRATEGIES}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
+def _custom_loop(student, ds, config: StudentConfig, strategy, global_batch: int, lr,
+                 backup_dir: str | None, verbose: int) -> dict:
+    """Trains with ``strategy.run`` / ``strategy.reduce``; per-example losses are averaged over the
+    *global* batch (``tf.nn.compute_average_loss``), so the update does not depend on the number of
+    replicas. The model, optimizer and epoch counter are checkpointed every epoch with
+    ``tf.train.CheckpointManager`` (non-chief workers write to their own subdirectory) and restored
+    on a rerun. Returns the history dict (per-epoch mean ``loss``)."""
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(lr)
+        optimizer.build(student.trainable_variables)
+        loss_fn = make_loss(config.loss, config.temperature, reduction=None)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=student, optimizer=optimizer, epoch=epoch)
+    manager = None
+    if backup_dir:
+        directory = backup_dir
+        resolver = getattr(strategy, "cluster_resolver", None)
+        if not is_chief(strategy):
+            directory = os.path.join(backup_dir, f"{resolver.task_type}-{resolver.task_id}")
+        manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint)
+            logging.info("Student: resumed from %s (epoch %d)", manager.latest_checkpoint,
+                         int(epoch.numpy()))
+
+    def replica_step(images, targets):
+        with tf.GradientTape() as tape:
+            logits = student(images, training=True)
+            loss = tf.nn.compute_average_loss(loss_fn(targets, logits),
+                                              global_batch_size=global_batch)
+        grads = tape.gradient(loss, student.trainable_variables)
+        optimizer.apply_gradients(zip(grads, student.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(images, targets):
+        losses = strategy.run(replica_step, args=(images, targets))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    dist_ds = strategy.experimental_distribute_dataset(ds)
+    history = {"loss": []}
+    for e in range(int(epoch.numpy()), config.epochs):
+        total, steps = 0.0, 0
+        for images, targets in dist_ds:
+            total += float(train_step(images, targets))
+            steps += 1
+        epoch.assign_add(1)
+        history["loss"].append(total / max(1, steps))
+        if manager is not None:
+            manager.save()  # Every worker saves: the save is a collective operation.
+        if verbose:
+            logging.info("Student epoch %d/%d: loss %.4f", e + 1, config.epochs, history["loss"][-1])
+    return history
 
 
 def _augment_fn(config: StudentConfig, image_shape, seed: int):
@@ -188,9 +282,11 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
       soft_labels: float32 [n, K], rows summing to 1 (teacher probabilities or one-hot).
       config: architecture, loss and optimisation.
       seed: initialisation, shuffling and augmentation seed.
-      backup_dir: if given, `keras.callbacks.BackupAndRestore` keeps the training state there every
-        epoch, and a rerun resumes from the last finished epoch.
-      strategy: default :func:`make_strategy`.
+      backup_dir: if given, the training state is kept there every epoch (Keras
+        `BackupAndRestore` with ``fit``, `tf.train.CheckpointManager` with the custom loop), and a
+        rerun resumes from the last checkpoint.
+      strategy: default :func:`make_strategy` (``mirrored``).
+      callbacks: Keras callbacks for ``fit`` (the custom loop logs its loss with absl instead).
 
     Returns:
       (the trained student, a logits `keras.Model`; the Keras history dict of per-epoch metrics).
@@ -209,16 +305,24 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     if len(images) < global_batch:
         raise ValueError(f"images: {len(images)} is fewer than one global batch ({global_batch})")
+    if config.loop not in LOOPS:
+        raise ValueError(f"loop={config.loop!r}: expected one of {LOOPS}")
+    custom = config.loop == "custom" or (
+        config.loop == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
     keras.utils.set_random_seed(seed)
+    total_steps = config.epochs * (len(images) // global_batch)
+    lr = learning_rate(config.learning_rate, config.lr_schedule, total_steps)
     with strategy.scope():
         student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
-        total_steps = config.epochs * (len(images) // global_batch)
-        lr = learning_rate(config.learning_rate, config.lr_schedule, total_steps)
+    ds = training_dataset(images, soft_labels, config, global_batch, seed)
+    if custom:
+        return student, _custom_loop(student, ds, config, strategy, global_batch, lr, backup_dir,
+                                     verbose)
+    with strategy.scope():
         student.compile(optimizer=keras.optimizers.Adam(lr),
                         loss=make_loss(config.loss, config.temperature),
                         metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
                         steps_per_execution=config.steps_per_execution)
-    ds = training_dataset(images, soft_labels, config, global_batch, seed)
     callbacks = list(callbacks or [])
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(

@@ -33,6 +33,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from tfkd import data as data_lib
@@ -264,7 +265,6 @@ def write_grids(labelled: LabelledSet, num_classes: int, workdir: str) -> dict[s
 
 def write_tensorboard_grids(labelled: LabelledSet, log_dir: str) -> None:
     """TensorBoard image summaries of the real, MixUp and CVAE grids (one row per teacher class)."""
-    import tensorflow as tf
 
     classes = labelled.soft_labels.argmax(axis=1)
     with tf.summary.create_file_writer(log_dir).as_default():
@@ -285,8 +285,13 @@ def _serve(models_by_name: dict[str, str]):
         yield server.target
 
 
-def run_fsbbt(config: FSBBTConfig) -> dict:
+def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
     """Runs FS-BBT end to end and writes ``report.json`` in the work dir.
+
+    ``strategy`` (default: :func:`tfkd.distill.make_strategy`, mirrored) trains the student. Under a
+    multi-worker strategy every worker builds its labelled set in its own work dir and trains; only
+    the chief exports, evaluates and writes the full report (a non-chief writes ``report.json`` with
+    ``role: worker`` and returns after training).
 
     Every stage whose result is already in the work dir (teacher, ledger answers, labelled set,
     student epochs, CVAE weights) is reused, so a rerun after a crash pays for nothing twice.
@@ -364,12 +369,23 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
         callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student")),
                      distill.HeldOutAccuracy(x_eval[:1000], y_eval[:1000],
                                              os.path.join(tensorboard_dir, "student", "heldout"))]
+        strategy = strategy or distill.make_strategy()
         with stages("student_training"):
             student, history = distill.train_student(
                 labelled.images, labelled.soft_labels, config.student, config.seed,
                 backup_dir=os.path.join(config.workdir, "student_backup-" + fingerprint(
-                    synthesis_fp, config.student, config.seed)), verbose=config.verbose,
-                callbacks=callbacks)
+                    synthesis_fp, config.student, config.seed)), strategy=strategy,
+                verbose=config.verbose, callbacks=callbacks)
+        report["strategy"] = ("multi_worker" if isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy) else "mirrored")
+        report["replicas"] = strategy.num_replicas_in_sync
+        if not distill.is_chief(strategy):
+            report.update(role="worker", stage_seconds=stages.seconds,
+                          student_epochs=config.student.epochs)
+            with open(os.path.join(config.workdir, "report.json"), "w") as f:
+                json.dump(report, f, indent=2, sort_keys=True)
+            return report
+        report["role"] = "chief"
         report["student_final_loss"] = float(history["loss"][-1]) if history.get("loss") else None
         report["student_epochs"] = config.student.epochs
         report["student_epochs_resumed_from"] = config.student.epochs - len(history.get("loss", []))
@@ -444,8 +460,6 @@ def run_fsbbt(config: FSBBTConfig) -> dict:
 def cpu_latency_ms(version_dir: str, images: np.ndarray, batch_sizes=(1, 64),
                    repeats: int = 30) -> dict[str, float]:
     """Median in-process CPU latency (ms) of a SavedModel's ``serving_default`` per batch size."""
-    import tensorflow as tf
-
     fn = tf.saved_model.load(version_dir).signatures[export.SIGNATURE_KEY]
     result = {}
     for b in batch_sizes:
