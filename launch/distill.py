@@ -24,6 +24,9 @@ from tfkd import teacher
 
 flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
                     "exported student, report.json. A rerun on the same dir resumes.")
+flags.DEFINE_enum("method", "fsbbt", list(pipeline.METHODS), "student_alone (true labels of the N "
+                  "images: the lower baseline), standard_kd (N images, teacher soft labels), mixup, "
+                  "cvae, fsbbt (N + MixUp + CVAE).")
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debian package, then "
                     "keras.datasets.")
@@ -77,6 +80,7 @@ flags.DEFINE_enum("lr_schedule", "constant", list(distill.LR_SCHEDULES), "Studen
 flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entropy to the teacher's "
                   "probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
+flags.DEFINE_integer("steps_per_execution", 32, "Student training steps per compiled call.")
 flags.DEFINE_float("train_mixup_alpha", 1.0, "Training-time MixUp α; 0 disables.")
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
@@ -122,7 +126,8 @@ def config_from_flags() -> pipeline.FSBBTConfig:
         auth_token_file=FLAGS.teacher_auth_token_file,
         auth_token_env=FLAGS.teacher_auth_token_env, query_budget=FLAGS.query_budget)
     return pipeline.FSBBTConfig(
-        workdir=FLAGS.workdir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed,
+        workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir, seed=FLAGS.seed,
         num_shots=FLAGS.num_shots, teacher=teacher_config,
         teacher_train=pipeline.TeacherTrainConfig(architecture=FLAGS.teacher_architecture,
                                                   epochs=FLAGS.teacher_epochs),
@@ -134,7 +139,8 @@ def config_from_flags() -> pipeline.FSBBTConfig:
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
-            checkpoint_steps=FLAGS.checkpoint_steps),
+            checkpoint_steps=FLAGS.checkpoint_steps,
+            steps_per_execution=FLAGS.steps_per_execution),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
         verbose=FLAGS.verbose)

@@ -76,7 +76,7 @@ class StudentConfig:
     mixup_alpha: float = 1.0
     rotation_degrees: float = 10.0
     shift_fraction: float = 0.1
-    steps_per_execution: int = 1
+    steps_per_execution: int = 32
     checkpoint_steps: int = 0
     loop: str = "auto"
 
@@ -208,19 +208,41 @@ def _custom_loop(student, ds, config: StudentConfig, strategy, global_batch: int
     return history
 
 
-def _augment_fn(config: StudentConfig, image_shape, seed: int):
-    augment = []
-    if config.rotation_degrees:
-        augment.append(keras.layers.RandomRotation(config.rotation_degrees / 360.0,
-                                                   fill_mode="nearest", seed=seed))
-    if config.shift_fraction:
-        augment.append(keras.layers.RandomTranslation(config.shift_fraction, config.shift_fraction,
-                                                      fill_mode="nearest", seed=seed + 1))
+def random_affine(images: tf.Tensor, max_degrees: float, max_shift: float) -> tf.Tensor:
+    """Random rotation (± max_degrees) and shift (± max_shift of H and W) of a batch, fused into one
+    projective transform per image (one ``ImageProjectiveTransformV3`` call for the batch; bilinear,
+    edges filled with the nearest pixel, as Keras' RandomRotation/RandomTranslation and the FS-BBT
+    code's ImageDataGenerator).
+
+    Args:
+      images: float32 [b, H, W, C].
+
+    Returns:
+      float32 [b, H, W, C].
+    """
+    shape = tf.shape(images)
+    b, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    theta = tf.random.uniform([b], -1.0, 1.0) * (max_degrees * np.pi / 180.0)
+    dx = tf.random.uniform([b], -1.0, 1.0) * max_shift * w
+    dy = tf.random.uniform([b], -1.0, 1.0) * max_shift * h
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    # Output pixel (x, y) samples the input at R (x - dx, y - dy) about the image centre.
+    x_off = ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2
+    y_off = ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack([cos, -sin, x_off - cos * dx + sin * dy,
+                           sin, cos, y_off - sin * dx - cos * dy, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")
+
+
+def _augment_fn(config: StudentConfig):
     alpha = float(config.mixup_alpha)
 
     def fn(images, targets):
-        for layer in augment:
-            images = layer(images, training=True)
+        if config.rotation_degrees or config.shift_fraction:
+            images = random_affine(images, config.rotation_degrees, config.shift_fraction)
         if alpha > 0:
             # λ ~ Beta(α, α) per example, as a ratio of Gamma draws; partner = the batch reversed.
             b = tf.shape(images)[0]
@@ -268,7 +290,7 @@ def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: Studen
     ds = tf.data.Dataset.from_tensor_slices((images, soft_labels.astype(np.float32)))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(global_batch_size, drop_remainder=True)
-    ds = ds.map(_augment_fn(config, images.shape[1:], seed), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_augment_fn(config), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -61,12 +61,21 @@ class TeacherTrainConfig:
     lr_schedule: str = "cosine"
 
 
+METHODS = ("student_alone", "standard_kd", "mixup", "cvae", "fsbbt")
+
+
 @dataclasses.dataclass(frozen=True)
 class FSBBTConfig:
     """Everything one FS-BBT run needs; defaults are the paper's Fashion-MNIST setting.
 
     Attributes:
       workdir: where everything of the run is written (see module docstring).
+      method: one of ``METHODS`` (FS-BBT Table 2's rows): ``student_alone`` trains on the N images
+        with their TRUE labels (the lower baseline; the only method that reads labels);
+        ``standard_kd`` on the N images with teacher soft labels; ``mixup`` on N + MixUp images;
+        ``cvae`` on N + CVAE images; ``fsbbt`` on N + MixUp + CVAE. ``mixup`` and ``cvae`` get the
+        whole synthetic budget (num_images of MixUp plus CVAE), so every synthetic method costs the
+        same number of teacher queries.
       dataset, data_dir: see :func:`tfkd.data.load_dataset`.
       seed: one seed for sampling, synthesis and training.
       num_shots: N, the unlabeled real images (balanced over classes).
@@ -84,6 +93,7 @@ class FSBBTConfig:
     """
 
     workdir: str
+    method: str = "fsbbt"
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     seed: int = 0
@@ -285,6 +295,23 @@ def _serve(models_by_name: dict[str, str]):
         yield server.target
 
 
+def method_config(config: FSBBTConfig) -> FSBBTConfig:
+    """The config with the synthetic counts ``config.method`` uses (see :class:`FSBBTConfig`).
+
+    Raises:
+      ValueError: unknown method.
+    """
+    if config.method not in METHODS:
+        raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
+    total = config.mixup.num_images + config.cvae.num_images
+    mixup_n, cvae_n = {"student_alone": (0, 0), "standard_kd": (0, 0), "mixup": (total, 0),
+                       "cvae": (0, total), "fsbbt": (config.mixup.num_images,
+                                                     config.cvae.num_images)}[config.method]
+    return dataclasses.replace(
+        config, mixup=dataclasses.replace(config.mixup, num_images=mixup_n),
+        cvae=dataclasses.replace(config.cvae, num_images=cvae_n))
+
+
 def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
     """Runs FS-BBT end to end and writes ``report.json`` in the work dir.
 
@@ -302,9 +329,10 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
     Raises:
       tfkd.data.DatasetUnavailableError, tfkd.teacher.TeacherError, grpc.RpcError, ValueError.
     """
+    config = method_config(config)
     os.makedirs(config.workdir, exist_ok=True)
     stages = _Stages()
-    report: dict = {"method": "fsbbt", "dataset": config.dataset, "seed": config.seed}
+    report: dict = {"method": config.method, "dataset": config.dataset, "seed": config.seed}
     with stages("load_data"):
         dataset = data_lib.load_dataset(config.dataset, config.data_dir)
     teacher_arch = config.teacher_train.architecture
@@ -348,7 +376,12 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         synthesis_fp = fingerprint(config.dataset, config.data_dir, config.seed, config.num_shots,
                                    config.mixup, config.cvae, signature.identity, client.label_only)
         labelled_path = os.path.join(config.workdir, f"labelled_set-{synthesis_fp}.npz")
-        if os.path.exists(labelled_path):
+        if config.method == "student_alone":
+            # The paper's lower baseline: the N images with their true labels, no teacher.
+            labelled = LabelledSet(shots, np.eye(dataset.num_classes, dtype=np.float32)[
+                dataset.y_train[indices]], np.zeros(len(shots), np.int8))
+            labelled_path = None
+        elif os.path.exists(labelled_path):
             labelled = LabelledSet.load(labelled_path)
             logging.info("Labelled set: reusing %s (%d images)", labelled_path, len(labelled.images))
         else:
@@ -374,7 +407,7 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
             student, history = distill.train_student(
                 labelled.images, labelled.soft_labels, config.student, config.seed,
                 backup_dir=os.path.join(config.workdir, "student_backup-" + fingerprint(
-                    synthesis_fp, config.student, config.seed)), strategy=strategy,
+                    synthesis_fp, config.student, config.seed, config.method)), strategy=strategy,
                 verbose=config.verbose, callbacks=callbacks)
         report["strategy"] = ("multi_worker" if isinstance(
             strategy, tf.distribute.MultiWorkerMirroredStrategy) else "mirrored")
