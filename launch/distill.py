@@ -18,6 +18,7 @@ from absl import logging
 
 from tfkd import data
 from tfkd import distill
+from tfkd import models
 from tfkd import pipeline
 from tfkd import synthesis
 from tfkd import teacher
@@ -31,7 +32,8 @@ flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Da
 flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debian package, then "
                     "keras.datasets.")
 flags.DEFINE_integer("seed", 0, "Seed for sampling, synthesis and training.")
-flags.DEFINE_integer("num_shots", 2000, "N: unlabeled real images, balanced over classes.")
+flags.DEFINE_integer("num_shots", None, "N: unlabeled real images, balanced over classes; default "
+                     "the paper's (2000; 5000 for CIFAR-100).")
 flags.DEFINE_string("teacher", "", "host:port of a running TF Serving server; empty: train a "
                     "teacher into the work dir if none is there and serve it locally.")
 flags.DEFINE_string("teacher_model_name", "teacher", "The teacher's model name (model spec).")
@@ -63,15 +65,19 @@ flags.DEFINE_string("teacher_auth_token_file", None, "File holding a token sent 
 flags.DEFINE_string("teacher_auth_token_env", None, "Environment variable holding that token.")
 flags.DEFINE_integer("query_budget", None, "At most this many images sent to the teacher in this "
                      "run; the run stops before sending if its plan needs more.")
-flags.DEFINE_enum("teacher_architecture", "lenet5", ["lenet5"], "Teacher trained when --teacher "
-                  "is empty.")
+flags.DEFINE_enum("teacher_architecture", "auto", ["auto", *models.MODELS], "Teacher trained when "
+                  "--teacher is empty; auto: the paper's for the dataset (LeNet-5; AlexNet for "
+                  "CIFAR-10; ResNet-32 for CIFAR-100).")
 flags.DEFINE_integer("teacher_epochs", 20, "Epochs of the locally trained teacher.")
 flags.DEFINE_integer("num_mixup", 43_200, "MixUp images (kept pairs).")
 flags.DEFINE_float("mixup_alpha", 1.0, "MixUp λ ~ Beta(α, α).")
 flags.DEFINE_integer("num_cvae", 4_800, "CVAE images, equal per class.")
 flags.DEFINE_integer("cvae_epochs", 200, "CVAE training epochs.")
 flags.DEFINE_integer("cvae_latent_dim", 2, "CVAE latent size.")
-flags.DEFINE_enum("student_architecture", "lenet5_half", ["lenet5_half", "lenet5"], "Student.")
+flags.DEFINE_enum("cvae_architecture", "auto", ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
+                  "conv (CIFAR); auto picks by dataset.")
+flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
+                  "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Student batch size per replica.")
 flags.DEFINE_float("learning_rate", 1e-3, "Student Adam learning rate.")
@@ -97,8 +103,15 @@ FLAGS = flags.FLAGS
 
 
 def config_from_flags() -> pipeline.FSBBTConfig:
-    if FLAGS.num_shots <= 0:
-        raise app.UsageError(f"--num_shots must be positive, got {FLAGS.num_shots}")
+    num_shots = FLAGS.num_shots or models.DEFAULT_NUM_SHOTS[FLAGS.dataset]
+    if num_shots <= 0:
+        raise app.UsageError(f"--num_shots must be positive, got {num_shots}")
+    teacher_arch, student_arch = models.DEFAULT_PAIRS[FLAGS.dataset]
+    teacher_arch = teacher_arch if FLAGS.teacher_architecture == "auto" else FLAGS.teacher_architecture
+    student_arch = student_arch if FLAGS.student_architecture == "auto" else FLAGS.student_architecture
+    cvae_arch = FLAGS.cvae_architecture
+    if cvae_arch == "auto":
+        cvae_arch = "conv" if FLAGS.dataset.startswith("cifar") else "mlp"
     for name in ("num_mixup", "num_cvae", "teacher_epochs", "cvae_epochs"):
         if getattr(FLAGS, name) < 0:
             raise app.UsageError(f"--{name} must be >= 0, got {getattr(FLAGS, name)}")
@@ -128,14 +141,15 @@ def config_from_flags() -> pipeline.FSBBTConfig:
     return pipeline.FSBBTConfig(
         workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, seed=FLAGS.seed,
-        num_shots=FLAGS.num_shots, teacher=teacher_config,
-        teacher_train=pipeline.TeacherTrainConfig(architecture=FLAGS.teacher_architecture,
+        num_shots=num_shots, teacher=teacher_config,
+        teacher_train=pipeline.TeacherTrainConfig(architecture=teacher_arch,
                                                   epochs=FLAGS.teacher_epochs),
         mixup=synthesis.MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha),
         cvae=dataclasses.replace(synthesis.CVAEConfig(), num_images=FLAGS.num_cvae,
-                                 epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim),
+                                 epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim,
+                                 architecture=cvae_arch),
         student=distill.StudentConfig(
-            architecture=FLAGS.student_architecture, epochs=FLAGS.student_epochs,
+            architecture=student_arch, epochs=FLAGS.student_epochs,
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,

@@ -61,3 +61,14 @@ def test_student_rejects_bad_soft_labels(fashion):
     with pytest.raises(ValueError, match="rows summing to 1"):
         distill.train_student(fashion.x_train[:64], np.ones((64, 10)),
                               distill.StudentConfig(epochs=1), 0, verbose=0)
+
+
+def test_random_affine_is_identity_at_zero_and_moves_pixels_otherwise(fashion):
+    images = tf.constant(fashion.x_train[:16])
+    np.testing.assert_allclose(distill.random_affine(images, 0.0, 0.0), images, atol=1e-6)
+    moved = distill.random_affine(images, 10.0, 0.1).numpy()
+    assert moved.shape == (16, 28, 28, 1)
+    assert 0.0 <= moved.min() and moved.max() <= 1.0
+    assert np.abs(moved - fashion.x_train[:16]).mean() > 0.01
+    # Small transforms: the images stay close to the originals (10 degrees, 10% shifts at most).
+    assert np.abs(moved.mean(axis=(1, 2, 3)) - fashion.x_train[:16].mean(axis=(1, 2, 3))).max() < 0.1

@@ -1,5 +1,6 @@
 """End to end: the FS-BBT pipeline and the launch/distill.py launcher, with real parts."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -153,3 +154,15 @@ def test_launcher_query_budget(custom_server, tmp_path):
     assert result.returncode == 1
     assert "error:" in result.stderr and "query budget leaves 300" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_methods_share_the_synthetic_budget():
+    base = pipeline.FSBBTConfig(workdir="unused", mixup=synthesis.MixUpConfig(num_images=430),
+                                cvae=synthesis.CVAEConfig(num_images=70))
+    counts = {m: (pipeline.method_config(dataclasses.replace(base, method=m)).mixup.num_images,
+                  pipeline.method_config(dataclasses.replace(base, method=m)).cvae.num_images)
+              for m in pipeline.METHODS}
+    assert counts == {"student_alone": (0, 0), "standard_kd": (0, 0), "mixup": (500, 0),
+                      "cvae": (0, 500), "fsbbt": (430, 70)}
+    with pytest.raises(ValueError, match="method='dfad'"):
+        pipeline.method_config(dataclasses.replace(base, method="dfad"))

@@ -51,16 +51,92 @@ def lenet5_half(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: in
     return _lenet("lenet5_half", (3, 8), (120, 84), input_shape, num_classes)
 
 
+def _alexnet(name: str, scale: float, input_shape, num_classes: int) -> keras.Model:
+    def f(n):
+        return max(1, int(n * scale))
+
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    for i, (filters, kernel, pool) in enumerate(
+            [(48, 5, True), (128, 5, True), (192, 3, False), (192, 3, False), (128, 3, True)], 1):
+        x = layers.Conv2D(f(filters), kernel, padding="same", activation="relu", name=f"conv{i}")(x)
+        if pool:
+            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{i}")(x)
+            x = layers.BatchNormalization(name=f"bn{i}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate((512, 256), 1):
+        x = layers.Dense(f(units), activation="relu", name=f"fc{i}")(x)
+        x = layers.Dropout(0.5, name=f"dropout{i}")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def alexnet(input_shape=(32, 32, 3), num_classes: int = 10) -> keras.Model:
+    """AlexNet for 32x32 images as in the ZSKD and FS-BBT code (the CIFAR-10 teacher): conv 48 (5x5),
+    128 (5x5), 192, 192, 128 (3x3), 3x3/2 max-pool and batch norm after conv 1, 2 and 5, dense 512
+    and 256 with dropout 0.5. float32 [b, H, W, C] in [0, 1] -> logits [b, num_classes]."""
+    return _alexnet("alexnet", 1.0, input_shape, num_classes)
+
+
+def alexnet_half(input_shape=(32, 32, 3), num_classes: int = 10) -> keras.Model:
+    """AlexNet-half, the CIFAR-10 student: every conv and dense width of :func:`alexnet` halved."""
+    return _alexnet("alexnet_half", 0.5, input_shape, num_classes)
+
+
+def _resnet_cifar(name: str, depth: int, input_shape, num_classes: int) -> keras.Model:
+    if (depth - 2) % 6:
+        raise ValueError(f"depth={depth}: a CIFAR ResNet has depth 6n + 2 (20, 32, 56, ...)")
+    blocks = (depth - 2) // 6
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization(name="stem_bn")(x))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            prefix = f"s{stage}b{block}"
+            y = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                              name=f"{prefix}_conv1")(x)
+            y = layers.Activation("relu")(layers.BatchNormalization(name=f"{prefix}_bn1")(y))
+            y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{prefix}_conv2")(y)
+            y = layers.BatchNormalization(name=f"{prefix}_bn2")(y)
+            if strides != 1 or x.shape[-1] != filters:
+                x = layers.Conv2D(filters, 1, strides=strides, use_bias=False,
+                                  name=f"{prefix}_shortcut")(x)
+                x = layers.BatchNormalization(name=f"{prefix}_shortcut_bn")(x)
+            x = layers.Activation("relu")(layers.Add(name=f"{prefix}_add")([x, y]))
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def resnet32(input_shape=(32, 32, 3), num_classes: int = 100) -> keras.Model:
+    """ResNet-32 for CIFAR (He et al. 2016, §4.2: 3 stages of 5 basic blocks, 16/32/64 filters), the
+    CIFAR-100 teacher of FS-BBT. float32 [b, H, W, C] in [0, 1] -> logits [b, num_classes]."""
+    return _resnet_cifar("resnet32", 32, input_shape, num_classes)
+
+
+def resnet20(input_shape=(32, 32, 3), num_classes: int = 100) -> keras.Model:
+    """ResNet-20 for CIFAR (3 stages of 3 basic blocks), the CIFAR-100 student of FS-BBT."""
+    return _resnet_cifar("resnet20", 20, input_shape, num_classes)
+
+
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "lenet5": lenet5,
     "lenet5_half": lenet5_half,
+    "alexnet": alexnet,
+    "alexnet_half": alexnet_half,
+    "resnet32": resnet32,
+    "resnet20": resnet20,
 }
 
-# The paper's teacher -> student pairs by dataset (FS-BBT Table 1).
+# The paper's teacher -> student pairs by dataset (FS-BBT Table 1), with N.
 DEFAULT_PAIRS = {
     "mnist": ("lenet5", "lenet5_half"),
     "fashion_mnist": ("lenet5", "lenet5_half"),
+    "cifar10": ("alexnet", "alexnet_half"),
+    "cifar100": ("resnet32", "resnet20"),
 }
+DEFAULT_NUM_SHOTS = {"mnist": 2000, "fashion_mnist": 2000, "cifar10": 2000, "cifar100": 5000}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:

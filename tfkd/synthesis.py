@@ -88,13 +88,16 @@ class CVAEConfig:
 
     Attributes:
       latent_dim: size of the latent z.
-      hidden: encoder MLP widths; the decoder uses them reversed.
+      architecture: ``mlp`` (the FS-BBT code's, for 28x28 grey images) or ``conv`` (convolutional
+        encoder and transposed-convolution decoder, for CIFAR; H and W divisible by 4).
+      hidden: encoder MLP widths; the decoder uses them reversed (both architectures' dense part).
       epochs, batch_size, learning_rate: Adam training on the N images.
       num_images: images to sample, equal per class (the remainder goes to the first classes).
       uniform_bound: half the latents are drawn from U(-bound, bound), half from N(0, I).
     """
 
     latent_dim: int = 2
+    architecture: str = "mlp"
     hidden: tuple = (256, 128, 64)
     epochs: int = 200
     batch_size: int = 256
@@ -115,18 +118,38 @@ class CVAE(keras.Model):
     """
 
     def __init__(self, image_shape, num_classes: int, latent_dim: int = 2,
-                 hidden=(256, 128, 64), **kwargs):
+                 hidden=(256, 128, 64), architecture: str = "mlp", **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = int(num_classes)
         self.latent_dim = int(latent_dim)
         num_pixels = int(np.prod(self.image_shape))
+        h, w, c = self.image_shape
+        if architecture == "mlp":
+            self.image_encoder = layers.Flatten()
+            self.decoder = keras.Sequential(
+                [layers.Dense(u, activation="relu") for u in reversed(hidden)]
+                + [layers.Dense(num_pixels), layers.Reshape(self.image_shape)], name="decoder")
+        elif architecture == "conv":
+            if h % 4 or w % 4:
+                raise ValueError(f"image_shape={self.image_shape}: the conv CVAE needs H and W "
+                                 "divisible by 4")
+            self.image_encoder = keras.Sequential([
+                layers.Conv2D(32, 4, strides=2, padding="same", activation="relu"),
+                layers.Conv2D(64, 4, strides=2, padding="same", activation="relu"),
+                layers.Flatten()], name="image_encoder")
+            self.decoder = keras.Sequential(
+                [layers.Dense(u, activation="relu") for u in reversed(hidden)]
+                + [layers.Dense((h // 4) * (w // 4) * 64, activation="relu"),
+                   layers.Reshape((h // 4, w // 4, 64)),
+                   layers.Conv2DTranspose(64, 4, strides=2, padding="same", activation="relu"),
+                   layers.Conv2DTranspose(32, 4, strides=2, padding="same", activation="relu"),
+                   layers.Conv2D(c, 3, padding="same")], name="decoder")
+        else:
+            raise ValueError(f"architecture={architecture!r}: expected 'mlp' or 'conv'")
         self.encoder = keras.Sequential(
-            [layers.Dense(h, activation="relu") for h in hidden] + [layers.Dense(2 * latent_dim)],
+            [layers.Dense(u, activation="relu") for u in hidden] + [layers.Dense(2 * latent_dim)],
             name="encoder")
-        self.decoder = keras.Sequential(
-            [layers.Dense(h, activation="relu") for h in reversed(hidden)] + [layers.Dense(num_pixels)],
-            name="decoder")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
@@ -140,14 +163,13 @@ class CVAE(keras.Model):
                                           scale_diag=tf.ones([self.latent_dim]))
 
     def posterior(self, images, conditions):
-        flat = tf.reshape(images, [-1, int(np.prod(self.image_shape))])
-        params = self.encoder(tf.concat([flat, conditions], axis=-1))
+        features = self.image_encoder(images)
+        params = self.encoder(tf.concat([features, conditions], axis=-1))
         loc, raw_scale = tf.split(params, 2, axis=-1)
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(raw_scale) + 1e-5)
 
     def likelihood(self, latents, conditions):
         logits = self.decoder(tf.concat([latents, conditions], axis=-1))
-        logits = tf.reshape(logits, [-1, *self.image_shape])
         return tfd.Independent(tfd.Bernoulli(logits=logits), reinterpreted_batch_ndims=3)
 
     def decode(self, latents, conditions):
@@ -180,7 +202,7 @@ class CVAE(keras.Model):
 
 def build_cvae(image_shape, num_classes: int, config: CVAEConfig) -> CVAE:
     """A compiled, built :class:`CVAE` for images of ``image_shape`` and ``num_classes`` conditions."""
-    cvae = CVAE(image_shape, num_classes, config.latent_dim, config.hidden)
+    cvae = CVAE(image_shape, num_classes, config.latent_dim, config.hidden, config.architecture)
     cvae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     cvae((tf.zeros([1, *image_shape]), tf.zeros([1, num_classes])))
     return cvae
