@@ -344,7 +344,10 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
         student.compile(optimizer=keras.optimizers.Adam(lr),
                         loss=make_loss(config.loss, config.temperature),
                         metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
-                        steps_per_execution=config.steps_per_execution)
+                        # Keras 3.15's multi-step loop fails under MirroredStrategy with more than
+                        # one replica ("You must feed a value for placeholder tensor"): one step.
+                        steps_per_execution=(config.steps_per_execution
+                                             if strategy.num_replicas_in_sync == 1 else 1))
     callbacks = list(callbacks or [])
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(
