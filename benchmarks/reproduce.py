@@ -157,6 +157,10 @@ def write_markdown(rows: list[dict], path: str, plot: str | None, grids: dict) -
     for name, grid in grids.items():
         lines += ["", f"{name} images, one row per teacher class: "
                       f"![{name}]({os.path.relpath(grid, os.path.dirname(path))})"]
+    notes = os.path.join(_REPO, "benchmarks", "RESULTS_NOTES.md")
+    if os.path.exists(notes):  # The hand-kept log of tries, ablations and speed figures.
+        with open(notes) as f:
+            lines += ["", f.read().rstrip()]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
