@@ -124,8 +124,8 @@ def write_plot(rows: list[dict], path: str) -> str | None:
     if "fsbbt" in paper:
         ax.axhline(paper["fsbbt"], ls="--", c="gray", lw=1, label="paper FS-BBT")
     ax.set_xlabel("teacher queries")
-    ax.set_ylabel("student test accuracy (%)")
-    ax.set_title(f"{rows[0]['dataset']}: accuracy vs teacher queries (mean ± std over seeds)")
+    ax.set_ylabel("student test accuracy, % (mean ± std)")
+    ax.set_title(f"{rows[0]['dataset']}: accuracy vs teacher queries")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
