@@ -1,6 +1,5 @@
 """Any teacher signature, label-only teachers, the query budget, retries, TLS and call metadata."""
 
-import os
 import subprocess
 import threading
 
