@@ -1,18 +1,29 @@
-r"""Reproduces the FS-BBT results table: dataset x method x seed, then RESULTS.md and results.json.
+r"""Reproduces the FS-BBT results table from runs, then writes RESULTS.md from their stored reports.
 
-One teacher per dataset is trained once (the black box; LeNet-5 for Fashion-MNIST) into
-`<grid_dir>/<dataset>/teacher/` and served on a loopback port for the whole grid; every cell is a full
-`tfkd.pipeline.run_fsbbt` run in `<grid_dir>/<dataset>/<method>/seed<k>/` reaching the teacher over
-gRPC and measuring the exported student over gRPC on the full test set (final-epoch weights: no
-checkpoint is selected on the test set). A cell whose report.json exists is not run again, so a
-partly finished grid resumes.
+Every figure in RESULTS.md comes from a `report.json` stored under `benchmarks/reports/<dataset>/`
+(committed), copied there from the run that made it in `<grid_dir>/<dataset>/...`. Steps:
+
+1. **Teacher recipes** (the teacher owner's choice): each recipe of `TEACHER_TRIES` is trained on the
+   training split less the validation split and measured on the validation split only; the best one
+   by validation accuracy is the grid's teacher. Its test accuracy is then measured once, over gRPC.
+2. **Grid**: method x seed, each a full `tfkd.pipeline.run_fsbbt` reaching the teacher over gRPC, the
+   exported student measured over gRPC on the full test set once (final-epoch weights; nothing is
+   selected on the test set) and on the validation split.
+3. **Student tries** (`STUDENT_TRIES`): recipes compared with the method's seed-0 cell on the
+   validation split only (the test split is not read in those runs).
+
+A step whose report exists is not run again, so an interrupted grid resumes.
 
   python benchmarks/reproduce.py --dataset=fashion_mnist
   python benchmarks/reproduce.py --dataset=fashion_mnist --methods=fsbbt --seeds=0,1,2
+  python benchmarks/reproduce.py --write_only   # RESULTS.md from the stored reports, no runs
 """
 
+import dataclasses
+import glob
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -36,11 +47,16 @@ from tfkd import teacher as teacher_lib  # noqa: E402
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_list("methods", list(pipeline.METHODS), "Methods (rows).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per method.")
+flags.DEFINE_list("student_tries", None, "Names of STUDENT_TRIES to run (default: all).")
 flags.DEFINE_string("grid_dir", os.path.join(_REPO, "runs", "reproduce"), "Where the runs live.")
+flags.DEFINE_string("reports_dir", os.path.join(_REPO, "benchmarks", "reports"),
+                    "Where the reports are stored (committed); RESULTS.md is made from these.")
 flags.DEFINE_string("results_md", os.path.join(_REPO, "RESULTS.md"), "The table written.")
 flags.DEFINE_string("results_json", os.path.join(_REPO, "benchmarks", "results.json"),
                     "The same rows as data.")
-flags.DEFINE_integer("student_epochs", 50, "Student epochs (the paper: 50).")
+flags.DEFINE_integer("num_validation", 5000, "Validation split (training images held out).")
+flags.DEFINE_bool("write_only", False, "Only write RESULTS.md and results.json from the stored "
+                  "reports.")
 FLAGS = flags.FLAGS
 
 # FS-BBT (Nguyen et al., ECCV 2022) Tables 1-2: teacher, and student accuracy per method.
@@ -54,56 +70,160 @@ GPU_COMMANDS = {
     name: f"python benchmarks/reproduce.py --dataset={name}" for name in ("mnist", "cifar10", "cifar100")
 }
 
+# Teacher recipes for LeNet-5 datasets, chosen on the validation split (name -> (config, what)).
+TEACHER_TRIES = {
+    "lenet5_same_cosine": (pipeline.TeacherTrainConfig(),
+                           "LeNet-5, conv1 padded (\"same\"), Adam 1e-3 with cosine decay, 20 epochs"),
+    "lenet5_same_constant": (pipeline.TeacherTrainConfig(lr_schedule="constant"),
+                             "LeNet-5, conv1 padded, Adam 1e-3 constant, 20 epochs"),
+    "lenet5_valid_cosine": (pipeline.TeacherTrainConfig(architecture="lenet5_valid"),
+                            "LeNet-5, conv1 unpadded (\"valid\"), cosine decay, 20 epochs"),
+    "lenet5_valid_constant": (pipeline.TeacherTrainConfig(architecture="lenet5_valid",
+                                                          lr_schedule="constant"),
+                              "LeNet-5, conv1 unpadded, Adam 1e-3 constant, 20 epochs"),
+}
+# Student recipes tried against a method's seed-0 cell, on the validation split only
+# (name -> (method, StudentConfig fields, what)).
+STUDENT_TRIES = {
+    "fsbbt_cosine_lr": ("fsbbt", {"lr_schedule": "cosine"},
+                        "FS-BBT, student Adam 1e-3 with cosine decay instead of the paper's constant"),
+}
 
-def run_grid(dataset_name: str, methods, seeds) -> list[dict]:
-    root = os.path.join(FLAGS.grid_dir, dataset_name)
-    teacher_base = os.path.join(root, "teacher")
-    dataset = data.load_dataset(dataset_name)
-    if export.latest_version_dir(teacher_base) is None:
-        logging.info("Training the teacher into %s", teacher_base)
-        pipeline.train_and_export_teacher(dataset, pipeline.TeacherTrainConfig(), teacher_base,
-                                          seed=0, verbose=2)
-    reports = []
+
+def _store(report_path: str, name: str) -> str:
+    """Copies a run's report.json into the committed reports dir; returns the stored path."""
+    dst = os.path.join(FLAGS.reports_dir, FLAGS.dataset, name + ".json")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(report_path, dst)
+    return dst
+
+
+def _write_json(path: str, value: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def choose_teacher(root: str, dataset: data.Dataset) -> str:
+    """Step 1: trains each teacher recipe (validation only), returns the chosen one's base dir."""
+    scores = {}
+    for name, (config, what) in TEACHER_TRIES.items():
+        run = os.path.join(root, "teacher_tries", name)
+        path = os.path.join(run, "report.json")
+        if not os.path.exists(path):
+            logging.info("Teacher recipe %s", name)
+            keras.utils.set_random_seed(0)
+            start = time.perf_counter()
+            trained = pipeline.train_and_export_teacher(dataset, config, os.path.join(run, "teacher"),
+                                                        seed=0, verbose=2, evaluate_test=False)
+            _write_json(path, {
+                "kind": "teacher_try", "try": name, "what": what, "dataset": dataset.name,
+                "recipe": dataclasses.asdict(config), "num_train": len(dataset.x_train),
+                "num_validation": len(dataset.x_val),
+                "validation_accuracy": trained["validation_accuracy"],
+                "parameters": trained["parameters"], "export_dir": trained["export_dir"],
+                "seconds": round(time.perf_counter() - start, 1),
+                "code_commit": pipeline.code_commit()})
+            keras.backend.clear_session()
+        with open(path) as f:
+            scores[name] = json.load(f)["validation_accuracy"]
+        _store(path, f"teacher_try-{name}")
+    chosen = max(scores, key=scores.get)
+    logging.info("Teacher recipe chosen on the validation split: %s (%.4f)", chosen, scores[chosen])
+    return os.path.join(root, "teacher_tries", chosen, "teacher")
+
+
+def measure_teacher(root: str, teacher_base: str, dataset: data.Dataset, target: str) -> dict:
+    """The chosen teacher's test accuracy, measured once over gRPC (not per cell)."""
+    path = os.path.join(root, "teacher_report.json")
+    if not os.path.exists(path):
+        with teacher_lib.TeacherClient(target, "teacher") as client:
+            accuracy = pipeline.served_accuracy(client, dataset.x_test, dataset.y_test)
+        _write_json(path, {"kind": "teacher", "dataset": dataset.name, "base": teacher_base,
+                           "test_accuracy": accuracy, "test_examples": len(dataset.x_test),
+                           "teacher_eval_queries": len(dataset.x_test),
+                           "code_commit": pipeline.code_commit()})
+    _store(path, "teacher")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_cell(workdir: str, target: str, method: str, seed: int, student=None,
+             evaluate_test: bool = True) -> str:
+    path = os.path.join(workdir, "report.json")
+    if not os.path.exists(path):
+        logging.info("Running %s seed %d in %s", method, seed, workdir)
+        start = time.perf_counter()
+        pipeline.run_fsbbt(pipeline.FSBBTConfig(
+            workdir=workdir, method=method, dataset=FLAGS.dataset, seed=seed,
+            num_validation=FLAGS.num_validation,
+            teacher=teacher_lib.TeacherConfig(target=target),
+            student=student or distill.StudentConfig(), evaluate_test=evaluate_test,
+            evaluate_teacher=False, compress=(), verbose=0))
+        logging.info("%s seed %d: %.0f s", method, seed, time.perf_counter() - start)
+        keras.backend.clear_session()  # Runs slowed down 50% over a grid without it.
+    return path
+
+
+def run_all(methods, seeds) -> None:
+    root = os.path.join(FLAGS.grid_dir, FLAGS.dataset)
+    dataset = data.with_validation_split(data.load_dataset(FLAGS.dataset), FLAGS.num_validation)
+    teacher_base = choose_teacher(root, dataset)
     with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0) as srv:
+        measure_teacher(root, teacher_base, dataset, srv.target)
         for method in methods:
             for seed in seeds:
-                workdir = os.path.join(root, method, f"seed{seed}")
-                path = os.path.join(workdir, "report.json")
-                if not os.path.exists(path):
-                    logging.info("Running %s seed %d in %s", method, seed, workdir)
-                    start = time.perf_counter()
-                    pipeline.run_fsbbt(pipeline.FSBBTConfig(
-                        workdir=workdir, method=method, dataset=dataset_name, seed=seed,
-                        teacher=teacher_lib.TeacherConfig(target=srv.target),
-                        student=distill.StudentConfig(epochs=FLAGS.student_epochs),
-                        compress=(), verbose=0))
-                    logging.info("%s seed %d: %.0f s", method, seed, time.perf_counter() - start)
-                    keras.backend.clear_session()  # Runs slowed down 50% over a grid without it.
-                with open(path) as f:
-                    reports.append(json.load(f))
+                path = run_cell(os.path.join(root, method, f"seed{seed}"), srv.target, method, seed)
+                _store(path, f"{method}-seed{seed}")
+        for name in FLAGS.student_tries or STUDENT_TRIES:
+            method, fields, _ = STUDENT_TRIES[name]
+            path = run_cell(os.path.join(root, "tries", name), srv.target, method, 0,
+                            distill.StudentConfig(**fields), evaluate_test=False)
+            report = json.load(open(path))
+            report.update(kind="student_try", **{"try": name})
+            _write_json(path, report)
+            _store(path, f"student_try-{name}")
+
+
+# ------------------------------------------------------------------ RESULTS.md from stored reports
+def load_reports(dataset: str) -> dict[str, dict]:
+    """Stored report name (file stem) -> report, with its path under ``path``."""
+    reports = {}
+    for path in sorted(glob.glob(os.path.join(FLAGS.reports_dir, dataset, "*.json"))):
+        with open(path) as f:
+            reports[os.path.splitext(os.path.basename(path))[0]] = json.load(f) | {"path": path}
     return reports
 
 
-def summarize(reports: list[dict]) -> list[dict]:
+def summarize(reports: dict[str, dict]) -> list[dict]:
+    """One row per method over its seeds; std is the sample standard deviation (ddof = 1)."""
+    cells = [r for r in reports.values() if r.get("method") and r.get("kind") is None]
+    teacher = reports.get("teacher", {})
     rows = []
-    for method in dict.fromkeys(r["method"] for r in reports):
-        runs = [r for r in reports if r["method"] == method]
+    for method in [m for m in pipeline.METHODS if any(r["method"] == m for r in cells)]:
+        runs = sorted((r for r in cells if r["method"] == method), key=lambda r: r["seed"])
         acc = np.array([r["student_accuracy"] for r in runs]) * 100
+        val = np.array([r["student_validation_accuracy"] for r in runs]) * 100
         stages = {}
         for r in runs:
             for k, v in r["stage_seconds"].items():
                 stages.setdefault(k, []).append(v)
         rows.append({
             "dataset": runs[0]["dataset"], "method": method, "seeds": [r["seed"] for r in runs],
-            "accuracy_mean": round(float(acc.mean()), 2), "accuracy_std": round(float(acc.std()), 2),
+            "accuracy_mean": round(float(acc.mean()), 2),
+            "accuracy_std": round(float(acc.std(ddof=1)), 2) if len(acc) > 1 else None,
             "accuracies": [round(float(a), 2) for a in acc],
+            "validation_accuracy_mean": round(float(val.mean()), 2),
             "teacher_queries": int(np.mean([r["teacher_queries_sent"] + r["teacher_ledger_hits"]
                                             for r in runs])),
-            "teacher_accuracy": round(100 * float(np.mean([r["teacher_accuracy"] for r in runs])), 2),
+            "teacher_accuracy": (round(100 * teacher["test_accuracy"], 2) if teacher else None),
             "num_shots": runs[0]["num_shots"], "num_mixup": runs[0]["num_mixup"],
-            "num_cvae": runs[0]["num_cvae"],
+            "num_cvae": runs[0]["num_cvae"], "num_validation": runs[0].get("num_validation"),
             "stage_seconds": {k: round(float(np.mean(v)), 1) for k, v in stages.items()},
             "paper_accuracy": PAPER.get(runs[0]["dataset"], {}).get(method),
+            "reports": [os.path.relpath(r["path"], _REPO) for r in runs],
+            "code_commits": sorted({str(r.get("code_commit")) for r in runs}),
         })
     return rows
 
@@ -118,38 +238,89 @@ def write_plot(rows: list[dict], path: str) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in rows:
-        ax.errorbar(row["teacher_queries"], row["accuracy_mean"], yerr=row["accuracy_std"],
+        ax.errorbar(row["teacher_queries"], row["accuracy_mean"], yerr=row["accuracy_std"] or 0,
                     fmt="o", capsize=3, label=row["method"])
     paper = PAPER.get(rows[0]["dataset"], {})
     if "fsbbt" in paper:
         ax.axhline(paper["fsbbt"], ls="--", c="gray", lw=1, label="paper FS-BBT")
     ax.set_xlabel("teacher queries")
-    ax.set_ylabel("student test accuracy, % (mean ± std)")
+    ax.set_ylabel("student test accuracy, % (mean ± sample std)")
     ax.set_title(f"{rows[0]['dataset']}: accuracy vs teacher queries")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 
-def write_markdown(rows: list[dict], path: str, plot: str | None, grids: dict) -> None:
+def _link(path: str, results_md: str) -> str:
+    return f"[{os.path.basename(path)}]({os.path.relpath(path, os.path.dirname(results_md))})"
+
+
+def tries_table(reports: dict[str, dict], results_md: str) -> list[str]:
+    """The log of tries, each figure linked to its stored report (validation split only)."""
+    lines = ["| try | what | validation acc. | compared with | kept? | report |",
+             "|---|---|---:|---|---|---|"]
+    teacher_tries = {k: r for k, r in reports.items() if r.get("kind") == "teacher_try"}
+    if teacher_tries:
+        best = max(teacher_tries, key=lambda k: teacher_tries[k]["validation_accuracy"])
+        for key, r in teacher_tries.items():
+            lines.append(f"| teacher: {r['try']} | {r['what']} | "
+                         f"{100 * r['validation_accuracy']:.2f} | the other teacher recipes | "
+                         f"{'yes: best' if key == best else 'no'} | {_link(r['path'], results_md)} |")
+    for key, r in reports.items():
+        if r.get("kind") != "student_try":
+            continue
+        method, _, what = STUDENT_TRIES.get(r["try"], (r["method"], None, r["try"]))
+        base = reports.get(f"{method}-seed0")
+        base_val = base and base.get("student_validation_accuracy")
+        kept = "-" if not base_val else (
+            "yes" if r["student_validation_accuracy"] > base_val else "no")
+        compared = (f"{method} seed 0: {100 * base_val:.2f} ({_link(base['path'], results_md)})"
+                    if base_val else "-")
+        lines.append(f"| student: {r['try']} | {what} | {100 * r['student_validation_accuracy']:.2f} "
+                     f"| {compared} | {kept} | {_link(r['path'], results_md)} |")
+    return lines
+
+
+def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: str | None,
+                   grids: dict) -> None:
+    teacher = reports.get("teacher")
+    seeds = max((len(r["seeds"]) for r in rows), default=0)
     lines = ["# Results", "",
-             "Generated by `python benchmarks/reproduce.py` (2 CPU cores, no GPU). Student accuracy is",
-             "measured on the full test set by serving the exported student over gRPC, final-epoch",
-             "weights (no checkpoint selected on the test set); mean ± std over seeds.", ""]
+             "Generated by `python benchmarks/reproduce.py` (2 CPU cores, no GPU) from the reports stored",
+             "in [benchmarks/reports/](benchmarks/reports/); every figure below is read from one of them.",
+             "Student accuracy: full test set, measured once per run by serving the exported student",
+             "over gRPC, final-epoch weights (no checkpoint is selected). Every choice (teacher recipe,",
+             "student recipe) is made on the **validation split**: "
+             f"{rows[0]['num_validation'] if rows else '-'} training images held out by a fixed seed,",
+             "neither trained on by the teacher nor drawn as few shots. "
+             f"Mean ± **sample** standard deviation (ddof = 1) over {seeds} seeds.", ""]
+    if teacher:
+        lines += [f"Teacher: {os.path.basename(os.path.dirname(teacher['base']))} "
+                  f"(chosen on the validation split, below), trained on the training split less the "
+                  f"validation split; test accuracy over gRPC **{100 * teacher['test_accuracy']:.2f}%** "
+                  f"({teacher['test_examples']:,} images, measured once; "
+                  f"{_link(teacher['path'], path)}).", ""]
     lines += ["| dataset | method | teacher acc. | N | MixUp | CVAE | teacher queries | student acc. "
-              "(mean ± std) | per seed | paper | student training s | total s |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+              "(mean ± sample std) | per seed | validation acc. (mean) | paper | student training s "
+              "| total s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         paper = "-" if r["paper_accuracy"] is None else f"{r['paper_accuracy']:.2f}"
+        std = "-" if r["accuracy_std"] is None else f"{r['accuracy_std']:.2f}"
+        per_seed = ", ".join(f"[{a:.2f}]({os.path.relpath(os.path.join(_REPO, p), os.path.dirname(path))})"
+                             for a, p in zip(r["accuracies"], r["reports"]))
         lines.append(
-            f"| {r['dataset']} | {r['method']} | {r['teacher_accuracy']:.2f} | {r['num_shots']} | "
+            f"| {r['dataset']} | {r['method']} | {r['teacher_accuracy'] or '-'} | {r['num_shots']} | "
             f"{r['num_mixup']} | {r['num_cvae']} | {r['teacher_queries']:,} | "
-            f"**{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}** | "
-            f"{', '.join(f'{a:.2f}' for a in r['accuracies'])} | {paper} | "
+            f"**{r['accuracy_mean']:.2f} ± {std}** | {per_seed} | "
+            f"{r['validation_accuracy_mean']:.2f} | {paper} | "
             f"{r['stage_seconds'].get('student_training', 0):.0f} | "
             f"{sum(r['stage_seconds'].values()):.0f} |")
-    lines += ["", "Paper (FS-BBT, Nguyen et al. 2022): teacher / student alone / FS-BBT per dataset: " +
+    lines += ["", "Teacher queries: images sent to the teacher to build the transfer set (the teacher's",
+              "own test-set evaluation, 10,000 queries, is made once for the whole table).", "",
+              "Paper (FS-BBT, Nguyen et al. 2022): teacher / student alone / FS-BBT per dataset: " +
               "; ".join(f"{d} {p['teacher']} / {p['student_alone']} / {p['fsbbt']}"
                         for d, p in PAPER.items()), ""]
     lines += ["Other datasets need data this machine does not have (offline); on an online GPU node:", ""]
@@ -159,44 +330,56 @@ def write_markdown(rows: list[dict], path: str, plot: str | None, grids: dict) -
     for name, grid in grids.items():
         lines += ["", f"{name} images, one row per teacher class: "
                       f"![{name}]({os.path.relpath(grid, os.path.dirname(path))})"]
+    lines += ["", "## Log of tries (from stored reports; validation split only)", "",
+              "Each try is one run, seed 0; its figure is the student's (or teacher's) accuracy on the",
+              "validation split, read from the linked report. The test split is not read by a try.", ""]
+    lines += tries_table(reports, path)
     notes = os.path.join(_REPO, "benchmarks", "RESULTS_NOTES.md")
-    if os.path.exists(notes):  # The hand-kept log of tries, ablations and speed figures.
+    if os.path.exists(notes):  # Hand-kept notes: what earlier figures were and why they are struck.
         with open(notes) as f:
             lines += ["", f.read().rstrip()]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def main(argv):
-    del argv
-    methods = [m for m in FLAGS.methods]
-    for m in methods:
-        if m not in pipeline.METHODS:
-            raise app.UsageError(f"--methods: {m!r} is not one of {pipeline.METHODS}")
-    seeds = [int(s) for s in FLAGS.seeds]
-    try:
-        reports = run_grid(FLAGS.dataset, methods, seeds)
-    except data.DatasetUnavailableError as e:
-        sys.exit(f"error: {e}\nRun this on an online GPU node: {GPU_COMMANDS.get(FLAGS.dataset)}")
+def write_results() -> None:
+    reports = load_reports(FLAGS.dataset)
     rows = summarize(reports)
-    os.makedirs(os.path.dirname(FLAGS.results_json), exist_ok=True)
-    with open(FLAGS.results_json, "w") as f:
-        json.dump(rows, f, indent=2)
+    if not rows:
+        sys.exit(f"error: no stored reports in {os.path.join(FLAGS.reports_dir, FLAGS.dataset)}")
+    _write_json(FLAGS.results_json, {"rows": rows})
     pictures = os.path.join(os.path.dirname(FLAGS.results_md), "benchmarks", "pictures")
     os.makedirs(pictures, exist_ok=True)
     plot = write_plot(rows, os.path.join(pictures, f"{FLAGS.dataset}_accuracy_vs_queries.png"))
     grids = {}
-    fsbbt = [r for r in reports if r["method"] == "fsbbt"]
-    if fsbbt:
-        for name, src in fsbbt[0].get("grids", {}).items():
+    fsbbt = reports.get("fsbbt-seed0")
+    for name, src in (fsbbt or {}).get("grids", {}).items():
+        if os.path.exists(src):
             dst = os.path.join(pictures, f"{FLAGS.dataset}_grid_{name}.png")
-            with open(src, "rb") as fi, open(dst, "wb") as fo:
-                fo.write(fi.read())
+            shutil.copyfile(src, dst)
             grids[name] = dst
-    write_markdown(rows, FLAGS.results_md, plot, grids)
+    write_markdown(rows, reports, FLAGS.results_md, plot, grids)
     for r in rows:
-        print(f"{r['method']:>14}: {r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} "
-              f"({r['teacher_queries']:,} queries; paper {r['paper_accuracy']})", flush=True)
+        std = "-" if r["accuracy_std"] is None else f"{r['accuracy_std']:.2f}"
+        print(f"{r['method']:>14}: {r['accuracy_mean']:.2f} ± {std} (validation "
+              f"{r['validation_accuracy_mean']:.2f}; {r['teacher_queries']:,} queries; paper "
+              f"{r['paper_accuracy']})", flush=True)
+
+
+def main(argv):
+    del argv
+    for m in FLAGS.methods:
+        if m not in pipeline.METHODS:
+            raise app.UsageError(f"--methods: {m!r} is not one of {pipeline.METHODS}")
+    for name in FLAGS.student_tries or ():
+        if name not in STUDENT_TRIES:
+            raise app.UsageError(f"--student_tries: {name!r} is not one of {sorted(STUDENT_TRIES)}")
+    if not FLAGS.write_only:
+        try:
+            run_all(FLAGS.methods, [int(s) for s in FLAGS.seeds])
+        except data.DatasetUnavailableError as e:
+            sys.exit(f"error: {e}\nRun this on an online GPU node: {GPU_COMMANDS.get(FLAGS.dataset)}")
+    write_results()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debi
 flags.DEFINE_integer("seed", 0, "Seed for sampling, synthesis and training.")
 flags.DEFINE_integer("num_shots", None, "N: unlabeled real images, balanced over classes; default "
                      "the paper's (2000; 5000 for CIFAR-100).")
+flags.DEFINE_integer("num_validation", 5000, "Training images held out as the validation split "
+                     "(the same for every seed and method): not used by the teacher tfkd trains nor "
+                     "as few shots; monitoring and choices read it, never the test split. 0: none.")
 flags.DEFINE_string("teacher", "", "host:port of a running TF Serving server; empty: train a "
                     "teacher into the work dir if none is there and serve it locally.")
 flags.DEFINE_string("teacher_model_name", "teacher", "The teacher's model name (model spec).")
@@ -120,6 +123,8 @@ def config_from_flags() -> pipeline.FSBBTConfig:
     for variant in FLAGS.compress:
         if variant not in ("float16", "int8"):
             raise app.UsageError(f"--compress takes float16 and/or int8, got {variant!r}")
+    if FLAGS.num_validation < 0:
+        raise app.UsageError(f"--num_validation must be >= 0, got {FLAGS.num_validation}")
     if FLAGS.teacher and ":" not in FLAGS.teacher:
         raise app.UsageError(f"--teacher must be host:port, got {FLAGS.teacher!r}")
     if FLAGS.teacher_version is not None and FLAGS.teacher_version_label:
@@ -141,7 +146,7 @@ def config_from_flags() -> pipeline.FSBBTConfig:
     return pipeline.FSBBTConfig(
         workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, seed=FLAGS.seed,
-        num_shots=num_shots, teacher=teacher_config,
+        num_shots=num_shots, num_validation=FLAGS.num_validation, teacher=teacher_config,
         teacher_train=pipeline.TeacherTrainConfig(architecture=teacher_arch,
                                                   epochs=FLAGS.teacher_epochs),
         mixup=synthesis.MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha),

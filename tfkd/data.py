@@ -56,6 +56,10 @@ class Dataset:
       y_test: int64 [n_test].
       num_classes: number of classes.
       source: where it was read from (a directory or ``"keras.datasets"``).
+      x_val: float32 [n_val, H, W, C] in [0, 1], or None: the validation split, held out of
+        ``x_train`` by :func:`with_validation_split` (used for choices and monitoring, never the test
+        split).
+      y_val: int64 [n_val], or None.
     """
 
     name: str
@@ -65,6 +69,8 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     source: str
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -237,6 +243,67 @@ def few_shot_indices(labels: np.ndarray, num_shots: int, num_classes: int, seed:
         raise ValueError(f"num_shots={num_shots}: the pool has too few images of some class "
                          f"(picked per class: {counts.tolist()})")
     return np.sort(keep).astype(np.int64)
+
+
+VALIDATION_SEED = 20221023
+"""One fixed seed for the validation split: every run, seed and method of a dataset holds out the
+same images, so choices made on it compare like with like."""
+
+
+def validation_indices(num_train: int, num_validation: int,
+                       seed: int = VALIDATION_SEED) -> np.ndarray:
+    """Indices of the validation split: a seeded uniform sample of the training split.
+
+    It depends only on the training-set size and the seed, never on labels (so a renaming of the
+    classes holds out the same images).
+
+    Args:
+      num_train: size of the training split.
+      num_validation: images to hold out, 0 <= num_validation < num_train.
+      seed: the split's seed (default :data:`VALIDATION_SEED`, shared by all runs).
+
+    Returns:
+      int64 [num_validation] sorted indices into the training split.
+
+    Raises:
+      ValueError: num_validation out of range.
+    """
+    if not 0 <= num_validation < num_train:
+        raise ValueError(f"num_validation={num_validation}: expected 0 <= num_validation < "
+                         f"{num_train} (the training split's size)")
+    order = np.random.default_rng(seed).permutation(num_train)
+    return np.sort(order[:num_validation]).astype(np.int64)
+
+
+def with_validation_split(dataset: Dataset, num_validation: int,
+                          seed: int = VALIDATION_SEED) -> Dataset:
+    """Holds ``num_validation`` training images out as a validation split.
+
+    The returned dataset's ``x_train``/``y_train`` are the rest of the training split (the pool the
+    teacher is trained on and the few shots are drawn from); ``x_val``/``y_val`` are the held-out
+    images, used for choices (recipes, schedules, ablations) and training-time monitoring. The test
+    split is untouched and is read once per reported figure.
+
+    Args:
+      dataset: a dataset without a validation split.
+      num_validation: see :func:`validation_indices`; 0 returns the dataset unchanged.
+      seed: the split's seed.
+
+    Returns:
+      the :class:`Dataset` with the validation split held out.
+
+    Raises:
+      ValueError: num_validation out of range, or the dataset already has a validation split.
+    """
+    if dataset.x_val is not None:
+        raise ValueError(f"dataset {dataset.name!r} already has a validation split")
+    if num_validation == 0:
+        return dataset
+    held = validation_indices(len(dataset.x_train), num_validation, seed)
+    keep = np.ones(len(dataset.x_train), bool)
+    keep[held] = False
+    return dataclasses.replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
+                               x_val=dataset.x_train[held], y_val=dataset.y_train[held])
 
 
 def classification_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int,

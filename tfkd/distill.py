@@ -258,10 +258,12 @@ def _augment_fn(config: StudentConfig):
     return fn
 
 
-class HeldOutAccuracy(keras.callbacks.Callback):
-    """Logs top-1 accuracy on a held-out labelled slice after each epoch, to TensorBoard.
+class ValidationAccuracy(keras.callbacks.Callback):
+    """Logs top-1 accuracy on the validation split after each epoch, to TensorBoard
+    (``validation_accuracy``, and ``learning_rate``) and to the Keras logs (``val_accuracy``).
 
-    For monitoring only: nothing is selected on it. Images float32 [n, H, W, C], labels int [n].
+    For monitoring: no checkpoint is selected on it, and it never reads the test split. Images
+    float32 [n, H, W, C] in [0, 1], labels int [n].
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, log_dir: str):
@@ -273,12 +275,12 @@ class HeldOutAccuracy(keras.callbacks.Callback):
         logits = self.model.predict(self.images, batch_size=1024, verbose=0)
         accuracy = float(np.mean(logits.argmax(axis=1) == self.labels))
         with self.writer.as_default():
-            tf.summary.scalar("heldout_accuracy", accuracy, step=epoch)
+            tf.summary.scalar("validation_accuracy", accuracy, step=epoch)
             lr = self.model.optimizer.learning_rate
             tf.summary.scalar("learning_rate", float(np.asarray(lr)), step=epoch)
         self.writer.flush()
         if logs is not None:
-            logs["heldout_accuracy"] = accuracy
+            logs["val_accuracy"] = accuracy
 
 
 def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig,

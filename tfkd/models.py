@@ -14,10 +14,12 @@ from keras import layers
 
 
 def _lenet(name: str, conv_filters: tuple[int, int], dense_units: tuple[int, int],
-           input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+           input_shape: tuple[int, int, int], num_classes: int,
+           conv1_padding: str = "same") -> keras.Model:
     inputs = keras.Input(shape=input_shape, name="images")
     # conv1 pads ("same"), as LeNet-5 on 28x28 inputs padded to 32x32: 5x5x16 features reach fc1.
-    x = layers.Conv2D(conv_filters[0], 5, padding="same", activation="relu", name="conv1")(inputs)
+    x = layers.Conv2D(conv_filters[0], 5, padding=conv1_padding, activation="relu",
+                      name="conv1")(inputs)
     x = layers.MaxPooling2D(2, name="pool1")(x)
     x = layers.Conv2D(conv_filters[1], 5, activation="relu", name="conv2")(x)
     x = layers.MaxPooling2D(2, name="pool2")(x)
@@ -41,6 +43,14 @@ def lenet5(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 1
       A functional `keras.Model`: float32 [b, H, W, C] in [0, 1] -> logits float32 [b, num_classes].
     """
     return _lenet("lenet5", (6, 16), (120, 84), input_shape, num_classes)
+
+
+def lenet5_valid(input_shape: tuple[int, int, int] = (28, 28, 1),
+                 num_classes: int = 10) -> keras.Model:
+    """LeNet-5 with an unpadded ("valid") conv1: 4x4x16 features reach fc1, 44,426 weights on
+    28x28x1. A teacher recipe compared on the validation split (RESULTS.md); same contract as
+    :func:`lenet5`."""
+    return _lenet("lenet5_valid", (6, 16), (120, 84), input_shape, num_classes, "valid")
 
 
 def lenet5_half(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10) -> keras.Model:
@@ -123,6 +133,7 @@ def resnet20(input_shape=(32, 32, 3), num_classes: int = 100) -> keras.Model:
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "lenet5": lenet5,
     "lenet5_half": lenet5_half,
+    "lenet5_valid": lenet5_valid,
     "alexnet": alexnet,
     "alexnet_half": alexnet_half,
     "resnet32": resnet32,

@@ -84,9 +84,16 @@ class FSBBTConfig:
         port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
       teacher_train: used only when tfkd trains the teacher.
       mixup, cvae, student: the stages' configs.
+      num_validation: training images held out as the validation split (the same images for
+        every seed and method; see :func:`tfkd.data.with_validation_split`): neither the teacher
+        tfkd trains nor the few shots come from them. Choices and training-time monitoring use
+        them; the test split is read once, for the reported accuracies. 0: no validation split.
       eval_examples: test images used for the accuracies (0: the full test set).
+      evaluate_test: measure the test accuracies (student, and teacher with ``evaluate_teacher``).
+        False for runs that only make a choice on the validation split: the test split is then not
+        read at all.
       evaluate_teacher: also measure the teacher's test accuracy over gRPC (costs test-set queries,
-        counted apart from the distillation's).
+        counted in the work dir's query account and budget like every other query).
       compress: compressed student variants to export and measure besides float32 (see
         :data:`tfkd.export.VARIANTS`), each in ``export/student_<variant>/<version>/``.
       verbose: Keras verbosity (1: progress bars).
@@ -98,12 +105,14 @@ class FSBBTConfig:
     data_dir: str | None = None
     seed: int = 0
     num_shots: int = 2000
+    num_validation: int = 5000
     teacher: teacher_lib.TeacherConfig = teacher_lib.TeacherConfig()
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
     mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
     cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
     student: distill.StudentConfig = distill.StudentConfig()
     eval_examples: int = 0
+    evaluate_test: bool = True
     evaluate_teacher: bool = True
     compress: tuple = ("float16", "int8")
     verbose: int = 1
@@ -133,14 +142,20 @@ class _Stages:
 
 
 def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConfig,
-                             export_base: str, seed: int = 0, verbose: int = 1) -> dict:
-    """Trains a teacher on the full labelled training set and exports it for TF Serving.
+                             export_base: str, seed: int = 0, verbose: int = 1,
+                             evaluate_test: bool = True) -> dict:
+    """Trains a teacher on the labelled training split and exports it for TF Serving.
 
-    This is the teacher owner's job, not part of distillation (which never sees these labels).
+    This is the teacher owner's job, not part of distillation (which never sees these labels). With
+    a validation split (``dataset.x_val``) the teacher never trains on it and its accuracy there is
+    what the owner chooses recipes by.
+
+    Args:
+      evaluate_test: also measure the test accuracy (False for tries that only choose).
 
     Returns:
-      dict with ``export_dir``, ``test_accuracy`` (in-process, fraction in [0, 1]),
-      ``parameters``.
+      dict with ``export_dir``, ``test_accuracy`` and ``validation_accuracy`` (in-process, fractions
+      in [0, 1], or None when not measured), ``parameters``.
     """
     keras.utils.set_random_seed(seed)
     model = models.build_model(config.architecture, dataset.image_shape, dataset.num_classes)
@@ -151,11 +166,17 @@ def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConf
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     model.fit(dataset.x_train, dataset.y_train, batch_size=config.batch_size, epochs=config.epochs,
               verbose=verbose, shuffle=True)
-    _, accuracy = model.evaluate(dataset.x_test, dataset.y_test, batch_size=1024, verbose=0)
+    accuracy = validation = None
+    if evaluate_test:
+        accuracy = float(model.evaluate(dataset.x_test, dataset.y_test, batch_size=1024,
+                                        verbose=0)[1])
+    if dataset.x_val is not None:
+        validation = float(model.evaluate(dataset.x_val, dataset.y_val, batch_size=1024,
+                                          verbose=0)[1])
     export_dir = export.export_classifier(model, export_base, warmup_images=dataset.x_train[:8])
-    logging.info("Teacher %s: test accuracy %.4f, exported to %s", config.architecture, accuracy,
-                 export_dir)
-    return {"export_dir": export_dir, "test_accuracy": float(accuracy),
+    logging.info("Teacher %s: test accuracy %s, validation accuracy %s, exported to %s",
+                 config.architecture, accuracy, validation, export_dir)
+    return {"export_dir": export_dir, "test_accuracy": accuracy, "validation_accuracy": validation,
             "parameters": models.count_parameters(model)}
 
 
@@ -332,9 +353,12 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
     config = method_config(config)
     os.makedirs(config.workdir, exist_ok=True)
     stages = _Stages()
-    report: dict = {"method": config.method, "dataset": config.dataset, "seed": config.seed}
+    report: dict = {"method": config.method, "dataset": config.dataset, "seed": config.seed,
+                    "code_commit": code_commit()}
     with stages("load_data"):
-        dataset = data_lib.load_dataset(config.dataset, config.data_dir)
+        dataset = data_lib.with_validation_split(
+            data_lib.load_dataset(config.dataset, config.data_dir), config.num_validation)
+    report["num_validation"] = 0 if dataset.x_val is None else len(dataset.x_val)
     teacher_arch = config.teacher_train.architecture
     teacher_base = os.path.join(config.workdir, "teacher")
     with contextlib.ExitStack() as stack:
@@ -346,6 +370,7 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
                     trained = train_and_export_teacher(dataset, config.teacher_train, teacher_base,
                                                        config.seed, config.verbose)
                 report["teacher_accuracy_in_process"] = trained["test_accuracy"]
+                report["teacher_validation_accuracy_in_process"] = trained["validation_accuracy"]
             target = stack.enter_context(_serve({teacher_config.model_name: teacher_base}))
             logging.info("Serving the teacher from %s on %s", teacher_base, target)
             teacher_config = dataclasses.replace(teacher_config, target=target)
@@ -395,13 +420,14 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
                       teacher_requests=client.requests, teacher_retries=client.retries,
                       teacher_ledger_size=len(ledger), query_budget=client.query_budget)
 
-        n_eval = config.eval_examples or len(dataset.x_test)
+        n_eval = (config.eval_examples or len(dataset.x_test)) if config.evaluate_test else 0
         x_eval, y_eval = dataset.x_test[:n_eval], dataset.y_test[:n_eval]
         tensorboard_dir = os.path.join(config.workdir, "tensorboard")
         write_tensorboard_grids(labelled, os.path.join(tensorboard_dir, "synthesis"))
-        callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student")),
-                     distill.HeldOutAccuracy(x_eval[:1000], y_eval[:1000],
-                                             os.path.join(tensorboard_dir, "student", "heldout"))]
+        callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
+        if dataset.x_val is not None:  # Monitoring reads the validation split, never the test split.
+            callbacks.append(distill.ValidationAccuracy(
+                dataset.x_val, dataset.y_val, os.path.join(tensorboard_dir, "student", "validation")))
         strategy = strategy or distill.make_strategy()
         with stages("student_training"):
             student, history = distill.train_student(
@@ -443,7 +469,7 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         report["student_architecture"] = config.student.architecture
 
         report["eval_examples"] = int(n_eval)
-        if config.evaluate_teacher:
+        if config.evaluate_teacher and n_eval:
             with stages("evaluate_teacher"):
                 eval_config = dataclasses.replace(teacher_config, query_budget=None,
                                                   label_only=False)
@@ -461,17 +487,22 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
                 with teacher_lib.TeacherClient(student_target, name,
                                                version=int(os.path.basename(version_dir))) as c:
                     variants[variant] = {
-                        "accuracy": served_accuracy(c, x_eval, y_eval, config.verbose > 0),
+                        "accuracy": (served_accuracy(c, x_eval, y_eval, config.verbose > 0)
+                                     if n_eval else None),
+                        "validation_accuracy": (None if dataset.x_val is None else served_accuracy(
+                            c, dataset.x_val, dataset.y_val)),
                         "export_dir": os.path.abspath(version_dir),
                         "parameters": export.saved_model_parameters(version_dir),
                         "saved_model_bytes": export.saved_model_bytes(version_dir),
-                        "cpu_latency_ms": cpu_latency_ms(version_dir, x_eval),
+                        "cpu_latency_ms": cpu_latency_ms(version_dir, shots),
                     }
         for figures in variants.values():
             base = variants["float32"]
-            figures["accuracy_change"] = round(figures["accuracy"] - base["accuracy"], 4)
+            figures["accuracy_change"] = (None if figures["accuracy"] is None else
+                                          round(figures["accuracy"] - base["accuracy"], 4))
             figures["bytes_ratio"] = round(figures["saved_model_bytes"] / base["saved_model_bytes"], 3)
         report["student_accuracy"] = variants["float32"]["accuracy"]
+        report["student_validation_accuracy"] = variants["float32"]["validation_accuracy"]
         report["student_variants"] = variants
 
     report["student_parameters"] = models.count_parameters(student)
@@ -488,6 +519,22 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
     with open(os.path.join(config.workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     return report
+
+
+def code_commit() -> str | None:
+    """The git commit of the tfkd checkout that runs (``+dirty`` with uncommitted changes), or None
+    outside a git checkout: recorded in ``report.json`` so that a figure can be traced to code."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tfkd"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def cpu_latency_ms(version_dir: str, images: np.ndarray, batch_sizes=(1, 64),
@@ -525,6 +572,7 @@ def format_report_table(report: dict) -> str:
         ("teacher ledger hits", num(report.get("teacher_ledger_hits"))),
         ("teacher accuracy (served)", pct(report.get("teacher_accuracy"))),
         ("student accuracy (served)", pct(report.get("student_accuracy"))),
+        ("student validation accuracy", pct(report.get("student_validation_accuracy"))),
         ("test images", num(report.get("eval_examples"))),
         ("teacher params / bytes",
          f"{num(report.get('teacher_parameters'))} / {num(report.get('teacher_saved_model_bytes'))}"),
