@@ -39,7 +39,6 @@ from absl import logging  # noqa: E402
 
 from tfkd import data  # noqa: E402
 from tfkd import distill  # noqa: E402
-from tfkd import export  # noqa: E402
 from tfkd import pipeline  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402

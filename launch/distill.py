@@ -66,8 +66,10 @@ flags.DEFINE_string("teacher_tls_server_name", None, "Override the TLS server na
 flags.DEFINE_string("teacher_auth_token_file", None, "File holding a token sent as "
                     "'authorization: Bearer <token>' on every call (never logged).")
 flags.DEFINE_string("teacher_auth_token_env", None, "Environment variable holding that token.")
-flags.DEFINE_integer("query_budget", None, "At most this many images sent to the teacher in this "
-                     "run; the run stops before sending if its plan needs more.")
+flags.DEFINE_integer("query_budget", None, "At most this many images sent to the teacher over the "
+                     "work dir's whole life: labelling, the teacher's test evaluation, retries and "
+                     "every earlier process on the same work dir (WORKDIR/ledger/queries_sent.log). "
+                     "The run stops before sending anything if its plan needs more.")
 flags.DEFINE_enum("teacher_architecture", "auto", ["auto", *models.MODELS], "Teacher trained when "
                   "--teacher is empty; auto: the paper's for the dataset (LeNet-5; AlexNet for "
                   "CIFAR-10; ResNet-32 for CIFAR-100).")
@@ -94,6 +96,9 @@ flags.DEFINE_float("train_mixup_alpha", 1.0, "Training-time MixUp α; 0 disables
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
+flags.DEFINE_enum("training_loop", "auto", list(distill.LOOPS), "Student training loop: fit (Keras "
+                  "fit with callbacks), custom (strategy.run with tf.train.CheckpointManager), auto: "
+                  "custom under multi_worker, else fit.")
 flags.DEFINE_integer("checkpoint_steps", 0, "Also checkpoint the student every this many steps "
                      "(0: every epoch only). A rerun of the same command resumes.")
 flags.DEFINE_integer("eval_examples", 0, "Test images for the accuracies; 0: the full test set.")
@@ -158,7 +163,7 @@ def config_from_flags() -> pipeline.FSBBTConfig:
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
-            checkpoint_steps=FLAGS.checkpoint_steps,
+            checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,
             steps_per_execution=FLAGS.steps_per_execution),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),

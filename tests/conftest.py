@@ -5,6 +5,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import grpc
 import numpy as np
 import pytest
 
@@ -101,6 +102,23 @@ def client(server):
         yield c
 
 
+@pytest.fixture()
+def every_log_level(caplog):
+    """caplog capturing every level (DEBUG and up) of Python and absl logging, restored after."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.DEBUG)
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="absl")
+    try:
+        yield caplog
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)
@@ -149,3 +167,19 @@ def custom_server(custom_teacher_base, teacher_base):
     srv.start()
     yield srv
     srv.stop()
+
+
+class RequireToken(grpc.ServerInterceptor):
+    """Rejects calls without ``authorization: Bearer <token>`` (as an auth proxy in front would)."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def intercept_service(self, continuation, details):
+        if ("authorization", f"Bearer {self.token}") in tuple(details.invocation_metadata or ()):
+            return continuation(details)
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or bad token")
+
+        return grpc.unary_unary_rpc_method_handler(deny)

@@ -33,12 +33,14 @@ def test_cifar_pipeline_on_random_tensors(tmp_path, dataset, classes, teacher, s
         [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
          f"--dataset={dataset}", f"--data_dir={tmp_path / 'data'}", "--teacher_epochs=1",
          f"--num_shots={shots}", "--num_mixup=40", f"--num_cvae={classes * 2}", "--cvae_epochs=1",
-         "--student_epochs=1", "--batch_size=16", "--compress=", "--verbose=0"],
+         "--student_epochs=1", "--batch_size=16", "--num_validation=50", "--compress=",
+         "--verbose=0"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     assert (report["teacher_architecture"], report["student_architecture"]) == (teacher, student)
-    assert report["num_cvae"] == classes * 2 and report["teacher_queries_sent"] == shots + 40 + classes * 2
+    assert report["num_cvae"] == classes * 2
+    assert report["teacher_queries_sent"] == shots + 40 + classes * 2 + 60  # + the 60 test images.
     fn = tf.saved_model.load(report["student_export_dir"]).signatures["serving_default"]
     (_, inputs), outputs = fn.structured_input_signature, fn.structured_outputs
     assert inputs["images"].shape.as_list() == [None, 32, 32, 3]

@@ -25,8 +25,33 @@ def test_two_replicas_match_one_device(loop):
     assert losses["two"][1] < losses["two"][0]
 
 
+def _checkpointed_weights(directory) -> dict:
+    """The student's trainable variables in the newest tf.train.Checkpoint under ``directory``
+    (Keras 3 models are reached through the optimizer's tracked variables)."""
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(str(directory))
+    assert path, f"no checkpoint in {directory}"
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("optimizer/_trainable_variables/")}
+
+
+def _distill_command(workdir, server, *extra):
+    return [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
+            f"--teacher={server.target}", "--num_shots=50", "--num_mixup=300", "--num_cvae=30",
+            "--cvae_epochs=2", "--student_epochs=2", "--eval_examples=300", "--num_validation=1000",
+            "--compress=", "--verbose=0", *extra]
+
+
 @pytest.mark.slow
-def test_two_workers_export_exactly_one_student(server, tmp_path):
+def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_path):
+    """Two MultiWorkerMirroredStrategy workers (per-replica batch 32) against one process with the
+    same custom loop and a batch of 64. The workers stay in step: they end with bitwise-identical
+    weights. Against the single process the final training loss agrees within 1% (measured: 0.15%
+    and 0.31% in two runs); single weights are not compared, because Adam turns float round-off in
+    near-zero gradients into full-size steps (the convolutions agreed to 1e-4, fc2 did not).
+    (The in-process two-replica test above holds MirroredStrategy to 1e-4 on the losses.)"""
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -34,12 +59,14 @@ def test_two_workers_export_exactly_one_student(server, tmp_path):
         env = dict(os.environ, TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "launch", "distill.py"),
-             f"--workdir={tmp_path / f'worker{index}'}", "--strategy=multi_worker",
-             f"--teacher={server.target}", "--num_shots=50", "--num_mixup=300", "--num_cvae=30",
-             "--cvae_epochs=2", "--student_epochs=2", "--batch_size=32", "--eval_examples=300",
-             "--compress=", "--verbose=0"],
+            _distill_command(tmp_path / f"worker{index}", server, "--strategy=multi_worker",
+                             "--batch_size=32"),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    procs.append(subprocess.Popen(
+        _distill_command(tmp_path / "single", server, "--strategy=mirrored", "--batch_size=64",
+                         "--training_loop=custom"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = []
     try:
         for proc in procs:
@@ -52,10 +79,22 @@ def test_two_workers_export_exactly_one_student(server, tmp_path):
         assert proc.returncode == 0, err[-3000:]
     chief = json.loads((tmp_path / "worker0" / "report.json").read_text())
     worker = json.loads((tmp_path / "worker1" / "report.json").read_text())
+    single = json.loads((tmp_path / "single" / "report.json").read_text())
     assert (chief["role"], worker["role"]) == ("chief", "worker")
     assert chief["strategy"] == "multi_worker" and chief["replicas"] == 2
-    assert 0.0 <= chief["student_accuracy"] <= 1.0
+    assert single["replicas"] == 1
     exports = [p for p in (tmp_path / "worker0" / "export" / "student",
                            tmp_path / "worker1" / "export" / "student") if p.exists()]
     assert exports == [tmp_path / "worker0" / "export" / "student"]
     assert sorted(os.listdir(exports[0])) == ["1"]
+
+    [chief_dir] = (tmp_path / "worker0").glob("student_backup-*")
+    [worker_dir] = (tmp_path / "worker1").glob("student_backup-*/worker-1")
+    [single_dir] = (tmp_path / "single").glob("student_backup-*")
+    w_chief, w_worker = _checkpointed_weights(chief_dir), _checkpointed_weights(worker_dir)
+    w_single = _checkpointed_weights(single_dir)
+    assert len(w_chief) >= 10 and set(w_chief) == set(w_worker) == set(w_single)
+    for name in w_chief:
+        np.testing.assert_array_equal(w_chief[name], w_worker[name], err_msg=name)
+    assert chief["student_final_loss"] == pytest.approx(single["student_final_loss"], rel=1e-2)
+    assert worker["student_epochs"] == chief["student_epochs"] == 2

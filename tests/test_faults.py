@@ -43,7 +43,8 @@ def test_killed_and_restarted_teacher_labels_every_image_exactly_once(teacher_ba
     images = fashion.x_train[:3000]
     ledger_dir = str(tmp_path / "ledger")
     client = teacher.TeacherClient(
-        f"127.0.0.1:{port}", "teacher", ledger=teacher.QueryLedger(ledger_dir), max_in_flight=2,
+        f"127.0.0.1:{port}", "teacher", ledger=teacher.QueryLedger(ledger_dir),
+        account=teacher.QueryAccount(ledger_dir), max_in_flight=2,
         max_request_bytes=64 * 1024 + 8 * 28 * 28 * 4,  # 8 images per request: 375 requests.
         retry=teacher.RetryPolicy(max_attempts=30, initial_backoff_s=0.1, max_backoff_s=2.0))
     result, errors = {}, []
@@ -80,6 +81,11 @@ def test_killed_and_restarted_teacher_labels_every_image_exactly_once(teacher_ba
     assert client.retries > 0 and answered_before_restart < 375
     ledger = teacher.QueryLedger(ledger_dir)
     assert len(ledger) == 3000 and ledger.rows_on_disk == 3000  # Every image stored exactly once.
+    # Every image *sent* is counted, and persisted: the retries of requests lost with the server
+    # come on top of the 3,000 (the teacher may have seen them).
+    account = teacher.QueryAccount(ledger_dir)
+    assert account.total == client.queries == 3000 + account.retried
+    assert account.retried > 0 and account.by_stage == {"predict": client.queries}
     # Nothing is lost: the ledger answers all 3000 images again without a server.
     keys = teacher.QueryLedger.keys(images, client.signature.identity)
     np.testing.assert_allclose(np.stack([ledger.get(k) for k in keys]), labels)

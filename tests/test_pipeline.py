@@ -12,56 +12,87 @@ import tensorflow as tf
 
 from tfkd import distill
 from tfkd import pipeline
+from tfkd import serving
 from tfkd import synthesis
+from tfkd import teacher
 from tfkd.teacher import TeacherConfig
 
 from conftest import REPO
+from conftest import RequireToken
 from test_data import write_idx
 
-TINY = dict(num_shots=50, mixup=synthesis.MixUpConfig(num_images=200),
+TINY = dict(num_shots=50, num_validation=500, mixup=synthesis.MixUpConfig(num_images=200),
             cvae=synthesis.CVAEConfig(epochs=2, batch_size=64, num_images=40),
             student=distill.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
             evaluate_teacher=False, compress=(), verbose=0)
 
+# The accuracy a tiny launcher run's student must beat (chance: 10%). Measured here: 64.0% on 500
+# test images (teacher 86%); a student trained on the same transfer set with its soft labels
+# shuffled across images scores near chance (test_launch_distill_end_to_end shows both).
+STUDENT_FLOOR = 0.50
 
-def test_distillation_never_sees_the_true_labels(server, fashion, tmp_path):
-    """Two runs whose training labels differ by a renaming of the classes produce the same few-shot
-    images and the same teacher-labelled synthetic set: no true-label value reaches the method."""
+RENAMING = np.array([(3 * k + 7) % 10 for k in range(10)])  # A bijection of the 10 classes.
+
+
+@pytest.fixture(scope="module")
+def renamed_data(fashion, tmp_path_factory):
+    """The same 3,000 training images written twice: with their labels, and renamed by RENAMING."""
+    root = tmp_path_factory.mktemp("relabel")
     x = np.round(fashion.x_train[:3000, ..., 0] * 255).astype(np.uint8)
     xt = np.round(fashion.x_test[:200, ..., 0] * 255).astype(np.uint8)
     y, yt = fashion.y_train[:3000], fashion.y_test[:200]
-    write_idx(tmp_path / "true", x, y, xt, yt)
-    write_idx(tmp_path / "renamed", x, (y * 3 + 7) % 10, xt, yt)
-    sets = {}
+    write_idx(root / "true", x, y, xt, yt)
+    write_idx(root / "renamed", x, RENAMING[y], xt, RENAMING[yt])
+    return root
+
+
+@pytest.mark.parametrize("method", pipeline.METHODS)
+def test_methods_never_see_the_true_labels(server, fashion, renamed_data, tmp_path, method):
+    """Two runs whose training labels differ by a renaming of the classes. A method that never reads
+    a label must build the identical transfer set (few shots, MixUp, CVAE images, soft labels,
+    sources) and train the identical student (same predictions on test images). ``student_alone``,
+    the one method that reads labels, is the control: its two students differ, which shows that
+    the comparison does see a method that reads labels."""
+    runs = {}
     for name in ("true", "renamed"):
-        config = pipeline.FSBBTConfig(workdir=str(tmp_path / f"run_{name}"),
-                                      data_dir=str(tmp_path / name),
+        config = pipeline.FSBBTConfig(workdir=str(tmp_path / name), method=method,
+                                      data_dir=str(renamed_data / name),
                                       teacher=TeacherConfig(target=server.target), **TINY)
         report = pipeline.run_fsbbt(config)
-        assert report["teacher_queries"] == 50 + 200 + 40
-        sets[name] = (np.load(tmp_path / f"run_{name}" / "few_shot_indices.npy"),
-                      pipeline.LabelledSet.load(report["labelled_set"]))
-    (idx_a, set_a), (idx_b, set_b) = sets["true"], sets["renamed"]
+        labelled = (pipeline.LabelledSet.load(report["labelled_set"]) if report["labelled_set"]
+                    else None)
+        student = tf.saved_model.load(report["student_export_dir"]).signatures["serving_default"]
+        predictions = student(images=tf.constant(fashion.x_test[:500]))["classes"].numpy()
+        runs[name] = (np.load(tmp_path / name / "few_shot_indices.npy"), labelled, predictions,
+                      report)
+    (idx_a, set_a, pred_a, rep_a), (idx_b, set_b, pred_b, rep_b) = runs["true"], runs["renamed"]
     np.testing.assert_array_equal(idx_a, idx_b)
-    real_and_mixup = set_a.source < 2
-    np.testing.assert_array_equal(set_a.images[real_and_mixup], set_b.images[real_and_mixup])
-    np.testing.assert_allclose(set_a.soft_labels[real_and_mixup], set_b.soft_labels[real_and_mixup],
-                               atol=1e-6)
-    # The CVAE is conditioned on the teacher's classes, never the true ones.
-    assert set_a.count("cvae") == set_b.count("cvae") == 40
+    if method == "student_alone":
+        assert set_a is None and set_b is None  # Nothing is sent to the teacher ...
+        assert rep_a["teacher_queries_total"] == rep_b["teacher_queries_total"] == 0
+        assert np.mean(pred_a != pred_b) > 0.05  # ... but the labels it reads change the student.
+        return
+    expected = {"standard_kd": (50, 0, 0), "mixup": (50, 240, 0), "cvae": (50, 0, 240),
+                "fsbbt": (50, 200, 40)}[method]
+    assert tuple(set_a.count(s) for s in pipeline.LabelledSet.SOURCES) == expected
+    np.testing.assert_array_equal(set_a.source, set_b.source)
+    np.testing.assert_array_equal(set_a.images, set_b.images)  # CVAE images included.
+    np.testing.assert_array_equal(set_a.soft_labels, set_b.soft_labels)
+    np.testing.assert_array_equal(pred_a, pred_b)  # Training never read a label either.
+    assert rep_a["teacher_queries_total"] == sum(expected)
 
 
-def run_launcher(workdir, *extra):
+def run_launcher(workdir, *extra, env=None):
     cmd = [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
            "--teacher_epochs=1", "--num_shots=100", "--num_mixup=400", "--num_cvae=100",
            "--cvae_epochs=3", "--student_epochs=2", "--eval_examples=500", "--verbose=0", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.mark.slow
-def test_launch_distill_end_to_end(tmp_path):
+def test_launch_distill_end_to_end(tmp_path, fashion):
     workdir = tmp_path / "run"
-    result = run_launcher(workdir)
+    result = run_launcher(workdir, "--student_epochs=15")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "student accuracy (served)" in result.stdout
     report = json.loads((workdir / "report.json").read_text())
@@ -71,9 +102,15 @@ def test_launch_distill_end_to_end(tmp_path):
                 "stage_seconds"):
         assert key in report, key
     assert (report["num_shots"], report["num_mixup"], report["num_cvae"]) == (100, 400, 100)
-    assert report["teacher_queries"] == 600 and report["teacher_ledger_hits"] == 0
-    assert report["teacher_accuracy"] > 0.7  # One epoch on the full training set.
-    assert 0.0 <= report["student_accuracy"] <= 1.0
+    # Every image the teacher saw: 600 to label, 500 to measure the teacher itself.
+    assert report["teacher_queries_by_stage"] == {"label_real": 100, "label_mixup": 400,
+                                                  "label_cvae": 100, "evaluate_teacher": 500}
+    assert report["teacher_queries_sent"] == report["teacher_queries_total"] == 1100
+    assert report["teacher_ledger_hits"] == 0
+    assert report["teacher_accuracy"] > 0.7  # One epoch on the training split.
+    assert report["student_accuracy"] > STUDENT_FLOOR, report["student_accuracy"]
+    assert report["student_validation_accuracy"] > STUDENT_FLOOR
+    assert report["num_validation"] == 5000
     assert report["student_parameters"] == 35_820 and report["teacher_parameters"] == 61_706
     assert set(report["stage_seconds"]) >= {"teacher_training", "cvae_training", "student_training"}
     flags_json = json.loads((workdir / "flags.json").read_text())
@@ -102,12 +139,24 @@ def test_launch_distill_end_to_end(tmp_path):
         assert v["cpu_latency_ms"]["batch_1"] > 0
         assert os.path.basename(os.path.dirname(v["export_dir"])) == f"student_{name}"
 
-    # A second run on the same work dir pays for nothing again: zero teacher queries, no retraining
-    # of the teacher, the finished student epochs restored; it exports version 2.
-    again = run_launcher(workdir)
+    # The floor can fail: the same student trained on the same transfer set with its soft labels
+    # shuffled across images (what a broken pairing of images and answers gives) falls below it.
+    labelled = pipeline.LabelledSet.load(report["labelled_set"])
+    shuffled = labelled.soft_labels[np.random.default_rng(0).permutation(len(labelled.images))]
+    student, _ = distill.train_student(labelled.images, shuffled,
+                                       distill.StudentConfig(epochs=15), seed=0, verbose=0)
+    predictions = student.predict(fashion.x_test[:500], verbose=0).argmax(axis=1)
+    assert np.mean(predictions == fashion.y_test[:500]) < STUDENT_FLOOR
+
+    # A second run on the same work dir pays for nothing again: zero teacher queries (the teacher's
+    # evaluation answers are in the ledger too), no retraining of the teacher, the finished student
+    # epochs restored; it exports version 2.
+    again = run_launcher(workdir, "--student_epochs=15")
     assert again.returncode == 0, again.stderr[-3000:]
     report2 = json.loads((workdir / "report.json").read_text())
-    assert report2["teacher_queries"] == 0
+    assert report2["teacher_queries_sent"] == report2["teacher_queries"] == 0
+    assert report2["teacher_queries_total"] == 1100 and report2["teacher_ledger_hits"] == 600
+    assert report2["teacher_accuracy"] == report["teacher_accuracy"]
     assert "teacher_training" not in report2["stage_seconds"]
     assert os.path.basename(report2["student_export_dir"]) == "2"
 
@@ -138,7 +187,8 @@ def test_launch_distill_any_teacher_with_flags_only(custom_server, tmp_path, out
     report = json.loads((workdir / "report.json").read_text())
     assert report["teacher_output_kind"] == kind
     assert report["teacher"]["input"] == "pixels uint8 [-1, 28, 28] x255"
-    assert report["teacher_queries_sent"] == 600 and report["teacher_ledger_hits"] == 0
+    assert report["teacher_queries_sent"] == 1100 and report["teacher_ledger_hits"] == 0
+    assert report["teacher_queries_by_stage"]["evaluate_teacher"] == 500
     assert report["teacher_accuracy"] > 0.6  # The served tf.Module, read through the flags.
     assert "teacher_training" not in report["stage_seconds"]  # A remote teacher: never trained here.
     labelled = pipeline.LabelledSet.load(report["labelled_set"])
@@ -148,12 +198,56 @@ def test_launch_distill_any_teacher_with_flags_only(custom_server, tmp_path, out
         assert len(np.unique(labelled.soft_labels)) > 100
 
 
-def test_launcher_query_budget(custom_server, tmp_path):
-    result = run_launcher(tmp_path / "run", f"--teacher={custom_server.target}",
-                          "--teacher_model_name=teacher", "--query_budget=300")
-    assert result.returncode == 1
-    assert "error:" in result.stderr and "query budget leaves 300" in result.stderr
-    assert "Traceback" not in result.stderr
+class CountingTokenCheck(RequireToken):
+    """RequireToken that also counts the Predict calls that reach the server (any outcome)."""
+
+    def __init__(self, token):
+        super().__init__(token)
+        self.predict_calls = 0
+
+    def intercept_service(self, continuation, details):
+        if details.method.endswith("/Predict"):
+            self.predict_calls += 1
+        return super().intercept_service(continuation, details)
+
+
+@pytest.mark.slow
+def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, tmp_path):
+    """The plan of a run is 100 real + 400 MixUp + 100 CVAE + 500 test images = 1,100 queries: a
+    budget of 1,099 stops the run before one Predict reaches the server; 1,100 runs it to the end.
+    The teacher needs a bearer token; with every log level on, the token is in no stdout or stderr
+    line and in no file the run writes."""
+    secret = "tfkd-s3cret-7f1c2e"
+    (tmp_path / "token").write_text(secret + "\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", GRPC_VERBOSITY="debug")
+    interceptor = CountingTokenCheck(secret)
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             interceptors=[interceptor]) as srv:
+        flags = [f"--teacher={srv.target}", f"--teacher_auth_token_file={tmp_path / 'token'}",
+                 "--verbosity=2", "--alsologtostderr", "--verbose=1"]
+        short = run_launcher(tmp_path / "short", *flags, "--query_budget=1099", env=env)
+        assert short.returncode == 1, short.stderr[-3000:]
+        assert "needs 1100 more teacher queries, but the query budget of 1099 leaves 1099" in \
+            short.stderr and "Traceback" not in short.stderr
+        assert interceptor.predict_calls == 0  # Refused before sending anything.
+        assert teacher.QueryAccount(str(tmp_path / "short" / "ledger")).total == 0
+
+        exact = run_launcher(tmp_path / "exact", *flags, "--query_budget=1100", env=env)
+        assert exact.returncode == 0, exact.stderr[-3000:]
+        assert interceptor.predict_calls > 0
+    report = json.loads((tmp_path / "exact" / "report.json").read_text())
+    assert report["teacher_queries_total"] == report["query_budget"] == 1100
+    assert report["teacher_query_plan"] == {"label_real": 100, "label_mixup": 400,
+                                            "label_cvae": 100, "evaluate_teacher": 500}
+    # The secret: not in what was printed (INFO and DEBUG lines included) ...
+    assert "Connected to teacher 'teacher'" in exact.stderr  # A DEBUG line: every level was on.
+    for text in (short.stdout, short.stderr, exact.stdout, exact.stderr):
+        assert secret not in text
+    # ... nor in any file either run wrote (flags.json, report.json, ledger, TensorBoard, exports).
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "token"]
+    assert any(p.name == "flags.json" for p in files) and len(files) > 20
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
 
 
 def test_methods_share_the_synthetic_budget():

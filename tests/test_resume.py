@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import REPO
+from test_pipeline import STUDENT_FLOOR
 
 EPOCHS = 10
 
@@ -57,8 +58,15 @@ def test_killed_training_resumes_to_the_same_epochs(tmp_path):
     report = json.loads(open(os.path.join(workdir, "report.json")).read())
     assert report["student_epochs"] == EPOCHS
     assert 2 <= report["student_epochs_resumed_from"] < EPOCHS  # Resumed, not restarted.
-    # Nothing paid for was paid again: no teacher training, no relabelling, no new queries.
-    assert report["teacher_queries_sent"] == 0
+    assert report["student_accuracy"] > STUDENT_FLOOR, report["student_accuracy"]
+    # Nothing paid for was paid again: no teacher training, no relabelling; this process sent only
+    # the teacher's evaluation (300 test images) ...
+    assert report["teacher_queries_sent"] == 300
+    assert report["teacher_queries_sent_by_stage"] == {"evaluate_teacher": 300}
     assert "teacher_training" not in report["stage_seconds"]
     assert "label_mixup" not in report["stage_seconds"]
-    assert len(glob.glob(os.path.join(workdir, "ledger", "*.npz"))) == queries_before
+    assert len(glob.glob(os.path.join(workdir, "ledger", "*.npz"))) == queries_before + 1
+    # ... and the work dir's account still has every image the killed process sent.
+    assert report["teacher_queries_by_stage"] == {"label_real": 100, "label_mixup": 4000,
+                                                  "label_cvae": 100, "evaluate_teacher": 300}
+    assert report["teacher_queries_total"] == 4500

@@ -14,6 +14,8 @@ from tfkd import synthesis
 from tfkd import distill
 from tfkd import teacher
 
+from conftest import RequireToken
+
 
 def test_non_keras_teacher_uint8_logits(custom_server, fashion):
     images = fashion.x_test[:200]
@@ -62,18 +64,40 @@ def test_contract_errors_name_teacher_and_output(custom_server, fashion):
 def test_query_budget_is_never_exceeded(server, fashion, tmp_path):
     with teacher.TeacherClient(server.target, "teacher", query_budget=150) as client:
         client.soft_labels(fashion.x_test[:100])
-        with pytest.raises(teacher.QueryBudgetExceeded, match="only 50 of the query budget of 150"):
+        with pytest.raises(teacher.QueryBudgetExceeded,
+                           match="needs 100 more .* query budget of 150 leaves 50"):
             client.soft_labels(fashion.x_test[100:200])
         assert client.queries == 100
-    # The pipeline checks its whole plan before sending anything.
+    # The pipeline checks its whole plan (evaluation included) before sending anything.
     config = pipeline.FSBBTConfig(
-        workdir=str(tmp_path / "run"), num_shots=50,
-        teacher=teacher.TeacherConfig(target=server.target, query_budget=200),
+        workdir=str(tmp_path / "run"), num_shots=50, num_validation=1000,
+        teacher=teacher.TeacherConfig(target=server.target, query_budget=489),
         mixup=synthesis.MixUpConfig(num_images=200), cvae=synthesis.CVAEConfig(num_images=40),
-        student=distill.StudentConfig(epochs=1), verbose=0)
-    with pytest.raises(teacher.QueryBudgetExceeded, match="plan needs up to 290 .* leaves 200"):
+        student=distill.StudentConfig(epochs=1), eval_examples=200, verbose=0)
+    with pytest.raises(teacher.QueryBudgetExceeded, match="needs 490 more .* leaves 489"):
         pipeline.run_fsbbt(config)
     assert len(teacher.QueryLedger(str(tmp_path / "run" / "ledger"))) == 0
+    assert teacher.QueryAccount(str(tmp_path / "run" / "ledger")).total == 0
+
+
+def test_query_account_persists_every_attempt(tmp_path):
+    account = teacher.QueryAccount(str(tmp_path), budget=100)
+    account.charge(30, "label_real")
+    account.charge(30, "label_real", retry=True)
+    with pytest.raises(teacher.QueryBudgetExceeded, match="budget of 100 leaves 40"):
+        account.charge(41, "evaluate_teacher")
+    # A later process on the same directory sees (and is capped by) what earlier ones sent.
+    again = teacher.QueryAccount(str(tmp_path), budget=100)
+    assert (again.total, again.sent, again.retried, again.remaining) == (60, 0, 30, 40)
+    assert again.by_stage == {"label_real": 60}
+    again.charge(40, "evaluate_teacher")
+    assert teacher.QueryAccount(str(tmp_path)).by_stage == {"label_real": 60,
+                                                             "evaluate_teacher": 40}
+    with pytest.raises(ValueError, match="query budget's|query_budget=5: the query account"):
+        teacher.TeacherClient("127.0.0.1:1", "teacher", query_budget=5, account=again)
+    (tmp_path / "queries_sent.log").write_text("label_real first many\n")
+    with pytest.raises(ValueError, match="queries_sent.log, line 1"):
+        teacher.QueryAccount(str(tmp_path))
 
 
 class FailFirst(grpc.ServerInterceptor):
@@ -118,23 +142,8 @@ def test_client_errors_are_not_retried(teacher_base, fashion):
         assert client.retries == 0 and client.requests == 1
 
 
-class RequireToken(grpc.ServerInterceptor):
-    """Rejects calls without ``authorization: Bearer <token>`` (as an auth proxy in front would)."""
-
-    def __init__(self, token):
-        self.token = token
-
-    def intercept_service(self, continuation, details):
-        if ("authorization", f"Bearer {self.token}") in tuple(details.invocation_metadata or ()):
-            return continuation(details)
-
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or bad token")
-
-        return grpc.unary_unary_rpc_method_handler(deny)
-
-
-def test_authorization_header_from_file_or_env(teacher_base, fashion, tmp_path, monkeypatch, caplog):
+def test_authorization_header_from_file_or_env(teacher_base, fashion, tmp_path, monkeypatch,
+                                               every_log_level):
     secret = "s3cret-token-123"
     (tmp_path / "token").write_text(secret + "\n")
     monkeypatch.setenv("TFKD_TEST_TOKEN", secret)
@@ -147,7 +156,9 @@ def test_authorization_header_from_file_or_env(teacher_base, fashion, tmp_path, 
             with teacher.TeacherClient(srv.target, "teacher", **kwargs) as client:
                 assert client.soft_labels(fashion.x_test[:3]).shape == (3, 10)
                 assert secret not in repr(client)
-    assert secret not in caplog.text
+    assert "Serving teacher" in every_log_level.text  # The capture sees INFO lines ...
+    assert "Connected to teacher 'teacher'" in every_log_level.text  # ... and DEBUG lines ...
+    assert secret not in every_log_level.text  # ... and no line of any level has the secret.
     with pytest.raises(ValueError, match="auth_token_env='TFKD_NOPE'"):
         teacher.TeacherClient("127.0.0.1:1", "teacher", auth_token_env="TFKD_NOPE")
 

@@ -208,7 +208,8 @@ def _custom_loop(student, ds, config: StudentConfig, strategy, global_batch: int
     return history
 
 
-def random_affine(images: tf.Tensor, max_degrees: float, max_shift: float) -> tf.Tensor:
+def random_affine(images: tf.Tensor, max_degrees: float, max_shift: float,
+                  seed: tf.Tensor | None = None) -> tf.Tensor:
     """Random rotation (± max_degrees) and shift (± max_shift of H and W) of a batch, fused into one
     projective transform per image (one ``ImageProjectiveTransformV3`` call for the batch; bilinear,
     edges filled with the nearest pixel, as Keras' RandomRotation/RandomTranslation and the FS-BBT
@@ -216,15 +217,21 @@ def random_affine(images: tf.Tensor, max_degrees: float, max_shift: float) -> tf
 
     Args:
       images: float32 [b, H, W, C].
+      seed: int32/int64 [2], a stateless seed (the same seed gives the same transforms); None uses
+        TensorFlow's stateful random ops.
 
     Returns:
       float32 [b, H, W, C].
     """
     shape = tf.shape(images)
     b, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    theta = tf.random.uniform([b], -1.0, 1.0) * (max_degrees * np.pi / 180.0)
-    dx = tf.random.uniform([b], -1.0, 1.0) * max_shift * w
-    dy = tf.random.uniform([b], -1.0, 1.0) * max_shift * h
+    if seed is None:
+        draws = tf.random.uniform([3, b], -1.0, 1.0)
+    else:
+        draws = tf.random.stateless_uniform([3, b], seed, -1.0, 1.0)
+    theta = draws[0] * (max_degrees * np.pi / 180.0)
+    dx = draws[1] * max_shift * w
+    dy = draws[2] * max_shift * h
     cos, sin = tf.cos(theta), tf.sin(theta)
     # Output pixel (x, y) samples the input at R (x - dx, y - dy) about the image centre.
     x_off = ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2
@@ -238,17 +245,21 @@ def random_affine(images: tf.Tensor, max_degrees: float, max_shift: float) -> tf
 
 
 def _augment_fn(config: StudentConfig):
+    """Augmentation of one batch from stateless random ops keyed by the batch's own seed, so that
+    the draws do not depend on which thread of a parallel ``map`` runs first (stateful random ops
+    there made two identical runs train different students)."""
     alpha = float(config.mixup_alpha)
 
-    def fn(images, targets):
+    def fn(batch, batch_seed):
+        images, targets = batch
+        seeds = tf.random.experimental.stateless_split(tf.stack([batch_seed, batch_seed // 7]), 2)
         if config.rotation_degrees or config.shift_fraction:
-            images = random_affine(images, config.rotation_degrees, config.shift_fraction)
+            images = random_affine(images, config.rotation_degrees, config.shift_fraction, seeds[0])
         if alpha > 0:
             # λ ~ Beta(α, α) per example, as a ratio of Gamma draws; partner = the batch reversed.
             b = tf.shape(images)[0]
-            g1 = tf.random.gamma([b], alpha)
-            g2 = tf.random.gamma([b], alpha)
-            lam = g1 / (g1 + g2)
+            g = tf.random.stateless_gamma([2, b], seeds[1], alpha)
+            lam = g[0] / (g[0] + g[1])
             lam_img = tf.reshape(lam, [-1, 1, 1, 1])
             lam_lab = tf.reshape(lam, [-1, 1])
             images = lam_img * images + (1.0 - lam_img) * tf.reverse(images, [0])
@@ -287,11 +298,15 @@ def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: Studen
                      global_batch_size: int, seed: int) -> tf.data.Dataset:
     """Shuffled, augmented, MixUp-ed batches of (images float32 [b, H, W, C], soft labels [b, K]).
 
-    Each epoch reshuffles; the last partial batch is dropped so that every replica gets equal work.
+    Each epoch reshuffles and draws new augmentation; the last partial batch is dropped so that
+    every replica gets equal work. The same ``seed`` gives the same batches and augmentation,
+    whatever the parallelism of the pipeline.
     """
     ds = tf.data.Dataset.from_tensor_slices((images, soft_labels.astype(np.float32)))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(global_batch_size, drop_remainder=True)
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(ds, batch_seeds)
     ds = ds.map(_augment_fn(config), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -181,9 +181,10 @@ def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConf
 
 
 def served_accuracy(client: teacher_lib.TeacherClient, images: np.ndarray, labels: np.ndarray,
-                    progress: bool = False) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of a served classifier, queried over gRPC."""
-    predictions = client.soft_labels(images, progress=progress).argmax(axis=1)
+                    progress: bool = False, stage: str = "evaluate") -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of a served classifier, queried over gRPC (queries
+    charged to the client's account under ``stage``)."""
+    predictions = client.soft_labels(images, progress=progress, stage=stage).argmax(axis=1)
     return float(np.mean(predictions == np.asarray(labels).reshape(-1)))
 
 
@@ -216,48 +217,44 @@ class LabelledSet:
         return int(np.sum(self.source == self.SOURCES.index(source)))
 
 
-def build_labelled_set(shots: np.ndarray, client: teacher_lib.TeacherClient, config: FSBBTConfig,
+def make_mixup(shots: np.ndarray, config: FSBBTConfig, stages: _Stages | None = None):
+    """The MixUp images of FS-BBT §3.2 (float32 [num_mixup, H, W, C] in [0, 1]), or None."""
+    if config.mixup.num_images <= 0:
+        return None
+    with (stages or _Stages())("mixup"):
+        mixed, info = synthesis.mixup_images(shots, config.mixup, config.seed)
+    logging.info("MixUp: %d images (%d pairs dropped as near-copies)", len(mixed),
+                 info["num_dropped"])
+    return mixed
+
+
+def build_labelled_set(shots: np.ndarray, mixed: np.ndarray | None,
+                       client: teacher_lib.TeacherClient, config: FSBBTConfig,
                        stages: _Stages | None = None) -> LabelledSet:
     """FS-BBT synthesis and labelling (§3.2-3.3): from the N unlabeled images to a labelled set.
 
-    Takes images only: no label of the real images can reach synthesis or training.
+    Takes images only: no label of the real images can reach synthesis or training. Queries are
+    charged to the client's account under the stages ``label_real``, ``label_mixup``, ``label_cvae``.
 
     Args:
       shots: float32 [N, H, W, C] in [0, 1], the few unlabeled images.
+      mixed: float32 [M, H, W, C] in [0, 1], the MixUp images (:func:`make_mixup`), or None.
       client: the black-box teacher.
-      config: mixup / cvae counts and seeds; ``workdir`` for the CVAE weights and PNG grids.
+      config: cvae counts and seeds; ``workdir`` for the CVAE weights.
 
     Returns:
       the :class:`LabelledSet` (real, MixUp, CVAE in that order).
     """
     stages = stages or _Stages()
     progress = config.verbose > 0
-    mixed = None
-    if config.mixup.num_images > 0:
-        with stages("mixup"):
-            mixed, info = synthesis.mixup_images(shots, config.mixup, config.seed)
-            logging.info("MixUp: %d images (%d pairs dropped as near-copies)", len(mixed),
-                         info["num_dropped"])
-    # The query plan, checked against the budget before anything is sent. CVAE images are not known
-    # yet, so all of them count (the ledger may answer some).
-    budget = client.query_budget
-    if budget is not None:
-        planned = client.missing(shots) + (client.missing(mixed) if mixed is not None else 0)
-        planned += config.cvae.num_images
-        left = budget - client.queries
-        if planned > left:
-            raise teacher_lib.QueryBudgetExceeded(
-                f"{client.name}: the plan needs up to {planned} teacher queries ({len(shots)} real, "
-                f"{0 if mixed is None else len(mixed)} MixUp, {config.cvae.num_images} CVAE images, "
-                f"less ledger answers) but the query budget leaves {left}; raise --query_budget or "
-                "lower --num_mixup / --num_cvae. Nothing was sent.")
     with stages("label_real"):
-        real_labels = client.soft_labels(shots, progress=progress)
+        real_labels = client.soft_labels(shots, progress=progress, stage="label_real")
         num_classes = real_labels.shape[1]
     parts = [(shots, real_labels, 0)]
     if mixed is not None:
         with stages("label_mixup"):
-            parts.append((mixed, client.soft_labels(mixed, progress=progress), 1))
+            parts.append((mixed, client.soft_labels(mixed, progress=progress, stage="label_mixup"),
+                          1))
     if config.cvae.num_images > 0:
         weights = os.path.join(config.workdir, "cvae-" + fingerprint(
             config.dataset, config.data_dir, config.seed, config.num_shots, config.cvae,
@@ -276,10 +273,27 @@ def build_labelled_set(shots: np.ndarray, client: teacher_lib.TeacherClient, con
             generated, _ = synthesis.sample_cvae(cvae, config.cvae.num_images, config.seed,
                                                  config.cvae.uniform_bound)
         with stages("label_cvae"):
-            parts.append((generated, client.soft_labels(generated, progress=progress), 2))
+            parts.append((generated, client.soft_labels(generated, progress=progress,
+                                                        stage="label_cvae"), 2))
     sources = np.concatenate([np.full(len(images), source, np.int8) for images, _, source in parts])
     return LabelledSet(np.concatenate([p[0] for p in parts]).astype(np.float32),
                        np.concatenate([p[1] for p in parts]).astype(np.float32), sources)
+
+
+def _query_figures(client: teacher_lib.TeacherClient, account: teacher_lib.QueryAccount,
+                   ledger: teacher_lib.QueryLedger) -> dict:
+    """The report's query figures (see README, "What is counted")."""
+    return {
+        "teacher_queries_sent": account.sent,  # This process: every client, every attempt.
+        "teacher_queries": account.sent,  # Older name of teacher_queries_sent.
+        "teacher_queries_sent_by_stage": dict(account.sent_by_stage),
+        "teacher_queries_total": account.total,  # The work dir's life: every process.
+        "teacher_queries_by_stage": dict(account.by_stage),
+        "teacher_queries_retried_total": account.retried,
+        "teacher_ledger_hits": client.ledger_hits, "teacher_requests": client.requests,
+        "teacher_retries": client.retries, "teacher_ledger_size": len(ledger),
+        "query_budget": account.budget,
+    }
 
 
 def write_grids(labelled: LabelledSet, num_classes: int, workdir: str) -> dict[str, str]:
@@ -375,8 +389,10 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
             logging.info("Serving the teacher from %s on %s", teacher_base, target)
             teacher_config = dataclasses.replace(teacher_config, target=target)
             report["teacher_architecture"] = teacher_arch
-        ledger = teacher_lib.QueryLedger(os.path.join(config.workdir, "ledger"))
-        client = stack.enter_context(teacher_config.connect(ledger))
+        ledger_dir = os.path.join(config.workdir, "ledger")
+        ledger = teacher_lib.QueryLedger(ledger_dir)
+        account = teacher_lib.QueryAccount(ledger_dir, teacher_config.query_budget)
+        client = stack.enter_context(teacher_config.connect(ledger, account))
         if client.signature.num_classes is None:  # Class ids: the metadata cannot say K.
             client.with_num_classes(dataset.num_classes)
         signature = client.signature
@@ -401,6 +417,32 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         synthesis_fp = fingerprint(config.dataset, config.data_dir, config.seed, config.num_shots,
                                    config.mixup, config.cvae, signature.identity, client.label_only)
         labelled_path = os.path.join(config.workdir, f"labelled_set-{synthesis_fp}.npz")
+        strategy = strategy or distill.make_strategy()
+        n_eval = (config.eval_examples or len(dataset.x_test)) if config.evaluate_test else 0
+        x_eval, y_eval = dataset.x_test[:n_eval], dataset.y_test[:n_eval]
+        eval_client = None
+        if config.evaluate_teacher and n_eval and distill.is_chief(strategy):
+            # The teacher's own test accuracy: read as probabilities, charged to the same account
+            # (and so to the budget), answers kept in the ledger like every other query.
+            eval_client = stack.enter_context(dataclasses.replace(
+                teacher_config, label_only=False).connect(ledger, account))
+            if eval_client.signature.num_classes is None:
+                eval_client.with_num_classes(dataset.num_classes)
+
+        # The query plan of this process, checked against the budget before anything is sent.
+        plan = {"label_real": 0, "label_mixup": 0, "label_cvae": 0, "evaluate_teacher": 0}
+        mixed = None
+        if config.method != "student_alone" and not os.path.exists(labelled_path):
+            mixed = make_mixup(shots, config, stages)
+            plan.update(label_real=client.missing(shots),
+                        label_mixup=0 if mixed is None else client.missing(mixed),
+                        label_cvae=config.cvae.num_images)  # Unknown before the CVAE: all count.
+        if eval_client is not None:
+            plan["evaluate_teacher"] = eval_client.missing(x_eval)
+        report["teacher_query_plan"] = plan
+        account.check(sum(plan.values()), f"{client.name}: this run's plan ({plan}, less ledger "
+                      "answers)")
+
         if config.method == "student_alone":
             # The paper's lower baseline: the N images with their true labels, no teacher.
             labelled = LabelledSet(shots, np.eye(dataset.num_classes, dtype=np.float32)[
@@ -410,25 +452,18 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
             labelled = LabelledSet.load(labelled_path)
             logging.info("Labelled set: reusing %s (%d images)", labelled_path, len(labelled.images))
         else:
-            labelled = build_labelled_set(shots, client, config, stages)
+            labelled = build_labelled_set(shots, mixed, client, config, stages)
             labelled.save(labelled_path)
         report["labelled_set"] = labelled_path
         report["grids"] = write_grids(labelled, labelled.soft_labels.shape[1], config.workdir)
         report.update(num_shots=labelled.count("real"), num_mixup=labelled.count("mixup"),
-                      num_cvae=labelled.count("cvae"), teacher_queries=client.queries,
-                      teacher_queries_sent=client.queries, teacher_ledger_hits=client.ledger_hits,
-                      teacher_requests=client.requests, teacher_retries=client.retries,
-                      teacher_ledger_size=len(ledger), query_budget=client.query_budget)
-
-        n_eval = (config.eval_examples or len(dataset.x_test)) if config.evaluate_test else 0
-        x_eval, y_eval = dataset.x_test[:n_eval], dataset.y_test[:n_eval]
+                      num_cvae=labelled.count("cvae"))
         tensorboard_dir = os.path.join(config.workdir, "tensorboard")
         write_tensorboard_grids(labelled, os.path.join(tensorboard_dir, "synthesis"))
         callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
         if dataset.x_val is not None:  # Monitoring reads the validation split, never the test split.
             callbacks.append(distill.ValidationAccuracy(
                 dataset.x_val, dataset.y_val, os.path.join(tensorboard_dir, "student", "validation")))
-        strategy = strategy or distill.make_strategy()
         with stages("student_training"):
             student, history = distill.train_student(
                 labelled.images, labelled.soft_labels, config.student, config.seed,
@@ -439,8 +474,8 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
             strategy, tf.distribute.MultiWorkerMirroredStrategy) else "mirrored")
         report["replicas"] = strategy.num_replicas_in_sync
         if not distill.is_chief(strategy):
-            report.update(role="worker", stage_seconds=stages.seconds,
-                          student_epochs=config.student.epochs)
+            report.update(_query_figures(client, account, ledger), role="worker",
+                          stage_seconds=stages.seconds, student_epochs=config.student.epochs)
             with open(os.path.join(config.workdir, "report.json"), "w") as f:
                 json.dump(report, f, indent=2, sort_keys=True)
             return report
@@ -469,16 +504,12 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         report["student_architecture"] = config.student.architecture
 
         report["eval_examples"] = int(n_eval)
-        if config.evaluate_teacher and n_eval:
+        if eval_client is not None:
             with stages("evaluate_teacher"):
-                eval_config = dataclasses.replace(teacher_config, query_budget=None,
-                                                  label_only=False)
-                with eval_config.connect() as eval_client:
-                    if eval_client.signature.num_classes is None:
-                        eval_client.with_num_classes(dataset.num_classes)
-                    report["teacher_accuracy"] = served_accuracy(eval_client, x_eval, y_eval,
-                                                                 config.verbose > 0)
-                    report["teacher_eval_queries"] = eval_client.queries
+                report["teacher_accuracy"] = served_accuracy(eval_client, x_eval, y_eval,
+                                                             config.verbose > 0, "evaluate_teacher")
+                report["teacher_eval_queries"] = eval_client.queries
+        report.update(_query_figures(client, account, ledger))
     with stages("evaluate_student"):
         served = {("student" if v == "float32" else f"student_{v}"): d for v, d in variant_dirs.items()}
         variants = {}

@@ -13,9 +13,10 @@ Serving API (``PredictionService.GetModelMetadata`` and ``Predict``) and so work
   with exponential backoff and full jitter on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED;
   other errors stop the run with the server's message. TLS channels and per-call metadata (an
   ``authorization`` header read from a file or an environment variable, never printed or logged).
-* Paid for once: every image sent is counted (:attr:`TeacherClient.queries`); with a
-  :class:`QueryLedger` every answer is persisted as soon as it arrives, keyed by a content hash of the
-  image and the teacher's identity, and never asked again; a query budget is never exceeded.
+* Paid for once: every image sent is charged to a :class:`QueryAccount` before it is sent (persisted
+  beside the ledger: the work dir's whole life, every process, retries and evaluation included) and
+  the query budget caps that total; with a :class:`QueryLedger` every answer is persisted as soon as
+  it arrives, keyed by a content hash of the image and the teacher's identity, and never asked again.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class TeacherConfig:
         client certificate and key, optional name override) instead of an insecure one.
       auth_token_file, auth_token_env: where to read a secret sent as ``auth_header: auth_scheme
         <token>`` on every call (never printed or logged).
-      query_budget: at most this many images sent by this client (None: no cap).
+      query_budget: at most this many images in the :class:`QueryAccount`'s total (None: no cap);
+        with no account given to :meth:`connect`, an in-memory account of this client alone.
     """
 
     target: str = ""
@@ -131,9 +133,12 @@ class TeacherConfig:
     auth_scheme: str = "Bearer"
     query_budget: int | None = None
 
-    def connect(self, ledger: "QueryLedger | None" = None) -> "TeacherClient":
-        """A :class:`TeacherClient` with these settings."""
-        return TeacherClient(**dataclasses.asdict(self) | {"retry": self.retry}, ledger=ledger)
+    def connect(self, ledger: "QueryLedger | None" = None,
+                account: "QueryAccount | None" = None) -> "TeacherClient":
+        """A :class:`TeacherClient` with these settings, answers in ``ledger``, queries charged to
+        ``account`` (whose budget must then be ``query_budget``)."""
+        return TeacherClient(**dataclasses.asdict(self) | {"retry": self.retry}, ledger=ledger,
+                             account=account)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +226,107 @@ def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
                            "(--teacher_output=logits)")
     clipped = np.clip(raw, 0.0, 1.0)
     return clipped / clipped.sum(axis=1, keepdims=True)
+
+
+class QueryAccount:
+    """Every image sent to the teacher over a work dir's life, and the query budget on that total.
+
+    The one place where queries are counted and the budget is enforced. Each Predict attempt is
+    charged *before* it is sent (write-ahead), so images in flight when a process dies, retries and
+    the queries of earlier processes on the same work dir all count: the account says how many
+    images the teacher may have seen, not how many answers were stored. With a ``directory`` the
+    charges are appended to ``<directory>/queries_sent.log`` (one line per attempt:
+    ``stage kind images pid unix_time``, kind ``first`` or ``retry``; ``O_APPEND`` writes, so a
+    killed process loses none it made); without one the account lives in memory.
+
+    Args:
+      directory: where the log lives (tfkd puts it in the work dir's ``ledger/``), or None.
+      budget: at most this many images in the account's total (None: no cap), earlier processes'
+        queries included.
+
+    Raises:
+      ValueError: a negative budget, or an unreadable log line (naming the file and line).
+    """
+
+    FILE = "queries_sent.log"
+
+    def __init__(self, directory: str | None = None, budget: int | None = None):
+        if budget is not None and budget < 0:
+            raise ValueError(f"query_budget={budget}: expected >= 0")
+        self.budget = budget
+        self.path = None if directory is None else os.path.join(directory, self.FILE)
+        self._lock = threading.Lock()
+        self.by_stage: dict[str, int] = {}  # Work dir's life, retries included.
+        self.retried = 0  # Images re-sent by retries, work dir's life.
+        self.sent_by_stage: dict[str, int] = {}  # This process.
+        if self.path is None:
+            return
+        os.makedirs(directory, exist_ok=True)
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for number, line in enumerate(f, 1):
+                    fields = line.split()
+                    if not fields:
+                        continue
+                    try:
+                        stage, kind, n = fields[0], fields[1], int(fields[2])
+                    except (IndexError, ValueError):
+                        raise ValueError(f"{self.path}, line {number}: expected 'stage kind images "
+                                         f"pid time', got {line.strip()!r}") from None
+                    self.by_stage[stage] = self.by_stage.get(stage, 0) + n
+                    self.retried += n if kind == "retry" else 0
+
+    @property
+    def total(self) -> int:
+        """Images sent over the work dir's life (every process, every attempt)."""
+        return sum(self.by_stage.values())
+
+    @property
+    def sent(self) -> int:
+        """Images sent by this process."""
+        return sum(self.sent_by_stage.values())
+
+    @property
+    def remaining(self) -> int | None:
+        """Images the budget still allows (None: no budget)."""
+        return None if self.budget is None else self.budget - self.total
+
+    def check(self, n: int, what: str) -> None:
+        """Raises :class:`QueryBudgetExceeded` if ``n`` more images would exceed the budget.
+
+        ``what`` says what the images are for, in the message. Nothing is charged.
+        """
+        with self._lock:
+            self._check(n, what)
+
+    def _check(self, n: int, what: str) -> None:
+        if self.budget is not None and self.total + n > self.budget:
+            raise QueryBudgetExceeded(
+                f"{what} needs {n} more teacher queries, but the query budget of {self.budget} "
+                f"leaves {self.budget - self.total} ({self.total} already sent in this work dir's "
+                "life: distillation, evaluation, retries and earlier processes); nothing was sent")
+
+    def charge(self, n: int, stage: str, retry: bool = False) -> None:
+        """Records ``n`` images about to be sent for ``stage``, after checking the budget.
+
+        Raises:
+          QueryBudgetExceeded: the budget would be exceeded; nothing was charged (do not send).
+          ValueError: a stage name with whitespace.
+        """
+        if not stage or any(c.isspace() for c in stage):
+            raise ValueError(f"stage={stage!r}: expected a name without whitespace")
+        with self._lock:
+            self._check(n, f"{stage} ({'retry' if retry else 'request'} of {n} images)")
+            if self.path is not None:
+                line = f"{stage} {'retry' if retry else 'first'} {n} {os.getpid()} {time.time():.3f}\n"
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            self.by_stage[stage] = self.by_stage.get(stage, 0) + n
+            self.sent_by_stage[stage] = self.sent_by_stage.get(stage, 0) + n
+            self.retried += n if retry else 0
 
 
 class QueryLedger:
@@ -322,7 +428,7 @@ class TeacherClient:
                  tls_server_name: str | None = None, auth_token_file: str | None = None,
                  auth_token_env: str | None = None, auth_header: str = "authorization",
                  auth_scheme: str = "Bearer", query_budget: int | None = None,
-                 ledger: QueryLedger | None = None):
+                 ledger: QueryLedger | None = None, account: QueryAccount | None = None):
         if not target or ":" not in target:
             raise ValueError(f"target={target!r}: expected host:port")
         if version is not None and version_label:
@@ -335,8 +441,11 @@ class TeacherClient:
             raise ValueError(f"output_kind={output_kind!r}: expected one of {OUTPUT_KINDS}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight={max_in_flight}: expected >= 1")
-        if query_budget is not None and query_budget < 0:
-            raise ValueError(f"query_budget={query_budget}: expected >= 0")
+        if account is None:
+            account = QueryAccount(budget=query_budget)
+        elif query_budget != account.budget:
+            raise ValueError(f"query_budget={query_budget}: the query account's budget is "
+                             f"{account.budget}; give one budget")
         self.target = target
         self.model_name = model_name
         self.version = version
@@ -347,9 +456,9 @@ class TeacherClient:
         self.max_in_flight = max_in_flight
         self.max_request_bytes = max_request_bytes
         self.retry = retry
-        self.query_budget = query_budget
+        self.account = account
         self.ledger = ledger
-        self.queries = 0  # Images sent to the teacher (every attempt counts: the teacher saw it).
+        self.queries = 0  # Images this client sent (every attempt counts: the teacher saw it).
         self.requests = 0  # Predict RPCs sent, retries included.
         self.retries = 0  # Attempts after a retryable error.
         self.ledger_hits = 0  # Images answered from the ledger.
@@ -384,6 +493,13 @@ class TeacherClient:
         except BaseException:
             self._channel.close()
             raise
+        logging.debug("Connected to %s: %s%s", self.name, self.signature,
+                      " (authorization metadata set)" if token else "")
+
+    @property
+    def query_budget(self) -> int | None:
+        """The budget on the account's total (None: no cap)."""
+        return self.account.budget
 
     def __repr__(self) -> str:  # Never shows the call metadata (secrets).
         return f"TeacherClient({self.target!r}, {self.model_name!r}, queries={self.queries})"
@@ -401,8 +517,10 @@ class TeacherClient:
         elif self.version_label:
             spec.version_label = self.version_label
 
-    def _call(self, method, request, what: str):
-        """One RPC with retries on the retryable codes; other errors raise :class:`TeacherError`."""
+    def _call(self, method, request, what: str, before_retry=None):
+        """One RPC with retries on the retryable codes; other errors raise :class:`TeacherError`.
+
+        ``before_retry()`` runs before each retry is sent (Predict charges the account there)."""
         attempt = 0
         while True:
             try:
@@ -418,8 +536,8 @@ class TeacherClient:
                         self.retries += 1
                     attempt += 1
                     time.sleep(delay)
-                    if what == "Predict":
-                        self._count(request)
+                    if before_retry is not None:
+                        before_retry()
                     continue
                 raise TeacherError(f"{self.name}: {what} failed with {code.name}: {e.details()}"
                                    + (f" (after {attempt + 1} attempts)" if attempt else ""),
@@ -517,20 +635,20 @@ class TeacherClient:
         encoded = np.asarray(images, dtype=self.signature.input_dtype)  # No copy when it fits.
         return encoded * scale if scale != 1 else encoded
 
-    def _count(self, request) -> None:
-        n = request.inputs[self.signature.input_key].tensor_shape.dim[0].size
+    def _count(self, n: int, stage: str, retry: bool) -> None:
+        try:
+            self.account.charge(n, stage, retry)
+        except QueryBudgetExceeded as e:
+            raise QueryBudgetExceeded(f"{self.name}: {e}") from None
         with self._counter_lock:
-            if self.query_budget is not None and self.queries + n > self.query_budget:
-                raise QueryBudgetExceeded(
-                    f"{self.name}: sending {n} more images would exceed the query budget "
-                    f"({self.queries} of {self.query_budget} sent)")
             self.queries += n
             self.requests += 1
 
-    def predict_raw(self, encoded: np.ndarray) -> np.ndarray:
+    def predict_raw(self, encoded: np.ndarray, stage: str = "predict") -> np.ndarray:
         """One Predict request (retried as the policy says) of already-encoded images.
 
-        Returns the raw output array. Counts ``len(encoded)`` queries per attempt.
+        Returns the raw output array. Every attempt charges ``len(encoded)`` queries to the account
+        under ``stage`` before it is sent.
 
         Raises:
           QueryBudgetExceeded, TeacherError.
@@ -539,8 +657,10 @@ class TeacherClient:
         self._model_spec(request.model_spec)
         request.inputs[self.signature.input_key].CopyFrom(tf.make_tensor_proto(encoded))
         request.output_filter.append(self.signature.output_key)
-        self._count(request)
-        response = self._call(self._stub.Predict, request, "Predict")
+        n = len(encoded)
+        self._count(n, stage, retry=False)
+        response = self._call(self._stub.Predict, request, "Predict",
+                              before_retry=lambda: self._count(n, stage, retry=True))
         if self.signature.output_key not in response.outputs:
             raise TeacherError(f"{self.name}: the answer has no output {self.signature.output_key!r}")
         return tf.make_ndarray(response.outputs[self.signature.output_key])
@@ -552,7 +672,8 @@ class TeacherClient:
         keys = QueryLedger.keys(self.encode(images), self.signature.identity)
         return sum(self.ledger.get(k) is None for k in keys)
 
-    def soft_labels(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+    def soft_labels(self, images: np.ndarray, progress: bool = False,
+                    stage: str = "predict") -> np.ndarray:
         """Labels images with the teacher's soft labels.
 
         Images the ledger knows are not sent; the rest go in requests under the message limit,
@@ -561,6 +682,7 @@ class TeacherClient:
         Args:
           images: float32 [n, H, W, C] in [0, 1] (encoded to the signature's dtype, scale, layout).
           progress: show a Keras progress bar.
+          stage: the name the queries are charged under in the :class:`QueryAccount`.
 
         Returns:
           float32 [n, K], rows summing to 1 (one-hot with ``label_only`` or a class-id teacher).
@@ -582,11 +704,10 @@ class TeacherClient:
         missing = np.setdiff1d(np.arange(n), np.fromiter(known, np.int64, len(known)))
         with self._counter_lock:
             self.ledger_hits += len(known)
-            if self.query_budget is not None and self.queries + len(missing) > self.query_budget:
-                raise QueryBudgetExceeded(
-                    f"{self.name}: {len(missing)} images to label, but only "
-                    f"{self.query_budget - self.queries} of the query budget of "
-                    f"{self.query_budget} are left; nothing was sent")
+        try:
+            self.account.check(len(missing), f"labelling {len(missing)} images ({stage})")
+        except QueryBudgetExceeded as e:
+            raise QueryBudgetExceeded(f"{self.name}: {e}") from None
         step = self.images_per_request
         chunks = [missing[s:s + step] for s in range(0, len(missing), step)]
         bar = None
@@ -596,7 +717,8 @@ class TeacherClient:
 
         def label(idx):
             contiguous = idx[-1] - idx[0] + 1 == len(idx)  # A slice is a view: no copy.
-            raw = self.predict_raw(encoded[idx[0]:idx[-1] + 1] if contiguous else encoded[idx])
+            raw = self.predict_raw(encoded[idx[0]:idx[-1] + 1] if contiguous else encoded[idx],
+                                   stage)
             answer = to_soft_labels(raw, self.signature.output_kind, self.signature.num_classes,
                                     self.model_name, self.signature.output_key)
             if len(answer) != len(idx):
