@@ -280,9 +280,11 @@ def build_labelled_set(shots: np.ndarray, mixed: np.ndarray | None,
                        np.concatenate([p[1] for p in parts]).astype(np.float32), sources)
 
 
-def _query_figures(client: teacher_lib.TeacherClient, account: teacher_lib.QueryAccount,
+def _query_figures(clients: list, account: teacher_lib.QueryAccount,
                    ledger: teacher_lib.QueryLedger) -> dict:
-    """The report's query figures (see README, "What is counted")."""
+    """The report's query figures (see README, "What is counted"); ``clients``: this process's
+    teacher clients (None entries are skipped)."""
+    clients = [c for c in clients if c is not None]
     return {
         "teacher_queries_sent": account.sent,  # This process: every client, every attempt.
         "teacher_queries": account.sent,  # Older name of teacher_queries_sent.
@@ -290,8 +292,9 @@ def _query_figures(client: teacher_lib.TeacherClient, account: teacher_lib.Query
         "teacher_queries_total": account.total,  # The work dir's life: every process.
         "teacher_queries_by_stage": dict(account.by_stage),
         "teacher_queries_retried_total": account.retried,
-        "teacher_ledger_hits": client.ledger_hits, "teacher_requests": client.requests,
-        "teacher_retries": client.retries, "teacher_ledger_size": len(ledger),
+        "teacher_ledger_hits": sum(c.ledger_hits for c in clients),
+        "teacher_requests": sum(c.requests for c in clients),
+        "teacher_retries": sum(c.retries for c in clients), "teacher_ledger_size": len(ledger),
         "query_budget": account.budget,
     }
 
@@ -474,7 +477,7 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
             strategy, tf.distribute.MultiWorkerMirroredStrategy) else "mirrored")
         report["replicas"] = strategy.num_replicas_in_sync
         if not distill.is_chief(strategy):
-            report.update(_query_figures(client, account, ledger), role="worker",
+            report.update(_query_figures([client], account, ledger), role="worker",
                           stage_seconds=stages.seconds, student_epochs=config.student.epochs)
             with open(os.path.join(config.workdir, "report.json"), "w") as f:
                 json.dump(report, f, indent=2, sort_keys=True)
@@ -509,7 +512,7 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
                 report["teacher_accuracy"] = served_accuracy(eval_client, x_eval, y_eval,
                                                              config.verbose > 0, "evaluate_teacher")
                 report["teacher_eval_queries"] = eval_client.queries
-        report.update(_query_figures(client, account, ledger))
+        report.update(_query_figures([client, eval_client], account, ledger))
     with stages("evaluate_student"):
         served = {("student" if v == "float32" else f"student_{v}"): d for v, d in variant_dirs.items()}
         variants = {}
