@@ -1,0 +1,122 @@
+r"""Mutation check, run by hand: deliberate small breakages of tfkd, each against the tests that must
+catch it. Not collected by pytest (no ``test_`` prefix).
+
+For each mutation the tracked files are copied to a temporary directory, the breakage is applied
+there (every ``old`` must occur exactly once), and the named tests run on the copy; the mutation is
+*caught* when they fail. The checkout itself is never modified.
+
+  python tests/mutation_check.py                 # all mutations; a table on stdout
+  python tests/mutation_check.py permuted_soft_labels token_at_info
+"""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    edits: tuple  # ((path, old, new), ...)
+    tests: tuple  # pytest node ids that must fail
+
+
+MUTATIONS = [
+    Mutation("permuted_soft_labels", "the student trains on the soft labels shuffled across images",
+             (("tfkd/pipeline.py", "labelled.images, labelled.soft_labels, config.student",
+               "labelled.images, labelled.soft_labels[np.random.default_rng(1).permutation("
+               "len(labelled.images))], config.student"),),
+             ("tests/test_pipeline.py::test_launch_distill_end_to_end",
+              "tests/test_resume.py::test_killed_training_resumes_to_the_same_epochs")),
+    Mutation("cvae_on_true_labels", "the CVAE is conditioned on the true labels of the few shots",
+             (("tfkd/pipeline.py", "labelled = build_labelled_set(shots, mixed, client, config, stages)",
+               "_TRUE[:] = list(dataset.y_train[indices]); "
+               "labelled = build_labelled_set(shots, mixed, client, config, stages)"),
+              ("tfkd/pipeline.py", "cvae, _ = synthesis.train_cvae(shots, real_labels.argmax(axis=1),",
+               "cvae, _ = synthesis.train_cvae(shots, np.array(_TRUE),"),
+              ("tfkd/pipeline.py", "def make_mixup(", "_TRUE = []\n\n\ndef make_mixup(")),
+             ("tests/test_pipeline.py::test_methods_never_see_the_true_labels[cvae]",)),
+    Mutation("real_images_on_true_labels",
+             "the real images are trained on their true one-hot labels (the stored set unchanged)",
+             (("tfkd/pipeline.py", "labelled.images, labelled.soft_labels, config.student",
+               "labelled.images, np.concatenate([np.eye(dataset.num_classes, dtype=np.float32)["
+               "dataset.y_train[indices]], labelled.soft_labels[len(shots):]]) if config.method != "
+               "'student_alone' else labelled.soft_labels, config.student"),),
+             ("tests/test_pipeline.py::test_methods_never_see_the_true_labels[standard_kd]",)),
+    Mutation("token_at_info", "the auth token is logged at INFO when read",
+             (("tfkd/teacher.py", "            raise ValueError(f\"auth_token_file={path!r}: the file is empty\")\n",
+               "            raise ValueError(f\"auth_token_file={path!r}: the file is empty\")\n"
+               "        logging.info(\"auth token %s\", token)\n"),),
+             ("tests/test_teacher_contract.py::test_authorization_header_from_file_or_env",)),
+    Mutation("earlier_process_uncounted",
+             "a new process ignores the queries earlier processes recorded in the work dir",
+             (("tfkd/teacher.py", "        if os.path.exists(self.path):",
+               "        if False and os.path.exists(self.path):"),),
+             ("tests/test_resume.py::test_killed_training_resumes_to_the_same_epochs",)),
+    Mutation("evaluation_uncounted", "the teacher's test evaluation is not charged to the account",
+             (("tfkd/pipeline.py", "teacher_config, label_only=False).connect(ledger, account))",
+               "teacher_config, label_only=False).connect(ledger))"),),
+             ("tests/test_pipeline.py::test_launch_distill_end_to_end",)),
+    Mutation("retries_uncounted", "a retried Predict is not charged again",
+             (("tfkd/teacher.py", "before_retry=lambda: self._count(n, stage, retry=True))",
+               "before_retry=None)"),),
+             ("tests/test_faults.py",)),
+    Mutation("workers_out_of_step", "the custom loop applies per-replica gradients scaled by the "
+             "local batch (replicas no longer average the same update)",
+             (("tfkd/distill.py", "loss = tf.nn.compute_average_loss(loss_fn(targets, logits),\n"
+               "                                              global_batch_size=global_batch)",
+               "loss = tf.reduce_mean(loss_fn(targets, logits)) * tf.cast(\n"
+               "                tf.distribute.get_replica_context().replica_id_in_sync_group + 1, "
+               "tf.float32)"),),
+             ("tests/test_distributed.py",)),
+]
+
+
+def tracked_copy(destination: str) -> None:
+    files = subprocess.run(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = os.path.join(REPO, rel)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(destination, rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(destination, rel))
+
+
+def run(mutation: Mutation) -> tuple[bool, float, str]:
+    with tempfile.TemporaryDirectory(prefix=f"tfkd-mutant-{mutation.name}-") as copy:
+        tracked_copy(copy)
+        for rel, old, new in mutation.edits:
+            path = os.path.join(copy, rel)
+            text = open(path).read()
+            if text.count(old) != 1:
+                raise SystemExit(f"{mutation.name}: {old!r} occurs {text.count(old)} times in {rel}")
+            with open(path, "w") as f:
+                f.write(text.replace(old, new))
+        env = dict(os.environ, PYTHONPATH=copy)
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                 "-p", "no:warnings", *mutation.tests], cwd=copy, env=env,
+                                capture_output=True, text=True, timeout=1800)
+        last = (result.stdout.strip().splitlines() or [""])[-1]
+        return result.returncode != 0, time.perf_counter() - start, last
+
+
+def main(names):
+    chosen = [m for m in MUTATIONS if not names or m.name in names]
+    print("| mutation | what | tests | caught? | pytest's last line | s |")
+    print("|---|---|---|---|---|---:|")
+    for mutation in chosen:
+        caught, seconds, last = run(mutation)
+        print(f"| {mutation.name} | {mutation.what} | {', '.join(mutation.tests)} | "
+              f"{'**caught**' if caught else 'NOT caught'} | {last} | {seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
