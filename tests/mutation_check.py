@@ -104,13 +104,14 @@ def run(mutation: Mutation) -> tuple[bool, float, str]:
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                                  "-p", "no:warnings", *mutation.tests], cwd=copy, env=env,
                                 capture_output=True, text=True, timeout=1800)
-        last = (result.stdout.strip().splitlines() or [""])[-1]
-        return result.returncode != 0, time.perf_counter() - start, last
+        lines = result.stdout.strip().splitlines() or [""]
+        why = next((line[1:].strip() for line in lines if line.startswith("E ")), "")
+        return result.returncode != 0, time.perf_counter() - start, f"{lines[-1]}: {why[:120]}"
 
 
 def main(names):
     chosen = [m for m in MUTATIONS if not names or m.name in names]
-    print("| mutation | what | tests | caught? | pytest's last line | s |")
+    print("| mutation | what | tests | caught? | pytest's last line: first error line | s |")
     print("|---|---|---|---|---|---:|")
     for mutation in chosen:
         caught, seconds, last = run(mutation)

@@ -8,12 +8,14 @@ Work dir layout::
 
     teacher/<version>/           the teacher SavedModel, when tfkd trains it (teacher="" only)
     ledger/*.npz                 every teacher answer, persisted as it arrives (never asked twice)
-    few_shot_indices.npy         which training images are the N shots (their labels are never read)
+    ledger/queries_sent.log      every image sent to the teacher, charged before it is sent
+    few_shot_indices.npy         which images of the pool (training split less the validation
+                                 split) are the N shots (their labels are never read)
     cvae-<fp>.weights.h5         the trained CVAE
     labelled_set-<fp>.npz        real + MixUp + CVAE images with teacher soft labels (persisted once)
     grid_{real,mixup,cvae}.png   images per teacher class
     student_backup-<fp>/         Keras BackupAndRestore state: a rerun resumes training
-    tensorboard/                 student losses, learning rate, held-out accuracy; image grids
+    tensorboard/                 student losses, learning rate, validation accuracy; image grids
 
 ``<fp>`` is a fingerprint of everything the artifact depends on (configs, seed, teacher identity),
 so a rerun with the same settings reuses it and a rerun with other settings does not.
