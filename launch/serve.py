@@ -28,6 +28,12 @@ flags.DEFINE_string("ssl_server_cert", None, "PEM server certificate: serve gRPC
 flags.DEFINE_string("ssl_server_key", None, "PEM server private key.")
 flags.DEFINE_string("ssl_custom_ca", None, "PEM CA: require client certificates signed by it.")
 
+flags.DEFINE_integer("max_tensor_bytes", serving.DEFAULT_MAX_TENSOR_BYTES, "tfkd only: the largest "
+                     "decoded input tensor of a request; larger declared shapes, and content that "
+                     "does not match the declared shape, are refused (INVALID_ARGUMENT).")
+flags.DEFINE_integer("rest_max_body_bytes", serving.DEFAULT_REST_MAX_BODY_BYTES, "tfkd only: the "
+                     "largest REST request body (HTTP 413 above it).")
+
 FLAGS = flags.FLAGS
 
 
@@ -53,7 +59,8 @@ def main(argv):
         rest_api_port=FLAGS.rest_api_port or None,
         poll_seconds=FLAGS.file_system_poll_wait_seconds,
         ssl_server_cert=read(FLAGS.ssl_server_cert), ssl_server_key=read(FLAGS.ssl_server_key),
-        ssl_custom_ca=read(FLAGS.ssl_custom_ca))
+        ssl_custom_ca=read(FLAGS.ssl_custom_ca), max_tensor_bytes=FLAGS.max_tensor_bytes,
+        rest_max_body_bytes=FLAGS.rest_max_body_bytes)
     server.start()
     rest = f", REST on {server.host}:{server.rest_api_port}" if FLAGS.rest_api_port else ""
     print(f"Serving {[m.name for m in models]} on {server.target}{rest}", flush=True)

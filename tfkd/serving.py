@@ -303,6 +303,76 @@ def _set_model_spec(target, servable: Servable, signature_name: str | None) -> N
         target.signature_name = signature_name
 
 
+# TensorProto's typed value field per dtype, and how many entries one element takes there.
+_VALUE_FIELDS = {
+    tf.float32: ("float_val", 1), tf.float64: ("double_val", 1), tf.int32: ("int_val", 1),
+    tf.int16: ("int_val", 1), tf.int8: ("int_val", 1), tf.uint8: ("int_val", 1),
+    tf.uint16: ("int_val", 1), tf.int64: ("int64_val", 1), tf.bool: ("bool_val", 1),
+    tf.string: ("string_val", 1), tf.float16: ("half_val", 1), tf.bfloat16: ("half_val", 1),
+    tf.uint32: ("uint32_val", 1), tf.uint64: ("uint64_val", 1),
+    tf.complex64: ("scomplex_val", 2), tf.complex128: ("dcomplex_val", 2),
+}
+DEFAULT_MAX_TENSOR_BYTES = 256 * 1024 * 1024
+
+
+def tensor_from_proto(alias: str, proto, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> np.ndarray:
+    """Decodes a request's TensorProto after checking its declared size, before allocating it.
+
+    A tensor's content (``tensor_content`` bytes, or the typed ``*_val`` field) must hold exactly the
+    number of values its shape declares, and the decoded tensor must fit in ``max_bytes``: a request
+    of a few bytes that declares a huge shape is refused, not allocated.
+
+    Args:
+      alias: the input's name, for messages.
+      proto: a ``tensorflow.TensorProto``.
+      max_bytes: the largest decoded tensor accepted, in bytes.
+
+    Returns:
+      the numpy array (``tf.make_ndarray``).
+
+    Raises:
+      ServingError: INVALID_ARGUMENT naming the alias, the declared shape and what was carried.
+    """
+    def refuse(why: str):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}: {why}")
+
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+    except TypeError:
+        refuse(f"unknown dtype enum {proto.dtype}")
+    if proto.tensor_shape.unknown_rank:
+        refuse("the shape has unknown rank")
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        refuse(f"shape {dims} has a negative dimension")
+    count = 1
+    for d in dims:
+        count *= d  # Python ints: no overflow.
+    itemsize = 1 if dtype == tf.string else dtype.size
+    if count * itemsize > max_bytes:
+        refuse(f"shape {dims} declares {count * itemsize:,} bytes, over the server's limit of "
+               f"{max_bytes:,} bytes per tensor")
+    if proto.tensor_content:
+        if dtype == tf.string:
+            refuse("a string tensor cannot use tensor_content")
+        carried = len(proto.tensor_content)
+        if carried != count * itemsize:
+            refuse(f"shape {dims} declares {count} values ({count * itemsize} bytes) but "
+                   f"tensor_content holds {carried} bytes")
+    else:
+        field, per_value = _VALUE_FIELDS.get(dtype, (None, 1))
+        if field is None:
+            refuse(f"dtype {dtype.name} is not supported")
+        carried = len(getattr(proto, field))
+        if carried != count * per_value:
+            refuse(f"shape {dims} declares {count} values but {field} holds "
+                   f"{carried // per_value}")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # A malformed proto that passed the size checks.
+        refuse(f"{type(e).__name__}: {str(e)[:200]}")
+
+
 def _check_input(alias: str, value: np.ndarray, info) -> None:
     expected = tf.dtypes.as_dtype(info.dtype)
     if value.dtype != expected.as_numpy_dtype:
@@ -379,20 +449,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     Classify, Regress and MultiInference answer UNIMPLEMENTED (the base class's behaviour).
     """
 
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
         self._registry = registry
+        self._max_tensor_bytes = max_tensor_bytes
 
     def Predict(self, request, context):
         try:
             servable = self._registry.resolve(request.model_spec)
             signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {}
-            for alias, proto in request.inputs.items():
-                try:
-                    inputs[alias] = tf.make_ndarray(proto)
-                except Exception:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"tensor parsing error: {alias}") from None
+            inputs = {alias: tensor_from_proto(alias, proto, self._max_tensor_bytes)
+                      for alias, proto in request.inputs.items()}
             outputs = run_signature(servable, signature_name, inputs, list(request.output_filter))
         except ServingError as e:
             context.abort(e.code, e.message)
@@ -474,22 +540,78 @@ _HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT
                 grpc.StatusCode.FAILED_PRECONDITION: 400}
 
 
-def _rest_handler(registry: ModelRegistry):
+DEFAULT_REST_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class _HTTPError(Exception):
+    """A malformed HTTP request: answered with ``status`` and a JSON error, then the connection is
+    closed (what is left of the body is not read)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _rest_handler(registry: ModelRegistry, max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
+                  timeout_s: float = 30.0):
     class Handler(http.server.BaseHTTPRequestHandler):
-        """TF Serving's REST API: model status, metadata and predict (row and columnar formats)."""
+        """TF Serving's REST API: model status, metadata and predict (row and columnar formats).
+
+        Every malformed request gets a 4xx JSON ``{"error": ...}``: a body over ``max_body_bytes``
+        (413), a missing or bad Content-Length (411/400), a body that is not UTF-8 JSON or not an
+        object, or a body shorter than its Content-Length within ``timeout_s`` (408)."""
 
         protocol_version = "HTTP/1.1"
+        timeout = timeout_s  # Socket timeout: a client that stops sending cannot hold a thread.
 
         def log_message(self, fmt, *args):  # Route to absl, not stderr.
             logging.debug("REST %s", fmt % args)
 
-        def _send(self, code: int, body: dict):
+        def _send(self, code: int, body: dict, close: bool = False):
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
+
+        def _body(self):
+            """The request body as a JSON object (dict)."""
+            raw_length = self.headers.get("Content-Length")
+            if raw_length is None:
+                raise _HTTPError(411, "Content-Length is required for a request body")
+            try:
+                length = int(raw_length)
+            except ValueError:
+                raise _HTTPError(400, f"Content-Length: expected an integer, got {raw_length!r}")
+            if length < 0:
+                raise _HTTPError(400, f"Content-Length: expected >= 0, got {length}")
+            if length > max_body_bytes:
+                raise _HTTPError(413, f"request body of {length:,} bytes is over the limit of "
+                                      f"{max_body_bytes:,} bytes")
+            try:
+                raw = self.rfile.read(length)
+            except OSError:  # socket.timeout included.
+                raise _HTTPError(408, f"request body: {length} bytes announced, not received "
+                                      f"within {timeout_s:g} s")
+            if len(raw) != length:
+                raise _HTTPError(400, f"request body: {length} bytes announced, {len(raw)} received")
+            try:
+                body = json.loads(raw.decode("utf-8") if raw else "{}")
+            except UnicodeDecodeError as e:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"JSON Parse error: the body is not UTF-8 ({e.reason} at byte "
+                                   f"{e.start})") from None
+            except json.JSONDecodeError as e:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}") from None
+            if not isinstance(body, dict):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"JSON Value: the body must be an object, got "
+                                   f"{type(body).__name__}")
+            return body
 
         def _spec(self, match):
             spec = predict_pb2.PredictRequest().model_spec
@@ -519,13 +641,17 @@ def _rest_handler(registry: ModelRegistry):
                 return self._predict(spec)
             except ServingError as e:
                 return self._send(_HTTP_STATUS.get(e.code, 500), {"error": e.message})
+            except _HTTPError as e:
+                return self._send(e.status, {"error": e.message}, close=True)
+            except Exception as e:  # A bug of ours: one line in the log, a JSON 500 to the client.
+                logging.error("REST %s %s: %s: %s", method, self.path, type(e).__name__, e)
+                return self._send(500, {"error": f"internal error: {type(e).__name__}"}, close=True)
 
         def _predict(self, spec):
-            length = int(self.headers.get("Content-Length") or 0)
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except json.JSONDecodeError as e:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}")
+            body = self._body()
+            if not isinstance(body.get("signature_name", ""), str):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "'signature_name' must be a string")
             servable = registry.resolve(spec)
             signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
             signature = servable.signature_defs.get(signature_name)
@@ -535,9 +661,20 @@ def _rest_handler(registry: ModelRegistry):
                                    else "Both 'instances' and 'inputs' keys are present")
             row = "instances" in body
             data = body["instances"] if row else body["inputs"]
+            if row and (not isinstance(data, list) or not data):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"'instances' must be a non-empty list, got "
+                                   f"{type(data).__name__}{'' if data else ' (empty)'}")
+            if not row and not isinstance(data, (list, dict)):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"'inputs' must be a list or an object, got {type(data).__name__}")
             names = sorted(signature.inputs) if signature is not None else []
             if row:  # A list of examples: values, or dicts of named values.
-                if data and isinstance(data[0], dict):
+                if isinstance(data[0], dict):
+                    if not all(isinstance(e, dict) and e.keys() == data[0].keys() for e in data):
+                        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                           "'instances': every example must be an object with the "
+                                           "same keys")
                     inputs = {k: [example[k] for example in data] for k in data[0]}
                 else:
                     inputs = {names[0] if len(names) == 1 else "": data}
@@ -583,14 +720,33 @@ class ModelServer:
       ssl_server_cert, ssl_server_key: PEM bytes; both given: the gRPC port speaks TLS.
       ssl_custom_ca: PEM bytes; given with the above: clients must present a certificate it signed.
       interceptors: ``grpc.ServerInterceptor`` objects (e.g. checking an authorization header).
+      max_tensor_bytes: the largest decoded input tensor of a Predict request, in bytes; a tensor
+        whose declared shape exceeds it, or whose content does not match its shape, is refused with
+        INVALID_ARGUMENT before anything is allocated (:func:`tensor_from_proto`).
+      rest_max_body_bytes: the largest REST request body (413 above it).
+      rest_timeout_s: a REST client that stops sending is answered 408 after this many seconds.
+
+    Raises:
+      ValueError: TLS half given, or a non-positive limit.
     """
 
     def __init__(self, models: list[ModelConfig], host: str = "127.0.0.1", port: int = 0,
                  rest_api_port: int | None = None, poll_seconds: float = 1.0, max_workers: int = 8,
                  ssl_server_cert: bytes | None = None, ssl_server_key: bytes | None = None,
-                 ssl_custom_ca: bytes | None = None, interceptors=()):
+                 ssl_custom_ca: bytes | None = None, interceptors=(),
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
+                 rest_timeout_s: float = 30.0):
         if bool(ssl_server_cert) != bool(ssl_server_key):
             raise ValueError("ssl_server_cert and ssl_server_key: give both or neither")
+        for name, value in (("max_tensor_bytes", max_tensor_bytes),
+                            ("rest_max_body_bytes", rest_max_body_bytes),
+                            ("rest_timeout_s", rest_timeout_s)):
+            if value <= 0:
+                raise ValueError(f"{name}={value}: expected > 0")
+        self.max_tensor_bytes = max_tensor_bytes
+        self.rest_max_body_bytes = rest_max_body_bytes
+        self.rest_timeout_s = rest_timeout_s
         self.registry = ModelRegistry(models)
         self.host = host
         self.port = port
@@ -624,7 +780,7 @@ class ModelServer:
                      ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.registry), self._server)
+            PredictionServicer(self.registry, self.max_tensor_bytes), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry), self._server)
         self._health = health.HealthServicer()
@@ -646,7 +802,9 @@ class ModelServer:
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.rest_api_port is not None:
             self._http = http.server.ThreadingHTTPServer((self.host, self.rest_api_port),
-                                                         _rest_handler(self.registry))
+                                                         _rest_handler(self.registry,
+                                                                       self.rest_max_body_bytes,
+                                                                       self.rest_timeout_s))
             self._http.daemon_threads = True
             self.rest_api_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "tfkd-rest")
