@@ -57,6 +57,17 @@ class _ClassifierServable(tf.Module):
         return outputs
 
 
+def _staging_dir(base: str, version: int) -> str:
+    """A fresh temporary directory in ``base`` for a version being written (renamed into place when
+    complete), with the permissions a directory made under the user's umask has: ``mkdtemp``'s
+    0700 would make the version unreadable to a TF Serving process running as another user."""
+    path = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+    return path
+
+
 def list_versions(export_base: str) -> list[int]:
     """Numeric version directories under ``export_base`` (ascending); [] if none or no such dir."""
     if not os.path.isdir(export_base):
@@ -144,7 +155,7 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
     os.makedirs(export_base, exist_ok=True)
     clone = compressed_copy(model, variant)
     servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), with_classes)
-    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
+    tmp_dir = _staging_dir(export_base, version)
     try:
         tf.saved_model.save(servable, tmp_dir, signatures={SIGNATURE_KEY: servable.serve})
         if warmup_images is not None and len(warmup_images):
@@ -201,7 +212,7 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
     if os.path.exists(final_dir):
         raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
     os.makedirs(model_base_path, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base_path)
+    tmp_dir = _staging_dir(model_base_path, version)
     try:
         shutil.copytree(version_dir, tmp_dir, dirs_exist_ok=True)
         os.rename(tmp_dir, final_dir)

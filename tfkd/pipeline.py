@@ -398,8 +398,7 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         ledger = teacher_lib.QueryLedger(ledger_dir)
         account = teacher_lib.QueryAccount(ledger_dir, teacher_config.query_budget)
         client = stack.enter_context(teacher_config.connect(ledger, account))
-        if client.signature.num_classes is None:  # Class ids: the metadata cannot say K.
-            client.with_num_classes(dataset.num_classes)
+        client.expect_num_classes(dataset.num_classes, f"dataset {config.dataset!r}")
         signature = client.signature
         report["teacher"] = {"target": teacher_config.target, "model_name": signature.model_name,
                              "version": signature.version, "signature": signature.signature_name,
@@ -431,8 +430,7 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
             # (and so to the budget), answers kept in the ledger like every other query.
             eval_client = stack.enter_context(dataclasses.replace(
                 teacher_config, label_only=False).connect(ledger, account))
-            if eval_client.signature.num_classes is None:
-                eval_client.with_num_classes(dataset.num_classes)
+            eval_client.expect_num_classes(dataset.num_classes, f"dataset {config.dataset!r}")
 
         # The query plan of this process, checked against the budget before anything is sent.
         plan = {"label_real": 0, "label_mixup": 0, "label_cvae": 0, "evaluate_teacher": 0}

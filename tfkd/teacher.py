@@ -596,6 +596,26 @@ class TeacherClient:
             input_shape=input_shape, input_scale=scale, output_key=output_key,
             output_kind=output_kind, num_classes=num_classes)
 
+    def expect_num_classes(self, num_classes: int, data: str = "the data") -> None:
+        """Checks the teacher's class count against the data's before any query.
+
+        A teacher whose metadata declares K classes must have ``num_classes``; one whose metadata
+        cannot say (class ids, or an unknown output width) gets K = ``num_classes``, and every answer
+        is then checked against it (a probability row of another width, or a class id >= K, stops
+        the run with :class:`TeacherError`).
+
+        Raises:
+          TeacherError: the metadata declares another class count (nothing was sent).
+        """
+        declared = self.signature.num_classes
+        if declared is not None and declared != num_classes:
+            raise TeacherError(
+                f"{self.name}: its output {self.signature.output_key!r} has {declared} classes but "
+                f"{data} has {num_classes}; the teacher's class indices must be the data's (tfkd "
+                "cannot map classes between them). Nothing was sent.")
+        if declared is None:
+            self.with_num_classes(num_classes)
+
     def with_num_classes(self, num_classes: int) -> None:
         """Sets K where the metadata cannot say it (class-id teachers)."""
         if self.signature.num_classes not in (None, num_classes):
