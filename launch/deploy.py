@@ -20,6 +20,8 @@ flags.DEFINE_string("model_base_path", None, "The served base path.", required=T
 flags.DEFINE_integer("version", None, "Version number; default: one more than the newest there.")
 
 FLAGS = flags.FLAGS
+flags.register_validator("version", lambda v: v is None or v >= 1,
+                         message="--version must be a positive integer (TF Serving versions)")
 
 
 def main(argv):

@@ -109,33 +109,47 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bars, 
 
 FLAGS = flags.FLAGS
 
+# The one validation layer for flags: absl checks these when the command line is parsed, before any
+# data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
+_AT_LEAST = {"num_shots": 1, "num_validation": 0, "teacher_version": 1, "teacher_max_in_flight": 1,
+             "teacher_max_attempts": 1, "query_budget": 0, "teacher_epochs": 1, "num_mixup": 0,
+             "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
+             "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0}
+_POSITIVE = ("teacher_input_scale", "teacher_timeout", "mixup_alpha", "learning_rate",
+             "temperature")
+for _name, _low in _AT_LEAST.items():
+    flags.register_validator(_name, lambda v, low=_low: v is None or v >= low,
+                             message=f"--{_name} must be >= {_low}")
+for _name in _POSITIVE:
+    flags.register_validator(_name, lambda v: v is None or v > 0, message=f"--{_name} must be > 0")
+flags.register_validator("train_mixup_alpha", lambda v: v >= 0,
+                         message="--train_mixup_alpha must be >= 0 (0 disables)")
+
+
+def _valid_target(value: str) -> bool:
+    try:
+        return not value or bool(teacher.check_target(value))
+    except ValueError:
+        return False
+
+
+flags.register_validator("teacher", _valid_target,
+                         message="--teacher must be host:port with a port in 1..65535, or empty")
+
 
 def config_from_flags() -> pipeline.FSBBTConfig:
-    num_shots = FLAGS.num_shots or models.DEFAULT_NUM_SHOTS[FLAGS.dataset]
-    if num_shots <= 0:
-        raise app.UsageError(f"--num_shots must be positive, got {num_shots}")
+    num_shots = FLAGS.num_shots or models.DEFAULT_NUM_SHOTS[FLAGS.dataset]  # None: the paper's.
     teacher_arch, student_arch = models.DEFAULT_PAIRS[FLAGS.dataset]
     teacher_arch = teacher_arch if FLAGS.teacher_architecture == "auto" else FLAGS.teacher_architecture
     student_arch = student_arch if FLAGS.student_architecture == "auto" else FLAGS.student_architecture
     cvae_arch = FLAGS.cvae_architecture
     if cvae_arch == "auto":
         cvae_arch = "conv" if FLAGS.dataset.startswith("cifar") else "mlp"
-    for name in ("num_mixup", "num_cvae", "teacher_epochs", "cvae_epochs"):
-        if getattr(FLAGS, name) < 0:
-            raise app.UsageError(f"--{name} must be >= 0, got {getattr(FLAGS, name)}")
-    if FLAGS.student_epochs <= 0:
-        raise app.UsageError(f"--student_epochs must be positive, got {FLAGS.student_epochs}")
     for variant in FLAGS.compress:
         if variant not in ("float16", "int8"):
             raise app.UsageError(f"--compress takes float16 and/or int8, got {variant!r}")
-    if FLAGS.num_validation < 0:
-        raise app.UsageError(f"--num_validation must be >= 0, got {FLAGS.num_validation}")
-    if FLAGS.teacher and ":" not in FLAGS.teacher:
-        raise app.UsageError(f"--teacher must be host:port, got {FLAGS.teacher!r}")
     if FLAGS.teacher_version is not None and FLAGS.teacher_version_label:
         raise app.UsageError("Give --teacher_version or --teacher_version_label, not both.")
-    if FLAGS.query_budget is not None and FLAGS.query_budget < 0:
-        raise app.UsageError(f"--query_budget must be >= 0, got {FLAGS.query_budget}")
     teacher_config = teacher.TeacherConfig(
         target=FLAGS.teacher, model_name=FLAGS.teacher_model_name, version=FLAGS.teacher_version,
         version_label=FLAGS.teacher_version_label, signature_name=FLAGS.teacher_signature,

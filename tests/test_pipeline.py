@@ -162,9 +162,43 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
     assert os.path.basename(report2["student_export_dir"]) == "2"
 
 
+@pytest.fixture(scope="module")
+def distill_flags():
+    """launch/distill.py's flags, defined in this process (its module is imported, not run)."""
+    import importlib.util
+
+    from absl import flags
+
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    spec = importlib.util.spec_from_file_location("tfkd_launch_distill",
+                                                  os.path.join(REPO, "launch", "distill.py"))
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    yield flags.FLAGS
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("--num_shots=0", "--num_shots must be >= 1"),  # Used to mean the default, 2000.
+    ("--eval_examples=-1", "--eval_examples must be >= 0"),  # Used to evaluate 9,999 images.
+    ("--temperature=0", "--temperature must be > 0"),  # These three failed after paying the
+    ("--batch_size=0", "--batch_size must be >= 1"),  # teacher, with tracebacks.
+    ("--mixup_alpha=0", "--mixup_alpha must be > 0"),
+    ("--teacher=host:notaport", "--teacher must be host:port"),  # Used to wait 30 s.
+    ("--query_budget=-1", "--query_budget must be >= 0"),
+])
+def test_flags_are_validated_when_parsed(distill_flags, bad, message):
+    from absl import flags
+
+    distill_flags.unparse_flags()
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+        distill_flags(["distill.py", bad])
+    distill_flags.unparse_flags()
+
+
 def test_launcher_rejects_bad_flags_and_missing_data(tmp_path):
     bad = run_launcher(tmp_path / "bad", "--num_shots=-5")
-    assert bad.returncode != 0 and "--num_shots must be positive" in bad.stderr
+    assert bad.returncode != 0 and "flag --num_shots=-5: --num_shots must be >= 1" in bad.stderr
+    assert "Traceback" not in bad.stderr
     missing = run_launcher(tmp_path / "missing", f"--data_dir={tmp_path / 'nothing'}")
     assert missing.returncode == 1
     assert "error: data_dir=" in missing.stderr and "Traceback" not in missing.stderr

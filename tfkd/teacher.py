@@ -403,6 +403,22 @@ def _read_file(path: str | None, what: str) -> bytes | None:
         raise ValueError(f"{what}={path!r}: cannot read it ({e.strerror})") from None
 
 
+def check_target(target: str) -> str:
+    """Checks a gRPC address: ``host:port`` with a port in 1..65535 (``[v6]:port`` too), or a
+    ``unix:`` socket path. Returns it unchanged.
+
+    Raises:
+      ValueError: naming the address and what is expected (so that a typo fails at once instead
+        of waiting for the connection deadline).
+    """
+    if target.startswith("unix:") and len(target) > 5:
+        return target
+    host, _, port = (target or "").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"target={target!r}: expected host:port with a port in 1..65535")
+    return target
+
+
 class TeacherClient:
     """A classifier served over the TF Serving gRPC API, seen as a black box.
 
@@ -429,8 +445,7 @@ class TeacherClient:
                  auth_token_env: str | None = None, auth_header: str = "authorization",
                  auth_scheme: str = "Bearer", query_budget: int | None = None,
                  ledger: QueryLedger | None = None, account: QueryAccount | None = None):
-        if not target or ":" not in target:
-            raise ValueError(f"target={target!r}: expected host:port")
+        check_target(target)
         if version is not None and version_label:
             raise ValueError(f"version={version} and version_label={version_label!r}: give one")
         if input_dtype is not None and input_dtype not in INPUT_DTYPES:
