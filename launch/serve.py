@@ -6,6 +6,9 @@ Flags are named as tensorflow_model_server's:
   python launch/serve.py --port=8500 --model_config_file=serving/models.config
 """
 
+import os
+import sys
+
 import _common  # noqa: F401
 from absl import app
 from absl import flags
@@ -61,7 +64,12 @@ def main(argv):
         ssl_server_cert=read(FLAGS.ssl_server_cert), ssl_server_key=read(FLAGS.ssl_server_key),
         ssl_custom_ca=read(FLAGS.ssl_custom_ca), max_tensor_bytes=FLAGS.max_tensor_bytes,
         rest_max_body_bytes=FLAGS.rest_max_body_bytes)
-    server.start()
+    if FLAGS.model_base_path and not os.path.isdir(FLAGS.model_base_path):
+        sys.exit(f"error: --model_base_path={FLAGS.model_base_path!r}: no such directory")
+    try:
+        server.start()
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
     rest = f", REST on {server.host}:{server.rest_api_port}" if FLAGS.rest_api_port else ""
     print(f"Serving {[m.name for m in models]} on {server.target}{rest}", flush=True)
     logging.info("Press Ctrl-C to stop.")

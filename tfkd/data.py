@@ -15,6 +15,7 @@ import dataclasses
 import gzip
 import os
 import struct
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -85,17 +86,20 @@ class Dataset:
 def _read_idx(path: str) -> np.ndarray:
     """Reads one IDX file (optionally gzip-compressed) into a numpy array of its stored dtype."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+        raise DatasetUnavailableError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
+        raise DatasetUnavailableError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
     type_code, ndim = raw[2], raw[3]
     if type_code != 0x08:
         raise ValueError(f"{path}: expected unsigned-byte IDX data (type 0x08), got type {type_code:#x}")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} ({np.prod(dims)} values), file holds {data.size}")
+        raise DatasetUnavailableError(f"{path}: header says {dims} ({np.prod(dims)} values), file holds {data.size}")
     return data.reshape(dims)
 
 
@@ -124,6 +128,13 @@ def load_idx_dir(data_dir: str) -> dict[str, np.ndarray]:
                 f"data_dir={data_dir!r}: expected IDX file {stem}[.gz] there, found "
                 f"{sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else 'no such directory'}")
         arrays[key] = _read_idx(path)
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if len(images) != len(labels) or labels.ndim != 1:
+            raise DatasetUnavailableError(
+                f"data_dir={data_dir!r}: the {split} split has {len(images)} images but "
+                f"{len(labels) if labels.ndim == 1 else list(labels.shape)} labels "
+                f"({_IDX_FILES[f'x_{split}']} vs {_IDX_FILES[f'y_{split}']})")
     return arrays
 
 

@@ -229,6 +229,11 @@ class ModelRegistry:
         with self._lock:
             return list(self._configs)
 
+    def model_configs(self) -> list[ModelConfig]:
+        """The models configured (whether or not a version is loaded)."""
+        with self._lock:
+            return list(self._configs.values())
+
     def refresh(self) -> None:
         """Loads the versions each policy wants and unloads the others."""
         with self._lock:
@@ -425,6 +430,10 @@ def run_signature(servable: Servable, signature_name: str, inputs: dict,
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"tensor parsing error: {alias} ({e})") from None
         _check_input(alias, value, info)
+        if value.ndim and value.shape[0] == 0:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input tensor {alias}: the batch is empty (shape "
+                               f"{list(value.shape)}); send at least one example")
         feeds[alias] = value
     aliases = list(output_filter) or list(signature.outputs)
     for alias in aliases:
@@ -773,6 +782,11 @@ class ModelServer:
           RuntimeError: a port cannot be bound.
         """
         self.registry.refresh()
+        for config in self.registry.model_configs():
+            if not export.list_versions(config.base_path):
+                logging.warning("Model %s: no numeric version directory under %s%s; serving "
+                                "nothing for it until one appears", config.name, config.base_path,
+                                "" if os.path.isdir(config.base_path) else " (no such directory)")
         self._server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=self._max_workers),
             interceptors=self._interceptors,
@@ -790,11 +804,17 @@ class ModelServer:
             cert, key, ca = self._tls
             credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                                       require_client_auth=ca is not None)
-            bound = self._server.add_secure_port(address, credentials)
+            add_port = lambda: self._server.add_secure_port(address, credentials)  # noqa: E731
         else:
-            bound = self._server.add_insecure_port(address)
+            add_port = lambda: self._server.add_insecure_port(address)  # noqa: E731
+        try:
+            bound = add_port()
+        except RuntimeError:  # grpcio raises on a port in use.
+            bound = 0
         if bound == 0:
-            raise RuntimeError(f"port={self.port}: cannot bind {address}")
+            self._server.stop(0)
+            raise RuntimeError(f"port={self.port}: cannot bind {address} (in use, or not an "
+                               "address of this machine)")
         self.port = bound
         self._server.start()
         for service in ("", "tensorflow.serving.PredictionService",

@@ -212,6 +212,9 @@ def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
             raise TeacherError(f"{where}: class id out of range [0, {num_classes}): min {raw.min()}, "
                                f"max {raw.max()}")
         return np.eye(num_classes, dtype=np.float32)[raw]
+    if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+        raise TeacherError(f"{where}: expected numbers, got {raw.dtype} values (is it the right "
+                           "output? --teacher_output_key)")
     raw = raw.astype(np.float32)
     if raw.ndim != 2 or (num_classes is not None and raw.shape[1] != num_classes):
         raise TeacherError(f"{where}: expected shape [batch, {num_classes}], got {list(raw.shape)}")
