@@ -46,6 +46,7 @@ from tfkd import serving
 from tfkd import synthesis
 from tfkd import teacher as teacher_lib
 from tfkd import viz
+from tfkd import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,7 +374,9 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
     os.makedirs(config.workdir, exist_ok=True)
     stages = _Stages()
     report: dict = {"method": config.method, "dataset": config.dataset, "seed": config.seed,
-                    "code_commit": code_commit()}
+                    "code_commit": code_commit(),
+                    # Every artifact this run may read back, validated; damaged ones set aside.
+                    "damaged_artifacts": workdir_lib.check(config.workdir)}
     with stages("load_data"):
         dataset = data_lib.with_validation_split(
             data_lib.load_dataset(config.dataset, config.data_dir), config.num_validation)

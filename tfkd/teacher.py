@@ -248,7 +248,8 @@ class QueryAccount:
         queries included.
 
     Raises:
-      ValueError: a negative budget, or an unreadable log line (naming the file and line).
+      ValueError: a negative budget. (A damaged log line is skipped with one warning naming the
+        file and line: it cannot be counted.)
     """
 
     FILE = "queries_sent.log"
@@ -262,22 +263,31 @@ class QueryAccount:
         self.by_stage: dict[str, int] = {}  # Work dir's life, retries included.
         self.retried = 0  # Images re-sent by retries, work dir's life.
         self.sent_by_stage: dict[str, int] = {}  # This process.
+        self.damaged_lines: list[int] = []  # Log lines that could not be read.
         if self.path is None:
             return
         os.makedirs(directory, exist_ok=True)
         if os.path.exists(self.path):
-            with open(self.path) as f:
+            damaged = []
+            with open(self.path, errors="replace") as f:
                 for number, line in enumerate(f, 1):
                     fields = line.split()
                     if not fields:
                         continue
                     try:
                         stage, kind, n = fields[0], fields[1], int(fields[2])
+                        if n < 0 or kind not in ("first", "retry"):
+                            raise ValueError
                     except (IndexError, ValueError):
-                        raise ValueError(f"{self.path}, line {number}: expected 'stage kind images "
-                                         f"pid time', got {line.strip()!r}") from None
+                        damaged.append(number)
+                        continue
                     self.by_stage[stage] = self.by_stage.get(stage, 0) + n
                     self.retried += n if kind == "retry" else 0
+            if damaged:  # A damaged line cannot be counted; the sound ones still are.
+                logging.warning("Query account %s: %d damaged line(s) skipped (line %s); expected "
+                                "'stage kind images pid time'", self.path, len(damaged),
+                                ", ".join(map(str, damaged[:5])))
+                self.damaged_lines = damaged
 
     @property
     def total(self) -> int:

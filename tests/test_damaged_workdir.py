@@ -1,0 +1,83 @@
+"""Fault injection on a finished run's work dir (issue 8): each kind of artifact is truncated in
+turn; the rerun completes, names the damaged file once (set aside, not deleted), and sends at most
+the queries that file held."""
+
+import glob
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tfkd import pipeline
+from tfkd import teacher
+from tfkd.teacher import TeacherConfig
+
+from test_pipeline import TINY
+
+
+def _config(workdir, server):
+    return pipeline.FSBBTConfig(workdir=str(workdir), teacher=TeacherConfig(target=server.target),
+                                **{**TINY, "evaluate_teacher": True})
+
+
+@pytest.fixture(scope="module")
+def finished(server, tmp_path_factory):
+    """A finished tiny FS-BBT run (its report), to copy and damage."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    report = pipeline.run_fsbbt(_config(workdir, server))
+    assert report["damaged_artifacts"] == [] and report["teacher_queries_total"] == 490
+    return workdir, report
+
+
+def _ledger_rows(path):
+    with np.load(path) as f:
+        return len(f["keys"])
+
+
+# Which artifact, and the most queries a rerun may send once it is damaged.
+KINDS = {
+    "ledger": ("ledger/*.npz", _ledger_rows),  # The largest answer file: its own rows at most.
+    "labelled_set": ("labelled_set-*.npz", lambda p: 0),  # Rebuilt from the ledger.
+    "cvae": ("cvae-*.weights.h5", lambda p: 0),  # Retrained: the same images, in the ledger.
+    "student_state": ("student_backup-*/*.weights.h5", lambda p: 0),  # Trained again.
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_truncated_artifact_is_set_aside_and_recomputed(finished, server, tmp_path, kind,
+                                                          every_log_level):
+    source, first = finished
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    pattern, held = KINDS[kind]
+    path = max(glob.glob(str(workdir / pattern)), key=os.path.getsize)
+    limit = held(path)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)  # A crash mid-write, a full disk.
+
+    report = pipeline.run_fsbbt(_config(workdir, server))
+
+    [damaged] = report["damaged_artifacts"]
+    assert damaged["path"] == path and os.path.exists(damaged["moved_to"])  # Kept, renamed.
+    assert sum(path in r.getMessage() for r in every_log_level.records) == 1  # Named once.
+    assert report["teacher_queries_sent"] <= limit
+    assert report["teacher_queries_total"] == first["teacher_queries_total"] + \
+        report["teacher_queries_sent"]
+    assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9) or \
+        kind == "student_state" and report["student_epochs_resumed_from"] == 0
+    assert pipeline.LabelledSet.load(report["labelled_set"]).images.shape == (290, 28, 28, 1)
+
+
+def test_a_damaged_line_of_the_query_account_is_skipped(finished, server, tmp_path,
+                                                         every_log_level):
+    source, first = finished
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    with open(workdir / "ledger" / "queries_sent.log", "a") as f:
+        f.write("label_mixup fir")  # A torn last line.
+    report = pipeline.run_fsbbt(_config(workdir, server))
+    assert report["teacher_queries_sent"] == 0
+    assert report["teacher_queries_total"] == first["teacher_queries_total"]
+    assert sum("damaged line" in r.getMessage() for r in every_log_level.records) == 1
+    assert teacher.QueryAccount(str(workdir / "ledger")).damaged_lines == [5]

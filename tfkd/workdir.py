@@ -1,0 +1,97 @@
+"""The one validation layer for what a run reads back from its work dir (issue 8).
+
+Before a run reuses anything, :func:`check` opens every artifact it may read: the ledger's answer
+files, the labelled set, the CVAE weights and the student's training state. A damaged one (truncated
+by a crash of another tool, a full disk, ...) is named in one warning and *set aside* — renamed to
+``<name>.damaged-<unix time>`` beside it, never deleted — so the run recomputes it from what is still
+sound: a damaged ledger file costs at most its own queries, a damaged labelled set is rebuilt from
+the ledger (no queries), damaged CVAE weights or student state are retrained. The query account's
+log (``ledger/queries_sent.log``) is append-only and read line by line by
+:class:`tfkd.teacher.QueryAccount`, which skips a damaged line with a warning.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+
+def _check_npz(path: str, keys: tuple[str, ...]) -> None:
+    with np.load(path) as f:
+        arrays = [f[k] for k in keys]  # Reading each member checks its CRC.
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"arrays {keys} have lengths {[len(a) for a in arrays]}")
+
+
+def _check_h5(path: str) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+
+
+def _check_json(path: str) -> None:
+    with open(path) as f:
+        json.load(f)
+
+
+def _check_checkpoint(directory: str) -> None:
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is None:
+        raise ValueError("a checkpoint file names no readable checkpoint")
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+
+
+# (glob under the work dir, what it is, checker, the path set aside: the file or its directory).
+ARTIFACTS = (
+    ("ledger/*.npz", "ledger answers", lambda p: _check_npz(p, ("keys", "soft_labels")), "file"),
+    ("labelled_set-*.npz", "labelled set", lambda p: _check_npz(p, ("images", "soft_labels",
+                                                                     "source")), "file"),
+    ("cvae-*.weights.h5", "CVAE weights", _check_h5, "file"),
+    ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
+    ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),
+    ("student_backup-*/checkpoint", "student training state",
+     lambda p: _check_checkpoint(os.path.dirname(p)), "dir"),
+    ("student_backup-*/*/checkpoint", "student training state (worker)",
+     lambda p: _check_checkpoint(os.path.dirname(p)), "dir"),
+)
+
+
+def set_aside(path: str) -> str:
+    """Renames ``path`` (file or directory) to ``<path>.damaged-<unix time>``; returns the new path."""
+    moved = f"{path}.damaged-{int(time.time())}"
+    os.replace(path, moved)
+    return moved
+
+
+def check(workdir: str) -> list[dict]:
+    """Validates every artifact a run may read from ``workdir``; sets damaged ones aside.
+
+    Returns:
+      one dict per damaged artifact: ``path`` (where it was), ``what``, ``error`` (one line) and
+      ``moved_to``; empty when all are sound. Each is also named in one absl warning.
+    """
+    damaged = []
+    for pattern, what, checker, scope in ARTIFACTS:
+        for path in sorted(glob.glob(os.path.join(workdir, pattern))):
+            if not os.path.exists(path):  # Its directory was set aside by an earlier check.
+                continue
+            try:
+                checker(path)
+            except Exception as e:  # Any failure to read it back means it cannot be trusted.
+                error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                target = path if scope == "file" else os.path.dirname(path)
+                moved = set_aside(target)
+                logging.warning("Work dir: %s %s is damaged (%s); set aside as %s and recomputed",
+                                what, path, error, moved)
+                damaged.append({"path": path, "what": what, "error": error, "moved_to": moved})
+    return damaged
