@@ -22,6 +22,7 @@ from tfkd import models
 from tfkd import pipeline
 from tfkd import synthesis
 from tfkd import teacher
+from tfkd import workdir
 
 flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
                     "exported student, report.json. A rerun on the same dir resumes.")
@@ -195,7 +196,7 @@ def main(argv):
     _common.write_flags_json(flags, config.workdir)
     try:
         report = pipeline.run_fsbbt(config, strategy)
-    except (data.DatasetUnavailableError, teacher.TeacherError) as e:
+    except (data.DatasetUnavailableError, teacher.TeacherError, workdir.WorkdirError) as e:
         # Expected failures get one clear line, not a traceback from deep inside.
         sys.exit(f"error: {e}")
     logging.info("Report: %s/report.json", config.workdir)

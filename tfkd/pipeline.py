@@ -354,6 +354,17 @@ def method_config(config: FSBBTConfig) -> FSBBTConfig:
 
 
 def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
+    """Runs FS-BBT end to end with the work dir locked (see :func:`_run_fsbbt`).
+
+    Raises:
+      tfkd.workdir.WorkdirError: another run holds the work dir, or its teacher was trained with
+        other settings; and what :func:`_run_fsbbt` raises.
+    """
+    with workdir_lib.lock(config.workdir):
+        return _run_fsbbt(config, strategy)
+
+
+def _run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
     """Runs FS-BBT end to end and writes ``report.json`` in the work dir.
 
     ``strategy`` (default: :func:`tfkd.distill.make_strategy`, mirrored) trains the student. Under a
@@ -387,12 +398,18 @@ def run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         teacher_config = config.teacher
         local_teacher = not teacher_config.target
         if local_teacher:
+            recipe = {**dataclasses.asdict(config.teacher_train), "dataset": config.dataset,
+                      "data_dir": config.data_dir, "num_validation": config.num_validation,
+                      "seed": config.seed}
             if export.latest_version_dir(teacher_base) is None:
                 with stages("teacher_training"):
                     trained = train_and_export_teacher(dataset, config.teacher_train, teacher_base,
                                                        config.seed, config.verbose)
                 report["teacher_accuracy_in_process"] = trained["test_accuracy"]
                 report["teacher_validation_accuracy_in_process"] = trained["validation_accuracy"]
+            # The teacher in the work dir must be the one these settings describe.
+            report["teacher_recipe"] = workdir_lib.check_recipe(
+                os.path.join(teacher_base, "recipe.json"), recipe, "the teacher")
             target = stack.enter_context(_serve({teacher_config.model_name: teacher_base}))
             logging.info("Serving the teacher from %s on %s", teacher_base, target)
             teacher_config = dataclasses.replace(teacher_config, target=target)

@@ -12,6 +12,7 @@ log (``ledger/queries_sent.log``) is append-only and read line by line by
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -95,3 +96,67 @@ def check(workdir: str) -> list[dict]:
                                 what, path, error, moved)
                 damaged.append({"path": path, "what": what, "error": error, "moved_to": moved})
     return damaged
+
+
+class WorkdirError(RuntimeError):
+    """The work dir cannot be used as asked: busy with another run, or its artifacts were made
+    with other settings. The message names the work dir and what to do."""
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+    """Holds an exclusive lock on ``workdir`` (``fcntl.flock`` on ``<workdir>/.lock``) for a run.
+
+    Raises:
+      WorkdirError: another process holds it (its pid is named); nothing was done.
+    """
+    import fcntl
+
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkdirError(f"workdir={workdir!r} is in use by another run (pid {holder}); wait "
+                               "for it or use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # Releases the lock.
+
+
+def check_recipe(path: str, recipe: dict, what: str) -> dict:
+    """Records what made an artifact, or checks a reused artifact against it.
+
+    Args:
+      path: the JSON file beside the artifact (e.g. ``teacher/recipe.json``).
+      recipe: JSON-able settings that made (or would make) the artifact.
+      what: the artifact, in messages.
+
+    Returns:
+      the recorded recipe (``recipe`` when it is recorded now).
+
+    Raises:
+      WorkdirError: the artifact was made with other settings (the differences are named).
+    """
+    recipe = json.loads(json.dumps(recipe, sort_keys=True, default=str))
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        if recorded != recipe:
+            diff = {k: (recorded.get(k), recipe.get(k)) for k in sorted(set(recorded) | set(recipe))
+                    if recorded.get(k) != recipe.get(k)}
+            raise WorkdirError(
+                f"{what} in {os.path.dirname(path)} was made with other settings "
+                f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                "use another --workdir, or the same settings to reuse it")
+        return recorded
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(recipe, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return recipe
