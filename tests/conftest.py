@@ -183,3 +183,20 @@ class RequireToken(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or bad token")
 
         return grpc.unary_unary_rpc_method_handler(deny)
+
+
+RENAMING = np.array([(3 * k + 7) % 10 for k in range(10)])  # A bijection of the 10 classes.
+
+
+@pytest.fixture(scope="session")
+def renamed_data(fashion, tmp_path_factory):
+    """The same 3,000 training images written twice: with their labels, and renamed by RENAMING."""
+    import test_data
+
+    root = tmp_path_factory.mktemp("relabel")
+    x = np.round(fashion.x_train[:3000, ..., 0] * 255).astype(np.uint8)
+    xt = np.round(fashion.x_test[:200, ..., 0] * 255).astype(np.uint8)
+    y, yt = fashion.y_train[:3000], fashion.y_test[:200]
+    test_data.write_idx(root / "true", x, y, xt, yt)
+    test_data.write_idx(root / "renamed", x, RENAMING[y], xt, RENAMING[yt])
+    return root

@@ -19,7 +19,6 @@ from tfkd.teacher import TeacherConfig
 
 from conftest import REPO
 from conftest import RequireToken
-from test_data import write_idx
 
 TINY = dict(num_shots=50, num_validation=500, mixup=synthesis.MixUpConfig(num_images=200),
             cvae=synthesis.CVAEConfig(epochs=2, batch_size=64, num_images=40),
@@ -30,21 +29,6 @@ TINY = dict(num_shots=50, num_validation=500, mixup=synthesis.MixUpConfig(num_im
 # test images (teacher 86%); a student trained on the same transfer set with its soft labels
 # shuffled across images scores near chance (test_launch_distill_end_to_end shows both).
 STUDENT_FLOOR = 0.50
-
-RENAMING = np.array([(3 * k + 7) % 10 for k in range(10)])  # A bijection of the 10 classes.
-
-
-@pytest.fixture(scope="module")
-def renamed_data(fashion, tmp_path_factory):
-    """The same 3,000 training images written twice: with their labels, and renamed by RENAMING."""
-    root = tmp_path_factory.mktemp("relabel")
-    x = np.round(fashion.x_train[:3000, ..., 0] * 255).astype(np.uint8)
-    xt = np.round(fashion.x_test[:200, ..., 0] * 255).astype(np.uint8)
-    y, yt = fashion.y_train[:3000], fashion.y_test[:200]
-    write_idx(root / "true", x, y, xt, yt)
-    write_idx(root / "renamed", x, RENAMING[y], xt, RENAMING[yt])
-    return root
-
 
 @pytest.mark.parametrize("method", pipeline.METHODS)
 def test_methods_never_see_the_true_labels(server, fashion, renamed_data, tmp_path, method):

@@ -10,7 +10,6 @@ from tfkd import teacher
 from tfkd import workdir
 
 from test_pipeline import TINY
-from test_pipeline import renamed_data  # noqa: F401  (a fixture)
 
 
 @pytest.fixture()
