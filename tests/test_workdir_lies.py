@@ -36,3 +36,20 @@ def test_a_busy_work_dir_is_refused(local_config):
         with pytest.raises(workdir.WorkdirError, match=r"in use by another run \(pid \d+\)"):
             pipeline.run_fsbbt(local_config)
     assert teacher.QueryAccount(local_config.workdir + "/ledger").total == 0
+
+
+def test_growing_the_synthetic_set_keeps_what_was_paid_for(server, tmp_path):
+    """MixUp 200 -> 300 and CVAE 40 -> 60 on the same work dir: the larger sets extend the smaller
+    ones, so only the 100 + 20 new images are sent to the teacher."""
+    config = pipeline.FSBBTConfig(workdir=str(tmp_path / "run"),
+                                  teacher=teacher.TeacherConfig(target=server.target), **TINY)
+    first = pipeline.run_fsbbt(config)
+    assert first["teacher_queries_sent"] == 50 + 200 + 40
+    grown = dataclasses.replace(
+        config, mixup=dataclasses.replace(config.mixup, num_images=300),
+        cvae=dataclasses.replace(config.cvae, num_images=60))
+    second = pipeline.run_fsbbt(grown)
+    assert second["teacher_queries_sent_by_stage"] == {"label_mixup": 100, "label_cvae": 20}
+    assert second["teacher_ledger_hits"] == 50 + 200 + 40
+    assert "cvae_training" in second["stage_seconds"]  # Timed, but the weights were reused:
+    assert second["stage_seconds"]["cvae_training"] < 5

@@ -259,9 +259,11 @@ def build_labelled_set(shots: np.ndarray, mixed: np.ndarray | None,
             parts.append((mixed, client.soft_labels(mixed, progress=progress, stage="label_mixup"),
                           1))
     if config.cvae.num_images > 0:
+        # The CVAE does not depend on how many images are sampled from it.
         weights = os.path.join(config.workdir, "cvae-" + fingerprint(
-            config.dataset, config.data_dir, config.seed, config.num_shots, config.cvae,
-            client.signature.identity, client.label_only) + ".weights.h5")
+            config.dataset, config.data_dir, config.seed, config.num_shots,
+            dataclasses.replace(config.cvae, num_images=0), client.signature.identity,
+            client.label_only) + ".weights.h5")
         with stages("cvae_training"):
             if os.path.exists(weights):
                 cvae = synthesis.build_cvae(shots.shape[1:], num_classes, config.cvae)

@@ -38,6 +38,9 @@ class MixUpConfig:
     decimals: int | None = 2
 
 
+_MIXUP_ROUND = 4096
+
+
 def mixup_images(images: np.ndarray, config: MixUpConfig, seed: int) -> tuple[np.ndarray, dict]:
     """Makes MixUp images from random pairs of ``images``.
 
@@ -49,7 +52,9 @@ def mixup_images(images: np.ndarray, config: MixUpConfig, seed: int) -> tuple[np
     Returns:
       (mixed float32 [num_images, H, W, C] in [0, 1], info) where info has int64 ``pairs``
       [num_images, 2], float32 ``lam`` [num_images] in (low, high), and ``num_dropped`` (pairs drawn
-      and dropped as near-copies, or with i == j).
+      and dropped as near-copies, or with i == j). Pairs are drawn in fixed-size rounds, so a larger
+      ``num_images`` extends a smaller one: its first images are the smaller set's, and their
+      teacher answers in the ledger are reused.
 
     Raises:
       ValueError: fewer than 2 images, or low >= high.
@@ -65,7 +70,7 @@ def mixup_images(images: np.ndarray, config: MixUpConfig, seed: int) -> tuple[np
     lams = np.zeros((0,), np.float32)
     dropped = 0
     while len(lams) < want:
-        draw = max(16, int((want - len(lams)) * 1.25))
+        draw = _MIXUP_ROUND  # Independent of num_images: the sets are prefixes of each other.
         i = rng.integers(0, n, draw)
         j = rng.integers(0, n, draw)
         lam = rng.beta(config.alpha, config.alpha, draw)
@@ -252,16 +257,18 @@ def sample_cvae(cvae: CVAE, num_images: int, seed: int, uniform_bound: float = 3
 
     Returns:
       (images float32 [num_images, H, W, C] in [0, 1], conditioning classes int64 [num_images]).
-      The classes are what the CVAE was asked for; the teacher labels the images afterwards.
+      The classes are what the CVAE was asked for (image t: class t mod K, latent from N(0, I) in
+      even rounds t // K and from U(-b, b) in odd ones); the teacher labels the images afterwards.
+      Each latent source has its own random stream, so a larger ``num_images`` extends a smaller
+      one: its first images are the smaller set's (and their ledger answers are reused).
     """
     k = cvae.num_classes
-    classes = np.sort(np.arange(num_images) % k).astype(np.int64)
-    rng = np.random.default_rng(seed)
-    # Within each class, alternate the two latent sources so that each gets half.
-    rank = np.arange(num_images) - np.searchsorted(classes, classes)
-    gaussian = rng.standard_normal((num_images, cvae.latent_dim))
-    uniform = rng.uniform(-uniform_bound, uniform_bound, (num_images, cvae.latent_dim))
-    latents = np.where((rank % 2 == 0)[:, None], gaussian, uniform).astype(np.float32)
+    t = np.arange(num_images)
+    classes = (t % k).astype(np.int64)
+    gaussian = np.random.default_rng([seed, 0]).standard_normal((num_images, cvae.latent_dim))
+    uniform = np.random.default_rng([seed, 1]).uniform(-uniform_bound, uniform_bound,
+                                                       (num_images, cvae.latent_dim))
+    latents = np.where(((t // k) % 2 == 0)[:, None], gaussian, uniform).astype(np.float32)
     conditions = np.eye(k, dtype=np.float32)[classes]
     out = [cvae.decode(tf.constant(latents[s:s + batch_size]), tf.constant(conditions[s:s + batch_size]))
            .numpy() for s in range(0, num_images, batch_size)]
