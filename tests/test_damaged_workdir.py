@@ -81,3 +81,43 @@ def test_a_damaged_line_of_the_query_account_is_skipped(finished, server, tmp_pa
     assert report["teacher_queries_total"] == first["teacher_queries_total"]
     assert sum("damaged line" in r.getMessage() for r in every_log_level.records) == 1
     assert teacher.QueryAccount(str(workdir / "ledger")).damaged_lines == [5]
+
+
+@pytest.fixture(scope="module")
+def finished_local(renamed_data, tmp_path_factory):
+    """A finished tiny run whose teacher tfkd trained into the work dir (1 epoch, 2,500 images)."""
+    workdir = tmp_path_factory.mktemp("finished_local") / "run"
+    config = pipeline.FSBBTConfig(workdir=str(workdir), data_dir=str(renamed_data / "true"),
+                                  teacher_train=pipeline.TeacherTrainConfig(epochs=1),
+                                  **{**TINY, "evaluate_teacher": True})
+    report = pipeline.run_fsbbt(config)
+    assert report["teacher_recipe"]["epochs"] == 1 and "assumed" not in report["teacher_recipe"]
+    return workdir, config, report
+
+
+@pytest.mark.parametrize("target", ["teacher/1/variables/variables.data-00000-of-00001",
+                                    "teacher/1/saved_model.pb", "teacher/recipe.json"])
+def test_a_damaged_teacher_is_set_aside(finished_local, tmp_path, target, every_log_level):
+    """The teacher SavedModel is retrained with its recorded recipe (same seed: the same model, so
+    the ledger's answers stay valid); a damaged recipe is set aside and the teacher reused with this
+    run's settings, reported as assumed."""
+    import dataclasses
+
+    source, config, first = finished_local
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    path = str(workdir / target)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    report = pipeline.run_fsbbt(dataclasses.replace(config, workdir=str(workdir)))
+    [damaged] = report["damaged_artifacts"]
+    expected = path if target.endswith(".json") else str(workdir / "teacher/1/saved_model.pb")
+    assert damaged["path"] == expected and os.path.exists(damaged["moved_to"])
+    assert sum(expected in r.getMessage() for r in every_log_level.records) == 1
+    if target == "teacher/recipe.json":
+        assert report["teacher_recipe"]["assumed"] is True
+        assert "teacher_training" not in report["stage_seconds"]
+    else:
+        assert "teacher_training" in report["stage_seconds"]
+    assert report["teacher_queries_sent"] == 0  # Every answer came from the ledger.
+    assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9)

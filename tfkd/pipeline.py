@@ -403,7 +403,8 @@ def _run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
             recipe = {**dataclasses.asdict(config.teacher_train), "dataset": config.dataset,
                       "data_dir": config.data_dir, "num_validation": config.num_validation,
                       "seed": config.seed}
-            if export.latest_version_dir(teacher_base) is None:
+            trained_now = export.latest_version_dir(teacher_base) is None
+            if trained_now:
                 with stages("teacher_training"):
                     trained = train_and_export_teacher(dataset, config.teacher_train, teacher_base,
                                                        config.seed, config.verbose)
@@ -411,7 +412,8 @@ def _run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
                 report["teacher_validation_accuracy_in_process"] = trained["validation_accuracy"]
             # The teacher in the work dir must be the one these settings describe.
             report["teacher_recipe"] = workdir_lib.check_recipe(
-                os.path.join(teacher_base, "recipe.json"), recipe, "the teacher")
+                os.path.join(teacher_base, "recipe.json"), recipe, "the teacher",
+                assume_if_missing=not trained_now)
             target = stack.enter_context(_serve({teacher_config.model_name: teacher_base}))
             logging.info("Serving the teacher from %s on %s", teacher_base, target)
             teacher_config = dataclasses.replace(teacher_config, target=target)

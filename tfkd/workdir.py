@@ -52,8 +52,24 @@ def _check_checkpoint(directory: str) -> None:
         reader.get_tensor(name)
 
 
+def _check_saved_model(path: str) -> None:
+    """``path``: a version's saved_model.pb; its graph and every variable are read back."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    with open(path, "rb") as f:
+        saved_model_pb2.SavedModel().ParseFromString(f.read())
+    variables = os.path.join(os.path.dirname(path), "variables", "variables")
+    if os.path.exists(variables + ".index"):
+        reader = tf.train.load_checkpoint(variables)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+
+
 # (glob under the work dir, what it is, checker, the path set aside: the file or its directory).
 ARTIFACTS = (
+    ("teacher/*/saved_model.pb", "teacher SavedModel", _check_saved_model, "dir"),
+    ("teacher/recipe.json", "teacher recipe", _check_json, "file"),
     ("ledger/*.npz", "ledger answers", lambda p: _check_npz(p, ("keys", "soft_labels")), "file"),
     ("labelled_set-*.npz", "labelled set", lambda p: _check_npz(p, ("images", "soft_labels",
                                                                      "source")), "file"),
@@ -129,13 +145,15 @@ def lock(workdir: str):
         os.close(fd)  # Releases the lock.
 
 
-def check_recipe(path: str, recipe: dict, what: str) -> dict:
+def check_recipe(path: str, recipe: dict, what: str, assume_if_missing: bool = False) -> dict:
     """Records what made an artifact, or checks a reused artifact against it.
 
     Args:
       path: the JSON file beside the artifact (e.g. ``teacher/recipe.json``).
       recipe: JSON-able settings that made (or would make) the artifact.
       what: the artifact, in messages.
+      assume_if_missing: the artifact existed before this run but its record does not: record this
+        run's settings with ``assumed: true`` (and warn) instead of silently.
 
     Returns:
       the recorded recipe (``recipe`` when it is recorded now).
@@ -144,12 +162,18 @@ def check_recipe(path: str, recipe: dict, what: str) -> dict:
       WorkdirError: the artifact was made with other settings (the differences are named).
     """
     recipe = json.loads(json.dumps(recipe, sort_keys=True, default=str))
+    if not os.path.exists(path) and assume_if_missing:
+        logging.warning("%s in %s has no record of the settings that made it (%s is missing or was "
+                        "set aside); assuming this run's settings", what, os.path.dirname(path),
+                        os.path.basename(path))
+        recipe = {**recipe, "assumed": True}
     if os.path.exists(path):
         with open(path) as f:
             recorded = json.load(f)
-        if recorded != recipe:
+        if {k: v for k, v in recorded.items() if k != "assumed"} != \
+                {k: v for k, v in recipe.items() if k != "assumed"}:
             diff = {k: (recorded.get(k), recipe.get(k)) for k in sorted(set(recorded) | set(recipe))
-                    if recorded.get(k) != recipe.get(k)}
+                    if recorded.get(k) != recipe.get(k) and k != "assumed"}
             raise WorkdirError(
                 f"{what} in {os.path.dirname(path)} was made with other settings "
                 f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
