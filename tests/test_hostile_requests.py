@@ -45,7 +45,7 @@ def _still_up(srv, fashion):
     ([1000, 28, 28, 1], np.zeros((2, 28, 28, 1), np.float32).tobytes(), "tensor_content holds 6272"),
     ([2, 28, 28, 1], np.zeros((3, 28, 28, 1), np.float32).tobytes(), "tensor_content holds 9408"),
     ([-5, 28, 28, 1], b"", "negative dimension"),
-])
+], ids=["huge-shape-no-content", "short-content", "long-content", "negative-dim"])
 def test_declared_shape_must_match_the_content(default_server_guard, dims, content, why):
     srv, fashion = default_server_guard
     proto = tf.make_tensor_proto(np.zeros((1, 28, 28, 1), np.float32))
@@ -114,7 +114,8 @@ def _rest(srv, body: bytes, headers=None, path="/v1/models/teacher:predict"):
     (b'{"instances": \xff\xfe}', 400, "not UTF-8"),
     (b'{"instances": [', 400, "JSON Parse error"),
     (b"x" * (64 * 1024 + 1), 413, "over the limit of 65,536 bytes"),
-])
+], ids=["list", "number", "instances-number", "instances-empty", "inputs-string", "mixed-examples",
+        "signature-list", "not-utf8", "truncated-json", "over-limit"])
 def test_malformed_rest_bodies_get_4xx_json(guarded, fashion, body, status, error):
     code, answer = _rest(guarded, body)
     assert code == status and error in answer["error"], answer
