@@ -6,7 +6,9 @@ soft labels -> exported student, measured by serving it and querying it over gRP
 
 Work dir layout::
 
+    .lock                        held by the run using the work dir (a second run is refused)
     teacher/<version>/           the teacher SavedModel, when tfkd trains it (teacher="" only)
+    teacher/recipe.json          the settings that trained it (a rerun with others is refused)
     ledger/*.npz                 every teacher answer, persisted as it arrives (never asked twice)
     ledger/queries_sent.log      every image sent to the teacher, charged before it is sent
     few_shot_indices.npy         which images of the pool (training split less the validation
@@ -22,6 +24,7 @@ so a rerun with the same settings reuses it and a rerun with other settings does
     export/student/<version>/    the student SavedModel, TF Serving layout (student_<variant>/ too)
     serving/                     models.config (stable/canary labels), batching, monitoring configs
     report.json                  figures of the run
+    *.damaged-<time>             artifacts found damaged and set aside (see :mod:`tfkd.workdir`)
 """
 
 from __future__ import annotations
