@@ -54,6 +54,9 @@ flags.DEFINE_string("teacher_output_key", None, "The output to read; default: pr
                     "the only output.")
 flags.DEFINE_enum("teacher_output", None, ["probabilities", "logits", "classes"], "What the output "
                   "holds; classes = top-1 ids (label-only teacher). Default: from the metadata.")
+flags.DEFINE_list("teacher_class_map", None, "For a teacher whose classes are another order or a "
+                  "subset of the data's: the data class of each teacher class, in the teacher's "
+                  "order (e.g. 3,0,1). Default: the same classes in the same order.")
 flags.DEFINE_bool("teacher_label_only", False, "Use only the teacher's argmax (emulates a "
                   "decision-based API on a probability teacher).")
 flags.DEFINE_float("teacher_timeout", 60.0, "Per-request deadline, seconds.")
@@ -123,6 +126,9 @@ for _name, _low in _AT_LEAST.items():
                              message=f"--{_name} must be >= {_low}")
 for _name in _POSITIVE:
     flags.register_validator(_name, lambda v: v is None or v > 0, message=f"--{_name} must be > 0")
+flags.register_validator("teacher_class_map",
+                         lambda v: v is None or (len(v) > 0 and all(c.isdigit() for c in v)),
+                         message="--teacher_class_map must be comma-separated class indices >= 0")
 flags.register_validator("train_mixup_alpha", lambda v: v >= 0,
                          message="--train_mixup_alpha must be >= 0 (0 disables)")
 
@@ -157,6 +163,8 @@ def config_from_flags() -> pipeline.FSBBTConfig:
         input_key=FLAGS.teacher_input_key, input_dtype=FLAGS.teacher_input_dtype,
         input_scale=FLAGS.teacher_input_scale, output_key=FLAGS.teacher_output_key,
         output_kind=FLAGS.teacher_output, label_only=FLAGS.teacher_label_only,
+        class_map=(None if FLAGS.teacher_class_map is None
+                   else tuple(int(c) for c in FLAGS.teacher_class_map)),
         timeout_s=FLAGS.teacher_timeout, max_in_flight=FLAGS.teacher_max_in_flight,
         retry=teacher.RetryPolicy(max_attempts=FLAGS.teacher_max_attempts),
         tls_ca_file=FLAGS.teacher_tls_ca, tls_cert_file=FLAGS.teacher_tls_cert,

@@ -93,6 +93,10 @@ class TeacherConfig:
         1 or 255): default from the metadata (scale 255 for uint8, else 1).
       output_key, output_kind (one of ``OUTPUT_KINDS``): default ``probabilities`` if present, else the
         only output; kind ``classes`` for an integer output of rank 1, else ``probabilities``.
+      class_map: ``class_map[t]`` is the data's class for the teacher's class t (a teacher whose
+        classes are another order or a subset of the data's); answers are mapped into the data's
+        classes (probability of teacher classes sharing a data class summed). None: the same
+        classes and order.
       label_only: expose only the teacher's argmax (one-hot), to emulate a decision-based API on a
         teacher that returns probabilities.
       timeout_s: per-request deadline; connect_timeout_s: how long to wait for the server at start.
@@ -117,6 +121,7 @@ class TeacherConfig:
     input_scale: float | None = None
     output_key: str | None = None
     output_kind: str | None = None
+    class_map: tuple[int, ...] | None = None
     label_only: bool = False
     timeout_s: float = 60.0
     connect_timeout_s: float = 30.0
@@ -449,7 +454,8 @@ class TeacherClient:
                  version_label: str | None = None, signature_name: str = "serving_default",
                  input_key: str | None = None, input_dtype: str | None = None,
                  input_scale: float | None = None, output_key: str | None = None,
-                 output_kind: str | None = None, label_only: bool = False, timeout_s: float = 60.0,
+                 output_kind: str | None = None, class_map: tuple[int, ...] | None = None,
+                 label_only: bool = False, timeout_s: float = 60.0,
                  connect_timeout_s: float = 30.0, max_in_flight: int = 4,
                  max_request_bytes: int = GRPC_DEFAULT_MAX_MESSAGE_BYTES,
                  retry: RetryPolicy = RetryPolicy(), tls_ca_file: str | None = None,
@@ -480,6 +486,8 @@ class TeacherClient:
         self.version_label = version_label
         self.signature_name = signature_name
         self.label_only = label_only
+        self.class_map = None if class_map is None else tuple(int(c) for c in class_map)
+        self.num_data_classes: int | None = None  # Set by expect_num_classes.
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.max_request_bytes = max_request_bytes
@@ -636,13 +644,24 @@ class TeacherClient:
           TeacherError: the metadata declares another class count (nothing was sent).
         """
         declared = self.signature.num_classes
-        if declared is not None and declared != num_classes:
+        if self.class_map is not None:
+            if declared is not None and declared != len(self.class_map):
+                raise TeacherError(f"{self.name}: class_map has {len(self.class_map)} entries but "
+                                   f"the output {self.signature.output_key!r} has {declared} "
+                                   "classes; give one data class per teacher class")
+            if min(self.class_map) < 0 or max(self.class_map) >= num_classes:
+                raise TeacherError(f"{self.name}: class_map {list(self.class_map)} names a class "
+                                   f"outside {data}'s [0, {num_classes})")
+            if declared is None:
+                self.with_num_classes(len(self.class_map))
+        elif declared is not None and declared != num_classes:
             raise TeacherError(
                 f"{self.name}: its output {self.signature.output_key!r} has {declared} classes but "
-                f"{data} has {num_classes}; the teacher's class indices must be the data's (tfkd "
-                "cannot map classes between them). Nothing was sent.")
-        if declared is None:
+                f"{data} has {num_classes}; say which data class each teacher class is "
+                "(--teacher_class_map) or use a teacher of the data's classes. Nothing was sent.")
+        elif declared is None:
             self.with_num_classes(num_classes)
+        self.num_data_classes = num_classes
 
     def with_num_classes(self, num_classes: int) -> None:
         """Sets K where the metadata cannot say it (class-id teachers)."""
@@ -795,6 +814,10 @@ class TeacherClient:
                 raise
         if out is None:  # No images.
             return np.zeros((0, self.signature.num_classes or 0), np.float32)
+        if self.class_map is not None:  # The ledger keeps the teacher's own classes.
+            mapped = np.zeros((n, self.num_data_classes or max(self.class_map) + 1), np.float32)
+            np.add.at(mapped.T, np.asarray(self.class_map), out.T)
+            out = mapped
         if self.label_only:
             out = np.eye(out.shape[1], dtype=np.float32)[out.argmax(axis=1)]
         return out
