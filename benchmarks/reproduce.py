@@ -89,6 +89,13 @@ STUDENT_TRIES = {
 }
 
 
+# What became of each student try (the grid's recipe is the paper's, fixed in advance).
+STUDENT_TRY_STATUS = {
+    "fsbbt_cosine_lr": "not adopted yet: one seed; the table keeps the paper's student recipe for "
+                       "every method, and tuning it (more seeds, every method) is issue 13's",
+}
+
+
 def _store(report_path: str, name: str) -> str:
     """Copies a run's report.json into the committed reports dir; returns the stored path."""
     dst = os.path.join(FLAGS.reports_dir, FLAGS.dataset, name + ".json")
@@ -258,7 +265,7 @@ def _link(path: str, results_md: str) -> str:
 
 def tries_table(reports: dict[str, dict], results_md: str) -> list[str]:
     """The log of tries, each figure linked to its stored report (validation split only)."""
-    lines = ["| try | what | validation acc. | compared with | kept? | report |",
+    lines = ["| try | what | validation acc. | compared with | outcome | report |",
              "|---|---|---:|---|---|---|"]
     teacher_tries = {k: r for k, r in reports.items() if r.get("kind") == "teacher_try"}
     if teacher_tries:
@@ -266,15 +273,18 @@ def tries_table(reports: dict[str, dict], results_md: str) -> list[str]:
         for key, r in teacher_tries.items():
             lines.append(f"| teacher: {r['try']} | {r['what']} | "
                          f"{100 * r['validation_accuracy']:.2f} | the other teacher recipes | "
-                         f"{'yes: best' if key == best else 'no'} | {_link(r['path'], results_md)} |")
+                         f"{'chosen: best' if key == best else 'not chosen'} | "
+                         f"{_link(r['path'], results_md)} |")
     for key, r in reports.items():
         if r.get("kind") != "student_try":
             continue
         method, _, what = STUDENT_TRIES.get(r["try"], (r["method"], None, r["try"]))
         base = reports.get(f"{method}-seed0")
         base_val = base and base.get("student_validation_accuracy")
-        kept = "-" if not base_val else (
-            "yes" if r["student_validation_accuracy"] > base_val else "no")
+        delta = None if not base_val else 100 * (r["student_validation_accuracy"] - base_val)
+        kept = "-" if delta is None else (
+            f"{'better' if delta > 0 else 'not better'} on validation ({delta:+.2f}); "
+            f"{STUDENT_TRY_STATUS.get(r['try'], 'not adopted')}")
         compared = (f"{method} seed 0: {100 * base_val:.2f} ({_link(base['path'], results_md)})"
                     if base_val else "-")
         lines.append(f"| student: {r['try']} | {what} | {100 * r['student_validation_accuracy']:.2f} "
