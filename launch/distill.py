@@ -109,7 +109,8 @@ flags.DEFINE_integer("eval_examples", 0, "Test images for the accuracies; 0: the
 flags.DEFINE_list("compress", ["float16", "int8"], "Compressed student variants exported and "
                   "measured besides float32 (float16, int8); empty for none.")
 flags.DEFINE_bool("evaluate_teacher", True, "Also measure the teacher's test accuracy over gRPC.")
-flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bars, 2 one line/epoch.")
+flags.DEFINE_integer("verbose", None, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per "
+                     "epoch. Default: 1 on a terminal, 2 when the output goes to a file or pipe.")
 
 FLAGS = flags.FLAGS
 
@@ -129,6 +130,8 @@ for _name in _POSITIVE:
 flags.register_validator("teacher_class_map",
                          lambda v: v is None or (len(v) > 0 and all(c.isdigit() for c in v)),
                          message="--teacher_class_map must be comma-separated class indices >= 0")
+flags.register_validator("verbose", lambda v: v is None or v in (0, 1, 2),
+                         message="--verbose must be 0, 1 or 2")
 flags.register_validator("train_mixup_alpha", lambda v: v >= 0,
                          message="--train_mixup_alpha must be >= 0 (0 disables)")
 
@@ -190,7 +193,8 @@ def config_from_flags() -> pipeline.FSBBTConfig:
             steps_per_execution=FLAGS.steps_per_execution),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
-        verbose=FLAGS.verbose)
+        verbose=(FLAGS.verbose if FLAGS.verbose is not None
+                 else 1 if sys.stdout.isatty() else 2))
 
 
 def main(argv):

@@ -102,7 +102,7 @@ class FSBBTConfig:
         counted in the work dir's query account and budget like every other query).
       compress: compressed student variants to export and measure besides float32 (see
         :data:`tfkd.export.VARIANTS`), each in ``export/student_<variant>/<version>/``.
-      verbose: Keras verbosity (1: progress bars).
+      verbose: Keras verbosity: 0 silent, 1 progress bars (also for labelling), 2 one line per epoch.
     """
 
     workdir: str
@@ -252,7 +252,7 @@ def build_labelled_set(shots: np.ndarray, mixed: np.ndarray | None,
       the :class:`LabelledSet` (real, MixUp, CVAE in that order).
     """
     stages = stages or _Stages()
-    progress = config.verbose > 0
+    progress = config.verbose == 1  # Progress bars on a terminal only.
     with stages("label_real"):
         real_labels = client.soft_labels(shots, progress=progress, stage="label_real")
         num_classes = real_labels.shape[1]
@@ -537,7 +537,7 @@ def _run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         if eval_client is not None:
             with stages("evaluate_teacher"):
                 report["teacher_accuracy"] = served_accuracy(eval_client, x_eval, y_eval,
-                                                             config.verbose > 0, "evaluate_teacher")
+                                                             config.verbose == 1, "evaluate_teacher")
                 report["teacher_eval_queries"] = eval_client.queries
         report.update(_query_figures([client, eval_client], account, ledger))
     with stages("evaluate_student"):
@@ -548,7 +548,7 @@ def _run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
                 with teacher_lib.TeacherClient(student_target, name,
                                                version=int(os.path.basename(version_dir))) as c:
                     variants[variant] = {
-                        "accuracy": (served_accuracy(c, x_eval, y_eval, config.verbose > 0)
+                        "accuracy": (served_accuracy(c, x_eval, y_eval, config.verbose == 1)
                                      if n_eval else None),
                         "validation_accuracy": (None if dataset.x_val is None else served_accuracy(
                             c, dataset.x_val, dataset.y_val)),
