@@ -42,6 +42,7 @@ from tfkd import distill  # noqa: E402
 from tfkd import pipeline  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
+from tfkd import workdir as workdir_lib  # noqa: E402
 
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_list("methods", list(pipeline.METHODS), "Methods (rows).")
@@ -104,13 +105,6 @@ def _store(report_path: str, name: str) -> str:
     return dst
 
 
-def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def choose_teacher(root: str, dataset: data.Dataset) -> str:
     """Step 1: trains each teacher recipe (validation only), returns the chosen one's base dir."""
     scores = {}
@@ -123,7 +117,7 @@ def choose_teacher(root: str, dataset: data.Dataset) -> str:
             start = time.perf_counter()
             trained = pipeline.train_and_export_teacher(dataset, config, os.path.join(run, "teacher"),
                                                         seed=0, verbose=2, evaluate_test=False)
-            _write_json(path, {
+            workdir_lib.write_json(path, {
                 "kind": "teacher_try", "try": name, "what": what, "dataset": dataset.name,
                 "recipe": dataclasses.asdict(config), "num_train": len(dataset.x_train),
                 "num_validation": len(dataset.x_val),
@@ -146,7 +140,7 @@ def measure_teacher(root: str, teacher_base: str, dataset: data.Dataset, target:
     if not os.path.exists(path):
         with teacher_lib.TeacherClient(target, "teacher") as client:
             accuracy = pipeline.served_accuracy(client, dataset.x_test, dataset.y_test)
-        _write_json(path, {"kind": "teacher", "dataset": dataset.name, "base": teacher_base,
+        workdir_lib.write_json(path, {"kind": "teacher", "dataset": dataset.name, "base": teacher_base,
                            "test_accuracy": accuracy, "test_examples": len(dataset.x_test),
                            "teacher_eval_queries": len(dataset.x_test),
                            "code_commit": pipeline.code_commit()})
@@ -188,7 +182,7 @@ def run_all(methods, seeds) -> None:
                             distill.StudentConfig(**fields), evaluate_test=False)
             report = json.load(open(path))
             report.update(kind="student_try", **{"try": name})
-            _write_json(path, report)
+            workdir_lib.write_json(path, report)
             _store(path, f"student_try-{name}")
 
 
@@ -356,7 +350,7 @@ def write_results() -> None:
     rows = summarize(reports)
     if not rows:
         sys.exit(f"error: no stored reports in {os.path.join(FLAGS.reports_dir, FLAGS.dataset)}")
-    _write_json(FLAGS.results_json, {"rows": rows})
+    workdir_lib.write_json(FLAGS.results_json, {"rows": rows})
     pictures = os.path.join(os.path.dirname(FLAGS.results_md), "benchmarks", "pictures")
     os.makedirs(pictures, exist_ok=True)
     plot = write_plot(rows, os.path.join(pictures, f"{FLAGS.dataset}_accuracy_vs_queries.png"))

@@ -79,6 +79,28 @@ MUTATIONS = [
 ]
 
 
+MUTATIONS += [
+    Mutation("declared_size_unchecked", "the server decodes a tensor without comparing its declared "
+             "shape with its content",
+             (("tfkd/serving.py", "        if carried != count * per_value:",
+               "        if False:"),
+              ("tfkd/serving.py", "        if carried != count * itemsize:",
+               "        if False:")),
+             ("tests/test_hostile_requests.py::test_declared_shape_must_match_the_content",)),
+    Mutation("workdir_unchecked", "the work dir's artifacts are not validated before reuse",
+             (("tfkd/workdir.py", "    damaged = []\n    for pattern", "    return []\n    for pattern"),),
+             ("tests/test_damaged_workdir.py",)),
+    Mutation("no_lock", "two runs may use one work dir at once",
+             (("tfkd/pipeline.py", "    with workdir_lib.lock(config.workdir):\n        return",
+               "    if True:\n        return"),),
+             ("tests/test_workdir_lies.py::test_a_busy_work_dir_is_refused",)),
+    Mutation("class_count_unchecked", "a teacher of another class count is accepted",
+             (("tfkd/teacher.py", "        elif declared is not None and declared != num_classes:",
+               "        elif False:"),),
+             ("tests/test_wrong_teacher.py",)),
+]
+
+
 def tracked_copy(destination: str) -> None:
     files = subprocess.run(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"],
                            capture_output=True, text=True, check=True).stdout.split()

@@ -64,8 +64,10 @@ def test_a_truncated_artifact_is_set_aside_and_recomputed(finished, server, tmp_
     assert report["teacher_queries_sent"] <= limit
     assert report["teacher_queries_total"] == first["teacher_queries_total"] + \
         report["teacher_queries_sent"]
-    assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9) or \
-        kind == "student_state" and report["student_epochs_resumed_from"] == 0
+    # Recomputed, not lost: the same student (training is deterministic for a seed).
+    assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9)
+    if kind == "student_state":
+        assert report["student_epochs_resumed_from"] == 0  # Trained again from the start.
     assert pipeline.LabelledSet.load(report["labelled_set"]).images.shape == (290, 28, 28, 1)
 
 

@@ -506,8 +506,7 @@ def _run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         if not distill.is_chief(strategy):
             report.update(_query_figures([client], account, ledger), role="worker",
                           stage_seconds=stages.seconds, student_epochs=config.student.epochs)
-            with open(os.path.join(config.workdir, "report.json"), "w") as f:
-                json.dump(report, f, indent=2, sort_keys=True)
+            workdir_lib.write_json(os.path.join(config.workdir, "report.json"), report)
             return report
         report["role"] = "chief"
         report["student_final_loss"] = float(history["loss"][-1]) if history.get("loss") else None
@@ -577,8 +576,7 @@ def _run_fsbbt(config: FSBBTConfig, strategy=None) -> dict:
         report["teacher_saved_model_bytes"] = None
     report["stage_seconds"] = stages.seconds
     report["total_seconds"] = round(sum(stages.seconds.values()), 2)
-    with open(os.path.join(config.workdir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+    workdir_lib.write_json(os.path.join(config.workdir, "report.json"), report)
     return report
 
 

@@ -41,29 +41,32 @@ def _check_json(path: str) -> None:
         json.load(f)
 
 
+def _read_every_tensor(checkpoint_prefix: str) -> None:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(checkpoint_prefix)
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+
+
 def _check_checkpoint(directory: str) -> None:
     import tensorflow as tf
 
     latest = tf.train.latest_checkpoint(directory)
     if latest is None:
         raise ValueError("a checkpoint file names no readable checkpoint")
-    reader = tf.train.load_checkpoint(latest)
-    for name in reader.get_variable_to_shape_map():
-        reader.get_tensor(name)
+    _read_every_tensor(latest)
 
 
 def _check_saved_model(path: str) -> None:
     """``path``: a version's saved_model.pb; its graph and every variable are read back."""
-    import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
     with open(path, "rb") as f:
         saved_model_pb2.SavedModel().ParseFromString(f.read())
     variables = os.path.join(os.path.dirname(path), "variables", "variables")
     if os.path.exists(variables + ".index"):
-        reader = tf.train.load_checkpoint(variables)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
+        _read_every_tensor(variables)
 
 
 # (glob under the work dir, what it is, checker, the path set aside: the file or its directory).
@@ -81,6 +84,16 @@ ARTIFACTS = (
     ("student_backup-*/*/checkpoint", "student training state (worker)",
      lambda p: _check_checkpoint(os.path.dirname(p)), "dir"),
 )
+
+
+def write_json(path: str, value) -> str:
+    """Writes ``value`` as indented, key-sorted JSON atomically (temp name, then rename): a reader
+    never sees half a file. Returns ``path``."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
 
 
 def set_aside(path: str) -> str:
@@ -179,8 +192,5 @@ def check_recipe(path: str, recipe: dict, what: str, assume_if_missing: bool = F
                 f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
                 "use another --workdir, or the same settings to reuse it")
         return recorded
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(recipe, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(path, recipe)
     return recipe
