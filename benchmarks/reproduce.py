@@ -6,7 +6,7 @@ Every figure in RESULTS.md comes from a `report.json` stored under `benchmarks/r
 1. **Teacher recipes** (the teacher owner's choice): each recipe of `TEACHER_TRIES` is trained on the
    training split less the validation split and measured on the validation split only; the best one
    by validation accuracy is the grid's teacher. Its test accuracy is then measured once, over gRPC.
-2. **Grid**: method x seed, each a full `tfkd.pipeline.run_fsbbt` reaching the teacher over gRPC, the
+2. **Grid**: method x seed, each a full `tfkd.pipeline.run` reaching the teacher over gRPC, the
    exported student measured over gRPC on the full test set once (final-epoch weights; nothing is
    selected on the test set) and on the validation split.
 3. **Student tries** (`STUDENT_TRIES`): recipes compared with the method's seed-0 cell on the
@@ -40,12 +40,13 @@ from absl import logging  # noqa: E402
 from tfkd import data  # noqa: E402
 from tfkd import distill  # noqa: E402
 from tfkd import pipeline  # noqa: E402
+from tfkd.methods import fsbbt as fsbbt_methods  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
 from tfkd import workdir as workdir_lib  # noqa: E402
 
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
-flags.DEFINE_list("methods", list(pipeline.METHODS), "Methods (rows).")
+flags.DEFINE_list("methods", list(fsbbt_methods.METHODS), "Methods (rows).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per method.")
 flags.DEFINE_list("student_tries", None, "Names of STUDENT_TRIES to run (default: all).")
 flags.DEFINE_string("grid_dir", os.path.join(_REPO, "runs", "reproduce"), "Where the runs live.")
@@ -138,7 +139,7 @@ def measure_teacher(root: str, teacher_base: str, dataset: data.Dataset, target:
     """The chosen teacher's test accuracy, measured once over gRPC (not per cell)."""
     path = os.path.join(root, "teacher_report.json")
     if not os.path.exists(path):
-        with teacher_lib.TeacherClient(target, "teacher") as client:
+        with teacher_lib.connect(target, "teacher") as client:
             accuracy = pipeline.served_accuracy(client, dataset.x_test, dataset.y_test)
         workdir_lib.write_json(path, {"kind": "teacher", "dataset": dataset.name, "base": teacher_base,
                            "test_accuracy": accuracy, "test_examples": len(dataset.x_test),
@@ -155,7 +156,7 @@ def run_cell(workdir: str, target: str, method: str, seed: int, student=None,
     if not os.path.exists(path):
         logging.info("Running %s seed %d in %s", method, seed, workdir)
         start = time.perf_counter()
-        pipeline.run_fsbbt(pipeline.FSBBTConfig(
+        pipeline.run(pipeline.DistillConfig(
             workdir=workdir, method=method, dataset=FLAGS.dataset, seed=seed,
             num_validation=FLAGS.num_validation,
             teacher=teacher_lib.TeacherConfig(target=target),
@@ -201,7 +202,7 @@ def summarize(reports: dict[str, dict]) -> list[dict]:
     cells = [r for r in reports.values() if r.get("method") and r.get("kind") is None]
     teacher = reports.get("teacher", {})
     rows = []
-    for method in [m for m in pipeline.METHODS if any(r["method"] == m for r in cells)]:
+    for method in [m for m in fsbbt_methods.METHODS if any(r["method"] == m for r in cells)]:
         runs = sorted((r for r in cells if r["method"] == method), key=lambda r: r["seed"])
         acc = np.array([r["student_accuracy"] for r in runs]) * 100
         val = np.array([r["student_validation_accuracy"] for r in runs]) * 100
@@ -372,8 +373,8 @@ def write_results() -> None:
 def main(argv):
     del argv
     for m in FLAGS.methods:
-        if m not in pipeline.METHODS:
-            raise app.UsageError(f"--methods: {m!r} is not one of {pipeline.METHODS}")
+        if m not in fsbbt_methods.METHODS:
+            raise app.UsageError(f"--methods: {m!r} is not one of {fsbbt_methods.METHODS}")
     for name in FLAGS.student_tries or ():
         if name not in STUDENT_TRIES:
             raise app.UsageError(f"--student_tries: {name!r} is not one of {sorted(STUDENT_TRIES)}")

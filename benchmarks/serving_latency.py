@@ -64,7 +64,7 @@ def main(argv):
             images = rng.uniform(size=(batch, 28, 28, 1)).astype(np.float32)
             figures = {}
             for name in bases:
-                with teacher.TeacherClient(f"127.0.0.1:{port}", name) as client:
+                with teacher.connect(f"127.0.0.1:{port}", name) as client:
                     encoded = client.encode(images)
                     for _ in range(20):
                         client.predict_raw(encoded)

@@ -84,7 +84,7 @@ def main(argv):
             in_process()  # Warm-up (tracing, allocation).
             local = len(images) / _best(in_process, FLAGS.repeats)
             for k in (int(x) for x in FLAGS.in_flight):
-                with teacher.TeacherClient(f"127.0.0.1:{port}", "teacher", max_in_flight=k,
+                with teacher.connect(f"127.0.0.1:{port}", "teacher", max_in_flight=k,
                                            max_request_bytes=64 * 1024 + batch * per_image) as c:
                     assert c.images_per_request == batch
                     c.soft_labels(images[:batch * k])  # Warm-up.

@@ -7,9 +7,11 @@ restart; the copy is renamed into place, so the server never sees half a model.
       --model_base_path=/srv/models/student
 """
 
+import os
 import sys
 
-import _common  # noqa: F401
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+
 from absl import app
 from absl import flags
 
@@ -34,5 +36,10 @@ def main(argv):
     print(f"deployed {FLAGS.export_dir} as {path}", flush=True)
 
 
-if __name__ == "__main__":
+def run():
+    """The ``tfkd-deploy`` command."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

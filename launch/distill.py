@@ -1,34 +1,38 @@
-r"""Distils a TF-Serving-served teacher into a compact student with FS-BBT.
+r"""Distils a TF-Serving-served teacher into a compact student (FS-BBT by default; --method).
 
 With no flags it runs the paper's Fashion-MNIST setting: it trains a LeNet-5 teacher into the work
 dir (if none is there), serves it on a free loopback port, and distils LeNet-5-half from N = 2000
 unlabeled images, 43,200 MixUp and 4,800 CVAE images.
 
-  python launch/distill.py --workdir=/tmp/tfkd_fashion
-  python launch/distill.py --teacher=teacher-host:8500 --teacher_model_name=my_model
+  tfkd-distill --workdir=/tmp/tfkd_fashion        # or: python launch/distill.py ...
+  tfkd-distill --teacher=teacher-host:8500 --teacher_model_name=my_model
 """
 
 import dataclasses
+import os
 import sys
 
-import _common  # noqa: F401  (sys.path and TF log level)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+
 from absl import app
 from absl import flags
 from absl import logging
 
 from tfkd import data
+from tfkd import client
 from tfkd import distill
+from tfkd import methods
 from tfkd import models
 from tfkd import pipeline
+from tfkd import report as report_lib
 from tfkd import synthesis
 from tfkd import teacher
 from tfkd import workdir
 
 flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
                     "exported student, report.json. A rerun on the same dir resumes.")
-flags.DEFINE_enum("method", "fsbbt", list(pipeline.METHODS), "student_alone (true labels of the N "
-                  "images: the lower baseline), standard_kd (N images, teacher soft labels), mixup, "
-                  "cvae, fsbbt (N + MixUp + CVAE).")
+flags.DEFINE_enum("method", "fsbbt", methods.names(), "; ".join(
+    f"{m}: {methods.get(m).description}" for m in methods.names()) + ".")
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debian package, then "
                     "keras.datasets.")
@@ -138,7 +142,7 @@ flags.register_validator("train_mixup_alpha", lambda v: v >= 0,
 
 def _valid_target(value: str) -> bool:
     try:
-        return not value or bool(teacher.check_target(value))
+        return not value or bool(client.check_target(value))
     except ValueError:
         return False
 
@@ -147,20 +151,8 @@ flags.register_validator("teacher", _valid_target,
                          message="--teacher must be host:port with a port in 1..65535, or empty")
 
 
-def config_from_flags() -> pipeline.FSBBTConfig:
-    num_shots = FLAGS.num_shots or models.DEFAULT_NUM_SHOTS[FLAGS.dataset]  # None: the paper's.
-    teacher_arch, student_arch = models.DEFAULT_PAIRS[FLAGS.dataset]
-    teacher_arch = teacher_arch if FLAGS.teacher_architecture == "auto" else FLAGS.teacher_architecture
-    student_arch = student_arch if FLAGS.student_architecture == "auto" else FLAGS.student_architecture
-    cvae_arch = FLAGS.cvae_architecture
-    if cvae_arch == "auto":
-        cvae_arch = "conv" if FLAGS.dataset.startswith("cifar") else "mlp"
-    for variant in FLAGS.compress:
-        if variant not in ("float16", "int8"):
-            raise app.UsageError(f"--compress takes float16 and/or int8, got {variant!r}")
-    if FLAGS.teacher_version is not None and FLAGS.teacher_version_label:
-        raise app.UsageError("Give --teacher_version or --teacher_version_label, not both.")
-    teacher_config = teacher.TeacherConfig(
+def teacher_config_from_flags() -> teacher.TeacherConfig:
+    return teacher.TeacherConfig(
         target=FLAGS.teacher, model_name=FLAGS.teacher_model_name, version=FLAGS.teacher_version,
         version_label=FLAGS.teacher_version_label, signature_name=FLAGS.teacher_signature,
         input_key=FLAGS.teacher_input_key, input_dtype=FLAGS.teacher_input_dtype,
@@ -169,15 +161,26 @@ def config_from_flags() -> pipeline.FSBBTConfig:
         class_map=(None if FLAGS.teacher_class_map is None
                    else tuple(int(c) for c in FLAGS.teacher_class_map)),
         timeout_s=FLAGS.teacher_timeout, max_in_flight=FLAGS.teacher_max_in_flight,
-        retry=teacher.RetryPolicy(max_attempts=FLAGS.teacher_max_attempts),
+        retry=client.RetryPolicy(max_attempts=FLAGS.teacher_max_attempts),
         tls_ca_file=FLAGS.teacher_tls_ca, tls_cert_file=FLAGS.teacher_tls_cert,
         tls_key_file=FLAGS.teacher_tls_key, tls_server_name=FLAGS.teacher_tls_server_name,
         auth_token_file=FLAGS.teacher_auth_token_file,
         auth_token_env=FLAGS.teacher_auth_token_env, query_budget=FLAGS.query_budget)
-    return pipeline.FSBBTConfig(
+
+
+def config_from_flags() -> pipeline.DistillConfig:
+    num_shots = FLAGS.num_shots or models.DEFAULT_NUM_SHOTS[FLAGS.dataset]  # None: the paper's.
+    teacher_arch, student_arch = models.DEFAULT_PAIRS[FLAGS.dataset]
+    teacher_arch = teacher_arch if FLAGS.teacher_architecture == "auto" else FLAGS.teacher_architecture
+    student_arch = student_arch if FLAGS.student_architecture == "auto" else FLAGS.student_architecture
+    cvae_arch = FLAGS.cvae_architecture
+    if cvae_arch == "auto":
+        cvae_arch = "conv" if FLAGS.dataset.startswith("cifar") else "mlp"
+    return pipeline.DistillConfig(
         workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, seed=FLAGS.seed,
-        num_shots=num_shots, num_validation=FLAGS.num_validation, teacher=teacher_config,
+        num_shots=num_shots, num_validation=FLAGS.num_validation,
+        teacher=teacher_config_from_flags(),
         teacher_train=pipeline.TeacherTrainConfig(architecture=teacher_arch,
                                                   epochs=FLAGS.teacher_epochs),
         mixup=synthesis.MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha),
@@ -197,26 +200,40 @@ def config_from_flags() -> pipeline.FSBBTConfig:
                  else 1 if sys.stdout.isatty() else 2))
 
 
+def write_flags_json(workdir_path: str) -> str:
+    """Writes this launcher's flags (name -> value) to ``<workdir>/flags.json``."""
+    module = FLAGS.find_module_defining_flag("workdir")
+    values = {f.name: f.value for f in FLAGS.get_key_flags_for_module(module)}
+    os.makedirs(workdir_path, exist_ok=True)
+    return workdir.write_json(os.path.join(workdir_path, "flags.json"), values)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
         strategy = distill.make_strategy(FLAGS.strategy)
+        config = config_from_flags()
+        config.validate()
     except ValueError as e:
         raise app.UsageError(str(e))
-    config = config_from_flags()
-    _common.write_flags_json(flags, config.workdir)
+    write_flags_json(config.workdir)
     try:
-        report = pipeline.run_fsbbt(config, strategy)
+        report = pipeline.run(config, strategy)
     except (data.DatasetUnavailableError, teacher.TeacherError, workdir.WorkdirError) as e:
         # Expected failures get one clear line, not a traceback from deep inside.
         sys.exit(f"error: {e}")
     logging.info("Report: %s/report.json", config.workdir)
-    if report.get("role") == "worker":
-        print(f"worker done: trained {report['student_epochs']} epochs with the chief", flush=True)
+    if report.role == "worker":
+        print(f"worker done: trained {report.student_epochs} epochs with the chief", flush=True)
         return
-    print(pipeline.format_report_table(report), flush=True)
+    print(report_lib.format_table(report), flush=True)
+
+
+def run():
+    """The ``tfkd-distill`` command."""
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

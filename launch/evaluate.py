@@ -4,16 +4,18 @@ r"""Evaluates any served classifier over gRPC on a dataset's test split.
   python launch/evaluate.py --server=localhost:8500 --model_name=student --version_label=canary
 """
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+
 import json
 import sys
 
-import _common  # noqa: F401
 from absl import app
 from absl import flags
 
+from tfkd import client
 from tfkd import data
-from tfkd import pipeline
-from tfkd import teacher
 
 flags.DEFINE_string("server", None, "host:port of the TF Serving (or tfkd) server.", required=True)
 flags.DEFINE_string("model_name", "student", "Model name.")
@@ -34,19 +36,21 @@ def main(argv):
     try:
         dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
         n = FLAGS.eval_examples or len(dataset.x_test)
-        with teacher.TeacherClient(FLAGS.server, FLAGS.model_name, version=FLAGS.version,
-                                   version_label=FLAGS.version_label,
-                                   signature_name=FLAGS.signature,
-                                   output_key=FLAGS.output_key) as client:
-            if client.signature.num_classes is None:
-                client.with_num_classes(dataset.num_classes)
-            accuracy = pipeline.served_accuracy(client, dataset.x_test[:n], dataset.y_test[:n])
-            result = {"model_name": FLAGS.model_name, "version": client.signature.version,
+        with client.connect(FLAGS.server, FLAGS.model_name, version=FLAGS.version,
+                            version_label=FLAGS.version_label, signature_name=FLAGS.signature,
+                            output_key=FLAGS.output_key) as model:
+            accuracy = client.accuracy(model, dataset.x_test[:n], dataset.y_test[:n])
+            result = {"model_name": FLAGS.model_name, "version": model.signature.version,
                       "dataset": FLAGS.dataset, "examples": n, "accuracy": accuracy}
-    except (data.DatasetUnavailableError, teacher.TeacherError, ValueError) as e:
+    except (data.DatasetUnavailableError, client.ServingClientError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result), flush=True)
 
 
-if __name__ == "__main__":
+def run():
+    """The ``tfkd-evaluate`` command."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -9,7 +9,8 @@ Flags are named as tensorflow_model_server's:
 import os
 import sys
 
-import _common  # noqa: F401
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -79,5 +80,10 @@ def main(argv):
         server.stop()
 
 
-if __name__ == "__main__":
+def run():
+    """The ``tfkd-serve`` command."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

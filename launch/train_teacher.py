@@ -4,9 +4,12 @@ r"""Trains a teacher on a dataset's full training set and exports it in TF Servi
   python launch/serve.py --model_name=teacher --model_base_path=/tmp/models/teacher
 """
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+
 import sys
 
-import _common  # noqa: F401
 from absl import app
 from absl import flags
 
@@ -44,5 +47,10 @@ def main(argv):
           flush=True)
 
 
-if __name__ == "__main__":
+def run():
+    """The ``tfkd-train-teacher`` command."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

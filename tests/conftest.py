@@ -75,7 +75,7 @@ def real_tf_serving(teacher_base):
     deadline = time.monotonic() + 60
     while True:
         try:
-            teacher.TeacherClient(target, "teacher", connect_timeout_s=5).close()
+            teacher.connect(target, "teacher", connect_timeout_s=5).close()
             break
         except teacher.TeacherError:  # Not up, or the model still loading.
             assert proc.poll() is None, "tensorflow_model_server exited at start"
@@ -98,7 +98,7 @@ def conformance_target(request, server):
 def client(server):
     from tfkd import teacher
 
-    with teacher.TeacherClient(server.target, "teacher") as c:
+    with teacher.connect(server.target, "teacher") as c:
         yield c
 
 

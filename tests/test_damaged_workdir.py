@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from tfkd import methods
 from tfkd import pipeline
 from tfkd import teacher
 from tfkd.teacher import TeacherConfig
@@ -17,7 +18,7 @@ from test_pipeline import TINY
 
 
 def _config(workdir, server):
-    return pipeline.FSBBTConfig(workdir=str(workdir), teacher=TeacherConfig(target=server.target),
+    return pipeline.DistillConfig(workdir=str(workdir), teacher=TeacherConfig(target=server.target),
                                 **{**TINY, "evaluate_teacher": True})
 
 
@@ -25,7 +26,7 @@ def _config(workdir, server):
 def finished(server, tmp_path_factory):
     """A finished tiny FS-BBT run (its report), to copy and damage."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    report = pipeline.run_fsbbt(_config(workdir, server))
+    report = pipeline.run(_config(workdir, server))
     assert report["damaged_artifacts"] == [] and report["teacher_queries_total"] == 490
     return workdir, report
 
@@ -56,7 +57,7 @@ def test_a_truncated_artifact_is_set_aside_and_recomputed(finished, server, tmp_
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)  # A crash mid-write, a full disk.
 
-    report = pipeline.run_fsbbt(_config(workdir, server))
+    report = pipeline.run(_config(workdir, server))
 
     [damaged] = report["damaged_artifacts"]
     assert damaged["path"] == path and os.path.exists(damaged["moved_to"])  # Kept, renamed.
@@ -68,7 +69,7 @@ def test_a_truncated_artifact_is_set_aside_and_recomputed(finished, server, tmp_
     assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9)
     if kind == "student_state":
         assert report["student_epochs_resumed_from"] == 0  # Trained again from the start.
-    assert pipeline.LabelledSet.load(report["labelled_set"]).images.shape == (290, 28, 28, 1)
+    assert methods.TransferSet.load(report["labelled_set"]).images.shape == (290, 28, 28, 1)
 
 
 def test_a_damaged_line_of_the_query_account_is_skipped(finished, server, tmp_path,
@@ -78,7 +79,7 @@ def test_a_damaged_line_of_the_query_account_is_skipped(finished, server, tmp_pa
     shutil.copytree(source, workdir)
     with open(workdir / "ledger" / "queries_sent.log", "a") as f:
         f.write("label_mixup fir")  # A torn last line.
-    report = pipeline.run_fsbbt(_config(workdir, server))
+    report = pipeline.run(_config(workdir, server))
     assert report["teacher_queries_sent"] == 0
     assert report["teacher_queries_total"] == first["teacher_queries_total"]
     assert sum("damaged line" in r.getMessage() for r in every_log_level.records) == 1
@@ -89,10 +90,10 @@ def test_a_damaged_line_of_the_query_account_is_skipped(finished, server, tmp_pa
 def finished_local(renamed_data, tmp_path_factory):
     """A finished tiny run whose teacher tfkd trained into the work dir (1 epoch, 2,500 images)."""
     workdir = tmp_path_factory.mktemp("finished_local") / "run"
-    config = pipeline.FSBBTConfig(workdir=str(workdir), data_dir=str(renamed_data / "true"),
+    config = pipeline.DistillConfig(workdir=str(workdir), data_dir=str(renamed_data / "true"),
                                   teacher_train=pipeline.TeacherTrainConfig(epochs=1),
                                   **{**TINY, "evaluate_teacher": True})
-    report = pipeline.run_fsbbt(config)
+    report = pipeline.run(config)
     assert report["teacher_recipe"]["epochs"] == 1 and "assumed" not in report["teacher_recipe"]
     return workdir, config, report
 
@@ -111,7 +112,7 @@ def test_a_damaged_teacher_is_set_aside(finished_local, tmp_path, target, every_
     path = str(workdir / target)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    report = pipeline.run_fsbbt(dataclasses.replace(config, workdir=str(workdir)))
+    report = pipeline.run(dataclasses.replace(config, workdir=str(workdir)))
     [damaged] = report["damaged_artifacts"]
     expected = path if target.endswith(".json") else str(workdir / "teacher/1/saved_model.pb")
     assert damaged["path"] == expected and os.path.exists(damaged["moved_to"])

@@ -50,7 +50,7 @@ def test_generated_serving_configs(tmp_path, teacher_base, student_exports, fash
     base = tmp_path / "student"
     for d in student_exports:
         export.deploy_version(d, str(base))
-    paths = export.write_serving_configs(str(tmp_path / "serving"), teacher_base, str(base),
+    paths = serving.config.write_serving_configs(str(tmp_path / "serving"), teacher_base, str(base),
                                          stable=1, canary=2)
     assert set(paths) == {"models.config", "batching_parameters.txt", "monitoring.config"}
     models_config = serving.parse_model_config_file(paths["models.config"])
@@ -60,7 +60,7 @@ def test_generated_serving_configs(tmp_path, teacher_base, student_exports, fash
     assert "prometheus_config" in open(paths["monitoring.config"]).read()
     with serving.ModelServer(models_config, poll_seconds=0) as srv:
         for label, version in (("stable", 1), ("canary", 2)):
-            with teacher.TeacherClient(srv.target, "student", version_label=label) as client:
+            with teacher.connect(srv.target, "student", version_label=label) as client:
                 assert client.signature.version == version
                 assert client.soft_labels(fashion.x_test[:4]).shape == (4, 10)
 

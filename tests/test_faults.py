@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from tfkd import client as client_lib
 from tfkd import teacher
 
 from conftest import REPO
@@ -42,11 +43,11 @@ def test_killed_and_restarted_teacher_labels_every_image_exactly_once(teacher_ba
     assert server.stdout.readline().startswith("Serving ['teacher']")
     images = fashion.x_train[:3000]
     ledger_dir = str(tmp_path / "ledger")
-    client = teacher.TeacherClient(
+    client = teacher.connect(
         f"127.0.0.1:{port}", "teacher", ledger=teacher.QueryLedger(ledger_dir),
         account=teacher.QueryAccount(ledger_dir), max_in_flight=2,
         max_request_bytes=64 * 1024 + 8 * 28 * 28 * 4,  # 8 images per request: 375 requests.
-        retry=teacher.RetryPolicy(max_attempts=30, initial_backoff_s=0.1, max_backoff_s=2.0))
+        retry=client_lib.RetryPolicy(max_attempts=30, initial_backoff_s=0.1, max_backoff_s=2.0))
     result, errors = {}, []
 
     def label():

@@ -36,7 +36,7 @@ def _predict(target, tensor_proto):
 
 
 def _still_up(srv, fashion):
-    with teacher.TeacherClient(srv.target, "teacher") as client:
+    with teacher.connect(srv.target, "teacher") as client:
         assert client.soft_labels(fashion.x_test[:4]).shape == (4, 10)
 
 

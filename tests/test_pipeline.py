@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfkd.methods import fsbbt as fsbbt_methods
+from tfkd import methods
 from tfkd import distill
 from tfkd import pipeline
 from tfkd import serving
@@ -30,7 +32,7 @@ TINY = dict(num_shots=50, num_validation=500, mixup=synthesis.MixUpConfig(num_im
 # shuffled across images scores near chance (test_launch_distill_end_to_end shows both).
 STUDENT_FLOOR = 0.50
 
-@pytest.mark.parametrize("method", pipeline.METHODS)
+@pytest.mark.parametrize("method", fsbbt_methods.METHODS)
 def test_methods_never_see_the_true_labels(server, fashion, renamed_data, tmp_path, method):
     """Two runs whose training labels differ by a renaming of the classes. A method that never reads
     a label must build the identical transfer set (few shots, MixUp, CVAE images, soft labels,
@@ -39,11 +41,11 @@ def test_methods_never_see_the_true_labels(server, fashion, renamed_data, tmp_pa
     the comparison does see a method that reads labels."""
     runs = {}
     for name in ("true", "renamed"):
-        config = pipeline.FSBBTConfig(workdir=str(tmp_path / name), method=method,
+        config = pipeline.DistillConfig(workdir=str(tmp_path / name), method=method,
                                       data_dir=str(renamed_data / name),
                                       teacher=TeacherConfig(target=server.target), **TINY)
-        report = pipeline.run_fsbbt(config)
-        labelled = (pipeline.LabelledSet.load(report["labelled_set"]) if report["labelled_set"]
+        report = pipeline.run(config)
+        labelled = (methods.TransferSet.load(report["labelled_set"]) if report["labelled_set"]
                     else None)
         student = tf.saved_model.load(report["student_export_dir"]).signatures["serving_default"]
         predictions = student(images=tf.constant(fashion.x_test[:500]))["classes"].numpy()
@@ -58,10 +60,10 @@ def test_methods_never_see_the_true_labels(server, fashion, renamed_data, tmp_pa
         return
     expected = {"standard_kd": (50, 0, 0), "mixup": (50, 240, 0), "cvae": (50, 0, 240),
                 "fsbbt": (50, 200, 40)}[method]
-    assert tuple(set_a.count(s) for s in pipeline.LabelledSet.SOURCES) == expected
+    assert tuple(set_a.count(s) for s in ("real", "mixup", "cvae")) == expected
     np.testing.assert_array_equal(set_a.source, set_b.source)
     np.testing.assert_array_equal(set_a.images, set_b.images)  # CVAE images included.
-    np.testing.assert_array_equal(set_a.soft_labels, set_b.soft_labels)
+    np.testing.assert_array_equal(set_a.targets, set_b.targets)
     np.testing.assert_array_equal(pred_a, pred_b)  # Training never read a label either.
     assert rep_a["teacher_queries_total"] == sum(expected)
 
@@ -125,8 +127,8 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
 
     # The floor can fail: the same student trained on the same transfer set with its soft labels
     # shuffled across images (what a broken pairing of images and answers gives) falls below it.
-    labelled = pipeline.LabelledSet.load(report["labelled_set"])
-    shuffled = labelled.soft_labels[np.random.default_rng(0).permutation(len(labelled.images))]
+    labelled = methods.TransferSet.load(report["labelled_set"])
+    shuffled = labelled.targets[np.random.default_rng(0).permutation(len(labelled.images))]
     student, _ = distill.train_student(labelled.images, shuffled,
                                        distill.StudentConfig(epochs=15), seed=0, verbose=0)
     predictions = student.predict(fashion.x_test[:500], verbose=0).argmax(axis=1)
@@ -210,11 +212,11 @@ def test_launch_distill_any_teacher_with_flags_only(custom_server, tmp_path, out
     assert report["teacher_queries_by_stage"]["evaluate_teacher"] == 500
     assert report["teacher_accuracy"] > 0.6  # The served tf.Module, read through the flags.
     assert "teacher_training" not in report["stage_seconds"]  # A remote teacher: never trained here.
-    labelled = pipeline.LabelledSet.load(report["labelled_set"])
+    labelled = methods.TransferSet.load(report["labelled_set"])
     if kind == "classes":  # Label-only: FS-BBT trains on one-hot targets.
-        assert set(np.unique(labelled.soft_labels)) == {0.0, 1.0}
+        assert set(np.unique(labelled.targets)) == {0.0, 1.0}
     else:
-        assert len(np.unique(labelled.soft_labels)) > 100
+        assert len(np.unique(labelled.targets)) > 100
 
 
 class CountingTokenCheck(RequireToken):
@@ -270,12 +272,13 @@ def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, 
 
 
 def test_methods_share_the_synthetic_budget():
-    base = pipeline.FSBBTConfig(workdir="unused", mixup=synthesis.MixUpConfig(num_images=430),
-                                cvae=synthesis.CVAEConfig(num_images=70))
-    counts = {m: (pipeline.method_config(dataclasses.replace(base, method=m)).mixup.num_images,
-                  pipeline.method_config(dataclasses.replace(base, method=m)).cvae.num_images)
-              for m in pipeline.METHODS}
-    assert counts == {"student_alone": (0, 0), "standard_kd": (0, 0), "mixup": (500, 0),
-                      "cvae": (0, 500), "fsbbt": (430, 70)}
+    base = pipeline.DistillConfig(workdir="unused", mixup=synthesis.MixUpConfig(num_images=430),
+                                  cvae=synthesis.CVAEConfig(num_images=70))
+    counts = {m: methods.get(m).counts(base) for m in fsbbt_methods.METHODS[1:]}
+    assert counts == {"standard_kd": (0, 0), "mixup": (500, 0), "cvae": (0, 500),
+                      "fsbbt": (430, 70)}
+    alone = methods.get("student_alone")
+    assert (alone.teacher_needs, alone.reads_true_labels) == ("none", True)
+    assert not any(methods.get(m).reads_true_labels for m in fsbbt_methods.METHODS[1:])
     with pytest.raises(ValueError, match="method='dfad'"):
-        pipeline.method_config(dataclasses.replace(base, method="dfad"))
+        dataclasses.replace(base, method="dfad").validate()

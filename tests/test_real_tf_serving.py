@@ -10,13 +10,13 @@ from tfkd import teacher
 
 def test_client_against_real_tf_serving(real_tf_serving, server, fashion):
     images = fashion.x_test[:2000]  # Over 4 MB: split into requests.
-    with teacher.TeacherClient(real_tf_serving, "teacher") as real, \
-            teacher.TeacherClient(server.target, "teacher") as ours:
+    with teacher.connect(real_tf_serving, "teacher") as real, \
+            teacher.connect(server.target, "teacher") as ours:
         assert real.signature == ours.signature
         np.testing.assert_allclose(real.soft_labels(images), ours.soft_labels(images), atol=1e-5)
 
 
 def test_unknown_model_not_found_on_real_tf_serving(real_tf_serving):
     with pytest.raises(teacher.TeacherError) as e:
-        teacher.TeacherClient(real_tf_serving, "no_such_model")
+        teacher.connect(real_tf_serving, "no_such_model")
     assert e.value.code == grpc.StatusCode.NOT_FOUND

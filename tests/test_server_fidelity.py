@@ -61,11 +61,11 @@ def test_version_labels_and_pinning(three_versions, fashion):
     with serving.ModelServer([config], poll_seconds=0) as srv:
         assert status_versions(srv.target, "teacher", version_label="canary") == [3]
         for kwargs, version in ((dict(version_label="stable"), 1), (dict(version=2), 2), ({}, 3)):
-            with teacher.TeacherClient(srv.target, "teacher", **kwargs) as client:
+            with teacher.connect(srv.target, "teacher", **kwargs) as client:
                 assert client.signature.version == version
                 assert client.soft_labels(fashion.x_test[:2]).shape == (2, 10)
         with pytest.raises(teacher.TeacherError, match="Unrecognized servable version label: beta"):
-            teacher.TeacherClient(srv.target, "teacher", version_label="beta")
+            teacher.connect(srv.target, "teacher", version_label="beta")
 
 
 def test_models_config_file_with_policy_and_labels(three_versions, tmp_path):
@@ -99,7 +99,7 @@ def test_reload_config(three_versions, teacher_base, fashion):
             assert response.status.error_code == 0
         assert status_versions(srv.target, "student") == [3]
         with pytest.raises(teacher.TeacherError, match="Servable not found") as e:
-            teacher.TeacherClient(srv.target, "teacher")  # Removed by the new config.
+            teacher.connect(srv.target, "teacher")  # Removed by the new config.
         assert e.value.code == grpc.StatusCode.NOT_FOUND
 
 

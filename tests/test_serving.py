@@ -171,7 +171,7 @@ def test_serve_launcher_subprocess(teacher_base, fashion):
         assert line.startswith("Serving ['teacher'] on 127.0.0.1:"), line
         target = line.split(" on ")[1].strip()
         from tfkd import teacher
-        with teacher.TeacherClient(target, "teacher") as client:
+        with teacher.connect(target, "teacher") as client:
             assert client.soft_labels(fashion.x_test[:10]).shape == (10, 10)
     finally:
         proc.terminate()

@@ -7,6 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
+from tfkd import client as client_lib
 from tfkd import teacher
 
 
@@ -28,17 +29,17 @@ def test_soft_labels_and_query_count(client, fashion):
 
 def test_batch_over_4mb_is_split(client, fashion):
     images = fashion.x_train[:2000]  # 2000 * 28 * 28 * 4 bytes = 6.3 MB > gRPC's 4 MB default.
-    assert images.nbytes > teacher.GRPC_DEFAULT_MAX_MESSAGE_BYTES
+    assert images.nbytes > client_lib.GRPC_DEFAULT_MAX_MESSAGE_BYTES
     labels = client.soft_labels(images)
     assert labels.shape == (2000, 10)
     assert client.requests == 2 and client.queries == 2000 and client.retries == 0
-    assert client.images_per_request * 28 * 28 * 4 < teacher.GRPC_DEFAULT_MAX_MESSAGE_BYTES
+    assert client.images_per_request * 28 * 28 * 4 < client_lib.GRPC_DEFAULT_MAX_MESSAGE_BYTES
     np.testing.assert_allclose(labels[:5], client.soft_labels(images[:5]), atol=1e-6)
 
 
 def test_unknown_model_is_not_found(server):
     with pytest.raises(teacher.TeacherError, match="Servable not found for request") as e:
-        teacher.TeacherClient(server.target, "no_such_model")
+        teacher.connect(server.target, "no_such_model")
     assert e.value.code == grpc.StatusCode.NOT_FOUND
 
 
@@ -48,7 +49,7 @@ def test_unreachable_teacher_fails_fast_naming_the_address():
         port = s.getsockname()[1]
     start = time.monotonic()
     with pytest.raises(teacher.TeacherError, match=f"127.0.0.1:{port}: unreachable"):
-        teacher.TeacherClient(f"127.0.0.1:{port}", "teacher", connect_timeout_s=2)
+        teacher.connect(f"127.0.0.1:{port}", "teacher", connect_timeout_s=2)
     assert time.monotonic() - start < 10
 
 
@@ -60,13 +61,13 @@ def test_wrong_image_shape_is_named(client):
 def test_ledger_answers_are_never_asked_twice(server, fashion, tmp_path):
     images = fashion.x_test[:100]
     ledger = teacher.QueryLedger(str(tmp_path))
-    with teacher.TeacherClient(server.target, "teacher", ledger=ledger) as c:
+    with teacher.connect(server.target, "teacher", ledger=ledger) as c:
         first = c.soft_labels(images[:60])
         both = c.soft_labels(images)
         assert c.queries == 100 and c.ledger_hits == 60
     np.testing.assert_allclose(both[:60], first)
     # A new process (a new ledger read from disk) sends nothing for known images.
-    with teacher.TeacherClient(server.target, "teacher",
+    with teacher.connect(server.target, "teacher",
                                ledger=teacher.QueryLedger(str(tmp_path))) as c:
         again = c.soft_labels(images)
         assert c.queries == 0 and c.ledger_hits == 100

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2
 
+from tfkd import client as client_lib
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import synthesis
@@ -19,9 +20,9 @@ from conftest import RequireToken
 
 def test_non_keras_teacher_uint8_logits(custom_server, fashion):
     images = fashion.x_test[:200]
-    with teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores",
+    with teacher.connect(custom_server.target, "custom", signature_name="predict_scores",
                                output_key="scores", output_kind="logits") as custom, \
-            teacher.TeacherClient(custom_server.target, "teacher") as keras_teacher:
+            teacher.connect(custom_server.target, "teacher") as keras_teacher:
         sig = custom.signature
         assert (sig.input_key, sig.input_dtype, sig.input_shape, sig.input_scale) == \
             ("pixels", np.uint8, (-1, 28, 28), 255.0)
@@ -33,10 +34,10 @@ def test_non_keras_teacher_uint8_logits(custom_server, fashion):
 
 def test_label_only_teacher_gives_one_hot(custom_server, fashion):
     images = fashion.x_test[:100]
-    with teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores",
+    with teacher.connect(custom_server.target, "custom", signature_name="predict_scores",
                                output_key="label") as labels_only, \
-            teacher.TeacherClient(custom_server.target, "teacher", label_only=True) as view, \
-            teacher.TeacherClient(custom_server.target, "teacher") as full:
+            teacher.connect(custom_server.target, "teacher", label_only=True) as view, \
+            teacher.connect(custom_server.target, "teacher") as full:
         assert labels_only.signature.output_kind == "classes"
         assert labels_only.signature.num_classes is None  # The metadata cannot say K ...
         with pytest.raises(teacher.TeacherError, match="number of classes is unknown"):
@@ -50,32 +51,32 @@ def test_label_only_teacher_gives_one_hot(custom_server, fashion):
 
 def test_contract_errors_name_teacher_and_output(custom_server, fashion):
     # Reading logits as probabilities breaks the contract: the run stops, naming what was wrong.
-    with teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores",
+    with teacher.connect(custom_server.target, "custom", signature_name="predict_scores",
                                output_key="scores") as wrong:
         with pytest.raises(teacher.TeacherError,
                            match=r"teacher 'custom', output 'scores' \(probabilities\): not prob"):
             wrong.soft_labels(fashion.x_test[:4])
     with pytest.raises(teacher.TeacherError, match="several outputs"):
-        teacher.TeacherClient(custom_server.target, "custom", signature_name="predict_scores")
+        teacher.connect(custom_server.target, "custom", signature_name="predict_scores")
     with pytest.raises(teacher.TeacherError, match="no signature 'serving_default'"):
-        teacher.TeacherClient(custom_server.target, "custom")
+        teacher.connect(custom_server.target, "custom")
 
 
 def test_query_budget_is_never_exceeded(server, fashion, tmp_path):
-    with teacher.TeacherClient(server.target, "teacher", query_budget=150) as client:
+    with teacher.connect(server.target, "teacher", query_budget=150) as client:
         client.soft_labels(fashion.x_test[:100])
         with pytest.raises(teacher.QueryBudgetExceeded,
                            match="needs 100 more .* query budget of 150 leaves 50"):
             client.soft_labels(fashion.x_test[100:200])
         assert client.queries == 100
     # The pipeline checks its whole plan (evaluation included) before sending anything.
-    config = pipeline.FSBBTConfig(
+    config = pipeline.DistillConfig(
         workdir=str(tmp_path / "run"), num_shots=50, num_validation=1000,
         teacher=teacher.TeacherConfig(target=server.target, query_budget=489),
         mixup=synthesis.MixUpConfig(num_images=200), cvae=synthesis.CVAEConfig(num_images=40),
         student=distill.StudentConfig(epochs=1), eval_examples=200, verbose=0)
     with pytest.raises(teacher.QueryBudgetExceeded, match="needs 490 more .* leaves 489"):
-        pipeline.run_fsbbt(config)
+        pipeline.run(config)
     assert len(teacher.QueryLedger(str(tmp_path / "run" / "ledger"))) == 0
     assert teacher.QueryAccount(str(tmp_path / "run" / "ledger")).total == 0
 
@@ -94,7 +95,7 @@ def test_query_account_persists_every_attempt(tmp_path):
     assert teacher.QueryAccount(str(tmp_path)).by_stage == {"label_real": 60,
                                                              "evaluate_teacher": 40}
     with pytest.raises(ValueError, match="query budget's|query_budget=5: the query account"):
-        teacher.TeacherClient("127.0.0.1:1", "teacher", query_budget=5, account=again)
+        teacher.connect("127.0.0.1:1", "teacher", query_budget=5, account=again)
     with open(tmp_path / "queries_sent.log", "a") as f:
         f.write("label_real first ma")  # A line cut short: skipped, the sound ones still count.
     damaged = teacher.QueryAccount(str(tmp_path))
@@ -123,10 +124,10 @@ class FailFirst(grpc.ServerInterceptor):
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   grpc.StatusCode.DEADLINE_EXCEEDED])
 def test_retryable_errors_are_retried(teacher_base, fashion, code):
-    fast = teacher.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
+    fast = client_lib.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
     with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
                              interceptors=[FailFirst(code, 3)]) as srv, \
-            teacher.TeacherClient(srv.target, "teacher", retry=fast) as client:
+            teacher.connect(srv.target, "teacher", retry=fast) as client:
         labels = client.soft_labels(fashion.x_test[:10])
         assert labels.shape == (10, 10)
         assert client.retries == 3 and client.requests == 4
@@ -135,7 +136,7 @@ def test_retryable_errors_are_retried(teacher_base, fashion, code):
 def test_client_errors_are_not_retried(teacher_base, fashion):
     with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
                              interceptors=[FailFirst(grpc.StatusCode.INVALID_ARGUMENT, 1)]) as srv, \
-            teacher.TeacherClient(srv.target, "teacher") as client:
+            teacher.connect(srv.target, "teacher") as client:
         with pytest.raises(teacher.TeacherError, match="Predict failed with INVALID_ARGUMENT: "
                                                        "injected fault") as e:
             client.soft_labels(fashion.x_test[:10])
@@ -151,17 +152,17 @@ def test_authorization_header_from_file_or_env(teacher_base, fashion, tmp_path, 
     with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
                              interceptors=[RequireToken(secret)]) as srv:
         with pytest.raises(teacher.TeacherError, match="UNAUTHENTICATED"):
-            teacher.TeacherClient(srv.target, "teacher")
+            teacher.connect(srv.target, "teacher")
         for kwargs in (dict(auth_token_file=str(tmp_path / "token")),
                        dict(auth_token_env="TFKD_TEST_TOKEN")):
-            with teacher.TeacherClient(srv.target, "teacher", **kwargs) as client:
+            with teacher.connect(srv.target, "teacher", **kwargs) as client:
                 assert client.soft_labels(fashion.x_test[:3]).shape == (3, 10)
                 assert secret not in repr(client)
     assert "Serving teacher" in every_log_level.text  # The capture sees INFO lines ...
     assert "Connected to teacher 'teacher'" in every_log_level.text  # ... and DEBUG lines ...
     assert secret not in every_log_level.text  # ... and no line of any level has the secret.
     with pytest.raises(ValueError, match="auth_token_env='TFKD_NOPE'"):
-        teacher.TeacherClient("127.0.0.1:1", "teacher", auth_token_env="TFKD_NOPE")
+        teacher.connect("127.0.0.1:1", "teacher", auth_token_env="TFKD_NOPE")
 
 
 @pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0,
@@ -175,10 +176,10 @@ def test_tls_channel(teacher_base, fashion, tmp_path):
     with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
                              ssl_server_cert=cert.read_bytes(),
                              ssl_server_key=key.read_bytes()) as srv:
-        with teacher.TeacherClient(srv.target, "teacher", tls_ca_file=str(cert)) as client:
+        with teacher.connect(srv.target, "teacher", tls_ca_file=str(cert)) as client:
             assert client.soft_labels(fashion.x_test[:3]).shape == (3, 10)
         with pytest.raises(teacher.TeacherError, match="unreachable"):  # Plaintext to a TLS port.
-            teacher.TeacherClient(srv.target, "teacher", connect_timeout_s=2)
+            teacher.connect(srv.target, "teacher", connect_timeout_s=2)
 
 
 class PeakConcurrency(grpc.ServerInterceptor):
@@ -217,7 +218,7 @@ def test_requests_in_flight_at_once(teacher_base, fashion):
     peak = PeakConcurrency()
     with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
                              interceptors=[peak]) as srv, \
-            teacher.TeacherClient(srv.target, "teacher", max_in_flight=4,
+            teacher.connect(srv.target, "teacher", max_in_flight=4,
                                   max_request_bytes=64 * 1024 + 100 * 28 * 28 * 4) as client:
         labels = client.soft_labels(fashion.x_test[:800])
         assert client.requests == 8 and labels.shape == (800, 10)

@@ -15,40 +15,40 @@ from test_pipeline import TINY
 @pytest.fixture()
 def local_config(renamed_data, tmp_path):
     """A tiny run that trains its own teacher (1 epoch on 2,500 images) into the work dir."""
-    return pipeline.FSBBTConfig(workdir=str(tmp_path / "run"), data_dir=str(renamed_data / "true"),
+    return pipeline.DistillConfig(workdir=str(tmp_path / "run"), data_dir=str(renamed_data / "true"),
                                 teacher_train=pipeline.TeacherTrainConfig(epochs=1), **TINY)
 
 
 def test_a_teacher_trained_with_other_settings_is_refused(local_config, tmp_path):
-    first = pipeline.run_fsbbt(local_config)
+    first = pipeline.run(local_config)
     assert first["teacher_recipe"]["epochs"] == 1
     sent = teacher.QueryAccount(str(tmp_path / "run" / "ledger")).total
     other = dataclasses.replace(local_config,
                                 teacher_train=pipeline.TeacherTrainConfig(epochs=2))
     with pytest.raises(workdir.WorkdirError, match="epochs: 1 there, 2 now"):
-        pipeline.run_fsbbt(other)
+        pipeline.run(other)
     assert teacher.QueryAccount(str(tmp_path / "run" / "ledger")).total == sent  # Nothing sent.
-    assert pipeline.run_fsbbt(local_config)["teacher_queries_sent"] == 0  # Same settings: reused.
+    assert pipeline.run(local_config)["teacher_queries_sent"] == 0  # Same settings: reused.
 
 
 def test_a_busy_work_dir_is_refused(local_config):
     with workdir.lock(local_config.workdir):  # Another run holds it.
         with pytest.raises(workdir.WorkdirError, match=r"in use by another run \(pid \d+\)"):
-            pipeline.run_fsbbt(local_config)
+            pipeline.run(local_config)
     assert teacher.QueryAccount(local_config.workdir + "/ledger").total == 0
 
 
 def test_growing_the_synthetic_set_keeps_what_was_paid_for(server, tmp_path):
     """MixUp 200 -> 300 and CVAE 40 -> 60 on the same work dir: the larger sets extend the smaller
     ones, so only the 100 + 20 new images are sent to the teacher."""
-    config = pipeline.FSBBTConfig(workdir=str(tmp_path / "run"),
+    config = pipeline.DistillConfig(workdir=str(tmp_path / "run"),
                                   teacher=teacher.TeacherConfig(target=server.target), **TINY)
-    first = pipeline.run_fsbbt(config)
+    first = pipeline.run(config)
     assert first["teacher_queries_sent"] == 50 + 200 + 40
     grown = dataclasses.replace(
         config, mixup=dataclasses.replace(config.mixup, num_images=300),
         cvae=dataclasses.replace(config.cvae, num_images=60))
-    second = pipeline.run_fsbbt(grown)
+    second = pipeline.run(grown)
     assert second["teacher_queries_sent_by_stage"] == {"label_mixup": 100, "label_cvae": 20}
     assert second["teacher_ledger_hits"] == 50 + 200 + 40
     assert "cvae_training" in second["stage_seconds"]  # Timed, but the weights were reused:

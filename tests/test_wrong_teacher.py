@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from tfkd import methods
 from tfkd import distill
 from tfkd import export
 from tfkd import models
@@ -31,28 +32,28 @@ def seven_class_teacher(tmp_path_factory, fashion):
 def test_a_teacher_with_another_class_count_is_refused(seven_class_teacher, tmp_path):
     with serving.ModelServer([serving.ModelConfig("teacher", seven_class_teacher)],
                              poll_seconds=0) as srv:
-        config = pipeline.FSBBTConfig(
+        config = pipeline.DistillConfig(
             workdir=str(tmp_path / "run"), num_shots=50, num_validation=500,
             teacher=teacher.TeacherConfig(target=srv.target),
             mixup=synthesis.MixUpConfig(num_images=100), cvae=synthesis.CVAEConfig(num_images=20),
             student=distill.StudentConfig(epochs=1), eval_examples=100, compress=(), verbose=0)
         with pytest.raises(teacher.TeacherError,
                            match="'probabilities' has 7 classes but dataset 'fashion_mnist' has 10"):
-            pipeline.run_fsbbt(config)
+            pipeline.run(config)
         assert teacher.QueryAccount(str(tmp_path / "run" / "ledger")).total == 0  # Nothing sent.
         assert not (tmp_path / "run" / "export").exists()
         # Said how to map: teacher classes 0..6 are the data's 3..9; the run goes through, with
         # the data's 10 classes and nothing of the teacher's mass on data classes 0..2.
         mapped = dataclasses.replace(config, workdir=str(tmp_path / "mapped"), teacher=dataclasses
                                      .replace(config.teacher, class_map=tuple(range(3, 10))))
-        report = pipeline.run_fsbbt(mapped)
-    labelled = pipeline.LabelledSet.load(report["labelled_set"])
-    assert labelled.soft_labels.shape[1] == 10 and labelled.soft_labels[:, :3].max() == 0
-    np.testing.assert_allclose(labelled.soft_labels.sum(axis=1), 1.0, rtol=1e-5)
+        report = pipeline.run(mapped)
+    labelled = methods.TransferSet.load(report["labelled_set"])
+    assert labelled.targets.shape[1] == 10 and labelled.targets[:, :3].max() == 0
+    np.testing.assert_allclose(labelled.targets.sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(teacher.TeacherError, match="class_map has 3 entries but the output"):
         with serving.ModelServer([serving.ModelConfig("teacher", seven_class_teacher)],
                                  poll_seconds=0) as srv:
-            with teacher.TeacherClient(srv.target, "teacher", class_map=(0, 1, 2)) as client:
+            with teacher.connect(srv.target, "teacher", class_map=(0, 1, 2)) as client:
                 client.expect_num_classes(10)
 
 

@@ -80,6 +80,23 @@ class StudentConfig:
     checkpoint_steps: int = 0
     loop: str = "auto"
 
+    def validate(self) -> None:
+        """Raises ValueError naming the first field out of range and what it accepts."""
+        checks = [
+            ("architecture", self.architecture in models.MODELS, models.MODELS),
+            ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, LR_SCHEDULES),
+            ("loss", self.loss in LOSSES, LOSSES), ("temperature", self.temperature > 0, "> 0"),
+            ("mixup_alpha", self.mixup_alpha >= 0, ">= 0 (0 disables)"),
+            ("steps_per_execution", self.steps_per_execution >= 1, ">= 1"),
+            ("checkpoint_steps", self.checkpoint_steps >= 0, ">= 0"),
+            ("loop", self.loop in LOOPS, LOOPS),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"student.{name}={getattr(self, name)!r}: expected {expected}")
+
 
 class TemperatureKD(keras.losses.Loss):
     """T² · CE(p_t^(T), softmax(z_s / T)) (Hinton et al. 2015, eq. 2 with soft targets only).

@@ -1,18 +1,12 @@
-"""The black-box teacher: a TF Serving gRPC client, soft labels, the query ledger and budget.
+"""The black-box teacher: soft labels, the query ledger and the query budget, over gRPC.
 
-The distillation code reaches the teacher only through :class:`TeacherClient`. It speaks the TF
-Serving API (``PredictionService.GetModelMetadata`` and ``Predict``) and so works unchanged against
-``tensorflow_model_server`` and tfkd's own :mod:`tfkd.serving`.
+The distillation code reaches the teacher only through :class:`TeacherClient`, which sits on the
+model-agnostic :class:`tfkd.client.ServingClient` (channel, TLS, auth metadata, metadata, chunked
+``Predict``, retries, deadlines) and adds what makes the served model a *teacher*:
 
-* Any signature: the input and output names, dtypes and shapes come from ``GetModelMetadata`` and can
-  be overridden (:class:`TeacherConfig`): float32 or uint8 input with a scale (the value that pixel
-  intensity 1.0 maps to), images with or without a channel axis, an output read as probabilities,
-  logits or class ids (a top-1 "decision-based" API). Every kind becomes soft labels float32
-  [batch, K]: probabilities as they are, softmax of logits, one-hot of class ids.
-* Robust: requests under gRPC's 4 MB default, several in flight, per-request deadlines, retries
-  with exponential backoff and full jitter on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED;
-  other errors stop the run with the server's message. TLS channels and per-call metadata (an
-  ``authorization`` header read from a file or an environment variable, never printed or logged).
+* What its output means: probabilities as they are, softmax of logits, one-hot of class ids (a
+  top-1 "decision-based" API), optionally mapped into the data's classes; every answer checked
+  (:func:`to_soft_labels`) and returned as soft labels float32 [batch, K].
 * Paid for once: every image sent is charged to a :class:`QueryAccount` before it is sent (persisted
   beside the ledger: the work dir's whole life, every process, retries and evaluation included) and
   the query budget caps that total; with a :class:`QueryLedger` every answer is persisted as soon as
@@ -21,41 +15,25 @@ Serving API (``PredictionService.GetModelMetadata`` and ``Predict``) and so work
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import glob
 import hashlib
 import os
-import random
 import threading
 import time
 import uuid
 
-import grpc
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from tensorflow_serving.apis import get_model_metadata_pb2
-from tensorflow_serving.apis import predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+from tfkd import client as client_lib
+
 OUTPUT_KINDS = ("probabilities", "logits", "classes")
-INPUT_DTYPES = ("float32", "uint8")
-RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                   grpc.StatusCode.RESOURCE_EXHAUSTED)
 
-
-class TeacherError(RuntimeError):
-    """The teacher could not be reached, answered an error, or broke its contract.
-
-    The message names the teacher, its address and what was wrong; ``code`` is the gRPC status code
-    when the server answered one.
-    """
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
-        super().__init__(message)
-        self.code = code
+TeacherError = client_lib.ServingClientError
+"""The teacher could not be reached, answered an error, or broke its contract (the client's error:
+the message names the teacher and its address; ``code`` is the gRPC status when one was answered)."""
 
 
 class QueryBudgetExceeded(TeacherError):
@@ -63,111 +41,51 @@ class QueryBudgetExceeded(TeacherError):
 
 
 @dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter (sleep ~ U(0, min(max, initial * multiplier^attempt))).
+class TeacherConfig(client_lib.ServingConfig):
+    """How to reach and read a served teacher: :class:`tfkd.client.ServingConfig`'s fields, and
 
     Attributes:
-      max_attempts: attempts per request, the first included.
-      initial_backoff_s, max_backoff_s, multiplier: the backoff envelope, in seconds.
-    """
-
-    max_attempts: int = 10
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 10.0
-    multiplier: float = 2.0
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.max_backoff_s,
-                                    self.initial_backoff_s * self.multiplier ** attempt))
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherConfig:
-    """How to reach and read a served teacher. Field names are :class:`TeacherClient`'s arguments.
-
-    Attributes:
-      target: ``host:port``; "" lets :func:`tfkd.pipeline.run_fsbbt` train and serve one locally.
-      model_name, version, version_label, signature_name: the model spec (version and version_label
-        are exclusive; neither: the server's latest).
-      input_key, input_dtype ("float32" | "uint8"), input_scale (the value pixel intensity 1.0 maps to:
-        1 or 255): default from the metadata (scale 255 for uint8, else 1).
-      output_key, output_kind (one of ``OUTPUT_KINDS``): default ``probabilities`` if present, else the
-        only output; kind ``classes`` for an integer output of rank 1, else ``probabilities``.
+      target: ``host:port``; "" lets the pipeline train and serve one locally
+        (:func:`tfkd.pipeline.run`).
+      output_kind: one of ``OUTPUT_KINDS``; default ``classes`` for an integer output of rank <= 1,
+        else ``probabilities``.
       class_map: ``class_map[t]`` is the data's class for the teacher's class t (a teacher whose
         classes are another order or a subset of the data's); answers are mapped into the data's
         classes (probability of teacher classes sharing a data class summed). None: the same
         classes and order.
       label_only: expose only the teacher's argmax (one-hot), to emulate a decision-based API on a
         teacher that returns probabilities.
-      timeout_s: per-request deadline; connect_timeout_s: how long to wait for the server at start.
-      max_in_flight: Predict requests in flight at once.
-      max_request_bytes: requests are split to stay under this.
-      retry: the :class:`RetryPolicy` for UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED.
-      tls_ca_file, tls_cert_file, tls_key_file, tls_server_name: a TLS channel (CA bundle, optional
-        client certificate and key, optional name override) instead of an insecure one.
-      auth_token_file, auth_token_env: where to read a secret sent as ``auth_header: auth_scheme
-        <token>`` on every call (never printed or logged).
       query_budget: at most this many images in the :class:`QueryAccount`'s total (None: no cap);
-        with no account given to :meth:`connect`, an in-memory account of this client alone.
+        with no account given to :class:`TeacherClient`, an in-memory account of this client alone.
     """
 
-    target: str = ""
     model_name: str = "teacher"
-    version: int | None = None
-    version_label: str | None = None
-    signature_name: str = "serving_default"
-    input_key: str | None = None
-    input_dtype: str | None = None
-    input_scale: float | None = None
-    output_key: str | None = None
     output_kind: str | None = None
     class_map: tuple[int, ...] | None = None
     label_only: bool = False
-    timeout_s: float = 60.0
-    connect_timeout_s: float = 30.0
-    max_in_flight: int = 4
-    max_request_bytes: int = GRPC_DEFAULT_MAX_MESSAGE_BYTES
-    retry: RetryPolicy = RetryPolicy()
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    tls_server_name: str | None = None
-    auth_token_file: str | None = None
-    auth_token_env: str | None = None
-    auth_header: str = "authorization"
-    auth_scheme: str = "Bearer"
     query_budget: int | None = None
 
-    def connect(self, ledger: "QueryLedger | None" = None,
-                account: "QueryAccount | None" = None) -> "TeacherClient":
-        """A :class:`TeacherClient` with these settings, answers in ``ledger``, queries charged to
-        ``account`` (whose budget must then be ``query_budget``)."""
-        return TeacherClient(**dataclasses.asdict(self) | {"retry": self.retry}, ledger=ledger,
-                             account=account)
+    def validate(self, require_target: bool = True) -> None:
+        """Raises ValueError naming the first contradictory or out-of-range field (an empty
+        ``target`` passes when not ``require_target``)."""
+        super().validate(require_target)
+        if self.output_kind is not None and self.output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output_kind={self.output_kind!r}: expected one of {OUTPUT_KINDS}")
+        if self.query_budget is not None and self.query_budget < 0:
+            raise ValueError(f"query_budget={self.query_budget}: expected >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherSignature:
-    """The teacher's contract as read (metadata plus overrides).
+class TeacherSignature(client_lib.ServingSignature):
+    """The served signature (:class:`tfkd.client.ServingSignature`) read as a teacher.
 
     Attributes:
-      model_name, version, signature_name: the servable answering (version as resolved by the server).
-      input_key; input_dtype: numpy dtype; input_shape: with -1 for unknown dimensions, batch first
-        (rank 4: NHWC; rank 3: no channel axis); input_scale: value of pixel intensity 1.0.
-      output_key; output_kind: one of ``OUTPUT_KINDS``; num_classes: K (None if the metadata does not
-        say, for class ids).
+      output_kind: one of ``OUTPUT_KINDS``; num_classes: K (None while the metadata cannot say, for
+        class ids: see :meth:`TeacherClient.expect_num_classes`).
     """
 
-    model_name: str
-    version: int
-    signature_name: str
-    input_key: str
-    input_dtype: np.dtype
-    input_shape: tuple
-    input_scale: float
-    output_key: str
-    output_kind: str
-    num_classes: int | None
+    output_kind: str = "probabilities"
+    num_classes: int | None = None
 
     @property
     def identity(self) -> str:
@@ -175,12 +93,6 @@ class TeacherSignature:
         return (f"{self.model_name}/{self.version}/{self.signature_name}/{self.input_key}:"
                 f"{np.dtype(self.input_dtype).name}*{self.input_scale:g}->{self.output_key}:"
                 f"{self.output_kind}")
-
-
-def _shape(info) -> tuple:
-    if info.tensor_shape.unknown_rank:
-        return ()
-    return tuple(int(d.size) for d in info.tensor_shape.dim)
 
 
 def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
@@ -391,146 +303,55 @@ class QueryLedger:
             self._answers.update(zip(keys, soft_labels))
 
 
-def _read_secret(path: str | None, env: str | None) -> str | None:
-    if path and env:
-        raise ValueError("auth_token_file and auth_token_env: give one, not both")
-    if path:
-        try:
-            with open(path) as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise ValueError(f"auth_token_file={path!r}: cannot read it ({e.strerror})") from None
-        if not token:
-            raise ValueError(f"auth_token_file={path!r}: the file is empty")
-        return token
-    if env:
-        token = os.environ.get(env, "").strip()
-        if not token:
-            raise ValueError(f"auth_token_env={env!r}: the environment variable is unset or empty")
-        return token
-    return None
-
-
-def _read_file(path: str | None, what: str) -> bytes | None:
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"{what}={path!r}: cannot read it ({e.strerror})") from None
-
-
-def check_target(target: str) -> str:
-    """Checks a gRPC address: ``host:port`` with a port in 1..65535 (``[v6]:port`` too), or a
-    ``unix:`` socket path. Returns it unchanged.
-
-    Raises:
-      ValueError: naming the address and what is expected (so that a typo fails at once instead
-        of waiting for the connection deadline).
-    """
-    if target.startswith("unix:") and len(target) > 5:
-        return target
-    host, _, port = (target or "").rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"target={target!r}: expected host:port with a port in 1..65535")
-    return target
-
 
 class TeacherClient:
-    """A classifier served over the TF Serving gRPC API, seen as a black box.
+    """A classifier served over the TF Serving gRPC API, seen as a black-box teacher.
 
-    Args: the fields of :class:`TeacherConfig` (``target`` and ``model_name`` positional), and
+    Args:
+      config: the :class:`TeacherConfig`.
       ledger: an optional :class:`QueryLedger`; answers found there are not asked again.
+      account: the :class:`QueryAccount` queries are charged to (its budget must be
+        ``config.query_budget``); default: an in-memory account of this client alone.
 
     Raises:
       TeacherError: the server is unreachable within ``connect_timeout_s`` (the message names the
         address); it answered an error (``code`` set: NOT_FOUND for an unknown model, ...); or the
         signature has no input or output usable as the contract requires.
-      ValueError: contradictory or unreadable settings (both version and label, a missing TLS file).
+      ValueError: contradictory or unreadable settings (both version and label, a missing TLS file,
+        a budget other than the account's).
     """
 
-    def __init__(self, target: str, model_name: str = "teacher", *, version: int | None = None,
-                 version_label: str | None = None, signature_name: str = "serving_default",
-                 input_key: str | None = None, input_dtype: str | None = None,
-                 input_scale: float | None = None, output_key: str | None = None,
-                 output_kind: str | None = None, class_map: tuple[int, ...] | None = None,
-                 label_only: bool = False, timeout_s: float = 60.0,
-                 connect_timeout_s: float = 30.0, max_in_flight: int = 4,
-                 max_request_bytes: int = GRPC_DEFAULT_MAX_MESSAGE_BYTES,
-                 retry: RetryPolicy = RetryPolicy(), tls_ca_file: str | None = None,
-                 tls_cert_file: str | None = None, tls_key_file: str | None = None,
-                 tls_server_name: str | None = None, auth_token_file: str | None = None,
-                 auth_token_env: str | None = None, auth_header: str = "authorization",
-                 auth_scheme: str = "Bearer", query_budget: int | None = None,
-                 ledger: QueryLedger | None = None, account: QueryAccount | None = None):
-        check_target(target)
-        if version is not None and version_label:
-            raise ValueError(f"version={version} and version_label={version_label!r}: give one")
-        if input_dtype is not None and input_dtype not in INPUT_DTYPES:
-            raise ValueError(f"input_dtype={input_dtype!r}: expected one of {INPUT_DTYPES}")
-        if input_scale is not None and input_scale <= 0:
-            raise ValueError(f"input_scale={input_scale}: expected > 0 (1 or 255)")
-        if output_kind is not None and output_kind not in OUTPUT_KINDS:
-            raise ValueError(f"output_kind={output_kind!r}: expected one of {OUTPUT_KINDS}")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight={max_in_flight}: expected >= 1")
+    def __init__(self, config: TeacherConfig, ledger: QueryLedger | None = None,
+                 account: QueryAccount | None = None):
+        config.validate()
         if account is None:
-            account = QueryAccount(budget=query_budget)
-        elif query_budget != account.budget:
-            raise ValueError(f"query_budget={query_budget}: the query account's budget is "
+            account = QueryAccount(budget=config.query_budget)
+        elif config.query_budget != account.budget:
+            raise ValueError(f"query_budget={config.query_budget}: the query account's budget is "
                              f"{account.budget}; give one budget")
-        self.target = target
-        self.model_name = model_name
-        self.version = version
-        self.version_label = version_label
-        self.signature_name = signature_name
-        self.label_only = label_only
-        self.class_map = None if class_map is None else tuple(int(c) for c in class_map)
-        self.num_data_classes: int | None = None  # Set by expect_num_classes.
-        self.timeout_s = timeout_s
-        self.max_in_flight = max_in_flight
-        self.max_request_bytes = max_request_bytes
-        self.retry = retry
+        self.config = config
         self.account = account
         self.ledger = ledger
+        self.class_map = None if config.class_map is None else tuple(int(c)
+                                                                    for c in config.class_map)
+        self.num_data_classes: int | None = None  # Set by expect_num_classes.
         self.queries = 0  # Images this client sent (every attempt counts: the teacher saw it).
-        self.requests = 0  # Predict RPCs sent, retries included.
-        self.retries = 0  # Attempts after a retryable error.
         self.ledger_hits = 0  # Images answered from the ledger.
-        self._counter_lock = threading.Lock()
-        self._rng = random.Random()
-        token = _read_secret(auth_token_file, auth_token_env)
-        self._call_metadata = ((auth_header.lower(), f"{auth_scheme} {token}".strip()),) if token else None
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        if tls_ca_file or tls_cert_file or tls_key_file:
-            if bool(tls_cert_file) != bool(tls_key_file):
-                raise ValueError("tls_cert_file and tls_key_file: give both or neither")
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read_file(tls_ca_file, "tls_ca_file"),
-                private_key=_read_file(tls_key_file, "tls_key_file"),
-                certificate_chain=_read_file(tls_cert_file, "tls_cert_file"))
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=connect_timeout_s)
-        except grpc.FutureTimeoutError:
-            self._channel.close()
-            raise TeacherError(f"teacher {model_name!r} at {target}: unreachable "
-                               f"(no connection within {connect_timeout_s:g} s)",
-                               grpc.StatusCode.UNAVAILABLE) from None
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        try:
-            self.signature = self._read_signature(input_key, input_dtype, input_scale, output_key,
-                                                  output_kind)
-        except BaseException:
-            self._channel.close()
-            raise
-        logging.debug("Connected to %s: %s%s", self.name, self.signature,
-                      " (authorization metadata set)" if token else "")
+        self._lock = threading.Lock()
+        self._client = client_lib.ServingClient(config, role="teacher")
+        served = self._client.signature
+        kind = config.output_kind or ("classes" if served.output_dtype.is_integer
+                                      and len(served.output_shape) <= 1 else "probabilities")
+        shape = served.output_shape
+        self.signature = TeacherSignature(
+            **{f.name: getattr(served, f.name) for f in dataclasses.fields(served)},
+            output_kind=kind, num_classes=shape[1] if len(shape) == 2 and shape[1] > 0 else None)
+
+    label_only = property(lambda self: self.config.label_only)
+    name = property(lambda self: self._client.name)
+    requests = property(lambda self: self._client.requests, doc="Predict RPCs, retries included.")
+    retries = property(lambda self: self._client.retries, doc="Attempts after a retryable error.")
+    images_per_request = property(lambda self: self._client.images_per_request)
 
     @property
     def query_budget(self) -> int | None:
@@ -538,99 +359,12 @@ class TeacherClient:
         return self.account.budget
 
     def __repr__(self) -> str:  # Never shows the call metadata (secrets).
-        return f"TeacherClient({self.target!r}, {self.model_name!r}, queries={self.queries})"
+        return f"TeacherClient({self.config.target!r}, {self.config.model_name!r}, " \
+               f"queries={self.queries})"
 
-    @property
-    def name(self) -> str:
-        return f"teacher {self.model_name!r} at {self.target}"
-
-    def _model_spec(self, spec, with_signature: bool = True) -> None:
-        spec.name = self.model_name
-        if with_signature:
-            spec.signature_name = self.signature_name
-        if self.version is not None:
-            spec.version.value = self.version
-        elif self.version_label:
-            spec.version_label = self.version_label
-
-    def _call(self, method, request, what: str, before_retry=None):
-        """One RPC with retries on the retryable codes; other errors raise :class:`TeacherError`.
-
-        ``before_retry()`` runs before each retry is sent (Predict charges the account there)."""
-        attempt = 0
-        while True:
-            try:
-                return method(request, timeout=self.timeout_s, metadata=self._call_metadata)
-            except grpc.RpcError as e:
-                code = e.code()
-                if code in RETRYABLE_CODES and attempt + 1 < self.retry.max_attempts:
-                    delay = self.retry.backoff(attempt, self._rng)
-                    logging.warning("%s: %s %s (%s); retry %d/%d in %.2f s", self.name, what,
-                                    code.name, (e.details() or "")[:200], attempt + 1,
-                                    self.retry.max_attempts - 1, delay)
-                    with self._counter_lock:
-                        self.retries += 1
-                    attempt += 1
-                    time.sleep(delay)
-                    if before_retry is not None:
-                        before_retry()
-                    continue
-                raise TeacherError(f"{self.name}: {what} failed with {code.name}: {e.details()}"
-                                   + (f" (after {attempt + 1} attempts)" if attempt else ""),
-                                   code) from None
-
-    def _read_signature(self, input_key, input_dtype, input_scale, output_key,
-                        output_kind) -> TeacherSignature:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._model_spec(request.model_spec, with_signature=False)
-        response = self._call(self._stub.GetModelMetadata, request, "GetModelMetadata")
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signature_map)
-        if self.signature_name not in signature_map.signature_def:
-            raise TeacherError(f"{self.name}: no signature {self.signature_name!r}; it has "
-                               f"{sorted(signature_map.signature_def)}")
-        signature = signature_map.signature_def[self.signature_name]
-        if input_key is None:
-            if len(signature.inputs) != 1:
-                raise TeacherError(f"{self.name}: several inputs {sorted(signature.inputs)}; name "
-                                   "the image input (--teacher_input_key)")
-            input_key = next(iter(signature.inputs))
-        if input_key not in signature.inputs:
-            raise TeacherError(f"{self.name}: input_key={input_key!r} not in inputs "
-                               f"{sorted(signature.inputs)}")
-        if output_key is None:
-            if "probabilities" in signature.outputs:
-                output_key = "probabilities"
-            elif len(signature.outputs) == 1:
-                output_key = next(iter(signature.outputs))
-            else:
-                raise TeacherError(f"{self.name}: several outputs {sorted(signature.outputs)}; name "
-                                   "the one to read (--teacher_output_key)")
-        if output_key not in signature.outputs:
-            raise TeacherError(f"{self.name}: output_key={output_key!r} not in outputs "
-                               f"{sorted(signature.outputs)}")
-        input_info, output_info = signature.inputs[input_key], signature.outputs[output_key]
-        served_dtype = tf.dtypes.as_dtype(input_info.dtype)
-        dtype = np.dtype(input_dtype) if input_dtype else np.dtype(served_dtype.as_numpy_dtype)
-        if dtype.name not in INPUT_DTYPES:
-            raise TeacherError(f"{self.name}: input {input_key!r} is {dtype.name}; tfkd sends "
-                               f"{INPUT_DTYPES} images")
-        scale = float(input_scale) if input_scale else (255.0 if dtype == np.uint8 else 1.0)
-        input_shape = _shape(input_info)
-        if input_shape and len(input_shape) not in (3, 4):
-            raise TeacherError(f"{self.name}: input {input_key!r} has shape {list(input_shape)}; "
-                               "expected images [batch, H, W] or [batch, H, W, C]")
-        output_dtype = tf.dtypes.as_dtype(output_info.dtype)
-        output_shape = _shape(output_info)
-        if output_kind is None:
-            output_kind = ("classes" if output_dtype.is_integer and len(output_shape) <= 1
-                           else "probabilities")
-        num_classes = output_shape[1] if len(output_shape) == 2 and output_shape[1] > 0 else None
-        return TeacherSignature(
-            model_name=self.model_name, version=int(response.model_spec.version.value),
-            signature_name=self.signature_name, input_key=input_key, input_dtype=dtype,
-            input_shape=input_shape, input_scale=scale, output_key=output_key,
-            output_kind=output_kind, num_classes=num_classes)
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """See :meth:`tfkd.client.ServingClient.encode`."""
+        return self._client.encode(images)
 
     def expect_num_classes(self, num_classes: int, data: str = "the data") -> None:
         """Checks the teacher's class count against the data's before any query.
@@ -670,67 +404,25 @@ class TeacherClient:
                              f"{self.signature.num_classes}")
         self.signature = dataclasses.replace(self.signature, num_classes=int(num_classes))
 
-    @property
-    def images_per_request(self) -> int:
-        """Images per Predict request so that the request stays under ``max_request_bytes``."""
-        per_image = int(np.prod([d for d in self.signature.input_shape[1:] if d > 0] or [1]))
-        per_image *= np.dtype(self.signature.input_dtype).itemsize
-        return max(1, (self.max_request_bytes - 64 * 1024) // per_image)
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """float32 [n, H, W, C] in [0, 1] -> the signature's input (dtype, scale, layout).
-
-        Raises:
-          ValueError: images that do not fit the signature's shape, naming both.
-        """
-        images = np.asarray(images)
-        expected = self.signature.input_shape
-        if images.ndim != 4:
-            raise ValueError(f"images: expected float32 [n, H, W, C] in [0, 1], got shape "
-                             f"{list(images.shape)}")
-        if len(expected) == 3:  # The teacher takes [batch, H, W]: drop a single channel.
-            if images.shape[-1] != 1:
-                raise ValueError(f"images: {self.name} takes [batch, H, W] (one channel), got "
-                                 f"{list(images.shape)}")
-            images = images[..., 0]
-        if expected and any(e > 0 and e != s for e, s in zip(expected[1:], images.shape[1:])):
-            raise ValueError(f"images: expected shape {list(expected)} (-1: any) for {self.name}, "
-                             f"got {list(images.shape)}")
-        scale = np.float32(self.signature.input_scale)
-        if self.signature.input_dtype == np.uint8:
-            return np.round(np.clip(images.astype(np.float32) * scale, 0, 255)).astype(np.uint8)
-        encoded = np.asarray(images, dtype=self.signature.input_dtype)  # No copy when it fits.
-        return encoded * scale if scale != 1 else encoded
-
-    def _count(self, n: int, stage: str, retry: bool) -> None:
-        try:
-            self.account.charge(n, stage, retry)
-        except QueryBudgetExceeded as e:
-            raise QueryBudgetExceeded(f"{self.name}: {e}") from None
-        with self._counter_lock:
-            self.queries += n
-            self.requests += 1
+    def _charger(self, stage: str):
+        """``on_attempt`` for the client: charges the account before each attempt is sent."""
+        def charge(n: int, retry: bool) -> None:
+            try:
+                self.account.charge(n, stage, retry)
+            except QueryBudgetExceeded as e:
+                raise QueryBudgetExceeded(f"{self.name}: {e}") from None
+            with self._lock:
+                self.queries += n
+        return charge
 
     def predict_raw(self, encoded: np.ndarray, stage: str = "predict") -> np.ndarray:
-        """One Predict request (retried as the policy says) of already-encoded images.
-
-        Returns the raw output array. Every attempt charges ``len(encoded)`` queries to the account
-        under ``stage`` before it is sent.
+        """One Predict request of already-encoded images; every attempt charges ``len(encoded)``
+        queries to the account under ``stage`` before it is sent. Returns the raw output.
 
         Raises:
           QueryBudgetExceeded, TeacherError.
         """
-        request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec)
-        request.inputs[self.signature.input_key].CopyFrom(tf.make_tensor_proto(encoded))
-        request.output_filter.append(self.signature.output_key)
-        n = len(encoded)
-        self._count(n, stage, retry=False)
-        response = self._call(self._stub.Predict, request, "Predict",
-                              before_retry=lambda: self._count(n, stage, retry=True))
-        if self.signature.output_key not in response.outputs:
-            raise TeacherError(f"{self.name}: the answer has no output {self.signature.output_key!r}")
-        return tf.make_ndarray(response.outputs[self.signature.output_key])
+        return self._client.predict_raw(encoded, self._charger(stage))
 
     def missing(self, images: np.ndarray) -> int:
         """How many of ``images`` the ledger cannot answer (all of them without a ledger)."""
@@ -738,6 +430,15 @@ class TeacherClient:
             return len(images)
         keys = QueryLedger.keys(self.encode(images), self.signature.identity)
         return sum(self.ledger.get(k) is None for k in keys)
+
+    def _convert(self, keys):
+        def convert(idx: np.ndarray, raw: np.ndarray) -> np.ndarray:
+            answer = to_soft_labels(raw, self.signature.output_kind, self.signature.num_classes,
+                                    self.config.model_name, self.signature.output_key)
+            if self.ledger is not None and len(answer) == len(idx):
+                self.ledger.put([keys[i] for i in idx], answer)
+            return answer
+        return convert
 
     def soft_labels(self, images: np.ndarray, progress: bool = False,
                     stage: str = "predict") -> np.ndarray:
@@ -752,7 +453,8 @@ class TeacherClient:
           stage: the name the queries are charged under in the :class:`QueryAccount`.
 
         Returns:
-          float32 [n, K], rows summing to 1 (one-hot with ``label_only`` or a class-id teacher).
+          float32 [n, K] (K: the data's classes), rows summing to 1 (one-hot with ``label_only`` or
+          a class-id teacher).
 
         Raises:
           ValueError: images of the wrong shape for the signature.
@@ -761,61 +463,31 @@ class TeacherClient:
         """
         encoded = self.encode(images)
         n = len(encoded)
-        keys = QueryLedger.keys(encoded, self.signature.identity) if self.ledger is not None else None
-        known = {}  # Row index -> soft labels, from the ledger.
-        if keys is not None:
-            for i, key in enumerate(keys):
-                row = self.ledger.get(key)
-                if row is not None:
-                    known[i] = row
+        keys = QueryLedger.keys(encoded, self.signature.identity) if self.ledger is not None else []
+        known = {i: row for i, row in enumerate(self.ledger.get(k) for k in keys) if row is not None}
         missing = np.setdiff1d(np.arange(n), np.fromiter(known, np.int64, len(known)))
-        with self._counter_lock:
+        with self._lock:
             self.ledger_hits += len(known)
         try:
             self.account.check(len(missing), f"labelling {len(missing)} images ({stage})")
         except QueryBudgetExceeded as e:
             raise QueryBudgetExceeded(f"{self.name}: {e}") from None
-        step = self.images_per_request
-        chunks = [missing[s:s + step] for s in range(0, len(missing), step)]
-        bar = None
-        if progress and len(missing):
-            import keras
-            bar = keras.utils.Progbar(len(missing), unit_name="image")
-
-        def label(idx):
-            contiguous = idx[-1] - idx[0] + 1 == len(idx)  # A slice is a view: no copy.
-            raw = self.predict_raw(encoded[idx[0]:idx[-1] + 1] if contiguous else encoded[idx],
-                                   stage)
-            answer = to_soft_labels(raw, self.signature.output_kind, self.signature.num_classes,
-                                    self.model_name, self.signature.output_key)
-            if len(answer) != len(idx):
-                raise TeacherError(f"{self.name}: answered {len(answer)} rows for {len(idx)} images")
-            if self.ledger is not None:
-                self.ledger.put([keys[i] for i in idx], answer)
-            return idx, answer
-
-        width = self.signature.num_classes or (len(next(iter(known.values()))) if known else None)
-        out = np.zeros((n, width), np.float32) if width else None
+        asked = (self._client.predict(encoded, missing, self._convert(keys), self._charger(stage),
+                                      progress) if len(missing) else None)
+        width = (asked.shape[1] if asked is not None else len(next(iter(known.values()))) if known
+                 else self.signature.num_classes or 0)
+        out = np.zeros((n, width), np.float32)
         if known:
             out[np.fromiter(known, np.int64, len(known))] = np.stack(list(known.values()))
-        with concurrent.futures.ThreadPoolExecutor(self.max_in_flight) as pool:
-            futures = [pool.submit(label, idx) for idx in chunks]
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    idx, answer = future.result()
-                    if out is None:
-                        out = np.zeros((n, answer.shape[1]), np.float32)
-                    out[idx] = answer
-                    if bar is not None:
-                        bar.add(len(idx))
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        if out is None:  # No images.
-            return np.zeros((0, self.signature.num_classes or 0), np.float32)
+        if asked is not None:
+            out[missing] = asked
+        return self._as_data_classes(out)
+
+    def _as_data_classes(self, out: np.ndarray) -> np.ndarray:
+        """Teacher classes -> the data's (class map), then the label-only view."""
         if self.class_map is not None:  # The ledger keeps the teacher's own classes.
-            mapped = np.zeros((n, self.num_data_classes or max(self.class_map) + 1), np.float32)
+            mapped = np.zeros((len(out), self.num_data_classes or max(self.class_map) + 1),
+                              np.float32)
             np.add.at(mapped.T, np.asarray(self.class_map), out.T)
             out = mapped
         if self.label_only:
@@ -823,10 +495,18 @@ class TeacherClient:
         return out
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def connect(target: str, model_name: str = "teacher", *, ledger: QueryLedger | None = None,
+            account: QueryAccount | None = None, **fields) -> TeacherClient:
+    """``TeacherClient(TeacherConfig(target=target, model_name=model_name, **fields), ledger,
+    account)``: the short form for scripts and tests."""
+    return TeacherClient(TeacherConfig(target=target, model_name=model_name, **fields), ledger,
+                         account)

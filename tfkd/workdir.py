@@ -1,10 +1,16 @@
-"""The one validation layer for what a run reads back from its work dir (issue 8).
+"""The work dir: artifacts reused by fingerprint, validated before reuse, locked while in use.
+
+Every stage of :func:`tfkd.pipeline.run` that makes something worth keeping names it with
+:func:`artifact_path` (a fingerprint of everything it depends on) and gets it through
+:func:`reuse_or_build`: a rerun with the same settings reuses it, one with other settings makes its
+own, and a crash loses nothing already made.
+
 
 Before a run reuses anything, :func:`check` opens every artifact it may read: the ledger's answer
-files, the labelled set, the CVAE weights and the student's training state. A damaged one (truncated
+files, the transfer set, the CVAE weights and the student's training state. A damaged one (truncated
 by a crash of another tool, a full disk, ...) is named in one warning and *set aside* — renamed to
 ``<name>.damaged-<unix time>`` beside it, never deleted — so the run recomputes it from what is still
-sound: a damaged ledger file costs at most its own queries, a damaged labelled set is rebuilt from
+sound: a damaged ledger file costs at most its own queries, a damaged transfer set is rebuilt from
 the ledger (no queries), damaged CVAE weights or student state are retrained. The query account's
 log (``ledger/queries_sent.log``) is append-only and read line by line by
 :class:`tfkd.teacher.QueryAccount`, which skips a damaged line with a warning.
@@ -13,7 +19,9 @@ log (``ledger/queries_sent.log``) is append-only and read line by line by
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import hashlib
 import json
 import os
 import time
@@ -74,8 +82,8 @@ ARTIFACTS = (
     ("teacher/*/saved_model.pb", "teacher SavedModel", _check_saved_model, "dir"),
     ("teacher/recipe.json", "teacher recipe", _check_json, "file"),
     ("ledger/*.npz", "ledger answers", lambda p: _check_npz(p, ("keys", "soft_labels")), "file"),
-    ("labelled_set-*.npz", "labelled set", lambda p: _check_npz(p, ("images", "soft_labels",
-                                                                     "source")), "file"),
+    ("transfer_set-*.npz", "transfer set", lambda p: _check_npz(p, ("images", "targets", "source",
+                                                                     "source_names")), "file"),
     ("cvae-*.weights.h5", "CVAE weights", _check_h5, "file"),
     ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
     ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),
@@ -194,3 +202,39 @@ def check_recipe(path: str, recipe: dict, what: str, assume_if_missing: bool = F
         return recorded
     write_json(path, recipe)
     return recipe
+
+
+def fingerprint(*parts) -> str:
+    """A 10-hex-digit SHA-1 digest of JSON-able parts (dataclasses are turned into dicts)."""
+    def plain(x):
+        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def artifact_path(workdir: str, stem: str, suffix: str, *parts) -> str:
+    """``<workdir>/<stem>-<fingerprint(parts)><suffix>``: the name of an artifact made from
+    ``parts`` (configs, seed, the teacher's identity, ...)."""
+    return os.path.join(workdir, f"{stem}-{fingerprint(*parts)}{suffix}")
+
+
+def reuse_or_build(path: str, build, save, load, what: str):
+    """The artifact at ``path``: loaded if it is there, else built and saved.
+
+    Args:
+      path: where the artifact lives (see :func:`artifact_path`); :func:`check` has already set a
+        damaged one aside.
+      build: ``build() -> value``, run only when ``path`` is absent.
+      save: ``save(value, path)``, atomic (temp name, then rename).
+      load: ``load(path) -> value``.
+      what: the artifact, for the log line.
+
+    Returns:
+      (value, reused: bool).
+    """
+    if os.path.exists(path):
+        logging.info("%s: reusing %s", what, path)
+        return load(path), True
+    value = build()
+    save(value, path)
+    return value, False

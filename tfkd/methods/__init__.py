@@ -1,0 +1,237 @@
+"""Distillation methods as plug-ins: what each needs from the teacher, and the transfer set it builds.
+
+A method is a :class:`Method` registered under a name (``register``); ``--method`` offers
+:func:`names`, and :func:`tfkd.pipeline.run` looks the name up with :func:`get`. The pipeline owns
+everything around a method (data, the teacher connection and its query account, the student's
+training, export, evaluation, the report); a method only
+
+* declares what it needs from the teacher (``teacher_needs``: soft labels, top-1 labels only, the
+  teacher's weights, or nothing) and whether it reads the few-shot images' true labels (only the
+  ``student_alone`` baseline does),
+* says which of its settings its transfer set depends on (:meth:`Method.fingerprint`, for reuse),
+* plans its teacher queries before any is sent (:meth:`Method.plan`, checked against the budget),
+* builds the *transfer set*: the images the student learns from and their targets
+  (:meth:`Method.build` -> :class:`TransferSet`), and
+* names the student's loss (``loss``: a name in :data:`tfkd.distill.LOSSES`).
+
+The FS-BBT family (Nguyen et al., ECCV 2022: ``student_alone``, ``standard_kd``, ``mixup``, ``cvae``,
+``fsbbt``) lives in :mod:`tfkd.methods.fsbbt` and is registered on import of this package.
+
+A method defined elsewhere plugs in the same way::
+
+    class UniformNoise(methods.Method):
+        name = "uniform_noise"
+        def plan(self, ctx):
+            return {"label_noise": ctx.teacher.share(1000)}
+        def build(self, ctx):
+            images = np.random.default_rng(ctx.seed).uniform(
+                size=(1000, *ctx.image_shape)).astype(np.float32)
+            return methods.TransferSet.from_parts(
+                [("noise", images, ctx.teacher.soft_labels(images, stage="label_noise"))])
+
+    methods.register(UniformNoise())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+TEACHER_NEEDS = ("soft_labels", "top1_labels", "weights", "none")
+
+
+@dataclasses.dataclass
+class TransferSet:
+    """The images a student learns from, with their targets, by source.
+
+    Attributes:
+      images: float32 [n, H, W, C] in [0, 1].
+      targets: float32 [n, K], rows summing to 1 (teacher soft labels, one-hot top-1 labels, or a
+        method's own soft targets).
+      source: int8 [n], an index into ``source_names``.
+      source_names: what each source is ("real" for the few-shot images, then the method's own:
+        "mixup", "cvae", ...).
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    source: np.ndarray
+    source_names: tuple[str, ...]
+
+    @classmethod
+    def from_parts(cls, parts: list[tuple[str, np.ndarray, np.ndarray]]) -> "TransferSet":
+        """Concatenates ``(source name, images [n_i, H, W, C], targets [n_i, K])`` parts in order.
+
+        Raises:
+          ValueError: no parts, or a part whose images and targets differ in length.
+        """
+        if not parts:
+            raise ValueError("parts: expected at least one (name, images, targets) part")
+        for name, images, targets in parts:
+            if len(images) != len(targets):
+                raise ValueError(f"part {name!r}: {len(images)} images but {len(targets)} targets")
+        names = tuple(dict.fromkeys(name for name, _, _ in parts))
+        return cls(np.concatenate([p[1] for p in parts]).astype(np.float32),
+                   np.concatenate([p[2] for p in parts]).astype(np.float32),
+                   np.concatenate([np.full(len(p[1]), names.index(p[0]), np.int8) for p in parts]),
+                   names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def count(self, source: str) -> int:
+        """Images from ``source`` (0 for a source this set does not have)."""
+        if source not in self.source_names:
+            return 0
+        return int(np.sum(self.source == self.source_names.index(source)))
+
+    def save(self, path: str) -> None:
+        """Writes an ``.npz`` atomically (temp name, then rename)."""
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, images=self.images, targets=self.targets, source=self.source,
+                 source_names=np.asarray(self.source_names))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "TransferSet":
+        with np.load(path) as f:
+            return cls(f["images"], f["targets"], f["source"],
+                       tuple(str(s) for s in f["source_names"]))
+
+
+@dataclasses.dataclass
+class MethodContext:
+    """What the pipeline hands a method.
+
+    Attributes:
+      config: the run's :class:`tfkd.pipeline.DistillConfig` (seed, workdir, the method family's
+        settings such as ``mixup`` and ``cvae``).
+      few_shot: float32 [N, H, W, C] in [0, 1], the few unlabeled images.
+      num_classes: K, the data's classes.
+      teacher: what the method may ask (None if ``teacher_needs`` is "none"): ``soft_labels(images,
+        progress=, stage=)`` -> float32 [n, K], ``missing(images)`` (images the ledger cannot
+        answer), ``share(n)`` (how many of n images this worker asks about: under
+        MultiWorkerMirroredStrategy each worker labels its shard and every worker gets every
+        answer), ``signature.identity`` and ``label_only``.
+      few_shot_labels: int [N] true labels, only for a method with ``reads_true_labels``.
+      stage: ``with ctx.stage("name"):`` times a step for the report's ``stage_seconds``.
+    """
+
+    config: Any
+    few_shot: np.ndarray
+    num_classes: int
+    teacher: Any = None
+    few_shot_labels: np.ndarray | None = None
+    stage: Callable[[str], contextlib.AbstractContextManager] = \
+        lambda name: contextlib.nullcontext()  # noqa: E731
+    _memo: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def workdir(self) -> str:
+        return self.config.workdir
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.few_shot.shape[1:])
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars (verbose 1, a terminal)."""
+        return self.config.verbose == 1
+
+    def memo(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per run: what :meth:`Method.plan` computed, :meth:`Method.build` reuses."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+
+class Method:
+    """A distillation method. Subclass, set the class attributes, override :meth:`build` (and
+    :meth:`plan` and :meth:`fingerprint` when the method asks the teacher or has settings).
+
+    Attributes:
+      name: the registry name (``--method``).
+      teacher_needs: one of ``TEACHER_NEEDS``.
+      reads_true_labels: the method reads the few-shot images' labels (a supervised baseline).
+      loss: the student's loss, a name in :data:`tfkd.distill.LOSSES`; None: the config's.
+      description: one line for ``--help``.
+    """
+
+    name: str = ""
+    teacher_needs: str = "soft_labels"
+    reads_true_labels: bool = False
+    loss: str | None = None
+    description: str = ""
+
+    def fingerprint(self, config) -> tuple:
+        """JSON-able settings the transfer set depends on besides data, seed, N and the teacher's
+        identity (which the pipeline adds). Default: none."""
+        return ()
+
+    def plan(self, ctx: MethodContext) -> dict[str, int]:
+        """Teacher queries this process will send, by stage (less ledger answers), before any is
+        sent; the pipeline checks the sum against the query budget. Default: none."""
+        return {}
+
+    def build(self, ctx: MethodContext) -> TransferSet:
+        """The transfer set. Raises what the teacher raises (TeacherError, QueryBudgetExceeded)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method | type, replace: bool = False):
+    """Registers a :class:`Method` (an instance, or a subclass: instantiated) under its ``name``.
+
+    Usable as a class decorator. Returns what it was given.
+
+    Raises:
+      ValueError: no name, a name taken (unless ``replace``), or ``teacher_needs`` not one of
+        ``TEACHER_NEEDS``.
+      TypeError: not a :class:`Method`.
+    """
+    instance = method() if isinstance(method, type) else method
+    if not isinstance(instance, Method):
+        raise TypeError(f"method: expected a tfkd.methods.Method, got {type(instance).__name__}")
+    if not instance.name or not instance.name.isidentifier():
+        raise ValueError(f"method.name={instance.name!r}: expected a non-empty identifier")
+    if instance.teacher_needs not in TEACHER_NEEDS:
+        raise ValueError(f"method {instance.name!r}: teacher_needs={instance.teacher_needs!r}: "
+                         f"expected one of {TEACHER_NEEDS}")
+    if instance.name in _REGISTRY and not replace:
+        raise ValueError(f"method {instance.name!r} is already registered "
+                         f"({_REGISTRY[instance.name]!r}); pass replace=True to replace it")
+    _REGISTRY[instance.name] = instance
+    return method
+
+
+def get(name: str) -> Method:
+    """The method registered as ``name``.
+
+    Raises:
+      ValueError: no such method (the registered names are listed).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"method={name!r}: expected one of {names()}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    """Registered method names, in registration order."""
+    return list(_REGISTRY)
+
+
+from tfkd.methods import fsbbt  # noqa: E402,F401  (registers the FS-BBT family)

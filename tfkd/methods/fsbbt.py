@@ -1,0 +1,170 @@
+"""The FS-BBT family: black-box few-shot distillation and its baselines (Nguyen et al., ECCV 2022).
+
+FS-BBT (Algorithm 1): N unlabeled images -> MixUp images (§3.2) + images sampled from a conditional
+VAE trained on the N images conditioned on the teacher's classes (§3.3) -> all labelled by the
+black-box teacher -> the student is trained on the teacher's soft labels. The rows of the paper's
+Table 2, each registered as a method:
+
+============== ======================================================= =======================
+method         transfer set                                            teacher queries
+============== ======================================================= =======================
+student_alone  the N images with their TRUE labels (the lower bound)   none
+standard_kd    the N images, teacher soft labels                       N
+mixup          N + (num_mixup + num_cvae) MixUp images                 N + synthetic budget
+cvae           N + (num_mixup + num_cvae) CVAE images                  N + synthetic budget
+fsbbt          N + num_mixup MixUp + num_cvae CVAE images              N + synthetic budget
+============== ======================================================= =======================
+
+``mixup`` and ``cvae`` get the whole synthetic budget, so that every synthetic method costs the same
+number of teacher queries. Queries are charged under the stages ``label_real``, ``label_mixup``,
+``label_cvae``. Only ``student_alone`` reads labels; the others see images only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from absl import logging
+
+from tfkd import synthesis
+from tfkd import workdir as workdir_lib
+from tfkd.methods import Method
+from tfkd.methods import MethodContext
+from tfkd.methods import TransferSet
+from tfkd.methods import register
+
+
+@register
+class StudentAlone(Method):
+    """The paper's lower baseline: the N images with their true labels, no teacher."""
+
+    name = "student_alone"
+    teacher_needs = "none"
+    reads_true_labels = True
+    description = "the N images with their TRUE labels, no teacher (the lower baseline)"
+
+    def build(self, ctx: MethodContext) -> TransferSet:
+        one_hot = np.eye(ctx.num_classes, dtype=np.float32)[ctx.few_shot_labels]
+        return TransferSet.from_parts([("real", ctx.few_shot, one_hot)])
+
+
+class _Synthetic(Method):
+    """N real images and ``share`` of the synthetic budget (MixUp, CVAE), all labelled by the teacher.
+
+    Attributes:
+      share: (MixUp fraction, CVAE fraction) of the budget: None keeps the config's own split.
+    """
+
+    share: tuple[int, int] | None = None
+
+    def counts(self, config) -> tuple[int, int]:
+        """(MixUp images, CVAE images) this method makes from the config's budget."""
+        total = config.mixup.num_images + config.cvae.num_images
+        if self.share is None:
+            return config.mixup.num_images, config.cvae.num_images
+        return self.share[0] * total, self.share[1] * total
+
+    def configs(self, config) -> tuple[synthesis.MixUpConfig, synthesis.CVAEConfig]:
+        num_mixup, num_cvae = self.counts(config)
+        return (dataclasses.replace(config.mixup, num_images=num_mixup),
+                dataclasses.replace(config.cvae, num_images=num_cvae))
+
+    def fingerprint(self, config) -> tuple:
+        return self.configs(config)
+
+    def mixup(self, ctx: MethodContext) -> np.ndarray | None:
+        """The MixUp images (float32 [M, H, W, C] in [0, 1]), once per run, or None."""
+        mixup_config = self.configs(ctx.config)[0]
+        if mixup_config.num_images <= 0:
+            return None
+
+        def make():
+            with ctx.stage("mixup"):
+                mixed, info = synthesis.mixup_images(ctx.few_shot, mixup_config, ctx.seed)
+            logging.info("MixUp: %d images (%d pairs dropped as near-copies)", len(mixed),
+                         info["num_dropped"])
+            return mixed
+        return ctx.memo("mixup", make)
+
+    def plan(self, ctx: MethodContext) -> dict[str, int]:
+        mixed = self.mixup(ctx)
+        return {"label_real": ctx.teacher.missing(ctx.few_shot),
+                "label_mixup": 0 if mixed is None else ctx.teacher.missing(mixed),
+                # Unknown before the CVAE is trained: every CVAE image counts.
+                "label_cvae": ctx.teacher.share(self.counts(ctx.config)[1])}
+
+    def build(self, ctx: MethodContext) -> TransferSet:
+        with ctx.stage("label_real"):
+            real = ctx.teacher.soft_labels(ctx.few_shot, progress=ctx.progress, stage="label_real")
+        parts = [("real", ctx.few_shot, real)]
+        mixed = self.mixup(ctx)
+        if mixed is not None:
+            with ctx.stage("label_mixup"):
+                parts.append(("mixup", mixed, ctx.teacher.soft_labels(
+                    mixed, progress=ctx.progress, stage="label_mixup")))
+        cvae_config = self.configs(ctx.config)[1]
+        if cvae_config.num_images > 0:
+            generated = self.cvae_images(ctx, real.argmax(axis=1), cvae_config)
+            with ctx.stage("label_cvae"):
+                parts.append(("cvae", generated, ctx.teacher.soft_labels(
+                    generated, progress=ctx.progress, stage="label_cvae")))
+        return TransferSet.from_parts(parts)
+
+    def cvae_images(self, ctx: MethodContext, classes: np.ndarray,
+                    config: synthesis.CVAEConfig) -> np.ndarray:
+        """Trains (or reuses) the CVAE on the N images conditioned on the teacher's ``classes`` and
+        samples ``config.num_images`` images (float32 [n, H, W, C] in [0, 1]) from it."""
+        # The CVAE does not depend on how many images are sampled from it.
+        path = workdir_lib.artifact_path(
+            ctx.workdir, "cvae", ".weights.h5", ctx.config.dataset, ctx.config.data_dir, ctx.seed,
+            ctx.config.num_shots, dataclasses.replace(config, num_images=0),
+            ctx.teacher.signature.identity, ctx.teacher.label_only)
+
+        def train():
+            keras.utils.set_random_seed(ctx.seed)
+            return synthesis.train_cvae(ctx.few_shot, classes, ctx.num_classes, config, ctx.seed,
+                                        verbose=ctx.config.verbose)[0]
+
+        def load(p):
+            cvae = synthesis.build_cvae(ctx.image_shape, ctx.num_classes, config)
+            cvae.load_weights(p)
+            return cvae
+
+        with ctx.stage("cvae_training"):
+            cvae, _ = workdir_lib.reuse_or_build(path, train, lambda m, p: m.save_weights(p), load,
+                                                 "CVAE")
+        with ctx.stage("cvae_sampling"):
+            return synthesis.sample_cvae(cvae, config.num_images, ctx.seed, config.uniform_bound)[0]
+
+
+@register
+class StandardKD(_Synthetic):
+    name = "standard_kd"
+    share = (0, 0)
+    description = "the N images with the teacher's soft labels"
+
+
+@register
+class MixUpOnly(_Synthetic):
+    name = "mixup"
+    share = (1, 0)
+    description = "N + MixUp images (the whole synthetic budget), teacher soft labels"
+
+
+@register
+class CVAEOnly(_Synthetic):
+    name = "cvae"
+    share = (0, 1)
+    description = "N + CVAE images (the whole synthetic budget), teacher soft labels"
+
+
+@register
+class FSBBT(_Synthetic):
+    name = "fsbbt"
+    description = "FS-BBT: N + MixUp + CVAE images, teacher soft labels"
+
+
+METHODS = tuple(m.name for m in (StudentAlone, StandardKD, MixUpOnly, CVAEOnly, FSBBT))
+"""The family's names, in the order of the paper's Table 2 rows."""

@@ -1,0 +1,200 @@
+"""The report of a run: one typed record, written to ``<workdir>/report.json``.
+
+:class:`Report`'s fields are the keys of ``report.json``, a public contract read by users' scripts:
+each is documented here and only here. Accuracies are fractions in [0, 1]; sizes in bytes; times in
+seconds. A field a run did not measure is null (a non-chief worker of a cluster fills only the
+identity, training and query fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tfkd import workdir as workdir_lib
+
+
+@dataclasses.dataclass
+class Report:
+    """Figures of one :func:`tfkd.pipeline.run`. Read like the JSON: ``report["student_accuracy"]``."""
+
+    # ---- what ran
+    method: str = ""
+    """The method's registry name (:func:`tfkd.methods.names`)."""
+    dataset: str = ""
+    """The dataset name (:data:`tfkd.data.SUPPORTED_DATASETS`)."""
+    seed: int = 0
+    """The one seed of sampling, synthesis and training."""
+    code_commit: str | None = None
+    """The git commit of the tfkd checkout that ran (``+dirty`` with local changes), or null."""
+    role: str | None = None
+    """``chief`` (exports, evaluates, writes the full report) or ``worker`` (a non-chief worker)."""
+    strategy: str | None = None
+    """``mirrored`` or ``multi_worker``."""
+    replicas: int | None = None
+    """Replicas training the student in sync (over every worker)."""
+    damaged_artifacts: list = dataclasses.field(default_factory=list)
+    """Work-dir artifacts found damaged and set aside (path, what, error, moved_to)."""
+
+    # ---- data and transfer set
+    num_validation: int | None = None
+    """Training images held out as the validation split (0: none)."""
+    num_shots: int | None = None
+    """N: the few real images in the transfer set."""
+    num_mixup: int | None = None
+    """MixUp images in the transfer set (0 for methods without)."""
+    num_cvae: int | None = None
+    """CVAE images in the transfer set (0 for methods without)."""
+    transfer_set_sources: dict = dataclasses.field(default_factory=dict)
+    """Images in the transfer set by source name (``real``, ``mixup``, ``cvae``, a method's own)."""
+    labelled_set: str | None = None
+    """Path of the persisted transfer set (``transfer_set-<fp>.npz``); null for a method that asks
+    no teacher (nothing paid to keep)."""
+    grids: dict = dataclasses.field(default_factory=dict)
+    """PNG grids of the transfer set's images per teacher class, by source: name -> path."""
+    eval_examples: int | None = None
+    """Test images the accuracies were measured on (0 when the test split was not read)."""
+
+    # ---- teacher
+    teacher: dict | None = None
+    """The teacher as read: target, model_name, version, signature, input, output, output_kind,
+    label_only."""
+    teacher_output_kind: str | None = None
+    """``probabilities``, ``logits``, ``classes``, or ``classes (label-only view)``."""
+    teacher_architecture: str | None = None
+    """The architecture of a teacher tfkd trained (null for a remote teacher)."""
+    teacher_recipe: dict | None = None
+    """The settings that trained the local teacher (``teacher/recipe.json``)."""
+    teacher_accuracy_in_process: float | None = None
+    """Test accuracy of a teacher trained by this run, measured in process."""
+    teacher_validation_accuracy_in_process: float | None = None
+    """Validation accuracy of a teacher trained by this run, measured in process."""
+    teacher_accuracy: float | None = None
+    """Test accuracy of the teacher, served, over gRPC (its queries are charged and budgeted)."""
+    teacher_eval_queries: int | None = None
+    """Images this process sent for the teacher's evaluation."""
+    teacher_parameters: int | None = None
+    """Parameters of a local teacher's SavedModel (null: a remote black box)."""
+    teacher_saved_model_bytes: int | None = None
+    """Bytes of a local teacher's SavedModel (null: a remote black box)."""
+
+    # ---- teacher queries (see README, "What is counted")
+    teacher_query_plan: dict | None = None
+    """This process's planned queries by stage, checked against the budget before any was sent (an
+    upper bound: ledger answers excluded, every CVAE image included)."""
+    teacher_queries_sent: int | None = None
+    """Images this process sent to the teacher: every stage, every attempt (retries included)."""
+    teacher_queries: int | None = None
+    """Older name of ``teacher_queries_sent``."""
+    teacher_queries_sent_by_stage: dict | None = None
+    """``teacher_queries_sent`` by stage (``label_real``, ``evaluate_teacher``, ...)."""
+    teacher_queries_total: int | None = None
+    """Images sent over the work dir's whole life: every process, stage and attempt."""
+    teacher_queries_by_stage: dict | None = None
+    """``teacher_queries_total`` by stage."""
+    teacher_queries_retried_total: int | None = None
+    """Images re-sent by retries over the work dir's life."""
+    teacher_ledger_hits: int | None = None
+    """Images this process answered from the ledger instead of asking."""
+    teacher_requests: int | None = None
+    """Predict RPCs this process sent, retries included."""
+    teacher_retries: int | None = None
+    """Attempts after a retryable error (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED)."""
+    teacher_ledger_size: int | None = None
+    """Answers stored in the work dir's ledger."""
+    query_budget: int | None = None
+    """The cap on ``teacher_queries_total`` (null: none)."""
+
+    # ---- student
+    student_architecture: str | None = None
+    """The student's architecture (:data:`tfkd.models.MODELS`)."""
+    student_loss: str | None = None
+    """The loss the student trained with (:data:`tfkd.distill.LOSSES`)."""
+    student_epochs: int | None = None
+    """Epochs the student trained for in all."""
+    student_epochs_resumed_from: int | None = None
+    """Epochs found done in the work dir when this process started (0: a fresh start)."""
+    student_final_loss: float | None = None
+    """The training loss of the last epoch this process ran."""
+    student_export_dir: str | None = None
+    """The float32 student's SavedModel version directory."""
+    student_accuracy: float | None = None
+    """Test accuracy of the float32 student, served, over gRPC."""
+    student_validation_accuracy: float | None = None
+    """Validation accuracy of the float32 student, served, over gRPC."""
+    student_variants: dict = dataclasses.field(default_factory=dict)
+    """Per variant (float32, float16, int8): accuracy, validation_accuracy, export_dir,
+    parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64}, accuracy_change and
+    bytes_ratio against float32."""
+    student_parameters: int | None = None
+    """Parameters of the student model."""
+    student_saved_model_bytes: int | None = None
+    """Bytes of the float32 student's SavedModel."""
+    serving_configs: dict | None = None
+    """Generated TF Serving configs: file kind -> path."""
+
+    # ---- time
+    stage_seconds: dict = dataclasses.field(default_factory=dict)
+    """Wall-clock seconds per stage of this process."""
+    total_seconds: float | None = None
+    """Sum of ``stage_seconds``."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in self.keys() else default
+
+    def update(self, **fields) -> None:
+        """Sets fields by name. Raises KeyError for a name that is not a field (a typo)."""
+        unknown = set(fields) - set(self.keys())
+        if unknown:
+            raise KeyError(f"not report fields: {sorted(unknown)}")
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, path: str) -> str:
+        """Writes the report as JSON atomically. Returns ``path``."""
+        return workdir_lib.write_json(path, self.to_dict())
+
+
+def format_table(report: Report | dict) -> str:
+    """A short plain-text table of a report's figures."""
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def num(v):
+        return "-" if v is None else f"{v:,}"
+
+    rows = [("method", report.get("method")), ("dataset", report.get("dataset"))]
+    rows += [(f"transfer set: {k}", num(v)) for k, v in
+             (report.get("transfer_set_sources") or {}).items()]
+    rows += [
+        ("teacher queries sent", num(report.get("teacher_queries_sent"))),
+        ("teacher ledger hits", num(report.get("teacher_ledger_hits"))),
+        ("teacher accuracy (served)", pct(report.get("teacher_accuracy"))),
+        ("student accuracy (served)", pct(report.get("student_accuracy"))),
+        ("student validation accuracy", pct(report.get("student_validation_accuracy"))),
+        ("test images", num(report.get("eval_examples"))),
+        ("teacher params / bytes",
+         f"{num(report.get('teacher_parameters'))} / {num(report.get('teacher_saved_model_bytes'))}"),
+        ("student params / bytes",
+         f"{num(report.get('student_parameters'))} / {num(report.get('student_saved_model_bytes'))}"),
+    ]
+    for variant, figures in (report.get("student_variants") or {}).items():
+        rows.append((f"student {variant}",
+                     f"{pct(figures['accuracy'])}, {num(figures['saved_model_bytes'])} bytes, "
+                     f"{figures['cpu_latency_ms'].get('batch_1', 0):.2f} ms (batch 1)"))
+    rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in (report.get("stage_seconds") or {}).items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,121 @@
+"""The gRPC services: ``tensorflow.serving.PredictionService`` and ``ModelService``, on the
+official servicer base classes of ``tensorflow_serving.apis``."""
+
+from __future__ import annotations
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_management_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tfkd.serving.config import model_configs_from_proto
+from tfkd.serving.errors import ServingError
+from tfkd.serving.registry import DEFAULT_SIGNATURE
+from tfkd.serving.registry import ModelRegistry
+from tfkd.serving.registry import Servable
+from tfkd.serving.signatures import DEFAULT_MAX_TENSOR_BYTES
+from tfkd.serving.signatures import run_signature
+from tfkd.serving.signatures import tensor_from_proto
+
+
+def _set_model_spec(target, servable: Servable, signature_name: str | None) -> None:
+    target.name = servable.name
+    target.version.value = servable.version
+    if signature_name is not None:
+        target.signature_name = signature_name
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata.
+
+    Classify, Regress and MultiInference answer UNIMPLEMENTED (the base class's behaviour).
+    """
+
+    def __init__(self, registry: ModelRegistry, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
+        self._registry = registry
+        self._max_tensor_bytes = max_tensor_bytes
+
+    def Predict(self, request, context):
+        try:
+            servable = self._registry.resolve(request.model_spec)
+            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            inputs = {alias: tensor_from_proto(alias, proto, self._max_tensor_bytes)
+                      for alias, proto in request.inputs.items()}
+            outputs = run_signature(servable, signature_name, inputs, list(request.output_filter))
+        except ServingError as e:
+            context.abort(e.code, e.message)
+        response = predict_pb2.PredictResponse()
+        _set_model_spec(response.model_spec, servable, signature_name)
+        for alias, value in outputs.items():
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        try:
+            fields = list(request.metadata_field)
+            if not fields:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "GetModelMetadataRequest must specify at least one metadata_field")
+            for field in fields:
+                if field != "signature_def":
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"Metadata field {field} is not supported")
+            servable = self._registry.resolve(request.model_spec)
+        except ServingError as e:
+            context.abort(e.code, e.message)
+        return metadata_response(servable)
+
+
+def metadata_response(servable: Servable):
+    """The ``GetModelMetadataResponse`` of a servable (its ``signature_def`` map)."""
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    _set_model_spec(response.model_spec, servable, None)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signature_defs.items():
+        signature_map.signature_def[key].CopyFrom(signature)
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def status_response(servables: list[Servable]):
+    """A ``GetModelStatusResponse``: each loaded version AVAILABLE with status OK."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for servable in servables:
+        status = response.model_version_status.add()
+        status.version = servable.version
+        status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``tensorflow.serving.ModelService``: GetModelStatus and HandleReloadConfigRequest."""
+
+    def __init__(self, registry: ModelRegistry):
+        self._registry = registry
+
+    def GetModelStatus(self, request, context):
+        try:
+            spec = request.model_spec
+            if spec.HasField("version") or spec.version_label:
+                servables = [self._registry.resolve(spec)]
+            else:
+                servables = self._registry.versions(spec.name)
+        except ServingError as e:
+            context.abort(e.code, e.message)
+        return status_response(servables)
+
+    def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self._registry.configure(model_configs_from_proto(request.config))
+        except ValueError as e:
+            response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            response.status.error_message = str(e)
+            return response
+        self._registry.refresh()
+        return response
+

@@ -1,0 +1,222 @@
+"""Servables and the model registry: which versions of which models are loaded.
+
+A :class:`ModelConfig` is one entry of TF Serving's ``model_config_list``, with its version policy
+(``latest`` N, ``all``, ``specific``) and version labels; the :class:`ModelRegistry` loads the versions
+each policy wants from the base paths (as TF Serving's file-system source does when it polls),
+unloads the others, and resolves a request's model spec to a :class:`Servable`, answering NOT_FOUND
+in TF Serving's words otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+import grpc
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import saved_model_pb2
+
+from tfkd import export
+from tfkd.serving.errors import ServingError
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclasses.dataclass
+class Servable:
+    """One loaded version of one model.
+
+    Attributes:
+      name: model name.
+      version: numeric version (the directory name).
+      path: the version directory.
+      signature_defs: SignatureDef protos by signature key, as stored in ``saved_model.pb``.
+      loaded: the object returned by ``tf.saved_model.load``.
+    """
+
+    name: str
+    version: int
+    path: str
+    signature_defs: dict
+    loaded: object
+    warmup_requests: int = 0
+
+    @classmethod
+    def load(cls, name: str, version: int, path: str) -> "Servable":
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        meta_graph = next((m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags),
+                          proto.meta_graphs[0])
+        signature_defs = {k: v for k, v in meta_graph.signature_def.items()
+                          if not k.startswith("__")}
+        loaded = tf.saved_model.load(path, tags=["serve"])
+        servable = cls(name, version, path, signature_defs, loaded)
+        servable.warmup()
+        return servable
+
+    def warmup(self) -> int:
+        """Replays ``assets.extra/tf_serving_warmup_requests`` (Predict records), as TF Serving does.
+
+        Returns:
+          the number of requests replayed.
+
+        Raises:
+          ServingError: a warmup request fails (the version is then not served).
+        """
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        from tfkd.serving import signatures
+
+        path = os.path.join(self.path, export.WARMUP_FILE)
+        if not os.path.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            log = prediction_log_pb2.PredictionLog.FromString(record)
+            if log.WhichOneof("log_type") != "predict_log":
+                continue
+            request = log.predict_log.request
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            signatures.run_signature(self, request.model_spec.signature_name or DEFAULT_SIGNATURE, inputs,
+                          list(request.output_filter))
+            count += 1
+        self.warmup_requests = count
+        logging.info("Servable %s version %d: %d warmup requests replayed", self.name,
+                     self.version, count)
+        return count
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """One entry of a ``models.config`` (TF Serving's ``ModelServerConfig.model_config_list``).
+
+    Attributes:
+      name: the model name clients put in the model spec.
+      base_path: directory of numeric version directories.
+      version_policy: ``latest`` (the ``num_versions`` newest), ``all``, or ``specific``
+        (``versions``), as TF Serving's ``ServableVersionPolicy``.
+      version_labels: label -> version, e.g. {"stable": 1, "canary": 2}.
+    """
+
+    name: str
+    base_path: str
+    version_policy: str = "latest"
+    num_versions: int = 1
+    versions: tuple = ()
+    version_labels: dict = dataclasses.field(default_factory=dict)
+
+    def wanted(self, available: list[int]) -> list[int]:
+        """The versions this policy serves out of ``available`` (ascending)."""
+        if self.version_policy == "all":
+            return sorted(available)
+        if self.version_policy == "specific":
+            return sorted(v for v in available if v in set(self.versions))
+        return sorted(available)[-max(1, self.num_versions):]
+
+
+
+class ModelRegistry:
+    """The servables of every configured model, thread-safe, refreshed from the base paths."""
+
+    def __init__(self, models: list[ModelConfig]):
+        self._lock = threading.Lock()
+        self._configs: dict[str, ModelConfig] = {}
+        self._servables: dict[str, dict[int, Servable]] = {}
+        self.configure(models)
+
+    def configure(self, models: list[ModelConfig]) -> None:
+        """Replaces the set of models (``HandleReloadConfigRequest``); call :meth:`refresh` after.
+
+        Raises:
+          ValueError: duplicate names, or an unknown version policy.
+        """
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: duplicate model names in {names}")
+        for m in models:
+            if m.version_policy not in ("latest", "all", "specific"):
+                raise ValueError(f"model {m.name!r}: version_policy={m.version_policy!r}: expected "
+                                 "latest, all or specific")
+        with self._lock:
+            self._configs = {m.name: m for m in models}
+            self._servables = {m.name: self._servables.get(m.name, {}) for m in models}
+
+    @property
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return list(self._configs)
+
+    def model_configs(self) -> list[ModelConfig]:
+        """The models configured (whether or not a version is loaded)."""
+        with self._lock:
+            return list(self._configs.values())
+
+    def refresh(self) -> None:
+        """Loads the versions each policy wants and unloads the others."""
+        with self._lock:
+            configs = list(self._configs.values())
+        for config in configs:
+            wanted = config.wanted(export.list_versions(config.base_path))
+            with self._lock:
+                loaded = dict(self._servables.get(config.name, {}))
+            for version in wanted:
+                if version in loaded:
+                    continue
+                path = os.path.join(config.base_path, str(version))
+                try:
+                    loaded[version] = Servable.load(config.name, version, path)
+                except Exception as e:  # A bad version must not take the server down.
+                    logging.error("Failed to load servable %s version %d from %s: %s",
+                                  config.name, version, path, e)
+                    continue
+                logging.info("Serving %s version %d from %s", config.name, version, path)
+            if not wanted:  # Keep serving what we have while a base path is briefly empty.
+                continue
+            with self._lock:
+                if config.name in self._configs:
+                    self._servables[config.name] = {v: loaded[v] for v in wanted if v in loaded}
+
+    def resolve(self, model_spec) -> Servable:
+        """The servable a request's ``ModelSpec`` asks for.
+
+        Raises:
+          ServingError: NOT_FOUND for an unknown model, version or label, as TF Serving words it.
+        """
+        name = model_spec.name
+        with self._lock:
+            versions = self._servables.get(name)
+            if name not in self._configs or not versions:
+                if model_spec.HasField("version"):
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: Specific({name}, "
+                                       f"{model_spec.version.value})")
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Latest({name})")
+            if model_spec.HasField("version"):
+                version = model_spec.version.value
+                if version not in versions:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: Specific({name}, {version})")
+                return versions[version]
+            if model_spec.version_label:
+                label = model_spec.version_label
+                version = self._configs[name].version_labels.get(label)
+                if version is None:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Unrecognized servable version label: {label}")
+                if version not in versions:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: Specific({name}, {version})")
+                return versions[version]
+            return versions[max(versions)]
+
+    def versions(self, name: str) -> list[Servable]:
+        with self._lock:
+            if name not in self._configs or not self._servables.get(name):
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find any versions of model {name}")
+            return [self._servables[name][v] for v in sorted(self._servables[name])]
+

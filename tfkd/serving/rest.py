@@ -1,0 +1,222 @@
+"""TF Serving's REST API on its own port: model status, metadata and predict.
+
+Paths as ``tensorflow_model_server --rest_api_port`` answers them:
+``/v1/models/NAME[/versions/N|/labels/L][/metadata|:predict]``; predict bodies in the row format
+(``instances``) and the columnar format (``inputs``). Every malformed request gets a 4xx JSON
+``{"error": ...}``: a body over the size limit (413), a missing or bad Content-Length (411/400), a
+body that is not UTF-8 JSON or not an object, a body shorter than its Content-Length within the
+timeout (408); a bug of tfkd's a JSON 500 and one log line.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+
+import grpc
+from absl import logging
+from google.protobuf import json_format
+from tensorflow_serving.apis import predict_pb2
+
+from tfkd.serving.errors import ServingError
+from tfkd.serving.grpc_api import metadata_response
+from tfkd.serving.grpc_api import status_response
+from tfkd.serving.registry import DEFAULT_SIGNATURE
+from tfkd.serving.registry import ModelRegistry
+from tfkd.serving.signatures import run_signature
+
+DEFAULT_REST_MAX_BODY_BYTES = 32 * 1024 * 1024
+_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|"
+                        r"/labels/(?P<label>[^/:]+))?(?P<what>/metadata|:predict)?/?$")
+_HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
+                grpc.StatusCode.FAILED_PRECONDITION: 400}
+
+
+class _HTTPError(Exception):
+    """A malformed HTTP request: answered with ``status`` and a JSON error, then the connection is
+    closed (what is left of the body is not read)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _invalid(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _decode_json(raw: bytes) -> dict:
+    """A request body as a JSON object. Raises ServingError (INVALID_ARGUMENT) otherwise."""
+    try:
+        body = json.loads(raw.decode("utf-8") if raw else "{}")
+    except UnicodeDecodeError as e:
+        raise _invalid(f"JSON Parse error: the body is not UTF-8 ({e.reason} at byte "
+                       f"{e.start})") from None
+    except json.JSONDecodeError as e:
+        raise _invalid(f"JSON Parse error: {e}") from None
+    if not isinstance(body, dict):
+        raise _invalid(f"JSON Value: the body must be an object, got {type(body).__name__}")
+    return body
+
+
+def predict_inputs(body: dict, signature) -> tuple[dict, bool]:
+    """The inputs (alias -> nested lists) of a REST predict body, and whether it is row format.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT for a body TF Serving would refuse.
+    """
+    if ("instances" in body) == ("inputs" in body):
+        raise _invalid("Missing 'inputs' or 'instances' key" if "instances" not in body
+                       else "Both 'instances' and 'inputs' keys are present")
+    row = "instances" in body
+    data = body["instances"] if row else body["inputs"]
+    if row and (not isinstance(data, list) or not data):
+        raise _invalid(f"'instances' must be a non-empty list, got "
+                       f"{type(data).__name__}{'' if data else ' (empty)'}")
+    if not row and not isinstance(data, (list, dict)):
+        raise _invalid(f"'inputs' must be a list or an object, got {type(data).__name__}")
+    names = sorted(signature.inputs) if signature is not None else []
+    only = names[0] if len(names) == 1 else ""
+    if not row:
+        return (data if isinstance(data, dict) else {only: data}), False
+    if not isinstance(data[0], dict):  # A list of values for the only input.
+        return {only: data}, True
+    if not all(isinstance(e, dict) and e.keys() == data[0].keys() for e in data):
+        raise _invalid("'instances': every example must be an object with the same keys")
+    return {k: [example[k] for example in data] for k in data[0]}, True
+
+
+def predict_answer(outputs: dict, row: bool) -> dict:
+    """The JSON answer of a predict: ``predictions`` (row format) or ``outputs`` (columnar)."""
+    if row:
+        if len(outputs) == 1:
+            return {"predictions": next(iter(outputs.values())).tolist()}
+        n = len(next(iter(outputs.values())))
+        return {"predictions": [{k: v[i].tolist() for k, v in outputs.items()} for i in range(n)]}
+    result = {k: v.tolist() for k, v in outputs.items()}
+    return {"outputs": next(iter(result.values())) if len(result) == 1 else result}
+
+
+class RestServer(http.server.ThreadingHTTPServer):
+    """The HTTP server; its handlers read the registry and limits from here.
+
+    Args:
+      address: (host, port), port 0 for a free one.
+      registry: the models served.
+      max_body_bytes: the largest request body (413 above it).
+      timeout_s: a client that stops sending is answered 408 after this many seconds.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address, registry: ModelRegistry,
+                 max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES, timeout_s: float = 30.0):
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+        self.timeout_s = timeout_s
+        super().__init__(address, RestHandler)
+
+
+class RestHandler(http.server.BaseHTTPRequestHandler):
+    """One REST request against :class:`RestServer`'s registry."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        self.timeout = self.server.timeout_s  # A client that stops sending cannot hold a thread.
+        super().setup()
+
+    def log_message(self, fmt, *args):  # Route to absl, not stderr.
+        logging.debug("REST %s", fmt % args)
+
+    def _send(self, code: int, body: dict, close: bool = False):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _content_length(self) -> int:
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            raise _HTTPError(411, "Content-Length is required for a request body")
+        try:
+            length = int(raw_length)
+        except ValueError:
+            raise _HTTPError(400, f"Content-Length: expected an integer, got {raw_length!r}")
+        if length < 0:
+            raise _HTTPError(400, f"Content-Length: expected >= 0, got {length}")
+        limit = self.server.max_body_bytes
+        if length > limit:
+            raise _HTTPError(413, f"request body of {length:,} bytes is over the limit of "
+                                  f"{limit:,} bytes")
+        return length
+
+    def _body(self) -> dict:
+        """The request body as a JSON object (dict)."""
+        length = self._content_length()
+        try:
+            raw = self.rfile.read(length)
+        except OSError:  # socket.timeout included.
+            raise _HTTPError(408, f"request body: {length} bytes announced, not received "
+                                  f"within {self.server.timeout_s:g} s")
+        if len(raw) != length:
+            raise _HTTPError(400, f"request body: {length} bytes announced, {len(raw)} received")
+        return _decode_json(raw)
+
+    def _spec(self, match):
+        spec = predict_pb2.PredictRequest().model_spec
+        spec.name = match["name"]
+        if match["version"]:
+            spec.version.value = int(match["version"])
+        if match["label"]:
+            spec.version_label = match["label"]
+        return spec
+
+    def _route(self, method: str):
+        match = _REST_PATH.match(self.path.split("?")[0])
+        if match is None or (method == "POST") != (match["what"] == ":predict"):
+            return self._send(404, {"error": f"Malformed request: {method} {self.path}"})
+        try:
+            return self._answer(match, self._spec(match))
+        except ServingError as e:
+            return self._send(_HTTP_STATUS.get(e.code, 500), {"error": e.message})
+        except _HTTPError as e:
+            return self._send(e.status, {"error": e.message}, close=True)
+        except Exception as e:  # A bug of ours: one line in the log, a JSON 500 to the client.
+            logging.error("REST %s %s: %s: %s", method, self.path, type(e).__name__, e)
+            return self._send(500, {"error": f"internal error: {type(e).__name__}"}, close=True)
+
+    def _answer(self, match, spec):
+        registry = self.server.registry
+        if match["what"] == "/metadata":
+            return self._send(200, json_format.MessageToDict(
+                metadata_response(registry.resolve(spec)), preserving_proto_field_name=True))
+        if match["what"] is None:
+            servables = ([registry.resolve(spec)] if match["version"] or match["label"]
+                         else registry.versions(spec.name))
+            return self._send(200, json_format.MessageToDict(
+                status_response(servables), preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True))
+        return self._predict(spec)
+
+    def _predict(self, spec):
+        body = self._body()
+        if not isinstance(body.get("signature_name", ""), str):
+            raise _invalid("'signature_name' must be a string")
+        servable = self.server.registry.resolve(spec)
+        signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+        inputs, row = predict_inputs(body, servable.signature_defs.get(signature_name))
+        outputs = run_signature(servable, signature_name, inputs, [])
+        return self._send(200, predict_answer(outputs, row))
+
+    def do_GET(self):
+        self._route("GET")
+
+    def do_POST(self):
+        self._route("POST")

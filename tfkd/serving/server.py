@@ -1,0 +1,185 @@
+"""The model server: the gRPC services and the REST API over one registry, started and stopped."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+
+import grpc
+from absl import logging
+from grpc_health.v1 import health
+from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tfkd import export
+from tfkd.serving.grpc_api import ModelServicer
+from tfkd.serving.grpc_api import PredictionServicer
+from tfkd.serving.registry import ModelConfig
+from tfkd.serving.registry import ModelRegistry
+from tfkd.serving.rest import DEFAULT_REST_MAX_BODY_BYTES
+from tfkd.serving.rest import RestServer
+from tfkd.serving.signatures import DEFAULT_MAX_TENSOR_BYTES
+
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # Generous receive limit on the server side, as TF Serving's.
+
+
+class ModelServer:
+    """The gRPC (and optional REST) server: start, serve, poll base paths for new versions, stop.
+
+    Usage::
+
+        with ModelServer([ModelConfig("teacher", "/work/teacher")]) as server:
+            client = TeacherClient(server.target, "teacher")
+
+    Args:
+      models: the models to serve.
+      host: the address to bind; 127.0.0.1 (loopback only) unless told otherwise.
+      port: the gRPC port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+      rest_api_port: the REST port; None: no REST API; 0: a free one (:attr:`rest_api_port`).
+      poll_seconds: how often to look for new versions under the base paths (TF Serving's
+        ``--file_system_poll_wait_seconds``, default 1); 0 disables polling.
+      max_workers: threads answering gRPC requests concurrently.
+      ssl_server_cert, ssl_server_key: PEM bytes; both given: the gRPC port speaks TLS.
+      ssl_custom_ca: PEM bytes; given with the above: clients must present a certificate it signed.
+      interceptors: ``grpc.ServerInterceptor`` objects (e.g. checking an authorization header).
+      max_tensor_bytes: the largest decoded input tensor of a Predict request, in bytes; a tensor
+        whose declared shape exceeds it, or whose content does not match its shape, is refused with
+        INVALID_ARGUMENT before anything is allocated (:func:`tensor_from_proto`).
+      rest_max_body_bytes: the largest REST request body (413 above it).
+      rest_timeout_s: a REST client that stops sending is answered 408 after this many seconds.
+
+    Raises:
+      ValueError: TLS half given, or a non-positive limit.
+    """
+
+    def __init__(self, models: list[ModelConfig], host: str = "127.0.0.1", port: int = 0,
+                 rest_api_port: int | None = None, poll_seconds: float = 1.0, max_workers: int = 8,
+                 ssl_server_cert: bytes | None = None, ssl_server_key: bytes | None = None,
+                 ssl_custom_ca: bytes | None = None, interceptors=(),
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
+                 rest_timeout_s: float = 30.0):
+        if bool(ssl_server_cert) != bool(ssl_server_key):
+            raise ValueError("ssl_server_cert and ssl_server_key: give both or neither")
+        for name, value in (("max_tensor_bytes", max_tensor_bytes),
+                            ("rest_max_body_bytes", rest_max_body_bytes),
+                            ("rest_timeout_s", rest_timeout_s)):
+            if value <= 0:
+                raise ValueError(f"{name}={value}: expected > 0")
+        self.max_tensor_bytes = max_tensor_bytes
+        self.rest_max_body_bytes = rest_max_body_bytes
+        self.rest_timeout_s = rest_timeout_s
+        self.registry = ModelRegistry(models)
+        self.host = host
+        self.port = port
+        self.rest_api_port = rest_api_port
+        self.poll_seconds = poll_seconds
+        self._max_workers = max_workers
+        self._tls = (ssl_server_cert, ssl_server_key, ssl_custom_ca) if ssl_server_cert else None
+        self._interceptors = tuple(interceptors)
+        self._server = None
+        self._http = None
+        self._health = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def target(self) -> str:
+        """``host:port`` of the gRPC API, for clients."""
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "ModelServer":
+        """Loads the models and starts answering.
+
+        Raises:
+          RuntimeError: a port cannot be bound.
+        """
+        self.registry.refresh()
+        for config in self.registry.model_configs():
+            if not export.list_versions(config.base_path):
+                logging.warning("Model %s: no numeric version directory under %s%s; serving "
+                                "nothing for it until one appears", config.name, config.base_path,
+                                "" if os.path.isdir(config.base_path) else " (no such directory)")
+        self._start_grpc()
+        if self.rest_api_port is not None:
+            self._http = RestServer((self.host, self.rest_api_port), self.registry,
+                                    self.rest_max_body_bytes, self.rest_timeout_s)
+            self.rest_api_port = self._http.server_address[1]
+            self._spawn(self._http.serve_forever, "tfkd-rest")
+        if self.poll_seconds > 0:
+            self._spawn(self._poll, "tfkd-version-poll")
+        logging.info("Model server listening on %s (gRPC%s)", self.target,
+                     f", REST on {self.rest_api_port}" if self._http else "")
+        return self
+
+    def _start_grpc(self) -> None:
+        """Builds the gRPC server with the services, binds the port, starts it.
+
+        Raises:
+          RuntimeError: the port cannot be bound.
+        """
+        self._server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(max_workers=self._max_workers),
+            interceptors=self._interceptors,
+            options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.registry, self.max_tensor_bytes), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.registry), self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        address = f"{self.host}:{self.port}"
+        try:
+            if self._tls:
+                cert, key, ca = self._tls
+                bound = self._server.add_secure_port(address, grpc.ssl_server_credentials(
+                    [(key, cert)], root_certificates=ca, require_client_auth=ca is not None))
+            else:
+                bound = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises on a port in use.
+            bound = 0
+        if bound == 0:
+            self._server.stop(0)
+            raise RuntimeError(f"port={self.port}: cannot bind {address} (in use, or not an "
+                               "address of this machine)")
+        self.port = bound
+        self._server.start()
+        for service in ("", "tensorflow.serving.PredictionService",
+                        "tensorflow.serving.ModelService"):
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def _spawn(self, target, name):
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _poll(self):
+        while not self._stop.wait(self.poll_seconds):
+            self.registry.refresh()
+
+    def wait(self) -> None:
+        """Blocks until the server is stopped."""
+        self._server.wait_for_termination()
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._stop.set()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

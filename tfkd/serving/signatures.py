@@ -1,0 +1,164 @@
+"""Request tensors in, outputs out: TF Serving's Predict validation, in its own words.
+
+:func:`tensor_from_proto` checks a request's TensorProto against its declared size before anything
+is allocated; :func:`run_signature` checks inputs against the SignatureDef (aliases, dtypes, shapes,
+an empty batch) and runs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+import tensorflow as tf
+
+from tfkd.serving.errors import ServingError
+
+if TYPE_CHECKING:
+    from tfkd.serving.registry import Servable
+
+
+# TensorProto's typed value field per dtype, and how many entries one element takes there.
+_VALUE_FIELDS = {
+    tf.float32: ("float_val", 1), tf.float64: ("double_val", 1), tf.int32: ("int_val", 1),
+    tf.int16: ("int_val", 1), tf.int8: ("int_val", 1), tf.uint8: ("int_val", 1),
+    tf.uint16: ("int_val", 1), tf.int64: ("int64_val", 1), tf.bool: ("bool_val", 1),
+    tf.string: ("string_val", 1), tf.float16: ("half_val", 1), tf.bfloat16: ("half_val", 1),
+    tf.uint32: ("uint32_val", 1), tf.uint64: ("uint64_val", 1),
+    tf.complex64: ("scomplex_val", 2), tf.complex128: ("dcomplex_val", 2),
+}
+DEFAULT_MAX_TENSOR_BYTES = 256 * 1024 * 1024
+
+
+def tensor_from_proto(alias: str, proto, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> np.ndarray:
+    """Decodes a request's TensorProto after checking its declared size, before allocating it.
+
+    A tensor's content (``tensor_content`` bytes, or the typed ``*_val`` field) must hold exactly the
+    number of values its shape declares, and the decoded tensor must fit in ``max_bytes``: a request
+    of a few bytes that declares a huge shape is refused, not allocated.
+
+    Args:
+      alias: the input's name, for messages.
+      proto: a ``tensorflow.TensorProto``.
+      max_bytes: the largest decoded tensor accepted, in bytes.
+
+    Returns:
+      the numpy array (``tf.make_ndarray``).
+
+    Raises:
+      ServingError: INVALID_ARGUMENT naming the alias, the declared shape and what was carried.
+    """
+    def refuse(why: str):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}: {why}")
+
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+    except TypeError:
+        refuse(f"unknown dtype enum {proto.dtype}")
+    if proto.tensor_shape.unknown_rank:
+        refuse("the shape has unknown rank")
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        refuse(f"shape {dims} has a negative dimension")
+    count = 1
+    for d in dims:
+        count *= d  # Python ints: no overflow.
+    itemsize = 1 if dtype == tf.string else dtype.size
+    if count * itemsize > max_bytes:
+        refuse(f"shape {dims} declares {count * itemsize:,} bytes, over the server's limit of "
+               f"{max_bytes:,} bytes per tensor")
+    if proto.tensor_content:
+        if dtype == tf.string:
+            refuse("a string tensor cannot use tensor_content")
+        carried = len(proto.tensor_content)
+        if carried != count * itemsize:
+            refuse(f"shape {dims} declares {count} values ({count * itemsize} bytes) but "
+                   f"tensor_content holds {carried} bytes")
+    else:
+        field, per_value = _VALUE_FIELDS.get(dtype, (None, 1))
+        if field is None:
+            refuse(f"dtype {dtype.name} is not supported")
+        carried = len(getattr(proto, field))
+        if carried != count * per_value:
+            refuse(f"shape {dims} declares {count} values but {field} holds "
+                   f"{carried // per_value}")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # A malformed proto that passed the size checks.
+        refuse(f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def _check_input(alias: str, value: np.ndarray, info) -> None:
+    expected = tf.dtypes.as_dtype(info.dtype)
+    if value.dtype != expected.as_numpy_dtype:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Expects arg[0] ({alias}) to be {expected.name} but "
+                           f"{tf.dtypes.as_dtype(value.dtype).name} is provided")
+    if not info.tensor_shape.unknown_rank:
+        dims = [d.size for d in info.tensor_shape.dim]
+        if len(dims) != value.ndim or any(d >= 0 and d != s for d, s in zip(dims, value.shape)):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input tensor {alias}: shape {list(value.shape)} does not match the "
+                               f"signature's {dims} (-1 is any size)")
+
+
+def run_signature(servable: Servable, signature_name: str, inputs: dict,
+                  output_filter: list[str]) -> dict[str, np.ndarray]:
+    """Runs one signature of a servable, validating as TF Serving's Predict does.
+
+    Args:
+      inputs: alias -> numpy array (or, for the REST API, a nested list converted here).
+      output_filter: aliases to return; empty: all outputs.
+
+    Returns:
+      alias -> numpy array.
+
+    Raises:
+      ServingError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for bad inputs.
+    """
+    signature = servable.signature_defs.get(signature_name)
+    if signature is None:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f'Serving signature key "{signature_name}" not found.')
+    if len(inputs) != len(signature.inputs):
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(inputs)}!={len(signature.inputs)} "
+            f"len([{','.join(sorted(inputs))}]) != len([{','.join(sorted(signature.inputs))}])")
+    feeds = {}
+    for alias, value in inputs.items():
+        if alias not in signature.inputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
+                f"the set {{{', '.join(sorted(signature.inputs))}}}.")
+        info = signature.inputs[alias]
+        if not isinstance(value, np.ndarray):  # REST: JSON lists, typed by the signature.
+            try:
+                value = np.asarray(value, dtype=tf.dtypes.as_dtype(info.dtype).as_numpy_dtype)
+            except (TypeError, ValueError) as e:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"tensor parsing error: {alias} ({e})") from None
+        _check_input(alias, value, info)
+        if value.ndim and value.shape[0] == 0:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input tensor {alias}: the batch is empty (shape "
+                               f"{list(value.shape)}); send at least one example")
+        feeds[alias] = value
+    aliases = list(output_filter) or list(signature.outputs)
+    for alias in aliases:
+        if alias not in signature.outputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                f"the set {{{', '.join(sorted(signature.outputs))}}}.")
+    if len(set(aliases)) != len(aliases):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"duplicate output tensor alias in output_filter: {aliases}")
+    try:
+        outputs = servable.loaded.signatures[signature_name](**feeds)
+    except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
+    return {alias: outputs[alias].numpy() for alias in aliases}
+
