@@ -30,9 +30,12 @@ import numpy as np
 from absl import logging
 
 
-def _check_npz(path: str, keys: tuple[str, ...]) -> None:
+def _check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = ()) -> None:
+    """``keys``: per-row arrays of one length; ``other_keys``: arrays that must be readable."""
     with np.load(path) as f:
         arrays = [f[k] for k in keys]  # Reading each member checks its CRC.
+        for k in other_keys:
+            f[k]
     if len({len(a) for a in arrays}) != 1:
         raise ValueError(f"arrays {keys} have lengths {[len(a) for a in arrays]}")
 
@@ -82,8 +85,8 @@ ARTIFACTS = (
     ("teacher/*/saved_model.pb", "teacher SavedModel", _check_saved_model, "dir"),
     ("teacher/recipe.json", "teacher recipe", _check_json, "file"),
     ("ledger/*.npz", "ledger answers", lambda p: _check_npz(p, ("keys", "soft_labels")), "file"),
-    ("transfer_set-*.npz", "transfer set", lambda p: _check_npz(p, ("images", "targets", "source",
-                                                                     "source_names")), "file"),
+    ("transfer_set-*.npz", "transfer set", lambda p: _check_npz(p, ("images", "targets", "source"),
+                                                                   ("source_names",)), "file"),
     ("cvae-*.weights.h5", "CVAE weights", _check_h5, "file"),
     ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
     ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),
