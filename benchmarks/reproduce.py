@@ -40,10 +40,10 @@ from absl import logging  # noqa: E402
 from tfkd import data  # noqa: E402
 from tfkd import distill  # noqa: E402
 from tfkd import pipeline  # noqa: E402
-from tfkd.methods import fsbbt as fsbbt_methods  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
 from tfkd import workdir as workdir_lib  # noqa: E402
+from tfkd.methods import fsbbt as fsbbt_methods  # noqa: E402
 
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_list("methods", list(fsbbt_methods.METHODS), "Methods (rows).")

@@ -18,8 +18,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from tfkd import data
 from tfkd import client
+from tfkd import data
 from tfkd import distill
 from tfkd import methods
 from tfkd import models

@@ -30,28 +30,27 @@ class Mutation:
 
 MUTATIONS = [
     Mutation("permuted_soft_labels", "the student trains on the soft labels shuffled across images",
-             (("tfkd/pipeline.py", "labelled.images, labelled.soft_labels, config.student",
-               "labelled.images, labelled.soft_labels[np.random.default_rng(1).permutation("
-               "len(labelled.images))], config.student"),),
+             (("tfkd/pipeline.py", "transfer.images, transfer.targets, student_config,",
+               "transfer.images, transfer.targets[np.random.default_rng(1).permutation("
+               "len(transfer.images))], student_config,"),),
              ("tests/test_pipeline.py::test_launch_distill_end_to_end",
               "tests/test_resume.py::test_killed_training_resumes_to_the_same_epochs")),
     Mutation("cvae_on_true_labels", "the CVAE is conditioned on the true labels of the few shots",
-             (("tfkd/pipeline.py", "labelled = build_labelled_set(shots, mixed, client, config, stages)",
-               "_TRUE[:] = list(dataset.y_train[indices]); "
-               "labelled = build_labelled_set(shots, mixed, client, config, stages)"),
-              ("tfkd/pipeline.py", "cvae, _ = synthesis.train_cvae(shots, real_labels.argmax(axis=1),",
-               "cvae, _ = synthesis.train_cvae(shots, np.array(_TRUE),"),
-              ("tfkd/pipeline.py", "def make_mixup(", "_TRUE = []\n\n\ndef make_mixup(")),
+             (("tfkd/pipeline.py", "few_shot_labels=labels if method.reads_true_labels else None",
+               "few_shot_labels=labels"),
+              ("tfkd/methods/fsbbt.py", "self.cvae_images(ctx, real.argmax(axis=1), cvae_config)",
+               "self.cvae_images(ctx, ctx.few_shot_labels, cvae_config)")),
              ("tests/test_pipeline.py::test_methods_never_see_the_true_labels[cvae]",)),
     Mutation("real_images_on_true_labels",
              "the real images are trained on their true one-hot labels (the stored set unchanged)",
-             (("tfkd/pipeline.py", "labelled.images, labelled.soft_labels, config.student",
-               "labelled.images, np.concatenate([np.eye(dataset.num_classes, dtype=np.float32)["
-               "dataset.y_train[indices]], labelled.soft_labels[len(shots):]]) if config.method != "
-               "'student_alone' else labelled.soft_labels, config.student"),),
+             (("tfkd/pipeline.py", "    return transfer\n\n\ndef train_student(",
+               "    if method.name != 'student_alone':\n        transfer.targets[:len(shots)] = np.eye("
+               "dataset.num_classes, dtype=np.float32)[labels]\n    return transfer\n\n\n"
+               "def train_student("),),
              ("tests/test_pipeline.py::test_methods_never_see_the_true_labels[standard_kd]",)),
     Mutation("token_at_info", "the auth token is logged at INFO when read",
-             (("tfkd/teacher.py", "            raise ValueError(f\"auth_token_file={path!r}: the file is empty\")\n",
+             (("tfkd/client.py",
+               "            raise ValueError(f\"auth_token_file={path!r}: the file is empty\")\n",
                "            raise ValueError(f\"auth_token_file={path!r}: the file is empty\")\n"
                "        logging.info(\"auth token %s\", token)\n"),),
              ("tests/test_teacher_contract.py::test_authorization_header_from_file_or_env",)),
@@ -61,11 +60,11 @@ MUTATIONS = [
                "        if False and os.path.exists(self.path):"),),
              ("tests/test_resume.py::test_killed_training_resumes_to_the_same_epochs",)),
     Mutation("evaluation_uncounted", "the teacher's test evaluation is not charged to the account",
-             (("tfkd/pipeline.py", "teacher_config, label_only=False).connect(ledger, account))",
-               "teacher_config, label_only=False).connect(ledger))"),),
+             (("tfkd/pipeline.py", "dataclasses.replace(teacher_config, label_only=False), ledger, account))",
+               "dataclasses.replace(teacher_config, label_only=False), ledger))"),),
              ("tests/test_pipeline.py::test_launch_distill_end_to_end",)),
     Mutation("retries_uncounted", "a retried Predict is not charged again",
-             (("tfkd/teacher.py", "before_retry=lambda: self._count(n, stage, retry=True))",
+             (("tfkd/client.py", "before_retry=lambda: attempt(True))",
                "before_retry=None)"),),
              ("tests/test_faults.py",)),
     Mutation("workers_out_of_step", "the custom loop applies per-replica gradients scaled by the "
@@ -76,15 +75,21 @@ MUTATIONS = [
                "                tf.distribute.get_replica_context().replica_id_in_sync_group + 1, "
                "tf.float32)"),),
              ("tests/test_distributed.py",)),
+    Mutation("workers_pay_twice", "every worker of a cluster asks the teacher about every image",
+             (("tfkd/cluster.py", "        return slice(self.index * n // self.count, "
+               "(self.index + 1) * n // self.count)", "        return slice(0, n)"),
+              ("tfkd/cluster.py", "        if self.count == 1:\n            return mine",
+               "        if True:\n            return mine")),
+             ("tests/test_distributed.py::test_two_workers_stay_in_step_and_export_exactly_one_student",)),
 ]
 
 
 MUTATIONS += [
     Mutation("declared_size_unchecked", "the server decodes a tensor without comparing its declared "
              "shape with its content",
-             (("tfkd/serving.py", "        if carried != count * per_value:",
+             (("tfkd/serving/signatures.py", "        if carried != count * per_value:",
                "        if False:"),
-              ("tfkd/serving.py", "        if carried != count * itemsize:",
+              ("tfkd/serving/signatures.py", "        if carried != count * itemsize:",
                "        if False:")),
              ("tests/test_hostile_requests.py::test_declared_shape_must_match_the_content",)),
     Mutation("workdir_unchecked", "the work dir's artifacts are not validated before reuse",

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_data import write_idx
 
 from tfkd import models
 
 from conftest import REPO
-from test_data import write_idx
 
 
 @pytest.mark.slow

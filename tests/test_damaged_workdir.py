@@ -8,13 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from test_pipeline import TINY
 
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import teacher
 from tfkd.teacher import TeacherConfig
-
-from test_pipeline import TINY
 
 
 def _config(workdir, server):

@@ -49,7 +49,8 @@ def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_pat
     """Two MultiWorkerMirroredStrategy workers (per-replica batch 32) against one process with the
     same custom loop and a batch of 64. The workers stay in step: they end with bitwise-identical
     weights. Against the single process the final training loss agrees within 1% (seen by hand
-    while writing this test, output not kept: 0.15% and 0.31% in two runs); single weights are not compared, because Adam turns float round-off in
+    while writing this test, output not kept: 0.15% and 0.31% in two runs); single weights are not
+    compared, because Adam turns float round-off in
     near-zero gradients into full-size steps (the convolutions agreed to 1e-4, fc2 did not).
     (The in-process two-replica test above holds MirroredStrategy to 1e-4 on the losses.)"""
     ports = [free_port(), free_port()]

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd.methods import fsbbt as fsbbt_methods
-from tfkd import methods
 from tfkd import distill
+from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import synthesis
 from tfkd import teacher
+from tfkd.methods import fsbbt as fsbbt_methods
 from tfkd.teacher import TeacherConfig
 
 from conftest import REPO
@@ -27,9 +27,10 @@ TINY = dict(num_shots=50, num_validation=500, mixup=synthesis.MixUpConfig(num_im
             student=distill.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
             evaluate_teacher=False, compress=(), verbose=0)
 
-# The accuracy a tiny launcher run's student must beat (chance: 10%). Seen by hand (output not kept): 64.0% on 500
-# test images (teacher 86%); a student trained on the same transfer set with its soft labels
-# shuffled across images scores near chance (test_launch_distill_end_to_end shows both).
+# The accuracy a tiny launcher run's student must beat (chance: 10%). Seen by hand (output not
+# kept): 64.0% on 500 test images (teacher 86%); a student trained on the same transfer set with
+# its soft labels shuffled across images scores near chance (test_launch_distill_end_to_end shows
+# both).
 STUDENT_FLOOR = 0.50
 
 @pytest.mark.parametrize("method", fsbbt_methods.METHODS)

@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
+from test_pipeline import STUDENT_FLOOR
 
 from conftest import REPO
-from test_pipeline import STUDENT_FLOOR
 
 EPOCHS = 10
 

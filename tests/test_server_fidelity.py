@@ -10,13 +10,13 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
 from grpc_health.v1 import health_pb2
 from grpc_health.v1 import health_pb2_grpc
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
-from google.protobuf import text_format
 
 from tfkd import serving
 from tfkd import teacher

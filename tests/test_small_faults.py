@@ -12,13 +12,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+from test_data import write_idx
 
 from tfkd import data
 from tfkd import serving
 from tfkd import teacher
 
 from conftest import REPO
-from test_data import write_idx
 
 
 def _small_idx(directory, fashion, n=50):

@@ -9,10 +9,10 @@ import pytest
 from tensorflow_serving.apis import predict_pb2
 
 from tfkd import client as client_lib
+from tfkd import distill
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import synthesis
-from tfkd import distill
 from tfkd import teacher
 
 from conftest import RequireToken

@@ -4,12 +4,11 @@ silently reused; a second run on a busy work dir is refused before it pays for a
 import dataclasses
 
 import pytest
+from test_pipeline import TINY
 
 from tfkd import pipeline
 from tfkd import teacher
 from tfkd import workdir
-
-from test_pipeline import TINY
 
 
 @pytest.fixture()

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from tfkd import methods
 from tfkd import distill
 from tfkd import export
+from tfkd import methods
 from tfkd import models
 from tfkd import pipeline
 from tfkd import serving

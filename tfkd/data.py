@@ -99,7 +99,8 @@ def _read_idx(path: str) -> np.ndarray:
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DatasetUnavailableError(f"{path}: header says {dims} ({np.prod(dims)} values), file holds {data.size}")
+        raise DatasetUnavailableError(f"{path}: header says {dims} ({np.prod(dims)} values), "
+                                      f"file holds {data.size}")
     return data.reshape(dims)
 
 

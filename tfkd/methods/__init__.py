@@ -37,7 +37,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import numpy as np
 

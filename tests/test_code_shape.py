@@ -1,0 +1,57 @@
+"""The shape of the code a newcomer reads: short functions, no path hacks, the linter clean."""
+
+import ast
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+MAX_FUNCTION_LINES = 60
+
+
+def _functions(root: str):
+    for path in sorted(pathlib.Path(REPO, root).rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, node
+
+
+def test_no_function_longer_than_60_lines():
+    long = [f"{p.relative_to(REPO)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for root in ("tfkd", "launch") for p, n in _functions(root)
+            if n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, long
+
+
+def test_launchers_do_not_edit_sys_path():
+    for path in pathlib.Path(REPO, "launch").glob("*.py"):
+        assert "sys.path" not in path.read_text(), path
+
+
+def test_installed_command_runs_from_any_directory(tmp_path):
+    """After `pip install`, tfkd-distill answers --help from a directory without the checkout."""
+    command = shutil.which("tfkd-distill")
+    if command is None:
+        pytest.skip("tfkd-distill is not installed (pip install -e .)")
+    result = subprocess.run([command, "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--method" in result.stdout and "fsbbt" in result.stdout
+
+
+def test_ruff_is_clean():
+    """The linter .ci/run runs, with the repository's configuration (pyproject.toml)."""
+    try:
+        import ruff  # noqa: F401
+    except ImportError:
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, RUFF_CACHE_DIR=str(pathlib.Path(REPO, ".ruff_cache"))))
+    assert result.returncode == 0, result.stdout[-3000:]
