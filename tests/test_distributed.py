@@ -1,4 +1,5 @@
-"""tf.distribute on a CPU machine: two logical devices against one, and two workers with TF_CONFIG."""
+"""tf.distribute on a CPU machine: two logical devices against one, and two workers with TF_CONFIG
+that share the teacher's queries."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from tfkd import methods
 
 from conftest import REPO
 from test_faults import free_port
@@ -99,3 +102,20 @@ def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_pat
         np.testing.assert_array_equal(w_chief[name], w_worker[name], err_msg=name)
     assert chief["student_final_loss"] == pytest.approx(single["student_final_loss"], rel=1e-2)
     assert worker["student_epochs"] == chief["student_epochs"] == 2
+
+    # The cluster asked the teacher about each image once: each worker labelled its shard of every
+    # image set (and the chief alone evaluated the teacher), so the queries summed over the workers
+    # are the single process's, stage by stage; and every worker trained on the whole transfer set.
+    assert chief["teacher_queries_sent"] + worker["teacher_queries_sent"] == \
+        single["teacher_queries_sent"] > 0
+    stages = set(single["teacher_queries_sent_by_stage"])
+    assert stages == {"label_real", "label_mixup", "label_cvae", "evaluate_teacher"}
+    for stage in stages:
+        assert chief["teacher_queries_sent_by_stage"].get(stage, 0) + \
+            worker["teacher_queries_sent_by_stage"].get(stage, 0) == \
+            single["teacher_queries_sent_by_stage"][stage], stage
+    assert 0 < worker["teacher_queries_sent"] < single["teacher_queries_sent"]
+    sets = [methods.TransferSet.load(r["labelled_set"]) for r in (chief, worker, single)]
+    for other in sets[1:]:
+        np.testing.assert_array_equal(other.images, sets[0].images)
+        np.testing.assert_array_equal(other.targets, sets[0].targets)
