@@ -29,7 +29,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,6 +36,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from tfkd import client as client_lib  # noqa: E402
 from tfkd import data  # noqa: E402
 from tfkd import distill  # noqa: E402
 from tfkd import pipeline  # noqa: E402
@@ -83,11 +83,13 @@ TEACHER_TRIES = {
                                                           lr_schedule="constant"),
                               "LeNet-5, conv1 unpadded, Adam 1e-3 constant, 20 epochs"),
 }
-# Student recipes tried against a method's seed-0 cell, on the validation split only
-# (name -> (method, StudentConfig fields, what)).
+# Student recipes tried against the method's cell of the same seed, on the validation split only
+# (name -> (method, StudentConfig fields, what, seed)).
+_COSINE = "FS-BBT, student Adam 1e-3 with cosine decay instead of the paper's constant"
 STUDENT_TRIES = {
-    "fsbbt_cosine_lr": ("fsbbt", {"lr_schedule": "cosine"},
-                        "FS-BBT, student Adam 1e-3 with cosine decay instead of the paper's constant"),
+    "fsbbt_cosine_lr": ("fsbbt", {"lr_schedule": "cosine"}, _COSINE, 0),
+    "fsbbt_cosine_lr_seed1": ("fsbbt", {"lr_schedule": "cosine"}, _COSINE, 1),
+    "fsbbt_cosine_lr_seed2": ("fsbbt", {"lr_schedule": "cosine"}, _COSINE, 2),
 }
 
 
@@ -139,8 +141,8 @@ def measure_teacher(root: str, teacher_base: str, dataset: data.Dataset, target:
     """The chosen teacher's test accuracy, measured once over gRPC (not per cell)."""
     path = os.path.join(root, "teacher_report.json")
     if not os.path.exists(path):
-        with teacher_lib.connect(target, "teacher") as client:
-            accuracy = pipeline.served_accuracy(client, dataset.x_test, dataset.y_test)
+        with client_lib.connect(target, "teacher", role="teacher") as client:
+            accuracy = client_lib.accuracy(client, dataset.x_test, dataset.y_test)
         workdir_lib.write_json(path, {"kind": "teacher", "dataset": dataset.name, "base": teacher_base,
                            "test_accuracy": accuracy, "test_examples": len(dataset.x_test),
                            "teacher_eval_queries": len(dataset.x_test),
@@ -178,8 +180,8 @@ def run_all(methods, seeds) -> None:
                 path = run_cell(os.path.join(root, method, f"seed{seed}"), srv.target, method, seed)
                 _store(path, f"{method}-seed{seed}")
         for name in FLAGS.student_tries or STUDENT_TRIES:
-            method, fields, _ = STUDENT_TRIES[name]
-            path = run_cell(os.path.join(root, "tries", name), srv.target, method, 0,
+            method, fields, _, seed = STUDENT_TRIES[name]
+            path = run_cell(os.path.join(root, "tries", name), srv.target, method, seed,
                             distill.StudentConfig(**fields), evaluate_test=False)
             report = json.load(open(path))
             report.update(kind="student_try", **{"try": name})
@@ -273,14 +275,14 @@ def tries_table(reports: dict[str, dict], results_md: str) -> list[str]:
     for key, r in reports.items():
         if r.get("kind") != "student_try":
             continue
-        method, _, what = STUDENT_TRIES.get(r["try"], (r["method"], None, r["try"]))
-        base = reports.get(f"{method}-seed0")
+        method, _, what, seed = STUDENT_TRIES.get(r["try"], (r["method"], None, r["try"], 0))
+        base = reports.get(f"{method}-seed{seed}")
         base_val = base and base.get("student_validation_accuracy")
         delta = None if not base_val else 100 * (r["student_validation_accuracy"] - base_val)
         kept = "-" if delta is None else (
             f"{'better' if delta > 0 else 'not better'} on validation ({delta:+.2f}); "
             f"{STUDENT_TRY_STATUS.get(r['try'], 'not adopted')}")
-        compared = (f"{method} seed 0: {100 * base_val:.2f} ({_link(base['path'], results_md)})"
+        compared = (f"{method} seed {seed}: {100 * base_val:.2f} ({_link(base['path'], results_md)})"
                     if base_val else "-")
         lines.append(f"| student: {r['try']} | {what} | {100 * r['student_validation_accuracy']:.2f} "
                      f"| {compared} | {kept} | {_link(r['path'], results_md)} |")
