@@ -1,4 +1,4 @@
-"""Fault injection on a finished run's work dir (issue 8): each kind of artifact is truncated in
+"""Fault injection on a finished run's work dir: each kind of artifact is truncated in
 turn; the rerun completes, names the damaged file once (set aside, not deleted), and sends at most
 the queries that file held."""
 
@@ -38,7 +38,7 @@ def _ledger_rows(path):
 # Which artifact, and the most queries a rerun may send once it is damaged.
 KINDS = {
     "ledger": ("ledger/*.npz", _ledger_rows),  # The largest answer file: its own rows at most.
-    "labelled_set": ("labelled_set-*.npz", lambda p: 0),  # Rebuilt from the ledger.
+    "transfer_set": ("transfer_set-*.npz", lambda p: 0),  # Rebuilt from the ledger.
     "cvae": ("cvae-*.weights.h5", lambda p: 0),  # Retrained: the same images, in the ledger.
     "student_state": ("student_backup-*/*.weights.h5", lambda p: 0),  # Trained again.
 }

@@ -1,4 +1,4 @@
-"""Hostile and malformed requests to tfkd's model server (issue 8): the server answers each with
+"""Hostile and malformed requests to tfkd's model server: the server answers each with
 TF Serving's status codes or a 4xx JSON error, allocates nothing a request only declares, and stays
 up (every test ends by checking that a normal request is still answered)."""
 

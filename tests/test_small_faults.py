@@ -1,4 +1,4 @@
-"""Small faults of issue 8, each with one clear line: damaged IDX files, an empty batch, a string
+"""Small faults, each with one clear line: damaged IDX files, an empty batch, a string
 output, a taken port, a missing or empty model base path."""
 
 import gzip

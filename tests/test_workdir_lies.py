@@ -1,4 +1,4 @@
-"""The work dir tells the truth (issue 8): a teacher trained with other settings is refused, not
+"""The work dir tells the truth: a teacher trained with other settings is refused, not
 silently reused; a second run on a busy work dir is refused before it pays for anything."""
 
 import dataclasses

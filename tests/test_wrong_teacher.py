@@ -1,5 +1,5 @@
 """A teacher that does not fit the data is refused before any query, and exports are readable by
-another user (issue 8)."""
+another user."""
 
 import dataclasses
 import os

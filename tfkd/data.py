@@ -3,7 +3,7 @@
 Every image array this module hands out is float32 NHWC with values in [0, 1]; every label array is
 int64 of shape [n] with values in [0, num_classes).
 
-Sources, in order (issue 2):
+Sources, in order:
   1. an explicit ``data_dir`` holding the four IDX files (``train-images-idx3-ubyte[.gz]`` ...),
   2. the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``),
   3. ``keras.datasets`` (downloads when online; offline it fails with :class:`DatasetUnavailableError`).
