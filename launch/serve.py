@@ -41,6 +41,22 @@ flags.DEFINE_integer("rest_max_body_bytes", serving.DEFAULT_REST_MAX_BODY_BYTES,
 FLAGS = flags.FLAGS
 
 
+def _read(path):
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_config_from_flags() -> serving.ServerConfig:
+    return serving.ServerConfig(
+        host=FLAGS.host, port=FLAGS.port, rest_api_port=FLAGS.rest_api_port or None,
+        poll_seconds=FLAGS.file_system_poll_wait_seconds,
+        ssl_server_cert=_read(FLAGS.ssl_server_cert), ssl_server_key=_read(FLAGS.ssl_server_key),
+        ssl_custom_ca=_read(FLAGS.ssl_custom_ca), max_tensor_bytes=FLAGS.max_tensor_bytes,
+        rest_max_body_bytes=FLAGS.rest_max_body_bytes)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -52,26 +68,14 @@ def main(argv):
         models = [serving.ModelConfig(FLAGS.model_name, FLAGS.model_base_path)]
     else:
         raise app.UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
-    def read(path):
-        if not path:
-            return None
-        with open(path, "rb") as f:
-            return f.read()
-
-    server = serving.ModelServer(
-        models, host=FLAGS.host, port=FLAGS.port,
-        rest_api_port=FLAGS.rest_api_port or None,
-        poll_seconds=FLAGS.file_system_poll_wait_seconds,
-        ssl_server_cert=read(FLAGS.ssl_server_cert), ssl_server_key=read(FLAGS.ssl_server_key),
-        ssl_custom_ca=read(FLAGS.ssl_custom_ca), max_tensor_bytes=FLAGS.max_tensor_bytes,
-        rest_max_body_bytes=FLAGS.rest_max_body_bytes)
+    server = serving.ModelServer(models, server_config_from_flags())
     if FLAGS.model_base_path and not os.path.isdir(FLAGS.model_base_path):
         sys.exit(f"error: --model_base_path={FLAGS.model_base_path!r}: no such directory")
     try:
         server.start()
     except RuntimeError as e:
         sys.exit(f"error: {e}")
-    rest = f", REST on {server.host}:{server.rest_api_port}" if FLAGS.rest_api_port else ""
+    rest = f", REST on {server.config.host}:{server.rest_api_port}" if FLAGS.rest_api_port else ""
     print(f"Serving {[m.name for m in models]} on {server.target}{rest}", flush=True)
     logging.info("Press Ctrl-C to stop.")
     try:

@@ -93,3 +93,45 @@ def test_a_method_defined_outside_tfkd_runs_end_to_end(registered, server, fashi
     # A rerun reuses the transfer set by fingerprint: nothing is asked again.
     again = pipeline.run(config)
     assert again.teacher_queries_sent == 0 and again.teacher_queries_total == NUM_NOISE
+
+
+class TopOneOnly(methods.Method):
+    """The few shots with the teacher's top-1 labels only."""
+
+    name = "test_top1_only"
+    teacher_needs = "top1_labels"
+
+    def build(self, ctx):
+        assert ctx.few_shot_labels is None and ctx.teacher_saved_model is None
+        return methods.TransferSet.from_parts(
+            [("real", ctx.few_shot, ctx.teacher.soft_labels(ctx.few_shot, stage="label_real"))])
+
+
+class NeedsWeights(UniformNoise):
+    name = "test_needs_weights"
+    teacher_needs = "weights"
+
+
+def test_what_a_method_declares_is_what_it_gets(server, tmp_path):
+    """``top1_labels``: the pipeline hands the method the label-only view (one-hot answers);
+    ``weights``: refused before anything runs when the teacher is remote."""
+    methods.register(TopOneOnly(), replace=True)
+    methods.register(NeedsWeights(), replace=True)
+    try:
+        config = pipeline.DistillConfig(
+            workdir=str(tmp_path / "top1"), method="test_top1_only", num_shots=40,
+            num_validation=0, teacher=TeacherConfig(target=server.target),
+            student=distill.StudentConfig(epochs=1, batch_size=32), eval_examples=100,
+            evaluate_teacher=False, compress=(), verbose=0)
+        report = pipeline.run(config)
+        targets = methods.TransferSet.load(report.labelled_set).targets
+        assert set(np.unique(targets)) == {0.0, 1.0} and report.teacher["label_only"]
+        assert report.teacher_output_kind == "classes (label-only view)"
+        with pytest.raises(ValueError, match="needs the teacher's weights"):
+            pipeline.run(pipeline.DistillConfig(workdir=str(tmp_path / "w"),
+                                                method="test_needs_weights",
+                                                teacher=TeacherConfig(target=server.target)))
+        assert not (tmp_path / "w").exists()  # Refused before the work dir was touched.
+    finally:
+        for name in ("test_top1_only", "test_needs_weights"):
+            methods._REGISTRY.pop(name, None)

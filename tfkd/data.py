@@ -316,14 +316,3 @@ def with_validation_split(dataset: Dataset, num_validation: int,
     keep[held] = False
     return dataclasses.replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
                                x_val=dataset.x_train[held], y_val=dataset.y_train[held])
-
-
-def classification_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int,
-                           shuffle: bool = False, seed: int = 0, drop_remainder: bool = False):
-    """A batched `tf.data.Dataset` of (images float32 [b,H,W,C], targets) from in-memory arrays."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images, targets))
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -151,6 +151,10 @@ class DistillConfig:
                 raise ValueError(f"{name}={value!r}: expected {expected}")
         self.teacher.validate(require_target=False)
         self.student.validate()
+        if method.teacher_needs == "weights" and self.teacher.target:
+            raise ValueError(f"method={self.method!r} needs the teacher's weights; a remote teacher "
+                             f"({self.teacher.target}) has none to give: use a local teacher "
+                             "(an empty teacher target)")
 
 
 class StageTimer:
@@ -223,7 +227,7 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
     x_eval, y_eval = eval_split(config, dataset)
     report.eval_examples = len(x_eval)
     with contextlib.ExitStack() as stack:
-        link = connect_teacher(config, dataset, strategy, stack, timer, report)
+        link = connect_teacher(config, method, dataset, strategy, stack, timer, report)
         transfer = build_transfer_set(config, method, dataset, link, x_eval, timer, report)
         student = train_student(config, method, dataset, transfer,
                                 workdir_lib.fingerprint(*transfer_key(config, method, link)),
@@ -326,11 +330,15 @@ def local_teacher(config: DistillConfig, dataset: data_lib.Dataset, stack: conte
     return target, base
 
 
-def connect_teacher(config: DistillConfig, dataset: data_lib.Dataset, strategy,
-                    stack: contextlib.ExitStack, timer: StageTimer, report: Report) -> TeacherLink:
+def connect_teacher(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
+                    strategy, stack: contextlib.ExitStack, timer: StageTimer,
+                    report: Report) -> TeacherLink:
     """Connects to the teacher (trained and served locally for an empty target) with the work dir's
-    ledger and query account; checks its classes against the data's before any query."""
+    ledger and query account; checks its classes against the data's before any query. A method
+    that needs only top-1 labels gets the label-only view."""
     teacher_config, base = config.teacher, None
+    if method.teacher_needs == "top1_labels":
+        teacher_config = dataclasses.replace(teacher_config, label_only=True)
     if not teacher_config.target:
         target, base = local_teacher(config, dataset, stack, timer, report)
         teacher_config = dataclasses.replace(teacher_config, target=target)
@@ -404,7 +412,9 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
     ctx = methods.MethodContext(
         config, shots, dataset.num_classes,
         teacher=None if method.teacher_needs == "none" else link.labeller,
-        few_shot_labels=labels if method.reads_true_labels else None, stage=timer)
+        few_shot_labels=labels if method.reads_true_labels else None, stage=timer,
+        teacher_saved_model=(export.latest_version_dir(link.local_base)
+                             if method.teacher_needs == "weights" else None))
     path = None  # A set that asked no teacher cost nothing to keep.
     if method.teacher_needs != "none":
         path = workdir_lib.artifact_path(config.workdir, "transfer_set", ".npz",

@@ -5,9 +5,10 @@ A method is a :class:`Method` registered under a name (``register``); ``--method
 everything around a method (data, the teacher connection and its query account, the student's
 training, export, evaluation, the report); a method only
 
-* declares what it needs from the teacher (``teacher_needs``: soft labels, top-1 labels only, the
-  teacher's weights, or nothing) and whether it reads the few-shot images' true labels (only the
-  ``student_alone`` baseline does),
+* declares what it needs from the teacher (``teacher_needs``: ``soft_labels``; ``top1_labels``,
+  for which the pipeline hands it the teacher's label-only view (one-hot answers); ``weights``, for
+  which it also gets the teacher's SavedModel; or ``none``) and whether it reads the few-shot
+  images' true labels (only the ``student_alone`` baseline does),
 * says which of its settings its transfer set depends on (:meth:`Method.fingerprint`, for reuse),
 * plans its teacher queries before any is sent (:meth:`Method.plan`, checked against the budget),
 * builds the *transfer set*: the images the student learns from and their targets
@@ -119,6 +120,9 @@ class MethodContext:
         MultiWorkerMirroredStrategy each worker labels its shard and every worker gets every
         answer), ``signature.identity`` and ``label_only``.
       few_shot_labels: int [N] true labels, only for a method with ``reads_true_labels``.
+      teacher_saved_model: the teacher's SavedModel version directory, only for a method whose
+        ``teacher_needs`` is "weights" (a local teacher: :meth:`tfkd.pipeline.DistillConfig.validate`
+        refuses such a method with a remote one).
       stage: ``with ctx.stage("name"):`` times a step for the report's ``stage_seconds``.
     """
 
@@ -127,6 +131,7 @@ class MethodContext:
     num_classes: int
     teacher: Any = None
     few_shot_labels: np.ndarray | None = None
+    teacher_saved_model: str | None = None
     stage: Callable[[str], contextlib.AbstractContextManager] = \
         lambda name: contextlib.nullcontext()  # noqa: E731
     _memo: dict = dataclasses.field(default_factory=dict)

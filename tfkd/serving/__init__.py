@@ -39,13 +39,14 @@ from tfkd.serving.registry import ModelRegistry
 from tfkd.serving.registry import Servable
 from tfkd.serving.rest import DEFAULT_REST_MAX_BODY_BYTES
 from tfkd.serving.server import ModelServer
+from tfkd.serving.server import ServerConfig
 from tfkd.serving.signatures import DEFAULT_MAX_TENSOR_BYTES
 from tfkd.serving.signatures import run_signature
 from tfkd.serving.signatures import tensor_from_proto
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_BYTES", "DEFAULT_REST_MAX_BODY_BYTES", "DEFAULT_SIGNATURE", "ModelConfig",
-    "ModelRegistry", "ModelServer", "Servable", "ServingError", "model_configs_from_proto",
+    "ModelRegistry", "ModelServer", "Servable", "ServerConfig", "ServingError", "model_configs_from_proto",
     "model_configs_to_proto", "parse_model_config_file", "run_signature", "tensor_from_proto",
     "write_model_config_file",
 ]

@@ -144,11 +144,6 @@ class ModelRegistry:
             self._configs = {m.name: m for m in models}
             self._servables = {m.name: self._servables.get(m.name, {}) for m in models}
 
-    @property
-    def model_names(self) -> list[str]:
-        with self._lock:
-            return list(self._configs)
-
     def model_configs(self) -> list[ModelConfig]:
         """The models configured (whether or not a version is loaded)."""
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import threading
 
@@ -26,19 +27,14 @@ from tfkd.serving.signatures import DEFAULT_MAX_TENSOR_BYTES
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # Generous receive limit on the server side, as TF Serving's.
 
 
-class ModelServer:
-    """The gRPC (and optional REST) server: start, serve, poll base paths for new versions, stop.
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How the server listens and what it accepts.
 
-    Usage::
-
-        with ModelServer([ModelConfig("teacher", "/work/teacher")]) as server:
-            client = TeacherClient(server.target, "teacher")
-
-    Args:
-      models: the models to serve.
+    Attributes:
       host: the address to bind; 127.0.0.1 (loopback only) unless told otherwise.
-      port: the gRPC port; 0 picks a free one (see :attr:`port` after :meth:`start`).
-      rest_api_port: the REST port; None: no REST API; 0: a free one (:attr:`rest_api_port`).
+      port: the gRPC port; 0 picks a free one (see :attr:`ModelServer.port` after start).
+      rest_api_port: the REST port; None: no REST API; 0: a free one.
       poll_seconds: how often to look for new versions under the base paths (TF Serving's
         ``--file_system_poll_wait_seconds``, default 1); 0 disables polling.
       max_workers: threads answering gRPC requests concurrently.
@@ -47,44 +43,69 @@ class ModelServer:
       interceptors: ``grpc.ServerInterceptor`` objects (e.g. checking an authorization header).
       max_tensor_bytes: the largest decoded input tensor of a Predict request, in bytes; a tensor
         whose declared shape exceeds it, or whose content does not match its shape, is refused with
-        INVALID_ARGUMENT before anything is allocated (:func:`tensor_from_proto`).
+        INVALID_ARGUMENT before anything is allocated (:func:`tfkd.serving.tensor_from_proto`).
       rest_max_body_bytes: the largest REST request body (413 above it).
       rest_timeout_s: a REST client that stops sending is answered 408 after this many seconds.
-
-    Raises:
-      ValueError: TLS half given, or a non-positive limit.
     """
 
-    def __init__(self, models: list[ModelConfig], host: str = "127.0.0.1", port: int = 0,
-                 rest_api_port: int | None = None, poll_seconds: float = 1.0, max_workers: int = 8,
-                 ssl_server_cert: bytes | None = None, ssl_server_key: bytes | None = None,
-                 ssl_custom_ca: bytes | None = None, interceptors=(),
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
-                 rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
-                 rest_timeout_s: float = 30.0):
-        if bool(ssl_server_cert) != bool(ssl_server_key):
+    host: str = "127.0.0.1"
+    port: int = 0
+    rest_api_port: int | None = None
+    poll_seconds: float = 1.0
+    max_workers: int = 8
+    ssl_server_cert: bytes | None = None
+    ssl_server_key: bytes | None = None
+    ssl_custom_ca: bytes | None = None
+    interceptors: tuple = ()
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+    rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES
+    rest_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        """Raises ValueError for half a TLS pair or a non-positive limit."""
+        if bool(self.ssl_server_cert) != bool(self.ssl_server_key):
             raise ValueError("ssl_server_cert and ssl_server_key: give both or neither")
-        for name, value in (("max_tensor_bytes", max_tensor_bytes),
-                            ("rest_max_body_bytes", rest_max_body_bytes),
-                            ("rest_timeout_s", rest_timeout_s)):
-            if value <= 0:
-                raise ValueError(f"{name}={value}: expected > 0")
-        self.max_tensor_bytes = max_tensor_bytes
-        self.rest_max_body_bytes = rest_max_body_bytes
-        self.rest_timeout_s = rest_timeout_s
+        for name in ("max_tensor_bytes", "rest_max_body_bytes", "rest_timeout_s", "max_workers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected > 0")
+
+
+class ModelServer:
+    """The gRPC (and optional REST) server: start, serve, poll base paths for new versions, stop.
+
+    Usage::
+
+        with ModelServer([ModelConfig("teacher", "/work/teacher")]) as server:
+            client = tfkd.client.connect(server.target, "teacher")
+
+    Args:
+      models: the models to serve.
+      config: the :class:`ServerConfig`; or its fields as keyword arguments (``poll_seconds=0``).
+
+    Attributes:
+      port, rest_api_port: the ports bound (a free one where the config says 0), after start.
+
+    Raises:
+      ValueError: what :meth:`ServerConfig.validate` raises.
+    """
+
+    def __init__(self, models: list[ModelConfig], config: ServerConfig | None = None, **fields):
+        if config is not None and fields:
+            raise ValueError(f"config and {sorted(fields)}: give the config or its fields")
+        self.config = config or ServerConfig(**fields)
+        self.config.validate()
         self.registry = ModelRegistry(models)
-        self.host = host
-        self.port = port
-        self.rest_api_port = rest_api_port
-        self.poll_seconds = poll_seconds
-        self._max_workers = max_workers
-        self._tls = (ssl_server_cert, ssl_server_key, ssl_custom_ca) if ssl_server_cert else None
-        self._interceptors = tuple(interceptors)
+        self.port = self.config.port
+        self.rest_api_port = self.config.rest_api_port
         self._server = None
         self._http = None
         self._health = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    @property
+    def host(self) -> str:
+        return self.config.host
 
     @property
     def target(self) -> str:
@@ -105,11 +126,11 @@ class ModelServer:
                                 "" if os.path.isdir(config.base_path) else " (no such directory)")
         self._start_grpc()
         if self.rest_api_port is not None:
-            self._http = RestServer((self.host, self.rest_api_port), self.registry,
-                                    self.rest_max_body_bytes, self.rest_timeout_s)
+            self._http = RestServer((self.config.host, self.rest_api_port), self.registry,
+                                    self.config.rest_max_body_bytes, self.config.rest_timeout_s)
             self.rest_api_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "tfkd-rest")
-        if self.poll_seconds > 0:
+        if self.config.poll_seconds > 0:
             self._spawn(self._poll, "tfkd-version-poll")
         logging.info("Model server listening on %s (gRPC%s)", self.target,
                      f", REST on {self.rest_api_port}" if self._http else "")
@@ -122,23 +143,24 @@ class ModelServer:
           RuntimeError: the port cannot be bound.
         """
         self._server = grpc.server(
-            concurrent.futures.ThreadPoolExecutor(max_workers=self._max_workers),
-            interceptors=self._interceptors,
+            concurrent.futures.ThreadPoolExecutor(max_workers=self.config.max_workers),
+            interceptors=self.config.interceptors,
             options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.registry, self.max_tensor_bytes), self._server)
+            PredictionServicer(self.registry, self.config.max_tensor_bytes), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        address = f"{self.host}:{self.port}"
+        address = f"{self.config.host}:{self.port}"
         try:
-            if self._tls:
-                cert, key, ca = self._tls
+            if self.config.ssl_server_cert:
+                ca = self.config.ssl_custom_ca
                 bound = self._server.add_secure_port(address, grpc.ssl_server_credentials(
-                    [(key, cert)], root_certificates=ca, require_client_auth=ca is not None))
+                    [(self.config.ssl_server_key, self.config.ssl_server_cert)],
+                    root_certificates=ca, require_client_auth=ca is not None))
             else:
                 bound = self._server.add_insecure_port(address)
         except RuntimeError:  # grpcio raises on a port in use.
@@ -159,7 +181,7 @@ class ModelServer:
         self._threads.append(thread)
 
     def _poll(self):
-        while not self._stop.wait(self.poll_seconds):
+        while not self._stop.wait(self.config.poll_seconds):
             self.registry.refresh()
 
     def wait(self) -> None:
