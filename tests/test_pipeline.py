@@ -143,7 +143,7 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
     report2 = json.loads((workdir / "report.json").read_text())
     assert report2["teacher_queries_sent"] == report2["teacher_queries"] == 0
     assert report2["teacher_queries_total"] == 1100
-    assert report2["teacher_ledger_hits"] == 500  # The labelled set is reused from its file.
+    assert report2["teacher_ledger_hits"] == 500  # The transfer set is reused from its file.
     assert report2["teacher_accuracy"] == report["teacher_accuracy"]
     assert "teacher_training" not in report2["stage_seconds"]
     assert os.path.basename(report2["student_export_dir"]) == "2"

@@ -81,3 +81,24 @@ def test_empty_base_path_is_served_with_a_warning(tmp_path, every_log_level):
                              poll_seconds=0):
         pass
     assert "Model student: no numeric version directory under" in every_log_level.text
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("compress", ("int4",), "compress=('int4',): expected ('float16', 'int8')"),
+    ("num_shots", 0, "num_shots=0: expected >= 1"),
+    ("method", "dfad", "method='dfad': expected one of"),
+    ("student", "lenet7", "student.architecture='lenet7'"),
+])
+def test_settings_are_refused_before_anything_runs(tmp_path, field, value, message):
+    """A wrong setting is one ValueError before the work dir is touched (no data read, teacher
+    trained or query sent), not a failure after student training."""
+    from tfkd import distill
+    from tfkd import pipeline
+
+    if field == "student":
+        field, value = "student", distill.StudentConfig(architecture=value)
+    config = pipeline.DistillConfig(workdir=str(tmp_path / "w"), **{field: value})
+    with pytest.raises(ValueError) as raised:
+        pipeline.run(config)
+    assert message in str(raised.value)
+    assert not (tmp_path / "w").exists()

@@ -9,8 +9,9 @@ Losses (as `keras.losses.Loss` objects, so that they scale correctly under `tf.d
   when the teacher's logits z_t are not available, as for a black box).
 
 Training-time MixUp (Zhang et al. 2018; the FS-BBT code, α = 1) interpolates images *and their stored
-soft labels*: it sends no new teacher queries. Rotation and shift augmentation use Keras preprocessing
-layers inside the `tf.data` pipeline, batched (no per-image Python loop).
+soft labels*: it sends no new teacher queries. Rotation and shift augmentation is one fused projective
+transform per batch (:func:`random_affine`) inside the `tf.data` pipeline, from stateless random ops
+keyed by a per-batch seed (no per-image Python loop; the same seed gives the same student).
 """
 
 from __future__ import annotations
