@@ -94,8 +94,9 @@ flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Stu
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Student batch size per replica.")
 flags.DEFINE_float("learning_rate", 1e-3, "Student Adam learning rate.")
-flags.DEFINE_enum("lr_schedule", "constant", list(distill.LR_SCHEDULES), "Student learning-rate "
-                  "schedule: constant (FS-BBT) or cosine decay to 0.")
+flags.DEFINE_enum("lr_schedule", "cosine", list(distill.LR_SCHEDULES), "Student learning-rate "
+                  "schedule: cosine decay to 0 (chosen on the validation split) or constant (the "
+                  "FS-BBT paper's).")
 flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entropy to the teacher's "
                   "probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
