@@ -51,13 +51,15 @@ class StudentAlone(Method):
 
 
 class _Synthetic(Method):
-    """N real images and ``share`` of the synthetic budget (MixUp, CVAE), all labelled by the teacher.
+    """N real images and a share of the synthetic budget (MixUp, CVAE), all labelled by the teacher.
 
-    Attributes:
-      share: (MixUp fraction, CVAE fraction) of the budget: None keeps the config's own split.
+    Args:
+      name, description: the registry's name and ``--help`` line.
+      share: (MixUp fraction, CVAE fraction) of the budget; None keeps the config's own split.
     """
 
-    share: tuple[int, int] | None = None
+    def __init__(self, name: str, share: tuple[int, int] | None, description: str):
+        self.name, self.share, self.description = name, share, description
 
     def counts(self, config) -> tuple[int, int]:
         """(MixUp images, CVAE images) this method makes from the config's budget."""
@@ -139,32 +141,15 @@ class _Synthetic(Method):
             return synthesis.sample_cvae(cvae, config.num_images, ctx.seed, config.uniform_bound)[0]
 
 
-@register
-class StandardKD(_Synthetic):
-    name = "standard_kd"
-    share = (0, 0)
-    description = "the N images with the teacher's soft labels"
+STANDARD_KD = register(_Synthetic(
+    "standard_kd", (0, 0), "the N images with the teacher's soft labels"))
+MIXUP = register(_Synthetic(
+    "mixup", (1, 0), "N + MixUp images (the whole synthetic budget), teacher soft labels"))
+CVAE = register(_Synthetic(
+    "cvae", (0, 1), "N + CVAE images (the whole synthetic budget), teacher soft labels"))
+FSBBT = register(_Synthetic(
+    "fsbbt", None, "FS-BBT: N + MixUp + CVAE images, teacher soft labels"))
 
 
-@register
-class MixUpOnly(_Synthetic):
-    name = "mixup"
-    share = (1, 0)
-    description = "N + MixUp images (the whole synthetic budget), teacher soft labels"
-
-
-@register
-class CVAEOnly(_Synthetic):
-    name = "cvae"
-    share = (0, 1)
-    description = "N + CVAE images (the whole synthetic budget), teacher soft labels"
-
-
-@register
-class FSBBT(_Synthetic):
-    name = "fsbbt"
-    description = "FS-BBT: N + MixUp + CVAE images, teacher soft labels"
-
-
-METHODS = tuple(m.name for m in (StudentAlone, StandardKD, MixUpOnly, CVAEOnly, FSBBT))
+METHODS = tuple(m.name for m in (StudentAlone, STANDARD_KD, MIXUP, CVAE, FSBBT))
 """The family's names, in the order of the paper's Table 2 rows."""
