@@ -221,8 +221,10 @@ def main(argv):
     write_flags_json(config.workdir)
     try:
         report = pipeline.run(config, strategy)
-    except (data.DatasetUnavailableError, teacher.TeacherError, workdir.WorkdirError) as e:
-        # Expected failures get one clear line, not a traceback from deep inside.
+    except (data.DatasetUnavailableError, teacher.TeacherError, workdir.WorkdirError,
+            ValueError) as e:
+        # Expected failures (and settings only the data can refuse, e.g. N not a multiple of the
+        # classes) get one clear line, not a traceback from deep inside.
         sys.exit(f"error: {e}")
     logging.info("Report: %s/report.json", config.workdir)
     if report.role == "worker":

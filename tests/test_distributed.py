@@ -42,7 +42,7 @@ def _checkpointed_weights(directory) -> dict:
 
 def _distill_command(workdir, server, *extra):
     return [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
-            f"--teacher={server.target}", "--num_shots=50", "--num_mixup=300", "--num_cvae=30",
+            f"--teacher={server.target}", "--num_shots=50", "--num_mixup=301", "--num_cvae=31",
             "--cvae_epochs=2", "--student_epochs=2", "--eval_examples=300", "--num_validation=1000",
             "--compress=", "--verbose=0", *extra]
 
@@ -104,7 +104,8 @@ def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_pat
     assert worker["student_epochs"] == chief["student_epochs"] == 2
 
     # The cluster asked the teacher about each image once: each worker labelled its shard of every
-    # image set (and the chief alone evaluated the teacher), so the queries summed over the workers
+    # image set (301 MixUp and 31 CVAE images: uneven shards, padded for the collective and
+    # trimmed) and the chief alone evaluated the teacher, so the queries summed over the workers
     # are the single process's, stage by stage; and every worker trained on the whole transfer set.
     assert chief["teacher_queries_sent"] + worker["teacher_queries_sent"] == \
         single["teacher_queries_sent"] > 0

@@ -102,3 +102,15 @@ def test_settings_are_refused_before_anything_runs(tmp_path, field, value, messa
         pipeline.run(config)
     assert message in str(raised.value)
     assert not (tmp_path / "w").exists()
+
+
+def test_a_setting_only_the_data_can_refuse_is_one_line(server, tmp_path):
+    """N = 51 is refused once the data says there are 10 classes: one line, no traceback."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={tmp_path}",
+         f"--teacher={server.target}", "--num_shots=51", "--num_validation=500", "--verbose=0"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: num_shots=51: expected a multiple of num_classes=10"), result.stderr[-1000:]
