@@ -435,7 +435,7 @@ class TeacherClient:
         def convert(idx: np.ndarray, raw: np.ndarray) -> np.ndarray:
             answer = to_soft_labels(raw, self.signature.output_kind, self.signature.num_classes,
                                     self.config.model_name, self.signature.output_key)
-            if self.ledger is not None and len(answer) == len(idx):
+            if self.ledger is not None and keys and len(answer) == len(idx):
                 self.ledger.put([keys[i] for i in idx], answer)
             return answer
         return convert
@@ -482,6 +482,31 @@ class TeacherClient:
         if asked is not None:
             out[missing] = asked
         return self._as_data_classes(out)
+
+    def top1(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
+        """The teacher's top-1 class of every image (in the data's classes), for searches that
+        probe many points once each: every image is sent (no ledger look-up or write), every
+        attempt charged to the account under ``stage``.
+
+        Args:
+          images: float32 [n, H, W, C] in [0, 1].
+
+        Returns:
+          int64 [n] in [0, K).
+
+        Raises:
+          QueryBudgetExceeded: the images would exceed the budget (checked before sending).
+          TeacherError, ValueError: as :meth:`soft_labels`.
+        """
+        encoded = self.encode(images)
+        try:
+            self.account.check(len(encoded), f"{len(encoded)} probes ({stage})")
+        except QueryBudgetExceeded as e:
+            raise QueryBudgetExceeded(f"{self.name}: {e}") from None
+        if not len(encoded):
+            return np.zeros(0, np.int64)
+        answers = self._client.predict(encoded, convert=self._convert([]), on_attempt=self._charger(stage))
+        return self._as_data_classes(answers).argmax(axis=1).astype(np.int64)
 
     def _as_data_classes(self, out: np.ndarray) -> np.ndarray:
         """Teacher classes -> the data's (class map), then the label-only view."""

@@ -1,0 +1,123 @@
+"""DB3KD's boundary search against a served teacher whose decision boundaries are known in closed
+form: a linear classifier on flattened pixels with a ``classes``-only output."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfkd import boundary
+from tfkd import serving
+from tfkd import teacher
+
+SHAPE = (8, 8, 1)
+K = 4
+
+
+class _Linear(tf.Module):
+    """logits = flatten(images) @ w + b; the signature returns only the argmax (a label-only API)."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = tf.Variable(w), tf.Variable(b)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.float32, name="images")])
+    def serve(self, images):
+        logits = tf.reshape(images, [-1, int(np.prod(SHAPE))]) @ self.w + self.b
+        return {"classes": tf.argmax(logits, axis=1)}
+
+
+@pytest.fixture(scope="module")
+def linear_teacher(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(int(np.prod(SHAPE)), K))
+    w = (w - w.mean(axis=0)).astype(np.float32)  # Zero-sum columns: no class wins every image.
+    b = rng.normal(scale=0.5, size=K).astype(np.float32)
+    base = tmp_path_factory.mktemp("linear") / "teacher"
+    module = _Linear(w, b)
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    with serving.ModelServer([serving.ModelConfig("teacher", str(base))], poll_seconds=0) as srv:
+        with teacher.connect(srv.target) as client:
+            assert client.signature.output_kind == "classes"
+            client.expect_num_classes(K)
+            yield client, w.astype(np.float64), b.astype(np.float64)
+
+
+def _analytic(x, toward, t, w, b):
+    """The first λ on x + λ u (u toward ``toward``) where class t has the largest logit."""
+    length = np.linalg.norm(toward - x)
+    u = (toward - x) / length
+    a, slope = x @ w + b, u @ w
+    bounds = [(a[k] - a[t]) / (slope[t] - slope[k]) for k in range(K)
+              if k != t and slope[t] - slope[k] > 0]
+    return max([0.0, *bounds])
+
+
+def test_bd_distances_match_the_closed_form(linear_teacher):
+    """Every direction toward every pool image the teacher labels t is searched (num_directions
+    covers the pool); the bd distance must be the smallest analytic crossing, within 1e-4 (search
+    tolerance 1e-6; the served logits are float32)."""
+    client, w, b = linear_teacher
+    rng = np.random.default_rng(1)
+    images = rng.uniform(size=(12, *SHAPE)).astype(np.float32)
+    pool = rng.uniform(size=(40, *SHAPE)).astype(np.float32)
+    labels, pool_labels = client.top1(images, "test"), client.top1(pool, "test")
+    before = client.account.total
+    config = boundary.BoundaryConfig(num_directions=40, tolerance=1e-6)
+    measured = boundary.boundary_distances(images, labels, pool, pool_labels, K, client.top1,
+                                           config)
+    assert client.account.total > before  # Every probe went to the served teacher.
+    flat, flat_pool = images.reshape(12, -1).astype(np.float64), pool.reshape(40, -1)
+    checked = 0
+    for i in range(len(images)):
+        for t in range(K):
+            members = np.flatnonzero(pool_labels == t)
+            if t == labels[i] or not len(members):
+                assert t == labels[i] or measured[i, t] == np.inf
+                continue
+            expected = min(_analytic(flat[i], flat_pool[m], t, w, b) for m in members)
+            assert measured[i, t] == pytest.approx(expected, abs=1e-4), (i, t)
+            checked += 1
+    assert checked >= 30
+
+
+def test_a_killed_search_resumes_without_asking_again(linear_teacher, tmp_path):
+    """Stopped after 3 directions, the search resumes at the 4th from its persisted state: it asks
+    only the remaining directions and ends where an uninterrupted search ends; a finished search
+    asks nothing."""
+    client, _, _ = linear_teacher
+    rng = np.random.default_rng(2)
+    images = rng.uniform(size=(6, *SHAPE)).astype(np.float32)
+    pool = rng.uniform(size=(120, *SHAPE)).astype(np.float32)
+    labels, pool_labels = client.top1(images, "test"), client.top1(pool, "test")
+    assert np.bincount(pool_labels, minlength=K).min() > 6  # Directions 4-6 exist for every class.
+    full = boundary.BoundaryConfig(num_directions=6, tolerance=1e-5)
+    state = str(tmp_path / "state.npz")
+
+    def spent(config, path):
+        before = client.account.total
+        result = boundary.boundary_distances(images, labels, pool, pool_labels, K, client.top1,
+                                             config, state_path=path)
+        return result, client.account.total - before
+
+    straight, straight_cost = spent(full, None)
+    _, first_cost = spent(boundary.BoundaryConfig(num_directions=3, tolerance=1e-5), state)
+    resumed, rest_cost = spent(full, state)
+    np.testing.assert_array_equal(resumed, straight)
+    assert 0 < rest_cost < straight_cost and first_cost + rest_cost == straight_cost
+    _, again = spent(full, state)
+    assert again == 0
+
+
+def test_soft_labels_from_given_distances():
+    """logit_t = 1/d_t, logit_y = sum of the others, softmax at T (DB3KD §3.3)."""
+    distances = np.array([[np.inf, 2.0, 4.0], [0.5, 9.0, np.inf]])
+    labels = np.array([0, 1])
+    soft = boundary.soft_labels_from_distances(distances, labels, temperature=0.5)
+    logits = np.array([[0.75, 0.5, 0.25], [2.0, 2.0, 0.0]]) / 0.5
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(soft, expected, rtol=1e-6)
+    assert soft.argmax(axis=1)[0] == 0
+    with pytest.raises(ValueError, match="expected > 0"):
+        boundary.soft_labels_from_distances(np.array([[1.0, 0.0]]), np.array([0]))
+    with pytest.raises(ValueError, match="expected \\[n, K\\]"):
+        boundary.soft_labels_from_distances(np.ones(3), np.array([0]))
