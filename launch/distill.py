@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfkd import boundary
 from tfkd import client
 from tfkd import data
 from tfkd import distill
@@ -89,6 +90,12 @@ flags.DEFINE_integer("cvae_epochs", 200, "CVAE training epochs.")
 flags.DEFINE_integer("cvae_latent_dim", 2, "CVAE latent size.")
 flags.DEFINE_enum("cvae_architecture", "auto", ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
                   "conv (CIFAR); auto picks by dataset.")
+flags.DEFINE_enum("db3kd_search", "bd", list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
+                  "searches along directions toward teacher-labelled images (mbd: not built yet).")
+flags.DEFINE_integer("db3kd_directions", 200, "DB3KD: directions tried per (image, class) pair.")
+flags.DEFINE_float("db3kd_tolerance", 1e-5, "DB3KD: binary-search tolerance on the boundary distance "
+                   "(pixel scale [0, 1]).")
+flags.DEFINE_float("db3kd_temperature", 20.0, "DB3KD: T of the soft labels and of the student's KD term.")
 flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
@@ -121,12 +128,13 @@ FLAGS = flags.FLAGS
 
 # The one validation layer for flags: absl checks these when the command line is parsed, before any
 # data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
-_AT_LEAST = {"num_shots": 1, "num_validation": 0, "teacher_version": 1, "teacher_max_in_flight": 1,
-             "teacher_max_attempts": 1, "query_budget": 0, "teacher_epochs": 1, "num_mixup": 0,
+_AT_LEAST = {"db3kd_directions": 1, "num_shots": 1, "num_validation": 0, "teacher_version": 1,
+             "teacher_max_in_flight": 1, "teacher_max_attempts": 1, "query_budget": 0,
+             "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0}
-_POSITIVE = ("teacher_input_scale", "teacher_timeout", "mixup_alpha", "learning_rate",
-             "temperature")
+_POSITIVE = ("db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
+             "mixup_alpha", "learning_rate", "temperature")
 for _name, _low in _AT_LEAST.items():
     flags.register_validator(_name, lambda v, low=_low: v is None or v >= low,
                              message=f"--{_name} must be >= {_low}")
@@ -195,6 +203,10 @@ def config_from_flags() -> pipeline.DistillConfig:
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
             checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,
             steps_per_execution=FLAGS.steps_per_execution),
+        db3kd=boundary.BoundaryConfig(search=FLAGS.db3kd_search,
+                                      num_directions=FLAGS.db3kd_directions,
+                                      tolerance=FLAGS.db3kd_tolerance,
+                                      temperature=FLAGS.db3kd_temperature),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
         verbose=(FLAGS.verbose if FLAGS.verbose is not None

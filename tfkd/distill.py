@@ -7,6 +7,8 @@ Losses (as `keras.losses.Loss` objects, so that they scale correctly under `tf.d
 * ``kd``: Hinton et al. (2015) temperature-scaled distillation: L = T² · CE(p_t^(T), softmax(z_s / T)),
   where p_t^(T) ∝ p_t^(1/T) is the teacher's distribution at temperature T (equal to softmax(z_t / T)
   when the teacher's logits z_t are not available, as for a black box).
+* ``db3kd``: DB3KD's CE to the teacher's top-1 class plus T² · KL to the boundary-distance soft
+  labels (:class:`DecisionKD`).
 
 Training-time MixUp (Zhang et al. 2018; the FS-BBT code, α = 1) interpolates images *and their stored
 soft labels*: it sends no new teacher queries. Rotation and shift augmentation is one fused projective
@@ -26,7 +28,7 @@ from absl import logging
 
 from tfkd import models
 
-LOSSES = ("soft_ce", "kd")
+LOSSES = ("soft_ce", "kd", "db3kd")
 STRATEGIES = ("mirrored", "multi_worker")
 LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
@@ -124,6 +126,35 @@ class TemperatureKD(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+class DecisionKD(keras.losses.Loss):
+    """DB3KD's student loss (Wang, ICML 2021, §3.4; reference ``train_model_kd.py``):
+    CE(one_hot(argmax p), softmax(z)) + T² · KL(p ‖ softmax(z / T)).
+
+    y_true: p, the stored soft labels float32 [b, K] (rows sum to 1, already at temperature T:
+    :func:`tfkd.boundary.soft_labels_from_distances`), whose argmax is the teacher's top-1 class;
+    y_pred: student logits [b, K]. Per-example loss in nats. Departure: the reference code sums the
+    KL term over the batch while averaging the CE term; here both are per-example means and the KL
+    term is scaled by T², as Hinton et al. (2015) scale soft targets.
+    """
+
+    def __init__(self, temperature: float = 20.0, name: str = "decision_kd", **kwargs):
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: expected > 0")
+        super().__init__(name=name, **kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, y_true, y_pred):
+        t = self.temperature
+        top1 = tf.one_hot(tf.argmax(y_true, axis=-1), tf.shape(y_true)[-1], dtype=y_pred.dtype)
+        ce = tf.nn.softmax_cross_entropy_with_logits(top1, y_pred)
+        p = tf.clip_by_value(y_true, 1e-8, 1.0)
+        kl = tf.reduce_sum(p * (tf.math.log(p) - tf.nn.log_softmax(y_pred / t, axis=-1)), axis=-1)
+        return ce + t ** 2 * kl
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
 def make_loss(name: str, temperature: float = 1.0,
               reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
     """The distillation loss by name (see module docstring); ``reduction=None`` gives per-example
@@ -137,6 +168,8 @@ def make_loss(name: str, temperature: float = 1.0,
                                                     reduction=reduction)
     if name == "kd":
         return TemperatureKD(temperature, reduction=reduction)
+    if name == "db3kd":
+        return DecisionKD(temperature, reduction=reduction)
     raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
 
 

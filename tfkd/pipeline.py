@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfkd import boundary
 from tfkd import client as client_lib
 from tfkd import cluster
 from tfkd import data as data_lib
@@ -91,6 +92,7 @@ class DistillConfig:
         port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
       teacher_train: used only when tfkd trains the teacher.
       mixup, cvae: the FS-BBT family's synthesis (their ``num_images`` are its synthetic budget).
+      db3kd: the DB3KD family's boundary search and soft-label temperature.
       student: how the student trains (a method may name its own loss).
       num_validation: training images held out as the validation split (the same images for
         every seed and method; see :func:`tfkd.data.with_validation_split`): neither the teacher
@@ -118,6 +120,7 @@ class DistillConfig:
     mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
     cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
     student: distill.StudentConfig = distill.StudentConfig()
+    db3kd: boundary.BoundaryConfig = boundary.BoundaryConfig()
     eval_examples: int = 0
     evaluate_test: bool = True
     evaluate_teacher: bool = True
@@ -151,6 +154,7 @@ class DistillConfig:
                 raise ValueError(f"{name}={value!r}: expected {expected}")
         self.teacher.validate(require_target=False)
         self.student.validate()
+        self.db3kd.validate()
         if method.teacher_needs == "weights" and self.teacher.target:
             raise ValueError(f"method={self.method!r} needs the teacher's weights; a remote teacher "
                              f"({self.teacher.target}) has none to give: use a local teacher "
@@ -445,8 +449,7 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
                   report: Report) -> keras.Model:
     """Trains the student on the transfer set (fingerprint ``transfer_fp``), resuming from the work
     dir's backup; returns the logits model."""
-    student_config = (config.student if method.loss is None
-                      else dataclasses.replace(config.student, loss=method.loss))
+    student_config = method.student_config(config)
     tensorboard_dir = os.path.join(config.workdir, "tensorboard")
     callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
     if dataset.x_val is not None:  # Monitoring reads the validation split, never the test split.

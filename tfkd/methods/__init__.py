@@ -16,7 +16,8 @@ training, export, evaluation, the report); a method only
 * names the student's loss (``loss``: a name in :data:`tfkd.distill.LOSSES`).
 
 The FS-BBT family (Nguyen et al., ECCV 2022: ``student_alone``, ``standard_kd``, ``mixup``, ``cvae``,
-``fsbbt``) lives in :mod:`tfkd.methods.fsbbt` and is registered on import of this package.
+``fsbbt``) lives in :mod:`tfkd.methods.fsbbt`, the DB3KD family (Wang, ICML 2021: ``db3kd``) in
+:mod:`tfkd.methods.db3kd`; both are registered on import of this package.
 
 A method defined elsewhere plugs in the same way::
 
@@ -183,6 +184,13 @@ class Method:
         identity (which the pipeline adds). Default: none."""
         return ()
 
+    def student_config(self, config):
+        """The :class:`tfkd.distill.StudentConfig` the student trains with: the run's, with this
+        method's ``loss`` when it names one. Override to set more (a temperature, ...)."""
+        if self.loss is None:
+            return config.student
+        return dataclasses.replace(config.student, loss=self.loss)
+
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         """Teacher queries this process will send, by stage (less ledger answers), before any is
         sent; the pipeline checks the sum against the query budget. Default: none."""
@@ -241,3 +249,6 @@ def names() -> list[str]:
 
 
 from tfkd.methods import fsbbt  # noqa: E402,F401  (registers the FS-BBT family)
+
+# isort: split
+from tfkd.methods import db3kd  # noqa: E402,F401  (registers the DB3KD family)

@@ -1,0 +1,60 @@
+"""DB3KD end to end: launch/distill.py --method=db3kd against the served teacher, which the method
+sees only through its label-only view (top-1 class ids)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfkd import boundary
+from tfkd import methods
+from tfkd import teacher
+
+from conftest import REPO
+
+
+def _db3kd(workdir, server, *extra):
+    cmd = [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
+           f"--teacher={server.target}", "--method=db3kd", "--num_shots=30", "--num_validation=500",
+           "--db3kd_directions=2", "--db3kd_tolerance=1e-3", "--student_epochs=2", "--batch_size=16",
+           "--eval_examples=200", "--evaluate_teacher=false", "--compress=", "--verbose=0", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_db3kd_runs_end_to_end_on_top1_labels_only(server, tmp_path):
+    result = _db3kd(tmp_path, server)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["method"] == "db3kd" and report["student_loss"] == "db3kd"
+    assert report["teacher"]["label_only"]  # The method asked for top-1 labels only.
+    sent = report["teacher_queries_sent_by_stage"]
+    assert sent["label_real"] == 30 and 0 < sent["db3kd_search"]
+    assert sent["db3kd_search"] <= report["teacher_query_plan"]["db3kd_search"]  # An upper bound.
+    # Soft labels from boundary distances: not one-hot, largest at the teacher's top-1 class.
+    transfer = methods.TransferSet.load(report["labelled_set"])
+    with teacher.connect(server.target) as probabilities:
+        top1 = probabilities.soft_labels(transfer.images).argmax(axis=1)
+    assert transfer.targets.shape == (30, 10) and len(np.unique(transfer.targets)) > 30
+    np.testing.assert_array_equal(transfer.targets.argmax(axis=1), top1)
+    assert 0.0 <= report["student_accuracy"] <= 1.0
+    # A rerun with one more direction continues the persisted search: it never asks the first
+    # two directions again, so it costs less than the first run's search.
+    again = _db3kd(tmp_path, server, "--db3kd_directions=3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent_by_stage"]
+    assert "label_real" not in rerun  # The N labels come from the ledger.
+    assert 0 < rerun["db3kd_search"] < sent["db3kd_search"]
+
+
+def test_db3kd_settings_are_checked_before_anything_runs(tmp_path):
+    from tfkd import pipeline
+
+    bad = pipeline.DistillConfig(workdir=str(tmp_path / "w"), method="db3kd",
+                                 db3kd=boundary.BoundaryConfig(search="mbd"))
+    with pytest.raises(ValueError, match="db3kd.search='mbd'"):
+        pipeline.run(bad)
+    assert not (tmp_path / "w").exists()
