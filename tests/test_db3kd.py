@@ -58,3 +58,19 @@ def test_db3kd_settings_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="db3kd.search='mbd'"):
         pipeline.run(bad)
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_fsbbt_db3kd_gives_synthetic_images_boundary_soft_labels(server, tmp_path):
+    """FS-BBT's MixUp and CVAE images, labelled through the top-1 view, with DB3KD soft labels."""
+    result = _db3kd(tmp_path, server, "--method=fsbbt_db3kd", "--num_mixup=40", "--num_cvae=20",
+                    "--cvae_epochs=2", "--db3kd_directions=1", "--db3kd_tolerance=1e-2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["transfer_set_sources"] == {"real": 30, "mixup": 40, "cvae": 20}
+    sent = report["teacher_queries_sent_by_stage"]
+    assert (sent["label_real"], sent["label_mixup"], sent["label_cvae"]) == (30, 40, 20)
+    assert 0 < sent["db3kd_search"] <= report["teacher_query_plan"]["db3kd_search"]
+    transfer = methods.TransferSet.load(report["labelled_set"])
+    np.testing.assert_allclose(transfer.targets.sum(axis=1), 1.0, rtol=1e-5)
+    assert len(np.unique(transfer.targets[transfer.source != 0])) > 60  # Not one-hot.

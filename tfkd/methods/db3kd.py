@@ -6,20 +6,21 @@ toward every other class (:mod:`tfkd.boundary`) becomes its soft label, and the 
 CE to the teacher's top-1 class plus KL to that soft label at temperature T
 (:class:`tfkd.distill.DecisionKD`).
 
-==========  =========================================================  ==========================
-method      transfer set                                               teacher queries
-==========  =========================================================  ==========================
-db3kd       the N images, soft labels from their boundary distances    N + the boundary search
-==========  =========================================================  ==========================
+===========  ========================================================  ===========================
+method       transfer set                                              teacher queries
+===========  ========================================================  ===========================
+db3kd        the N images, soft labels from their boundary distances   N + the boundary search
+fsbbt_db3kd  FS-BBT's N + MixUp + CVAE images, the same soft labels    N + synthetic + the search
+===========  ========================================================  ===========================
 
-The search goes from each image toward the *other* few-shot images the teacher labels t. Queries are
+The search goes from each image toward the few-shot images the teacher labels t. Queries are
 charged under ``label_real`` (the N images' top-1 labels) and ``db3kd_search`` (every probe). The
 search state is persisted under a fingerprint that leaves out ``num_directions``, so a rerun with
 more directions continues the search instead of starting again.
 
-Not built yet: the ``mbd`` (Sign-OPT) refinement, ``fsbbt_db3kd`` (FS-BBT's synthetic images with
-these soft labels), ``zsdb3kd`` (no real images), and sharding the search across workers (under
-MultiWorkerMirroredStrategy every worker searches every pair).
+``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. Not built yet: the
+``mbd`` (Sign-OPT) refinement, ``zsdb3kd`` (no real images), and sharding the search across workers
+(under MultiWorkerMirroredStrategy every worker searches every pair).
 """
 
 from __future__ import annotations
@@ -34,47 +35,95 @@ from tfkd import workdir as workdir_lib
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
 from tfkd.methods import TransferSet
+from tfkd.methods import fsbbt
 from tfkd.methods import register
 
 
+def search_plan(ctx: MethodContext, num_images: int) -> int:
+    """An upper bound on the search's queries for ``num_images`` images: per pair and direction,
+    one pruning probe and a full binary search from the longest possible segment (the diagonal of
+    the [0, 1] pixel cube) down to the tolerance."""
+    config = ctx.config.db3kd
+    steps = 1 + math.ceil(math.log2(math.sqrt(np.prod(ctx.image_shape)) / config.tolerance))
+    return ctx.teacher.share(num_images) * (ctx.num_classes - 1) * config.num_directions * steps
+
+
+def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.ndarray,
+                  pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
+    """DB3KD soft labels float32 [n, K] of ``images`` (teacher top-1 ``labels``), from the ``bd``
+    search toward ``pool`` images (teacher top-1 ``pool_labels``); the search state is persisted
+    under a fingerprint without ``num_directions`` (more directions continue it)."""
+    config = ctx.config.db3kd
+    state = workdir_lib.artifact_path(
+        ctx.workdir, "boundary_state", ".npz", name, ctx.config.dataset, ctx.config.data_dir,
+        ctx.seed, ctx.config.num_shots, dataclasses.replace(config, num_directions=0),
+        ctx.teacher.signature.identity, len(images))
+    with ctx.stage("db3kd_search"):
+        distances = boundary.boundary_distances(
+            images, labels, pool, pool_labels, ctx.num_classes, ctx.teacher.top1, config,
+            ctx.seed, stage="db3kd_search", state_path=state, progress=ctx.progress)
+    return boundary.soft_labels_from_distances(distances, labels, config.temperature)
+
+
+class _DecisionBased(Method):
+    """What the DB3KD family shares: top-1 labels only, the DecisionKD loss at the search's T."""
+
+    teacher_needs = "top1_labels"
+    loss = "db3kd"
+
+    def student_config(self, config):
+        return dataclasses.replace(super().student_config(config),
+                                   temperature=config.db3kd.temperature)
+
+
 @register
-class DB3KD(Method):
+class DB3KD(_DecisionBased):
     """The N images with DB3KD soft labels from a label-only teacher."""
 
     name = "db3kd"
-    teacher_needs = "top1_labels"
-    loss = "db3kd"
     description = ("the N images with soft labels from their distances to a label-only teacher's "
                    "decision boundaries (DB3KD)")
 
     def fingerprint(self, config) -> tuple:
         return (config.db3kd,)
 
-    def student_config(self, config):
-        return dataclasses.replace(super().student_config(config),
-                                   temperature=config.db3kd.temperature)
-
     def plan(self, ctx: MethodContext) -> dict[str, int]:
-        """An upper bound: per pair and direction, one pruning probe and a full binary search from
-        the longest possible segment (the diagonal of the [0, 1] pixel cube) to the tolerance."""
-        config = ctx.config.db3kd
-        steps = 1 + math.ceil(math.log2(math.sqrt(np.prod(ctx.image_shape)) / config.tolerance))
-        pairs = ctx.teacher.share(len(ctx.few_shot)) * (ctx.num_classes - 1)
         return {"label_real": ctx.teacher.missing(ctx.few_shot),
-                "db3kd_search": pairs * config.num_directions * steps}
+                "db3kd_search": search_plan(ctx, len(ctx.few_shot))}
 
     def build(self, ctx: MethodContext) -> TransferSet:
         with ctx.stage("label_real"):
             labels = ctx.teacher.soft_labels(ctx.few_shot, progress=ctx.progress,
                                              stage="label_real").argmax(axis=1)
-        config = ctx.config.db3kd
-        state = workdir_lib.artifact_path(
-            ctx.workdir, "boundary_state", ".npz", self.name, ctx.config.dataset,
-            ctx.config.data_dir, ctx.seed, ctx.config.num_shots,
-            dataclasses.replace(config, num_directions=0), ctx.teacher.signature.identity)
-        with ctx.stage("db3kd_search"):
-            distances = boundary.boundary_distances(
-                ctx.few_shot, labels, ctx.few_shot, labels, ctx.num_classes, ctx.teacher.top1,
-                config, ctx.seed, stage="db3kd_search", state_path=state, progress=ctx.progress)
-        targets = boundary.soft_labels_from_distances(distances, labels, config.temperature)
+        targets = db3kd_targets(ctx, self.name, ctx.few_shot, labels, ctx.few_shot, labels)
         return TransferSet.from_parts([("real", ctx.few_shot, targets)])
+
+
+class FSBBTDB3KD(_DecisionBased, fsbbt._Synthetic):
+    """FS-BBT's transfer set (N + MixUp + CVAE images, the CVAE conditioned on the teacher's top-1
+    classes) with DB3KD soft labels instead of one-hot: every image searched toward the N real
+    images the teacher labels t."""
+
+    def __init__(self):
+        fsbbt._Synthetic.__init__(
+            self, "fsbbt_db3kd", None, "FS-BBT's N + MixUp + CVAE images with DB3KD soft labels "
+            "from a label-only teacher")
+
+    def fingerprint(self, config) -> tuple:
+        return (*fsbbt._Synthetic.fingerprint(self, config), config.db3kd)
+
+    def plan(self, ctx: MethodContext) -> dict[str, int]:
+        plan = fsbbt._Synthetic.plan(self, ctx)
+        total = len(ctx.few_shot) + sum(self.counts(ctx.config))
+        return {**plan, "db3kd_search": search_plan(ctx, total)}
+
+    def build(self, ctx: MethodContext) -> TransferSet:
+        one_hot = fsbbt._Synthetic.build(self, ctx)
+        labels = one_hot.targets.argmax(axis=1)
+        real = one_hot.source == one_hot.source_names.index("real")
+        targets = db3kd_targets(ctx, self.name, one_hot.images, labels, one_hot.images[real],
+                                labels[real])
+        return TransferSet(one_hot.images, targets, one_hot.source, one_hot.source_names)
+
+
+register(FSBBTDB3KD())
