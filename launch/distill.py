@@ -91,7 +91,11 @@ flags.DEFINE_integer("cvae_latent_dim", 2, "CVAE latent size.")
 flags.DEFINE_enum("cvae_architecture", "auto", ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
                   "conv (CIFAR); auto picks by dataset.")
 flags.DEFINE_enum("db3kd_search", "bd", list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
-                  "searches along directions toward teacher-labelled images (mbd: not built yet).")
+                  "searches along directions toward teacher-labelled images; mbd, bd then the "
+                  "Sign-OPT refinement.")
+flags.DEFINE_integer("db3kd_mbd_queries", 20_000, "DB3KD mbd: query budget per (image, class) pair.")
+flags.DEFINE_integer("db3kd_mbd_directions", 200, "DB3KD mbd: random directions per sign-gradient "
+                     "estimate (one query each).")
 flags.DEFINE_integer("db3kd_directions", 200, "DB3KD: directions tried per (image, class) pair.")
 flags.DEFINE_float("db3kd_tolerance", 1e-5, "DB3KD: binary-search tolerance on the boundary distance "
                    "(pixel scale [0, 1]).")
@@ -128,7 +132,8 @@ FLAGS = flags.FLAGS
 
 # The one validation layer for flags: absl checks these when the command line is parsed, before any
 # data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
-_AT_LEAST = {"db3kd_directions": 1, "num_shots": 1, "num_validation": 0, "teacher_version": 1,
+_AT_LEAST = {"db3kd_directions": 1, "db3kd_mbd_queries": 1, "db3kd_mbd_directions": 1,
+             "num_shots": 1, "num_validation": 0, "teacher_version": 1,
              "teacher_max_in_flight": 1, "teacher_max_attempts": 1, "query_budget": 0,
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
@@ -206,7 +211,9 @@ def config_from_flags() -> pipeline.DistillConfig:
         db3kd=boundary.BoundaryConfig(search=FLAGS.db3kd_search,
                                       num_directions=FLAGS.db3kd_directions,
                                       tolerance=FLAGS.db3kd_tolerance,
-                                      temperature=FLAGS.db3kd_temperature),
+                                      temperature=FLAGS.db3kd_temperature,
+                                      mbd_queries=FLAGS.db3kd_mbd_queries,
+                                      mbd_directions=FLAGS.db3kd_mbd_directions),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
         verbose=(FLAGS.verbose if FLAGS.verbose is not None

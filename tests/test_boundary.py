@@ -121,3 +121,47 @@ def test_soft_labels_from_given_distances():
         boundary.soft_labels_from_distances(np.array([[1.0, 0.0]]), np.array([0]))
     with pytest.raises(ValueError, match="expected \\[n, K\\]"):
         boundary.soft_labels_from_distances(np.ones(3), np.array([0]))
+
+
+@pytest.fixture(scope="module")
+def two_class_teacher(tmp_path_factory):
+    """Two classes: the region of class t is a half-space, so the distance to it is analytic."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(scale=0.3, size=(int(np.prod(SHAPE)), 2))
+    w = (w - w.mean(axis=0)).astype(np.float32)
+    b = np.zeros(2, np.float32)
+    base = tmp_path_factory.mktemp("linear2") / "teacher"
+    module = _Linear(w, b)
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    with serving.ModelServer([serving.ModelConfig("teacher", str(base))], poll_seconds=0) as srv:
+        with teacher.connect(srv.target) as client:
+            client.expect_num_classes(2)
+            yield client, w.astype(np.float64), b.astype(np.float64)
+
+
+def test_mbd_refines_bd_toward_the_perpendicular_distance(two_class_teacher):
+    """Sign-OPT starts from bd's best direction and shortens it toward the perpendicular distance
+    to the hyperplane (w_y - w_t)·z + (b_y - b_t) = 0, which bd (directions toward other images)
+    overestimates. Stated tolerance: with 2,000 queries per pair, within 8% above the analytic
+    distance on average (measured: 3.4%; bd: 693% above)."""
+    client, w, b = two_class_teacher
+    rng = np.random.default_rng(4)
+    images = np.clip(0.5 + rng.normal(scale=0.15, size=(20, *SHAPE)), 0, 1).astype(np.float32)
+    labels = client.top1(images, "test")
+    assert 3 <= labels.sum() <= 17  # Both classes present.
+    bd = boundary.boundary_distances(images, labels, images, labels, 2, client.top1,
+                                     boundary.BoundaryConfig(num_directions=5, tolerance=1e-5))
+    mbd_config = boundary.BoundaryConfig(search="mbd", num_directions=5, tolerance=1e-5,
+                                         mbd_queries=2000, mbd_directions=30)
+    mbd = boundary.boundary_distances(images, labels, images, labels, 2, client.top1, mbd_config)
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    normal = w[:, 0] - w[:, 1]
+    perpendicular = np.abs(flat @ normal + b[0] - b[1]) / np.linalg.norm(normal)
+    other = 1 - labels
+    rows = np.arange(len(images))
+    assert np.all(mbd[rows, other] <= bd[rows, other] + 1e-9)
+    gap_bd = np.mean(bd[rows, other] / perpendicular - 1)
+    gap_mbd = np.mean(mbd[rows, other] / perpendicular - 1)
+    print(f"relative excess over the perpendicular distance: bd {gap_bd:.3f}, mbd {gap_mbd:.3f}")
+    assert gap_mbd > -1e-3  # Never shorter than the true distance ...
+    assert gap_mbd < 0.08 and gap_mbd < gap_bd / 10  # ... and much closer to it than bd.

@@ -74,3 +74,15 @@ def test_fsbbt_db3kd_gives_synthetic_images_boundary_soft_labels(server, tmp_pat
     transfer = methods.TransferSet.load(report["labelled_set"])
     np.testing.assert_allclose(transfer.targets.sum(axis=1), 1.0, rtol=1e-5)
     assert len(np.unique(transfer.targets[transfer.source != 0])) > 60  # Not one-hot.
+
+
+@pytest.mark.slow
+def test_db3kd_mbd_refines_every_pair_end_to_end(server, tmp_path):
+    """--db3kd_search=mbd: bd, then the Sign-OPT refinement of every pair within its budget."""
+    result = _db3kd(tmp_path, server, "--num_shots=10", "--batch_size=8", "--db3kd_search=mbd",
+                    "--db3kd_mbd_queries=60", "--db3kd_mbd_directions=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    sent = report["teacher_queries_sent_by_stage"]["db3kd_search"]
+    # Every one of the 90 pairs spent at least its 60-query refinement budget on top of bd.
+    assert 90 * 60 < sent <= report["teacher_query_plan"]["db3kd_search"]

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
-SEARCHES = ("bd",)
+SEARCHES = ("bd", "mbd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +42,11 @@ class BoundaryConfig:
 
     Attributes:
       search: one of ``SEARCHES``: ``bd``, binary searches along directions toward teacher-labelled
-        images (the reference code's Sign-OPT refinement ``mbd`` is not built yet).
+        images; ``mbd``, ``bd`` then the Sign-OPT refinement (:func:`refine_distances`).
       num_directions: directions tried per (image, class) pair (the reference: about 200).
+      mbd_queries: the refinement's query budget per pair (the reference: 20,000).
+      mbd_directions: random directions per sign-gradient estimate, one query each (the
+        reference: k = 200).
       tolerance: binary-search tolerance on the distance, pixel scale [0, 1] (the reference: 1e-5).
       temperature: T of the soft labels and of the student's KD term (the reference: 20).
     """
@@ -52,12 +55,16 @@ class BoundaryConfig:
     num_directions: int = 200
     tolerance: float = 1e-5
     temperature: float = 20.0
+    mbd_queries: int = 20_000
+    mbd_directions: int = 200
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
         checks = [("search", self.search in SEARCHES, SEARCHES),
                   ("num_directions", self.num_directions >= 1, ">= 1"),
                   ("tolerance", self.tolerance > 0, "> 0"),
+                  ("mbd_queries", self.mbd_queries >= 1, ">= 1"),
+                  ("mbd_directions", self.mbd_directions >= 1, ">= 1"),
                   ("temperature", self.temperature > 0, "> 0")]
         for name, ok, expected in checks:
             if not ok:
@@ -101,20 +108,26 @@ def soft_labels_from_distances(distances: np.ndarray, labels: np.ndarray,
 
 @dataclasses.dataclass
 class _State:
-    """Search state of every (image, class) pair: the best distance so far and the next direction."""
+    """Search state of every (image, class) pair: the best ``bd`` distance so far, the direction that
+    gave it (-1: none), the next direction to try, and the ``mbd`` distances once refined."""
 
     best: np.ndarray  # float64 [P]
+    best_direction: np.ndarray  # int64 [P]
     next_direction: int = 0
+    refined: np.ndarray | None = None  # float64 [P]
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp.npz"
-        np.savez(tmp, best=self.best, next_direction=self.next_direction)
+        extra = {} if self.refined is None else {"refined": self.refined}
+        np.savez(tmp, best=self.best, best_direction=self.best_direction,
+                 next_direction=self.next_direction, **extra)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "_State":
         with np.load(path) as f:
-            return cls(f["best"], int(f["next_direction"]))
+            return cls(f["best"], f["best_direction"], int(f["next_direction"]),
+                       f["refined"] if "refined" in f else None)
 
 
 def _pairs(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +156,10 @@ def _line_search(top1: Callable, x: np.ndarray, u: np.ndarray, target: np.ndarra
 
 
 def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np.ndarray,
-                   best: np.ndarray, tolerance: float, stage: str) -> np.ndarray:
+                   best: np.ndarray, tolerance: float, stage: str) -> tuple[np.ndarray, np.ndarray]:
     """One direction per pair (from ``x`` toward ``toward``, an image the teacher labels target):
-    the new best distances. Pairs with no image to go toward have NaN in ``toward``."""
+    (the new best distances, which pairs improved). Pairs with no image to go toward have NaN in
+    ``toward``."""
     theta = toward - x
     length = np.linalg.norm(theta, axis=1)
     usable = np.isfinite(length) & (length > 0)
@@ -163,14 +177,15 @@ def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np
     if len(search):
         found[search] = np.minimum(best[search], _line_search(
             top1, x[search], u[search], target[search], hi[search], tolerance, stage))
-    return found
+    return found, found < best
 
 
 def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
                        pool_labels: np.ndarray, num_classes: int, top1: Callable,
                        config: BoundaryConfig, seed: int = 0, stage: str = "db3kd_search",
                        state_path: str | None = None, progress: bool = False) -> np.ndarray:
-    """The ``bd`` distances of every image to the teacher's boundary toward every other class.
+    """The ``bd`` (or ``mbd``) distances of every image to the teacher's boundary toward every other
+    class.
 
     Args:
       images: float32 [n, H, W, C] in [0, 1]; labels: int [n], the teacher's top-1 classes.
@@ -195,7 +210,7 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
     pair_image, pair_target = _pairs(np.asarray(labels), num_classes)
     order = _direction_order(pool_labels, num_classes, seed)
     state = (_State.load(state_path) if state_path and os.path.exists(state_path)
-             else _State(np.full(len(pair_image), np.inf)))
+             else _State(np.full(len(pair_image), np.inf), np.full(len(pair_image), -1)))
     if state.next_direction:
         logging.info("Boundary search: resuming at direction %d of %d (%s)", state.next_direction,
                      config.num_directions, state_path)
@@ -206,16 +221,33 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
     bar = _progress_bar(config.num_directions - state.next_direction, progress)
     for j in range(state.next_direction, config.num_directions):
         toward = _toward(flat_pool, order, pair_target, pair_image, j)
-        state.best = _one_direction(flat_top1, x_all[pair_image], toward, pair_target, state.best,
-                                    config.tolerance, stage)
-        state.next_direction = j + 1
+        state.best, improved = _one_direction(flat_top1, x_all[pair_image], toward, pair_target,
+                                              state.best, config.tolerance, stage)
+        state.best_direction[improved] = j
+        state.next_direction, state.refined = j + 1, None  # A refinement of fewer directions is stale.
         if state_path:
             state.save(state_path)
         if bar is not None:
             bar.add(1)
+    if config.search == "mbd" and state.refined is None:
+        directions = _best_directions(flat_pool, order, pair_target, pair_image, x_all, state)
+        state.refined = refine_distances(x_all[pair_image], pair_target, directions, state.best,
+                                         flat_top1, config, seed, stage)
+        if state_path:
+            state.save(state_path)
     distances = np.full((len(images), num_classes), np.inf)
-    distances[pair_image, pair_target] = state.best
+    distances[pair_image, pair_target] = state.refined if config.search == "mbd" else state.best
     return distances
+
+
+def _best_directions(flat_pool, order, pair_target, pair_image, x_all, state) -> np.ndarray:
+    """The unit direction of each pair's best ``bd`` distance (zeros where none was found)."""
+    directions = np.zeros((len(pair_image), x_all.shape[1]), np.float32)
+    for j in np.unique(state.best_direction[state.best_direction >= 0]):
+        rows = np.flatnonzero(state.best_direction == j)
+        toward = _toward(flat_pool, order, pair_target[rows], pair_image[rows], int(j))
+        directions[rows] = _unit(toward - x_all[pair_image[rows]])
+    return directions
 
 
 def _direction_order(pool_labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
@@ -244,3 +276,123 @@ def _progress_bar(total: int, progress: bool):
     import keras
 
     return keras.utils.Progbar(total, unit_name="direction")
+
+
+# ------------------------------------------------------------------ mbd: the Sign-OPT refinement
+def _probe(top1: Callable, x: np.ndarray, theta: np.ndarray, lam: np.ndarray, stage: str):
+    """The teacher's classes at x + λ θ, clipped to the pixel range [0, 1] (as the reference code
+    clamps every query)."""
+    return top1(np.clip(x + lam[:, None] * theta, 0.0, 1.0), stage)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _local_search(top1, x, theta, target, start, tolerance, stage) -> tuple[np.ndarray, np.ndarray]:
+    """The distance along unit ``theta`` to the first point labelled ``target``, searched near
+    ``start`` (the reference's ``fine_grained_binary_search_local_targeted``): grow by 1% until the
+    label is target (given up past 100: inf), or shrink by 1% while it is, then bisect to
+    ``tolerance``. Returns (distances, queries per pair)."""
+    queries = np.ones(len(x), np.int64)
+    hit = _probe(top1, x, theta, start, stage) == target
+    hi, lo = start.copy(), start.copy()
+    grow, shrink = np.flatnonzero(~hit), np.flatnonzero(hit)
+    while len(grow):
+        hi[grow] *= 1.01
+        queries[grow] += 1
+        done = _probe(top1, x[grow], theta[grow], hi[grow], stage) == target[grow]
+        hi[grow[(~done) & (hi[grow] > 100)]] = np.inf
+        grow = grow[(~done) & np.isfinite(hi[grow])]
+    while len(shrink):
+        lo[shrink] *= 0.99
+        queries[shrink] += 1
+        still = _probe(top1, x[shrink], theta[shrink], lo[shrink], stage) == target[shrink]
+        hi[shrink[still]] = lo[shrink[still]]
+        shrink = shrink[still]
+    tolerance = np.broadcast_to(tolerance, hi.shape)
+    active = np.flatnonzero(np.isfinite(hi) & (hi - lo > tolerance))
+    while len(active):
+        mid = (lo[active] + hi[active]) / 2
+        queries[active] += 1
+        on = _probe(top1, x[active], theta[active], mid, stage) == target[active]
+        hi[active[on]], lo[active[~on]] = mid[on], mid[~on]
+        active = active[hi[active] - lo[active] > tolerance[active]]
+    return hi, queries
+
+
+def _sign_gradient(top1, x, theta, g, target, beta, k, rng, stage) -> np.ndarray:
+    """Sign-OPT's gradient estimate: sum over k random unit directions u of sign · u, where the sign
+    is -1 when the point at distance g along normalize(theta + beta u) is labelled target (the
+    distance decreases that way) and +1 otherwise; one query per pair and direction."""
+    grad = np.zeros_like(theta)
+    for _ in range(k):
+        u = _unit(rng.standard_normal(theta.shape).astype(theta.dtype)) * beta[:, None]
+        on = _probe(top1, x, _unit(theta + u), g, stage) == target
+        grad += np.where(on, -1.0, 1.0)[:, None] * u
+    return grad
+
+
+def _sign_opt_step(top1, x, theta, g, target, state, config, rng, stage):
+    """One Sign-OPT iteration of every pair together: a sign-gradient estimate, then a line search on
+    the step (doubled while it improves, else quartered until it does). Updates ``theta``, ``g``,
+    ``state`` (alpha, beta, queries) in place for the pairs given."""
+    alpha, beta, queries = state["alpha"], state["beta"], state["queries"]
+    grad = _sign_gradient(top1, x, theta, g, target, beta, config.mbd_directions, rng, stage)
+    queries += config.mbd_directions
+    improved = np.zeros(len(x), bool)
+    for factor, trials in ((2.0, 15), (0.25, 15)):
+        trying = np.flatnonzero(~improved) if factor < 1 else np.arange(len(x))
+        for _ in range(trials):
+            if not len(trying):
+                break
+            if factor < 1:
+                alpha[trying] *= factor
+            new_theta = _unit(theta[trying] - alpha[trying, None] * grad[trying])
+            new_g, spent = _local_search(top1, x[trying], new_theta, target[trying], g[trying],
+                                         beta[trying] / 500, stage)
+            queries[trying] += spent
+            better = new_g < g[trying]
+            theta[trying[better]], g[trying[better]] = new_theta[better], new_g[better]
+            improved[trying[better]] = True
+            if factor > 1:
+                alpha[trying] *= factor
+                trying = trying[better]
+            else:
+                trying = trying[~better]
+    stuck = alpha < 1e-4
+    alpha[stuck], beta[stuck] = 1.0, beta[stuck] * 0.1
+
+
+def refine_distances(images: np.ndarray, targets: np.ndarray, directions: np.ndarray,
+                     distances: np.ndarray, top1: Callable, config: BoundaryConfig, seed: int = 0,
+                     stage: str = "db3kd_search") -> np.ndarray:
+    """The ``mbd`` refinement (Sign-OPT, Cheng et al. 2020, as DB3KD's ``MinimalBoundaryDist``):
+    starting from each pair's ``bd`` direction and distance, moves the direction to shorten the
+    distance to the boundary toward the target class until the pair's query budget is spent.
+
+    Args:
+      images: float32 [P, D] flattened, one row per pair; targets: int [P].
+      directions: float32 [P, D] unit directions of the ``bd`` distances; distances: float [P]
+        (pairs with inf are left as they are).
+      top1: as :func:`boundary_distances`.
+      config: ``mbd_queries`` per pair, ``mbd_directions`` per gradient estimate.
+
+    Returns:
+      float64 [P], each at most its ``bd`` distance.
+    """
+    rng = np.random.default_rng([seed, 2020])
+    theta, g = directions.astype(np.float32).copy(), distances.astype(np.float64).copy()
+    state = {"alpha": np.full(len(g), 0.2), "beta": np.full(len(g), 0.001),
+             "queries": np.zeros(len(g), np.int64)}
+    active = np.flatnonzero(np.isfinite(g))
+    while len(active):
+        sub = {k: v[active] for k, v in state.items()}
+        t, gg = theta[active], g[active]
+        _sign_opt_step(top1, images[active], t, gg, targets[active], sub, config, rng, stage)
+        theta[active], g[active] = t, gg
+        for k in state:
+            state[k][active] = sub[k]
+        active = active[(state["queries"][active] < config.mbd_queries)
+                        & (state["beta"][active] >= 1e-8)]
+    return g

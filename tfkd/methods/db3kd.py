@@ -18,9 +18,9 @@ charged under ``label_real`` (the N images' top-1 labels) and ``db3kd_search`` (
 search state is persisted under a fingerprint that leaves out ``num_directions``, so a rerun with
 more directions continues the search instead of starting again.
 
-``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. Not built yet: the
-``mbd`` (Sign-OPT) refinement, ``zsdb3kd`` (no real images), and sharding the search across workers
-(under MultiWorkerMirroredStrategy every worker searches every pair).
+``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. ``--db3kd_search=mbd``
+adds the Sign-OPT refinement to either. Not built yet: ``zsdb3kd`` (no real images), and sharding
+the search across workers (under MultiWorkerMirroredStrategy every worker searches every pair).
 """
 
 from __future__ import annotations
@@ -42,10 +42,15 @@ from tfkd.methods import register
 def search_plan(ctx: MethodContext, num_images: int) -> int:
     """An upper bound on the search's queries for ``num_images`` images: per pair and direction,
     one pruning probe and a full binary search from the longest possible segment (the diagonal of
-    the [0, 1] pixel cube) down to the tolerance."""
+    the [0, 1] pixel cube) down to the tolerance; with ``mbd``, the refinement's budget per pair
+    and one more iteration's worth (its last iteration may overshoot the budget: k probes and at
+    most 30 local searches of at most 1,000 growing or shrinking probes and a bisection)."""
     config = ctx.config.db3kd
     steps = 1 + math.ceil(math.log2(math.sqrt(np.prod(ctx.image_shape)) / config.tolerance))
-    return ctx.teacher.share(num_images) * (ctx.num_classes - 1) * config.num_directions * steps
+    per_pair = config.num_directions * steps
+    if config.search == "mbd":
+        per_pair += config.mbd_queries + config.mbd_directions + 30 * (1000 + steps)
+    return ctx.teacher.share(num_images) * (ctx.num_classes - 1) * per_pair
 
 
 def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.ndarray,
