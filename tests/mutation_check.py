@@ -78,8 +78,8 @@ MUTATIONS = [
     Mutation("workers_pay_twice", "every worker of a cluster asks the teacher about every image",
              (("tfkd/cluster.py", "        return slice(self.index * n // self.count, "
                "(self.index + 1) * n // self.count)", "        return slice(0, n)"),
-              ("tfkd/cluster.py", "        if self.count == 1:\n            return mine",
-               "        if True:\n            return mine")),
+              ("tfkd/cluster.py", "        if self.count == 1:\n            return mine\n        size",
+               "        if True:\n            return mine\n        size")),
              ("tests/test_distributed.py::test_two_workers_stay_in_step_and_export_exactly_one_student",)),
 ]
 

@@ -47,15 +47,9 @@ def _distill_command(workdir, server, *extra):
             "--compress=", "--verbose=0", *extra]
 
 
-@pytest.mark.slow
-def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_path):
-    """Two MultiWorkerMirroredStrategy workers (per-replica batch 32) against one process with the
-    same custom loop and a batch of 64. The workers stay in step: they end with bitwise-identical
-    weights. Against the single process the final training loss agrees within 1% (seen by hand
-    while writing this test, output not kept: 0.15% and 0.31% in two runs); single weights are not
-    compared, because Adam turns float round-off in
-    near-zero gradients into full-size steps (the convolutions agreed to 1e-4, fc2 did not).
-    (The in-process two-replica test above holds MirroredStrategy to 1e-4 on the losses.)"""
+def _cluster_and_single(tmp_path, server, workers_extra, single_extra):
+    """Runs two MultiWorkerMirroredStrategy workers (tmp_path/worker0, worker1) and one single
+    process (tmp_path/single) at once; returns their report.json contents."""
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -64,12 +58,11 @@ def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_pat
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         procs.append(subprocess.Popen(
             _distill_command(tmp_path / f"worker{index}", server, "--strategy=multi_worker",
-                             "--batch_size=32"),
+                             *workers_extra),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     procs.append(subprocess.Popen(
-        _distill_command(tmp_path / "single", server, "--strategy=mirrored", "--batch_size=64",
-                         "--training_loop=custom"),
+        _distill_command(tmp_path / "single", server, "--strategy=mirrored", *single_extra),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = []
     try:
@@ -81,9 +74,21 @@ def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_pat
                 proc.kill()
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
-    chief = json.loads((tmp_path / "worker0" / "report.json").read_text())
-    worker = json.loads((tmp_path / "worker1" / "report.json").read_text())
-    single = json.loads((tmp_path / "single" / "report.json").read_text())
+    return [json.loads((tmp_path / name / "report.json").read_text())
+            for name in ("worker0", "worker1", "single")]
+
+
+@pytest.mark.slow
+def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_path):
+    """Two MultiWorkerMirroredStrategy workers (per-replica batch 32) against one process with the
+    same custom loop and a batch of 64. The workers stay in step: they end with bitwise-identical
+    weights. Against the single process the final training loss agrees within 1% (seen by hand
+    while writing this test, output not kept: 0.15% and 0.31% in two runs); single weights are not
+    compared, because Adam turns float round-off in
+    near-zero gradients into full-size steps (the convolutions agreed to 1e-4, fc2 did not).
+    (The in-process two-replica test above holds MirroredStrategy to 1e-4 on the losses.)"""
+    chief, worker, single = _cluster_and_single(
+        tmp_path, server, ["--batch_size=32"], ["--batch_size=64", "--training_loop=custom"])
     assert (chief["role"], worker["role"]) == ("chief", "worker")
     assert chief["strategy"] == "multi_worker" and chief["replicas"] == 2
     assert single["replicas"] == 1
@@ -120,3 +125,22 @@ def test_two_workers_stay_in_step_and_export_exactly_one_student(server, tmp_pat
     for other in sets[1:]:
         np.testing.assert_array_equal(other.images, sets[0].images)
         np.testing.assert_array_equal(other.targets, sets[0].targets)
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_db3kd_boundary_search(server, tmp_path):
+    """Each worker searches the boundary distances of its shard of the images only; the cluster's
+    queries equal one process's, stage by stage, and every worker ends with the same soft labels
+    (bd is deterministic per pair: the same pool images, the same probes)."""
+    extra = ["--method=db3kd", "--num_shots=30", "--db3kd_directions=2", "--db3kd_tolerance=1e-3",
+             "--batch_size=8"]
+    chief, worker, single = _cluster_and_single(tmp_path, server, extra, extra)
+    for stage in ("label_real", "db3kd_search", "evaluate_teacher"):
+        assert chief["teacher_queries_sent_by_stage"].get(stage, 0) + \
+            worker["teacher_queries_sent_by_stage"].get(stage, 0) == \
+            single["teacher_queries_sent_by_stage"][stage], stage
+    assert 0 < worker["teacher_queries_sent_by_stage"]["db3kd_search"] < \
+        single["teacher_queries_sent_by_stage"]["db3kd_search"]
+    sets = [methods.TransferSet.load(r["labelled_set"]).targets for r in (chief, worker, single)]
+    np.testing.assert_array_equal(sets[0], sets[1])
+    np.testing.assert_allclose(sets[0], sets[2], rtol=1e-5, atol=1e-7)  # float32 on the wire.

@@ -183,7 +183,8 @@ def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np
 def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
                        pool_labels: np.ndarray, num_classes: int, top1: Callable,
                        config: BoundaryConfig, seed: int = 0, stage: str = "db3kd_search",
-                       state_path: str | None = None, progress: bool = False) -> np.ndarray:
+                       state_path: str | None = None, progress: bool = False,
+                       offset: int = 0) -> np.ndarray:
     """The ``bd`` (or ``mbd``) distances of every image to the teacher's boundary toward every other
     class.
 
@@ -200,6 +201,9 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
       state_path: an ``.npz`` the state is persisted to after every direction (resumed from if
         there), or None.
       progress: a Keras progress bar over directions.
+      offset: the index of ``images[0]`` in the whole set when ``images`` is one worker's shard:
+        image i goes toward the same pool images as in an unsharded search (``bd`` distances are
+        then the same; ``mbd``'s random directions are not).
 
     Returns:
       float64 [n, K] distances (inf toward a class no pool image has, and for the own class).
@@ -208,6 +212,7 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
     x_all = images.reshape(len(images), -1).astype(np.float32)
     flat_pool = pool.reshape(len(pool), -1).astype(np.float32)
     pair_image, pair_target = _pairs(np.asarray(labels), num_classes)
+    spread = pair_image + offset  # Which pool image a pair goes toward (global image index).
     order = _direction_order(pool_labels, num_classes, seed)
     state = (_State.load(state_path) if state_path and os.path.exists(state_path)
              else _State(np.full(len(pair_image), np.inf), np.full(len(pair_image), -1)))
@@ -220,7 +225,7 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
 
     bar = _progress_bar(config.num_directions - state.next_direction, progress)
     for j in range(state.next_direction, config.num_directions):
-        toward = _toward(flat_pool, order, pair_target, pair_image, j)
+        toward = _toward(flat_pool, order, pair_target, spread, j)
         state.best, improved = _one_direction(flat_top1, x_all[pair_image], toward, pair_target,
                                               state.best, config.tolerance, stage)
         state.best_direction[improved] = j
@@ -230,7 +235,8 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
         if bar is not None:
             bar.add(1)
     if config.search == "mbd" and state.refined is None:
-        directions = _best_directions(flat_pool, order, pair_target, pair_image, x_all, state)
+        directions = _best_directions(flat_pool, order, pair_target, pair_image, spread, x_all,
+                                      state)
         state.refined = refine_distances(x_all[pair_image], pair_target, directions, state.best,
                                          flat_top1, config, seed, stage)
         if state_path:
@@ -240,12 +246,13 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
     return distances
 
 
-def _best_directions(flat_pool, order, pair_target, pair_image, x_all, state) -> np.ndarray:
+def _best_directions(flat_pool, order, pair_target, pair_image, spread, x_all,
+                     state) -> np.ndarray:
     """The unit direction of each pair's best ``bd`` distance (zeros where none was found)."""
     directions = np.zeros((len(pair_image), x_all.shape[1]), np.float32)
     for j in np.unique(state.best_direction[state.best_direction >= 0]):
         rows = np.flatnonzero(state.best_direction == j)
-        toward = _toward(flat_pool, order, pair_target[rows], pair_image[rows], int(j))
+        toward = _toward(flat_pool, order, pair_target[rows], spread[rows], int(j))
         directions[rows] = _unit(toward - x_all[pair_image[rows]])
     return directions
 
@@ -258,7 +265,7 @@ def _direction_order(pool_labels: np.ndarray, num_classes: int, seed: int) -> li
 
 
 def _toward(flat_pool: np.ndarray, order: list[np.ndarray], pair_target: np.ndarray,
-            pair_image: np.ndarray, j: int) -> np.ndarray:
+            spread: np.ndarray, j: int) -> np.ndarray:
     """The pool image each pair goes toward in direction j (NaN rows where its class has fewer than
     j + 1 images: no direction is tried twice): pair p takes its class's
     ((image index + j) mod count)-th image, so the images of one direction spread over the pool."""
@@ -266,7 +273,7 @@ def _toward(flat_pool: np.ndarray, order: list[np.ndarray], pair_target: np.ndar
     for k, members in enumerate(order):
         rows = np.flatnonzero(pair_target == k)
         if j < len(members) and len(rows):
-            toward[rows] = flat_pool[members[(pair_image[rows] + j) % len(members)]]
+            toward[rows] = flat_pool[members[(spread[rows] + j) % len(members)]]
     return toward
 
 

@@ -5,7 +5,9 @@ synthetic images. Without sharing, K workers would each ask the teacher about al
 times. :class:`ShardedTeacher` gives each worker a contiguous shard of every batch of images to ask
 about (worker w of K asks about rows ``[w n / K, (w + 1) n / K)``), then all-gathers the answers with
 the strategy's collective ops, so that every worker holds every answer and the cluster asks about each
-image once. With one worker (any other strategy) it is the teacher itself.
+image once. With one worker (any other strategy) it is the teacher itself. Per-image work other than
+labelling (DB3KD's boundary search) shards the same way: :meth:`ShardedTeacher.shard` and
+:meth:`ShardedTeacher.gather_rows`.
 """
 
 from __future__ import annotations
@@ -71,11 +73,14 @@ class ShardedTeacher:
                                         stage=stage)
         if self.count == 1:
             return mine
-        return self._all_gather(mine, len(images))
+        return self.gather_rows(mine, len(images))
 
-    def _all_gather(self, mine: np.ndarray, n: int) -> np.ndarray:
-        """Every worker's shard of answers, in row order (shards padded to one size for the
-        collective, then trimmed)."""
+    def gather_rows(self, mine: np.ndarray, n: int) -> np.ndarray:
+        """Every worker's rows of a per-image result, in row order: ``mine`` float [share(n), K] is
+        this worker's shard (:meth:`shard`) of n rows; returns float32 [n, K] on every worker
+        (shards padded to one size for the collective, then trimmed). With one worker, ``mine``."""
+        if self.count == 1:
+            return mine
         size = -(-n // self.count)
         padded = np.zeros((size, mine.shape[1]), np.float32)
         padded[:len(mine)] = mine

@@ -19,8 +19,9 @@ search state is persisted under a fingerprint that leaves out ``num_directions``
 more directions continues the search instead of starting again.
 
 ``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. ``--db3kd_search=mbd``
-adds the Sign-OPT refinement to either. Not built yet: ``zsdb3kd`` (no real images), and sharding
-the search across workers (under MultiWorkerMirroredStrategy every worker searches every pair).
+adds the Sign-OPT refinement to either. Under MultiWorkerMirroredStrategy each worker searches its
+shard of the images (each pair is searched once in the cluster). Not built yet: ``zsdb3kd`` (no
+real images).
 """
 
 from __future__ import annotations
@@ -55,18 +56,22 @@ def search_plan(ctx: MethodContext, num_images: int) -> int:
 
 def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.ndarray,
                   pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
-    """DB3KD soft labels float32 [n, K] of ``images`` (teacher top-1 ``labels``), from the ``bd``
-    search toward ``pool`` images (teacher top-1 ``pool_labels``); the search state is persisted
-    under a fingerprint without ``num_directions`` (more directions continue it)."""
+    """DB3KD soft labels float32 [n, K] of ``images`` (teacher top-1 ``labels``), from the search
+    toward ``pool`` images (teacher top-1 ``pool_labels``). Each worker of a cluster searches its
+    shard of the images and every worker gets every distance (:mod:`tfkd.cluster`). The search state
+    is persisted under a fingerprint without ``num_directions`` (more directions continue it)."""
     config = ctx.config.db3kd
+    part = ctx.teacher.shard(len(images))
     state = workdir_lib.artifact_path(
         ctx.workdir, "boundary_state", ".npz", name, ctx.config.dataset, ctx.config.data_dir,
         ctx.seed, ctx.config.num_shots, dataclasses.replace(config, num_directions=0),
-        ctx.teacher.signature.identity, len(images))
+        ctx.teacher.signature.identity, len(images), part.start, part.stop)
     with ctx.stage("db3kd_search"):
-        distances = boundary.boundary_distances(
-            images, labels, pool, pool_labels, ctx.num_classes, ctx.teacher.top1, config,
-            ctx.seed, stage="db3kd_search", state_path=state, progress=ctx.progress)
+        mine = boundary.boundary_distances(
+            images[part], labels[part], pool, pool_labels, ctx.num_classes, ctx.teacher.top1,
+            config, ctx.seed, stage="db3kd_search", state_path=state, progress=ctx.progress,
+            offset=part.start)
+    distances = ctx.teacher.gather_rows(mine, len(images))
     return boundary.soft_labels_from_distances(distances, labels, config.temperature)
 
 
