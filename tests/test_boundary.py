@@ -165,3 +165,34 @@ def test_mbd_refines_bd_toward_the_perpendicular_distance(two_class_teacher):
     print(f"relative excess over the perpendicular distance: bd {gap_bd:.3f}, mbd {gap_mbd:.3f}")
     assert gap_mbd > -1e-3  # Never shorter than the true distance ...
     assert gap_mbd < 0.08 and gap_mbd < gap_bd / 10  # ... and much closer to it than bd.
+
+
+def test_zero_shot_pseudo_samples_move_away_from_the_boundary(linear_teacher):
+    """ZSDB3KD's pieces on the linear teacher, where the distance to the nearest boundary is
+    analytic: min over k != y of (f_y - f_k)(x) / ||w_y - w_k||. The untargeted search never
+    reports less than it, and pushing the noise samples away from the boundary keeps their class
+    and increases that distance."""
+    from tfkd import zeroshot
+
+    client, w, b = linear_teacher
+    config = zeroshot.ZeroShotConfig(per_class=4, iterations=2, queries=300, init_directions=3)
+    rng = np.random.default_rng(5)
+    images, labels = zeroshot.noise_samples(client.top1, SHAPE, K, config, rng)
+    assert len(images) == 4 * K and np.all(client.top1(images, "test") == labels)
+    flat = images.reshape(len(images), -1)
+
+    def nearest(x):
+        logits = x.astype(np.float64) @ w + b
+        own = logits[np.arange(len(x)), labels]
+        return np.min([np.where(k == labels, np.inf, (own - logits[:, k])
+                                / np.linalg.norm(w[:, labels] - w[:, [k]], axis=0))
+                       for k in range(K)], axis=0)
+
+    g, directions = zeroshot.untargeted_distances(
+        lambda x, s: client.top1(x.reshape(-1, *SHAPE), s), flat, labels, config, rng, 0, "test")
+    assert np.all(g >= nearest(flat) - 1e-3)
+    pushed, kept = zeroshot.pseudo_samples(client.top1, SHAPE, K, config, seed=0)
+    assert np.all(client.top1(pushed, "test") == kept)
+    before = zeroshot.noise_samples(client.top1, SHAPE, K, config, np.random.default_rng([0, 72]))[0]
+    assert nearest(pushed.reshape(len(pushed), -1)).mean() > nearest(
+        before.reshape(len(before), -1)).mean()

@@ -124,10 +124,27 @@ class _State:
         os.replace(tmp, path)
 
     @classmethod
+    def resume(cls, path: str | None, num_pairs: int, num_directions: int) -> "_State":
+        """The state persisted at ``path``, or a fresh one."""
+        if not (path and os.path.exists(path)):
+            return cls(np.full(num_pairs, np.inf), np.full(num_pairs, -1))
+        state = cls.load(path)
+        logging.info("Boundary search: resuming at direction %d of %d (%s)", state.next_direction,
+                     num_directions, path)
+        return state
+
+    @classmethod
     def load(cls, path: str) -> "_State":
         with np.load(path) as f:
             return cls(f["best"], f["best_direction"], int(f["next_direction"]),
                        f["refined"] if "refined" in f else None)
+
+
+def reached(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Whether each probe's teacher class is what its search looks for: class ``target`` where
+    target >= 0 (a targeted search), any class but y where target = -1 - y (untargeted)."""
+    labels, target = np.asarray(labels), np.asarray(target)
+    return np.where(target >= 0, labels == target, labels != -1 - target)
 
 
 def _pairs(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +165,7 @@ def _line_search(top1: Callable, x: np.ndarray, u: np.ndarray, target: np.ndarra
     while len(active):
         mid = (lo[active] + hi[active]) / 2
         probes = x[active] + mid[:, None] * u[active]
-        hit = top1(probes, stage) == target[active]
+        hit = reached(top1(probes, stage), target[active])
         hi[active[hit]] = mid[hit]
         lo[active[~hit]] = mid[~hit]
         active = active[hi[active] - lo[active] > tolerance]
@@ -171,7 +188,7 @@ def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np
     check = np.flatnonzero(usable & (length > best))
     if len(check):
         probes = x[check] + best[check, None] * u[check]
-        usable[check[top1(probes, stage) != target[check]]] = False
+        usable[check[~reached(top1(probes, stage), target[check])]] = False
     search = np.flatnonzero(usable)
     found = best.copy()
     if len(search):
@@ -214,11 +231,7 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
     pair_image, pair_target = _pairs(np.asarray(labels), num_classes)
     spread = pair_image + offset  # Which pool image a pair goes toward (global image index).
     order = _direction_order(pool_labels, num_classes, seed)
-    state = (_State.load(state_path) if state_path and os.path.exists(state_path)
-             else _State(np.full(len(pair_image), np.inf), np.full(len(pair_image), -1)))
-    if state.next_direction:
-        logging.info("Boundary search: resuming at direction %d of %d (%s)", state.next_direction,
-                     config.num_directions, state_path)
+    state = _State.resume(state_path, len(pair_image), config.num_directions)
 
     def flat_top1(flat, stage_name):
         return np.asarray(top1(flat.reshape(-1, *shape[1:]), stage_name))
@@ -230,20 +243,23 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
                                               state.best, config.tolerance, stage)
         state.best_direction[improved] = j
         state.next_direction, state.refined = j + 1, None  # A refinement of fewer directions is stale.
-        if state_path:
-            state.save(state_path)
+        _save(state, state_path)
         if bar is not None:
             bar.add(1)
     if config.search == "mbd" and state.refined is None:
         directions = _best_directions(flat_pool, order, pair_target, pair_image, spread, x_all,
                                       state)
         state.refined = refine_distances(x_all[pair_image], pair_target, directions, state.best,
-                                         flat_top1, config, seed, stage)
-        if state_path:
-            state.save(state_path)
+                                         flat_top1, config, seed, stage)[0]
+        _save(state, state_path)
     distances = np.full((len(images), num_classes), np.inf)
     distances[pair_image, pair_target] = state.refined if config.search == "mbd" else state.best
     return distances
+
+
+def _save(state: _State, path: str | None) -> None:
+    if path:
+        state.save(path)
 
 
 def _best_directions(flat_pool, order, pair_target, pair_image, spread, x_all,
@@ -302,19 +318,19 @@ def _local_search(top1, x, theta, target, start, tolerance, stage) -> tuple[np.n
     label is target (given up past 100: inf), or shrink by 1% while it is, then bisect to
     ``tolerance``. Returns (distances, queries per pair)."""
     queries = np.ones(len(x), np.int64)
-    hit = _probe(top1, x, theta, start, stage) == target
+    hit = reached(_probe(top1, x, theta, start, stage), target)
     hi, lo = start.copy(), start.copy()
     grow, shrink = np.flatnonzero(~hit), np.flatnonzero(hit)
     while len(grow):
         hi[grow] *= 1.01
         queries[grow] += 1
-        done = _probe(top1, x[grow], theta[grow], hi[grow], stage) == target[grow]
+        done = reached(_probe(top1, x[grow], theta[grow], hi[grow], stage), target[grow])
         hi[grow[(~done) & (hi[grow] > 100)]] = np.inf
         grow = grow[(~done) & np.isfinite(hi[grow])]
     while len(shrink):
         lo[shrink] *= 0.99
         queries[shrink] += 1
-        still = _probe(top1, x[shrink], theta[shrink], lo[shrink], stage) == target[shrink]
+        still = reached(_probe(top1, x[shrink], theta[shrink], lo[shrink], stage), target[shrink])
         hi[shrink[still]] = lo[shrink[still]]
         shrink = shrink[still]
     tolerance = np.broadcast_to(tolerance, hi.shape)
@@ -322,7 +338,7 @@ def _local_search(top1, x, theta, target, start, tolerance, stage) -> tuple[np.n
     while len(active):
         mid = (lo[active] + hi[active]) / 2
         queries[active] += 1
-        on = _probe(top1, x[active], theta[active], mid, stage) == target[active]
+        on = reached(_probe(top1, x[active], theta[active], mid, stage), target[active])
         hi[active[on]], lo[active[~on]] = mid[on], mid[~on]
         active = active[hi[active] - lo[active] > tolerance[active]]
     return hi, queries
@@ -335,7 +351,7 @@ def _sign_gradient(top1, x, theta, g, target, beta, k, rng, stage) -> np.ndarray
     grad = np.zeros_like(theta)
     for _ in range(k):
         u = _unit(rng.standard_normal(theta.shape).astype(theta.dtype)) * beta[:, None]
-        on = _probe(top1, x, _unit(theta + u), g, stage) == target
+        on = reached(_probe(top1, x, _unit(theta + u), g, stage), target)
         grad += np.where(on, -1.0, 1.0)[:, None] * u
     return grad
 
@@ -379,14 +395,15 @@ def refine_distances(images: np.ndarray, targets: np.ndarray, directions: np.nda
     distance to the boundary toward the target class until the pair's query budget is spent.
 
     Args:
-      images: float32 [P, D] flattened, one row per pair; targets: int [P].
+      images: float32 [P, D] flattened, one row per pair; targets: int [P] (-1 - y: untargeted,
+        any class but y; see :func:`reached`).
       directions: float32 [P, D] unit directions of the ``bd`` distances; distances: float [P]
         (pairs with inf are left as they are).
       top1: as :func:`boundary_distances`.
       config: ``mbd_queries`` per pair, ``mbd_directions`` per gradient estimate.
 
     Returns:
-      float64 [P], each at most its ``bd`` distance.
+      (float64 [P] distances, each at most its start; float32 [P, D] their unit directions).
     """
     rng = np.random.default_rng([seed, 2020])
     theta, g = directions.astype(np.float32).copy(), distances.astype(np.float64).copy()
@@ -402,4 +419,4 @@ def refine_distances(images: np.ndarray, targets: np.ndarray, directions: np.nda
             state[k][active] = sub[k]
         active = active[(state["queries"][active] < config.mbd_queries)
                         & (state["beta"][active] >= 1e-8)]
-    return g
+    return g, theta
