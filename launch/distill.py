@@ -29,6 +29,7 @@ from tfkd import report as report_lib
 from tfkd import synthesis
 from tfkd import teacher
 from tfkd import workdir
+from tfkd import zeroshot
 
 flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
                     "exported student, report.json. A rerun on the same dir resumes.")
@@ -100,6 +101,12 @@ flags.DEFINE_integer("db3kd_directions", 200, "DB3KD: directions tried per (imag
 flags.DEFINE_float("db3kd_tolerance", 1e-5, "DB3KD: binary-search tolerance on the boundary distance "
                    "(pixel scale [0, 1]).")
 flags.DEFINE_float("db3kd_temperature", 20.0, "DB3KD: T of the soft labels and of the student's KD term.")
+flags.DEFINE_integer("zsdb3kd_per_class", 2400, "ZSDB3KD: pseudo-samples per class.")
+flags.DEFINE_integer("zsdb3kd_iterations", 40, "ZSDB3KD: pushes away from the decision boundary.")
+flags.DEFINE_float("zsdb3kd_step", 0.5, "ZSDB3KD: first step of each push (halved while the label "
+                   "flips).")
+flags.DEFINE_integer("zsdb3kd_queries", 5000, "ZSDB3KD: Sign-OPT queries per sample and iteration.")
+flags.DEFINE_integer("zsdb3kd_init_directions", 20, "ZSDB3KD: random initial directions per sample.")
 flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
@@ -133,12 +140,13 @@ FLAGS = flags.FLAGS
 # The one validation layer for flags: absl checks these when the command line is parsed, before any
 # data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
 _AT_LEAST = {"db3kd_directions": 1, "db3kd_mbd_queries": 1, "db3kd_mbd_directions": 1,
-             "num_shots": 1, "num_validation": 0, "teacher_version": 1,
+             "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 1, "zsdb3kd_queries": 1,
+             "zsdb3kd_init_directions": 1, "num_shots": 1, "num_validation": 0, "teacher_version": 1,
              "teacher_max_in_flight": 1, "teacher_max_attempts": 1, "query_budget": 0,
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0}
-_POSITIVE = ("db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
+_POSITIVE = ("zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
 for _name, _low in _AT_LEAST.items():
     flags.register_validator(_name, lambda v, low=_low: v is None or v >= low,
@@ -214,6 +222,10 @@ def config_from_flags() -> pipeline.DistillConfig:
                                       temperature=FLAGS.db3kd_temperature,
                                       mbd_queries=FLAGS.db3kd_mbd_queries,
                                       mbd_directions=FLAGS.db3kd_mbd_directions),
+        zsdb3kd=zeroshot.ZeroShotConfig(
+            per_class=FLAGS.zsdb3kd_per_class, iterations=FLAGS.zsdb3kd_iterations,
+            step=FLAGS.zsdb3kd_step, queries=FLAGS.zsdb3kd_queries,
+            init_directions=FLAGS.zsdb3kd_init_directions),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
         verbose=(FLAGS.verbose if FLAGS.verbose is not None

@@ -86,3 +86,23 @@ def test_db3kd_mbd_refines_every_pair_end_to_end(server, tmp_path):
     sent = report["teacher_queries_sent_by_stage"]["db3kd_search"]
     # Every one of the 90 pairs spent at least its 60-query refinement budget on top of bd.
     assert 90 * 60 < sent <= report["teacher_query_plan"]["db3kd_search"]
+
+
+@pytest.mark.slow
+def test_zsdb3kd_runs_end_to_end_without_real_images(server, tmp_path):
+    """Zero-shot: pseudo-samples from noise and the label-only teacher alone; no real image enters
+    the transfer set. A rerun reuses the persisted samples and search: nothing is asked again."""
+    extra = ["--method=zsdb3kd", "--zsdb3kd_per_class=3", "--zsdb3kd_iterations=1",
+             "--zsdb3kd_queries=30", "--zsdb3kd_init_directions=2", "--db3kd_directions=1",
+             "--db3kd_tolerance=1e-2", "--batch_size=8"]
+    result = _db3kd(tmp_path, server, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    sources = report["transfer_set_sources"]
+    assert list(sources) == ["pseudo"] and 10 <= sources["pseudo"] <= 30 and report["num_shots"] == 0
+    sent = report["teacher_queries_sent_by_stage"]
+    assert "label_real" not in sent and sent["zsdb3kd_samples"] > 0 and sent["db3kd_search"] > 0
+    assert sent["zsdb3kd_samples"] <= report["teacher_query_plan"]["zsdb3kd_samples"]
+    again = _db3kd(tmp_path, server, *extra)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent"] == 0

@@ -58,6 +58,7 @@ from tfkd import synthesis
 from tfkd import teacher as teacher_lib
 from tfkd import viz
 from tfkd import workdir as workdir_lib
+from tfkd import zeroshot
 from tfkd.report import Report
 
 
@@ -93,6 +94,7 @@ class DistillConfig:
       teacher_train: used only when tfkd trains the teacher.
       mixup, cvae: the FS-BBT family's synthesis (their ``num_images`` are its synthetic budget).
       db3kd: the DB3KD family's boundary search and soft-label temperature.
+      zsdb3kd: ZSDB3KD's pseudo-sample schedule.
       student: how the student trains (a method may name its own loss).
       num_validation: training images held out as the validation split (the same images for
         every seed and method; see :func:`tfkd.data.with_validation_split`): neither the teacher
@@ -121,6 +123,7 @@ class DistillConfig:
     cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
     student: distill.StudentConfig = distill.StudentConfig()
     db3kd: boundary.BoundaryConfig = boundary.BoundaryConfig()
+    zsdb3kd: zeroshot.ZeroShotConfig = zeroshot.ZeroShotConfig()
     eval_examples: int = 0
     evaluate_test: bool = True
     evaluate_teacher: bool = True
@@ -155,6 +158,7 @@ class DistillConfig:
         self.teacher.validate(require_target=False)
         self.student.validate()
         self.db3kd.validate()
+        self.zsdb3kd.validate()
         if method.teacher_needs == "weights" and self.teacher.target:
             raise ValueError(f"method={self.method!r} needs the teacher's weights; a remote teacher "
                              f"({self.teacher.target}) has none to give: use a local teacher "

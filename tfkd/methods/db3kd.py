@@ -11,6 +11,7 @@ method       transfer set                                              teacher q
 ===========  ========================================================  ===========================
 db3kd        the N images, soft labels from their boundary distances   N + the boundary search
 fsbbt_db3kd  FS-BBT's N + MixUp + CVAE images, the same soft labels    N + synthetic + the search
+zsdb3kd      no real image: pseudo-samples from noise, the same labels  the samples + the search
 ===========  ========================================================  ===========================
 
 The search goes from each image toward the few-shot images the teacher labels t. Queries are
@@ -20,8 +21,8 @@ more directions continues the search instead of starting again.
 
 ``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. ``--db3kd_search=mbd``
 adds the Sign-OPT refinement to either. Under MultiWorkerMirroredStrategy each worker searches its
-shard of the images (each pair is searched once in the cluster). Not built yet: ``zsdb3kd`` (no
-real images).
+shard of the images (each pair is searched once in the cluster); ``zsdb3kd``'s pseudo-samples are
+not sharded yet (every worker makes them all).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from tfkd import boundary
 from tfkd import workdir as workdir_lib
+from tfkd import zeroshot
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
 from tfkd.methods import TransferSet
@@ -137,3 +139,36 @@ class FSBBTDB3KD(_DecisionBased, fsbbt._Synthetic):
 
 
 register(FSBBTDB3KD())
+
+
+@register
+class ZSDB3KD(_DecisionBased):
+    """No real images: ZSDB3KD's pseudo-samples (:mod:`tfkd.zeroshot`) with DB3KD soft labels."""
+
+    name = "zsdb3kd"
+    description = ("zero-shot: noise images pushed away from a label-only teacher's decision "
+                   "boundaries, with DB3KD soft labels (ZSDB3KD)")
+
+    def fingerprint(self, config) -> tuple:
+        return (config.db3kd, config.zsdb3kd)
+
+    def plan(self, ctx: MethodContext) -> dict[str, int]:
+        """A loose upper bound: every noise round, and per sample and iteration the initial
+        directions (at most 50 scale draws and a bisection each), the Sign-OPT budget and its last
+        iteration's overshoot, and the push (at most 11 halvings); then the search."""
+        zs = ctx.config.zsdb3kd
+        samples = zs.per_class * ctx.num_classes
+        per_iteration = zs.init_directions * (50 + 32) + zs.queries + 200 + 30 * 1030 + 11
+        return {"zsdb3kd_samples": samples * (zs.max_noise_rounds + zs.iterations * per_iteration),
+                "db3kd_search": search_plan(ctx, samples)}
+
+    def build(self, ctx: MethodContext) -> TransferSet:
+        zs = ctx.config.zsdb3kd
+        state = workdir_lib.artifact_path(
+            ctx.workdir, "zsdb3kd_samples", ".npz", ctx.config.dataset, ctx.seed,
+            dataclasses.replace(zs, iterations=0), ctx.teacher.signature.identity)
+        with ctx.stage("zsdb3kd_samples"):
+            images, labels = zeroshot.pseudo_samples(ctx.teacher.top1, ctx.image_shape,
+                                                     ctx.num_classes, zs, ctx.seed, state)
+        targets = db3kd_targets(ctx, self.name, images, labels, images, labels)
+        return TransferSet.from_parts([("pseudo", images, targets)])
