@@ -196,3 +196,21 @@ def test_zero_shot_pseudo_samples_move_away_from_the_boundary(linear_teacher):
     before = zeroshot.noise_samples(client.top1, SHAPE, K, config, np.random.default_rng([0, 72]))[0]
     assert nearest(pushed.reshape(len(pushed), -1)).mean() > nearest(
         before.reshape(len(before), -1)).mean()
+
+
+def test_decision_kd_loss_is_ce_to_top1_plus_scaled_kl():
+    """DB3KD's student loss on one example, against numpy: CE to the argmax of the soft label plus
+    T² · KL(p ‖ softmax(z / T))."""
+    from tfkd import distill
+
+    p = np.array([[0.5, 0.3, 0.2]], np.float32)
+    z = np.array([[1.0, 2.0, -1.0]], np.float32)
+    t = 4.0
+    loss = float(distill.make_loss("db3kd", t)(p, z))
+
+    def log_softmax(v):
+        return v - np.log(np.exp(v).sum())
+
+    ce = -log_softmax(z[0])[0]
+    kl = np.sum(p[0] * (np.log(p[0]) - log_softmax(z[0] / t)))
+    assert loss == pytest.approx(ce + t * t * kl, rel=1e-5)

@@ -126,7 +126,7 @@ class TemperatureKD(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
-class DecisionKD(keras.losses.Loss):
+class DecisionKD(TemperatureKD):
     """DB3KD's student loss (Wang, ICML 2021, §3.4; reference ``train_model_kd.py``):
     CE(one_hot(argmax p), softmax(z)) + T² · KL(p ‖ softmax(z / T)).
 
@@ -138,10 +138,7 @@ class DecisionKD(keras.losses.Loss):
     """
 
     def __init__(self, temperature: float = 20.0, name: str = "decision_kd", **kwargs):
-        if temperature <= 0:
-            raise ValueError(f"temperature={temperature}: expected > 0")
-        super().__init__(name=name, **kwargs)
-        self.temperature = float(temperature)
+        super().__init__(temperature, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
         t = self.temperature
@@ -150,9 +147,6 @@ class DecisionKD(keras.losses.Loss):
         p = tf.clip_by_value(y_true, 1e-8, 1.0)
         kl = tf.reduce_sum(p * (tf.math.log(p) - tf.nn.log_softmax(y_pred / t, axis=-1)), axis=-1)
         return ce + t ** 2 * kl
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
 
 
 def make_loss(name: str, temperature: float = 1.0,
