@@ -1,0 +1,28 @@
+"""Label-only runs on Fashion-MNIST against the grid's teacher (lenet5_same_cosine, 90.75%).
+
+A first, hand-driven version of the label-only grid (reports stored in
+benchmarks/reports/fashion_mnist_label_only/); to be folded into reproduce.py.
+
+  python benchmarks/label_only_runs.py NAME METHOD SEED '{"num_directions": 5}'
+  python benchmarks/label_only_runs.py fsbbt_onehot fsbbt 0 '{"label_only": true}'
+"""
+import json
+import sys
+
+from tfkd import boundary
+from tfkd import pipeline
+from tfkd import serving
+from tfkd import teacher as teacher_lib
+
+name, method, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+base = "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/teacher"
+with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0) as srv:
+    config = pipeline.DistillConfig(
+        workdir=f"runs/db3kd/{name}-seed{seed}", method=method, seed=seed,
+        teacher=teacher_lib.TeacherConfig(target=srv.target, label_only=extra.pop("label_only", False)),
+        db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
+    r = pipeline.run(config)
+print(json.dumps({"name": name, "seed": seed, "test": r.student_accuracy,
+                  "validation": r.student_validation_accuracy,
+                  "queries": r.teacher_queries_sent_by_stage, "seconds": r.stage_seconds}))
