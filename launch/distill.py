@@ -101,6 +101,8 @@ flags.DEFINE_integer("db3kd_directions", 200, "DB3KD: directions tried per (imag
 flags.DEFINE_float("db3kd_tolerance", 1e-5, "DB3KD: binary-search tolerance on the boundary distance "
                    "(pixel scale [0, 1]).")
 flags.DEFINE_float("db3kd_temperature", 20.0, "DB3KD: T of the soft labels and of the student's KD term.")
+flags.DEFINE_integer("db3kd_chunk_pairs", 4096, "DB3KD: (image, class) pairs searched together; each "
+                     "chunk's state is persisted when it ends (a killed run loses at most one).")
 flags.DEFINE_integer("zsdb3kd_per_class", 2400, "ZSDB3KD: pseudo-samples per class.")
 flags.DEFINE_integer("zsdb3kd_iterations", 40, "ZSDB3KD: pushes away from the decision boundary.")
 flags.DEFINE_float("zsdb3kd_step", 0.5, "ZSDB3KD: first step of each push (halved while the label "
@@ -139,7 +141,8 @@ FLAGS = flags.FLAGS
 
 # The one validation layer for flags: absl checks these when the command line is parsed, before any
 # data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
-_AT_LEAST = {"db3kd_directions": 1, "db3kd_mbd_queries": 1, "db3kd_mbd_directions": 1,
+_AT_LEAST = {"db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
+             "db3kd_mbd_directions": 1,
              "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 1, "zsdb3kd_queries": 1,
              "zsdb3kd_init_directions": 1, "num_shots": 1, "num_validation": 0, "teacher_version": 1,
              "teacher_max_in_flight": 1, "teacher_max_attempts": 1, "query_budget": 0,
@@ -221,7 +224,8 @@ def config_from_flags() -> pipeline.DistillConfig:
                                       tolerance=FLAGS.db3kd_tolerance,
                                       temperature=FLAGS.db3kd_temperature,
                                       mbd_queries=FLAGS.db3kd_mbd_queries,
-                                      mbd_directions=FLAGS.db3kd_mbd_directions),
+                                      mbd_directions=FLAGS.db3kd_mbd_directions,
+                                      chunk_pairs=FLAGS.db3kd_chunk_pairs),
         zsdb3kd=zeroshot.ZeroShotConfig(
             per_class=FLAGS.zsdb3kd_per_class, iterations=FLAGS.zsdb3kd_iterations,
             step=FLAGS.zsdb3kd_step, queries=FLAGS.zsdb3kd_queries,

@@ -48,6 +48,21 @@ def server(teacher_base):
 
 
 @pytest.fixture(scope="session")
+def label_only_server(teacher_base, tmp_path_factory):
+    """The same teacher re-exported with only its ``classes`` output (a decision-based teacher that
+    answers class ids, no probabilities), served as ``teacher``."""
+    from tfkd import export
+    from tfkd import serving
+
+    base = str(tmp_path_factory.mktemp("label_only") / "teacher")
+    export.export_label_only(os.path.join(teacher_base, "1"), base)
+    srv = serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def real_tf_serving(teacher_base):
     """A real tensorflow_model_server serving the same teacher; skips when it is not on PATH.
 

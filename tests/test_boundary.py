@@ -108,6 +108,48 @@ def test_a_killed_search_resumes_without_asking_again(linear_teacher, tmp_path):
     assert again == 0
 
 
+def test_a_search_stopped_mid_chunk_asks_no_finished_pair_again(linear_teacher, tmp_path):
+    """Chunks of 5 pairs; the teacher fails half-way through the search. The rerun asks exactly the
+    queries the unfinished pairs cost in an uninterrupted search (each pair's cost is in the state,
+    and the client's account is the independent count) and ends with the same distances."""
+    client, _, _ = linear_teacher
+    rng = np.random.default_rng(3)
+    images = rng.uniform(size=(8, *SHAPE)).astype(np.float32)
+    pool = rng.uniform(size=(60, *SHAPE)).astype(np.float32)
+    labels, pool_labels = client.top1(images, "test"), client.top1(pool, "test")
+    config = boundary.BoundaryConfig(num_directions=3, tolerance=1e-5, chunk_pairs=5)
+    calls = []
+
+    def search(path, top1):
+        before = client.account.total
+        result = boundary.boundary_distances(images, labels, pool, pool_labels, K, top1, config,
+                                             state_path=path)
+        return result, client.account.total - before
+
+    def counted(batch, stage):
+        calls.append(len(batch))
+        return client.top1(batch, stage)
+
+    straight, cost = search(str(tmp_path / "a.npz"), counted)
+    per_pair = np.load(tmp_path / "a.npz")["queries"]
+    assert per_pair.sum() == cost and (per_pair > 0).all()
+
+    def failing(batch, stage):
+        if len(calls) >= total_calls // 2:
+            raise teacher.TeacherError("the teacher went away")
+        return counted(batch, stage)
+
+    total_calls, calls[:] = len(calls), []
+    with pytest.raises(teacher.TeacherError):
+        search(str(tmp_path / "b.npz"), failing)
+    with np.load(tmp_path / "b.npz") as f:
+        finished = f["next_direction"] == config.num_directions
+    assert 0 < finished.sum() < len(finished)  # Stopped between chunks' ends.
+    resumed, rest = search(str(tmp_path / "b.npz"), client.top1)
+    assert rest == per_pair[~finished].sum()
+    np.testing.assert_array_equal(resumed, straight)
+
+
 def test_soft_labels_from_given_distances():
     """logit_t = 1/d_t, logit_y = sum of the others, softmax at T (DB3KD §3.3)."""
     distances = np.array([[np.inf, 2.0, 4.0], [0.5, 9.0, np.inf]])

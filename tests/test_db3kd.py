@@ -1,10 +1,13 @@
-"""DB3KD end to end: launch/distill.py --method=db3kd against the served teacher, which the method
-sees only through its label-only view (top-1 class ids)."""
+"""DB3KD end to end: launch/distill.py --method=db3kd (fsbbt_db3kd, zsdb3kd) over gRPC against a
+decision-based teacher: the test teacher re-exported with only its ``classes`` output."""
 
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,21 +19,26 @@ from tfkd import teacher
 from conftest import REPO
 
 
+def _command(workdir, server, *extra):
+    return [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
+            f"--teacher={server.target}", "--method=db3kd", "--num_shots=30", "--num_validation=500",
+            "--db3kd_directions=2", "--db3kd_tolerance=1e-3", "--student_epochs=2",
+            "--batch_size=16", "--eval_examples=200", "--evaluate_teacher=false", "--compress=",
+            "--verbose=0", *extra]
+
+
 def _db3kd(workdir, server, *extra):
-    cmd = [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
-           f"--teacher={server.target}", "--method=db3kd", "--num_shots=30", "--num_validation=500",
-           "--db3kd_directions=2", "--db3kd_tolerance=1e-3", "--student_epochs=2", "--batch_size=16",
-           "--eval_examples=200", "--evaluate_teacher=false", "--compress=", "--verbose=0", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(_command(workdir, server, *extra), capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.mark.slow
-def test_db3kd_runs_end_to_end_on_top1_labels_only(server, tmp_path):
-    result = _db3kd(tmp_path, server)
+def test_db3kd_runs_end_to_end_on_top1_labels_only(label_only_server, server, tmp_path):
+    result = _db3kd(tmp_path, label_only_server)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "db3kd" and report["student_loss"] == "db3kd"
-    assert report["teacher"]["label_only"]  # The method asked for top-1 labels only.
+    assert report["teacher"]["label_only"] and report["teacher_output_kind"].startswith("classes")
     sent = report["teacher_queries_sent_by_stage"]
     assert sent["label_real"] == 30 and 0 < sent["db3kd_search"]
     assert sent["db3kd_search"] <= report["teacher_query_plan"]["db3kd_search"]  # An upper bound.
@@ -43,7 +51,7 @@ def test_db3kd_runs_end_to_end_on_top1_labels_only(server, tmp_path):
     assert 0.0 <= report["student_accuracy"] <= 1.0
     # A rerun with one more direction continues the persisted search: it never asks the first
     # two directions again, so it costs less than the first run's search.
-    again = _db3kd(tmp_path, server, "--db3kd_directions=3")
+    again = _db3kd(tmp_path, label_only_server, "--db3kd_directions=3")
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent_by_stage"]
     assert "label_real" not in rerun  # The N labels come from the ledger.
@@ -61,9 +69,10 @@ def test_db3kd_settings_are_checked_before_anything_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsbbt_db3kd_gives_synthetic_images_boundary_soft_labels(server, tmp_path):
-    """FS-BBT's MixUp and CVAE images, labelled through the top-1 view, with DB3KD soft labels."""
-    result = _db3kd(tmp_path, server, "--method=fsbbt_db3kd", "--num_mixup=40", "--num_cvae=20",
+def test_fsbbt_db3kd_gives_synthetic_images_boundary_soft_labels(label_only_server, tmp_path):
+    """FS-BBT's MixUp and CVAE images, labelled by the decision-based teacher, with DB3KD soft
+    labels."""
+    result = _db3kd(tmp_path, label_only_server, "--method=fsbbt_db3kd", "--num_mixup=40", "--num_cvae=20",
                     "--cvae_epochs=2", "--db3kd_directions=1", "--db3kd_tolerance=1e-2")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -77,9 +86,9 @@ def test_fsbbt_db3kd_gives_synthetic_images_boundary_soft_labels(server, tmp_pat
 
 
 @pytest.mark.slow
-def test_db3kd_mbd_refines_every_pair_end_to_end(server, tmp_path):
+def test_db3kd_mbd_refines_every_pair_end_to_end(label_only_server, tmp_path):
     """--db3kd_search=mbd: bd, then the Sign-OPT refinement of every pair within its budget."""
-    result = _db3kd(tmp_path, server, "--num_shots=10", "--batch_size=8", "--db3kd_search=mbd",
+    result = _db3kd(tmp_path, label_only_server, "--num_shots=10", "--batch_size=8", "--db3kd_search=mbd",
                     "--db3kd_mbd_queries=60", "--db3kd_mbd_directions=10")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -89,13 +98,13 @@ def test_db3kd_mbd_refines_every_pair_end_to_end(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_zsdb3kd_runs_end_to_end_without_real_images(server, tmp_path):
+def test_zsdb3kd_runs_end_to_end_without_real_images(label_only_server, tmp_path):
     """Zero-shot: pseudo-samples from noise and the label-only teacher alone; no real image enters
     the transfer set. A rerun reuses the persisted samples and search: nothing is asked again."""
     extra = ["--method=zsdb3kd", "--zsdb3kd_per_class=3", "--zsdb3kd_iterations=1",
              "--zsdb3kd_queries=30", "--zsdb3kd_init_directions=2", "--db3kd_directions=1",
              "--db3kd_tolerance=1e-2", "--batch_size=8"]
-    result = _db3kd(tmp_path, server, *extra)
+    result = _db3kd(tmp_path, label_only_server, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     sources = report["transfer_set_sources"]
@@ -103,6 +112,50 @@ def test_zsdb3kd_runs_end_to_end_without_real_images(server, tmp_path):
     sent = report["teacher_queries_sent_by_stage"]
     assert "label_real" not in sent and sent["zsdb3kd_samples"] > 0 and sent["db3kd_search"] > 0
     assert sent["zsdb3kd_samples"] <= report["teacher_query_plan"]["zsdb3kd_samples"]
-    again = _db3kd(tmp_path, server, *extra)
+    again = _db3kd(tmp_path, label_only_server, *extra)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent"] == 0
+
+
+def _search_state(workdir):
+    """(next direction int64 [P], queries int64 [P]) of the persisted search, or None before the
+    first chunk ends."""
+    paths = glob.glob(os.path.join(workdir, "boundary_state-*.npz"))
+    if not paths:
+        return None
+    with np.load(paths[0]) as f:
+        return f["next_direction"], f["queries"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_search_asks_no_finished_pair_again(label_only_server, tmp_path):
+    """SIGKILL once the first chunk of (image, class) pairs is persisted; the rerun asks exactly
+    what the pairs unfinished at the kill cost (the search's per-pair counts, against the client's
+    independent account), and the finished pairs' state is untouched."""
+    extra = ["--num_shots=100", "--db3kd_directions=3", "--db3kd_tolerance=1e-5",
+             "--db3kd_chunk_pairs=45"]  # 900 pairs in 20 chunks.
+    first = subprocess.Popen(_command(tmp_path, label_only_server, *extra),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while (state := _search_state(tmp_path)) is None or not (state[0] == 3).any():
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no chunk of the search finished within 300 s"
+            time.sleep(0.02)  # The poll interval of a loop bounded by the deadline.
+        first.send_signal(signal.SIGKILL)  # Killed mid-search, as a preempted job.
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    next_direction, killed_queries = _search_state(tmp_path)
+    finished = next_direction == 3
+    assert 0 < finished.sum() < len(finished), "the search was not stopped half-way"
+
+    again = _db3kd(tmp_path, label_only_server, *extra)
+    assert again.returncode == 0, again.stderr[-3000:]
+    sent = json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent_by_stage"]
+    final_direction, final_queries = _search_state(tmp_path)
+    assert (final_direction == 3).all()
+    np.testing.assert_array_equal(final_queries[finished], killed_queries[finished])
+    assert "label_real" not in sent  # The 100 labels are in the ledger.
+    assert sent["db3kd_search"] == final_queries[~finished].sum() > 0

@@ -16,8 +16,11 @@ class's mass.
 * :func:`soft_labels_from_distances` is the soft label: logit_t = 1/d_t (t != y),
   logit_y = sum_{t != y} 1/d_t, target = softmax(logits / T), T = 20 by default.
 
-The state after each direction (best distance per pair) is persisted atomically, so a killed search
-resumes at the next direction and asks nothing it finished again.
+The search runs in chunks of ``chunk_pairs`` pairs, each to its end (every direction, then for ``mbd``
+the refinement); each pair's state (best distance, next direction, refined distance, queries spent)
+is persisted atomically when its chunk ends, so a killed search resumes at the first unfinished
+chunk and asks no finished (image, class) pair again. A rerun with more directions continues every
+pair at its next direction.
 
 Departures from the reference code: the search runs over all (image, class) pairs of a set at once
 (the reference batches images of one class against one target); images are not clipped before a query
@@ -49,6 +52,10 @@ class BoundaryConfig:
         reference: k = 200).
       tolerance: binary-search tolerance on the distance, pixel scale [0, 1] (the reference: 1e-5).
       temperature: T of the soft labels and of the student's KD term (the reference: 20).
+      chunk_pairs: (image, class) pairs searched together to their end: each probe is one batched
+        call of up to this many rows (split under the message limit by the client), and a chunk's
+        state is persisted when it ends, so a killed search loses at most one chunk's queries.
+        Memory grows with it (about 2 x chunk_pairs x pixels float32 for ``mbd``).
     """
 
     search: str = "bd"
@@ -57,6 +64,7 @@ class BoundaryConfig:
     temperature: float = 20.0
     mbd_queries: int = 20_000
     mbd_directions: int = 200
+    chunk_pairs: int = 4096
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
@@ -65,7 +73,8 @@ class BoundaryConfig:
                   ("tolerance", self.tolerance > 0, "> 0"),
                   ("mbd_queries", self.mbd_queries >= 1, ">= 1"),
                   ("mbd_directions", self.mbd_directions >= 1, ">= 1"),
-                  ("temperature", self.temperature > 0, "> 0")]
+                  ("temperature", self.temperature > 0, "> 0"),
+                  ("chunk_pairs", self.chunk_pairs >= 1, ">= 1")]
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"db3kd.{name}={getattr(self, name)!r}: expected {expected}")
@@ -109,35 +118,51 @@ def soft_labels_from_distances(distances: np.ndarray, labels: np.ndarray,
 @dataclasses.dataclass
 class _State:
     """Search state of every (image, class) pair: the best ``bd`` distance so far, the direction that
-    gave it (-1: none), the next direction to try, and the ``mbd`` distances once refined."""
+    gave it (-1: none), the next direction to try, the ``mbd`` distance once refined (NaN: not yet),
+    and the teacher queries the pair has cost so far."""
 
     best: np.ndarray  # float64 [P]
     best_direction: np.ndarray  # int64 [P]
-    next_direction: int = 0
-    refined: np.ndarray | None = None  # float64 [P]
+    next_direction: np.ndarray  # int64 [P]
+    refined: np.ndarray  # float64 [P]
+    queries: np.ndarray  # int64 [P]
+
+    @classmethod
+    def fresh(cls, num_pairs: int) -> "_State":
+        return cls(np.full(num_pairs, np.inf), np.full(num_pairs, -1), np.zeros(num_pairs, np.int64),
+                   np.full(num_pairs, np.nan), np.zeros(num_pairs, np.int64))
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp.npz"
-        extra = {} if self.refined is None else {"refined": self.refined}
-        np.savez(tmp, best=self.best, best_direction=self.best_direction,
-                 next_direction=self.next_direction, **extra)
+        np.savez(tmp, **dataclasses.asdict(self))
         os.replace(tmp, path)
 
     @classmethod
-    def resume(cls, path: str | None, num_pairs: int, num_directions: int) -> "_State":
-        """The state persisted at ``path``, or a fresh one."""
+    def resume(cls, path: str | None, num_pairs: int) -> "_State":
+        """The state persisted at ``path``, or a fresh one.
+
+        Raises:
+          ValueError: the file holds another number of pairs (not this search's state).
+        """
         if not (path and os.path.exists(path)):
-            return cls(np.full(num_pairs, np.inf), np.full(num_pairs, -1))
-        state = cls.load(path)
-        logging.info("Boundary search: resuming at direction %d of %d (%s)", state.next_direction,
-                     num_directions, path)
+            return cls.fresh(num_pairs)
+        state = cls.load(path, num_pairs)
+        logging.info("Boundary search: resuming, %d of %d pairs searched (%s)",
+                     int((state.next_direction > 0).sum()), num_pairs, path)
         return state
 
     @classmethod
-    def load(cls, path: str) -> "_State":
+    def load(cls, path: str, num_pairs: int) -> "_State":
+        """Also reads the first format (one ``next_direction`` for all pairs, no refined distances
+        or query counts: those read as not refined and 0)."""
+        fresh = cls.fresh(num_pairs)
         with np.load(path) as f:
-            return cls(f["best"], f["best_direction"], int(f["next_direction"]),
-                       f["refined"] if "refined" in f else None)
+            if f["best"].shape != (num_pairs,):
+                raise ValueError(f"{path}: a search state of {f['best'].shape[0]} pairs, expected "
+                                 f"{num_pairs}; move it aside to search again")
+            fields = {k: np.broadcast_to(f[k], (num_pairs,)).copy() if k in f else getattr(fresh, k)
+                      for k in ("best", "best_direction", "next_direction", "refined", "queries")}
+        return cls(**fields)
 
 
 def reached(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -156,9 +181,11 @@ def _pairs(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _line_search(top1: Callable, x: np.ndarray, u: np.ndarray, target: np.ndarray,
-                 hi: np.ndarray, tolerance: float, stage: str) -> np.ndarray:
+                 hi: np.ndarray, tolerance: float, stage: str,
+                 spent: np.ndarray | None = None) -> np.ndarray:
     """Binary search of every pair together for the first point x + λ u labelled ``target`` with
-    λ in [0, hi] (the teacher labels x + hi u as target). Returns hi, within ``tolerance``."""
+    λ in [0, hi] (the teacher labels x + hi u as target). Returns hi, within ``tolerance``; adds
+    each pair's queries to ``spent`` (int64 [len(x)]) when given."""
     lo = np.zeros_like(hi)
     hi = hi.copy()
     active = np.flatnonzero(hi - lo > tolerance)
@@ -166,6 +193,8 @@ def _line_search(top1: Callable, x: np.ndarray, u: np.ndarray, target: np.ndarra
         mid = (lo[active] + hi[active]) / 2
         probes = x[active] + mid[:, None] * u[active]
         hit = reached(top1(probes, stage), target[active])
+        if spent is not None:
+            spent[active] += 1
         hi[active[hit]] = mid[hit]
         lo[active[~hit]] = mid[~hit]
         active = active[hi[active] - lo[active] > tolerance]
@@ -173,10 +202,11 @@ def _line_search(top1: Callable, x: np.ndarray, u: np.ndarray, target: np.ndarra
 
 
 def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np.ndarray,
-                   best: np.ndarray, tolerance: float, stage: str) -> tuple[np.ndarray, np.ndarray]:
+                   best: np.ndarray, tolerance: float, stage: str,
+                   spent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One direction per pair (from ``x`` toward ``toward``, an image the teacher labels target):
-    (the new best distances, which pairs improved). Pairs with no image to go toward have NaN in
-    ``toward``."""
+    (the new best distances, which pairs improved); each pair's queries are added to ``spent``.
+    Pairs with no image to go toward have NaN in ``toward``."""
     theta = toward - x
     length = np.linalg.norm(theta, axis=1)
     usable = np.isfinite(length) & (length > 0)
@@ -188,12 +218,15 @@ def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np
     check = np.flatnonzero(usable & (length > best))
     if len(check):
         probes = x[check] + best[check, None] * u[check]
+        spent[check] += 1
         usable[check[~reached(top1(probes, stage), target[check])]] = False
     search = np.flatnonzero(usable)
     found = best.copy()
     if len(search):
+        counted = np.zeros(len(search), np.int64)
         found[search] = np.minimum(best[search], _line_search(
-            top1, x[search], u[search], target[search], hi[search], tolerance, stage))
+            top1, x[search], u[search], target[search], hi[search], tolerance, stage, counted))
+        spent[search] += counted
     return found, found < best
 
 
@@ -215,9 +248,9 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
       config: directions and tolerance.
       seed: which pool images each pair goes toward, and in what order.
       stage: the name queries are charged under.
-      state_path: an ``.npz`` the state is persisted to after every direction (resumed from if
-        there), or None.
-      progress: a Keras progress bar over directions.
+      state_path: an ``.npz`` each pair's state is persisted to when its chunk of
+        ``config.chunk_pairs`` pairs ends (resumed from if there), or None.
+      progress: a Keras progress bar over pairs.
       offset: the index of ``images[0]`` in the whole set when ``images`` is one worker's shard:
         image i goes toward the same pool images as in an unsharded search (``bd`` distances are
         then the same; ``mbd``'s random directions are not).
@@ -227,34 +260,63 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
     """
     shape = images.shape
     x_all = images.reshape(len(images), -1).astype(np.float32)
-    flat_pool = pool.reshape(len(pool), -1).astype(np.float32)
-    pair_image, pair_target = _pairs(np.asarray(labels), num_classes)
-    spread = pair_image + offset  # Which pool image a pair goes toward (global image index).
-    order = _direction_order(pool_labels, num_classes, seed)
-    state = _State.resume(state_path, len(pair_image), config.num_directions)
-
-    def flat_top1(flat, stage_name):
-        return np.asarray(top1(flat.reshape(-1, *shape[1:]), stage_name))
-
-    bar = _progress_bar(config.num_directions - state.next_direction, progress)
-    for j in range(state.next_direction, config.num_directions):
-        toward = _toward(flat_pool, order, pair_target, spread, j)
-        state.best, improved = _one_direction(flat_top1, x_all[pair_image], toward, pair_target,
-                                              state.best, config.tolerance, stage)
-        state.best_direction[improved] = j
-        state.next_direction, state.refined = j + 1, None  # A refinement of fewer directions is stale.
+    search = _Search(x_all, pool.reshape(len(pool), -1).astype(np.float32), np.asarray(labels),
+                     _direction_order(pool_labels, num_classes, seed), num_classes, offset,
+                     lambda flat, name: np.asarray(top1(flat.reshape(-1, *shape[1:]), name)),
+                     config, seed, stage)
+    state = _State.resume(state_path, len(search.pair_image))
+    pending = np.flatnonzero((state.next_direction < config.num_directions)
+                             | ((config.search == "mbd") & np.isnan(state.refined)))
+    bar = _progress_bar(len(pending), progress)
+    for start in range(0, len(pending), config.chunk_pairs):
+        chunk = pending[start:start + config.chunk_pairs]
+        search.run_chunk(state, chunk)
         _save(state, state_path)
         if bar is not None:
-            bar.add(1)
-    if config.search == "mbd" and state.refined is None:
-        directions = _best_directions(flat_pool, order, pair_target, pair_image, spread, x_all,
-                                      state)
-        state.refined = refine_distances(x_all[pair_image], pair_target, directions, state.best,
-                                         flat_top1, config, seed, stage)[0]
-        _save(state, state_path)
+            bar.add(len(chunk))
     distances = np.full((len(images), num_classes), np.inf)
-    distances[pair_image, pair_target] = state.refined if config.search == "mbd" else state.best
+    found = state.refined if config.search == "mbd" else state.best
+    distances[search.pair_image, search.pair_target] = found
     return distances
+
+
+class _Search:
+    """One search's fixed parts (images, pool, pairs, direction order, teacher, config) and the step
+    that advances a chunk of pairs to the end: the remaining ``bd`` directions, then for ``mbd``
+    the Sign-OPT refinement."""
+
+    def __init__(self, x_all, flat_pool, labels, order, num_classes, offset, top1, config, seed,
+                 stage):
+        self.x_all, self.flat_pool, self.order, self.top1 = x_all, flat_pool, order, top1
+        self.config, self.seed, self.stage = config, seed, stage
+        self.pair_image, self.pair_target = _pairs(labels, num_classes)
+        self.spread = self.pair_image + offset  # Which pool image a pair goes toward.
+
+    def run_chunk(self, state: _State, chunk: np.ndarray) -> None:
+        """Advances the pairs ``chunk`` (int [c], indices into the pairs) in ``state``, in place."""
+        config = self.config
+        for j in range(int(state.next_direction[chunk].min()), config.num_directions):
+            rows = chunk[state.next_direction[chunk] <= j]
+            spent = np.zeros(len(rows), np.int64)
+            toward = _toward(self.flat_pool, self.order, self.pair_target[rows], self.spread[rows], j)
+            best, improved = _one_direction(self.top1, self.x_all[self.pair_image[rows]], toward,
+                                            self.pair_target[rows], state.best[rows],
+                                            config.tolerance, self.stage, spent)
+            state.best[rows], state.queries[rows] = best, state.queries[rows] + spent
+            state.best_direction[rows[improved]] = j
+            state.next_direction[rows] = j + 1
+            state.refined[rows] = np.nan  # A refinement of fewer directions is stale.
+        if config.search == "mbd":
+            rows = chunk[np.isnan(state.refined[chunk])]
+            directions = _best_directions(self.flat_pool, self.order, self.pair_target[rows],
+                                          self.pair_image[rows], self.spread[rows], self.x_all,
+                                          state.best_direction[rows])
+            spent = np.zeros(len(rows), np.int64)
+            state.refined[rows] = refine_distances(
+                self.x_all[self.pair_image[rows]], self.pair_target[rows], directions,
+                state.best[rows], self.top1, config, [self.seed, int(rows[0]) if len(rows) else 0],
+                self.stage, spent)[0]
+            state.queries[rows] += spent
 
 
 def _save(state: _State, path: str | None) -> None:
@@ -263,11 +325,11 @@ def _save(state: _State, path: str | None) -> None:
 
 
 def _best_directions(flat_pool, order, pair_target, pair_image, spread, x_all,
-                     state) -> np.ndarray:
+                     best_direction) -> np.ndarray:
     """The unit direction of each pair's best ``bd`` distance (zeros where none was found)."""
     directions = np.zeros((len(pair_image), x_all.shape[1]), np.float32)
-    for j in np.unique(state.best_direction[state.best_direction >= 0]):
-        rows = np.flatnonzero(state.best_direction == j)
+    for j in np.unique(best_direction[best_direction >= 0]):
+        rows = np.flatnonzero(best_direction == j)
         toward = _toward(flat_pool, order, pair_target[rows], spread[rows], int(j))
         directions[rows] = _unit(toward - x_all[pair_image[rows]])
     return directions
@@ -298,7 +360,7 @@ def _progress_bar(total: int, progress: bool):
         return None
     import keras
 
-    return keras.utils.Progbar(total, unit_name="direction")
+    return keras.utils.Progbar(total, unit_name="pair")
 
 
 # ------------------------------------------------------------------ mbd: the Sign-OPT refinement
@@ -388,8 +450,8 @@ def _sign_opt_step(top1, x, theta, g, target, state, config, rng, stage):
 
 
 def refine_distances(images: np.ndarray, targets: np.ndarray, directions: np.ndarray,
-                     distances: np.ndarray, top1: Callable, config: BoundaryConfig, seed: int = 0,
-                     stage: str = "db3kd_search") -> np.ndarray:
+                     distances: np.ndarray, top1: Callable, config: BoundaryConfig, seed=0,
+                     stage: str = "db3kd_search", spent: np.ndarray | None = None) -> np.ndarray:
     """The ``mbd`` refinement (Sign-OPT, Cheng et al. 2020, as DB3KD's ``MinimalBoundaryDist``):
     starting from each pair's ``bd`` direction and distance, moves the direction to shorten the
     distance to the boundary toward the target class until the pair's query budget is spent.
@@ -401,11 +463,13 @@ def refine_distances(images: np.ndarray, targets: np.ndarray, directions: np.nda
         (pairs with inf are left as they are).
       top1: as :func:`boundary_distances`.
       config: ``mbd_queries`` per pair, ``mbd_directions`` per gradient estimate.
+      seed: an int or a list of ints (``numpy.random.default_rng``'s seed sequence).
+      spent: int64 [P]; each pair's queries are added to it when given.
 
     Returns:
       (float64 [P] distances, each at most its start; float32 [P, D] their unit directions).
     """
-    rng = np.random.default_rng([seed, 2020])
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 2020])
     theta, g = directions.astype(np.float32).copy(), distances.astype(np.float64).copy()
     state = {"alpha": np.full(len(g), 0.2), "beta": np.full(len(g), 0.001),
              "queries": np.zeros(len(g), np.int64)}
@@ -419,4 +483,6 @@ def refine_distances(images: np.ndarray, targets: np.ndarray, directions: np.nda
             state[k][active] = sub[k]
         active = active[(state["queries"][active] < config.mbd_queries)
                         & (state["beta"][active] >= 1e-8)]
+    if spent is not None:
+        spent += state["queries"]
     return g, theta

@@ -36,6 +36,7 @@ SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
 PROBABILITIES_KEY = "probabilities"
 CLASSES_KEY = "classes"
+OUTPUTS = (PROBABILITIES_KEY, CLASSES_KEY)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 VARIANTS = ("float32", "float16", "int8")
 
@@ -43,20 +44,19 @@ VARIANTS = ("float32", "float16", "int8")
 class _ClassifierServable(tf.Module):
     """A tf.Module around a logits model with the contract's signature; nothing else is saved."""
 
-    def __init__(self, model: keras.Model, image_shape, with_classes: bool):
+    def __init__(self, model: keras.Model, image_shape, outputs: tuple[str, ...]):
         super().__init__(name="classifier")
         self.model = model
-        self._with_classes = with_classes
+        self._outputs = outputs
         self.serve = tf.function(
             self._serve,
             input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name=INPUT_KEY)])
 
     def _serve(self, images):
         logits = tf.cast(self.model(images, training=False), tf.float32)
-        outputs = {PROBABILITIES_KEY: tf.nn.softmax(logits, axis=-1)}
-        if self._with_classes:
-            outputs[CLASSES_KEY] = tf.argmax(logits, axis=-1, output_type=tf.int64)
-        return outputs
+        outputs = {PROBABILITIES_KEY: tf.nn.softmax(logits, axis=-1),
+                   CLASSES_KEY: tf.argmax(logits, axis=-1, output_type=tf.int64)}
+        return {key: outputs[key] for key in self._outputs}
 
 
 def _staging_dir(base: str, version: int) -> str:
@@ -127,7 +127,7 @@ def warmup_records(images: np.ndarray, batch_sizes=(1, 8)) -> list[bytes]:
 
 
 def export_classifier(model: keras.Model, export_base: str, version: int | None = None,
-                      with_classes: bool = True, warmup_images: np.ndarray | None = None,
+                      outputs: tuple[str, ...] = OUTPUTS, warmup_images: np.ndarray | None = None,
                       variant: str = "float32") -> str:
     """Exports a logits classifier as a TF Serving servable version.
 
@@ -135,7 +135,9 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
       model: a built functional Keras model, float32 [b, H, W, C] in [0, 1] -> logits [b, K].
       export_base: the servable's base path (TF Serving's ``model_base_path``).
       version: the version number; default: one more than the newest present (1 for the first).
-      with_classes: also output ``classes`` int64 [b].
+      outputs: which of ``probabilities`` float32 [b, K] and ``classes`` int64 [b] the signature
+        returns; ``("classes",)`` makes a label-only (decision-based) servable, as a vendor API
+        that answers class ids only.
       warmup_images: float32 [n >= 1, H, W, C] real images for the warmup requests (batch 1 and
         min(8, n)); None writes none.
       variant: one of ``VARIANTS``.
@@ -144,8 +146,10 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
       The version directory written, ``<export_base>/<version>``.
 
     Raises:
-      ValueError: ``version`` not positive or already present; unknown variant.
+      ValueError: ``version`` not positive or already present; unknown variant or output.
     """
+    if not outputs or not set(outputs) <= set(OUTPUTS):
+        raise ValueError(f"outputs={outputs!r}: expected a non-empty subset of {OUTPUTS}")
     existing = list_versions(export_base)
     if version is None:
         version = (existing[-1] + 1) if existing else 1
@@ -156,7 +160,7 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
         raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
     os.makedirs(export_base, exist_ok=True)
     clone = compressed_copy(model, variant)
-    servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), with_classes)
+    servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), tuple(outputs))
     tmp_dir = _staging_dir(export_base, version)
     try:
         tf.saved_model.save(servable, tmp_dir, signatures={SIGNATURE_KEY: servable.serve})
@@ -166,6 +170,52 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
             with tf.io.TFRecordWriter(os.path.join(tmp_dir, WARMUP_FILE)) as writer:
                 for record in warmup_records(warmup_images, sizes):
                     writer.write(record)
+        os.rename(tmp_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return final_dir
+
+
+class _LabelOnly(tf.Module):
+    """A served classifier's ``serving_default`` with only its ``classes`` output kept."""
+
+    def __init__(self, version_dir: str):
+        super().__init__(name="label_only")
+        self.source = tf.saved_model.load(version_dir)
+        signature = self.source.signatures[SIGNATURE_KEY]
+        spec = signature.structured_input_signature[1][INPUT_KEY]
+        if CLASSES_KEY not in signature.structured_outputs:
+            raise ValueError(f"{version_dir}: the {SIGNATURE_KEY!r} signature has no "
+                             f"{CLASSES_KEY!r} output (outputs: {sorted(signature.structured_outputs)})")
+        self.serve = tf.function(lambda images: {CLASSES_KEY: signature(images=images)[CLASSES_KEY]},
+                                 input_signature=[tf.TensorSpec(spec.shape, spec.dtype, INPUT_KEY)])
+
+
+def export_label_only(version_dir: str, export_base: str, version: int = 1) -> str:
+    """Re-exports a servable of this contract with only its ``classes`` output: a decision-based
+    teacher (answers class ids int64 [b], nothing else), as a vendor API that returns "sneaker" and
+    no probabilities. For trying the label-only methods (DB3KD) against a teacher one owns.
+
+    Args:
+      version_dir: a SavedModel version directory whose ``serving_default`` takes ``images`` and
+        returns ``classes``.
+      export_base: the new servable's base path; the copy goes to ``<export_base>/<version>``.
+
+    Returns:
+      The version directory written.
+
+    Raises:
+      ValueError: no ``classes`` output; the version is already there.
+    """
+    final_dir = os.path.join(export_base, str(version))
+    if os.path.exists(final_dir):
+        raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
+    module = _LabelOnly(version_dir)
+    os.makedirs(export_base, exist_ok=True)
+    tmp_dir = _staging_dir(export_base, version)
+    try:
+        tf.saved_model.save(module, tmp_dir, signatures={SIGNATURE_KEY: module.serve})
         os.rename(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -16,8 +16,9 @@ zsdb3kd      no real image: pseudo-samples from noise, the same labels  the samp
 
 The search goes from each image toward the few-shot images the teacher labels t. Queries are
 charged under ``label_real`` (the N images' top-1 labels) and ``db3kd_search`` (every probe). The
-search state is persisted under a fingerprint that leaves out ``num_directions``, so a rerun with
-more directions continues the search instead of starting again.
+search state is persisted under a fingerprint that leaves out ``num_directions`` and ``temperature``,
+so a rerun with more directions continues the search instead of starting again, and one with
+another T (which shapes the soft labels, not the search) asks nothing again.
 
 ``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. ``--db3kd_search=mbd``
 adds the Sign-OPT refinement to either. Under MultiWorkerMirroredStrategy each worker searches its
@@ -56,17 +57,28 @@ def search_plan(ctx: MethodContext, num_images: int) -> int:
     return ctx.teacher.share(num_images) * (ctx.num_classes - 1) * per_pair
 
 
+def search_key(config: boundary.BoundaryConfig) -> dict:
+    """The part of ``config`` the persisted search state depends on: all of it but the number of
+    directions (more directions continue a search), T (it acts after the search) and the chunk
+    size (each pair's state is its own). The first two are zeroed rather than left out, which
+    keeps the names of state files written before ``chunk_pairs`` existed."""
+    key = dataclasses.asdict(dataclasses.replace(config, num_directions=0, temperature=0.0))
+    del key["chunk_pairs"]
+    return key
+
+
 def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.ndarray,
                   pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
     """DB3KD soft labels float32 [n, K] of ``images`` (teacher top-1 ``labels``), from the search
     toward ``pool`` images (teacher top-1 ``pool_labels``). Each worker of a cluster searches its
     shard of the images and every worker gets every distance (:mod:`tfkd.cluster`). The search state
-    is persisted under a fingerprint without ``num_directions`` (more directions continue it)."""
+    is persisted under a fingerprint without ``num_directions`` (more directions continue it) or
+    ``temperature`` (T only turns distances into soft labels)."""
     config = ctx.config.db3kd
     part = ctx.teacher.shard(len(images))
     state = workdir_lib.artifact_path(
         ctx.workdir, "boundary_state", ".npz", name, ctx.config.dataset, ctx.config.data_dir,
-        ctx.seed, ctx.config.num_shots, dataclasses.replace(config, num_directions=0),
+        ctx.seed, ctx.config.num_shots, search_key(config),
         ctx.teacher.signature.identity, len(images), part.start, part.stop)
     with ctx.stage("db3kd_search"):
         mine = boundary.boundary_distances(
