@@ -1,10 +1,15 @@
-"""Label-only runs on Fashion-MNIST against the grid's teacher (lenet5_same_cosine, 90.75%).
+"""Label-only runs on Fashion-MNIST against the grid's teacher (lenet5_same_cosine, 90.75%), which
+every method reaches through the label-only view (the client keeps only the top-1 class id).
 
-A first, hand-driven version of the label-only grid (reports stored in
-benchmarks/reports/fashion_mnist_label_only/); to be folded into reproduce.py.
+Reports go to runs/db3kd/<NAME>-seed<SEED>/report.json (copies stored in
+benchmarks/reports/fashion_mnist_label_only/); a killed run continues where it stopped.
 
   python benchmarks/label_only_runs.py NAME METHOD SEED '{"num_directions": 5}'
   python benchmarks/label_only_runs.py fsbbt_onehot fsbbt 0 '{"label_only": true}'
+  python benchmarks/label_only_runs.py zsdb3kd zsdb3kd 0 '{"zsdb3kd": {"per_class": 240}}'
+
+SETTINGS (JSON): BoundaryConfig fields, plus ``label_only`` (one-hot methods) and ``zsdb3kd``
+(ZeroShotConfig fields).
 """
 import json
 import sys
@@ -13,6 +18,7 @@ from tfkd import boundary
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import teacher as teacher_lib
+from tfkd import zeroshot
 
 name, method, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
@@ -21,6 +27,7 @@ with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0)
     config = pipeline.DistillConfig(
         workdir=f"runs/db3kd/{name}-seed{seed}", method=method, seed=seed,
         teacher=teacher_lib.TeacherConfig(target=srv.target, label_only=extra.pop("label_only", False)),
+        zsdb3kd=zeroshot.ZeroShotConfig(**extra.pop("zsdb3kd", {})),
         db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
     r = pipeline.run(config)
 print(json.dumps({"name": name, "seed": seed, "test": r.student_accuracy,

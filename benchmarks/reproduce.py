@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
+import label_only_table  # noqa: E402  (benchmarks/, beside this script)
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -339,6 +340,8 @@ def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: 
     for name, grid in grids.items():
         lines += ["", f"{name} images, one row per teacher class: "
                       f"![{name}]({os.path.relpath(grid, os.path.dirname(path))})"]
+    if rows and rows[0]["dataset"] == "fashion_mnist":
+        lines += ["", *label_only_table.section(path)]
     lines += ["", "## Log of tries (from stored reports; validation split only)", "",
               "Each try is one run (seed 0 unless its name says another), compared with the grid's",
               "cell of the same seed; its figure is the student's (or teacher's) accuracy on the",

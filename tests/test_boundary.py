@@ -256,3 +256,15 @@ def test_decision_kd_loss_is_ce_to_top1_plus_scaled_kl():
     ce = -log_softmax(z[0])[0]
     kl = np.sum(p[0] * (np.log(p[0]) - log_softmax(z[0] / t)))
     assert loss == pytest.approx(ce + t * t * kl, rel=1e-5)
+
+
+def test_a_state_file_of_another_search_is_refused(tmp_path):
+    """A state with another number of pairs, or without the directions mbd starts from, is not
+    resumed silently: the error names the file and what to do."""
+    path = str(tmp_path / "state.npz")
+    np.savez(path, best=np.ones(5), best_direction=np.zeros(5, np.int64), next_direction=3)
+    with pytest.raises(ValueError, match="state.npz: not the state of this search \\(6 pairs"):
+        boundary._State.load(path, 6)
+    np.savez(path, best=np.ones(6), next_direction=3)  # No best directions.
+    with pytest.raises(ValueError, match="move it aside"):
+        boundary._State.load(path, 6)

@@ -142,7 +142,7 @@ class _State:
         """The state persisted at ``path``, or a fresh one.
 
         Raises:
-          ValueError: the file holds another number of pairs (not this search's state).
+          ValueError: the file is not this search's state (see :meth:`load`).
         """
         if not (path and os.path.exists(path)):
             return cls.fresh(num_pairs)
@@ -154,12 +154,17 @@ class _State:
     @classmethod
     def load(cls, path: str, num_pairs: int) -> "_State":
         """Also reads the first format (one ``next_direction`` for all pairs, no refined distances
-        or query counts: those read as not refined and 0)."""
+        or query counts: those read as not refined and 0).
+
+        Raises:
+          ValueError: not a search state of ``num_pairs`` pairs with best distances and directions.
+        """
         fresh = cls.fresh(num_pairs)
         with np.load(path) as f:
-            if f["best"].shape != (num_pairs,):
-                raise ValueError(f"{path}: a search state of {f['best'].shape[0]} pairs, expected "
-                                 f"{num_pairs}; move it aside to search again")
+            if "best_direction" not in f or f["best"].shape != (num_pairs,):
+                raise ValueError(f"{path}: not the state of this search ({num_pairs} pairs, with "
+                                 f"best distances and their directions); move it aside to search "
+                                 f"again")
             fields = {k: np.broadcast_to(f[k], (num_pairs,)).copy() if k in f else getattr(fresh, k)
                       for k in ("best", "best_direction", "next_direction", "refined", "queries")}
         return cls(**fields)

@@ -1,0 +1,192 @@
+r"""The label-only table and picture of RESULTS.md, from the reports stored in
+benchmarks/reports/fashion_mnist_label_only/ (made by benchmarks/label_only_runs.py).
+
+  python benchmarks/label_only_table.py   # prints the table; reproduce.py --write_only puts it in
+                                          # RESULTS.md and draws the picture
+
+A stored report is ``<row>-seed<k>.json``; ROWS says what each row is. Runs that reused another
+run's boundary search (the temperature tries: T acts after the search) are charged that run's
+search queries and seconds, marked †.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORTS = os.path.join(REPO, "benchmarks", "reports", "fashion_mnist_label_only")
+
+# Row name -> (method shown, what it is). Rows are shown in this order; absent rows are left out.
+ROWS = {
+    "fsbbt_soft": ("fsbbt", "soft labels: the probability teacher (the reference row)"),
+    "fsbbt_onehot": ("fsbbt", "top-1 labels, one-hot targets"),
+    "db3kd_d1": ("db3kd", "bd, 1 direction"),
+    "db3kd_d5": ("db3kd", "bd, 5 directions"),
+    "db3kd_d20": ("db3kd", "bd, 20 directions"),
+    "db3kd": ("db3kd", "bd, 200 directions (the reference's)"),
+    "db3kd_mbd_q1000": ("db3kd", "mbd: bd 200 directions + Sign-OPT, 1,000 queries per pair"),
+    "fsbbt_db3kd_d5": ("fsbbt_db3kd", "bd, 5 directions, T = 20 (the reference's T)"),
+    "fsbbt_db3kd_d5_T2": ("fsbbt_db3kd", "bd, 5 directions, T = 2"),
+    "fsbbt_db3kd_d5_T5": ("fsbbt_db3kd", "bd, 5 directions, T = 5"),
+    "fsbbt_db3kd_d5_T10": ("fsbbt_db3kd", "bd, 5 directions, T = 10"),
+    "zsdb3kd_p240_i10_q500": ("zsdb3kd", "zero-shot: 240 samples per class, 10 pushes, 500 "
+                                         "Sign-OPT queries per push; bd 200 directions"),
+}
+SEARCH_FROM = {"fsbbt_db3kd_d5_T2": "fsbbt_db3kd_d5", "fsbbt_db3kd_d5_T5": "fsbbt_db3kd_d5",
+               "fsbbt_db3kd_d5_T10": "fsbbt_db3kd_d5"}
+PUBLISHED = {"fsbbt_soft": "84.73 (FS-BBT)", "zsdb3kd_p240_i10_q500": "72.31 (ZSDB3KD, full budget)"}
+SEARCH_STAGES = ("db3kd_search", "zsdb3kd_samples")
+
+
+def load(reports_dir: str = REPORTS) -> dict[str, dict[int, dict]]:
+    """Row name -> seed -> report (with its ``path``)."""
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(glob.glob(os.path.join(reports_dir, "*-seed*.json"))):
+        match = re.fullmatch(r"(.+)-seed(\d+)\.json", os.path.basename(path))
+        with open(path) as f:
+            runs.setdefault(match[1], {})[int(match[2])] = json.load(f) | {"path": path}
+    return runs
+
+
+def _cost(name: str, seed: int, report: dict, runs: dict) -> tuple[int, float, bool]:
+    """(teacher queries, wall seconds, search reused) of one run: what it sent and what it found in
+    its ledger; a run that reused another's search is charged that search."""
+    queries = sum(report["teacher_queries_sent_by_stage"].values()) + report["teacher_ledger_hits"]
+    seconds = sum(report["stage_seconds"].values())
+    source = runs.get(SEARCH_FROM.get(name, ""), {}).get(seed)
+    reused = source is not None and not any(
+        report["teacher_queries_sent_by_stage"].get(s) for s in SEARCH_STAGES)
+    if reused:
+        for stage in SEARCH_STAGES:
+            queries += source["teacher_queries_sent_by_stage"].get(stage, 0)
+            seconds += source["stage_seconds"].get(stage, 0.0)
+    return queries, seconds, reused
+
+
+def rows(runs: dict) -> list[dict]:
+    """One summary per row of ``ROWS`` that has reports: accuracies in %, mean ± sample std."""
+    out = []
+    for name, (method, what) in ROWS.items():
+        if name not in runs:
+            continue
+        seeds = sorted(runs[name])
+        reports = [runs[name][s] for s in seeds]
+        test = np.array([100 * r["student_accuracy"] for r in reports])
+        costs = [_cost(name, s, r, runs) for s, r in zip(seeds, reports)]
+        out.append({
+            "name": name, "method": method, "what": what, "seeds": seeds,
+            "test": [round(float(a), 2) for a in test], "test_mean": round(float(test.mean()), 2),
+            "test_std": round(float(test.std(ddof=1)), 2) if len(test) > 1 else None,
+            "validation_mean": round(100 * float(np.mean(
+                [r["student_validation_accuracy"] for r in reports])), 2),
+            "queries": int(np.mean([c[0] for c in costs])),
+            "seconds": float(np.mean([c[1] for c in costs])), "reused": any(c[2] for c in costs),
+            "reports": [r["path"] for r in reports]})
+    return out
+
+
+def markdown(summary: list[dict], results_md: str) -> list[str]:
+    """The table's lines, each figure linked to its stored report."""
+    lines = ["| method | setting | seeds | teacher queries | wall time | student acc. (mean ± sample "
+             "std) | per seed | validation acc. (mean) | published |",
+             "|---|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in summary:
+        acc = (f"**{r['test_mean']:.2f}**" if r["test_std"] is None
+               else f"**{r['test_mean']:.2f} ± {r['test_std']:.2f}**")
+        per_seed = ", ".join(f"[{a:.2f}]({os.path.relpath(p, os.path.dirname(results_md))})"
+                             for a, p in zip(r["test"], r["reports"]))
+        mark = " †" if r["reused"] else ""
+        lines.append(f"| {r['method']} | {r['what']} | {len(r['seeds'])} | {r['queries']:,}{mark} | "
+                     f"{r['seconds'] / 60:.0f} min{mark} | {acc} | "
+                     f"{per_seed} | {r['validation_mean']:.2f} | {PUBLISHED.get(r['name'], '-')} |")
+    return lines
+
+
+def plot(summary: list[dict], path: str) -> str | None:
+    """Accuracy versus teacher queries (log scale), one point per row, as a PNG at ``path``."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    markers = {"fsbbt": "s", "db3kd": "o", "fsbbt_db3kd": "D", "zsdb3kd": "^"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in summary:
+        ax.errorbar(r["queries"], r["test_mean"], yerr=r["test_std"] or 0, capsize=3,
+                    fmt=markers.get(r["method"], "o"), label=f"{r['method']}: {r['what']}")
+    ax.axhline(72.31, ls=":", c="gray", lw=1, label="published ZSDB3KD (zero-shot), 72.31")
+    ax.axhline(83.92, ls="--", c="gray", lw=1, label="published IDEAL (label-only, data-free), 83.92")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher queries per run (log scale)")
+    ax.set_ylabel("student test accuracy, %")
+    ax.set_title("Fashion-MNIST, label-only teacher (N = 2000 unless zero-shot)")
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _goals(summary: list[dict]) -> list[str]:
+    """The issue's two goals, measured on the 3-seed rows."""
+    by_name = {r["name"]: r for r in summary}
+    soft = by_name.get("fsbbt_soft")
+    label_only = [r for r in summary if r["method"] != "zsdb3kd" and r["name"] != "fsbbt_soft"
+                  and len(r["seeds"]) >= 3]
+    lines = []
+    if soft and label_only:
+        best = max(label_only, key=lambda r: r["test_mean"])
+        gap = soft["test_mean"] - best["test_mean"]
+        lines.append(f"- Goal: a label-only student within 1.5 points of soft-label FS-BBT "
+                     f"({soft['test_mean']:.2f}): the best 3-seed label-only row is {best['method']} "
+                     f"({best['what']}), {best['test_mean']:.2f}, {gap:.2f} points below: "
+                     f"{'met' if gap <= 1.5 else 'not met'}.")
+    zero = [r for r in summary if r["method"] == "zsdb3kd"]
+    if zero:
+        z = max(zero, key=lambda r: r["test_mean"])
+        lines.append(f"- Goal: zero-shot zsdb3kd at or above the published 72.31%: "
+                     f"{z['test_mean']:.2f}% with {z['queries']:,} queries "
+                     f"({'met' if z['test_mean'] >= 72.31 else 'not met'}; {len(z['seeds'])} seed(s)).")
+    return lines
+
+
+def section(results_md: str, reports_dir: str = REPORTS) -> list[str]:
+    """RESULTS.md's label-only section (heading, table, goals, picture); [] without reports."""
+    summary = rows(load(reports_dir))
+    if not summary:
+        return []
+    pictures = os.path.join(os.path.dirname(results_md), "benchmarks", "pictures")
+    os.makedirs(pictures, exist_ok=True)
+    picture = plot(summary, os.path.join(pictures, "fashion_mnist_label_only_accuracy_vs_queries.png"))
+    lines = ["## Label-only teacher: DB3KD, ZSDB3KD and one-hot FS-BBT (Fashion-MNIST)", "",
+             "Made by `benchmarks/label_only_runs.py` and `benchmarks/label_only_table.py` from the "
+             "reports in", "[benchmarks/reports/fashion_mnist_label_only/]"
+             "(benchmarks/reports/fashion_mnist_label_only/). The teacher is the table's above",
+             "(LeNet-5, 90.75%), served over gRPC and reached only through its label-only view: the",
+             "client keeps the top-1 class id of each answer and nothing else (the tests run the same",
+             "methods against a `classes`-only export, `tfkd.export.export_label_only`). Student:",
+             "LeNet-5-half, 50 epochs, batch 64, Adam 1e-3 with cosine decay (the launcher's default),",
+             "final-epoch weights, full test set; N = 2000 real images (0 for zsdb3kd). Queries: every",
+             "image sent to the teacher (labels, boundary search, pseudo-samples); wall time: every",
+             "stage on 2 CPU cores. † search reused from the T = 20 run of the same seed (T acts only",
+             "after the search): its queries and seconds are charged here.", ""]
+    lines += markdown(summary, results_md) + [""] + _goals(summary)
+    if picture:
+        lines += ["", f"![label-only accuracy vs queries]"
+                      f"({os.path.relpath(picture, os.path.dirname(results_md))})"]
+    notes = os.path.join(REPO, "benchmarks", "LABEL_ONLY_NOTES.md")
+    if os.path.exists(notes):  # Hand-kept: budgets, what the paper's full budget would cost.
+        with open(notes) as f:
+            lines += ["", f.read().rstrip()]
+    return lines
+
+
+if __name__ == "__main__":
+    table = rows(load())
+    print("\n".join(markdown(table, os.path.join(REPO, "RESULTS.md"))))
