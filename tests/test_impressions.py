@@ -130,3 +130,22 @@ def test_settings_are_checked():
         impressions.target_plan(10, impressions.ImpressionConfig(count=10))
     with pytest.raises(ValueError, match="zskd.betas"):
         impressions.ImpressionConfig(betas=()).validate()
+
+
+def test_the_final_layer_is_found_in_a_saved_model(tmp_path):
+    """A LeNet-5 export: the one [84, 10] variable is the final layer; the log-probabilities give
+    the same softmax at T as the model's logits; a wrong name is refused with the names there."""
+    from tfkd import export
+    from tfkd import models
+
+    model = models.build_model("lenet5", (28, 28, 1), 10)
+    teacher = impressions.SavedModelTeacher(export.export_classifier(model, str(tmp_path / "t")))
+    assert teacher.image_shape == (28, 28, 1) and teacher.num_classes == 10
+    np.testing.assert_array_equal(teacher.final_layer_weights(), model.layers[-1].kernel.numpy())
+    x = tf.random.uniform([4, 28, 28, 1], seed=1)
+    np.testing.assert_allclose(tf.nn.softmax(teacher.logits(x) / 20.0),
+                               tf.nn.softmax(model(x) / 20.0), atol=1e-6)
+    with pytest.raises(ValueError, match="'dense_9': not a variable of .*logits/kernel"):
+        teacher.final_layer_weights("dense_9")
+    with pytest.raises(ValueError, match="shape \\(84,\\), expected \\[features, 10\\]"):
+        teacher.final_layer_weights("fc2/bias")

@@ -38,6 +38,8 @@ import tensorflow as tf
 from absl import logging
 
 BETAS = (1.0, 0.1)
+PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
+"""The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,8 @@ class ImpressionConfig:
       learning_rate: Adam's, on pixels in [0, 1] (1e-3).
       temperature: T of the teacher's softmax, in the search and in the stored targets (20).
       betas: the Dirichlet scales, each given an equal share (1.0 and 0.1).
+      final_layer: the name of the final layer's weight variable in the teacher's SavedModel
+        (e.g. ``logits/kernel``); None finds the one variable of shape [features, K].
     """
 
     count: int = 48_000
@@ -60,6 +64,7 @@ class ImpressionConfig:
     learning_rate: float = 1e-3
     temperature: float = 20.0
     betas: tuple[float, ...] = BETAS
+    final_layer: str | None = None
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
@@ -298,3 +303,77 @@ class _State:
             state = cls(**{k: f[k] for k in f})
         logging.info("Data Impressions: resuming with %d made (%s)", len(state.classes), path)
         return state
+
+
+class SavedModelTeacher:
+    """A teacher's SavedModel loaded in-process, for the methods that need its weights and
+    gradients (white-box ZSKD): the same version directory a TF Serving base path holds.
+
+    Args:
+      version_dir: a SavedModel directory (``saved_model.pb``).
+      signature: the signature to call (``serving_default``).
+      input_key: its image input, float32 [b, H, W, C] in [0, 1].
+
+    Logits: the signature's ``logits`` output if it has one, else the log of its ``probabilities``
+    (log-probabilities differ from the logits by a per-row constant, so softmax(· / T) is the same).
+
+    Raises:
+      ValueError: no such signature or input, or neither output (the message names what is there).
+    """
+
+    def __init__(self, version_dir: str, signature: str = "serving_default",
+                 input_key: str = "images"):
+        self.version_dir = version_dir
+        self._loaded = tf.saved_model.load(version_dir)
+        if signature not in self._loaded.signatures:
+            raise ValueError(f"{version_dir}: no signature {signature!r} "
+                             f"(has {sorted(self._loaded.signatures)})")
+        self._fn = self._loaded.signatures[signature]
+        inputs = self._fn.structured_input_signature[1]
+        if input_key not in inputs:
+            raise ValueError(f"{version_dir}: signature {signature!r} has no input {input_key!r} "
+                             f"(has {sorted(inputs)})")
+        self.input_key = input_key
+        self.image_shape = tuple(inputs[input_key].shape[1:])
+        outputs = self._fn.structured_outputs
+        self.output_key = next((k for k in ("logits", "probabilities") if k in outputs), None)
+        if self.output_key is None:
+            raise ValueError(f"{version_dir}: signature {signature!r} has neither a 'logits' nor a "
+                             f"'probabilities' output (has {sorted(outputs)})")
+        self.num_classes = int(outputs[self.output_key].shape[-1])
+
+    def logits(self, images: tf.Tensor) -> tf.Tensor:
+        """float32 [b, K] logits (or log-probabilities) of float32 [b, H, W, C] images in [0, 1];
+        differentiable with respect to the images."""
+        out = self._fn(**{self.input_key: images})[self.output_key]
+        if self.output_key == "logits":
+            return out
+        return tf.math.log(tf.maximum(out, 1e-30))
+
+    def final_layer_weights(self, variable: str | None = None) -> np.ndarray:
+        """The final layer's weights float32 [F, K]: the one 2-D variable of shape [*, K] the
+        signature uses, or the one named ``variable`` (``--zskd_final_layer``).
+
+        Raises:
+          ValueError: no such variable, none of shape [*, K], or several (the message lists them
+            and names the flag).
+        """
+        found = {v.name.split(":")[0]: v for v in self._fn.variables}
+        if variable is not None:
+            if variable.split(":")[0] not in found:
+                raise ValueError(f"zskd final layer {variable!r}: not a variable of "
+                                 f"{self.version_dir} (has {sorted(found)})")
+            weights = found[variable.split(":")[0]].numpy()
+        else:
+            candidates = [n for n, v in found.items()
+                          if len(v.shape) == 2 and v.shape[-1] == self.num_classes]
+            if len(candidates) != 1:
+                raise ValueError(
+                    f"{self.version_dir}: {len(candidates)} variables of shape [features, "
+                    f"{self.num_classes}] ({candidates}); name the final layer's with "
+                    f"--zskd_final_layer")
+            weights = found[candidates[0]].numpy()
+        if weights.ndim != 2 or weights.shape[-1] != self.num_classes:
+            raise ValueError(f"zskd final layer {variable!r}: shape {weights.shape}, expected "
+                             f"[features, {self.num_classes}]")
+        return weights.astype(np.float32)
