@@ -22,6 +22,7 @@ from tfkd import boundary
 from tfkd import client
 from tfkd import data
 from tfkd import distill
+from tfkd import impressions
 from tfkd import methods
 from tfkd import models
 from tfkd import pipeline
@@ -109,6 +110,16 @@ flags.DEFINE_float("zsdb3kd_step", 0.5, "ZSDB3KD: first step of each push (halve
                    "flips).")
 flags.DEFINE_integer("zsdb3kd_queries", 5000, "ZSDB3KD: Sign-OPT queries per sample and iteration.")
 flags.DEFINE_integer("zsdb3kd_init_directions", 20, "ZSDB3KD: random initial directions per sample.")
+flags.DEFINE_string("teacher_saved_model", None, "The teacher's SavedModel (a version directory or "
+                    "a TF Serving base path), loaded in-process by --method=zskd.")
+flags.DEFINE_integer("zskd_count", None, "ZSKD: Data Impressions in all; default: the paper's for "
+                     "the dataset (24,000 MNIST, 48,000 Fashion-MNIST, 40,000 CIFAR-10).")
+flags.DEFINE_integer("zskd_iterations", 1500, "ZSKD: Adam steps per batch of impressions.")
+flags.DEFINE_integer("zskd_batch_size", 100, "ZSKD: impressions optimised together.")
+flags.DEFINE_float("zskd_learning_rate", 1e-3, "ZSKD: Adam's learning rate on pixels in [0, 1].")
+flags.DEFINE_float("zskd_temperature", 20.0, "ZSKD: T of the impression search, targets and student.")
+flags.DEFINE_string("zskd_final_layer", None, "ZSKD: the final layer's weight variable in the "
+                    "SavedModel (e.g. logits/kernel); default: the one of shape [features, K].")
 flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
@@ -141,7 +152,8 @@ FLAGS = flags.FLAGS
 
 # The one validation layer for flags: absl checks these when the command line is parsed, before any
 # data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
-_AT_LEAST = {"db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
+_AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1,
+             "db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
              "db3kd_mbd_directions": 1,
              "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 1, "zsdb3kd_queries": 1,
              "zsdb3kd_init_directions": 1, "num_shots": 1, "num_validation": 0, "teacher_version": 1,
@@ -149,7 +161,8 @@ _AT_LEAST = {"db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries":
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0}
-_POSITIVE = ("zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
+_POSITIVE = ("zskd_learning_rate", "zskd_temperature",
+             "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
 for _name, _low in _AT_LEAST.items():
     flags.register_validator(_name, lambda v, low=_low: v is None or v >= low,
@@ -230,6 +243,12 @@ def config_from_flags() -> pipeline.DistillConfig:
             per_class=FLAGS.zsdb3kd_per_class, iterations=FLAGS.zsdb3kd_iterations,
             step=FLAGS.zsdb3kd_step, queries=FLAGS.zsdb3kd_queries,
             init_directions=FLAGS.zsdb3kd_init_directions),
+        zskd=impressions.ImpressionConfig(
+            count=FLAGS.zskd_count or impressions.PAPER_COUNTS.get(FLAGS.dataset, 48_000),
+            iterations=FLAGS.zskd_iterations, batch_size=FLAGS.zskd_batch_size,
+            learning_rate=FLAGS.zskd_learning_rate, temperature=FLAGS.zskd_temperature,
+            final_layer=FLAGS.zskd_final_layer),
+        teacher_saved_model=FLAGS.teacher_saved_model,
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
         verbose=(FLAGS.verbose if FLAGS.verbose is not None

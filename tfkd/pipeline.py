@@ -51,6 +51,7 @@ from tfkd import cluster
 from tfkd import data as data_lib
 from tfkd import distill
 from tfkd import export
+from tfkd import impressions
 from tfkd import methods
 from tfkd import models
 from tfkd import serving
@@ -95,6 +96,10 @@ class DistillConfig:
       mixup, cvae: the FS-BBT family's synthesis (their ``num_images`` are its synthetic budget).
       db3kd: the DB3KD family's boundary search and soft-label temperature.
       zsdb3kd: ZSDB3KD's pseudo-sample schedule.
+      zskd: ZSKD's Data Impression search.
+      teacher_saved_model: the teacher's SavedModel (a version directory, or a TF Serving base path:
+        its newest version), loaded in-process by a method that needs the teacher's weights
+        (``zskd``); with a remote ``teacher.target`` it is required for such a method.
       student: how the student trains (a method may name its own loss).
       num_validation: training images held out as the validation split (the same images for
         every seed and method; see :func:`tfkd.data.with_validation_split`): neither the teacher
@@ -124,6 +129,8 @@ class DistillConfig:
     student: distill.StudentConfig = distill.StudentConfig()
     db3kd: boundary.BoundaryConfig = boundary.BoundaryConfig()
     zsdb3kd: zeroshot.ZeroShotConfig = zeroshot.ZeroShotConfig()
+    zskd: impressions.ImpressionConfig = impressions.ImpressionConfig()
+    teacher_saved_model: str | None = None
     eval_examples: int = 0
     evaluate_test: bool = True
     evaluate_teacher: bool = True
@@ -159,10 +166,13 @@ class DistillConfig:
         self.student.validate()
         self.db3kd.validate()
         self.zsdb3kd.validate()
-        if method.teacher_needs == "weights" and self.teacher.target:
-            raise ValueError(f"method={self.method!r} needs the teacher's weights; a remote teacher "
-                             f"({self.teacher.target}) has none to give: use a local teacher "
-                             "(an empty teacher target)")
+        self.zskd.validate()
+        if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:
+            raise ValueError(
+                f"method={self.method!r} needs the teacher's weights and gradients, which the "
+                f"endpoint {self.teacher.target} does not give: pass --teacher_saved_model=PATH "
+                f"(the SavedModel its TF Serving base path holds), or use --method="
+                f"{self.method}_blackbox, which needs only the endpoint")
 
 
 class StageTimer:
@@ -407,6 +417,22 @@ def plan_queries(method: methods.Method, ctx: methods.MethodContext, link: Teach
     return plan
 
 
+def saved_model_dir(path: str) -> str:
+    """A SavedModel version directory: ``path`` itself if it holds ``saved_model.pb``, else the
+    newest numeric version under it (a TF Serving base path).
+
+    Raises:
+      ValueError: neither.
+    """
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    newest = export.latest_version_dir(path)
+    if newest is None:
+        raise ValueError(f"teacher_saved_model={path!r}: expected a SavedModel directory "
+                         f"(saved_model.pb) or a base path of numeric versions; found neither")
+    return newest
+
+
 def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
                        link: TeacherLink, x_eval: np.ndarray, timer: StageTimer,
                        report: Report) -> methods.TransferSet:
@@ -421,7 +447,7 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         config, shots, dataset.num_classes,
         teacher=None if method.teacher_needs == "none" else link.labeller,
         few_shot_labels=labels if method.reads_true_labels else None, stage=timer,
-        teacher_saved_model=(export.latest_version_dir(link.local_base)
+        teacher_saved_model=(saved_model_dir(config.teacher_saved_model or link.local_base)
                              if method.teacher_needs == "weights" else None))
     path = None  # A set that asked no teacher cost nothing to keep.
     if method.teacher_needs != "none":

@@ -252,3 +252,6 @@ from tfkd.methods import fsbbt  # noqa: E402,F401  (registers the FS-BBT family)
 
 # isort: split
 from tfkd.methods import db3kd  # noqa: E402,F401  (registers the DB3KD family)
+
+# isort: split
+from tfkd.methods import zskd  # noqa: E402,F401  (registers ZSKD)
