@@ -39,6 +39,7 @@ def test_db3kd_runs_end_to_end_on_top1_labels_only(label_only_server, server, tm
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "db3kd" and report["student_loss"] == "db3kd"
     assert report["teacher"]["label_only"] and report["teacher_output_kind"].startswith("classes")
+    assert report["teacher"]["output_kind"] == "classes"  # The served teacher answers ids only.
     sent = report["teacher_queries_sent_by_stage"]
     assert sent["label_real"] == 30 and 0 < sent["db3kd_search"]
     assert sent["db3kd_search"] <= report["teacher_query_plan"]["db3kd_search"]  # An upper bound.
