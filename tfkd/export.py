@@ -155,14 +155,10 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
         version = (existing[-1] + 1) if existing else 1
     if version <= 0:
         raise ValueError(f"version={version}: expected a positive integer")
-    final_dir = os.path.join(export_base, str(version))
-    if os.path.exists(final_dir):
-        raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
-    os.makedirs(export_base, exist_ok=True)
     clone = compressed_copy(model, variant)
     servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), tuple(outputs))
-    tmp_dir = _staging_dir(export_base, version)
-    try:
+
+    def write(tmp_dir):
         tf.saved_model.save(servable, tmp_dir, signatures={SIGNATURE_KEY: servable.serve})
         if warmup_images is not None and len(warmup_images):
             os.makedirs(os.path.join(tmp_dir, "assets.extra"), exist_ok=True)
@@ -170,6 +166,24 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
             with tf.io.TFRecordWriter(os.path.join(tmp_dir, WARMUP_FILE)) as writer:
                 for record in warmup_records(warmup_images, sizes):
                     writer.write(record)
+
+    return _write_version(export_base, version, write)
+
+
+def _write_version(export_base: str, version: int, write) -> str:
+    """``write(tmp_dir)`` into a hidden staging directory of ``export_base``, renamed to
+    ``<export_base>/<version>`` once complete (removed if ``write`` fails).
+
+    Raises:
+      ValueError: the version is already there (versions only increase).
+    """
+    final_dir = os.path.join(export_base, str(version))
+    if os.path.exists(final_dir):
+        raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
+    os.makedirs(export_base, exist_ok=True)
+    tmp_dir = _staging_dir(export_base, version)
+    try:
+        write(tmp_dir)
         os.rename(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -208,19 +222,9 @@ def export_label_only(version_dir: str, export_base: str, version: int = 1) -> s
     Raises:
       ValueError: no ``classes`` output; the version is already there.
     """
-    final_dir = os.path.join(export_base, str(version))
-    if os.path.exists(final_dir):
-        raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
     module = _LabelOnly(version_dir)
-    os.makedirs(export_base, exist_ok=True)
-    tmp_dir = _staging_dir(export_base, version)
-    try:
-        tf.saved_model.save(module, tmp_dir, signatures={SIGNATURE_KEY: module.serve})
-        os.rename(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return final_dir
+    return _write_version(export_base, version, lambda tmp_dir: tf.saved_model.save(
+        module, tmp_dir, signatures={SIGNATURE_KEY: module.serve}))
 
 
 def saved_model_bytes(path: str) -> int:
