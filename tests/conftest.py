@@ -215,3 +215,23 @@ def renamed_data(fashion, tmp_path_factory):
     test_data.write_idx(root / "true", x, y, xt, yt)
     test_data.write_idx(root / "renamed", x, RENAMING[y], xt, RENAMING[yt])
     return root
+
+
+def kill_when(process, ready, what: str, seconds: float = 300) -> None:
+    """SIGKILLs ``process`` (a ``subprocess.Popen`` with stderr piped) as soon as ``ready()``
+    holds, as a preempted job is killed; fails if the process ends first or ``seconds`` pass."""
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, f"{what} within {seconds} s"
+            time.sleep(0.02)  # The poll interval of a loop bounded by the deadline.
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+

@@ -4,10 +4,8 @@ decision-based teacher: the test teacher re-exported with only its ``classes`` o
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from tfkd import methods
 from tfkd import teacher
 
 from conftest import REPO
+from conftest import kill_when
 
 
 def _command(workdir, server, *extra):
@@ -137,17 +136,8 @@ def test_a_run_killed_mid_search_asks_no_finished_pair_again(label_only_server, 
              "--db3kd_chunk_pairs=45"]  # 900 pairs in 20 chunks.
     first = subprocess.Popen(_command(tmp_path, label_only_server, *extra),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while (state := _search_state(tmp_path)) is None or not (state[0] == 3).any():
-            assert first.poll() is None, first.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no chunk of the search finished within 300 s"
-            time.sleep(0.02)  # The poll interval of a loop bounded by the deadline.
-        first.send_signal(signal.SIGKILL)  # Killed mid-search, as a preempted job.
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    kill_when(first, lambda: (state := _search_state(tmp_path)) is not None and (state[0] == 3).any(),
+              "no chunk of the search finished")  # Killed mid-search, as a preempted job.
     next_direction, killed_queries = _search_state(tmp_path)
     finished = next_direction == 3
     assert 0 < finished.sum() < len(finished), "the search was not stopped half-way"

@@ -3,15 +3,14 @@
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from test_pipeline import STUDENT_FLOOR
 
 from conftest import REPO
+from conftest import kill_when
 
 EPOCHS = 10
 
@@ -39,17 +38,8 @@ def test_killed_training_resumes_to_the_same_epochs(tmp_path):
     workdir = str(tmp_path / "run")
     first = subprocess.Popen(command(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while checkpointed_epoch(workdir) < 2:
-            assert first.poll() is None, first.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint of epoch 2 within 300 s"
-            time.sleep(0.05)  # The poll interval of a loop bounded by the deadline.
-        first.send_signal(signal.SIGKILL)  # Killed mid-training, as a preempted job.
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    # Killed mid-training, as a preempted job.
+    kill_when(first, lambda: checkpointed_epoch(workdir) >= 2, "no checkpoint of epoch 2")
     assert not os.path.exists(os.path.join(workdir, "report.json"))
     queries_before = len(glob.glob(os.path.join(workdir, "ledger", "*.npz")))
 
