@@ -113,13 +113,22 @@ flags.DEFINE_integer("zsdb3kd_init_directions", 20, "ZSDB3KD: random initial dir
 flags.DEFINE_string("teacher_saved_model", None, "The teacher's SavedModel (a version directory or "
                     "a TF Serving base path), loaded in-process by --method=zskd.")
 flags.DEFINE_integer("zskd_count", None, "ZSKD: Data Impressions in all; default: the paper's for "
-                     "the dataset (24,000 MNIST, 48,000 Fashion-MNIST, 40,000 CIFAR-10).")
-flags.DEFINE_integer("zskd_iterations", 1500, "ZSKD: Adam steps per batch of impressions.")
+                     "the dataset (24,000 MNIST, 48,000 Fashion-MNIST, 40,000 CIFAR-10); "
+                     "zskd_blackbox: 12,000.")
+flags.DEFINE_integer("zskd_iterations", None, "ZSKD: Adam steps per batch of impressions; default: "
+                     "1,500 (the paper's); zskd_blackbox: 100.")
 flags.DEFINE_integer("zskd_batch_size", 100, "ZSKD: impressions optimised together.")
-flags.DEFINE_float("zskd_learning_rate", 1e-3, "ZSKD: Adam's learning rate on pixels in [0, 1].")
+flags.DEFINE_float("zskd_learning_rate", None, "ZSKD: Adam's learning rate on pixels in [0, 1]; "
+                   "default: 0.001 (the paper's); zskd_blackbox: 0.01.")
 flags.DEFINE_float("zskd_temperature", 20.0, "ZSKD: T of the impression search, targets and student.")
 flags.DEFINE_string("zskd_final_layer", None, "ZSKD: the final layer's weight variable in the "
                     "SavedModel (e.g. logits/kernel); default: the one of shape [features, K].")
+flags.DEFINE_integer("zskd_directions", 10, "zskd_blackbox: antithetic direction pairs per "
+                     "impression and step (2x this many queries each).")
+flags.DEFINE_float("zskd_sigma", 0.05, "zskd_blackbox: probe radius in pixel units (pixels in "
+                   "[0, 1]).")
+flags.DEFINE_integer("zskd_resolution", 7, "zskd_blackbox: directions drawn on this many cells per "
+                     "side and upsampled (the image side: full dimension).")
 flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
@@ -152,7 +161,8 @@ FLAGS = flags.FLAGS
 
 # The one validation layer for flags: absl checks these when the command line is parsed, before any
 # data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
-_AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1,
+_AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_directions": 1,
+             "zskd_resolution": 1,
              "db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
              "db3kd_mbd_directions": 1,
              "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 1, "zsdb3kd_queries": 1,
@@ -161,7 +171,7 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1,
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0}
-_POSITIVE = ("zskd_learning_rate", "zskd_temperature",
+_POSITIVE = ("zskd_learning_rate", "zskd_temperature", "zskd_sigma",
              "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
 for _name, _low in _AT_LEAST.items():
@@ -243,11 +253,14 @@ def config_from_flags() -> pipeline.DistillConfig:
             per_class=FLAGS.zsdb3kd_per_class, iterations=FLAGS.zsdb3kd_iterations,
             step=FLAGS.zsdb3kd_step, queries=FLAGS.zsdb3kd_queries,
             init_directions=FLAGS.zsdb3kd_init_directions),
-        zskd=impressions.ImpressionConfig(
-            count=FLAGS.zskd_count or impressions.PAPER_COUNTS.get(FLAGS.dataset, 48_000),
+        zskd=impressions.config_for(
+            FLAGS.dataset, FLAGS.method == "zskd_blackbox", count=FLAGS.zskd_count,
             iterations=FLAGS.zskd_iterations, batch_size=FLAGS.zskd_batch_size,
             learning_rate=FLAGS.zskd_learning_rate, temperature=FLAGS.zskd_temperature,
             final_layer=FLAGS.zskd_final_layer),
+        zskd_blackbox=impressions.ZerothOrderConfig(
+            directions=FLAGS.zskd_directions, sigma=FLAGS.zskd_sigma,
+            resolution=FLAGS.zskd_resolution),
         teacher_saved_model=FLAGS.teacher_saved_model,
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),

@@ -125,11 +125,136 @@ def test_a_killed_search_resumes_with_the_same_impressions(tmp_path):
     np.testing.assert_array_equal(resumed[2], straight[2])
 
 
+def _probabilities(logits_fn, calls=None, fail_at=None):
+    """A black-box teacher: probabilities only; counts the images asked (``calls``: a list, one
+    entry per call) and fails before answering call number ``fail_at``."""
+    def probe(images):
+        if calls is not None:
+            if fail_at is not None and len(calls) + 1 == fail_at:
+                raise RuntimeError("teacher down")
+            calls.append(len(images))
+        return tf.nn.softmax(logits_fn(tf.constant(images, tf.float32))).numpy()
+    return probe
+
+
+def test_tempered_answers_are_the_softmax_at_t():
+    logits = np.random.default_rng(0).normal(size=(5, K)) * 10
+    p = tf.nn.softmax(logits).numpy()
+    np.testing.assert_allclose(impressions.tempered(p, 20.0), tf.nn.softmax(logits / 20).numpy(),
+                               atol=1e-6)
+
+
+def test_the_zeroth_order_gradient_points_along_the_true_one():
+    """q = 400 antithetic pairs in d = 36 dimensions, σ small, no clipping: cos(ĝ, ∇) ≈
+    (1 + d/q)^-1/2 ≈ 0.96 for each image; above 0.9. The loss is the true one at x."""
+    logits_fn = _linear_logits(scale=1.0)
+    x = np.full((3, *SHAPE), 0.5, np.float32) + np.random.default_rng(0).uniform(
+        -0.1, 0.1, (3, *SHAPE)).astype(np.float32)
+    y = np.eye(K, dtype=np.float32)[[0, 1, 2]] * 0.7 + 0.1
+    zo = impressions.ZerothOrderConfig(directions=400, sigma=1e-3, resolution=SHAPE[0])
+    calls = []
+    grad, loss = impressions.estimate_gradient(_probabilities(logits_fn, calls), x, y, 20.0, zo,
+                                               np.random.default_rng(1))
+    assert calls == [3 * 800]
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        true_loss = tf.nn.softmax_cross_entropy_with_logits(y, logits_fn(xt) / 20.0)
+        total = tf.reduce_sum(true_loss)
+    true = tape.gradient(total, xt).numpy().reshape(3, -1)
+    est = grad.reshape(3, -1)
+    cos = np.sum(true * est, axis=1) / np.linalg.norm(true, axis=1) / np.linalg.norm(est, axis=1)
+    assert (cos > 0.9).all(), cos
+    np.testing.assert_allclose(loss, true_loss.numpy(), rtol=1e-3)
+
+
+def test_the_estimated_class_similarity_is_the_teachers_confusion():
+    targets = np.array([[0.8, 0.2, 0.0], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]])
+    sim = impressions.estimate_similarity(targets, np.array([0, 0, 1]), K)
+    # M = [[.7, .3, 0], [.1, .9, 0], [0, 0, 1] (class 2: none yet, identity row)]; (M + Mᵀ) / 2.
+    expected = np.array([[0.7, 0.2, 0.0], [0.2, 0.9, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(sim, expected, atol=1e-6)
+    np.testing.assert_array_equal(impressions.estimate_similarity(np.zeros((0, K)), [], K), np.eye(K))
+
+
+def test_blackbox_impressions_approach_their_targets_with_every_probe_counted(tmp_path):
+    """Two rounds on a teacher it can fit, from its probabilities alone: the KL from each round's
+    Dirichlet targets (round 0's from the identity, round 1's from the similarity estimated on
+    round 0) to the teacher's softmax at T falls by a factor of 5 or more; the probes sent are
+    exactly what :func:`blackbox_queries_left` said before the start."""
+    logits_fn = _linear_logits(scale=8.0)  # Probabilities stay above float32's underflow.
+    config = impressions.ImpressionConfig(count=2 * (2 * K * 8), iterations=100, batch_size=8,
+                                          learning_rate=0.02)
+    zo = impressions.ZerothOrderConfig(directions=10, sigma=0.05, resolution=SHAPE[0])
+    path = str(tmp_path / "bb.npz")
+    assert impressions.blackbox_queries_left(K, config, zo, path) == (96 * 100 * 20, 96)
+    calls, labels = [], []
+    images, targets, classes, _ = impressions.synthesize_blackbox(
+        _probabilities(logits_fn, calls), _probabilities(logits_fn, labels), SHAPE, K, config, zo,
+        seed=0, state_path=path)
+    assert sum(calls) == 96 * 100 * 20 and labels == [48, 48]
+    assert impressions.blackbox_queries_left(K, config, zo, path) == (0, 0)
+    assert images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(np.bincount(classes), [32] * K)
+    answers = tf.nn.softmax(logits_fn(images)).numpy()  # What the teacher tells.
+    np.testing.assert_allclose(targets, impressions.tempered(answers, 20.0), atol=1e-5)
+    plan = impressions.target_plan(K, config)
+    similarity = [np.eye(K), impressions.estimate_similarity(targets[:48], classes[:48], K)]
+    wanted = np.concatenate([impressions._draw(similarity[i // 6], plan[i], i, 0, SHAPE, config)[1]
+                             for i in range(12)])
+    noise = np.concatenate([impressions._draw(similarity[i // 6], plan[i], i, 0, SHAPE, config)[0]
+                            for i in range(12)])
+
+    def kl(x, rows):
+        p = tf.nn.softmax(logits_fn(x[rows]) / 20.0).numpy()
+        w = wanted[rows]
+        return float(np.mean(np.sum(w * (np.log(w + 1e-12) - np.log(p + 1e-12)), axis=1)))
+
+    for rows in (slice(0, 48), slice(48, 96)):
+        before, after = kl(noise, rows), kl(images, rows)
+        assert after * 5 <= before, (rows, before, after)
+
+
+def test_a_killed_blackbox_search_asks_no_answered_probe_again(tmp_path):
+    """The teacher fails at step 11 of round 1 (of 2 x 20 steps): the rerun sends exactly the
+    probes of the 10 steps left (as :func:`blackbox_queries_left` says) and ends bit-equal to an
+    uninterrupted search."""
+    logits_fn = _linear_logits()
+    config = impressions.ImpressionConfig(count=2 * (2 * K * 4), iterations=20, batch_size=4,
+                                          learning_rate=0.02)
+    zo = impressions.ZerothOrderConfig(directions=3, sigma=0.05, resolution=3)
+    label = _probabilities(logits_fn)
+    straight = impressions.synthesize_blackbox(_probabilities(logits_fn), label, SHAPE, K, config,
+                                               zo, seed=5)
+    path = str(tmp_path / "bb.npz")
+    calls = []
+    with pytest.raises(RuntimeError, match="teacher down"):
+        impressions.synthesize_blackbox(_probabilities(logits_fn, calls, fail_at=31), label, SHAPE,
+                                        K, config, zo, seed=5, state_path=path)
+    assert len(calls) == 30
+    per_step = 2 * K * 4 * 2 * 3
+    assert impressions.blackbox_queries_left(K, config, zo, path) == (10 * per_step, 24)
+    again = []
+    resumed = impressions.synthesize_blackbox(_probabilities(logits_fn, again), label, SHAPE, K,
+                                              config, zo, seed=5, state_path=path)
+    assert sum(again) == 10 * per_step
+    for a, b in zip(resumed, straight):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="zskd.count=10: expected at least one batch"):
         impressions.target_plan(10, impressions.ImpressionConfig(count=10))
     with pytest.raises(ValueError, match="zskd.betas"):
         impressions.ImpressionConfig(betas=()).validate()
+    with pytest.raises(ValueError, match="zskd_blackbox.sigma=0: expected in \\(0, 1\\]"):
+        impressions.ZerothOrderConfig(sigma=0).validate()
+    with pytest.raises(ValueError, match="zskd_blackbox.directions=0"):
+        impressions.ZerothOrderConfig(directions=0).validate()
+    bb = impressions.config_for("mnist", blackbox=True, iterations=7, learning_rate=None)
+    assert (bb.count, bb.iterations, bb.learning_rate) == (12_000, 7, 0.01)
+    assert impressions.config_for("mnist").count == 24_000
+    assert impressions.config_for("cifar10").count == 40_000
 
 
 def test_the_final_layer_is_found_in_a_saved_model(tmp_path):

@@ -49,3 +49,41 @@ def test_zskd_with_only_an_endpoint_stops_with_one_line_naming_both_ways_out(tmp
     assert "Traceback" not in result.stderr
     assert "--teacher_saved_model" in lines[-1] and "zskd_blackbox" in lines[-1], lines[-3:]
     assert not (tmp_path / "report.json").exists()
+
+
+def _sent_by_stage(workdir):
+    """The work dir's query account, summed by stage from its queries_sent.log."""
+    totals = {}
+    for line in (workdir / "ledger" / "queries_sent.log").read_text().splitlines():
+        stage, _, n = line.split()[:3]
+        totals[stage] = totals.get(stage, 0) + int(n)
+    return totals
+
+
+@pytest.mark.slow
+def test_zskd_blackbox_runs_end_to_end_on_a_query_budget(server, tmp_path):
+    """Two rounds of 40 impressions (10 classes x 2 betas x batches of 2), 3 steps of 2 x 2 probes:
+    960 probes and 80 labels. A budget one short is refused before any query; the exact budget
+    runs, every query sent is in the account's log, the client's count and the plan; a rerun asks
+    nothing."""
+    flags = [f"--teacher={server.target}", "--method=zskd_blackbox", "--zskd_count=80",
+             "--zskd_batch_size=2", "--zskd_iterations=3", "--zskd_directions=2"]
+    short = _zskd(tmp_path / "short", *flags, "--query_budget=1039")
+    assert short.returncode != 0 and "query budget of 1039" in short.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "short" / "ledger" / "queries_sent.log").exists() or \
+        not _sent_by_stage(tmp_path / "short")
+    result = _zskd(tmp_path, *flags, "--query_budget=1040")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["method"] == "zskd_blackbox" and report["student_loss"] == "kd"
+    expected = {"zskd_probes": 960, "label_impressions": 80}
+    assert report["teacher_queries_sent_by_stage"] == expected
+    assert _sent_by_stage(tmp_path) == expected
+    assert {k: v for k, v in report["teacher_query_plan"].items() if v} == expected
+    assert report["transfer_set_sources"] == {"impressions": 80}
+    transfer = methods.TransferSet.load(report["labelled_set"])
+    np.testing.assert_allclose(transfer.targets.sum(axis=1), 1.0, rtol=1e-5)
+    assert (tmp_path / "grid_impressions.png").exists()
+    again = _zskd(tmp_path, *flags, "--query_budget=1040")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent"] == 0

@@ -42,6 +42,12 @@ PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
 """The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
 
+BLACKBOX_DEFAULTS = {"count": 12_000, "iterations": 100, "learning_rate": 0.01}
+"""``zskd_blackbox``'s defaults where they differ from the paper's: every step costs 2q queries per
+impression (2,400 images x 1,500 steps x 20 probes would be 72 M queries per 2,400 impressions), so
+fewer impressions and steps, and a larger Adam step to cover the same distance in fewer steps."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ImpressionConfig:
     """The Data Impression search (defaults: the paper's and the reference code's).
@@ -135,14 +141,15 @@ def dirichlet_targets(similarity: np.ndarray, classes: np.ndarray, beta: float,
 
 
 def target_plan(num_classes: int, config: ImpressionConfig) -> list[tuple[int, float]]:
-    """(class, β) of each batch, in order: every class under every β, batches spread evenly (the
-    count is rounded down to whole batches per class and β)."""
+    """(class, β) of each batch, in order: rounds of one batch of every (β, class) cell, as many
+    rounds as the count allows (rounded down to whole rounds). The black-box search re-estimates
+    the class similarity between rounds."""
     per_cell = config.count // (num_classes * len(config.betas) * config.batch_size)
     if per_cell < 1:
         raise ValueError(f"zskd.count={config.count}: expected at least one batch of "
                          f"{config.batch_size} per class and beta "
                          f"({num_classes * len(config.betas) * config.batch_size})")
-    return [(k, beta) for beta in config.betas for k in range(num_classes) for _ in range(per_cell)]
+    return [(k, beta) for _ in range(per_cell) for beta in config.betas for k in range(num_classes)]
 
 
 def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfig):
@@ -254,12 +261,12 @@ def _round(strategy, search, draws):
     return images, soft, losses.reshape(len(draws), -1)
 
 
-def _progress(total: int, done: int, progress: bool):
+def _progress(total: int, done: int, progress: bool, unit: str = "batch"):
     if not progress:
         return None
     import keras
 
-    bar = keras.utils.Progbar(total, unit_name="batch")
+    bar = keras.utils.Progbar(total, unit_name=unit)
     bar.update(done)
     return bar
 
@@ -377,3 +384,264 @@ class SavedModelTeacher:
             raise ValueError(f"zskd final layer {variable!r}: shape {weights.shape}, expected "
                              f"[features, {self.num_classes}]")
         return weights.astype(np.float32)
+
+
+# --- Black-box Data Impressions (zskd_blackbox): ZSKD with only the TF Serving endpoint. -------------
+
+
+def config_for(dataset: str, blackbox: bool = False, **fields) -> "ImpressionConfig":
+    """The search's settings for ``dataset``: the paper's (count from :data:`PAPER_COUNTS`, 48,000
+    for another dataset), or with ``blackbox`` :data:`BLACKBOX_DEFAULTS`; ``fields`` that are not
+    None override (the launcher's flags)."""
+    base = dict(BLACKBOX_DEFAULTS) if blackbox else {"count": PAPER_COUNTS.get(dataset, 48_000)}
+    base.update({k: v for k, v in fields.items() if v is not None})
+    return ImpressionConfig(**base)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZerothOrderConfig:
+    """How ``zskd_blackbox`` estimates the image gradient from the teacher's answers alone.
+
+    Attributes:
+      directions: q, antithetic direction pairs per image and step: 2q probes (queries) each.
+      sigma: σ, the probe radius in pixel units (pixels in [0, 1]; each coarse cell of a direction
+        is N(0, 1), so a probe moves a pixel by about σ).
+      resolution: r, directions are drawn on an r x r grid per channel and bilinearly upsampled to
+        the image (r = the image's side: full dimension). A coarse grid lowers the estimate's
+        variance at the cost of detail (AutoZOOM, Tu et al., AAAI 2019, §3.3).
+    """
+
+    directions: int = 10
+    sigma: float = 0.05
+    resolution: int = 7
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first field out of range."""
+        for name in ("directions", "resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"zskd_blackbox.{name}={getattr(self, name)}: expected >= 1")
+        if not 0 < self.sigma <= 1:
+            raise ValueError(f"zskd_blackbox.sigma={self.sigma}: expected in (0, 1] (pixel units)")
+
+    @property
+    def probes_per_step(self) -> int:
+        """Queries per image and step: 2q."""
+        return 2 * self.directions
+
+
+def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T) float32 [..., K] of teacher probabilities float [..., K]: the teacher's
+    softmax at T, exactly (log p is the logits less a per-row constant) while no probability
+    underflows: p is floored at 1e-45 (float32's smallest), so a class the teacher puts more than
+    ~100 nats below its top one reads as that far below."""
+    logits = np.log(np.maximum(np.asarray(probabilities, np.float64), 1e-45)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def probe_loss(probabilities: np.ndarray, targets: np.ndarray, temperature: float) -> np.ndarray:
+    """CE(targets, softmax(log p / T)) float32 [...] (nats) of probabilities float [..., K] and
+    targets float [..., K] (broadcast): ZSKD Eq. 2's loss, from the teacher's answers."""
+    return -np.sum(targets * np.log(np.maximum(tempered(probabilities, temperature), 1e-30)),
+                   axis=-1).astype(np.float32)
+
+
+def estimate_similarity(targets: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """The class similarity of a black-box teacher, from its answers on impressions made so far.
+
+    M[k] = the mean stored target (the teacher's softmax at T) of the impressions made for class
+    k; C = (M + Mᵀ) / 2, min-max normalised over the matrix like :func:`class_similarity`. A class
+    with no impression yet keeps the identity row (similar to itself only). With no impression at
+    all: the identity (its Dirichlet targets are near one-hot).
+
+    Args:
+      targets: float [n, K], rows on the simplex. classes: int [n] in [0, K). num_classes: K.
+
+    Returns:
+      float32 [K, K] in [0, 1], symmetric.
+    """
+    mean = np.eye(num_classes)
+    classes = np.asarray(classes)
+    for k in range(num_classes):
+        if (classes == k).any():
+            mean[k] = np.asarray(targets, np.float64)[classes == k].mean(axis=0)
+    sym = (mean + mean.T) / 2
+    low, high = sym.min(), sym.max()
+    return ((sym - low) / max(high - low, 1e-12)).astype(np.float32)
+
+
+def coarse_directions(rng: np.random.Generator, shape: tuple, image_shape: tuple,
+                      resolution: int) -> np.ndarray:
+    """Gaussian directions float32 [*shape, H, W, C]: N(0, 1) on a resolution x resolution grid per
+    channel, bilinearly upsampled to H x W (the identity when resolution = H = W)."""
+    h, w, c = image_shape
+    coarse = rng.standard_normal((int(np.prod(shape)), resolution, resolution, c), np.float32)
+    if (resolution, resolution) != (h, w):
+        coarse = tf.image.resize(coarse, (h, w), method="bilinear").numpy()
+    return coarse.reshape(*shape, h, w, c)
+
+
+def estimate_gradient(probe: Callable, images: np.ndarray, targets: np.ndarray,
+                      temperature: float, zo: ZerothOrderConfig,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The antithetic Gaussian estimate of ∇ₓ CE(y, softmax(teacher logits(x) / T)).
+
+    ĝ = 1/(2σq) Σⱼ [L(x + σuⱼ) − L(x − σuⱼ)] uⱼ (Nesterov & Spokoiny 2017, Eq. 2.3 with antithetic
+    pairs, as NES, Ilyas et al., ICML 2018, Algorithm 1); probes are clipped to [0, 1].
+
+    Args:
+      probe: ``probe(float32 [m, H, W, C] in [0, 1]) -> float32 [m, K]``, the teacher's
+        probabilities; called once with m = 2q·n (every call is charged by the caller's account).
+      images: float32 [n, H, W, C] in [0, 1]. targets: float32 [n, K] on the simplex.
+      temperature: T. zo: q, σ, the directions' resolution. rng: the directions.
+
+    Returns:
+      (ĝ float32 [n, H, W, C], the loss at x estimated as the mean over the probes float32 [n]).
+    """
+    n, shape = len(images), images.shape[1:]
+    u = coarse_directions(rng, (n, zo.directions), shape, zo.resolution)
+    x = images[:, None]
+    probes = np.concatenate([np.clip(x + zo.sigma * u, 0, 1), np.clip(x - zo.sigma * u, 0, 1)],
+                            axis=1).reshape(-1, *shape)
+    answers = probe(probes).reshape(n, 2, zo.directions, -1)
+    loss = probe_loss(answers, targets[:, None, None], temperature)  # [n, 2, q]
+    slope = (loss[:, 0] - loss[:, 1]) / (2 * zo.sigma)  # [n, q]
+    grad = np.einsum("nq,nq...->n...", slope, u) / zo.directions
+    return grad.astype(np.float32), loss.mean(axis=(1, 2))
+
+
+@dataclasses.dataclass
+class _Round:
+    """A black-box round in progress: its images, targets and Adam moments after ``step`` steps."""
+
+    index: int
+    step: int
+    images: np.ndarray
+    targets: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    first_loss: np.ndarray
+    loss: np.ndarray
+
+    def save(self, path: str | None) -> None:
+        if path:
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, **dataclasses.asdict(self))
+            os.replace(tmp, path)
+
+    @classmethod
+    def resume(cls, path: str | None, index: int) -> "_Round | None":
+        if not (path and os.path.exists(path)):
+            return None
+        with np.load(path) as f:
+            current = cls(**{k: f[k] for k in f})
+        return current if int(current.index) == index else None
+
+
+def blackbox_queries_left(num_classes: int, config: ImpressionConfig, zo: ZerothOrderConfig,
+                          state_path: str | None = None) -> tuple[int, int]:
+    """(probes, labels): the queries :func:`synthesize_blackbox` still sends, from its persisted
+    state: 2q per image and step of every step not yet taken, and the final images' labels (an
+    upper bound: the ledger may know some)."""
+    plan = target_plan(num_classes, config)
+    cells, b = num_classes * len(config.betas), config.batch_size
+    first = _State.resume(state_path).batches(b)
+    current = _Round.resume(_round_path(state_path), first // cells)
+    steps = (len(plan) - first) // cells * config.iterations - (current.step if current else 0)
+    return int(steps * cells * b * zo.probes_per_step), (len(plan) - first) * b
+
+
+def synthesize_blackbox(probe: Callable, label: Callable, image_shape: tuple, num_classes: int,
+                        config: ImpressionConfig, zo: ZerothOrderConfig, seed: int,
+                        state_path: str | None = None, progress: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Data Impressions of a teacher reached only through its answers (tfkd's ``zskd_blackbox``).
+
+    ZSKD's targets and loss (:func:`synthesize`) with the weights and gradients replaced by
+    estimates from the answers: round r makes one batch of every (β, class) cell
+    (:func:`target_plan`), its Dirichlet targets drawn from the class similarity estimated on
+    rounds 0..r-1 (:func:`estimate_similarity`; the identity for round 0), its images moved by Adam
+    on :func:`estimate_gradient` for ``config.iterations`` steps, then labelled. The round in
+    progress is saved after every step and the impressions after every round, so a killed run
+    loses no answered probe and asks no finished round again.
+
+    Args:
+      probe: ``probe(float32 [m, H, W, C]) -> float32 [m, K]`` the teacher's probabilities, sent
+        every time (``TeacherClient.probe``).
+      label: the same for the final images, looked up in the ledger first
+        (``TeacherClient.soft_labels``).
+      image_shape: (H, W, C). num_classes: K.
+      config: count, iterations (steps), batch size, Adam's learning rate, T, betas (its
+        ``final_layer`` is not used). zo: the gradient estimate.
+      seed: noise, Dirichlet targets and directions (batch i's from (seed, i), step t of round r's
+        from (seed, r, t)).
+      state_path: an ``.npz`` of the impressions made (the round in progress beside it); None
+        keeps nothing.
+      progress: a Keras progress bar over steps.
+
+    Returns:
+      As :func:`synthesize`: (images float32 [n, H, W, C] in [0, 1], targets float32 [n, K] (the
+      teacher's softmax at T on each image), classes int64 [n], last losses float32 [n / batch]).
+
+    Raises:
+      What ``probe`` and ``label`` raise (TeacherError, QueryBudgetExceeded): what was answered is
+      kept.
+    """
+    plan = target_plan(num_classes, config)
+    cells = num_classes * len(config.betas)
+    done = _State.resume(state_path)
+    bar = _progress(len(plan) // cells * config.iterations,
+                    done.batches(config.batch_size) // cells * config.iterations, progress,
+                    "step")
+    while (first := done.batches(config.batch_size)) < len(plan):
+        index = first // cells
+        current = (_Round.resume(_round_path(state_path), index)
+                   or _start_round(done, plan, index, cells, image_shape, num_classes, config, seed))
+        if bar is not None:
+            bar.update(index * config.iterations + int(current.step))
+        while current.step < config.iterations:
+            _blackbox_step(current, probe, config, zo, seed)
+            current.save(_round_path(state_path))
+            if bar is not None:
+                bar.add(1, [("loss", float(current.loss.mean()))])
+        soft = tempered(label(current.images), config.temperature)
+        batch_losses = np.stack([current.first_loss, current.loss], axis=1).reshape(
+            cells, config.batch_size, 2).mean(axis=1)  # [batch, (first, last)]
+        done.add(current.images, soft, plan, list(range(first, first + cells)), batch_losses,
+                 config.batch_size)
+        done.save(state_path)
+    return done.images, done.targets, done.classes, done.last_loss
+
+
+def _round_path(state_path: str | None) -> str | None:
+    return None if state_path is None else state_path[:-len(".npz")] + "-round.npz"
+
+
+def _start_round(done, plan, index, cells, image_shape, num_classes, config, seed) -> _Round:
+    """Round ``index``'s noise and Dirichlet targets, from the similarity of earlier rounds."""
+    similarity = (estimate_similarity(done.targets, done.classes, num_classes)
+                  if done.targets is not None else np.eye(num_classes, dtype=np.float32))
+    draws = [_draw(similarity, plan[i], i, seed, image_shape, config)
+             for i in range(index * cells, (index + 1) * cells)]
+    images = np.concatenate([d[0] for d in draws])
+    n = len(images)
+    return _Round(index, 0, images, np.concatenate([d[1] for d in draws]), np.zeros_like(images),
+                  np.zeros_like(images), np.zeros(n, np.float32), np.zeros(n, np.float32))
+
+
+def _blackbox_step(current: _Round, probe, config, zo, seed) -> None:
+    """One Adam step (``keras.optimizers.Adam``'s update, as :func:`make_search`) on the estimate."""
+    rng = np.random.default_rng([seed, int(current.index), int(current.step)])
+    grad, loss = estimate_gradient(probe, current.images, current.targets, config.temperature, zo,
+                                   rng)
+    t = int(current.step) + 1
+    current.m = 0.9 * current.m + 0.1 * grad
+    current.v = 0.999 * current.v + 0.001 * np.square(grad)
+    step = config.learning_rate * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+    current.images = np.clip(current.images - step * current.m / (np.sqrt(current.v) + 1e-7),
+                             0, 1).astype(np.float32)
+    if t == 1:
+        current.first_loss = loss
+    current.loss = loss
+    current.step = t

@@ -96,7 +96,8 @@ class DistillConfig:
       mixup, cvae: the FS-BBT family's synthesis (their ``num_images`` are its synthetic budget).
       db3kd: the DB3KD family's boundary search and soft-label temperature.
       zsdb3kd: ZSDB3KD's pseudo-sample schedule.
-      zskd: ZSKD's Data Impression search.
+      zskd: ZSKD's Data Impression search (``zskd`` and ``zskd_blackbox``).
+      zskd_blackbox: how ``zskd_blackbox`` estimates image gradients from queries.
       teacher_saved_model: the teacher's SavedModel (a version directory, or a TF Serving base path:
         its newest version), loaded in-process by a method that needs the teacher's weights
         (``zskd``); with a remote ``teacher.target`` it is required for such a method.
@@ -130,6 +131,7 @@ class DistillConfig:
     db3kd: boundary.BoundaryConfig = boundary.BoundaryConfig()
     zsdb3kd: zeroshot.ZeroShotConfig = zeroshot.ZeroShotConfig()
     zskd: impressions.ImpressionConfig = impressions.ImpressionConfig()
+    zskd_blackbox: impressions.ZerothOrderConfig = impressions.ZerothOrderConfig()
     teacher_saved_model: str | None = None
     eval_examples: int = 0
     evaluate_test: bool = True
@@ -167,6 +169,7 @@ class DistillConfig:
         self.db3kd.validate()
         self.zsdb3kd.validate()
         self.zskd.validate()
+        self.zskd_blackbox.validate()
         if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:
             raise ValueError(
                 f"method={self.method!r} needs the teacher's weights and gradients, which the "

@@ -483,16 +483,16 @@ class TeacherClient:
             out[missing] = asked
         return self._as_data_classes(out)
 
-    def top1(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
-        """The teacher's top-1 class of every image (in the data's classes), for searches that
-        probe many points once each: every image is sent (no ledger look-up or write), every
-        attempt charged to the account under ``stage``.
+    def probe(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
+        """The teacher's soft labels of images probed once each (a search's points, a gradient
+        estimate's perturbations): every image is sent, none looked up in or written to the ledger;
+        every attempt is charged to the account under ``stage`` (its ``queries_sent.log``).
 
         Args:
           images: float32 [n, H, W, C] in [0, 1].
 
         Returns:
-          int64 [n] in [0, K).
+          float32 [n, K], rows summing to 1 (one-hot with ``label_only`` or a class-id teacher).
 
         Raises:
           QueryBudgetExceeded: the images would exceed the budget (checked before sending).
@@ -504,9 +504,16 @@ class TeacherClient:
         except QueryBudgetExceeded as e:
             raise QueryBudgetExceeded(f"{self.name}: {e}") from None
         if not len(encoded):
-            return np.zeros(0, np.int64)
+            return np.zeros((0, self.num_data_classes or self.signature.num_classes or 0),
+                            np.float32)
         answers = self._client.predict(encoded, convert=self._convert([]), on_attempt=self._charger(stage))
-        return self._as_data_classes(answers).argmax(axis=1).astype(np.int64)
+        return self._as_data_classes(answers)
+
+    def top1(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
+        """The teacher's top-1 class int64 [n] in [0, K) of every image (in the data's classes):
+        :meth:`probe`'s argmax, for searches that need only the decision (DB3KD)."""
+        answers = self.probe(images, stage)
+        return answers.argmax(axis=1).astype(np.int64) if answers.size else np.zeros(0, np.int64)
 
     def _as_data_classes(self, out: np.ndarray) -> np.ndarray:
         """Teacher classes -> the data's (class map), then the label-only view."""

@@ -57,3 +57,48 @@ class ZSKD(Method):
                 teacher.logits, ctx.image_shape, similarity, config, ctx.seed, state_path=state,
                 progress=ctx.progress)
         return TransferSet.from_parts([("impressions", images, targets)])
+
+
+@register
+class ZSKDBlackBox(Method):
+    """Data Impressions of a teacher reached only over gRPC (tfkd's own variant; no seed paper has
+    it): ZSKD's targets and loss, the class similarity estimated from the teacher's answers and the
+    image gradient from antithetic probes (:func:`tfkd.impressions.synthesize_blackbox`).
+
+    Queries: ``zskd_probes`` (2q per impression and step, sent every time, charged in the work dir's
+    ``queries_sent.log``) and ``label_impressions`` (the final images, ledgered). Under
+    MultiWorkerMirroredStrategy every worker makes every impression (not sharded yet: each worker's
+    probes are charged to its own account).
+    """
+
+    name = "zskd_blackbox"
+    teacher_needs = "soft_labels"
+    loss = "kd"
+    description = ("zero-shot from a black-box teacher: Data Impressions from its answers alone "
+                   "(class similarity and image gradients estimated by queries)")
+
+    def fingerprint(self, config) -> tuple:
+        return (dataclasses.replace(config.zskd, final_layer=None), config.zskd_blackbox)
+
+    def student_config(self, config):
+        return dataclasses.replace(super().student_config(config),
+                                   temperature=config.zskd.temperature)
+
+    def _state(self, ctx: MethodContext) -> str:
+        return ctx.memo("zskd_blackbox_state", lambda: workdir_lib.artifact_path(
+            ctx.workdir, "impressions_blackbox", ".npz", ctx.config.dataset, ctx.seed,
+            *self.fingerprint(ctx.config), ctx.teacher.signature.identity))
+
+    def plan(self, ctx: MethodContext) -> dict[str, int]:
+        probes, labels = impressions.blackbox_queries_left(
+            ctx.num_classes, ctx.config.zskd, ctx.config.zskd_blackbox, self._state(ctx))
+        return {"zskd_probes": probes, "label_impressions": labels}
+
+    def build(self, ctx: MethodContext) -> TransferSet:
+        with ctx.stage("impressions"):
+            images, targets, _, _ = impressions.synthesize_blackbox(
+                lambda x: ctx.teacher.probe(x, stage="zskd_probes"),
+                lambda x: ctx.teacher.soft_labels(x, stage="label_impressions"),
+                ctx.image_shape, ctx.num_classes, ctx.config.zskd, ctx.config.zskd_blackbox,
+                ctx.seed, state_path=self._state(ctx), progress=ctx.progress)
+        return TransferSet.from_parts([("impressions", images, targets)])
