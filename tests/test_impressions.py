@@ -274,3 +274,22 @@ def test_the_final_layer_is_found_in_a_saved_model(tmp_path):
         teacher.final_layer_weights("dense_9")
     with pytest.raises(ValueError, match="shape \\(84,\\), expected \\[features, 10\\]"):
         teacher.final_layer_weights("fc2/bias")
+
+
+def test_two_replicas_make_the_impressions_one_makes():
+    """MirroredStrategy over 2 logical CPU devices: each replica searches its own batch, and the
+    impressions equal those of one device (a fresh process: devices are set before TF starts)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "helpers",
+                                                          "two_device_impressions.py")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == [2, 1] and out["same_classes"]
+    assert out["max_difference"] < 1e-5, out

@@ -226,12 +226,17 @@ def synthesize(logits_fn: Callable, image_shape: tuple, similarity: np.ndarray,
     plan = target_plan(similarity.shape[0], config)
     done = _State.resume(state_path)
     search = make_search(logits_fn, tuple(image_shape), config)
+    # One tf.function around strategy.run, each replica running the search's Python body: given a
+    # tf.function with an input signature, MirroredStrategy lifts it around the per-replica call
+    # and binds the PerReplica values to that signature (a TypeError).
+    distributed = tf.function(lambda noise, targets: strategy.run(
+        search.python_function, args=(noise, targets)))
     bar = _progress(len(plan), done.batches(config.batch_size), progress)
     replicas = strategy.num_replicas_in_sync
     while (first := done.batches(config.batch_size)) < len(plan):
         batches = [min(first + r, len(plan) - 1) for r in range(replicas)]  # Pads the last round.
         draws = [_draw(similarity, plan[i], i, seed, image_shape, config) for i in batches]
-        images, soft, losses = _round(strategy, search, draws)
+        images, soft, losses = _round(strategy, distributed, draws)
         keep = len(set(batches))
         done.add(images, soft, plan, batches[:keep], losses, config.batch_size)
         done.save(state_path)
@@ -248,7 +253,7 @@ def _draw(similarity, cell, index, seed, image_shape, config):
     return rng.uniform(size=(config.batch_size, *image_shape)).astype(np.float32), targets
 
 
-def _round(strategy, search, draws):
+def _round(strategy, distributed, draws):
     """Each replica searches its own batch; returns (images, soft targets) of every batch in order
     and the losses float32 [replicas, iterations]."""
     noise = np.stack([d[0] for d in draws])
@@ -256,7 +261,7 @@ def _round(strategy, search, draws):
     values = strategy.experimental_distribute_values_from_function(
         lambda ctx: (tf.constant(noise[ctx.replica_id_in_sync_group]),
                      tf.constant(targets[ctx.replica_id_in_sync_group])))
-    out = strategy.run(search, args=values)
+    out = distributed(*values)
     images, soft, losses = (strategy.gather(t, axis=0).numpy() for t in out)
     return images, soft, losses.reshape(len(draws), -1)
 

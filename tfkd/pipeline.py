@@ -249,7 +249,8 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
     report.eval_examples = len(x_eval)
     with contextlib.ExitStack() as stack:
         link = connect_teacher(config, method, dataset, strategy, stack, timer, report)
-        transfer = build_transfer_set(config, method, dataset, link, x_eval, timer, report)
+        transfer = build_transfer_set(config, method, dataset, link, x_eval, timer, report,
+                                      strategy)
         student = train_student(config, method, dataset, transfer,
                                 workdir_lib.fingerprint(*transfer_key(config, method, link)),
                                 strategy, timer, report)
@@ -438,7 +439,7 @@ def saved_model_dir(path: str) -> str:
 
 def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
                        link: TeacherLink, x_eval: np.ndarray, timer: StageTimer,
-                       report: Report) -> methods.TransferSet:
+                       report: Report, strategy=None) -> methods.TransferSet:
     """The method's transfer set, built once and persisted (reused by fingerprint after).
 
     Raises:
@@ -450,6 +451,7 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         config, shots, dataset.num_classes,
         teacher=None if method.teacher_needs == "none" else link.labeller,
         few_shot_labels=labels if method.reads_true_labels else None, stage=timer,
+        strategy=strategy,
         teacher_saved_model=(saved_model_dir(config.teacher_saved_model or link.local_base)
                              if method.teacher_needs == "weights" else None))
     path = None  # A set that asked no teacher cost nothing to keep.

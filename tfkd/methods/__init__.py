@@ -125,6 +125,8 @@ class MethodContext:
         ``teacher_needs`` is "weights" (a local teacher: :meth:`tfkd.pipeline.DistillConfig.validate`
         refuses such a method with a remote one).
       stage: ``with ctx.stage("name"):`` times a step for the report's ``stage_seconds``.
+      strategy: the run's ``tf.distribute`` strategy (the student's), for a method whose synthesis
+        spreads over its replicas (``zskd``); None: the default one.
     """
 
     config: Any
@@ -135,6 +137,7 @@ class MethodContext:
     teacher_saved_model: str | None = None
     stage: Callable[[str], contextlib.AbstractContextManager] = \
         lambda name: contextlib.nullcontext()  # noqa: E731
+    strategy: Any = None
     _memo: dict = dataclasses.field(default_factory=dict)
 
     @property

@@ -55,7 +55,7 @@ class ZSKD(Method):
         with ctx.stage("impressions"):
             images, targets, _, _ = impressions.synthesize(
                 teacher.logits, ctx.image_shape, similarity, config, ctx.seed, state_path=state,
-                progress=ctx.progress)
+                progress=ctx.progress, strategy=ctx.strategy)
         return TransferSet.from_parts([("impressions", images, targets)])
 
 
