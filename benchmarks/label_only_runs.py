@@ -8,13 +8,18 @@ benchmarks/reports/fashion_mnist_label_only/); a killed run continues where it s
   python benchmarks/label_only_runs.py fsbbt_onehot fsbbt 0 '{"label_only": true}'
   python benchmarks/label_only_runs.py zsdb3kd zsdb3kd 0 '{"zsdb3kd": {"per_class": 240}}'
 
-SETTINGS (JSON): BoundaryConfig fields, plus ``label_only`` (one-hot methods) and ``zsdb3kd``
-(ZeroShotConfig fields).
+SETTINGS (JSON): BoundaryConfig fields, plus ``label_only`` (one-hot methods), ``zsdb3kd``
+(ZeroShotConfig fields), ``zskd`` (ImpressionConfig fields; the method's defaults for the rest) and
+``zskd_blackbox`` (ZerothOrderConfig fields). ``zskd`` loads the same teacher's SavedModel in-process.
+
+  python benchmarks/label_only_runs.py zskd zskd 0 '{}'
+  python benchmarks/label_only_runs.py zskd_blackbox zskd_blackbox 0 '{"zskd": {"count": 12000}}'
 """
 import json
 import sys
 
 from tfkd import boundary
+from tfkd import impressions
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import teacher as teacher_lib
@@ -28,6 +33,10 @@ with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0)
         workdir=f"runs/db3kd/{name}-seed{seed}", method=method, seed=seed,
         teacher=teacher_lib.TeacherConfig(target=srv.target, label_only=extra.pop("label_only", False)),
         zsdb3kd=zeroshot.ZeroShotConfig(**extra.pop("zsdb3kd", {})),
+        zskd=impressions.config_for("fashion_mnist", method == "zskd_blackbox",
+                                    **extra.pop("zskd", {})),
+        zskd_blackbox=impressions.ZerothOrderConfig(**extra.pop("zskd_blackbox", {})),
+        teacher_saved_model=base if method == "zskd" else None,
         db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
     r = pipeline.run(config)
 print(json.dumps({"name": name, "seed": seed, "test": r.student_accuracy,

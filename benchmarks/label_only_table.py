@@ -54,9 +54,12 @@ def load(reports_dir: str = REPORTS) -> dict[str, dict[int, dict]]:
 
 
 def _cost(name: str, seed: int, report: dict, runs: dict) -> tuple[int, float, bool]:
-    """(teacher queries, wall seconds, search reused) of one run: what it sent and what it found in
-    its ledger; a run that reused another's search is charged that search."""
-    queries = sum(report["teacher_queries_sent_by_stage"].values()) + report["teacher_ledger_hits"]
+    """(teacher queries, wall seconds, search reused) of one run: what its work dir sent over its
+    life (every process of a run that was killed and resumed; else what this process sent and found
+    in its ledger); a run that reused another's search is charged that search. Seconds are the last
+    process's stages only."""
+    queries = report.get("teacher_queries_total") or (
+        sum(report["teacher_queries_sent_by_stage"].values()) + report["teacher_ledger_hits"])
     seconds = sum(report["stage_seconds"].values())
     source = runs.get(SEARCH_FROM.get(name, ""), {}).get(seed)
     reused = source is not None and not any(

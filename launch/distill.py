@@ -119,7 +119,7 @@ flags.DEFINE_integer("zskd_iterations", None, "ZSKD: Adam steps per batch of imp
                      "1,500 (the paper's); zskd_blackbox: 100.")
 flags.DEFINE_integer("zskd_batch_size", 100, "ZSKD: impressions optimised together.")
 flags.DEFINE_float("zskd_learning_rate", None, "ZSKD: Adam's learning rate on pixels in [0, 1]; "
-                   "default: 0.001 (the paper's); zskd_blackbox: 0.01.")
+                   "default: 0.001 (the paper's); zskd_blackbox: 0.05.")
 flags.DEFINE_float("zskd_temperature", 20.0, "ZSKD: T of the impression search, targets and student.")
 flags.DEFINE_string("zskd_final_layer", None, "ZSKD: the final layer's weight variable in the "
                     "SavedModel (e.g. logits/kernel); default: the one of shape [features, K].")
@@ -127,7 +127,7 @@ flags.DEFINE_integer("zskd_directions", 10, "zskd_blackbox: antithetic direction
                      "impression and step (2x this many queries each).")
 flags.DEFINE_float("zskd_sigma", 0.05, "zskd_blackbox: probe radius in pixel units (pixels in "
                    "[0, 1]).")
-flags.DEFINE_integer("zskd_resolution", 7, "zskd_blackbox: directions drawn on this many cells per "
+flags.DEFINE_integer("zskd_resolution", 14, "zskd_blackbox: directions drawn on this many cells per "
                      "side and upsampled (the image side: full dimension).")
 flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from tfkd import impressions
 from tfkd import methods
 
 from conftest import REPO
@@ -87,3 +88,36 @@ def test_zskd_blackbox_runs_end_to_end_on_a_query_budget(server, tmp_path):
     again = _zskd(tmp_path, *flags, "--query_budget=1040")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,side,channels,teacher,student", [
+    ("mnist", 28, 1, "lenet5", "lenet5_half"),
+    ("cifar10", 32, 3, "alexnet", "alexnet_half"),
+])
+def test_zskd_configurations_on_random_tensors(tmp_path, dataset, side, channels, teacher, student):
+    """MNIST (LeNet-5 -> LeNet-5-half) and CIFAR-10 (AlexNet -> AlexNet-half) ZSKD end to end on
+    tiny random tensors of the right shape (no MNIST or CIFAR data offline): the teacher tfkd trains
+    is loaded in-process, 40 impressions made from it, the student exported. The paper's counts
+    (24,000 and 40,000) are the launcher's defaults (``impressions.config_for``)."""
+    from test_data import write_idx
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (300, side, side, channels), dtype=np.uint8).squeeze(-1 if channels == 1 else ())
+    write_idx(tmp_path / "data", x, np.arange(300) % 10, x[:60], np.arange(60) % 10)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={tmp_path / 'run'}",
+         f"--dataset={dataset}", f"--data_dir={tmp_path / 'data'}", "--method=zskd",
+         "--teacher_epochs=1", "--num_shots=20", "--zskd_count=40", "--zskd_batch_size=2",
+         "--zskd_iterations=3",
+         "--student_epochs=1", "--batch_size=16", "--num_validation=20", "--compress=",
+         "--verbose=0"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["teacher_architecture"], report["student_architecture"]) == (teacher, student)
+    assert report["transfer_set_sources"] == {"impressions": 40}
+    assert report["method_settings"][0]["count"] == 40
+    assert report["method_settings"][0]["iterations"] == 3
+    transfer = methods.TransferSet.load(report["labelled_set"]) if report["labelled_set"] else None
+    assert transfer is None or transfer.images.shape[1:] == (side, side, channels)
+    assert impressions.PAPER_COUNTS[dataset] == {"mnist": 24_000, "cifar10": 40_000}[dataset]

@@ -25,6 +25,11 @@ Departures from the reference code, and why:
   a batch.
 * The reference's random rotation and scale placeholders are fed but not wired into its graph (no
   augmentation takes effect); none is applied here.
+
+Black-box (tfkd's own variant, ``zskd_blackbox``; no seed paper has it): :func:`synthesize_blackbox`
+keeps the targets and the loss, estimates the class similarity from the teacher's answers
+(:func:`estimate_similarity`) and the image gradient from antithetic probes
+(:func:`estimate_gradient`), each probe one counted query.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
 """The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
 
-BLACKBOX_DEFAULTS = {"count": 12_000, "iterations": 100, "learning_rate": 0.01}
+BLACKBOX_DEFAULTS = {"count": 12_000, "iterations": 100, "learning_rate": 0.05}
 """``zskd_blackbox``'s defaults where they differ from the paper's: every step costs 2q queries per
 impression (2,400 images x 1,500 steps x 20 probes would be 72 M queries per 2,400 impressions), so
 fewer impressions and steps, and a larger Adam step to cover the same distance in fewer steps."""
@@ -418,7 +423,7 @@ class ZerothOrderConfig:
 
     directions: int = 10
     sigma: float = 0.05
-    resolution: int = 7
+    resolution: int = 14
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""

@@ -471,7 +471,9 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         raise ValueError(f"method {method.name!r}: built images {list(transfer.images.shape)} and "
                          f"targets {list(transfer.targets.shape)}; expected [n, "
                          f"{', '.join(map(str, dataset.image_shape))}] and [n, {dataset.num_classes}]")
-    report.update(labelled_set=path, num_shots=transfer.count("real"),
+    settings = [dataclasses.asdict(f) if dataclasses.is_dataclass(f) else f
+                for f in method.fingerprint(config)]
+    report.update(labelled_set=path, num_shots=transfer.count("real"), method_settings=settings,
                   num_mixup=transfer.count("mixup"), num_cvae=transfer.count("cvae"),
                   transfer_set_sources={s: transfer.count(s) for s in transfer.source_names},
                   grids=write_grids(transfer, config.workdir))

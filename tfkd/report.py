@@ -47,6 +47,9 @@ class Report:
     """CVAE images in the transfer set (0 for methods without)."""
     transfer_set_sources: dict = dataclasses.field(default_factory=dict)
     """Images in the transfer set by source name (``real``, ``mixup``, ``cvae``, a method's own)."""
+    method_settings: list = dataclasses.field(default_factory=list)
+    """The method's settings its transfer set depends on (:meth:`tfkd.methods.Method.fingerprint`,
+    dataclasses as dicts): e.g. ``zskd``'s impression count, steps and T."""
     labelled_set: str | None = None
     """Path of the persisted transfer set (``transfer_set-<fp>.npz``); null for a method that asks
     no teacher (nothing paid to keep)."""
