@@ -71,10 +71,11 @@ def _cost(name: str, seed: int, report: dict, runs: dict) -> tuple[int, float, b
     return queries, seconds, reused
 
 
-def rows(runs: dict) -> list[dict]:
-    """One summary per row of ``ROWS`` that has reports: accuracies in %, mean ± sample std."""
+def rows(runs: dict, table: dict | None = None) -> list[dict]:
+    """One summary per row of ``table`` (default ``ROWS``) that has reports: accuracies in %,
+    mean ± sample std."""
     out = []
-    for name, (method, what) in ROWS.items():
+    for name, (method, what) in (ROWS if table is None else table).items():
         if name not in runs:
             continue
         seeds = sorted(runs[name])
@@ -89,7 +90,7 @@ def rows(runs: dict) -> list[dict]:
                 [r["student_validation_accuracy"] for r in reports])), 2),
             "queries": int(np.mean([c[0] for c in costs])),
             "seconds": float(np.mean([c[1] for c in costs])), "reused": any(c[2] for c in costs),
-            "reports": [r["path"] for r in reports]})
+            "reports": [r["path"] for r in reports], "runs": reports})
     return out
 
 

@@ -33,6 +33,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import label_only_table  # noqa: E402  (benchmarks/, beside this script)
 import numpy as np  # noqa: E402
+import zero_shot_table  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
@@ -344,6 +345,10 @@ def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: 
         fsbbt = next((r for r in rows if r["method"] == "fsbbt"), None)
         soft = fsbbt and ("the table above, the paper's constant student rate", fsbbt["accuracy_mean"])
         lines += ["", *label_only_table.section(path, soft)]
+        onehot = label_only_table.rows(label_only_table.load(), {"fsbbt_onehot": ("", "")})
+        few_shot = ([("FS-BBT, soft labels (N = 2000)", fsbbt["accuracy_mean"], 50_000)] if fsbbt
+                    else []) + [("FS-BBT, top-1 labels", r["test_mean"], r["queries"]) for r in onehot]
+        lines += ["", *zero_shot_table.section(path, few_shot)]
     lines += ["", "## Log of tries (from stored reports; validation split only)", "",
               "Each try is one run (seed 0 unless its name says another), compared with the grid's",
               "cell of the same seed; its figure is the student's (or teacher's) accuracy on the",
