@@ -94,16 +94,23 @@ def rows(runs: dict, table: dict | None = None) -> list[dict]:
     return out
 
 
+def accuracy_cells(row: dict, results_md: str) -> tuple[str, str]:
+    """A row's accuracy cell (bold mean ± sample std) and per-seed cell (each linked to its
+    report, relative to ``results_md``)."""
+    acc = (f"**{row['test_mean']:.2f}**" if row["test_std"] is None
+           else f"**{row['test_mean']:.2f} ± {row['test_std']:.2f}**")
+    per_seed = ", ".join(f"[{a:.2f}]({os.path.relpath(p, os.path.dirname(results_md))})"
+                         for a, p in zip(row["test"], row["reports"]))
+    return acc, per_seed
+
+
 def markdown(summary: list[dict], results_md: str) -> list[str]:
     """The table's lines, each figure linked to its stored report."""
     lines = ["| method | setting | seeds | teacher queries | wall time | student acc. (mean ± sample "
              "std) | per seed | validation acc. (mean) | published |",
              "|---|---|---:|---:|---:|---:|---|---:|---|"]
     for r in summary:
-        acc = (f"**{r['test_mean']:.2f}**" if r["test_std"] is None
-               else f"**{r['test_mean']:.2f} ± {r['test_std']:.2f}**")
-        per_seed = ", ".join(f"[{a:.2f}]({os.path.relpath(p, os.path.dirname(results_md))})"
-                             for a, p in zip(r["test"], r["reports"]))
+        acc, per_seed = accuracy_cells(r, results_md)
         mark = " †" if r["reused"] else ""
         lines.append(f"| {r['method']} | {r['what']} | {len(r['seeds'])} | {r['queries']:,}{mark} | "
                      f"{r['seconds'] / 60:.0f} min{mark} | {acc} | "
@@ -126,11 +133,17 @@ def plot(summary: list[dict], path: str) -> str | None:
                     fmt=markers.get(r["method"], "o"), label=f"{r['method']}: {r['what']}")
     ax.axhline(72.31, ls=":", c="gray", lw=1, label="published ZSDB3KD (zero-shot), 72.31")
     ax.axhline(83.92, ls="--", c="gray", lw=1, label="published IDEAL (label-only, data-free), 83.92")
+    return finish_plot(plt, fig, ax, path, "Fashion-MNIST, label-only teacher (N = 2000 unless "
+                       "zero-shot)", legend=dict(fontsize=6.5, loc="center"))
+
+
+def finish_plot(plt, fig, ax, path: str, title: str, legend: dict) -> str:
+    """Accuracy-versus-queries axes (log x), title, legend; saved to ``path`` (PNG) and closed."""
     ax.set_xscale("log")
     ax.set_xlabel("teacher queries per run (log scale)")
     ax.set_ylabel("student test accuracy, %")
-    ax.set_title("Fashion-MNIST, label-only teacher (N = 2000 unless zero-shot)")
-    ax.legend(fontsize=6.5, loc="center")
+    ax.set_title(title)
+    ax.legend(**legend)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

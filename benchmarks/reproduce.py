@@ -348,7 +348,8 @@ def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: 
         onehot = label_only_table.rows(label_only_table.load(), {"fsbbt_onehot": ("", "")})
         few_shot = ([("FS-BBT, soft labels (N = 2000)", fsbbt["accuracy_mean"], 50_000)] if fsbbt
                     else []) + [("FS-BBT, top-1 labels", r["test_mean"], r["queries"]) for r in onehot]
-        lines += ["", *zero_shot_table.section(path, few_shot)]
+        zero_shot = zero_shot_table.section(path, few_shot)
+        lines += ["", *zero_shot] if zero_shot else []
     lines += ["", "## Log of tries (from stored reports; validation split only)", "",
               "Each try is one run (seed 0 unless its name says another), compared with the grid's",
               "cell of the same seed; its figure is the student's (or teacher's) accuracy on the",

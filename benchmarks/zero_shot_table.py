@@ -48,10 +48,7 @@ def markdown(rows: list[dict], results_md: str) -> list[str]:
              "images) | student acc. (mean ± sample std) | per seed | validation acc. | published |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
-        acc = (f"**{r['test_mean']:.2f}**" if r["test_std"] is None
-               else f"**{r['test_mean']:.2f} ± {r['test_std']:.2f}**")
-        per_seed = ", ".join(f"[{a:.2f}]({os.path.relpath(p, os.path.dirname(results_md))})"
-                             for a, p in zip(r["test"], r["reports"]))
+        acc, per_seed = label_only_table.accuracy_cells(r, results_md)
         synth = ("-" if r["search_seconds"] is None else
                  f"{r['search_seconds'] / 60:.0f} min ({1000 * r['search_seconds'] / r['images']:.0f})")
         lines.append(f"| {r['method']} | {r['what']} | {len(r['seeds'])} | {r['images']:,} | "
@@ -96,15 +93,9 @@ def plot(rows: list[dict], path: str, few_shot: list[tuple[str, float, int]]) ->
     for what, acc, queries in few_shot:
         ax.plot(queries, acc, "s", mfc="none", label=f"few-shot {what}: {acc:.2f}")
     ax.axhline(79.62, ls=":", c="gray", lw=1, label="published ZSKD, 79.62")
-    ax.set_xscale("log")
-    ax.set_xlabel("teacher queries per run (log scale)")
-    ax.set_ylabel("student test accuracy, %")
-    ax.set_title("Fashion-MNIST, zero-shot (no real image) against few-shot references")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return label_only_table.finish_plot(
+        plt, fig, ax, path, "Fashion-MNIST, zero-shot (no real image) against few-shot references",
+        legend=dict(fontsize=7, loc="lower right"))
 
 
 def section(results_md: str, few_shot: list[tuple[str, float, int]] = ()) -> list[str]:

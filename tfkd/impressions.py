@@ -281,6 +281,14 @@ def _progress(total: int, done: int, progress: bool, unit: str = "batch"):
     return bar
 
 
+def _save_fields(state, path: str | None) -> None:
+    """A dataclass's array fields to ``path`` (.npz) atomically (temp name, then rename)."""
+    if path:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **dataclasses.asdict(state))
+        os.replace(tmp, path)
+
+
 @dataclasses.dataclass
 class _State:
     """The impressions made so far, in plan order."""
@@ -307,10 +315,7 @@ class _State:
         self.last_loss = np.append(self.last_loss, losses[:len(batches), -1])
 
     def save(self, path: str | None) -> None:
-        if path:
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, **dataclasses.asdict(self))
-            os.replace(tmp, path)
+        _save_fields(self, path)
 
     @classmethod
     def resume(cls, path: str | None) -> "_State":
@@ -535,10 +540,7 @@ class _Round:
     loss: np.ndarray
 
     def save(self, path: str | None) -> None:
-        if path:
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, **dataclasses.asdict(self))
-            os.replace(tmp, path)
+        _save_fields(self, path)
 
     @classmethod
     def resume(cls, path: str | None, index: int) -> "_Round | None":

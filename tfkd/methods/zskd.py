@@ -23,13 +23,23 @@ from tfkd.methods import TransferSet
 from tfkd.methods import register
 
 
+class _Impressions(Method):
+    """What both ZSKD variants share: the student learns the stored softmax at the search's T with
+    ``kd`` (T² · KL) at that T."""
+
+    loss = "kd"
+
+    def student_config(self, config):
+        return dataclasses.replace(super().student_config(config),
+                                   temperature=config.zskd.temperature)
+
+
 @register
-class ZSKD(Method):
+class ZSKD(_Impressions):
     """Data Impressions of a white-box teacher, labelled by its softmax at T."""
 
     name = "zskd"
     teacher_needs = "weights"
-    loss = "kd"
     description = ("zero-shot: Data Impressions synthesised from the teacher's weights and "
                    "gradients (ZSKD), no real image, no query")
 
@@ -38,10 +48,6 @@ class ZSKD(Method):
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         return {}
-
-    def student_config(self, config):
-        return dataclasses.replace(super().student_config(config),
-                                   temperature=config.zskd.temperature)
 
     def build(self, ctx: MethodContext) -> TransferSet:
         config = ctx.config.zskd
@@ -60,7 +66,7 @@ class ZSKD(Method):
 
 
 @register
-class ZSKDBlackBox(Method):
+class ZSKDBlackBox(_Impressions):
     """Data Impressions of a teacher reached only over gRPC (tfkd's own variant; no seed paper has
     it): ZSKD's targets and loss, the class similarity estimated from the teacher's answers and the
     image gradient from antithetic probes (:func:`tfkd.impressions.synthesize_blackbox`).
@@ -73,16 +79,11 @@ class ZSKDBlackBox(Method):
 
     name = "zskd_blackbox"
     teacher_needs = "soft_labels"
-    loss = "kd"
     description = ("zero-shot from a black-box teacher: Data Impressions from its answers alone "
                    "(class similarity and image gradients estimated by queries)")
 
     def fingerprint(self, config) -> tuple:
         return (dataclasses.replace(config.zskd, final_layer=None), config.zskd_blackbox)
-
-    def student_config(self, config):
-        return dataclasses.replace(super().student_config(config),
-                                   temperature=config.zskd.temperature)
 
     def _state(self, ctx: MethodContext) -> str:
         return ctx.memo("zskd_blackbox_state", lambda: workdir_lib.artifact_path(
