@@ -22,7 +22,12 @@ ROWS = {
     "zskd": ("zskd", "white-box: the teacher's SavedModel in-process; 48,000 impressions, 1,500 "
                      "Adam steps (the paper's)"),
     "zskd_blackbox": ("zskd_blackbox", "black-box: gRPC answers only; 12,000 impressions, 100 "
-                                       "steps, 2 x 10 probes per step"),
+                                       "steps, Adam 0.05, 2 x 10 probes per step"),
+    "zskd_blackbox_lr01": ("zskd_blackbox", "try: as above, Adam 0.01"),
+    "zskd_short": ("zskd", "try: white-box at the black-box's size: 12,000 impressions, 100 "
+                           "steps, Adam 0.05"),
+    "zskd_short_lr01": ("zskd", "try: the same, Adam 0.01"),
+    "zskd_short_lr003": ("zskd", "try: the same, Adam 0.003"),
     "zsdb3kd_p100_i10_q500": ("zsdb3kd", "label-only: 100 pseudo-samples per class asked, 10 "
                                          "pushes of 500 Sign-OPT queries; bd 200 directions"),
 }
@@ -60,7 +65,7 @@ def markdown(rows: list[dict], results_md: str) -> list[str]:
 
 
 def goals(rows: list[dict]) -> list[str]:
-    by = {r["method"]: r for r in rows}
+    by = {r["method"]: r for r in rows if not r["what"].startswith("try")}
     lines = []
     if "zskd" in by:
         z = by["zskd"]
