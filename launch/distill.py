@@ -119,7 +119,7 @@ flags.DEFINE_integer("zskd_iterations", None, "ZSKD: Adam steps per batch of imp
                      "1,500 (the paper's); zskd_blackbox: 100.")
 flags.DEFINE_integer("zskd_batch_size", 100, "ZSKD: impressions optimised together.")
 flags.DEFINE_float("zskd_learning_rate", None, "ZSKD: Adam's learning rate on pixels in [0, 1]; "
-                   "default: 0.001 (the paper's); zskd_blackbox: 0.05.")
+                   "default: 0.001 (the paper's); zskd_blackbox: 0.01.")
 flags.DEFINE_float("zskd_temperature", 20.0, "ZSKD: T of the impression search, targets and student.")
 flags.DEFINE_string("zskd_final_layer", None, "ZSKD: the final layer's weight variable in the "
                     "SavedModel (e.g. logits/kernel); default: the one of shape [features, K].")

@@ -252,7 +252,7 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="zskd_blackbox.directions=0"):
         impressions.ZerothOrderConfig(directions=0).validate()
     bb = impressions.config_for("mnist", blackbox=True, iterations=7, learning_rate=None)
-    assert (bb.count, bb.iterations, bb.learning_rate) == (12_000, 7, 0.05)
+    assert (bb.count, bb.iterations, bb.learning_rate) == (12_000, 7, 0.01)
     assert impressions.config_for("mnist").count == 24_000
     assert impressions.config_for("cifar10").count == 40_000
 
