@@ -22,8 +22,8 @@ ROWS = {
     "zskd": ("zskd", "white-box: the teacher's SavedModel in-process; 48,000 impressions, 1,500 "
                      "Adam steps (the paper's)"),
     "zskd_blackbox": ("zskd_blackbox", "black-box: gRPC answers only; 12,000 impressions, 100 "
-                                       "steps, Adam 0.05, 2 x 10 probes per step"),
-    "zskd_blackbox_lr01": ("zskd_blackbox", "try: as above, Adam 0.01"),
+                                       "steps, Adam 0.01, 2 x 10 probes per step"),
+    "zskd_blackbox_lr05": ("zskd_blackbox", "try: as above, Adam 0.05 (the first default)"),
     "zskd_short": ("zskd", "try: white-box at the black-box's size: 12,000 impressions, 100 "
                            "steps, Adam 0.05"),
     "zskd_short_lr01": ("zskd", "try: the same, Adam 0.01"),
