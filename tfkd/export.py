@@ -264,15 +264,5 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
                          "(with saved_model.pb)")
     existing = list_versions(model_base_path)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
-    final_dir = os.path.join(model_base_path, str(version))
-    if os.path.exists(final_dir):
-        raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
-    os.makedirs(model_base_path, exist_ok=True)
-    tmp_dir = _staging_dir(model_base_path, version)
-    try:
-        shutil.copytree(version_dir, tmp_dir, dirs_exist_ok=True)
-        os.rename(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return final_dir
+    return _write_version(model_base_path, version,
+                          lambda tmp_dir: shutil.copytree(version_dir, tmp_dir, dirs_exist_ok=True))
