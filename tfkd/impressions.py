@@ -478,10 +478,10 @@ def estimate_similarity(targets: np.ndarray, classes: np.ndarray, num_classes: i
       float32 [K, K] in [0, 1], symmetric.
     """
     mean = np.eye(num_classes)
-    classes = np.asarray(classes)
-    for k in range(num_classes):
+    targets, classes = np.asarray(targets, np.float64), np.asarray(classes)
+    for k in range(num_classes):  # Once per round, K classes: not a hot path.
         if (classes == k).any():
-            mean[k] = np.asarray(targets, np.float64)[classes == k].mean(axis=0)
+            mean[k] = targets[classes == k].mean(axis=0)
     sym = (mean + mean.T) / 2
     low, high = sym.min(), sym.max()
     return ((sym - low) / max(high - low, 1e-12)).astype(np.float32)
