@@ -11,6 +11,7 @@ import pytest
 
 from tfkd import impressions
 from tfkd import methods
+from tfkd import teacher as teacher_lib
 
 from conftest import REPO
 
@@ -80,6 +81,8 @@ def test_zskd_blackbox_runs_end_to_end_on_a_query_budget(server, tmp_path):
     expected = {"zskd_probes": 960, "label_impressions": 80}
     assert report["teacher_queries_sent_by_stage"] == expected
     assert _sent_by_stage(tmp_path) == expected
+    # Probes are asked once each and not kept; only the 80 final labels are in the answer ledger.
+    assert teacher_lib.QueryLedger(str(tmp_path / "ledger")).rows_on_disk == 80
     assert {k: v for k, v in report["teacher_query_plan"].items() if v} == expected
     assert report["transfer_set_sources"] == {"impressions": 80}
     transfer = methods.TransferSet.load(report["labelled_set"])
