@@ -158,6 +158,19 @@ def target_plan(num_classes: int, config: ImpressionConfig) -> list[tuple[int, f
     return [(k, beta) for _ in range(per_cell) for beta in config.betas for k in range(num_classes)]
 
 
+def adam_step(x, m, v, grad, t, learning_rate: float):
+    """One Adam step (Kingma & Ba 2015, Algorithm 1; ``keras.optimizers.Adam``'s β1 0.9, β2 0.999,
+    ε 1e-7) on pixels, then clipped to [0, 1]: returns (x, m, v). Written with arithmetic only, so
+    the same update runs on tensors inside the white-box search's compiled loop and on NumPy arrays
+    in the black-box one; ``t`` is the step number from 1 (a float or float tensor)."""
+    m = 0.9 * m + 0.1 * grad
+    v = 0.999 * v + 0.001 * grad * grad
+    step = learning_rate * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t)
+    x = x - step * m / (v ** 0.5 + 1e-7)
+    return (tf.clip_by_value(x, 0.0, 1.0) if tf.is_tensor(x) else
+            np.clip(x, 0, 1).astype(np.float32)), m, v
+
+
 def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfig):
     """A compiled search of one batch: ``search(noise, targets) -> (images, soft targets, losses)``.
 
@@ -173,8 +186,6 @@ def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfi
     ``tests/test_impressions.py`` checks it step for step against ``keras.optimizers.Adam``.
     """
     temperature = tf.constant(config.temperature, tf.float32)
-    lr = tf.constant(config.learning_rate, tf.float32)
-    beta1, beta2, epsilon = 0.9, 0.999, 1e-7
 
     def loss_and_grad(images, targets):
         with tf.GradientTape() as tape:
@@ -190,11 +201,8 @@ def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfi
         losses = tf.TensorArray(tf.float32, size=config.iterations)
         for i in tf.range(config.iterations):
             loss, grad = loss_and_grad(images, targets)
-            t = tf.cast(i + 1, tf.float32)
-            m = beta1 * m + (1 - beta1) * grad
-            v = beta2 * v + (1 - beta2) * tf.square(grad)
-            step = lr * tf.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-            images = tf.clip_by_value(images - step * m / (tf.sqrt(v) + epsilon), 0.0, 1.0)
+            images, m, v = adam_step(images, m, v, grad, tf.cast(i + 1, tf.float32),
+                                     config.learning_rate)
             losses = losses.write(i, loss)
         return images, tf.nn.softmax(logits_fn(images) / temperature), losses.stack()
 
@@ -644,16 +652,13 @@ def _start_round(done, plan, index, cells, image_shape, num_classes, config, see
 
 
 def _blackbox_step(current: _Round, probe, config, zo, seed) -> None:
-    """One Adam step (``keras.optimizers.Adam``'s update, as :func:`make_search`) on the estimate."""
+    """One :func:`adam_step` (the white-box search's update) on the estimated gradient."""
     rng = np.random.default_rng([seed, int(current.index), int(current.step)])
     grad, loss = estimate_gradient(probe, current.images, current.targets, config.temperature, zo,
                                    rng)
     t = int(current.step) + 1
-    current.m = 0.9 * current.m + 0.1 * grad
-    current.v = 0.999 * current.v + 0.001 * np.square(grad)
-    step = config.learning_rate * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
-    current.images = np.clip(current.images - step * current.m / (np.sqrt(current.v) + 1e-7),
-                             0, 1).astype(np.float32)
+    current.images, current.m, current.v = adam_step(current.images, current.m, current.v, grad,
+                                                     float(t), config.learning_rate)
     if t == 1:
         current.first_loss = loss
     current.loss = loss
