@@ -22,6 +22,7 @@ from tfkd import boundary
 from tfkd import client
 from tfkd import data
 from tfkd import distill
+from tfkd import images
 from tfkd import impressions
 from tfkd import methods
 from tfkd import models
@@ -39,12 +40,28 @@ flags.DEFINE_enum("method", "fsbbt", methods.names(), "; ".join(
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debian package, then "
                     "keras.datasets.")
+flags.DEFINE_string("images", None, "Your own unlabeled images instead of --dataset: a directory "
+                    "(PNG/JPEG/BMP/GIF, nested folders allowed, folder names ignored), a file "
+                    "pattern, or TFRecord files of tf.train.Example (--image_key). Read at the "
+                    "teacher's input size; needs --teacher.")
+flags.DEFINE_string("eval_images", None, "With --images: held-out images to evaluate on. One "
+                    "sub-folder per class gives accuracy and fidelity; a flat folder or pattern "
+                    "gives fidelity (top-1 agreement with the teacher) only.")
+flags.DEFINE_string("image_key", "image/encoded", "TFRecord feature holding the encoded image.")
+flags.DEFINE_integer("image_height", None, "Image height; default: the teacher's input shape.")
+flags.DEFINE_integer("image_width", None, "Image width; default: the teacher's input shape.")
+flags.DEFINE_enum("image_channels", None, ["1", "3"], "Image channels; default: the teacher's.")
+flags.DEFINE_string("class_names", None, "File of class names, one per line in the teacher's "
+                    "order: the names of --eval_images' sub-folders. Default: sub-folders named "
+                    "0..K-1, else in sorted order.")
 flags.DEFINE_integer("seed", 0, "Seed for sampling, synthesis and training.")
 flags.DEFINE_integer("num_shots", None, "N: unlabeled real images, balanced over classes; default "
-                     "the paper's (2000; 5000 for CIFAR-100).")
-flags.DEFINE_integer("num_validation", 5000, "Training images held out as the validation split "
+                     "the paper's (2000; 5000 for CIFAR-100). With --images: a uniform draw of N "
+                     "of them; default all.")
+flags.DEFINE_integer("num_validation", None, "Training images held out as the validation split "
                      "(the same for every seed and method): not used by the teacher tfkd trains nor "
-                     "as few shots; monitoring and choices read it, never the test split. 0: none.")
+                     "as few shots; monitoring and choices read it, never the test split. 0: none. "
+                     "Default 5000; 0 with --images (no labels).")
 flags.DEFINE_string("teacher", "", "host:port of a running TF Serving server; empty: train a "
                     "teacher into the work dir if none is there and serve it locally.")
 flags.DEFINE_string("teacher_model_name", "teacher", "The teacher's model name (model spec).")
@@ -90,6 +107,8 @@ flags.DEFINE_float("mixup_alpha", 1.0, "MixUp λ ~ Beta(α, α).")
 flags.DEFINE_integer("num_cvae", 4_800, "CVAE images, equal per class.")
 flags.DEFINE_integer("cvae_epochs", 200, "CVAE training epochs.")
 flags.DEFINE_integer("cvae_latent_dim", 2, "CVAE latent size.")
+flags.DEFINE_integer("cvae_working_size", 0, "The CVAE models images at this size and its samples "
+                     "are resized up; 0: the image size up to 32, else 32.")
 flags.DEFINE_enum("cvae_architecture", "auto", ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
                   "conv (CIFAR); auto picks by dataset.")
 flags.DEFINE_enum("db3kd_search", "bd", list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
@@ -131,6 +150,9 @@ flags.DEFINE_integer("zskd_resolution", 14, "zskd_blackbox: directions drawn on 
                      "side and upsampled (the image side: full dimension).")
 flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
+flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PATH.keras: images "
+                    "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
+                    "--student_architecture.")
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Student batch size per replica.")
 flags.DEFINE_float("learning_rate", 1e-3, "Student Adam learning rate.")
@@ -166,7 +188,8 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
              "db3kd_mbd_directions": 1,
              "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 1, "zsdb3kd_queries": 1,
-             "zsdb3kd_init_directions": 1, "num_shots": 1, "num_validation": 0, "teacher_version": 1,
+             "zsdb3kd_init_directions": 1, "num_shots": 0, "num_validation": 0, "image_height": 1,
+             "image_width": 1, "cvae_working_size": 0, "teacher_version": 1,
              "teacher_max_in_flight": 1, "teacher_max_attempts": 1, "query_budget": 0,
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
@@ -216,25 +239,48 @@ def teacher_config_from_flags() -> teacher.TeacherConfig:
         auth_token_env=FLAGS.teacher_auth_token_env, query_budget=FLAGS.query_budget)
 
 
+def images_config_from_flags() -> images.ImageSourceConfig | None:
+    if FLAGS.images is None:
+        return None
+    return images.ImageSourceConfig(
+        path=FLAGS.images, eval_path=FLAGS.eval_images, image_key=FLAGS.image_key,
+        height=FLAGS.image_height, width=FLAGS.image_width,
+        channels=None if FLAGS.image_channels is None else int(FLAGS.image_channels),
+        class_names=FLAGS.class_names)
+
+
 def config_from_flags() -> pipeline.DistillConfig:
-    num_shots = FLAGS.num_shots or models.DEFAULT_NUM_SHOTS[FLAGS.dataset]  # None: the paper's.
+    own = FLAGS.images is not None  # The user's images: no named dataset's defaults.
+    if FLAGS.eval_images and not own:
+        raise ValueError("--eval_images needs --images (a named dataset has its test split)")
+    num_shots = FLAGS.num_shots
+    if num_shots is None:  # The paper's for a dataset; all of the user's images.
+        num_shots = 0 if own else models.DEFAULT_NUM_SHOTS[FLAGS.dataset]
+    elif num_shots == 0 and not own:
+        raise ValueError("--num_shots=0 (all images) needs --images")
+    num_validation = FLAGS.num_validation
+    if num_validation is None:
+        num_validation = 0 if own else 5000
     teacher_arch, student_arch = models.DEFAULT_PAIRS[FLAGS.dataset]
     teacher_arch = teacher_arch if FLAGS.teacher_architecture == "auto" else FLAGS.teacher_architecture
     student_arch = student_arch if FLAGS.student_architecture == "auto" else FLAGS.student_architecture
+    if own and FLAGS.student_architecture == "auto":
+        student_arch = "mobilenet_v3_small"
+    student_arch = FLAGS.student_model or student_arch
     cvae_arch = FLAGS.cvae_architecture
-    if cvae_arch == "auto":
+    if cvae_arch == "auto" and not own:  # The user's images: resolved at their size.
         cvae_arch = "conv" if FLAGS.dataset.startswith("cifar") else "mlp"
     return pipeline.DistillConfig(
         workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir, seed=FLAGS.seed,
-        num_shots=num_shots, num_validation=FLAGS.num_validation,
+        data_dir=FLAGS.data_dir, images=images_config_from_flags(), seed=FLAGS.seed,
+        num_shots=num_shots, num_validation=num_validation,
         teacher=teacher_config_from_flags(),
         teacher_train=pipeline.TeacherTrainConfig(architecture=teacher_arch,
                                                   epochs=FLAGS.teacher_epochs),
         mixup=synthesis.MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha),
         cvae=dataclasses.replace(synthesis.CVAEConfig(), num_images=FLAGS.num_cvae,
                                  epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim,
-                                 architecture=cvae_arch),
+                                 architecture=cvae_arch, working_size=FLAGS.cvae_working_size),
         student=distill.StudentConfig(
             architecture=student_arch, epochs=FLAGS.student_epochs,
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,

@@ -498,19 +498,20 @@ def connect(target: str, model_name: str = "model", role: str = "model",
     return ServingClient(ServingConfig(target=target, model_name=model_name, **fields), role)
 
 
-def accuracy(client: ServingClient, images: np.ndarray, labels: np.ndarray,
-             progress: bool = False) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of a served classifier on labelled images.
-
-    Args:
-      images: float32 [n, H, W, C] in [0, 1]; labels: int [n] in [0, K).
+def top1(client: ServingClient, images: np.ndarray, progress: bool = False) -> np.ndarray:
+    """A served classifier's top-1 classes int64 [n] for float32 images [n, H, W, C] in [0, 1].
 
     The output read is per-class scores [n, K] (probabilities or logits: the argmax is the
     prediction) or, for an integer output, the class ids [n] themselves.
     """
     answers = client.predict(client.encode(images), progress=progress)
     if client.signature.output_dtype.is_integer:
-        predictions = answers.reshape(-1).astype(np.int64)
-    else:
-        predictions = answers.argmax(axis=1)
-    return float(np.mean(predictions == np.asarray(labels).reshape(-1)))
+        return answers.reshape(-1).astype(np.int64)
+    return answers.argmax(axis=1).astype(np.int64)
+
+
+def accuracy(client: ServingClient, images: np.ndarray, labels: np.ndarray,
+             progress: bool = False) -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of a served classifier on labelled images
+    (:func:`top1`; labels int [n] in [0, K))."""
+    return float(np.mean(top1(client, images, progress) == np.asarray(labels).reshape(-1)))

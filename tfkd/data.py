@@ -61,6 +61,10 @@ class Dataset:
         ``x_train`` by :func:`with_validation_split` (used for choices and monitoring, never the test
         split).
       y_val: int64 [n_val], or None.
+      classes: the class names, or None for the dataset's own (:data:`CLASS_NAMES`).
+
+    A dataset of the user's own images (:mod:`tfkd.images`) has ``y_train`` None (the few shots are
+    unlabeled) and ``y_test`` None when its evaluation images are unlabeled.
     """
 
     name: str
@@ -72,6 +76,7 @@ class Dataset:
     source: str
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    classes: tuple | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -80,6 +85,8 @@ class Dataset:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        if self.classes is not None:
+            return tuple(self.classes)
         return CLASS_NAMES.get(self.name, tuple(str(i) for i in range(self.num_classes)))
 
 

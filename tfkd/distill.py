@@ -54,7 +54,9 @@ class StudentConfig:
     """How the student is trained.
 
     Attributes:
-      architecture: a name in :data:`tfkd.models.MODELS`.
+      architecture: a name in :data:`tfkd.models.MODELS` (the paper's students and the
+        ``keras.applications`` families of :data:`tfkd.models.APPLICATIONS`), or the path of the
+        user's own ``.keras`` model (:func:`tfkd.models.load_user_model`).
       epochs, batch_size, learning_rate: Adam training (batch_size per replica).
       lr_schedule: one of ``LR_SCHEDULES``; default ``cosine`` decay to 0 (chosen on the validation
         split over the paper's constant rate: +0.52, +0.30, +0.46 points for FS-BBT, seeds 0-2;
@@ -88,7 +90,9 @@ class StudentConfig:
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range and what it accepts."""
         checks = [
-            ("architecture", self.architecture in models.MODELS, models.MODELS),
+            ("architecture", self.architecture in models.MODELS
+             or models.is_user_model(self.architecture),
+             f"one of {sorted(models.MODELS)} or a .keras file"),
             ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("learning_rate", self.learning_rate > 0, "> 0"),
             ("lr_schedule", self.lr_schedule in LR_SCHEDULES, LR_SCHEDULES),

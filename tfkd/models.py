@@ -7,6 +7,7 @@ temperature can be applied to logits during distillation.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import keras
@@ -130,6 +131,41 @@ def resnet20(input_shape=(32, 32, 3), num_classes: int = 100) -> keras.Model:
     return _resnet_cifar("resnet20", 20, input_shape, num_classes)
 
 
+def _application(name: str, constructor: str, input_scale: float = 1.0, **options):
+    """A ``keras.applications`` family built from scratch (``weights=None``) for any input size."""
+
+    def build(input_shape, num_classes: int) -> keras.Model:
+        inputs = keras.Input(input_shape, name="images")
+        x = layers.Rescaling(input_scale)(inputs) if input_scale != 1.0 else inputs
+        backbone = getattr(keras.applications, constructor)(
+            input_shape=tuple(input_shape), include_top=False, weights=None, pooling="avg",
+            **options)
+        logits = layers.Dense(num_classes, name="logits")(backbone(x))
+        return keras.Model(inputs, logits, name=name)
+
+    build.__doc__ = (f"``keras.applications.{constructor}`` (``weights=None``, ``include_top=False``, "
+                     "average pooling) with a new Dense logits layer; inputs in [0, 1]"
+                     + (f" scaled by {input_scale:g} for its built-in preprocessing"
+                        if input_scale != 1.0 else "") + ". Needs H, W >= 32.")
+    return build
+
+
+APPLICATIONS: dict[str, Callable[..., keras.Model]] = {
+    "mobilenet_v2": _application("mobilenet_v2", "MobileNetV2"),
+    "mobilenet_v3_small": _application("mobilenet_v3_small", "MobileNetV3Small",
+                                       include_preprocessing=False),
+    "mobilenet_v3_large": _application("mobilenet_v3_large", "MobileNetV3Large",
+                                       include_preprocessing=False),
+    # EfficientNet rescales by 1/255 and normalises inside the model: it is given 0..255.
+    "efficientnet_b0": _application("efficientnet_b0", "EfficientNetB0", input_scale=255.0),
+    "efficientnetv2_b0": _application("efficientnetv2_b0", "EfficientNetV2B0", input_scale=255.0,
+                                      include_preprocessing=True),
+}
+"""Students for real teachers: Keras' own mobile families, built from scratch (no pretrained
+weights: the student learns from the teacher alone), sized by the teacher's input."""
+
+USER_MODEL_SUFFIX = ".keras"
+
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "lenet5": lenet5,
     "lenet5_half": lenet5_half,
@@ -138,6 +174,7 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "alexnet_half": alexnet_half,
     "resnet32": resnet32,
     "resnet20": resnet20,
+    **APPLICATIONS,
 }
 
 # The paper's teacher -> student pairs by dataset (FS-BBT Table 1), with N.
@@ -151,23 +188,64 @@ DEFAULT_NUM_SHOTS = {"mnist": 2000, "fashion_mnist": 2000, "cifar10": 2000, "cif
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """Builds a model by name.
+    """Builds a model by name, or loads a user's model from a ``.keras`` file.
 
     Args:
-      name: one of ``MODELS``.
+      name: one of ``MODELS``, or the path of a ``.keras`` file (any file system ``tf.io.gfile``
+        reads) holding the user's own model: float32 [b, H, W, C] in [0, 1] -> logits [b, K] (no
+        softmax), loaded uncompiled with the weights it holds.
       input_shape: (H, W, C) of one image.
       num_classes: number of classes (width of the logits).
 
     Raises:
-      ValueError: unknown name, or an input too small for the architecture.
+      ValueError: unknown name, an input too small for the architecture, or a user's model whose
+        input or output shape does not fit.
     """
-    if name not in MODELS:
-        raise ValueError(f"model={name!r}: expected one of {sorted(MODELS)}")
     if len(input_shape) != 3:
         raise ValueError(f"input_shape={input_shape}: expected (H, W, C)")
-    if name.startswith("lenet") and min(input_shape[:2]) < 12:
+    shape = tuple(int(d) for d in input_shape)
+    if is_user_model(name):
+        return load_user_model(name, shape, int(num_classes))
+    if name not in MODELS:
+        raise ValueError(f"model={name!r}: expected one of {sorted(MODELS)} or a path ending in "
+                         f"{USER_MODEL_SUFFIX}")
+    if name.startswith("lenet") and min(shape[:2]) < 12:
         raise ValueError(f"input_shape={input_shape}: LeNet-5 needs H, W >= 12")
-    return MODELS[name](tuple(int(d) for d in input_shape), int(num_classes))
+    if name in APPLICATIONS and min(shape[:2]) < 32:
+        raise ValueError(f"input_shape={input_shape}: {name} needs H, W >= 32")
+    return MODELS[name](shape, int(num_classes))
+
+
+def is_user_model(name: str) -> bool:
+    """Whether a model name is a path to the user's own ``.keras`` model."""
+    return name.endswith(USER_MODEL_SUFFIX)
+
+
+def load_user_model(path: str, input_shape: tuple, num_classes: int) -> keras.Model:
+    """A user's own Keras model (``--student_model=PATH.keras``), loaded uncompiled.
+
+    Raises:
+      ValueError: no such file, or its input is not [None, *input_shape] or its output not
+        [None, num_classes].
+    """
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"student_model={path!r}: no such file")
+    local = path
+    if "://" in path:  # keras.saving reads local files: copy a remote one next to the caller.
+        import tempfile
+
+        local = os.path.join(tempfile.mkdtemp(prefix="tfkd-student-"), os.path.basename(path))
+        tf.io.gfile.copy(path, local)
+    model = keras.saving.load_model(local, compile=False)
+    got_in = tuple(model.inputs[0].shape[1:]) if model.inputs else None
+    got_out = tuple(model.outputs[0].shape[1:]) if model.outputs else None
+    if got_in != tuple(input_shape) or got_out != (num_classes,):
+        raise ValueError(f"student_model={path!r}: expected a model of input [None, "
+                         f"{', '.join(map(str, input_shape))}] and logits [None, {num_classes}]; "
+                         f"it has input {got_in} and output {got_out}")
+    return model
 
 
 def count_parameters(model: keras.Model) -> int:

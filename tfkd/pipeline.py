@@ -51,6 +51,7 @@ from tfkd import cluster
 from tfkd import data as data_lib
 from tfkd import distill
 from tfkd import export
+from tfkd import images as images_lib
 from tfkd import impressions
 from tfkd import methods
 from tfkd import models
@@ -87,8 +88,13 @@ class DistillConfig:
       method: a registered method (:func:`tfkd.methods.names`; the FS-BBT family's table is in
         :mod:`tfkd.methods.fsbbt`).
       dataset, data_dir: see :func:`tfkd.data.load_dataset`.
+      images: the user's own images in place of ``dataset`` (:class:`tfkd.images.ImageSourceConfig`):
+        unlabeled few shots at the teacher's input size, and optional evaluation images (labelled
+        by class sub-folders, or not: then the report gives fidelity). Needs a remote
+        ``teacher.target``; ``num_validation`` must be 0 (there are no labels to validate on).
       seed: one seed for sampling, synthesis and training.
-      num_shots: N, the unlabeled real images (balanced over classes).
+      num_shots: N, the unlabeled real images (balanced over classes); with ``images``, a uniform
+        draw of N of them (0: all).
       teacher: how to reach and read the teacher (:class:`tfkd.teacher.TeacherConfig`); an empty
         ``target`` trains a teacher into the work dir if none is there, serves it on a free loopback
         port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
@@ -120,6 +126,7 @@ class DistillConfig:
     method: str = "fsbbt"
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
+    images: images_lib.ImageSourceConfig | None = None
     seed: int = 0
     num_shots: int = 2000
     num_validation: int = 5000
@@ -149,7 +156,8 @@ class DistillConfig:
         checks = [
             ("dataset", self.dataset, self.dataset in data_lib.SUPPORTED_DATASETS,
              data_lib.SUPPORTED_DATASETS),
-            ("num_shots", self.num_shots, self.num_shots >= 1, ">= 1"),
+            ("num_shots", self.num_shots, self.num_shots >= (0 if self.images else 1),
+             ">= 1 (0, all, only with images)"),
             ("num_validation", self.num_validation, self.num_validation >= 0, ">= 0"),
             ("eval_examples", self.eval_examples, self.eval_examples >= 0, ">= 0"),
             ("verbose", self.verbose, self.verbose in (0, 1, 2), "0, 1 or 2"),
@@ -157,8 +165,9 @@ class DistillConfig:
              export.VARIANTS[1:]),
             ("teacher_train.architecture", self.teacher_train.architecture,
              self.teacher_train.architecture in models.MODELS, models.MODELS),
-            ("cvae.architecture", self.cvae.architecture, self.cvae.architecture in ("mlp", "conv"),
-             ("mlp", "conv")),
+            ("cvae.architecture", self.cvae.architecture,
+             self.cvae.architecture in ("mlp", "conv", "auto"), ("mlp", "conv", "auto")),
+            ("cvae.working_size", self.cvae.working_size, self.cvae.working_size >= 0, ">= 0"),
             ("method loss", method.loss, method.loss in (None, *distill.LOSSES), distill.LOSSES),
         ]
         for name, value, ok, expected in checks:
@@ -170,12 +179,29 @@ class DistillConfig:
         self.zsdb3kd.validate()
         self.zskd.validate()
         self.zskd_blackbox.validate()
+        if self.images is not None:
+            self._validate_images(method)
         if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:
             raise ValueError(
                 f"method={self.method!r} needs the teacher's weights and gradients, which the "
                 f"endpoint {self.teacher.target} does not give: pass --teacher_saved_model=PATH "
                 f"(the SavedModel its TF Serving base path holds), or use --method="
                 f"{self.method}_blackbox, which needs only the endpoint")
+
+
+    def _validate_images(self, method: methods.Method) -> None:
+        self.images.validate()
+        refusals = [
+            (not self.teacher.target, "needs --teacher=host:port (tfkd trains a teacher only on a "
+             "named dataset)"),
+            (self.num_validation != 0, f"needs num_validation=0, got {self.num_validation} (the "
+             "images have no labels to validate on; --eval_images evaluates)"),
+            (method.reads_true_labels, f"cannot run method={self.method!r}: it reads true labels "
+             "and the images have none"),
+        ]
+        for refused, why in refusals:
+            if refused:
+                raise ValueError(f"images={self.images.path!r}: {why}")
 
 
 class StageTimer:
@@ -243,12 +269,16 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
                     code_commit=code_commit(),
                     # Every artifact this run may read back, validated; damaged ones set aside.
                     damaged_artifacts=workdir_lib.check(config.workdir))
-    dataset = load_data(config, timer)
-    report.num_validation = 0 if dataset.x_val is None else len(dataset.x_val)
-    x_eval, y_eval = eval_split(config, dataset)
-    report.eval_examples = len(x_eval)
     with contextlib.ExitStack() as stack:
-        link = connect_teacher(config, method, dataset, strategy, stack, timer, report)
+        if config.images is None:
+            dataset = load_data(config, timer)
+            link = connect_teacher(config, method, dataset, strategy, stack, timer, report)
+        else:  # The images are read at the teacher's input size: the teacher comes first.
+            link = connect_teacher(config, method, None, strategy, stack, timer, report)
+            dataset = load_images(config, link, timer, report)
+        report.num_validation = 0 if dataset.x_val is None else len(dataset.x_val)
+        x_eval, y_eval = eval_split(config, dataset)
+        report.eval_examples = len(x_eval)
         transfer = build_transfer_set(config, method, dataset, link, x_eval, timer, report,
                                       strategy)
         student = train_student(config, method, dataset, transfer,
@@ -261,10 +291,10 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
         report.role = "chief"
         variant_dirs = export_student(config, student, transfer.images[:8], link.local_base, timer,
                                       report)
-        evaluate_teacher(config, link, x_eval, y_eval, timer, report)
+        teacher_top1 = evaluate_teacher(config, link, x_eval, y_eval, timer, report)
         report.update(**query_figures(link))
-    evaluate_students(config, dataset, variant_dirs, transfer.images[:64], x_eval, y_eval, timer,
-                      report)
+    evaluate_students(config, dataset, variant_dirs, transfer.images[:64], x_eval, y_eval,
+                      teacher_top1, timer, report)
     return finish(config, student, variant_dirs, link.local_base, timer, report)
 
 
@@ -275,10 +305,58 @@ def load_data(config: DistillConfig, timer: StageTimer) -> data_lib.Dataset:
             data_lib.load_dataset(config.dataset, config.data_dir), config.num_validation)
 
 
-def eval_split(config: DistillConfig, dataset: data_lib.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The test images and labels the accuracies are measured on (none without ``evaluate_test``)."""
+def load_images(config: DistillConfig, link: TeacherLink, timer: StageTimer,
+                report: Report) -> data_lib.Dataset:
+    """The user's images as a :class:`tfkd.data.Dataset`: ``num_shots`` of ``config.images.path``
+    (seeded uniform draw; all for 0) as ``x_train`` without labels, the evaluation images as
+    ``x_test`` (labels from class sub-folders, else None). The files drawn are recorded in
+    ``few_shot_files.txt``.
+
+    Raises:
+      tfkd.images.ImageSourceError: no image, more shots asked than there are, or labels that
+        cannot be read; ValueError: an image size the teacher does not give.
+    """
+    source = config.images
+    shape = source.image_shape(link.client.signature.input_shape)
+    num_classes = link.client.num_data_classes
+    with timer("load_images"):
+        pool = images_lib.count(source.path, source.image_key)
+        if config.num_shots > pool:
+            raise images_lib.ImageSourceError(
+                f"num_shots={config.num_shots}: expected at most the {pool} images of "
+                f"images={source.path!r} (0: all of them)")
+        draw = (None if config.num_shots in (0, pool) else np.random.default_rng(
+            config.seed).choice(pool, config.num_shots, replace=False))
+        shots = images_lib.load_images(source.path, shape, source.image_key, select=draw)
+        workdir_lib.write_text(os.path.join(config.workdir, "few_shot_files.txt"),
+                               "\n".join(shots.names) + "\n")
+        evaluation, order = None, None
+        if source.eval_path:
+            names = (images_lib.read_class_names(source.class_names) if source.class_names
+                     else None)
+            evaluation, order = images_lib.load_labelled(source.eval_path, shape, num_classes, names)
+    empty = np.zeros((0, *shape), np.float32)
+    report.update(dataset=f"images:{source.path}", images={
+        "path": source.path, "eval_path": source.eval_path, "image_shape": list(shape),
+        "pool": pool, "skipped": len(shots.skipped),
+        "eval_skipped": None if evaluation is None else len(evaluation.skipped),
+        "eval_labelled": None if evaluation is None else evaluation.labels is not None,
+        "class_names": None if order is None else list(order),
+        "images_per_second": shots.images_per_second,
+        "eval_images_per_second": None if evaluation is None else evaluation.images_per_second})
+    return data_lib.Dataset(
+        name="images", x_train=shots.images, y_train=None,
+        x_test=empty if evaluation is None else evaluation.images,
+        y_test=None if evaluation is None else evaluation.labels,
+        num_classes=num_classes, source=source.path, classes=order)
+
+
+def eval_split(config: DistillConfig,
+               dataset: data_lib.Dataset) -> tuple[np.ndarray, np.ndarray | None]:
+    """The test images and labels (None: unlabeled images) the accuracies and fidelity are
+    measured on (none without ``evaluate_test``)."""
     n = (config.eval_examples or len(dataset.x_test)) if config.evaluate_test else 0
-    return dataset.x_test[:n], dataset.y_test[:n]
+    return dataset.x_test[:n], None if dataset.y_test is None else dataset.y_test[:n]
 
 
 def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConfig,
@@ -352,12 +430,13 @@ def local_teacher(config: DistillConfig, dataset: data_lib.Dataset, stack: conte
     return target, base
 
 
-def connect_teacher(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
-                    strategy, stack: contextlib.ExitStack, timer: StageTimer,
-                    report: Report) -> TeacherLink:
+def connect_teacher(config: DistillConfig, method: methods.Method,
+                    dataset: data_lib.Dataset | None, strategy, stack: contextlib.ExitStack,
+                    timer: StageTimer, report: Report) -> TeacherLink:
     """Connects to the teacher (trained and served locally for an empty target) with the work dir's
-    ledger and query account; checks its classes against the data's before any query. A method
-    that needs only top-1 labels gets the label-only view."""
+    ledger and query account; checks its classes against the data's before any query (``dataset``
+    None: the user's images, whose classes are the teacher's). A method that needs only top-1
+    labels gets the label-only view."""
     teacher_config, base = config.teacher, None
     if method.teacher_needs == "top1_labels":
         teacher_config = dataclasses.replace(teacher_config, label_only=True)
@@ -367,16 +446,19 @@ def connect_teacher(config: DistillConfig, method: methods.Method, dataset: data
     ledger_dir = os.path.join(config.workdir, "ledger")
     ledger = teacher_lib.QueryLedger(ledger_dir)
     account = teacher_lib.QueryAccount(ledger_dir, teacher_config.query_budget)
-    data_name = f"dataset {config.dataset!r}"
     client = stack.enter_context(teacher_lib.TeacherClient(teacher_config, ledger, account))
-    client.expect_num_classes(dataset.num_classes, data_name)
+    data_name = f"dataset {config.dataset!r}"
+    if dataset is None:
+        data_name = f"images {config.images.path!r}"
+    num_classes = dataset.num_classes if dataset else user_num_classes(config, client)
+    client.expect_num_classes(num_classes, data_name)
     eval_client = None
     if config.evaluate_teacher and config.evaluate_test and distill.is_chief(strategy):
         # The teacher's own test accuracy: read as probabilities, charged to the same account
         # (and so to the budget), answers kept in the ledger like every other query.
         eval_client = stack.enter_context(teacher_lib.TeacherClient(
             dataclasses.replace(teacher_config, label_only=False), ledger, account))
-        eval_client.expect_num_classes(dataset.num_classes, data_name)
+        eval_client.expect_num_classes(num_classes, data_name)
     s = client.signature
     report.teacher = {"target": teacher_config.target, "model_name": s.model_name,
                       "version": s.version, "signature": s.signature_name,
@@ -390,10 +472,31 @@ def connect_teacher(config: DistillConfig, method: methods.Method, dataset: data
                        ledger, base)
 
 
-def few_shot(config: DistillConfig, dataset: data_lib.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def user_num_classes(config: DistillConfig, client: teacher_lib.TeacherClient) -> int:
+    """K for the user's images: the teacher's (its class map's, its metadata's), else the number of
+    names in the class-name file.
+
+    Raises:
+      ValueError: neither says.
+    """
+    if client.class_map is not None:
+        return max(client.class_map) + 1
+    if client.signature.num_classes:
+        return client.signature.num_classes
+    if config.images.class_names:
+        return len(images_lib.read_class_names(config.images.class_names))
+    raise ValueError(f"images={config.images.path!r}: the teacher's metadata does not say how many "
+                     "classes it has (class ids output); give --class_names (one per line)")
+
+
+def few_shot(config: DistillConfig,
+             dataset: data_lib.Dataset) -> tuple[np.ndarray, np.ndarray | None]:
     """The N few-shot images float32 [N, H, W, C] and their labels int [N] (recorded in
     ``few_shot_indices.npy``). Labels pick the balanced sample only through class membership; only
-    a method that ``reads_true_labels`` is given them."""
+    a method that ``reads_true_labels`` is given them. The user's images (no labels) were drawn
+    when read (:func:`load_images`): they are the shots, labels None."""
+    if dataset.y_train is None:
+        return dataset.x_train, None
     indices = data_lib.few_shot_indices(dataset.y_train, config.num_shots, dataset.num_classes,
                                         config.seed)
     np.save(os.path.join(config.workdir, "few_shot_indices.npy"), indices)
@@ -402,8 +505,9 @@ def few_shot(config: DistillConfig, dataset: data_lib.Dataset) -> tuple[np.ndarr
 
 def transfer_key(config: DistillConfig, method: methods.Method, link: TeacherLink) -> tuple:
     """What a transfer set depends on: its fingerprint's parts."""
-    return (method.name, config.dataset, config.data_dir, config.seed, config.num_shots,
-            method.fingerprint(config), link.client.signature.identity, link.client.label_only)
+    key = (method.name, config.dataset, config.data_dir, config.seed, config.num_shots,
+           method.fingerprint(config), link.client.signature.identity, link.client.label_only)
+    return key if config.images is None else (*key, config.images)
 
 
 def plan_queries(method: methods.Method, ctx: methods.MethodContext, link: TeacherLink,
@@ -531,15 +635,20 @@ def export_student(config: DistillConfig, student: keras.Model, warmup_images: n
 
 
 def evaluate_teacher(config: DistillConfig, link: TeacherLink, x_eval: np.ndarray,
-                     y_eval: np.ndarray, timer: StageTimer, report: Report) -> None:
-    """The teacher's test accuracy over gRPC (queries charged under ``evaluate_teacher``)."""
+                     y_eval: np.ndarray | None, timer: StageTimer,
+                     report: Report) -> np.ndarray | None:
+    """The teacher's test accuracy over gRPC (queries charged under ``evaluate_teacher``; none for
+    unlabeled images). Returns its top-1 int64 [n] on ``x_eval`` (for the students' fidelity), or
+    None when the teacher is not evaluated."""
     if link.eval_client is None or not len(x_eval):
-        return
+        return None
     with timer("evaluate_teacher"):
         answers = link.eval_client.soft_labels(x_eval, progress=config.verbose == 1,
                                                stage="evaluate_teacher")
-    report.update(teacher_accuracy=float(np.mean(answers.argmax(axis=1) == y_eval)),
+    top1 = answers.argmax(axis=1)
+    report.update(teacher_accuracy=None if y_eval is None else float(np.mean(top1 == y_eval)),
                   teacher_eval_queries=link.eval_client.queries)
+    return top1
 
 
 def query_figures(link: TeacherLink) -> dict:
@@ -560,15 +669,19 @@ def query_figures(link: TeacherLink) -> dict:
 
 
 def measure_variant(target: str, name: str, version_dir: str, images: np.ndarray,
-                    x_eval: np.ndarray, y_eval: np.ndarray, dataset: data_lib.Dataset,
-                    progress: bool) -> dict:
-    """One served student variant's figures: test and validation accuracy over gRPC, size,
-    parameters, in-process CPU latency."""
+                    x_eval: np.ndarray, y_eval: np.ndarray | None, teacher_top1: np.ndarray | None,
+                    dataset: data_lib.Dataset, progress: bool) -> dict:
+    """One served student variant's figures over gRPC: test accuracy (labelled images), fidelity
+    (agreement with ``teacher_top1``), validation accuracy; size, parameters, in-process CPU
+    latency."""
     with client_lib.connect(target, name, role="student",
                             version=int(os.path.basename(version_dir))) as student:
+        top1 = client_lib.top1(student, x_eval, progress) if len(x_eval) else None
         return {
-            "accuracy": (client_lib.accuracy(student, x_eval, y_eval, progress)
-                         if len(x_eval) else None),
+            "accuracy": (None if top1 is None or y_eval is None
+                         else float(np.mean(top1 == y_eval))),
+            "fidelity": (None if top1 is None or teacher_top1 is None
+                         else float(np.mean(top1 == teacher_top1))),
             "validation_accuracy": (None if dataset.x_val is None else client_lib.accuracy(
                 student, dataset.x_val, dataset.y_val)),
             "export_dir": os.path.abspath(version_dir),
@@ -580,20 +693,21 @@ def measure_variant(target: str, name: str, version_dir: str, images: np.ndarray
 
 def evaluate_students(config: DistillConfig, dataset: data_lib.Dataset,
                       variant_dirs: dict[str, str], images: np.ndarray, x_eval: np.ndarray,
-                      y_eval: np.ndarray, timer: StageTimer, report: Report) -> None:
+                      y_eval: np.ndarray | None, teacher_top1: np.ndarray | None,
+                      timer: StageTimer, report: Report) -> None:
     """Serves every exported variant and measures it over gRPC (:func:`measure_variant`)."""
     names = {v: "student" if v == "float32" else f"student_{v}" for v in variant_dirs}
     with timer("evaluate_student"):
         with serve({names[v]: os.path.dirname(d) for v, d in variant_dirs.items()}) as target:
-            variants = {v: measure_variant(target, names[v], d, images, x_eval, y_eval, dataset,
-                                           config.verbose == 1)
+            variants = {v: measure_variant(target, names[v], d, images, x_eval, y_eval,
+                                           teacher_top1, dataset, config.verbose == 1)
                         for v, d in variant_dirs.items()}
     base = variants["float32"]
     for figures in variants.values():
         figures["accuracy_change"] = (None if figures["accuracy"] is None else
                                       round(figures["accuracy"] - base["accuracy"], 4))
         figures["bytes_ratio"] = round(figures["saved_model_bytes"] / base["saved_model_bytes"], 3)
-    report.update(student_accuracy=base["accuracy"],
+    report.update(student_accuracy=base["accuracy"], student_fidelity=base["fidelity"],
                   student_validation_accuracy=base["validation_accuracy"],
                   student_variants=variants)
 

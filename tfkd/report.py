@@ -57,6 +57,12 @@ class Report:
     """PNG grids of the transfer set's images per teacher class, by source: name -> path."""
     eval_examples: int | None = None
     """Test images the accuracies were measured on (0 when the test split was not read)."""
+    images: dict | None = None
+    """The user's own images (``--images``; null for a named dataset): ``path``, ``eval_path``,
+    ``image_shape`` [H, W, C], ``pool`` (images in the source), ``skipped`` and ``eval_skipped``
+    (unreadable files), ``eval_labelled`` (class sub-folders), ``class_names`` (the teacher's order
+    used), ``images_per_second`` and ``eval_images_per_second`` (reading, decoding and resizing in
+    tf.data)."""
 
     # ---- teacher
     teacher: dict | None = None
@@ -125,8 +131,11 @@ class Report:
     """Test accuracy of the float32 student, served, over gRPC."""
     student_validation_accuracy: float | None = None
     """Validation accuracy of the float32 student, served, over gRPC."""
+    student_fidelity: float | None = None
+    """Top-1 agreement of the float32 student, served, with the teacher on the evaluation images
+    (fraction in [0, 1]; no labels needed: the model-extraction measure)."""
     student_variants: dict = dataclasses.field(default_factory=dict)
-    """Per variant (float32, float16, int8): accuracy, validation_accuracy, export_dir,
+    """Per variant (float32, float16, int8): accuracy, validation_accuracy, fidelity, export_dir,
     parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64}, accuracy_change and
     bytes_ratio against float32."""
     student_parameters: int | None = None
@@ -187,6 +196,7 @@ def format_table(report: Report | dict) -> str:
         ("teacher ledger hits", num(report.get("teacher_ledger_hits"))),
         ("teacher accuracy (served)", pct(report.get("teacher_accuracy"))),
         ("student accuracy (served)", pct(report.get("student_accuracy"))),
+        ("student fidelity to teacher", pct(report.get("student_fidelity"))),
         ("student validation accuracy", pct(report.get("student_validation_accuracy"))),
         ("test images", num(report.get("eval_examples"))),
         ("teacher params / bytes",

@@ -93,8 +93,13 @@ class CVAEConfig:
 
     Attributes:
       latent_dim: size of the latent z.
-      architecture: ``mlp`` (the FS-BBT code's, for 28x28 grey images) or ``conv`` (convolutional
-        encoder and transposed-convolution decoder, for CIFAR; H and W divisible by 4).
+      architecture: ``mlp`` (the FS-BBT code's, for 28x28 grey images), ``conv`` (convolutional
+        encoder and transposed-convolution decoder, for CIFAR; H and W divisible by 4) or ``auto``
+        (:func:`resolve_cvae`: ``mlp`` up to 28x28 grey, else ``conv``).
+      working_size: the CVAE models images at working_size x working_size and its samples are
+        resized back up to the image size (bilinear), so that its cost does not grow with the
+        teacher's input (224x224 RGB: 150,528 pixels per image); 0: ``auto`` (the image size up
+        to 32 x 32, else 32).
       hidden: encoder MLP widths; the decoder uses them reversed (both architectures' dense part).
       epochs, batch_size, learning_rate: Adam training on the N images.
       num_images: images to sample, equal per class (the remainder goes to the first classes).
@@ -109,6 +114,29 @@ class CVAEConfig:
     learning_rate: float = 1e-3
     num_images: int = 4_800
     uniform_bound: float = 3.0
+    working_size: int = 0
+
+
+def resolve_cvae(config: CVAEConfig, image_shape: tuple) -> tuple[CVAEConfig, tuple]:
+    """``config`` with ``auto`` resolved for images of ``image_shape`` (H, W, C), and the working
+    shape (h, w, C) the CVAE models (see :class:`CVAEConfig`)."""
+    h, w, c = (int(d) for d in image_shape)
+    size = config.working_size or (0 if max(h, w) <= 32 else 32)
+    working = (h, w, c) if not size or (size, size) == (h, w) else (size, size, c)
+    architecture = config.architecture
+    if architecture == "auto":
+        architecture = "mlp" if working[0] * working[1] <= 28 * 28 and c == 1 else "conv"
+    return dataclasses.replace(config, architecture=architecture, working_size=size), working
+
+
+def resize_images(images: np.ndarray, shape: tuple, batch_size: int = 1024) -> np.ndarray:
+    """float32 [n, H, W, C] in [0, 1] -> float32 [n, h, w, C] in [0, 1] (area-weighted bilinear;
+    the images themselves when the size is already (h, w))."""
+    if tuple(images.shape[1:3]) == tuple(shape[:2]):
+        return images
+    out = [tf.clip_by_value(tf.image.resize(images[s:s + batch_size], shape[:2], antialias=True),
+                            0.0, 1.0).numpy() for s in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, *shape[:2], images.shape[3]), np.float32)
 
 
 class CVAE(keras.Model):

@@ -97,14 +97,20 @@ ARTIFACTS = (
 )
 
 
-def write_json(path: str, value) -> str:
-    """Writes ``value`` as indented, key-sorted JSON atomically (temp name, then rename): a reader
-    never sees half a file. Returns ``path``."""
+def write_text(path: str, text: str) -> str:
+    """Writes ``text`` atomically (temp name, then rename): a reader never sees half a file.
+    Returns ``path``."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
+        f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: str, value) -> str:
+    """Writes ``value`` as indented, key-sorted JSON atomically (:func:`write_text`). Returns
+    ``path``."""
+    return write_text(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def set_aside(path: str) -> str:

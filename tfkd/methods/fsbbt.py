@@ -118,27 +118,36 @@ class _Synthetic(Method):
                     config: synthesis.CVAEConfig) -> np.ndarray:
         """Trains (or reuses) the CVAE on the N images conditioned on the teacher's ``classes`` and
         samples ``config.num_images`` images (float32 [n, H, W, C] in [0, 1]) from it."""
+        config, working = synthesis.resolve_cvae(config, ctx.image_shape)
         # The CVAE does not depend on how many images are sampled from it.
-        path = workdir_lib.artifact_path(
-            ctx.workdir, "cvae", ".weights.h5", ctx.config.dataset, ctx.config.data_dir, ctx.seed,
-            ctx.config.num_shots, dataclasses.replace(config, num_images=0),
-            ctx.teacher.signature.identity, ctx.teacher.label_only)
+        parts = (ctx.config.dataset, ctx.config.data_dir, ctx.seed, ctx.config.num_shots,
+                 dataclasses.replace(config, num_images=0), ctx.teacher.signature.identity,
+                 ctx.teacher.label_only)
+        if ctx.config.images is not None:
+            parts += (ctx.config.images,)
+        path = workdir_lib.artifact_path(ctx.workdir, "cvae", ".weights.h5", *parts)
 
         def train():
             keras.utils.set_random_seed(ctx.seed)
-            return synthesis.train_cvae(ctx.few_shot, classes, ctx.num_classes, config, ctx.seed,
+            shots = synthesis.resize_images(ctx.few_shot, working)
+            return synthesis.train_cvae(shots, classes, ctx.num_classes, config, ctx.seed,
                                         verbose=ctx.config.verbose)[0]
 
         def load(p):
-            cvae = synthesis.build_cvae(ctx.image_shape, ctx.num_classes, config)
+            cvae = synthesis.build_cvae(working, ctx.num_classes, config)
             cvae.load_weights(p)
             return cvae
 
         with ctx.stage("cvae_training"):
             cvae, _ = workdir_lib.reuse_or_build(path, train, lambda m, p: m.save_weights(p), load,
                                                  "CVAE")
+        logging.info("CVAE: %s at %s for images %s, %d parameters", config.architecture,
+                     "x".join(map(str, working)), "x".join(map(str, ctx.image_shape)),
+                     cvae.count_params())
         with ctx.stage("cvae_sampling"):
-            return synthesis.sample_cvae(cvae, config.num_images, ctx.seed, config.uniform_bound)[0]
+            sampled = synthesis.sample_cvae(cvae, config.num_images, ctx.seed,
+                                            config.uniform_bound)[0]
+            return synthesis.resize_images(sampled, ctx.image_shape)
 
 
 STANDARD_KD = register(_Synthetic(
