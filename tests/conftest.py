@@ -1,5 +1,6 @@
 """Shared fixtures: real Fashion-MNIST, a real trained teacher SavedModel, a real gRPC server."""
 
+import contextlib
 import os
 import sys
 
@@ -62,9 +63,10 @@ def label_only_server(teacher_base, tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def real_tf_serving(teacher_base):
-    """A real tensorflow_model_server serving the same teacher; skips when it is not on PATH.
+@contextlib.contextmanager
+def real_model_server(model_name: str, base_path: str, rest: bool = False):
+    """A real tensorflow_model_server serving ``base_path`` as ``model_name``; yields its gRPC
+    target (and REST port with ``rest``). Skips the test when the binary is not on PATH.
 
     tensorflow_model_server is not installable on the machines tfkd is developed on (not on PyPI or
     in Debian, no Docker engine), so this skips there; elsewhere it holds tfkd's server and client
@@ -80,25 +82,38 @@ def real_tf_serving(teacher_base):
         pytest.skip("tensorflow_model_server is not on PATH")
     from tfkd import teacher
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, f"--port={port}", "--model_name=teacher",
-                             f"--model_base_path={teacher_base}"],
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port, rest_port = free_port(), free_port()
+    proc = subprocess.Popen([binary, f"--port={port}", f"--model_name={model_name}",
+                             f"--model_base_path={base_path}"]
+                            + ([f"--rest_api_port={rest_port}"] if rest else []),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
-            teacher.connect(target, "teacher", connect_timeout_s=5).close()
+            teacher.connect(target, model_name, connect_timeout_s=5).close()
             break
         except teacher.TeacherError:  # Not up, or the model still loading.
             assert proc.poll() is None, "tensorflow_model_server exited at start"
             assert time.monotonic() < deadline, "tensorflow_model_server did not come up in 60 s"
             time.sleep(0.2)  # The poll interval of a loop bounded by the deadline.
-    yield target
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield (target, rest_port) if rest else target
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def real_tf_serving(teacher_base):
+    """A real tensorflow_model_server serving the same teacher; skips when it is not on PATH."""
+    with real_model_server("teacher", teacher_base) as target:
+        yield target
 
 
 @pytest.fixture(params=["tfkd", "tensorflow_model_server"])

@@ -5,6 +5,13 @@ Signature contract (teacher by default, and every student):
   outputs ``probabilities`` float32 [batch, num_classes] (rows sum to 1) and, for the student,
   ``classes`` int64 [batch] (the argmax).
 
+With class names, the export also has TF Serving's Classify API signature ``classify`` (method
+``tensorflow/serving/classify``): input ``inputs`` string [batch] of serialized ``tf.train.Example``
+records, each with the encoded image (PNG/JPEG/BMP/GIF bytes, any size: decoded and resized as
+:func:`tfkd.images.decode` does) under ``image/encoded``; outputs ``classes`` string [batch, K] (the
+label vocabulary, ``assets/labels.txt``, one name per line in class order) and ``scores`` float32
+[batch, K] (the probabilities, aligned with ``classes``).
+
 Deployment configs for the exports (``models.config`` and friends): :mod:`tfkd.serving.config`.
 
 Layout: ``<export_base>/<version>/{saved_model.pb, variables/, assets/}`` with numeric, increasing
@@ -32,6 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkd import images as images_lib
+
 SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
 PROBABILITIES_KEY = "probabilities"
@@ -39,18 +48,40 @@ CLASSES_KEY = "classes"
 OUTPUTS = (PROBABILITIES_KEY, CLASSES_KEY)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 VARIANTS = ("float32", "float16", "int8")
+CLASSIFY_SIGNATURE_KEY = "classify"
+CLASSIFY_IMAGE_FEATURE = "image/encoded"
+VOCABULARY_FILE = "labels.txt"
 
 
 class _ClassifierServable(tf.Module):
     """A tf.Module around a logits model with the contract's signature; nothing else is saved."""
 
-    def __init__(self, model: keras.Model, image_shape, outputs: tuple[str, ...]):
+    def __init__(self, model: keras.Model, image_shape, outputs: tuple[str, ...],
+                 vocabulary: str | None = None):
         super().__init__(name="classifier")
         self.model = model
         self._outputs = outputs
+        self._image_shape = tuple(image_shape)
         self.serve = tf.function(
             self._serve,
             input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name=INPUT_KEY)])
+        self.classify = None
+        if vocabulary is not None:  # The file becomes the SavedModel's asset.
+            self.labels = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+                vocabulary, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+            self.classify = tf.function(self._classify, input_signature=[
+                tf.TensorSpec([None], tf.string, name=tf.saved_model.CLASSIFY_INPUTS)])
+
+    def _classify(self, inputs):
+        features = tf.io.parse_example(
+            inputs, {CLASSIFY_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        pixels = tf.map_fn(lambda b: images_lib.decode(b, self._image_shape),
+                           features[CLASSIFY_IMAGE_FEATURE], fn_output_signature=tf.float32)
+        scores = tf.nn.softmax(tf.cast(self.model(pixels, training=False), tf.float32), axis=-1)
+        names = self.labels.lookup(tf.range(tf.shape(scores)[1], dtype=tf.int64))
+        return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: tf.tile(names[None], [tf.shape(scores)[0], 1]),
+                tf.saved_model.CLASSIFY_OUTPUT_SCORES: scores}
 
     def _serve(self, images):
         logits = tf.cast(self.model(images, training=False), tf.float32)
@@ -128,7 +159,7 @@ def warmup_records(images: np.ndarray, batch_sizes=(1, 8)) -> list[bytes]:
 
 def export_classifier(model: keras.Model, export_base: str, version: int | None = None,
                       outputs: tuple[str, ...] = OUTPUTS, warmup_images: np.ndarray | None = None,
-                      variant: str = "float32") -> str:
+                      variant: str = "float32", class_names: tuple[str, ...] | None = None) -> str:
     """Exports a logits classifier as a TF Serving servable version.
 
     Args:
@@ -141,12 +172,15 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
       warmup_images: float32 [n >= 1, H, W, C] real images for the warmup requests (batch 1 and
         min(8, n)); None writes none.
       variant: one of ``VARIANTS``.
+      class_names: K names in class order: adds the ``classify`` signature (module docstring)
+        with them as its label vocabulary; None: ``serving_default`` only.
 
     Returns:
       The version directory written, ``<export_base>/<version>``.
 
     Raises:
-      ValueError: ``version`` not positive or already present; unknown variant or output.
+      ValueError: ``version`` not positive or already present; unknown variant or output; class
+        names not K distinct one-line names.
     """
     if not outputs or not set(outputs) <= set(OUTPUTS):
         raise ValueError(f"outputs={outputs!r}: expected a non-empty subset of {OUTPUTS}")
@@ -156,10 +190,18 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
     if version <= 0:
         raise ValueError(f"version={version}: expected a positive integer")
     clone = compressed_copy(model, variant)
-    servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), tuple(outputs))
+    vocabulary_dir = tempfile.mkdtemp(prefix="tfkd-labels-") if class_names else None
+    vocabulary = (None if vocabulary_dir is None else
+                  _write_vocabulary(class_names, model.output_shape[-1], vocabulary_dir))
+    servable = _ClassifierServable(clone, tuple(model.input_shape[1:]), tuple(outputs), vocabulary)
+    signatures = {SIGNATURE_KEY: servable.serve}
+    if servable.classify is not None:
+        signatures[CLASSIFY_SIGNATURE_KEY] = servable.classify
 
     def write(tmp_dir):
-        tf.saved_model.save(servable, tmp_dir, signatures={SIGNATURE_KEY: servable.serve})
+        tf.saved_model.save(servable, tmp_dir, signatures=signatures)
+        if servable.classify is not None:
+            _set_method_name(tmp_dir, CLASSIFY_SIGNATURE_KEY, tf.saved_model.CLASSIFY_METHOD_NAME)
         if warmup_images is not None and len(warmup_images):
             os.makedirs(os.path.join(tmp_dir, "assets.extra"), exist_ok=True)
             sizes = sorted({1, min(8, len(warmup_images))})
@@ -167,7 +209,39 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
                 for record in warmup_records(warmup_images, sizes):
                     writer.write(record)
 
-    return _write_version(export_base, version, write)
+    try:
+        return _write_version(export_base, version, write)
+    finally:
+        if vocabulary_dir:
+            shutil.rmtree(vocabulary_dir, ignore_errors=True)
+
+
+def _write_vocabulary(class_names, num_classes: int, directory: str) -> str:
+    names = [str(n) for n in class_names]
+    if len(names) != num_classes or len(set(names)) != len(names) or any(
+            not n or "\n" in n or "\r" in n for n in names):
+        raise ValueError(f"class_names={names!r}: expected {num_classes} distinct non-empty "
+                         "one-line names (the label vocabulary)")
+    path = os.path.join(directory, VOCABULARY_FILE)
+    with open(path, "w") as f:
+        f.write("\n".join(names) + "\n")
+    return path
+
+
+def _set_method_name(saved_model_dir: str, key: str, method_name: str) -> None:
+    """Sets a signature's ``method_name`` in ``saved_model.pb`` (TF2's ``tf.saved_model.save``
+    writes every signature as ``tensorflow/serving/predict``; TF Serving's Classify API accepts only
+    a ``tensorflow/serving/classify`` one)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(saved_model_dir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    with open(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        meta_graph.signature_def[key].method_name = method_name
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
 
 
 def _write_version(export_base: str, version: int, write) -> str:

@@ -289,8 +289,8 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
             report.write(os.path.join(config.workdir, "report.json"))
             return report
         report.role = "chief"
-        variant_dirs = export_student(config, student, transfer.images[:8], link.local_base, timer,
-                                      report)
+        variant_dirs = export_student(config, student, transfer.images[:8], link.local_base,
+                                      dataset.class_names, timer, report)
         teacher_top1 = evaluate_teacher(config, link, x_eval, y_eval, timer, report)
         report.update(**query_figures(link))
     evaluate_students(config, dataset, variant_dirs, transfer.images[:64], x_eval, y_eval,
@@ -614,17 +614,20 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
 
 
 def export_student(config: DistillConfig, student: keras.Model, warmup_images: np.ndarray,
-                   teacher_base: str | None, timer: StageTimer, report: Report) -> dict[str, str]:
-    """Exports the student and its compressed variants (TF Serving layout, warmup requests) and
-    writes the serving configs. Returns variant -> version directory."""
+                   teacher_base: str | None, class_names: tuple[str, ...], timer: StageTimer,
+                   report: Report) -> dict[str, str]:
+    """Exports the student and its compressed variants (TF Serving layout, warmup requests,
+    ``serving_default`` and ``classify`` with ``class_names`` as its label vocabulary) and writes
+    the serving configs. Returns variant -> version directory."""
     export_root = os.path.join(config.workdir, "export")
     with timer("export"):
         variant_dirs = {"float32": export.export_classifier(
-            student, os.path.join(export_root, "student"), warmup_images=warmup_images)}
+            student, os.path.join(export_root, "student"), warmup_images=warmup_images,
+            class_names=class_names)}
         for variant in config.compress:
             variant_dirs[variant] = export.export_classifier(
                 student, os.path.join(export_root, f"student_{variant}"),
-                warmup_images=warmup_images, variant=variant)
+                warmup_images=warmup_images, variant=variant, class_names=class_names)
     student_dir = variant_dirs["float32"]
     version = int(os.path.basename(student_dir))
     report.student_export_dir = os.path.abspath(student_dir)

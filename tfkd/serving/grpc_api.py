@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import tensorflow as tf
+from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_management_pb2
@@ -18,7 +19,9 @@ from tfkd.serving.registry import DEFAULT_SIGNATURE
 from tfkd.serving.registry import ModelRegistry
 from tfkd.serving.registry import Servable
 from tfkd.serving.signatures import DEFAULT_MAX_TENSOR_BYTES
+from tfkd.serving.signatures import run_classify
 from tfkd.serving.signatures import run_signature
+from tfkd.serving.signatures import serialized_examples
 from tfkd.serving.signatures import tensor_from_proto
 
 
@@ -30,9 +33,9 @@ def _set_model_spec(target, servable: Servable, signature_name: str | None) -> N
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata.
+    """``tensorflow.serving.PredictionService``: Predict, Classify and GetModelMetadata.
 
-    Classify, Regress and MultiInference answer UNIMPLEMENTED (the base class's behaviour).
+    Regress and MultiInference answer UNIMPLEMENTED (the base class's behaviour).
     """
 
     def __init__(self, registry: ModelRegistry, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
@@ -54,6 +57,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
         return response
 
+    def Classify(self, request, context):
+        try:
+            servable = self._registry.resolve(request.model_spec)
+            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            classes, scores = run_classify(servable, signature_name,
+                                           serialized_examples(request.input))
+        except ServingError as e:
+            context.abort(e.code, e.message)
+        response = classification_pb2.ClassificationResponse()
+        _set_model_spec(response.model_spec, servable, signature_name)
+        response.result.CopyFrom(classification_result(classes, scores))
+        return response
+
     def GetModelMetadata(self, request, context):
         try:
             fields = list(request.metadata_field)
@@ -68,6 +84,22 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         except ServingError as e:
             context.abort(e.code, e.message)
         return metadata_response(servable)
+
+
+def classification_result(classes, scores):
+    """A ``ClassificationResult``: per example, one ``Class`` (label, score) per column of
+    ``classes`` (bytes [n, K]) and ``scores`` (float [n, K]); either may be None."""
+    result = classification_pb2.ClassificationResult()
+    n, k = (classes if classes is not None else scores).shape[:2]
+    for i in range(n):
+        row = result.classifications.add()
+        for j in range(k):
+            label = row.classes.add()
+            if classes is not None:
+                label.label = classes[i, j].decode("utf-8", "replace")
+            if scores is not None:
+                label.score = float(scores[i, j])
+    return result
 
 
 def metadata_response(servable: Servable):

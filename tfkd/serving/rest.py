@@ -1,8 +1,10 @@
-"""TF Serving's REST API on its own port: model status, metadata and predict.
+"""TF Serving's REST API on its own port: model status, metadata, predict and classify.
 
 Paths as ``tensorflow_model_server --rest_api_port`` answers them:
-``/v1/models/NAME[/versions/N|/labels/L][/metadata|:predict]``; predict bodies in the row format
-(``instances``) and the columnar format (``inputs``). Every malformed request gets a 4xx JSON
+``/v1/models/NAME[/versions/N|/labels/L][/metadata|:predict|:classify]``; predict bodies in the row
+format (``instances``) and the columnar format (``inputs``); classify bodies as ``{"signature_name",
+"context", "examples": [{feature: value}]}`` (bytes as ``{"b64": ...}``), answered
+``{"result": [[[label, score], ...], ...]}``. Every malformed request gets a 4xx JSON
 ``{"error": ...}``: a body over the size limit (413), a missing or bad Content-Length (411/400), a
 body that is not UTF-8 JSON or not an object, a body shorter than its Content-Length within the
 timeout (408); a bug of tfkd's a JSON 500 and one log line.
@@ -10,11 +12,14 @@ timeout (408); a bug of tfkd's a JSON 500 and one log line.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.server
 import json
 import re
 
 import grpc
+import tensorflow as tf
 from absl import logging
 from google.protobuf import json_format
 from tensorflow_serving.apis import predict_pb2
@@ -24,11 +29,12 @@ from tfkd.serving.grpc_api import metadata_response
 from tfkd.serving.grpc_api import status_response
 from tfkd.serving.registry import DEFAULT_SIGNATURE
 from tfkd.serving.registry import ModelRegistry
+from tfkd.serving.signatures import run_classify
 from tfkd.serving.signatures import run_signature
 
 DEFAULT_REST_MAX_BODY_BYTES = 32 * 1024 * 1024
 _REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|"
-                        r"/labels/(?P<label>[^/:]+))?(?P<what>/metadata|:predict)?/?$")
+                        r"/labels/(?P<label>[^/:]+))?(?P<what>/metadata|:predict|:classify)?/?$")
 _HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
                 grpc.StatusCode.FAILED_PRECONDITION: 400}
 
@@ -85,6 +91,50 @@ def predict_inputs(body: dict, signature) -> tuple[dict, bool]:
     if not all(isinstance(e, dict) and e.keys() == data[0].keys() for e in data):
         raise _invalid("'instances': every example must be an object with the same keys")
     return {k: [example[k] for example in data] for k in data[0]}, True
+
+
+def _feature(key: str, value) -> tf.train.Feature:
+    """One feature of a REST example: strings (and ``{"b64": ...}``) as bytes, numbers as int64
+    when all are integers, else float."""
+    values = value if isinstance(value, list) else [value]
+    if all(isinstance(v, (str, dict)) for v in values):
+        raw = []
+        for v in values:
+            if isinstance(v, dict):
+                if set(v) != {"b64"} or not isinstance(v["b64"], str):
+                    raise _invalid(f"feature {key!r}: an object value must be {{\"b64\": string}}")
+                try:
+                    raw.append(base64.b64decode(v["b64"], validate=True))
+                except binascii.Error as e:
+                    raise _invalid(f"feature {key!r}: bad base64 ({e})") from None
+            else:
+                raw.append(v.encode("utf-8"))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=raw))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    raise _invalid(f"feature {key!r}: expected strings, {{\"b64\": ...}} or numbers, not a mix")
+
+
+def classify_examples(body: dict) -> list[bytes]:
+    """The serialized Examples of a REST classify body (``examples``, with ``context`` features
+    merged into each; the example's own win).
+
+    Raises:
+      ServingError: INVALID_ARGUMENT for a body TF Serving would refuse.
+    """
+    examples, context = body.get("examples"), body.get("context", {})
+    if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+        raise _invalid("'examples' must be a list of objects")
+    if not isinstance(context, dict):
+        raise _invalid("'context' must be an object")
+    serialized = []
+    for example in examples:
+        features = {k: _feature(k, v) for k, v in {**context, **example}.items()}
+        serialized.append(tf.train.Example(features=tf.train.Features(feature=features))
+                          .SerializeToString())
+    return serialized
 
 
 def predict_answer(outputs: dict, row: bool) -> dict:
@@ -180,7 +230,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
     def _route(self, method: str):
         match = _REST_PATH.match(self.path.split("?")[0])
-        if match is None or (method == "POST") != (match["what"] == ":predict"):
+        if match is None or (method == "POST") != (match["what"] in (":predict", ":classify")):
             return self._send(404, {"error": f"Malformed request: {method} {self.path}"})
         try:
             return self._answer(match, self._spec(match))
@@ -203,7 +253,22 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             return self._send(200, json_format.MessageToDict(
                 status_response(servables), preserving_proto_field_name=True,
                 always_print_fields_with_no_presence=True))
+        if match["what"] == ":classify":
+            return self._classify(spec)
         return self._predict(spec)
+
+    def _classify(self, spec):
+        body = self._body()
+        if not isinstance(body.get("signature_name", ""), str):
+            raise _invalid("'signature_name' must be a string")
+        servable = self.server.registry.resolve(spec)
+        signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+        classes, scores = run_classify(servable, signature_name, classify_examples(body))
+        n, k = (classes if classes is not None else scores).shape[:2]
+        return self._send(200, {"result": [
+            [[None if classes is None else classes[i, j].decode("utf-8", "replace"),
+              None if scores is None else float(scores[i, j])] for j in range(k)]
+            for i in range(n)]})
 
     def _predict(self, spec):
         body = self._body()

@@ -162,3 +162,72 @@ def run_signature(servable: Servable, signature_name: str, inputs: dict,
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
     return {alias: outputs[alias].numpy() for alias in aliases}
 
+
+
+def run_classify(servable: Servable, signature_name: str,
+                 examples: list[bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Runs a Classify API signature on serialized ``tf.train.Example`` records, validating as TF
+    Serving's classifier does (``tensorflow_serving/servables/tensorflow/classifier.cc``).
+
+    Args:
+      examples: serialized Examples (context already merged in).
+
+    Returns:
+      (classes bytes [n, K] or None, scores float32 [n, K] or None): the signature's ``classes``
+      and ``scores`` outputs (at least one of them).
+
+    Raises:
+      ServingError: FAILED_PRECONDITION for an unknown signature or one that is not a
+        classification signature; INVALID_ARGUMENT for an empty input or a failing run.
+    """
+    signature = servable.signature_defs.get(signature_name)
+    if signature is None:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f'Serving signature key "{signature_name}" not found.')
+    if signature.method_name != tf.saved_model.CLASSIFY_METHOD_NAME:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Expected classification signature method_name to be "
+                           f"{tf.saved_model.CLASSIFY_METHOD_NAME}. Was: {signature.method_name}")
+    inputs = signature.inputs.get(tf.saved_model.CLASSIFY_INPUTS)
+    if len(signature.inputs) != 1 or inputs is None or inputs.dtype != tf.string.as_datatype_enum:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "Expected one input Tensor of type string named "
+                           f"{tf.saved_model.CLASSIFY_INPUTS!r}")
+    keys = [k for k in (tf.saved_model.CLASSIFY_OUTPUT_CLASSES,
+                        tf.saved_model.CLASSIFY_OUTPUT_SCORES) if k in signature.outputs]
+    if not keys:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "Expected classification signature outputs 'classes' and/or 'scores'")
+    if not examples:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+    try:
+        outputs = servable.loaded.signatures[signature_name](
+            **{tf.saved_model.CLASSIFY_INPUTS: tf.constant(examples, tf.string)})
+    except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
+    classes = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_CLASSES)
+    scores = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_SCORES)
+    return (None if classes is None else classes.numpy(),
+            None if scores is None else scores.numpy().astype(np.float32))
+
+
+def serialized_examples(request_input) -> list[bytes]:
+    """The serialized Examples of a ``tensorflow.serving.Input``: ``example_list``, or
+    ``example_list_with_context`` with the context's features merged into each example (the
+    example's own win)."""
+    from tensorflow.core.example import example_pb2
+
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in request_input.example_list.examples]
+    if kind == "example_list_with_context":
+        listed = request_input.example_list_with_context
+        merged = []
+        for example in listed.examples:
+            full = example_pb2.Example()
+            full.CopyFrom(listed.context)
+            for key, feature in example.features.feature.items():
+                full.features.feature[key].CopyFrom(feature)
+            merged.append(full.SerializeToString())
+        return merged
+    return []
