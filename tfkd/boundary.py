@@ -30,11 +30,12 @@ Departures from the reference code: the search runs over all (image, class) pair
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import numpy as np
 from absl import logging
+
+from tfkd import fs
 
 SEARCHES = ("bd", "mbd")
 
@@ -133,9 +134,7 @@ class _State:
                    np.full(num_pairs, np.nan), np.zeros(num_pairs, np.int64))
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **dataclasses.asdict(self))
-        os.replace(tmp, path)
+        fs.save_npz(path, **dataclasses.asdict(self))
 
     @classmethod
     def resume(cls, path: str | None, num_pairs: int) -> "_State":
@@ -144,7 +143,7 @@ class _State:
         Raises:
           ValueError: the file is not this search's state (see :meth:`load`).
         """
-        if not (path and os.path.exists(path)):
+        if not (path and fs.exists(path)):
             return cls.fresh(num_pairs)
         state = cls.load(path, num_pairs)
         logging.info("Boundary search: resuming, %d of %d pairs searched (%s)",
@@ -160,7 +159,7 @@ class _State:
           ValueError: not a search state of ``num_pairs`` pairs with best distances and directions.
         """
         fresh = cls.fresh(num_pairs)
-        with np.load(path) as f:
+        with fs.load_npz(path) as f:
             if "best_direction" not in f or f["best"].shape != (num_pairs,):
                 raise ValueError(f"{path}: not the state of this search ({num_pairs} pairs, with "
                                  f"best distances and their directions); move it aside to search "

@@ -34,11 +34,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkd import fs
 from tfkd import images as images_lib
 
 SIGNATURE_KEY = "serving_default"
@@ -94,6 +96,10 @@ def _staging_dir(base: str, version: int) -> str:
     """A fresh temporary directory in ``base`` for a version being written (renamed into place when
     complete), with the permissions a directory made under the user's umask has: ``mkdtemp``'s
     0700 would make the version unreadable to a TF Serving process running as another user."""
+    if not fs.is_local(base):
+        path = os.path.join(base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+        fs.makedirs(path)
+        return path
     path = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
     umask = os.umask(0)
     os.umask(umask)
@@ -103,10 +109,10 @@ def _staging_dir(base: str, version: int) -> str:
 
 def list_versions(export_base: str) -> list[int]:
     """Numeric version directories under ``export_base`` (ascending); [] if none or no such dir."""
-    if not os.path.isdir(export_base):
+    if not fs.isdir(export_base):
         return []
-    return sorted(int(d) for d in os.listdir(export_base)
-                  if d.isdigit() and os.path.isfile(os.path.join(export_base, d, "saved_model.pb")))
+    return sorted(int(d) for d in fs.listdir(export_base)
+                  if d.isdigit() and fs.exists(os.path.join(export_base, d, "saved_model.pb")))
 
 
 def latest_version_dir(export_base: str) -> str | None:
@@ -203,7 +209,7 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
         if servable.classify is not None:
             _set_method_name(tmp_dir, CLASSIFY_SIGNATURE_KEY, tf.saved_model.CLASSIFY_METHOD_NAME)
         if warmup_images is not None and len(warmup_images):
-            os.makedirs(os.path.join(tmp_dir, "assets.extra"), exist_ok=True)
+            fs.makedirs(os.path.join(tmp_dir, "assets.extra"))
             sizes = sorted({1, min(8, len(warmup_images))})
             with tf.io.TFRecordWriter(os.path.join(tmp_dir, WARMUP_FILE)) as writer:
                 for record in warmup_records(warmup_images, sizes):
@@ -236,12 +242,10 @@ def _set_method_name(saved_model_dir: str, key: str, method_name: str) -> None:
 
     path = os.path.join(saved_model_dir, "saved_model.pb")
     proto = saved_model_pb2.SavedModel()
-    with open(path, "rb") as f:
-        proto.ParseFromString(f.read())
+    proto.ParseFromString(fs.read_bytes(path))
     for meta_graph in proto.meta_graphs:
         meta_graph.signature_def[key].method_name = method_name
-    with open(path, "wb") as f:
-        f.write(proto.SerializeToString())
+    fs.write_atomic(path, proto.SerializeToString())
 
 
 def _write_version(export_base: str, version: int, write) -> str:
@@ -252,15 +256,16 @@ def _write_version(export_base: str, version: int, write) -> str:
       ValueError: the version is already there (versions only increase).
     """
     final_dir = os.path.join(export_base, str(version))
-    if os.path.exists(final_dir):
+    if fs.exists(final_dir):
         raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
-    os.makedirs(export_base, exist_ok=True)
+    fs.makedirs(export_base)
     tmp_dir = _staging_dir(export_base, version)
     try:
         write(tmp_dir)
-        os.rename(tmp_dir, final_dir)
+        fs.move_dir(tmp_dir, final_dir)
     except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if fs.exists(tmp_dir):
+            fs.rmtree(tmp_dir)
         raise
     return final_dir
 
@@ -303,7 +308,7 @@ def export_label_only(version_dir: str, export_base: str, version: int = 1) -> s
 
 def saved_model_bytes(path: str) -> int:
     """Total size in bytes of the files of a SavedModel directory."""
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    return fs.tree_bytes(path)
 
 
 def saved_model_parameters(path: str) -> int:
@@ -311,7 +316,10 @@ def saved_model_parameters(path: str) -> int:
     prefix = os.path.join(path, "variables", "variables")
     if not tf.io.gfile.exists(prefix + ".index"):
         return 0
-    return int(sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(prefix)
+    # The reader of the prefix itself (tf.train.list_variables would first ask whether the prefix
+    # is a directory, which ram:// answers yes for ".../variables/variables").
+    shapes = tf.compat.v1.train.NewCheckpointReader(prefix).get_variable_to_shape_map()
+    return int(sum(int(np.prod(shape)) for name, shape in shapes.items()
                    if name != "_CHECKPOINTABLE_OBJECT_GRAPH"))
 
 
@@ -333,10 +341,10 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
     Raises:
       ValueError: ``version_dir`` is not a SavedModel, or the version exists.
     """
-    if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+    if not fs.exists(os.path.join(version_dir, "saved_model.pb")):
         raise ValueError(f"version_dir={version_dir!r}: expected a SavedModel directory "
                          "(with saved_model.pb)")
     existing = list_versions(model_base_path)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
     return _write_version(model_base_path, version,
-                          lambda tmp_dir: shutil.copytree(version_dir, tmp_dir, dirs_exist_ok=True))
+                          lambda tmp_dir: fs.copy_tree(version_dir, tmp_dir))

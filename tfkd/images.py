@@ -30,6 +30,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfkd import fs
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
 DEFAULT_IMAGE_KEY = "image/encoded"
@@ -129,8 +131,7 @@ def list_files(path: str) -> list[str]:
       ImageSourceError: nothing matched, or the directory holds no image file.
     """
     if tf.io.gfile.isdir(path):
-        files = [os.path.join(root, f) for root, _, names in tf.io.gfile.walk(path)
-                 for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files = [f for f in fs.walk_files(path) if f.lower().endswith(IMAGE_EXTENSIONS)]
         if not files:
             kinds = ", ".join(IMAGE_EXTENSIONS)
             raise ImageSourceError(f"images={path!r}: expected image files ({kinds}) in the "
@@ -262,8 +263,7 @@ def label_folders(path: str) -> list[str]:
     """The sub-folders of a directory (sorted), or [] for a flat folder, pattern or TFRecord."""
     if not tf.io.gfile.isdir(path):
         return []
-    return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(path)
-                  if tf.io.gfile.isdir(os.path.join(path, d)))
+    return sorted(d for d in fs.listdir(path) if fs.isdir(os.path.join(path, d)))
 
 
 def class_order(folders: list[str], num_classes: int,

@@ -35,12 +35,13 @@ keeps the targets and the loss, estimates the class similarity from the teacher'
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from tfkd import fs
 
 BETAS = (1.0, 0.1)
 PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
@@ -293,9 +294,7 @@ def _progress(total: int, done: int, progress: bool, unit: str = "batch"):
 def _save_fields(state, path: str | None) -> None:
     """A dataclass's array fields to ``path`` (.npz) atomically (temp name, then rename)."""
     if path:
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **dataclasses.asdict(state))
-        os.replace(tmp, path)
+        fs.save_npz(path, **dataclasses.asdict(state))
 
 
 @dataclasses.dataclass
@@ -328,9 +327,9 @@ class _State:
 
     @classmethod
     def resume(cls, path: str | None) -> "_State":
-        if not (path and os.path.exists(path)):
+        if not (path and fs.exists(path)):
             return cls()
-        with np.load(path) as f:
+        with fs.load_npz(path) as f:
             state = cls(**{k: f[k] for k in f})
         logging.info("Data Impressions: resuming with %d made (%s)", len(state.classes), path)
         return state
@@ -553,9 +552,9 @@ class _Round:
 
     @classmethod
     def resume(cls, path: str | None, index: int) -> "_Round | None":
-        if not (path and os.path.exists(path)):
+        if not (path and fs.exists(path)):
             return None
-        with np.load(path) as f:
+        with fs.load_npz(path) as f:
             current = cls(**{k: f[k] for k in f})
         return current if int(current.index) == index else None
 

@@ -51,6 +51,7 @@ from tfkd import cluster
 from tfkd import data as data_lib
 from tfkd import distill
 from tfkd import export
+from tfkd import fs
 from tfkd import images as images_lib
 from tfkd import impressions
 from tfkd import methods
@@ -499,7 +500,7 @@ def few_shot(config: DistillConfig,
         return dataset.x_train, None
     indices = data_lib.few_shot_indices(dataset.y_train, config.num_shots, dataset.num_classes,
                                         config.seed)
-    np.save(os.path.join(config.workdir, "few_shot_indices.npy"), indices)
+    fs.save_npy(os.path.join(config.workdir, "few_shot_indices.npy"), indices)
     return dataset.x_train[indices], dataset.y_train[indices]
 
 
@@ -532,7 +533,7 @@ def saved_model_dir(path: str) -> str:
     Raises:
       ValueError: neither.
     """
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if fs.exists(os.path.join(path, "saved_model.pb")):
         return path
     newest = export.latest_version_dir(path)
     if newest is None:
@@ -563,7 +564,7 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         path = workdir_lib.artifact_path(config.workdir, "transfer_set", ".npz",
                                          *transfer_key(config, method, link))
     report.teacher_query_plan = plan_queries(method, ctx, link, x_eval,
-                                             reuse=path is not None and os.path.exists(path))
+                                             reuse=path is not None and fs.exists(path))
     if path is None:
         transfer = method.build(ctx)
     else:
@@ -630,7 +631,7 @@ def export_student(config: DistillConfig, student: keras.Model, warmup_images: n
                 warmup_images=warmup_images, variant=variant, class_names=class_names)
     student_dir = variant_dirs["float32"]
     version = int(os.path.basename(student_dir))
-    report.student_export_dir = os.path.abspath(student_dir)
+    report.student_export_dir = fs.abspath(student_dir)
     report.serving_configs = serving.config.write_serving_configs(
         os.path.join(config.workdir, "serving"), teacher_base, os.path.dirname(student_dir),
         stable=max(1, version - 1), canary=version)
@@ -687,7 +688,7 @@ def measure_variant(target: str, name: str, version_dir: str, images: np.ndarray
                          else float(np.mean(top1 == teacher_top1))),
             "validation_accuracy": (None if dataset.x_val is None else client_lib.accuracy(
                 student, dataset.x_val, dataset.y_val)),
-            "export_dir": os.path.abspath(version_dir),
+            "export_dir": fs.abspath(version_dir),
             "parameters": export.saved_model_parameters(version_dir),
             "saved_model_bytes": export.saved_model_bytes(version_dir),
             "cpu_latency_ms": cpu_latency_ms(version_dir, images),

@@ -16,7 +16,6 @@ model-agnostic :class:`tfkd.client.ServingClient` (channel, TLS, auth metadata, 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 import threading
@@ -28,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfkd import client as client_lib
+from tfkd import fs
 
 OUTPUT_KINDS = ("probabilities", "logits", "classes")
 
@@ -183,23 +183,23 @@ class QueryAccount:
         self.damaged_lines: list[int] = []  # Log lines that could not be read.
         if self.path is None:
             return
-        os.makedirs(directory, exist_ok=True)
-        if os.path.exists(self.path):
+        fs.makedirs(directory)
+        if fs.exists(self.path):
             damaged = []
-            with open(self.path, errors="replace") as f:
-                for number, line in enumerate(f, 1):
-                    fields = line.split()
-                    if not fields:
-                        continue
-                    try:
-                        stage, kind, n = fields[0], fields[1], int(fields[2])
-                        if n < 0 or kind not in ("first", "retry"):
-                            raise ValueError
-                    except (IndexError, ValueError):
-                        damaged.append(number)
-                        continue
-                    self.by_stage[stage] = self.by_stage.get(stage, 0) + n
-                    self.retried += n if kind == "retry" else 0
+            text = fs.read_bytes(self.path).decode(errors="replace")
+            for number, line in enumerate(text.split("\n"), 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                try:
+                    stage, kind, n = fields[0], fields[1], int(fields[2])
+                    if n < 0 or kind not in ("first", "retry"):
+                        raise ValueError
+                except (IndexError, ValueError):
+                    damaged.append(number)
+                    continue
+                self.by_stage[stage] = self.by_stage.get(stage, 0) + n
+                self.retried += n if kind == "retry" else 0
             if damaged:  # A damaged line cannot be counted; the sound ones still are.
                 logging.warning("Query account %s: %d damaged line(s) skipped (line %s); expected "
                                 "'stage kind images pid time'", self.path, len(damaged),
@@ -248,12 +248,8 @@ class QueryAccount:
         with self._lock:
             self._check(n, f"{stage} ({'retry' if retry else 'request'} of {n} images)")
             if self.path is not None:
-                line = f"{stage} {'retry' if retry else 'first'} {n} {os.getpid()} {time.time():.3f}\n"
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, line.encode())
-                finally:
-                    os.close(fd)
+                fs.append_line(self.path, f"{stage} {'retry' if retry else 'first'} {n} "
+                                          f"{os.getpid()} {time.time():.3f}")
             self.by_stage[stage] = self.by_stage.get(stage, 0) + n
             self.sent_by_stage[stage] = self.sent_by_stage.get(stage, 0) + n
             self.retried += n if retry else 0
@@ -269,12 +265,12 @@ class QueryLedger:
 
     def __init__(self, directory: str):
         self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        fs.makedirs(directory)
         self._answers: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self.rows_on_disk = 0  # Rows in all files; equals len(self) unless an answer was stored twice.
-        for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
-            with np.load(path) as f:
+        for path in fs.glob(os.path.join(directory, "*.npz")):
+            with fs.load_npz(path) as f:
                 keys, rows = f["keys"], f["soft_labels"]
             self.rows_on_disk += len(keys)
             self._answers.update(zip((str(k) for k in keys), rows))
@@ -294,10 +290,7 @@ class QueryLedger:
 
     def put(self, keys: list[str], soft_labels: np.ndarray) -> None:
         path = os.path.join(self.directory, f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.npz")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=np.asarray(keys), soft_labels=soft_labels.astype(np.float32))
-        os.replace(tmp, path)
+        fs.save_npz(path, keys=np.asarray(keys), soft_labels=soft_labels.astype(np.float32))
         with self._lock:
             self.rows_on_disk += len(keys)
             self._answers.update(zip(keys, soft_labels))

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfkd import fs
+
 
 def image_grid(images: np.ndarray, classes: np.ndarray, num_classes: int, per_class: int = 10,
                pad: int = 1) -> np.ndarray:
@@ -38,6 +40,6 @@ def write_png(path: str, image: np.ndarray, scale: int = 2) -> str:
     """Writes a uint8 [H, W, C] image (C in {1, 3}) to ``path``, upscaled by ``scale``; returns path."""
     if scale > 1:
         image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fs.makedirs(os.path.dirname(fs.abspath(path)))
     tf.io.write_file(path, tf.io.encode_png(image))
     return path

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
+import io
 import json
 import os
 import time
 
-import numpy as np
 from absl import logging
+
+from tfkd import fs
 
 
 def _check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = ()) -> None:
     """``keys``: per-row arrays of one length; ``other_keys``: arrays that must be readable."""
-    with np.load(path) as f:
+    with fs.load_npz(path) as f:
         arrays = [f[k] for k in keys]  # Reading each member checks its CRC.
         for k in other_keys:
             f[k]
@@ -43,19 +44,18 @@ def _check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = (
 def _check_h5(path: str) -> None:
     import h5py
 
-    with h5py.File(path, "r") as f:
+    with h5py.File(path if fs.is_local(path) else io.BytesIO(fs.read_bytes(path)), "r") as f:
         f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
 
 
 def _check_json(path: str) -> None:
-    with open(path) as f:
-        json.load(f)
+    json.loads(fs.read_text(path))
 
 
 def _read_every_tensor(checkpoint_prefix: str) -> None:
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(checkpoint_prefix)
+    reader = tf.compat.v1.train.NewCheckpointReader(checkpoint_prefix)  # Not via isdir: ram://.
     for name in reader.get_variable_to_shape_map():
         reader.get_tensor(name)
 
@@ -73,10 +73,9 @@ def _check_saved_model(path: str) -> None:
     """``path``: a version's saved_model.pb; its graph and every variable are read back."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    with open(path, "rb") as f:
-        saved_model_pb2.SavedModel().ParseFromString(f.read())
+    saved_model_pb2.SavedModel().ParseFromString(fs.read_bytes(path))
     variables = os.path.join(os.path.dirname(path), "variables", "variables")
-    if os.path.exists(variables + ".index"):
+    if fs.exists(variables + ".index"):
         _read_every_tensor(variables)
 
 
@@ -100,11 +99,7 @@ ARTIFACTS = (
 def write_text(path: str, text: str) -> str:
     """Writes ``text`` atomically (temp name, then rename): a reader never sees half a file.
     Returns ``path``."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return fs.write_atomic(path, text)
 
 
 def write_json(path: str, value) -> str:
@@ -116,7 +111,7 @@ def write_json(path: str, value) -> str:
 def set_aside(path: str) -> str:
     """Renames ``path`` (file or directory) to ``<path>.damaged-<unix time>``; returns the new path."""
     moved = f"{path}.damaged-{int(time.time())}"
-    os.replace(path, moved)
+    fs.replace(path, moved)
     return moved
 
 
@@ -129,8 +124,8 @@ def check(workdir: str) -> list[dict]:
     """
     damaged = []
     for pattern, what, checker, scope in ARTIFACTS:
-        for path in sorted(glob.glob(os.path.join(workdir, pattern))):
-            if not os.path.exists(path):  # Its directory was set aside by an earlier check.
+        for path in fs.glob(os.path.join(workdir, pattern)):
+            if not fs.exists(path):  # Its directory was set aside by an earlier check.
                 continue
             try:
                 checker(path)
@@ -151,11 +146,18 @@ class WorkdirError(RuntimeError):
 
 @contextlib.contextmanager
 def lock(workdir: str):
-    """Holds an exclusive lock on ``workdir`` (``fcntl.flock`` on ``<workdir>/.lock``) for a run.
+    """Holds an exclusive lock on ``workdir`` for a run: ``fcntl.flock`` on ``<workdir>/.lock`` on
+    a local disk; elsewhere (``gs://``, ``ram://``, ...) a lock file naming its holder, removed at
+    the end (best effort: object stores have no exclusive create; a run killed hard leaves it, and
+    the message says to remove it).
 
     Raises:
       WorkdirError: another process holds it (its pid is named); nothing was done.
     """
+    if not fs.is_local(workdir):
+        with _lock_file(workdir):
+            yield
+        return
     import fcntl
 
     os.makedirs(workdir, exist_ok=True)
@@ -175,6 +177,23 @@ def lock(workdir: str):
         os.close(fd)  # Releases the lock.
 
 
+@contextlib.contextmanager
+def _lock_file(workdir: str):
+    import socket
+
+    fs.makedirs(workdir)
+    path = os.path.join(workdir, ".lock")
+    if fs.exists(path):
+        holder = fs.read_text(path).strip() or "unknown"
+        raise WorkdirError(f"workdir={workdir!r} is in use by another run ({holder}); wait for it, "
+                           f"or remove {path} if that run is gone, or use another --workdir")
+    fs.write_atomic(path, f"pid {os.getpid()} on {socket.gethostname()}")
+    try:
+        yield
+    finally:
+        fs.remove(path)
+
+
 def check_recipe(path: str, recipe: dict, what: str, assume_if_missing: bool = False) -> dict:
     """Records what made an artifact, or checks a reused artifact against it.
 
@@ -192,14 +211,13 @@ def check_recipe(path: str, recipe: dict, what: str, assume_if_missing: bool = F
       WorkdirError: the artifact was made with other settings (the differences are named).
     """
     recipe = json.loads(json.dumps(recipe, sort_keys=True, default=str))
-    if not os.path.exists(path) and assume_if_missing:
+    if not fs.exists(path) and assume_if_missing:
         logging.warning("%s in %s has no record of the settings that made it (%s is missing or was "
                         "set aside); assuming this run's settings", what, os.path.dirname(path),
                         os.path.basename(path))
         recipe = {**recipe, "assumed": True}
-    if os.path.exists(path):
-        with open(path) as f:
-            recorded = json.load(f)
+    if fs.exists(path):
+        recorded = json.loads(fs.read_text(path))
         if {k: v for k, v in recorded.items() if k != "assumed"} != \
                 {k: v for k, v in recipe.items() if k != "assumed"}:
             diff = {k: (recorded.get(k), recipe.get(k)) for k in sorted(set(recorded) | set(recipe))
@@ -241,7 +259,7 @@ def reuse_or_build(path: str, build, save, load, what: str):
     Returns:
       (value, reused: bool).
     """
-    if os.path.exists(path):
+    if fs.exists(path):
         logging.info("%s: reusing %s", what, path)
         return load(path), True
     value = build()

@@ -21,13 +21,13 @@ draws one per batch and assumes one label per batch); nothing is reshuffled per 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import numpy as np
 from absl import logging
 
 from tfkd import boundary
+from tfkd import fs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +154,8 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
       (float32 [n, *shape] in [0, 1], int64 [n] teacher classes).
     """
     rng = np.random.default_rng([seed, 72])
-    if state_path and os.path.exists(state_path):
-        with np.load(state_path) as f:
+    if state_path and fs.exists(state_path):
+        with fs.load_npz(state_path) as f:
             x, labels, done = f["x"], f["labels"], int(f["done"])
         rng = np.random.default_rng([seed, 72, done])
     else:
@@ -169,8 +169,6 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
         _, directions = untargeted_distances(flat_top1, x, labels, config, rng, seed + it, stage)
         x = push_away(flat_top1, x, labels, directions, config.step, stage)
         if state_path:
-            tmp = state_path + ".tmp.npz"
-            np.savez(tmp, x=x, labels=labels, done=it + 1)
-            os.replace(tmp, state_path)
+            fs.save_npz(state_path, x=x, labels=labels, done=it + 1)
         rng = np.random.default_rng([seed, 72, it + 1])
     return x.reshape(-1, *shape).astype(np.float32), labels

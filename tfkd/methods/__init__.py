@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from typing import Any
 from typing import Callable
 
 import numpy as np
+
+from tfkd import fs
 
 TEACHER_NEEDS = ("soft_labels", "top1_labels", "weights", "none")
 
@@ -94,14 +95,12 @@ class TransferSet:
 
     def save(self, path: str) -> None:
         """Writes an ``.npz`` atomically (temp name, then rename)."""
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, images=self.images, targets=self.targets, source=self.source,
-                 source_names=np.asarray(self.source_names))
-        os.replace(tmp, path)
+        fs.save_npz(path, images=self.images, targets=self.targets, source=self.source,
+                    source_names=np.asarray(self.source_names))
 
     @classmethod
     def load(cls, path: str) -> "TransferSet":
-        with np.load(path) as f:
+        with fs.load_npz(path) as f:
             return cls(f["images"], f["targets"], f["source"],
                        tuple(str(s) for s in f["source_names"]))
 

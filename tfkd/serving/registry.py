@@ -19,6 +19,7 @@ from absl import logging
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfkd import export
+from tfkd import fs
 from tfkd.serving.errors import ServingError
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -46,8 +47,7 @@ class Servable:
     @classmethod
     def load(cls, name: str, version: int, path: str) -> "Servable":
         proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-            proto.ParseFromString(f.read())
+        proto.ParseFromString(fs.read_bytes(os.path.join(path, "saved_model.pb")))
         meta_graph = next((m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags),
                           proto.meta_graphs[0])
         signature_defs = {k: v for k, v in meta_graph.signature_def.items()
@@ -71,7 +71,7 @@ class Servable:
         from tfkd.serving import signatures
 
         path = os.path.join(self.path, export.WARMUP_FILE)
-        if not os.path.exists(path):
+        if not fs.exists(path):
             return 0
         count = 0
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import os
 import threading
 
 import grpc
@@ -16,6 +15,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfkd import export
+from tfkd import fs
 from tfkd.serving.grpc_api import ModelServicer
 from tfkd.serving.grpc_api import PredictionServicer
 from tfkd.serving.registry import ModelConfig
@@ -123,7 +123,7 @@ class ModelServer:
             if not export.list_versions(config.base_path):
                 logging.warning("Model %s: no numeric version directory under %s%s; serving "
                                 "nothing for it until one appears", config.name, config.base_path,
-                                "" if os.path.isdir(config.base_path) else " (no such directory)")
+                                "" if fs.isdir(config.base_path) else " (no such directory)")
         self._start_grpc()
         if self.rest_api_port is not None:
             self._http = RestServer((self.config.host, self.rest_api_port), self.registry,

@@ -1,0 +1,189 @@
+"""File access on any file system TensorFlow reads: every read and write of a work dir, ledger,
+export, image source or config goes through here (``tf.io.gfile``), so a ``gs://``, ``s3://`` or
+``hdfs://`` work dir works as it does for the rest of TensorFlow. Tested on TensorFlow's in-memory
+``ram://`` file system and on local disks.
+
+Atomic writes (temp name, then rename) hold where the file system's rename does (local disks,
+``ram://``, HDFS); on an object store a rename is a copy and a crash can leave the temp object,
+never a half-written final one. Appends (the query account's log) are ``O_APPEND`` writes on a local
+disk; a file system without appends (object stores) gets the file rewritten with the line added.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+
+gfile = tf.io.gfile
+
+
+def is_local(path: str) -> bool:
+    """Whether ``path`` is on the local disk (no ``scheme://``)."""
+    return "://" not in str(path)
+
+
+def abspath(path: str) -> str:
+    """``os.path.abspath`` for a local path; any other path as it is."""
+    return os.path.abspath(path) if is_local(path) else path
+
+
+def exists(path: str) -> bool:
+    return gfile.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return gfile.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    gfile.makedirs(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Entry names of a directory (no trailing ``/``). Through ``glob`` on a non-local file system:
+    ``ram://``'s ``listdir`` of ``d/assets`` also lists ``d/assets.extra`` (as ``.extra``)."""
+    if is_local(path):
+        return os.listdir(path)
+    return [os.path.basename(p.rstrip("/")) for p in gfile.glob(os.path.join(path, "*"))]
+
+
+def glob(pattern: str) -> list[str]:
+    return sorted(gfile.glob(pattern))
+
+
+def size(path: str) -> int:
+    """Bytes of a file."""
+    return gfile.stat(path).length
+
+
+def remove(path: str) -> None:
+    gfile.remove(path)
+
+
+def rmtree(path: str) -> None:
+    """Removes a directory tree. On a non-local file system entry by entry, deepest first
+    (``ram://``'s recursive delete fails on ``assets`` beside ``assets.extra``)."""
+    if is_local(path):
+        gfile.rmtree(path)
+        return
+    levels, pattern = [], os.path.join(path, "*")
+    while entries := gfile.glob(pattern):
+        levels.append(entries)
+        pattern = os.path.join(pattern, "*")
+    for entries in reversed(levels):
+        for entry in entries:
+            gfile.remove(entry)
+    gfile.remove(path)
+
+
+def replace(source: str, target: str) -> None:
+    """Renames ``source`` (a file or directory) to ``target``, replacing a file there."""
+    if is_local(source):
+        os.replace(source, target)
+    else:
+        gfile.rename(source, target, overwrite=True)
+
+
+def open(path: str, mode: str = "r"):  # noqa: A001 - the file system's own open.
+    return gfile.GFile(path, mode)
+
+
+def read_bytes(path: str) -> bytes:
+    with gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    with gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def write_atomic(path: str, data: bytes | str) -> str:
+    """Writes ``data`` to ``path`` atomically (``<path>.tmp``, then rename). Returns ``path``."""
+    tmp = path + ".tmp"
+    with gfile.GFile(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    replace(tmp, path)
+    return path
+
+
+def save_npz(path: str, **arrays) -> str:
+    """``np.savez`` of ``arrays`` to ``path`` atomically. Returns ``path``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return write_atomic(path, buffer.getvalue())
+
+
+def load_npz(path: str):
+    """``np.load`` of an ``.npz`` (a context manager; arrays read on access, CRC-checked)."""
+    return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
+
+
+def save_npy(path: str, array: np.ndarray) -> str:
+    """``np.save`` of one array to ``path`` atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return write_atomic(path, buffer.getvalue())
+
+
+def append_line(path: str, line: str) -> None:
+    """Appends one line (with its newline) to ``path``, creating it (on a local disk one
+    ``O_APPEND`` write: concurrent writers' lines never interleave)."""
+    data = (line.rstrip("\n") + "\n").encode()
+    if is_local(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return
+    try:
+        with gfile.GFile(path, "ab") as f:
+            f.write(data)
+    except (tf.errors.UnimplementedError, tf.errors.PermissionDeniedError):
+        write_atomic(path, (read_bytes(path) if exists(path) else b"") + data)
+
+
+def walk_files(directory: str) -> list[str]:
+    """Every file under ``directory`` (recursively), as full paths (one ``glob`` per depth on a
+    non-local file system: see :func:`listdir`)."""
+    if is_local(directory):
+        return [os.path.join(root, name) for root, _, names in os.walk(directory)
+                for name in names]
+    files, pattern = [], os.path.join(directory, "*")
+    while entries := gfile.glob(pattern):
+        files += [p for p in entries if not gfile.isdir(p)]
+        pattern = os.path.join(pattern, "*")
+    return sorted(files)
+
+
+def move_dir(source: str, target: str, last: str = "saved_model.pb") -> None:
+    """Moves a directory tree to ``target`` (which must not exist). A rename on a local disk; on
+    other file systems (whose directory renames do not carry the contents: ``ram://``, object
+    stores) a copy of every file, the file named ``last`` copied last (a SavedModel is complete
+    once its ``saved_model.pb`` appears), then the source removed."""
+    if is_local(source):
+        os.rename(source, target)
+        return
+    files = sorted(walk_files(source), key=lambda p: os.path.basename(p) == last)
+    for path in files:
+        destination = os.path.join(target, os.path.relpath(path, source))
+        gfile.makedirs(os.path.dirname(destination))
+        gfile.copy(path, destination, overwrite=False)
+    rmtree(source)
+
+
+def copy_tree(source: str, target: str) -> None:
+    """Copies every file under ``source`` to the same place under ``target``."""
+    for path in walk_files(source):
+        destination = os.path.join(target, os.path.relpath(path, source))
+        gfile.makedirs(os.path.dirname(destination))
+        gfile.copy(path, destination, overwrite=True)
+
+
+def tree_bytes(directory: str) -> int:
+    """Total bytes of the files under ``directory``."""
+    return sum(size(p) for p in walk_files(directory))
