@@ -197,9 +197,10 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
 _POSITIVE = ("zskd_learning_rate", "zskd_temperature", "zskd_sigma",
              "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
+_NOTES = {"num_shots": " (0: all, with --images)"}
 for _name, _low in _AT_LEAST.items():
     flags.register_validator(_name, lambda v, low=_low: v is None or v >= low,
-                             message=f"--{_name} must be >= {_low}")
+                             message=f"--{_name} must be >= {_low}{_NOTES.get(_name, '')}")
 for _name in _POSITIVE:
     flags.register_validator(_name, lambda v: v is None or v > 0, message=f"--{_name} must be > 0")
 flags.register_validator("teacher_class_map",
@@ -249,27 +250,37 @@ def images_config_from_flags() -> images.ImageSourceConfig | None:
         class_names=FLAGS.class_names)
 
 
-def config_from_flags() -> pipeline.DistillConfig:
-    own = FLAGS.images is not None  # The user's images: no named dataset's defaults.
+def data_defaults() -> dict:
+    """The defaults that depend on the data: a named dataset's (the paper's), or the user's
+    images' (all of them, no validation split, a keras.applications student, the CVAE resolved at
+    their size)."""
+    own = FLAGS.images is not None
     if FLAGS.eval_images and not own:
         raise ValueError("--eval_images needs --images (a named dataset has its test split)")
-    num_shots = FLAGS.num_shots
-    if num_shots is None:  # The paper's for a dataset; all of the user's images.
-        num_shots = 0 if own else models.DEFAULT_NUM_SHOTS[FLAGS.dataset]
-    elif num_shots == 0 and not own:
+    if FLAGS.num_shots == 0 and not own:
         raise ValueError("--num_shots=0 (all images) needs --images")
-    num_validation = FLAGS.num_validation
-    if num_validation is None:
-        num_validation = 0 if own else 5000
     teacher_arch, student_arch = models.DEFAULT_PAIRS[FLAGS.dataset]
-    teacher_arch = teacher_arch if FLAGS.teacher_architecture == "auto" else FLAGS.teacher_architecture
-    student_arch = student_arch if FLAGS.student_architecture == "auto" else FLAGS.student_architecture
-    if own and FLAGS.student_architecture == "auto":
+    if own:
         student_arch = "mobilenet_v3_small"
-    student_arch = FLAGS.student_model or student_arch
     cvae_arch = FLAGS.cvae_architecture
-    if cvae_arch == "auto" and not own:  # The user's images: resolved at their size.
+    if cvae_arch == "auto" and not own:
         cvae_arch = "conv" if FLAGS.dataset.startswith("cifar") else "mlp"
+    return dict(
+        num_shots=FLAGS.num_shots if FLAGS.num_shots is not None
+        else 0 if own else models.DEFAULT_NUM_SHOTS[FLAGS.dataset],
+        num_validation=FLAGS.num_validation if FLAGS.num_validation is not None
+        else 0 if own else 5000,
+        teacher_arch=(teacher_arch if FLAGS.teacher_architecture == "auto"
+                      else FLAGS.teacher_architecture),
+        student_arch=FLAGS.student_model or (student_arch if FLAGS.student_architecture == "auto"
+                                             else FLAGS.student_architecture),
+        cvae_arch=cvae_arch)
+
+
+def config_from_flags() -> pipeline.DistillConfig:
+    d = data_defaults()
+    num_shots, num_validation = d["num_shots"], d["num_validation"]
+    teacher_arch, student_arch, cvae_arch = d["teacher_arch"], d["student_arch"], d["cvae_arch"]
     return pipeline.DistillConfig(
         workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, images=images_config_from_flags(), seed=FLAGS.seed,

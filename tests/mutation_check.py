@@ -29,6 +29,22 @@ class Mutation:
 
 
 MUTATIONS = [
+    Mutation("unreadable_files_uncounted", "files that fail to decode are dropped without a count",
+             (("tfkd/images.py", "skipped = tuple(names[i] for i in np.setdiff1d(indices, got))",
+               "skipped = ()"),),
+             ("tests/test_images.py::test_a_folder_is_read_at_the_asked_size_with_unreadable_files_counted",)),
+    Mutation("fidelity_against_itself", "the student's fidelity compares its top-1 with itself",
+             (("tfkd/pipeline.py", "else float(np.mean(top1 == teacher_top1))),",
+               "else float(np.mean(top1 == top1))),"),),
+             ("tests/test_images.py::test_distill_from_a_png_folder_into_a_keras_applications_student",)),
+    Mutation("classify_vocabulary_shifted", "the classify signature's names are off by one class",
+             (("tfkd/export.py", "names = self.labels.lookup(tf.range(tf.shape(scores)[1], dtype=tf.int64))",
+               "names = self.labels.lookup(tf.range(1, tf.shape(scores)[1] + 1, dtype=tf.int64))"),),
+             ("tests/test_classify.py::test_raw_classify_request_returns_class_names_and_scores",)),
+    Mutation("ram_export_renamed", "a non-local export version is renamed like a local one",
+             (("tfkd/fs.py", "    if is_local(source):\n        os.rename(source, target)",
+               "    if True:\n        gfile.rename(source, target)"),),
+             ("tests/test_remote_workdir.py",)),
     Mutation("permuted_soft_labels", "the student trains on the soft labels shuffled across images",
              (("tfkd/pipeline.py", "transfer.images, transfer.targets, student_config,",
                "transfer.images, transfer.targets[np.random.default_rng(1).permutation("

@@ -134,14 +134,26 @@ def test_distill_from_a_png_folder_into_a_keras_applications_student(fashion, rg
     assert report["images"]["images_per_second"] > 0
     assert report["transfer_set_sources"] == {"real": 300, "mixup": 200, "cvae": 100}
     assert report["student_architecture"] == "mobilenet_v3_small"
+    assert report["cvae"]["working_shape"] == [32, 32, 3] and report["cvae"]["architecture"] == "conv"
+    assert report["stage_seconds"]["cvae_training"] > 0
     assert report["teacher_accuracy"] > 0.5  # The teacher's, on the labelled folders.
     for key in ("student_accuracy", "student_fidelity"):
         assert 0.0 <= report[key] <= 1.0
     assert report["student_variants"]["float16"]["fidelity"] is not None
     assert len((tmp_path / "run" / "few_shot_files.txt").read_text().split()) == 300
-    student = tf.saved_model.load(report["student_export_dir"])
-    out = student.signatures["serving_default"](images=tf.zeros([2, SIZE, SIZE, 3]))
-    assert out["probabilities"].shape == (2, 10)
+    # Accuracy and fidelity recomputed in process from the exports and the folders.
+    evaluation, _ = images.load_labelled(str(root / "eval"), (SIZE, SIZE, 3), 10, NAMES)
+    pixels = tf.constant(evaluation.images)
+    student = tf.saved_model.load(report["student_export_dir"]).signatures["serving_default"]
+    predicted = student(images=pixels)["classes"].numpy()
+    teacher = tf.saved_model.load(os.path.join(rgb_teacher, "1")).signatures["serving_default"]
+    taught = teacher(images=tf.cast(tf.round(pixels * 255), tf.uint8))["probabilities"].numpy()
+    assert report["student_accuracy"] == pytest.approx(np.mean(predicted == evaluation.labels),
+                                                       abs=0.006)
+    assert report["student_fidelity"] == pytest.approx(np.mean(predicted == taught.argmax(1)),
+                                                       abs=0.006)
+    assert report["teacher_accuracy"] == pytest.approx(np.mean(taught.argmax(1) == evaluation.labels),
+                                                       abs=0.006)
     # A flat evaluation folder: fidelity, no accuracy; 100 of the 301 files drawn.
     assert flat["student_accuracy"] is None and flat["teacher_accuracy"] is None
     assert 0.0 <= flat["student_fidelity"] <= 1.0 and flat["images"]["eval_labelled"] is False
@@ -154,3 +166,15 @@ def test_images_without_a_teacher_endpoint_stop_with_one_line(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "needs --teacher=host:port" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_shots=0"], "--num_shots=0 (all images) needs --images"),
+    (["--eval_images=/tmp"], "--eval_images needs --images"),
+])
+def test_image_flags_without_images_stop_with_one_line(tmp_path, flags, message):
+    cmd = [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={tmp_path}",
+           *flags]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]

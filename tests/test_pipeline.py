@@ -165,7 +165,7 @@ def distill_flags():
 
 
 @pytest.mark.parametrize("bad,message", [
-    ("--num_shots=0", "--num_shots must be >= 1"),  # Used to mean the default, 2000.
+    ("--num_shots=-1", "--num_shots must be >= 0"),  # Used to mean the default, 2000.
     ("--eval_examples=-1", "--eval_examples must be >= 0"),  # Used to evaluate 9,999 images.
     ("--temperature=0", "--temperature must be > 0"),  # These three failed after paying the
     ("--batch_size=0", "--batch_size must be >= 1"),  # teacher, with tracebacks.
@@ -184,7 +184,7 @@ def test_flags_are_validated_when_parsed(distill_flags, bad, message):
 
 def test_launcher_rejects_bad_flags_and_missing_data(tmp_path):
     bad = run_launcher(tmp_path / "bad", "--num_shots=-5")
-    assert bad.returncode != 0 and "flag --num_shots=-5: --num_shots must be >= 1" in bad.stderr
+    assert bad.returncode != 0 and "flag --num_shots=-5: --num_shots must be >= 0 (0: all, with --images)" in bad.stderr
     assert "Traceback" not in bad.stderr
     missing = run_launcher(tmp_path / "missing", f"--data_dir={tmp_path / 'nothing'}")
     assert missing.returncode == 1

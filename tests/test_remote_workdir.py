@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_pipeline import TINY
 
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import teacher as teacher_lib
-
-from test_pipeline import TINY
 
 
 @pytest.mark.slow

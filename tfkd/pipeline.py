@@ -571,6 +571,7 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         transfer, _ = workdir_lib.reuse_or_build(path, lambda: method.build(ctx),
                                                  lambda t, p: t.save(p), methods.TransferSet.load,
                                                  "Transfer set")
+    report.update(**ctx.findings)
     expected = (dataset.image_shape, dataset.num_classes)
     if (transfer.images.shape[1:], transfer.targets.shape[1]) != expected:
         raise ValueError(f"method {method.name!r}: built images {list(transfer.images.shape)} and "

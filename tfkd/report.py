@@ -53,6 +53,11 @@ class Report:
     labelled_set: str | None = None
     """Path of the persisted transfer set (``transfer_set-<fp>.npz``); null for a method that asks
     no teacher (nothing paid to keep)."""
+    cvae: dict | None = None
+    """The CVAE this run trained or reused (FS-BBT family): ``architecture``, ``working_shape``
+    [h, w, C] (the resolution it models; its samples are resized to the image size), ``parameters``;
+    its seconds are ``stage_seconds`` ``cvae_training`` and ``cvae_sampling``. Null when the transfer
+    set was reused whole."""
     grids: dict = dataclasses.field(default_factory=dict)
     """PNG grids of the transfer set's images per teacher class, by source: name -> path."""
     eval_examples: int | None = None

@@ -126,6 +126,8 @@ class MethodContext:
       stage: ``with ctx.stage("name"):`` times a step for the report's ``stage_seconds``.
       strategy: the run's ``tf.distribute`` strategy (the student's), for a method whose synthesis
         spreads over its replicas (``zskd``); None: the default one.
+      findings: report fields a method fills while building (:class:`tfkd.report.Report` names,
+        e.g. ``cvae``); copied into the report by the pipeline.
     """
 
     config: Any
@@ -137,6 +139,7 @@ class MethodContext:
     stage: Callable[[str], contextlib.AbstractContextManager] = \
         lambda name: contextlib.nullcontext()  # noqa: E731
     strategy: Any = None
+    findings: dict = dataclasses.field(default_factory=dict)
     _memo: dict = dataclasses.field(default_factory=dict)
 
     @property

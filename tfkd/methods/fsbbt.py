@@ -141,9 +141,9 @@ class _Synthetic(Method):
         with ctx.stage("cvae_training"):
             cvae, _ = workdir_lib.reuse_or_build(path, train, lambda m, p: m.save_weights(p), load,
                                                  "CVAE")
-        logging.info("CVAE: %s at %s for images %s, %d parameters", config.architecture,
-                     "x".join(map(str, working)), "x".join(map(str, ctx.image_shape)),
-                     cvae.count_params())
+        ctx.findings["cvae"] = {"architecture": config.architecture,
+                                "working_shape": list(working), "parameters": cvae.count_params()}
+        logging.info("CVAE: %s", ctx.findings["cvae"])
         with ctx.stage("cvae_sampling"):
             sampled = synthesis.sample_cvae(cvae, config.num_images, ctx.seed,
                                             config.uniform_bound)[0]

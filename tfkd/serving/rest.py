@@ -257,12 +257,15 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             return self._classify(spec)
         return self._predict(spec)
 
-    def _classify(self, spec):
+    def _request(self, spec):
+        """(body, servable, signature name) of a POST to a signature."""
         body = self._body()
         if not isinstance(body.get("signature_name", ""), str):
             raise _invalid("'signature_name' must be a string")
-        servable = self.server.registry.resolve(spec)
-        signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+        return body, self.server.registry.resolve(spec), body.get("signature_name") or DEFAULT_SIGNATURE
+
+    def _classify(self, spec):
+        body, servable, signature_name = self._request(spec)
         classes, scores = run_classify(servable, signature_name, classify_examples(body))
         n, k = (classes if classes is not None else scores).shape[:2]
         return self._send(200, {"result": [
@@ -271,11 +274,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             for i in range(n)]})
 
     def _predict(self, spec):
-        body = self._body()
-        if not isinstance(body.get("signature_name", ""), str):
-            raise _invalid("'signature_name' must be a string")
-        servable = self.server.registry.resolve(spec)
-        signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+        body, servable, signature_name = self._request(spec)
         inputs, row = predict_inputs(body, servable.signature_defs.get(signature_name))
         outputs = run_signature(servable, signature_name, inputs, [])
         return self._send(200, predict_answer(outputs, row))
