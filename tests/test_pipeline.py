@@ -184,7 +184,8 @@ def test_flags_are_validated_when_parsed(distill_flags, bad, message):
 
 def test_launcher_rejects_bad_flags_and_missing_data(tmp_path):
     bad = run_launcher(tmp_path / "bad", "--num_shots=-5")
-    assert bad.returncode != 0 and "flag --num_shots=-5: --num_shots must be >= 0 (0: all, with --images)" in bad.stderr
+    assert bad.returncode != 0
+    assert "flag --num_shots=-5: --num_shots must be >= 0 (0: all, with --images)" in bad.stderr
     assert "Traceback" not in bad.stderr
     missing = run_launcher(tmp_path / "missing", f"--data_dir={tmp_path / 'nothing'}")
     assert missing.returncode == 1
