@@ -22,6 +22,7 @@ from tfkd import boundary
 from tfkd import client
 from tfkd import data
 from tfkd import distill
+from tfkd import fs
 from tfkd import images
 from tfkd import impressions
 from tfkd import methods
@@ -329,7 +330,7 @@ def write_flags_json(workdir_path: str) -> str:
     """Writes this launcher's flags (name -> value) to ``<workdir>/flags.json``."""
     module = FLAGS.find_module_defining_flag("workdir")
     values = {f.name: f.value for f in FLAGS.get_key_flags_for_module(module)}
-    os.makedirs(workdir_path, exist_ok=True)
+    fs.makedirs(workdir_path)  # Any file system: gs://, hdfs://, ...
     return workdir.write_json(os.path.join(workdir_path, "flags.json"), values)
 
 

@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfkd import fs
 from tfkd import serving
 
 flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port).")
@@ -69,7 +70,7 @@ def main(argv):
     else:
         raise app.UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
     server = serving.ModelServer(models, server_config_from_flags())
-    if FLAGS.model_base_path and not os.path.isdir(FLAGS.model_base_path):
+    if FLAGS.model_base_path and not fs.isdir(FLAGS.model_base_path):
         sys.exit(f"error: --model_base_path={FLAGS.model_base_path!r}: no such directory")
     try:
         server.start()
