@@ -73,6 +73,46 @@ def run(kind: str, seed: int, target: str, pngs) -> dict:
     return report
 
 
+def section() -> list[str]:
+    """RESULTS.md's section comparing the two paths, from the stored reports; [] without any."""
+    stored = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), STORED)
+    runs = {}
+    for kind in ("idx", "png"):
+        for seed in range(10):
+            path = os.path.join(stored, f"{kind}-seed{seed}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    runs[kind, seed] = json.load(f)
+    seeds = sorted(s for k, s in runs if k == "idx" and ("png", s) in runs)
+    if not seeds:
+        return []
+    lines = ["## Your own images: PNG folders against the IDX files", "",
+             "`benchmarks/images_vs_idx.py`: FS-BBT defaults, the LeNet-5 teacher above (90.75%) "
+             "served over gRPC. `idx`",
+             "reads the IDX files (a balanced draw of 2,000 from the pool); `png` the same 55,000-image "
+             "pool as PNG files",
+             "in one flat folder (`--images`, a uniform draw of 2,000, no labels) and the 10,000 test "
+             "images in class",
+             "folders (`--eval_images`, `--class_names`). Fidelity: the student's top-1 agreement "
+             "with the teacher on",
+             "the test images. Reports: benchmarks/reports/fashion_mnist_images/.", "",
+             "| seed | IDX student % | PNG student % | PNG - IDX | IDX fidelity % | PNG fidelity % | "
+             "PNG input images/s |",
+             "|---|---|---|---|---|---|---|"]
+    for seed in seeds:
+        a, b = runs["idx", seed], runs["png", seed]
+        lines.append(f"| {seed} | {100 * a['student_accuracy']:.2f} | {100 * b['student_accuracy']:.2f} "
+                     f"| {100 * (b['student_accuracy'] - a['student_accuracy']):+.2f} | "
+                     f"{100 * a['student_fidelity']:.2f} | {100 * b['student_fidelity']:.2f} | "
+                     f"{b['images']['images_per_second']:,.0f} (shots), "
+                     f"{b['images']['eval_images_per_second']:,.0f} (test) |")
+    if len(seeds) > 1:
+        diff = [100 * (runs["png", s]["student_accuracy"] - runs["idx", s]["student_accuracy"])
+                for s in seeds]
+        lines.append(f"| mean | | | {np.mean(diff):+.2f} | | | |")
+    return lines
+
+
 def main(seeds):
     pngs = write_pngs()
     rows = []

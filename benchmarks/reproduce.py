@@ -30,6 +30,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import images_vs_idx  # noqa: E402
 import keras  # noqa: E402
 import label_only_table  # noqa: E402  (benchmarks/, beside this script)
 import numpy as np  # noqa: E402
@@ -350,6 +351,8 @@ def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: 
                     else []) + [("FS-BBT, top-1 labels", r["test_mean"], r["queries"]) for r in onehot]
         zero_shot = zero_shot_table.section(path, few_shot)
         lines += ["", *zero_shot] if zero_shot else []
+        own_images = images_vs_idx.section()
+        lines += ["", *own_images] if own_images else []
     lines += ["", "## Log of tries (from stored reports; validation split only)", "",
               "Each try is one run (seed 0 unless its name says another), compared with the grid's",
               "cell of the same seed; its figure is the student's (or teacher's) accuracy on the",
