@@ -87,10 +87,6 @@ def replace(source: str, target: str) -> None:
         gfile.rename(source, target, overwrite=True)
 
 
-def open(path: str, mode: str = "r"):  # noqa: A001 - the file system's own open.
-    return gfile.GFile(path, mode)
-
-
 def read_bytes(path: str) -> bytes:
     with gfile.GFile(path, "rb") as f:
         return f.read()

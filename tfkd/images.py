@@ -104,6 +104,7 @@ class LoadedImages:
       names: str [n]: each image's file (a TFRecord image: ``file#record``).
       labels: int64 [n] in [0, K), or None for unlabeled images.
       skipped: the unreadable files (or records), in source order.
+      pool: files (or records) in the source, read or not.
       seconds: wall-clock seconds of reading, decoding and resizing.
     """
 
@@ -111,6 +112,7 @@ class LoadedImages:
     names: tuple
     labels: np.ndarray | None = None
     skipped: tuple = ()
+    pool: int = 0
     seconds: float = 0.0
 
     @property
@@ -203,7 +205,8 @@ def load_images(path: str, image_shape: tuple, image_key: str = DEFAULT_IMAGE_KE
       path: a directory, file pattern or TFRecord path/pattern (module docstring).
       image_shape: (H, W, C), C in {1, 3}: what the images become (the teacher's input).
       image_key: the TFRecord feature holding the encoded bytes.
-      select: int [m] indices into the source's files (or records) to read, ascending; None: all.
+      select: int [m] indices into the source's files (or records) to read; or a function of
+        the source's size returning them (or None), so that the source is listed once; None: all.
       batch_size: images decoded per batch.
       what: the flag, for messages.
 
@@ -219,6 +222,8 @@ def load_images(path: str, image_shape: tuple, image_key: str = DEFAULT_IMAGE_KE
     if len(shape) != 3 or min(shape[:2]) < 1 or shape[2] not in (1, 3):
         raise ValueError(f"image_shape={image_shape!r}: expected (H, W, C) with C 1 or 3")
     names, make = _source(path, image_key)
+    if callable(select):
+        select = select(len(names))
     indices = np.arange(len(names)) if select is None else np.sort(np.asarray(select, np.int64))
     ds = (make(indices).map(lambda i, b: (i, decode(b, shape)), num_parallel_calls=tf.data.AUTOTUNE)
           .ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE))
@@ -236,7 +241,7 @@ def load_images(path: str, image_shape: tuple, image_key: str = DEFAULT_IMAGE_KE
         raise ImageSourceError(f"{what}={path!r}: expected decodable images; none of its "
                                f"{len(indices)} files could be read (e.g. {', '.join(skipped[:3])})")
     return LoadedImages(np.concatenate(images).astype(np.float32),
-                        tuple(names[i] for i in got), None, skipped,
+                        tuple(names[i] for i in got), None, skipped, len(names),
                         round(time.perf_counter() - start, 3))
 
 

@@ -320,16 +320,17 @@ def load_images(config: DistillConfig, link: TeacherLink, timer: StageTimer,
     source = config.images
     shape = source.image_shape(link.client.signature.input_shape)
     num_classes = link.client.num_data_classes
-    with timer("load_images"):
-        pool = images_lib.count(source.path, source.image_key)
+    def draw(pool: int) -> np.ndarray | None:
         if config.num_shots > pool:
             raise images_lib.ImageSourceError(
                 f"num_shots={config.num_shots}: expected at most the {pool} images of "
                 f"images={source.path!r} (0: all of them)")
-        draw = (None if config.num_shots in (0, pool) else np.random.default_rng(
+        return (None if config.num_shots in (0, pool) else np.random.default_rng(
             config.seed).choice(pool, config.num_shots, replace=False))
+
+    with timer("load_images"):
         shots = images_lib.load_images(source.path, shape, source.image_key, select=draw)
-        workdir_lib.write_text(os.path.join(config.workdir, "few_shot_files.txt"),
+        fs.write_atomic(os.path.join(config.workdir, "few_shot_files.txt"),
                                "\n".join(shots.names) + "\n")
         evaluation, order = None, None
         if source.eval_path:
@@ -339,7 +340,7 @@ def load_images(config: DistillConfig, link: TeacherLink, timer: StageTimer,
     empty = np.zeros((0, *shape), np.float32)
     report.update(dataset=f"images:{source.path}", images={
         "path": source.path, "eval_path": source.eval_path, "image_shape": list(shape),
-        "pool": pool, "skipped": len(shots.skipped),
+        "pool": shots.pool, "skipped": len(shots.skipped),
         "eval_skipped": None if evaluation is None else len(evaluation.skipped),
         "eval_labelled": None if evaluation is None else evaluation.labels is not None,
         "class_names": None if order is None else list(order),

@@ -96,16 +96,10 @@ ARTIFACTS = (
 )
 
 
-def write_text(path: str, text: str) -> str:
-    """Writes ``text`` atomically (temp name, then rename): a reader never sees half a file.
-    Returns ``path``."""
-    return fs.write_atomic(path, text)
-
-
 def write_json(path: str, value) -> str:
-    """Writes ``value`` as indented, key-sorted JSON atomically (:func:`write_text`). Returns
-    ``path``."""
-    return write_text(path, json.dumps(value, indent=2, sort_keys=True))
+    """Writes ``value`` as indented, key-sorted JSON atomically (:func:`tfkd.fs.write_atomic`).
+    Returns ``path``."""
+    return fs.write_atomic(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def set_aside(path: str) -> str:
