@@ -155,6 +155,8 @@ flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PAT
                     "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
                     "--student_architecture.")
 flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
+flags.DEFINE_integer("student_steps", 0, "Student optimizer steps in all, as whole epochs (0: "
+                     "--student_epochs); a plan cut to --query_budget keeps the full plan's steps.")
 flags.DEFINE_integer("batch_size", 64, "Student batch size per replica.")
 flags.DEFINE_float("learning_rate", 1e-3, "Student Adam learning rate.")
 flags.DEFINE_enum("lr_schedule", "cosine", list(distill.LR_SCHEDULES), "Student learning-rate "
@@ -294,7 +296,7 @@ def config_from_flags() -> pipeline.DistillConfig:
                                  epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim,
                                  architecture=cvae_arch, working_size=FLAGS.cvae_working_size),
         student=distill.StudentConfig(
-            architecture=student_arch, epochs=FLAGS.student_epochs,
+            architecture=student_arch, epochs=FLAGS.student_epochs, steps=FLAGS.student_steps,
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,

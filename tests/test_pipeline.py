@@ -237,7 +237,8 @@ class CountingTokenCheck(RequireToken):
 @pytest.mark.slow
 def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, tmp_path):
     """The plan of a run is 100 real + 400 MixUp + 100 CVAE + 500 test images = 1,100 queries: a
-    budget of 1,099 stops the run before one Predict reaches the server; 1,100 runs it to the end.
+    budget of 599 (one short of the real and test images) stops the run before one Predict reaches
+    the server; 1,099 runs it to the end with the plan cut by one MixUp image.
     The teacher needs a bearer token; with every log level on, the token is in no stdout or stderr
     line and in no file the run writes."""
     secret = "tfkd-s3cret-7f1c2e"
@@ -248,20 +249,23 @@ def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, 
                              interceptors=[interceptor]) as srv:
         flags = [f"--teacher={srv.target}", f"--teacher_auth_token_file={tmp_path / 'token'}",
                  "--verbosity=2", "--alsologtostderr", "--verbose=1"]
-        short = run_launcher(tmp_path / "short", *flags, "--query_budget=1099", env=env)
+        short = run_launcher(tmp_path / "short", *flags, "--query_budget=599", env=env)
         assert short.returncode == 1, short.stderr[-3000:]
-        assert "needs 1100 more teacher queries, but the query budget of 1099 leaves 1099" in \
+        assert "needs 600 more teacher queries, but the query budget of 599 leaves 599" in \
             short.stderr and "Traceback" not in short.stderr
         assert interceptor.predict_calls == 0  # Refused before sending anything.
         assert teacher.QueryAccount(str(tmp_path / "short" / "ledger")).total == 0
 
-        exact = run_launcher(tmp_path / "exact", *flags, "--query_budget=1100", env=env)
+        exact = run_launcher(tmp_path / "exact", *flags, "--query_budget=1099", env=env)
         assert exact.returncode == 0, exact.stderr[-3000:]
         assert interceptor.predict_calls > 0
     report = json.loads((tmp_path / "exact" / "report.json").read_text())
-    assert report["teacher_queries_total"] == report["query_budget"] == 1100
-    assert report["teacher_query_plan"] == {"label_real": 100, "label_mixup": 400,
+    assert report["teacher_queries_total"] == report["query_budget"] == 1099
+    assert report["teacher_query_plan"] == {"label_real": 100, "label_mixup": 399,
                                             "label_cvae": 100, "evaluate_teacher": 500}
+    assert (report["num_mixup"], report["num_cvae"]) == (399, 100)
+    # The student keeps the full plan's training length: 2 epochs of 600 images // 64 = 9 steps.
+    assert report["query_plan_fitted"]["student_steps"] == report["student_steps"] == 18
     # The secret: not in what was printed (INFO and DEBUG lines included) ...
     assert "Connected to teacher 'teacher'" in exact.stderr  # A DEBUG line: every level was on.
     for text in (short.stdout, short.stderr, exact.stdout, exact.stderr):
@@ -284,3 +288,20 @@ def test_methods_share_the_synthetic_budget():
     assert not any(methods.get(m).reads_true_labels for m in fsbbt_methods.METHODS[1:])
     with pytest.raises(ValueError, match="method='dfad'"):
         dataclasses.replace(base, method="dfad").validate()
+
+
+def test_a_query_budget_cuts_the_synthetic_images_in_their_ratio():
+    """Issue 13: the FS-BBT family fits its plan to the budget instead of refusing it."""
+    config = pipeline.DistillConfig(workdir="unused", mixup=synthesis.MixUpConfig(num_images=43200),
+                                    cvae=synthesis.CVAEConfig(num_images=4800))
+    fsbbt = methods.get("fsbbt")
+    fitted = fsbbt.fit_budget(config, 25_000, 2000)
+    assert (fitted.mixup.num_images, fitted.cvae.num_images) == (20_700, 2_300)
+    assert methods.get("mixup").counts(fitted) == (23_000, 0)  # The whole cut budget to MixUp.
+    assert fsbbt.fit_budget(config, 50_000, 2000) is config  # It fits: unchanged.
+    assert fsbbt.fit_budget(config, 1_999, 2000).mixup.num_images == 0  # Left to the check.
+    assert methods.get("standard_kd").fit_budget(config, 10, 2000) is config
+    assert methods.get("zskd").fit_budget(config, 10, 2000) is config  # Refused by the check.
+    # A student with a step count trains whole epochs that reach it.
+    assert distill.epochs_for(distill.StudentConfig(steps=100), 1000, 64) == 7
+    assert distill.epochs_for(distill.StudentConfig(epochs=3), 1000, 64) == 3

@@ -72,10 +72,12 @@ def test_query_budget_is_never_exceeded(server, fashion, tmp_path):
     # The pipeline checks its whole plan (evaluation included) before sending anything.
     config = pipeline.DistillConfig(
         workdir=str(tmp_path / "run"), num_shots=50, num_validation=1000,
-        teacher=teacher.TeacherConfig(target=server.target, query_budget=489),
+        teacher=teacher.TeacherConfig(target=server.target, query_budget=249),
         mixup=synthesis.MixUpConfig(num_images=200), cvae=synthesis.CVAEConfig(num_images=40),
         student=distill.StudentConfig(epochs=1), eval_examples=200, verbose=0)
-    with pytest.raises(teacher.QueryBudgetExceeded, match="needs 490 more .* leaves 489"):
+    # The plan is cut to the budget (no MixUp, no CVAE image left) and still needs 50 real and 200
+    # test images: refused.
+    with pytest.raises(teacher.QueryBudgetExceeded, match="needs 250 more .* leaves 249"):
         pipeline.run(config)
     assert len(teacher.QueryLedger(str(tmp_path / "run" / "ledger"))) == 0
     assert teacher.QueryAccount(str(tmp_path / "run" / "ledger")).total == 0

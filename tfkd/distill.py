@@ -58,6 +58,10 @@ class StudentConfig:
         ``keras.applications`` families of :data:`tfkd.models.APPLICATIONS`), or the path of the
         user's own ``.keras`` model (:func:`tfkd.models.load_user_model`).
       epochs, batch_size, learning_rate: Adam training (batch_size per replica).
+      steps: total optimizer steps; 0 (default) trains ``epochs`` whole passes over the transfer
+        set. When > 0 it replaces ``epochs``: the student trains ceil(steps / steps per epoch)
+        whole epochs, so that a smaller transfer set (a query budget, a baseline's N images) gets
+        the same training length as a larger one. :func:`epochs_for` is the rule.
       lr_schedule: one of ``LR_SCHEDULES``; default ``cosine`` decay to 0 (chosen on the validation
         split over the paper's constant rate: +0.52, +0.30, +0.46 points for FS-BBT, seeds 0-2;
         RESULTS.md, "Log of tries"). ``constant`` is the paper's.
@@ -75,6 +79,7 @@ class StudentConfig:
 
     architecture: str = "lenet5_half"
     epochs: int = 50
+    steps: int = 0
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
@@ -93,7 +98,8 @@ class StudentConfig:
             ("architecture", self.architecture in models.MODELS
              or models.is_user_model(self.architecture),
              f"one of {sorted(models.MODELS)} or a .keras file"),
-            ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"), ("steps", self.steps >= 0, ">= 0 (0: epochs)"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
             ("learning_rate", self.learning_rate > 0, "> 0"),
             ("lr_schedule", self.lr_schedule in LR_SCHEDULES, LR_SCHEDULES),
             ("loss", self.loss in LOSSES, LOSSES), ("temperature", self.temperature > 0, "> 0"),
@@ -105,6 +111,15 @@ class StudentConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"student.{name}={getattr(self, name)!r}: expected {expected}")
+
+
+def epochs_for(config: StudentConfig, num_images: int, global_batch: int) -> int:
+    """Whole epochs the student trains: ``config.epochs``, or with ``config.steps`` > 0 the fewest
+    whole epochs of ``num_images // global_batch`` steps that reach ``config.steps`` (>= 1)."""
+    if config.steps <= 0:
+        return config.epochs
+    per_epoch = max(1, num_images // global_batch)
+    return max(1, -(-config.steps // per_epoch))
 
 
 class TemperatureKD(keras.losses.Loss):
@@ -204,7 +219,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
 
 
-def _custom_loop(student, ds, config: StudentConfig, strategy, global_batch: int, lr,
+def _custom_loop(student, ds, config: StudentConfig, epochs: int, strategy, global_batch: int, lr,
                  backup_dir: str | None, verbose: int) -> dict:
     """Trains with ``strategy.run`` / ``strategy.reduce``; per-example losses are averaged over the
     *global* batch (``tf.nn.compute_average_loss``), so the update does not depend on the number of
@@ -245,7 +260,7 @@ def _custom_loop(student, ds, config: StudentConfig, strategy, global_batch: int
 
     dist_ds = strategy.experimental_distribute_dataset(ds)
     history = {"loss": []}
-    for e in range(int(epoch.numpy()), config.epochs):
+    for e in range(int(epoch.numpy()), epochs):
         total, steps = 0.0, 0
         for images, targets in dist_ds:
             total += float(train_step(images, targets))
@@ -255,7 +270,7 @@ def _custom_loop(student, ds, config: StudentConfig, strategy, global_batch: int
         if manager is not None:
             manager.save()  # Every worker saves: the save is a collective operation.
         if verbose:
-            logging.info("Student epoch %d/%d: loss %.4f", e + 1, config.epochs, history["loss"][-1])
+            logging.info("Student epoch %d/%d: loss %.4f", e + 1, epochs, history["loss"][-1])
     return history
 
 
@@ -325,15 +340,21 @@ class ValidationAccuracy(keras.callbacks.Callback):
     (``validation_accuracy``, and ``learning_rate``) and to the Keras logs (``val_accuracy``).
 
     For monitoring: no checkpoint is selected on it, and it never reads the test split. Images
-    float32 [n, H, W, C] in [0, 1], labels int [n].
+    float32 [n, H, W, C] in [0, 1], labels int [n]. ``every``: measure after every this many epochs
+    (and the last): a long run of short epochs (a baseline on N images) otherwise spends more time
+    here than training.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, log_dir: str):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, log_dir: str, every: int = 1):
         super().__init__()
         self.images, self.labels = images, np.asarray(labels).reshape(-1)
         self.writer = tf.summary.create_file_writer(log_dir)
+        self.every = max(1, int(every))
 
     def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every and not last:
+            return
         logits = self.model.predict(self.images, batch_size=1024, verbose=0)
         accuracy = float(np.mean(logits.argmax(axis=1) == self.labels))
         with self.writer.as_default():
@@ -400,14 +421,15 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     custom = config.loop == "custom" or (
         config.loop == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
     keras.utils.set_random_seed(seed)
-    total_steps = config.epochs * (len(images) // global_batch)
+    epochs = epochs_for(config, len(images), global_batch)
+    total_steps = epochs * (len(images) // global_batch)
     lr = learning_rate(config.learning_rate, config.lr_schedule, total_steps)
     with strategy.scope():
         student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
     ds = training_dataset(images, soft_labels, config, global_batch, seed)
     if custom:
-        return student, _custom_loop(student, ds, config, strategy, global_batch, lr, backup_dir,
-                                     verbose)
+        return student, _custom_loop(student, ds, config, epochs, strategy, global_batch, lr,
+                                     backup_dir, verbose)
     with strategy.scope():
         student.compile(optimizer=keras.optimizers.Adam(lr),
                         loss=make_loss(config.loss, config.temperature),
@@ -420,5 +442,5 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(
             backup_dir, save_freq=config.checkpoint_steps or "epoch", delete_checkpoint=False))
-    history = student.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks)
+    history = student.fit(ds, epochs=epochs, verbose=verbose, callbacks=callbacks)
     return student, history.history

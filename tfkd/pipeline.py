@@ -280,6 +280,7 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
         report.num_validation = 0 if dataset.x_val is None else len(dataset.x_val)
         x_eval, y_eval = eval_split(config, dataset)
         report.eval_examples = len(x_eval)
+        config = fit_query_budget(config, method, dataset, link, len(x_eval), strategy, report)
         transfer = build_transfer_set(config, method, dataset, link, x_eval, timer, report,
                                       strategy)
         student = train_student(config, method, dataset, transfer,
@@ -512,6 +513,41 @@ def transfer_key(config: DistillConfig, method: methods.Method, link: TeacherLin
     return key if config.images is None else (*key, config.images)
 
 
+def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
+                     link: TeacherLink, num_eval: int, strategy, report: Report) -> DistillConfig:
+    """The run's config with the method's plan cut to the query budget (:meth:`Method.fit_budget`):
+    what the budget leaves after the teacher's evaluation (``num_eval`` images when the teacher is
+    evaluated) and the N real images goes to synthetic images. The student keeps the training
+    length (optimizer steps) the full plan would have had, unless ``student.steps`` is set. The
+    config is unchanged without a budget, or when the plan fits.
+    """
+    budget = config.teacher.query_budget
+    if budget is None or method.teacher_needs == "none":
+        return config
+    reserved = num_eval if link.eval_client is not None else 0
+    num_real = config.num_shots if dataset.y_train is not None else len(dataset.x_train)
+    fitted = method.fit_budget(config, budget - reserved, num_real)
+    if fitted == config:
+        return config
+    student = config.student
+    if student.steps == 0:
+        wanted = num_real + config.mixup.num_images + config.cvae.num_images
+        global_batch = student.batch_size * strategy.num_replicas_in_sync
+        steps = distill.epochs_for(student, wanted, global_batch) * (wanted // global_batch)
+        fitted = dataclasses.replace(fitted, student=dataclasses.replace(student, steps=steps))
+    report.query_plan_fitted = {
+        "budget": budget, "reserved": reserved, "num_real": num_real,
+        "wanted": config.mixup.num_images + config.cvae.num_images,
+        "num_mixup": fitted.mixup.num_images, "num_cvae": fitted.cvae.num_images,
+        "student_steps": fitted.student.steps}
+    logging.warning("Query budget %d: the plan is cut to %d MixUp + %d CVAE images (%d asked "
+                    "for) beside %d real images and %d for the teacher's evaluation; the student "
+                    "keeps %d training steps", budget, fitted.mixup.num_images,
+                    fitted.cvae.num_images, report.query_plan_fitted["wanted"], num_real, reserved,
+                    fitted.student.steps)
+    return fitted
+
+
 def plan_queries(method: methods.Method, ctx: methods.MethodContext, link: TeacherLink,
                  x_eval: np.ndarray, reuse: bool) -> dict[str, int]:
     """This process's query plan by stage (the method's, unless its transfer set is reused, and
@@ -594,11 +630,14 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
     """Trains the student on the transfer set (fingerprint ``transfer_fp``), resuming from the work
     dir's backup; returns the logits model."""
     student_config = method.student_config(config)
+    global_batch = student_config.batch_size * strategy.num_replicas_in_sync
+    epochs = distill.epochs_for(student_config, len(transfer.images), global_batch)
     tensorboard_dir = os.path.join(config.workdir, "tensorboard")
     callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
     if dataset.x_val is not None:  # Monitoring reads the validation split, never the test split.
         callbacks.append(distill.ValidationAccuracy(
-            dataset.x_val, dataset.y_val, os.path.join(tensorboard_dir, "student", "validation")))
+            dataset.x_val, dataset.y_val, os.path.join(tensorboard_dir, "student", "validation"),
+            every=epochs // 50))  # At most about 50 measurements a run.
     backup = workdir_lib.artifact_path(config.workdir, "student_backup", "", transfer_fp,
                                        student_config, config.seed)
     with timer("student_training"):
@@ -610,8 +649,9 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
         strategy=("multi_worker" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
                   else "mirrored"),
         replicas=strategy.num_replicas_in_sync, student_architecture=student_config.architecture,
-        student_loss=student_config.loss, student_epochs=student_config.epochs,
-        student_epochs_resumed_from=student_config.epochs - len(losses),
+        student_loss=student_config.loss, student_epochs=epochs,
+        student_steps=epochs * (len(transfer.images) // global_batch),
+        student_epochs_resumed_from=epochs - len(losses),
         student_final_loss=float(losses[-1]) if losses else None)
     return student
 

@@ -118,6 +118,11 @@ class Report:
     """Answers stored in the work dir's ledger."""
     query_budget: int | None = None
     """The cap on ``teacher_queries_total`` (null: none)."""
+    query_plan_fitted: dict | None = None
+    """Null unless the method's plan was cut to fit the query budget (FS-BBT family): ``budget``,
+    ``reserved`` (the teacher's evaluation), ``num_mixup`` and ``num_cvae`` (what the plan was cut
+    to), ``wanted`` (the synthetic images asked for), and ``student_steps`` (the training length
+    the full plan would have had, kept)."""
 
     # ---- student
     student_architecture: str | None = None
@@ -126,6 +131,8 @@ class Report:
     """The loss the student trained with (:data:`tfkd.distill.LOSSES`)."""
     student_epochs: int | None = None
     """Epochs the student trained for in all."""
+    student_steps: int | None = None
+    """Optimizer steps the student trained for in all (epochs x steps per epoch)."""
     student_epochs_resumed_from: int | None = None
     """Epochs found done in the work dir when this process started (0: a fresh start)."""
     student_final_loss: float | None = None

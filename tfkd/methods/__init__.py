@@ -196,6 +196,13 @@ class Method:
             return config.student
         return dataclasses.replace(config.student, loss=self.loss)
 
+    def fit_budget(self, config, queries: int, num_real: int):
+        """The run's config with this method's teacher queries cut to at most ``queries`` (what a
+        query budget leaves after the teacher's evaluation), for ``num_real`` few-shot images.
+        Default: the config unchanged (the pipeline's budget check then refuses a plan that does
+        not fit). Must be deterministic: a rerun recomputes it to find its transfer set again."""
+        return config
+
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         """Teacher queries this process will send, by stage (less ledger answers), before any is
         sent; the pipeline checks the sum against the query budget. Default: none."""

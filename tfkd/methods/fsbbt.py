@@ -76,6 +76,19 @@ class _Synthetic(Method):
     def fingerprint(self, config) -> tuple:
         return self.configs(config)
 
+    def fit_budget(self, config, queries: int, num_real: int):
+        """Shrinks the synthetic budget (MixUp and CVAE images, in their configured ratio) to what
+        ``queries`` leaves after the ``num_real`` real images; unchanged when the plan fits. A
+        budget below ``num_real`` is left to the pipeline's check (which refuses it)."""
+        wanted = config.mixup.num_images + config.cvae.num_images
+        room = max(0, queries - num_real)
+        if self.counts(config) == (0, 0) or wanted <= room:
+            return config
+        num_mixup = int(config.mixup.num_images * room // wanted)
+        return dataclasses.replace(
+            config, mixup=dataclasses.replace(config.mixup, num_images=num_mixup),
+            cvae=dataclasses.replace(config.cvae, num_images=room - num_mixup))
+
     def mixup(self, ctx: MethodContext) -> np.ndarray | None:
         """The MixUp images (float32 [M, H, W, C] in [0, 1]), once per run, or None."""
         mixup_config = self.configs(ctx.config)[0]
