@@ -34,6 +34,7 @@ import images_vs_idx  # noqa: E402
 import keras  # noqa: E402
 import label_only_table  # noqa: E402  (benchmarks/, beside this script)
 import numpy as np  # noqa: E402
+import time_to_accuracy  # noqa: E402
 import zero_shot_table  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -52,6 +53,7 @@ flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Da
 flags.DEFINE_list("methods", list(fsbbt_methods.METHODS), "Methods (rows).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per method.")
 flags.DEFINE_list("student_tries", None, "Names of STUDENT_TRIES to run (default: all).")
+flags.DEFINE_list("rows", None, "Names of ROWS (the tuned table) to run (default: all).")
 flags.DEFINE_string("grid_dir", os.path.join(_REPO, "runs", "reproduce"), "Where the runs live.")
 flags.DEFINE_string("reports_dir", os.path.join(_REPO, "benchmarks", "reports"),
                     "Where the reports are stored (committed); RESULTS.md is made from these.")
@@ -122,6 +124,47 @@ _ADOPTED = ("adopted as the launcher's default student schedule (better on valid
 STUDENT_TRY_STATUS = {name: _ADOPTED for name in STUDENT_TRIES if name.startswith("fsbbt_cosine_lr")}
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A row of the tuned table (issue 13): a method, its student recipe and a query budget.
+
+    Attributes:
+      method: a name of ``fsbbt_methods.METHODS``.
+      what: the row's description in RESULTS.md.
+      student: StudentConfig fields over the launcher's default (``distill.StudentConfig()``).
+      query_budget: the run's ``--query_budget`` (None: the full plan, 50,000 queries).
+    """
+
+    method: str
+    what: str
+    student: tuple = ()
+    query_budget: int | None = None
+
+
+# The baselines' recipe, fixed in advance from the tries below (validation split): the paper's
+# batch and rate, a cosine decay, and 200 epochs over the N images.
+_BASELINE = (("batch_size", 64), ("learning_rate", 1e-3), ("epochs", 200))
+ROWS = {
+    "student_alone_tuned": Row("student_alone", "student alone, tuned: 200 epochs, batch 64, "
+                               "Adam 1e-3 cosine", _BASELINE),
+    "standard_kd_tuned": Row("standard_kd", "standard KD, tuned: 200 epochs, batch 64, Adam 1e-3 "
+                             "cosine", _BASELINE),
+    "fsbbt_default": Row("fsbbt", "FS-BBT, the launcher's default recipe"),
+    "fsbbt_q25000": Row("fsbbt", "FS-BBT, default recipe, plan cut to 25,000 queries",
+                        query_budget=25_000),
+    "fsbbt_q10000": Row("fsbbt", "FS-BBT, default recipe, plan cut to 10,000 queries",
+                        query_budget=10_000),
+    "fsbbt_q5000": Row("fsbbt", "FS-BBT, default recipe, plan cut to 5,000 queries",
+                       query_budget=5_000),
+    "fsbbt_lenet5": Row("fsbbt", "FS-BBT, default recipe, same-size student (LeNet-5, the "
+                        "paper's FS-BBT*)", (("architecture", "lenet5"),)),
+}
+# Published figures for the tuned table (same setting: LeNet-5 teacher, N = 2000).
+PUBLISHED = {"student_alone_tuned": ("FS-BBT paper, student alone", 81.37),
+             "fsbbt_default": ("DivBFKD (ECML-PKDD 2024)", 86.50),
+             "fsbbt_lenet5": ("DivBFKD, same-size", 87.65)}
+
+
 def _store(report_path: str, name: str) -> str:
     """Copies a run's report.json into the committed reports dir; returns the stored path."""
     dst = os.path.join(FLAGS.reports_dir, FLAGS.dataset, name + ".json")
@@ -175,7 +218,7 @@ def measure_teacher(root: str, teacher_base: str, dataset: data.Dataset, target:
 
 
 def run_cell(workdir: str, target: str, method: str, seed: int, student=None,
-             evaluate_test: bool = True) -> str:
+             evaluate_test: bool = True, query_budget: int | None = None) -> str:
     path = os.path.join(workdir, "report.json")
     if not os.path.exists(path):
         logging.info("Running %s seed %d in %s", method, seed, workdir)
@@ -183,7 +226,7 @@ def run_cell(workdir: str, target: str, method: str, seed: int, student=None,
         pipeline.run(pipeline.DistillConfig(
             workdir=workdir, method=method, dataset=FLAGS.dataset, seed=seed,
             num_validation=FLAGS.num_validation,
-            teacher=teacher_lib.TeacherConfig(target=target),
+            teacher=teacher_lib.TeacherConfig(target=target, query_budget=query_budget),
             student=student or PAPER_STUDENT, evaluate_test=evaluate_test,
             evaluate_teacher=False, compress=(), verbose=0))
         logging.info("%s seed %d: %.0f s", method, seed, time.perf_counter() - start)
@@ -209,6 +252,17 @@ def run_all(methods, seeds) -> None:
             report.update(kind="student_try", **{"try": name})
             workdir_lib.write_json(path, report)
             _store(path, f"student_try-{name}")
+        for name in FLAGS.rows or ROWS:
+            row = ROWS[name]
+            for seed in seeds:
+                path = run_cell(os.path.join(root, "rows", name, f"seed{seed}"), srv.target,
+                                row.method, seed,
+                                dataclasses.replace(distill.StudentConfig(), **dict(row.student)),
+                                query_budget=row.query_budget)
+                report = json.load(open(path))
+                report.update(kind="row", row=name)
+                workdir_lib.write_json(path, report)
+                _store(path, f"row-{name}-seed{seed}")
 
 
 # ------------------------------------------------------------------ RESULTS.md from stored reports
@@ -251,6 +305,101 @@ def summarize(reports: dict[str, dict]) -> list[dict]:
             "code_commits": sorted({str(r.get("code_commit")) for r in runs}),
         })
     return rows
+
+
+def summarize_rows(reports: dict[str, dict]) -> list[dict]:
+    """One line per row of ROWS that has stored reports, in ROWS' order (sample std, ddof = 1)."""
+    lines = []
+    for name, row in ROWS.items():
+        runs = sorted((r for r in reports.values() if r.get("kind") == "row" and r.get("row") == name),
+                      key=lambda r: r["seed"])
+        if not runs:
+            continue
+        acc = np.array([r["student_accuracy"] for r in runs]) * 100
+        lines.append({
+            "row": name, "method": row.method, "what": row.what, "seeds": [r["seed"] for r in runs],
+            "query_budget": row.query_budget,
+            "accuracy_mean": round(float(acc.mean()), 2),
+            "accuracy_std": round(float(acc.std(ddof=1)), 2) if len(acc) > 1 else None,
+            "accuracies": [round(float(a), 2) for a in acc],
+            "validation_accuracy_mean": round(float(np.mean(
+                [100 * r["student_validation_accuracy"] for r in runs])), 2),
+            "teacher_queries": int(np.mean([r["teacher_queries_sent"] + r["teacher_ledger_hits"]
+                                            for r in runs])),
+            "num_mixup": runs[0]["num_mixup"], "num_cvae": runs[0]["num_cvae"],
+            "student_steps": runs[0].get("student_steps"),
+            "student_seconds": round(float(np.mean([r["stage_seconds"]["student_training"]
+                                                    for r in runs])), 1),
+            "published": PUBLISHED.get(name),
+            "reports": [os.path.relpath(r["path"], _REPO) for r in runs],
+        })
+    return lines
+
+
+def write_query_curve(tuned: list[dict], path: str) -> str | None:
+    """Accuracy against teacher queries for the default recipe's rows; None without matplotlib."""
+    curve = [r for r in tuned if r["row"] == "fsbbt_default" or r["query_budget"]]
+    if not curve:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logging.warning("matplotlib is not installed: no query curve")
+        return None
+    curve.sort(key=lambda r: r["teacher_queries"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar([r["teacher_queries"] for r in curve], [r["accuracy_mean"] for r in curve],
+                yerr=[r["accuracy_std"] or 0 for r in curve], fmt="o-", capsize=3,
+                label="tfkd FS-BBT, default recipe")
+    for r in tuned:
+        if r["method"] in ("student_alone", "standard_kd"):
+            ax.errorbar(r["teacher_queries"], r["accuracy_mean"], yerr=r["accuracy_std"] or 0,
+                        fmt="s", capsize=3, label=f"{r['method']} (tuned)")
+    ax.axhline(86.50, ls="--", c="gray", lw=1, label="DivBFKD, 48,000 synthetic (published)")
+    ax.axhline(84.73, ls=":", c="gray", lw=1, label="FS-BBT paper (published)")
+    ax.set_xlabel("teacher queries")
+    ax.set_ylabel("student test accuracy, % (mean ± sample std)")
+    ax.set_title("Fashion-MNIST, LeNet-5-half: accuracy against queries")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def tuned_section(tuned: list[dict], results_md: str, curve: str | None) -> list[str]:
+    """RESULTS.md's tuned table (issue 13), from the stored ``row-*`` reports."""
+    if not tuned:
+        return []
+    lines = ["## Tuned baselines, the default recipe, accuracy against queries, same-size student",
+             "", "`python benchmarks/reproduce.py --dataset=fashion_mnist --rows=...` (ROWS in "
+             "reproduce.py): the teacher above, served over gRPC; the student's test accuracy,",
+             "final-epoch weights. The baselines' recipe was fixed from the validation-split tries "
+             "in the log below;",
+             "the budget rows cut the default plan to the budget with `--query_budget` (MixUp and "
+             "CVAE in their ratio,",
+             "the student keeps the full plan's optimizer steps). Published figures: same teacher "
+             "architecture and N.", "",
+             "| row | what | teacher queries | MixUp | CVAE | student steps | student acc. (mean ± "
+             "sample std) | per seed | validation acc. | published | student training s |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+    for r in tuned:
+        std = "-" if r["accuracy_std"] is None else f"{r['accuracy_std']:.2f}"
+        per_seed = ", ".join(
+            f"[{a:.2f}]({os.path.relpath(os.path.join(_REPO, p), os.path.dirname(results_md))})"
+            for a, p in zip(r["accuracies"], r["reports"]))
+        published = "-" if not r["published"] else f"{r['published'][1]:.2f} ({r['published'][0]})"
+        lines.append(f"| {r['row']} | {r['what']} | {r['teacher_queries']:,} | {r['num_mixup']:,} | "
+                     f"{r['num_cvae']:,} | {r['student_steps'] or '-'} | "
+                     f"**{r['accuracy_mean']:.2f} ± {std}** | {per_seed} | "
+                     f"{r['validation_accuracy_mean']:.2f} | {published} | "
+                     f"{r['student_seconds']:.0f} |")
+    if curve:
+        lines += ["", f"![accuracy against queries]"
+                      f"({os.path.relpath(curve, os.path.dirname(results_md))})"]
+    return lines
 
 
 def write_plot(rows: list[dict], path: str) -> str | None:
@@ -312,7 +461,7 @@ def tries_table(reports: dict[str, dict], results_md: str) -> list[str]:
 
 
 def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: str | None,
-                   grids: dict) -> None:
+                   grids: dict, tuned: list[str]) -> None:
     teacher = reports.get("teacher")
     seeds = max((len(r["seeds"]) for r in rows), default=0)
     lines = ["# Results", "",
@@ -358,6 +507,9 @@ def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: 
     for name, grid in grids.items():
         lines += ["", f"{name} images, one row per teacher class: "
                       f"![{name}]({os.path.relpath(grid, os.path.dirname(path))})"]
+    lines += ["", *tuned] if tuned else []
+    timing = time_to_accuracy.section()
+    lines += ["", *timing] if timing else []
     if rows and rows[0]["dataset"] == "fashion_mnist":
         fsbbt = next((r for r in rows if r["method"] == "fsbbt"), None)
         soft = fsbbt and ("the table above, the paper's constant student rate", fsbbt["accuracy_mean"])
@@ -387,10 +539,12 @@ def write_results() -> None:
     rows = summarize(reports)
     if not rows:
         sys.exit(f"error: no stored reports in {os.path.join(FLAGS.reports_dir, FLAGS.dataset)}")
-    workdir_lib.write_json(FLAGS.results_json, {"rows": rows})
+    tuned = summarize_rows(reports)
+    workdir_lib.write_json(FLAGS.results_json, {"rows": rows, "tuned_rows": tuned})
     pictures = os.path.join(os.path.dirname(FLAGS.results_md), "benchmarks", "pictures")
     os.makedirs(pictures, exist_ok=True)
     plot = write_plot(rows, os.path.join(pictures, f"{FLAGS.dataset}_accuracy_vs_queries.png"))
+    curve = write_query_curve(tuned, os.path.join(pictures, f"{FLAGS.dataset}_query_curve.png"))
     grids = {}
     fsbbt = reports.get("fsbbt-seed0")
     for name, src in (fsbbt or {}).get("grids", {}).items():
@@ -398,7 +552,8 @@ def write_results() -> None:
             dst = os.path.join(pictures, f"{FLAGS.dataset}_grid_{name}.png")
             shutil.copyfile(src, dst)
             grids[name] = dst
-    write_markdown(rows, reports, FLAGS.results_md, plot, grids)
+    write_markdown(rows, reports, FLAGS.results_md, plot, grids,
+                   tuned_section(tuned, FLAGS.results_md, curve))
     for r in rows:
         std = "-" if r["accuracy_std"] is None else f"{r['accuracy_std']:.2f}"
         print(f"{r['method']:>14}: {r['accuracy_mean']:.2f} ± {std} (validation "
@@ -414,6 +569,9 @@ def main(argv):
     for name in FLAGS.student_tries or ():
         if name not in STUDENT_TRIES:
             raise app.UsageError(f"--student_tries: {name!r} is not one of {sorted(STUDENT_TRIES)}")
+    for name in FLAGS.rows or ():
+        if name not in ROWS:
+            raise app.UsageError(f"--rows: {name!r} is not one of {sorted(ROWS)}")
     if not FLAGS.write_only:
         try:
             run_all(FLAGS.methods, [int(s) for s in FLAGS.seeds])
