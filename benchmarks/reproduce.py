@@ -52,8 +52,10 @@ from tfkd.methods import fsbbt as fsbbt_methods  # noqa: E402
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_list("methods", list(fsbbt_methods.METHODS), "Methods (rows).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per method.")
-flags.DEFINE_list("student_tries", None, "Names of STUDENT_TRIES to run (default: all).")
-flags.DEFINE_list("rows", None, "Names of ROWS (the tuned table) to run (default: all).")
+flags.DEFINE_list("student_tries", None, "Names of STUDENT_TRIES to run (default: all; empty: "
+                  "none).")
+flags.DEFINE_list("rows", None, "Names of ROWS (the tuned table) to run (default: all; empty: "
+                  "none).")
 flags.DEFINE_string("grid_dir", os.path.join(_REPO, "runs", "reproduce"), "Where the runs live.")
 flags.DEFINE_string("reports_dir", os.path.join(_REPO, "benchmarks", "reports"),
                     "Where the reports are stored (committed); RESULTS.md is made from these.")
@@ -244,7 +246,7 @@ def run_all(methods, seeds) -> None:
             for seed in seeds:
                 path = run_cell(os.path.join(root, method, f"seed{seed}"), srv.target, method, seed)
                 _store(path, f"{method}-seed{seed}")
-        for name in FLAGS.student_tries or STUDENT_TRIES:
+        for name in STUDENT_TRIES if FLAGS.student_tries is None else FLAGS.student_tries:
             method, fields, _, seed = STUDENT_TRIES[name]
             path = run_cell(os.path.join(root, "tries", name), srv.target, method, seed,
                             dataclasses.replace(PAPER_STUDENT, **fields), evaluate_test=False)
@@ -252,7 +254,7 @@ def run_all(methods, seeds) -> None:
             report.update(kind="student_try", **{"try": name})
             workdir_lib.write_json(path, report)
             _store(path, f"student_try-{name}")
-        for name in FLAGS.rows or ROWS:
+        for name in ROWS if FLAGS.rows is None else FLAGS.rows:
             row = ROWS[name]
             for seed in seeds:
                 path = run_cell(os.path.join(root, "rows", name, f"seed{seed}"), srv.target,
