@@ -117,6 +117,8 @@ STUDENT_TRIES = {
                            "student alone, cosine, 800 epochs (24,800 steps)", 0),
     "standard_kd_e800": ("standard_kd", {"lr_schedule": "cosine", "epochs": 800},
                          "standard KD, cosine, 800 epochs (24,800 steps)", 0),
+    "fsbbt_e100": ("fsbbt", {"lr_schedule": "cosine", "epochs": 100},
+                   "FS-BBT, cosine, batch 64, 100 epochs (twice the default's steps)", 0),
 }
 
 
@@ -124,6 +126,17 @@ STUDENT_TRIES = {
 _ADOPTED = ("adopted as the launcher's default student schedule (better on validation in all three "
             "seeds); the table keeps the paper's constant rate for every method")
 STUDENT_TRY_STATUS = {name: _ADOPTED for name in STUDENT_TRIES if name.startswith("fsbbt_cosine_lr")}
+
+
+# A try compared with another stored report than its method's grid cell (the default recipe).
+TRY_COMPARED_WITH = {"fsbbt_b256_lr2e-3_e25": "student_try-fsbbt_cosine_lr",
+                     "fsbbt_kd_t4": "student_try-fsbbt_cosine_lr",
+                     "fsbbt_e100": "student_try-fsbbt_cosine_lr"}
+STUDENT_TRY_STATUS.update({
+    "fsbbt_b256_lr2e-3_e25": "not adopted: the default keeps batch 64 for 50 epochs",
+    "student_alone_e200": "adopted for the tuned baselines (ROWS)",
+    "standard_kd_e200": "adopted for the tuned baselines (ROWS)",
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,13 +462,14 @@ def tries_table(reports: dict[str, dict], results_md: str) -> list[str]:
         if r.get("kind") != "student_try":
             continue
         method, _, what, seed = STUDENT_TRIES.get(r["try"], (r["method"], None, r["try"], 0))
-        base = reports.get(f"{method}-seed{seed}")
+        base_name = TRY_COMPARED_WITH.get(r["try"], f"{method}-seed{seed}")
+        base = reports.get(base_name)
         base_val = base and base.get("student_validation_accuracy")
         delta = None if not base_val else 100 * (r["student_validation_accuracy"] - base_val)
         kept = "-" if delta is None else (
             f"{'better' if delta > 0 else 'not better'} on validation ({delta:+.2f}); "
             f"{STUDENT_TRY_STATUS.get(r['try'], 'not adopted')}")
-        compared = (f"{method} seed {seed}: {100 * base_val:.2f} ({_link(base['path'], results_md)})"
+        compared = (f"{base_name}: {100 * base_val:.2f} ({_link(base['path'], results_md)})"
                     if base_val else "-")
         lines.append(f"| student: {r['try']} | {what} | {100 * r['student_validation_accuracy']:.2f} "
                      f"| {compared} | {kept} | {_link(r['path'], results_md)} |")

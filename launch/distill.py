@@ -149,24 +149,27 @@ flags.DEFINE_float("zskd_sigma", 0.05, "zskd_blackbox: probe radius in pixel uni
                    "[0, 1]).")
 flags.DEFINE_integer("zskd_resolution", 14, "zskd_blackbox: directions drawn on this many cells per "
                      "side and upsampled (the image side: full dimension).")
+_STUDENT = distill.StudentConfig()  # The student flags' defaults: the library's, one place.
 flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PATH.keras: images "
                     "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
                     "--student_architecture.")
-flags.DEFINE_integer("student_epochs", 50, "Student training epochs.")
-flags.DEFINE_integer("student_steps", 0, "Student optimizer steps in all, as whole epochs (0: "
-                     "--student_epochs); a plan cut to --query_budget keeps the full plan's steps.")
-flags.DEFINE_integer("batch_size", 64, "Student batch size per replica.")
-flags.DEFINE_float("learning_rate", 1e-3, "Student Adam learning rate.")
-flags.DEFINE_enum("lr_schedule", "cosine", list(distill.LR_SCHEDULES), "Student learning-rate "
-                  "schedule: cosine decay to 0 (chosen on the validation split) or constant (the "
+flags.DEFINE_integer("student_epochs", _STUDENT.epochs, "Student training epochs.")
+flags.DEFINE_integer("student_steps", _STUDENT.steps, "Student optimizer steps in all, as whole "
+                     "epochs (0: --student_epochs); a plan cut to --query_budget keeps the full "
+                     "plan's steps.")
+flags.DEFINE_integer("batch_size", _STUDENT.batch_size, "Student batch size per replica.")
+flags.DEFINE_float("learning_rate", _STUDENT.learning_rate, "Student Adam learning rate.")
+flags.DEFINE_enum("lr_schedule", _STUDENT.lr_schedule, list(distill.LR_SCHEDULES), "Student "
+                  "learning-rate schedule: cosine decay to 0 (chosen on the validation split) or constant (the "
                   "FS-BBT paper's).")
-flags.DEFINE_enum("loss", "soft_ce", list(distill.LOSSES), "soft_ce: cross-entropy to the teacher's "
-                  "probabilities (FS-BBT); kd: temperature-scaled KD.")
-flags.DEFINE_float("temperature", 1.0, "Temperature for --loss=kd.")
-flags.DEFINE_integer("steps_per_execution", 32, "Student training steps per compiled call.")
-flags.DEFINE_float("train_mixup_alpha", 1.0, "Training-time MixUp α; 0 disables.")
+flags.DEFINE_enum("loss", _STUDENT.loss, list(distill.LOSSES), "soft_ce: cross-entropy to the "
+                  "teacher's probabilities (FS-BBT); kd: temperature-scaled KD.")
+flags.DEFINE_float("temperature", _STUDENT.temperature, "Temperature for --loss=kd.")
+flags.DEFINE_integer("steps_per_execution", _STUDENT.steps_per_execution, "Student training "
+                     "steps per compiled call.")
+flags.DEFINE_float("train_mixup_alpha", _STUDENT.mixup_alpha, "Training-time MixUp α; 0 disables.")
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
