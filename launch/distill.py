@@ -162,8 +162,8 @@ flags.DEFINE_integer("student_steps", _STUDENT.steps, "Student optimizer steps i
 flags.DEFINE_integer("batch_size", _STUDENT.batch_size, "Student batch size per replica.")
 flags.DEFINE_float("learning_rate", _STUDENT.learning_rate, "Student Adam learning rate.")
 flags.DEFINE_enum("lr_schedule", _STUDENT.lr_schedule, list(distill.LR_SCHEDULES), "Student "
-                  "learning-rate schedule: cosine decay to 0 (chosen on the validation split) or constant (the "
-                  "FS-BBT paper's).")
+                  "learning-rate schedule: cosine decay to 0 (chosen on the validation split) or "
+                  "constant (the FS-BBT paper's).")
 flags.DEFINE_enum("loss", _STUDENT.loss, list(distill.LOSSES), "soft_ce: cross-entropy to the "
                   "teacher's probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", _STUDENT.temperature, "Temperature for --loss=kd.")
