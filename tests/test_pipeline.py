@@ -238,7 +238,8 @@ class CountingTokenCheck(RequireToken):
 def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, tmp_path):
     """The plan of a run is 100 real + 400 MixUp + 100 CVAE + 500 test images = 1,100 queries: a
     budget of 599 (one short of the real and test images) stops the run before one Predict reaches
-    the server; 1,099 runs it to the end with the plan cut by one MixUp image.
+    the server; 899 runs it to the end with the synthetic images cut from 500 to 299 in their
+    ratio, and the student keeps the full plan's steps.
     The teacher needs a bearer token; with every log level on, the token is in no stdout or stderr
     line and in no file the run writes."""
     secret = "tfkd-s3cret-7f1c2e"
@@ -256,15 +257,16 @@ def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, 
         assert interceptor.predict_calls == 0  # Refused before sending anything.
         assert teacher.QueryAccount(str(tmp_path / "short" / "ledger")).total == 0
 
-        exact = run_launcher(tmp_path / "exact", *flags, "--query_budget=1099", env=env)
+        exact = run_launcher(tmp_path / "exact", *flags, "--query_budget=899", env=env)
         assert exact.returncode == 0, exact.stderr[-3000:]
         assert interceptor.predict_calls > 0
     report = json.loads((tmp_path / "exact" / "report.json").read_text())
-    assert report["teacher_queries_total"] == report["query_budget"] == 1099
-    assert report["teacher_query_plan"] == {"label_real": 100, "label_mixup": 399,
-                                            "label_cvae": 100, "evaluate_teacher": 500}
-    assert (report["num_mixup"], report["num_cvae"]) == (399, 100)
-    # The student keeps the full plan's training length: 2 epochs of 600 images // 64 = 9 steps.
+    assert report["teacher_queries_total"] == report["query_budget"] == 899
+    assert report["teacher_query_plan"] == {"label_real": 100, "label_mixup": 239,
+                                            "label_cvae": 60, "evaluate_teacher": 500}
+    assert (report["num_mixup"], report["num_cvae"]) == (239, 60)
+    # The student keeps the full plan's training length, 2 epochs of 600 images // 64 = 9 steps
+    # (not 2 epochs of 399 // 64 = 6).
     assert report["query_plan_fitted"]["student_steps"] == report["student_steps"] == 18
     # The secret: not in what was printed (INFO and DEBUG lines included) ...
     assert "Connected to teacher 'teacher'" in exact.stderr  # A DEBUG line: every level was on.
