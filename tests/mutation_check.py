@@ -121,6 +121,17 @@ MUTATIONS += [
              ("tests/test_wrong_teacher.py",)),
 ]
 
+MUTATIONS += [  # Issue 13.
+    Mutation("budget_refused", "the FS-BBT family refuses a plan over the budget instead of cutting it",
+             (("tfkd/methods/fsbbt.py", "        if self.counts(config) == (0, 0) or wanted <= room:",
+               "        if True:"),),
+             ("tests/test_pipeline.py::test_a_query_budget_cuts_the_synthetic_images_in_their_ratio",)),
+    Mutation("budget_cut_drops_steps", "a plan cut to the budget trains the student for fewer steps",
+             (("tfkd/pipeline.py", "    if student.steps == 0:\n        wanted",
+               "    if False:\n        wanted"),),
+             ("tests/test_pipeline.py::test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere",)),
+]
+
 
 def tracked_copy(destination: str) -> None:
     files = subprocess.run(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"],
