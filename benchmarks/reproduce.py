@@ -391,12 +391,14 @@ def tuned_section(tuned: list[dict], results_md: str, curve: str | None) -> list
     lines = ["## Tuned baselines, the default recipe, accuracy against queries, same-size student",
              "", "`python benchmarks/reproduce.py --dataset=fashion_mnist` (ROWS in reproduce.py): "
              "the teacher above, served",
-             "over gRPC; the student's test accuracy, final-epoch weights. The baselines' recipe was fixed from the validation-split tries "
-             "in the log below;",
-             "the budget rows cut the default plan to the budget with `--query_budget` (MixUp and "
-             "CVAE in their ratio,",
-             "the student keeps the full plan's optimizer steps). Published figures: same teacher "
-             "architecture and N.", "",
+             "over gRPC; the student's test accuracy, final-epoch weights. The baselines' recipe "
+             "was fixed from the",
+             "validation-split tries in the log below; the budget rows cut the default plan to the "
+             "budget with",
+             "`--query_budget` (MixUp and CVAE in their ratio; the student keeps the full plan's "
+             "optimizer steps).",
+             "Published figures: the same teacher architecture and N (DivBFKD's query count is not "
+             "comparable: notes below).", "",
              "| row | what | teacher queries | MixUp | CVAE | student steps | student acc. (mean ± "
              "sample std) | per seed | validation acc. | published | student training s |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
