@@ -422,8 +422,7 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
         config.loop == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
     keras.utils.set_random_seed(seed)
     epochs = epochs_for(config, len(images), global_batch)
-    total_steps = epochs * (len(images) // global_batch)
-    lr = learning_rate(config.learning_rate, config.lr_schedule, total_steps)
+    lr = learning_rate(config.learning_rate, config.lr_schedule, epochs * (len(images) // global_batch))
     with strategy.scope():
         student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
     ds = training_dataset(images, soft_labels, config, global_batch, seed)
