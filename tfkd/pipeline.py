@@ -529,22 +529,19 @@ def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: dat
     fitted = method.fit_budget(config, budget - reserved, num_real)
     if fitted == config:
         return config
-    student = config.student
-    if student.steps == 0:
-        wanted = num_real + config.mixup.num_images + config.cvae.num_images
+    student, wanted = config.student, config.mixup.num_images + config.cvae.num_images
+    if student.steps == 0:  # The full plan's steps: its epochs over N + the synthetic images asked.
         global_batch = student.batch_size * strategy.num_replicas_in_sync
-        steps = distill.epochs_for(student, wanted, global_batch) * (wanted // global_batch)
+        steps = student.epochs * ((num_real + wanted) // global_batch)
         fitted = dataclasses.replace(fitted, student=dataclasses.replace(student, steps=steps))
     report.query_plan_fitted = {
-        "budget": budget, "reserved": reserved, "num_real": num_real,
-        "wanted": config.mixup.num_images + config.cvae.num_images,
+        "budget": budget, "reserved": reserved, "num_real": num_real, "wanted": wanted,
         "num_mixup": fitted.mixup.num_images, "num_cvae": fitted.cvae.num_images,
         "student_steps": fitted.student.steps}
     logging.warning("Query budget %d: the plan is cut to %d MixUp + %d CVAE images (%d asked "
                     "for) beside %d real images and %d for the teacher's evaluation; the student "
                     "keeps %d training steps", budget, fitted.mixup.num_images,
-                    fitted.cvae.num_images, report.query_plan_fitted["wanted"], num_real, reserved,
-                    fitted.student.steps)
+                    fitted.cvae.num_images, wanted, num_real, reserved, fitted.student.steps)
     return fitted
 
 
