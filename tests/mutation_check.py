@@ -127,8 +127,8 @@ MUTATIONS += [  # Issue 13.
                "        if True:"),),
              ("tests/test_pipeline.py::test_a_query_budget_cuts_the_synthetic_images_in_their_ratio",)),
     Mutation("budget_cut_drops_steps", "a plan cut to the budget trains the student for fewer steps",
-             (("tfkd/pipeline.py", "    if student.steps == 0:\n        wanted",
-               "    if False:\n        wanted"),),
+             (("tfkd/pipeline.py", "    if student.steps == 0:  # The full plan's steps",
+               "    if False:  # The full plan's steps"),),
              ("tests/test_pipeline.py::test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere",)),
 ]
 
