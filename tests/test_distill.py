@@ -54,6 +54,21 @@ def test_student_trains_and_resumes(fashion, tmp_path):
     assert len(resumed["loss"]) == 1
 
 
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_a_step_counted_student_streams_its_transfer_set_in_chunks(fashion, loop):
+    """Issue 13: with ``steps`` the transfer set repeats and is cut into Keras epochs (chunks) that
+    may end mid-pass: 320 images at batch 64 are 5 steps a pass; 12 steps are 3 chunks of 4."""
+    images = fashion.x_train[:320]
+    soft = np.eye(10, dtype=np.float32)[fashion.y_train[:320]] * 0.9 + 0.01
+    config = distill.StudentConfig(steps=12, loop=loop, mixup_alpha=0, rotation_degrees=0,
+                                   shift_fraction=0, steps_per_execution=1)
+    assert distill.training_length(config, 320, 64) == distill.TrainingLength(3, 4, repeat=True)
+    student, history = distill.train_student(images, soft, config, seed=0, verbose=0)
+    assert len(history["loss"]) == 3
+    if loop == "fit":
+        assert int(student.optimizer.iterations.numpy()) == 12
+
+
 def test_student_rejects_bad_soft_labels(fashion):
     with pytest.raises(ValueError, match="soft_labels: expected 64 rows"):
         distill.train_student(fashion.x_train[:64], np.ones((10, 10)) / 10,

@@ -304,6 +304,10 @@ def test_a_query_budget_cuts_the_synthetic_images_in_their_ratio():
     assert fsbbt.fit_budget(config, 1_999, 2000).mixup.num_images == 0  # Left to the check.
     assert methods.get("standard_kd").fit_budget(config, 10, 2000) is config
     assert methods.get("zskd").fit_budget(config, 10, 2000) is config  # Refused by the check.
-    # A student with a step count trains whole epochs that reach it.
-    assert distill.epochs_for(distill.StudentConfig(steps=100), 1000, 64) == 7
-    assert distill.epochs_for(distill.StudentConfig(epochs=3), 1000, 64) == 3
+    # A student with a step count streams the transfer set in chunks that reach it.
+    length = distill.training_length(distill.StudentConfig(steps=100), 1000, 64)
+    assert (length.epochs, length.steps_per_epoch, length.steps, length.repeat) == (7, 15, 105, True)
+    length = distill.training_length(distill.StudentConfig(steps=7810), 1000, 64)  # 500 passes.
+    assert (length.epochs, length.steps_per_epoch, length.steps) == (50, 157, 7850)
+    assert distill.training_length(distill.StudentConfig(epochs=3), 1000, 64) == (
+        distill.TrainingLength(3, 15, repeat=False))

@@ -59,9 +59,9 @@ class StudentConfig:
         user's own ``.keras`` model (:func:`tfkd.models.load_user_model`).
       epochs, batch_size, learning_rate: Adam training (batch_size per replica).
       steps: total optimizer steps; 0 (default) trains ``epochs`` whole passes over the transfer
-        set. When > 0 it replaces ``epochs``: the student trains ceil(steps / steps per epoch)
-        whole epochs, so that a smaller transfer set (a query budget, a baseline's N images) gets
-        the same training length as a larger one. :func:`epochs_for` is the rule.
+        set. When > 0 it replaces ``epochs``: the transfer set streams endlessly (reshuffled each
+        pass) and the student trains about that many steps, so that a smaller transfer set (a query budget, a baseline's N images) gets
+        the same training length as a larger one. :func:`training_length` is the rule.
       lr_schedule: one of ``LR_SCHEDULES``; default ``cosine`` decay to 0 (chosen on the validation
         split over the paper's constant rate: +0.52, +0.30, +0.46 points for FS-BBT, seeds 0-2;
         RESULTS.md, "Log of tries"). ``constant`` is the paper's.
@@ -113,13 +113,46 @@ class StudentConfig:
                 raise ValueError(f"student.{name}={getattr(self, name)!r}: expected {expected}")
 
 
-def epochs_for(config: StudentConfig, num_images: int, global_batch: int) -> int:
-    """Whole epochs the student trains: ``config.epochs``, or with ``config.steps`` > 0 the fewest
-    whole epochs of ``num_images // global_batch`` steps that reach ``config.steps`` (>= 1)."""
+MAX_CHUNKS = 50
+"""A step-counted run (``StudentConfig.steps``) is cut into at most this many Keras epochs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingLength:
+    """How long the student trains, in Keras' terms (:func:`training_length` makes it).
+
+    Attributes:
+      epochs: Keras epochs: whole passes over the transfer set, or with ``repeat`` chunks of one
+        endless shuffled stream (checkpoints, validation and callbacks run once per epoch).
+      steps_per_epoch: optimizer steps per Keras epoch (>= 1).
+      repeat: the dataset is repeated and cut into ``epochs`` chunks of ``steps_per_epoch`` steps.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    repeat: bool
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps in all."""
+        return self.epochs * self.steps_per_epoch
+
+
+def training_length(config: StudentConfig, num_images: int, global_batch: int) -> TrainingLength:
+    """The student's training length for ``num_images`` transfer images at ``global_batch``.
+
+    ``config.steps`` == 0: ``config.epochs`` whole passes of ``num_images // global_batch`` steps.
+    ``config.steps`` > 0: the transfer set streams endlessly (reshuffled each pass) and is cut into
+    min(:data:`MAX_CHUNKS`, ceil(steps / steps per pass)) chunks of ceil(steps / chunks) steps, so
+    that a small transfer set (a query budget) trains as long as a large one without paying the
+    per-epoch cost (a checkpoint, callbacks, a new iterator) hundreds of times. The steps trained
+    exceed ``config.steps`` by less than the number of chunks.
+    """
+    per_pass = max(1, num_images // global_batch)
     if config.steps <= 0:
-        return config.epochs
-    per_epoch = max(1, num_images // global_batch)
-    return max(1, -(-config.steps // per_epoch))
+        return TrainingLength(config.epochs, per_pass, repeat=False)
+    chunks = min(MAX_CHUNKS, -(-config.steps // per_pass))
+    return TrainingLength(chunks, -(-config.steps // chunks), repeat=True)
 
 
 class TemperatureKD(keras.losses.Loss):
@@ -219,8 +252,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
 
 
-def _custom_loop(student, ds, config: StudentConfig, epochs: int, strategy, global_batch: int, lr,
-                 backup_dir: str | None, verbose: int) -> dict:
+def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, strategy,
+                 global_batch: int, lr, backup_dir: str | None, verbose: int) -> dict:
     """Trains with ``strategy.run`` / ``strategy.reduce``; per-example losses are averaged over the
     *global* batch (``tf.nn.compute_average_loss``), so the update does not depend on the number of
     replicas. The model, optimizer and epoch counter are checkpointed every epoch with
@@ -259,10 +292,12 @@ def _custom_loop(student, ds, config: StudentConfig, epochs: int, strategy, glob
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     dist_ds = strategy.experimental_distribute_dataset(ds)
+    stream = iter(dist_ds) if length.repeat else None  # One endless stream, cut into chunks.
     history = {"loss": []}
-    for e in range(int(epoch.numpy()), epochs):
+    for e in range(int(epoch.numpy()), length.epochs):
         total, steps = 0.0, 0
-        for images, targets in dist_ds:
+        batches = (next(stream) for _ in range(length.steps_per_epoch)) if stream else dist_ds
+        for images, targets in batches:
             total += float(train_step(images, targets))
             steps += 1
         epoch.assign_add(1)
@@ -270,7 +305,7 @@ def _custom_loop(student, ds, config: StudentConfig, epochs: int, strategy, glob
         if manager is not None:
             manager.save()  # Every worker saves: the save is a collective operation.
         if verbose:
-            logging.info("Student epoch %d/%d: loss %.4f", e + 1, epochs, history["loss"][-1])
+            logging.info("Student epoch %d/%d: loss %.4f", e + 1, length.epochs, history["loss"][-1])
     return history
 
 
@@ -367,15 +402,18 @@ class ValidationAccuracy(keras.callbacks.Callback):
 
 
 def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig,
-                     global_batch_size: int, seed: int) -> tf.data.Dataset:
+                     global_batch_size: int, seed: int, repeat: bool = False) -> tf.data.Dataset:
     """Shuffled, augmented, MixUp-ed batches of (images float32 [b, H, W, C], soft labels [b, K]).
 
-    Each epoch reshuffles and draws new augmentation; the last partial batch is dropped so that
-    every replica gets equal work. The same ``seed`` gives the same batches and augmentation,
-    whatever the parallelism of the pipeline.
+    Each pass reshuffles and draws new augmentation; the last partial batch is dropped so that
+    every replica gets equal work (with ``repeat``, the passes form one endless stream and batches
+    run across them). The same ``seed`` gives the same batches and augmentation, whatever the
+    parallelism of the pipeline.
     """
     ds = tf.data.Dataset.from_tensor_slices((images, soft_labels.astype(np.float32)))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     ds = ds.batch(global_batch_size, drop_remainder=True)
     batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip(ds, batch_seeds)
@@ -421,13 +459,13 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     custom = config.loop == "custom" or (
         config.loop == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
     keras.utils.set_random_seed(seed)
-    epochs = epochs_for(config, len(images), global_batch)
-    lr = learning_rate(config.learning_rate, config.lr_schedule, epochs * (len(images) // global_batch))
+    length = training_length(config, len(images), global_batch)
+    lr = learning_rate(config.learning_rate, config.lr_schedule, length.steps)
     with strategy.scope():
         student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
-    ds = training_dataset(images, soft_labels, config, global_batch, seed)
+    ds = training_dataset(images, soft_labels, config, global_batch, seed, repeat=length.repeat)
     if custom:
-        return student, _custom_loop(student, ds, config, epochs, strategy, global_batch, lr,
+        return student, _custom_loop(student, ds, config, length, strategy, global_batch, lr,
                                      backup_dir, verbose)
     with strategy.scope():
         student.compile(optimizer=keras.optimizers.Adam(lr),
@@ -441,5 +479,6 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(
             backup_dir, save_freq=config.checkpoint_steps or "epoch", delete_checkpoint=False))
-    history = student.fit(ds, epochs=epochs, verbose=verbose, callbacks=callbacks)
+    history = student.fit(ds, epochs=length.epochs, verbose=verbose, callbacks=callbacks,
+                          steps_per_epoch=length.steps_per_epoch if length.repeat else None)
     return student, history.history

@@ -628,13 +628,13 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
     dir's backup; returns the logits model."""
     student_config = method.student_config(config)
     global_batch = student_config.batch_size * strategy.num_replicas_in_sync
-    epochs = distill.epochs_for(student_config, len(transfer.images), global_batch)
+    length = distill.training_length(student_config, len(transfer.images), global_batch)
     tensorboard_dir = os.path.join(config.workdir, "tensorboard")
     callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
     if dataset.x_val is not None:  # Monitoring reads the validation split, never the test split.
         callbacks.append(distill.ValidationAccuracy(
             dataset.x_val, dataset.y_val, os.path.join(tensorboard_dir, "student", "validation"),
-            every=epochs // 50))  # At most about 50 measurements a run.
+            every=length.epochs // 50))  # At most about 50 measurements a run.
     backup = workdir_lib.artifact_path(config.workdir, "student_backup", "", transfer_fp,
                                        student_config, config.seed)
     with timer("student_training"):
@@ -646,9 +646,9 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
         strategy=("multi_worker" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
                   else "mirrored"),
         replicas=strategy.num_replicas_in_sync, student_architecture=student_config.architecture,
-        student_loss=student_config.loss, student_epochs=epochs,
-        student_steps=epochs * (len(transfer.images) // global_batch),
-        student_epochs_resumed_from=epochs - len(losses),
+        student_loss=student_config.loss, student_epochs=length.epochs,
+        student_steps_per_epoch=length.steps_per_epoch, student_steps=length.steps,
+        student_epochs_resumed_from=length.epochs - len(losses),
         student_final_loss=float(losses[-1]) if losses else None)
     return student
 

@@ -130,7 +130,10 @@ class Report:
     student_loss: str | None = None
     """The loss the student trained with (:data:`tfkd.distill.LOSSES`)."""
     student_epochs: int | None = None
-    """Epochs the student trained for in all."""
+    """Keras epochs the student trained for in all: passes over the transfer set, or chunks of its
+    endless stream when the training length is set in steps (:func:`tfkd.distill.training_length`)."""
+    student_steps_per_epoch: int | None = None
+    """Optimizer steps per Keras epoch."""
     student_steps: int | None = None
     """Optimizer steps the student trained for in all (epochs x steps per epoch)."""
     student_epochs_resumed_from: int | None = None
