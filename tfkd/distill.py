@@ -60,8 +60,9 @@ class StudentConfig:
       epochs, batch_size, learning_rate: Adam training (batch_size per replica).
       steps: total optimizer steps; 0 (default) trains ``epochs`` whole passes over the transfer
         set. When > 0 it replaces ``epochs``: the transfer set streams endlessly (reshuffled each
-        pass) and the student trains about that many steps, so that a smaller transfer set (a query budget, a baseline's N images) gets
-        the same training length as a larger one. :func:`training_length` is the rule.
+        pass) and the student trains about that many steps, so that a smaller transfer set (a
+        query budget, a baseline's N images) gets the same training length as a larger one.
+        :func:`training_length` is the rule.
       lr_schedule: one of ``LR_SCHEDULES``; default ``cosine`` decay to 0 (chosen on the validation
         split over the paper's constant rate: +0.52, +0.30, +0.46 points for FS-BBT, seeds 0-2;
         RESULTS.md, "Log of tries"). ``constant`` is the paper's.
