@@ -6,6 +6,10 @@ unlabeled images, 43,200 MixUp and 4,800 CVAE images.
 
   tfkd-distill --workdir=/tmp/tfkd_fashion        # or: python launch/distill.py ...
   tfkd-distill --teacher=teacher-host:8500 --teacher_model_name=my_model
+
+On Vertex AI custom training, AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR (when
+set) receive the exported student, the student's checkpoints and the TensorBoard events
+(tfkd.vertex.OutputDirs); TF_CONFIG drives multi-worker runs.
 """
 
 import dataclasses
@@ -31,6 +35,7 @@ from tfkd import pipeline
 from tfkd import report as report_lib
 from tfkd import synthesis
 from tfkd import teacher
+from tfkd import vertex
 from tfkd import workdir
 from tfkd import zeroshot
 
@@ -328,7 +333,8 @@ def config_from_flags() -> pipeline.DistillConfig:
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress),
         verbose=(FLAGS.verbose if FLAGS.verbose is not None
-                 else 1 if sys.stdout.isatty() else 2))
+                 else 1 if sys.stdout.isatty() else 2),
+        outputs=vertex.OutputDirs.from_environ(os.environ))  # Vertex AI's AIP_* directories.
 
 
 def write_flags_json(workdir_path: str) -> str:

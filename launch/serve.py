@@ -4,6 +4,9 @@ Flags are named as tensorflow_model_server's:
 
   python launch/serve.py --port=8500 --model_name=teacher --model_base_path=/tmp/models/teacher
   python launch/serve.py --port=8500 --model_config_file=serving/models.config
+  python launch/serve.py --port=8500 --rest_api_port=8501 --model_config_file=serving/models.config \
+      --enable_batching --batching_parameters_file=serving/batching_parameters.txt \
+      --monitoring_config_file=serving/monitoring.config
 """
 
 import os
@@ -38,6 +41,14 @@ flags.DEFINE_integer("max_tensor_bytes", serving.DEFAULT_MAX_TENSOR_BYTES, "tfkd
                      "does not match the declared shape, are refused (INVALID_ARGUMENT).")
 flags.DEFINE_integer("rest_max_body_bytes", serving.DEFAULT_REST_MAX_BODY_BYTES, "tfkd only: the "
                      "largest REST request body (HTTP 413 above it).")
+flags.DEFINE_integer("grpc_max_threads", 4 * (os.cpu_count() or 1), "Threads answering gRPC "
+                     "requests concurrently (at most this many requests wait in a batch at once).")
+flags.DEFINE_bool("enable_batching", False, "Merge concurrent Predict requests into batched model "
+                  "calls.")
+flags.DEFINE_string("batching_parameters_file", "", "A BatchingParameters text proto (with "
+                    "--enable_batching; empty: TF Serving's defaults).")
+flags.DEFINE_string("monitoring_config_file", "", "A MonitoringConfig text proto: Prometheus metrics "
+                    "on the REST port at its path.")
 
 FLAGS = flags.FLAGS
 
@@ -50,12 +61,25 @@ def _read(path):
 
 
 def server_config_from_flags() -> serving.ServerConfig:
+    """The server's config from the flags.
+
+    Raises:
+      ValueError: a batching or monitoring file that does not parse, or is out of range.
+    """
+    batching = None
+    if FLAGS.enable_batching:
+        batching = (serving.BatchingParameters.from_file(FLAGS.batching_parameters_file)
+                    if FLAGS.batching_parameters_file else serving.BatchingParameters())
+    elif FLAGS.batching_parameters_file:
+        raise ValueError("--batching_parameters_file is read only with --enable_batching")
+    monitoring = (serving.MonitoringConfig.from_file(FLAGS.monitoring_config_file)
+                  if FLAGS.monitoring_config_file else None)
     return serving.ServerConfig(
         host=FLAGS.host, port=FLAGS.port, rest_api_port=FLAGS.rest_api_port or None,
-        poll_seconds=FLAGS.file_system_poll_wait_seconds,
+        poll_seconds=FLAGS.file_system_poll_wait_seconds, max_workers=FLAGS.grpc_max_threads,
         ssl_server_cert=_read(FLAGS.ssl_server_cert), ssl_server_key=_read(FLAGS.ssl_server_key),
         ssl_custom_ca=_read(FLAGS.ssl_custom_ca), max_tensor_bytes=FLAGS.max_tensor_bytes,
-        rest_max_body_bytes=FLAGS.rest_max_body_bytes)
+        rest_max_body_bytes=FLAGS.rest_max_body_bytes, batching=batching, monitoring=monitoring)
 
 
 def main(argv):
@@ -69,7 +93,10 @@ def main(argv):
         models = [serving.ModelConfig(FLAGS.model_name, FLAGS.model_base_path)]
     else:
         raise app.UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
-    server = serving.ModelServer(models, server_config_from_flags())
+    try:
+        server = serving.ModelServer(models, server_config_from_flags())
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if FLAGS.model_base_path and not fs.isdir(FLAGS.model_base_path):
         sys.exit(f"error: --model_base_path={FLAGS.model_base_path!r}: no such directory")
     try:

@@ -104,6 +104,21 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
     assert flags_json["num_shots"] == 100
     for grid in ("grid_real.png", "grid_mixup.png", "grid_cvae.png"):
         assert (workdir / grid).stat().st_size > 1000
+    # Issue 14: the model card beside the export, linked from the report, carries its figures.
+    card = json.loads((workdir / "export" / "model_card.json").read_text())
+    assert report["model_card"]["json"].endswith("export/model_card.json")
+    assert "model card" in result.stdout
+    assert set(card) == {"model_details", "model_parameters", "quantitative_analysis",
+                         "considerations"}
+    metrics = {(m["type"], m["slice"].split(" ")[0]): float(m["value"])
+               for m in card["quantitative_analysis"]["performance_metrics"]}
+    assert metrics[("accuracy", "int8")] == pytest.approx(
+        report["student_variants"]["int8"]["accuracy"], abs=1e-4)
+    assert "1,100 teacher queries" in card["model_parameters"]["data"][0]["description"]
+    assert "'teacher' version 1" in card["model_details"]["overview"]
+    assert card["considerations"]["limitations"]
+    card_md = (workdir / "export" / "model_card.md").read_text()
+    assert "| accuracy | " in card_md and "](../grid_mixup.png)" in card_md
 
     # The exported student honours the signature contract.
     export_dir = report["student_export_dir"]

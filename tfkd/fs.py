@@ -172,9 +172,10 @@ def move_dir(source: str, target: str, last: str = "saved_model.pb") -> None:
     rmtree(source)
 
 
-def copy_tree(source: str, target: str) -> None:
-    """Copies every file under ``source`` to the same place under ``target``."""
-    for path in walk_files(source):
+def copy_tree(source: str, target: str, last: str = "saved_model.pb") -> None:
+    """Copies every file under ``source`` to the same place under ``target`` (overwriting), the
+    files named ``last`` last (a reader polling for a SavedModel sees it once it is complete)."""
+    for path in sorted(walk_files(source), key=lambda p: os.path.basename(p) == last):
         destination = os.path.join(target, os.path.relpath(path, source))
         gfile.makedirs(os.path.dirname(destination))
         gfile.copy(path, destination, overwrite=True)

@@ -55,10 +55,12 @@ from tfkd import fs
 from tfkd import images as images_lib
 from tfkd import impressions
 from tfkd import methods
+from tfkd import model_card
 from tfkd import models
 from tfkd import serving
 from tfkd import synthesis
 from tfkd import teacher as teacher_lib
+from tfkd import vertex
 from tfkd import viz
 from tfkd import workdir as workdir_lib
 from tfkd import zeroshot
@@ -121,6 +123,8 @@ class DistillConfig:
       compress: compressed student variants to export and measure besides float32 (see
         :data:`tfkd.export.VARIANTS`), each in ``export/student_<variant>/<version>/``.
       verbose: Keras verbosity: 0 silent, 1 progress bars (also for labelling), 2 one line per epoch.
+      outputs: where the exported student, the student's checkpoints and TensorBoard events also
+        or instead go (:class:`tfkd.vertex.OutputDirs`; Vertex AI's ``AIP_*`` directories).
     """
 
     workdir: str
@@ -146,6 +150,7 @@ class DistillConfig:
     evaluate_teacher: bool = True
     compress: tuple = ("float16", "int8")
     verbose: int = 1
+    outputs: vertex.OutputDirs = vertex.OutputDirs()
 
     def validate(self) -> None:
         """Checks every setting that can be checked without data, teacher or training.
@@ -617,7 +622,7 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
                   num_mixup=transfer.count("mixup"), num_cvae=transfer.count("cvae"),
                   transfer_set_sources={s: transfer.count(s) for s in transfer.source_names},
                   grids=write_grids(transfer, config.workdir))
-    write_tensorboard_grids(transfer, os.path.join(config.workdir, "tensorboard", "synthesis"))
+    write_tensorboard_grids(transfer, os.path.join(tensorboard_root(config), "synthesis"))
     return transfer
 
 
@@ -629,13 +634,14 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
     student_config = method.student_config(config)
     global_batch = student_config.batch_size * strategy.num_replicas_in_sync
     length = distill.training_length(student_config, len(transfer.images), global_batch)
-    tensorboard_dir = os.path.join(config.workdir, "tensorboard")
+    tensorboard_dir = tensorboard_root(config)
     callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
     if dataset.x_val is not None:  # Monitoring reads the validation split, never the test split.
         callbacks.append(distill.ValidationAccuracy(
             dataset.x_val, dataset.y_val, os.path.join(tensorboard_dir, "student", "validation"),
             every=length.epochs // 50))  # At most about 50 measurements a run.
-    backup = workdir_lib.artifact_path(config.workdir, "student_backup", "", transfer_fp,
+    backup = workdir_lib.artifact_path(config.outputs.checkpoint_dir or config.workdir,
+                                       "student_backup", "", transfer_fp,
                                        student_config, config.seed)
     with timer("student_training"):
         student, history = distill.train_student(
@@ -757,7 +763,8 @@ def evaluate_students(config: DistillConfig, dataset: data_lib.Dataset,
 
 def finish(config: DistillConfig, student: keras.Model, variant_dirs: dict[str, str],
            teacher_base: str | None, timer: StageTimer, report: Report) -> Report:
-    """Sizes of both models, seconds per stage; writes ``report.json``."""
+    """Sizes of both models, seconds per stage, the model card (:mod:`tfkd.model_card`, in
+    ``export/``); writes ``report.json``."""
     report.student_parameters = models.count_parameters(student)
     report.student_saved_model_bytes = export.saved_model_bytes(variant_dirs["float32"])
     teacher_dir = export.latest_version_dir(teacher_base) if teacher_base else None
@@ -766,6 +773,10 @@ def finish(config: DistillConfig, student: keras.Model, variant_dirs: dict[str, 
         report.teacher_saved_model_bytes = export.saved_model_bytes(teacher_dir)
     report.update(stage_seconds=timer.seconds,
                   total_seconds=round(sum(timer.seconds.values()), 2))
+    report.model_card = model_card.write(report.to_dict(), os.path.join(config.workdir, "export"))
+    report.output_dirs = config.outputs.to_dict() or None
+    if config.outputs.model_dir:
+        copy_to_model_dir(config.outputs.model_dir, variant_dirs, report.model_card)
     report.write(os.path.join(config.workdir, "report.json"))
     return report
 
@@ -779,6 +790,23 @@ def write_grids(transfer: methods.TransferSet, workdir: str) -> dict[str, str]:
         grid = viz.image_grid(transfer.images[mask], classes[mask], transfer.targets.shape[1])
         paths[name] = viz.write_png(os.path.join(workdir, f"grid_{name}.png"), grid)
     return paths
+
+
+def tensorboard_root(config: DistillConfig) -> str:
+    """Where the run's TensorBoard events go: ``outputs.tensorboard_dir``, else
+    ``<workdir>/tensorboard``."""
+    return config.outputs.tensorboard_dir or os.path.join(config.workdir, "tensorboard")
+
+
+def copy_to_model_dir(model_dir: str, variant_dirs: dict[str, str], card: dict[str, str]) -> None:
+    """Copies the float32 student (a plain SavedModel at ``model_dir``'s root), its compressed
+    variants (``variants/<variant>/``) and its model card into ``model_dir`` (Vertex AI's
+    ``AIP_MODEL_DIR``; any ``tf.io.gfile`` file system)."""
+    for variant, version_dir in variant_dirs.items():
+        fs.copy_tree(version_dir, model_dir if variant == "float32"
+                     else os.path.join(model_dir, "variants", variant))
+    for path in card.values():
+        fs.write_atomic(os.path.join(model_dir, os.path.basename(path)), fs.read_bytes(path))
 
 
 def write_tensorboard_grids(transfer: methods.TransferSet, log_dir: str) -> None:

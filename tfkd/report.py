@@ -157,6 +157,12 @@ class Report:
     """Parameters of the student model."""
     student_saved_model_bytes: int | None = None
     """Bytes of the float32 student's SavedModel."""
+    model_card: dict | None = None
+    """Paths of the student's model card beside the export: ``json`` and ``markdown``
+    (:mod:`tfkd.model_card`)."""
+    output_dirs: dict | None = None
+    """The directories written besides the work dir (:class:`tfkd.vertex.OutputDirs`: Vertex AI's
+    ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``, ``AIP_TENSORBOARD_LOG_DIR``), or null."""
     serving_configs: dict | None = None
     """Generated TF Serving configs: file kind -> path."""
 
@@ -224,5 +230,7 @@ def format_table(report: Report | dict) -> str:
                      f"{pct(figures['accuracy'])}, {num(figures['saved_model_bytes'])} bytes, "
                      f"{figures['cpu_latency_ms'].get('batch_1', 0):.2f} ms (batch 1)"))
     rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in (report.get("stage_seconds") or {}).items()]
+    if report.get("model_card"):
+        rows.append(("model card", report["model_card"]["markdown"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -16,7 +16,10 @@ in a ``models.config``), with version labels; polls the base paths for new versi
 file-system source (``file_system_poll_wait_seconds``); answers concurrent requests from a thread
 pool; and answers errors with TF Serving's status codes and messages: an unknown model or version ->
 NOT_FOUND, a bad input key or tensor -> INVALID_ARGUMENT, an unknown signature -> FAILED_PRECONDITION.
-Optionally over TLS (server certificate and key, and a CA to require client certificates).
+Optionally over TLS (server certificate and key, and a CA to require client certificates). It honours
+the configs tfkd writes beside an export: request batching with TF Serving's batching parameters
+(:mod:`~tfkd.serving.batching`), and Prometheus request metrics in TF Serving's names at the path of a
+``monitoring.config`` (:mod:`~tfkd.serving.monitoring`).
 
 Clients (:class:`tfkd.client.ServingClient`) work unchanged against the real server.
 
@@ -25,14 +28,16 @@ Modules, each readable on its own: :mod:`~tfkd.serving.errors` (the status-coded
 :mod:`~tfkd.serving.signatures` (request tensors and signature runs, validated),
 :mod:`~tfkd.serving.grpc_api` (the servicers), :mod:`~tfkd.serving.rest` (the REST API),
 :mod:`~tfkd.serving.config` (``models.config`` read and written), :mod:`~tfkd.serving.server`
-(:class:`ModelServer`).
+(:class:`ModelServer`), :mod:`~tfkd.serving.batching`, :mod:`~tfkd.serving.monitoring`.
 """
 
+from tfkd.serving.batching import BatchingParameters
 from tfkd.serving.config import model_configs_from_proto
 from tfkd.serving.config import model_configs_to_proto
 from tfkd.serving.config import parse_model_config_file
 from tfkd.serving.config import write_model_config_file
 from tfkd.serving.errors import ServingError
+from tfkd.serving.monitoring import MonitoringConfig
 from tfkd.serving.registry import DEFAULT_SIGNATURE
 from tfkd.serving.registry import ModelConfig
 from tfkd.serving.registry import ModelRegistry
@@ -45,8 +50,8 @@ from tfkd.serving.signatures import run_signature
 from tfkd.serving.signatures import tensor_from_proto
 
 __all__ = [
-    "DEFAULT_MAX_TENSOR_BYTES", "DEFAULT_REST_MAX_BODY_BYTES", "DEFAULT_SIGNATURE", "ModelConfig",
-    "ModelRegistry", "ModelServer", "Servable", "ServerConfig", "ServingError", "model_configs_from_proto",
-    "model_configs_to_proto", "parse_model_config_file", "run_signature", "tensor_from_proto",
-    "write_model_config_file",
+    "BatchingParameters", "DEFAULT_MAX_TENSOR_BYTES", "DEFAULT_REST_MAX_BODY_BYTES",
+    "DEFAULT_SIGNATURE", "ModelConfig", "ModelRegistry", "ModelServer", "MonitoringConfig",
+    "Servable", "ServerConfig", "ServingError", "model_configs_from_proto", "model_configs_to_proto",
+    "parse_model_config_file", "run_signature", "tensor_from_proto", "write_model_config_file",
 ]

@@ -15,6 +15,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfkd.serving.config import model_configs_from_proto
 from tfkd.serving.errors import ServingError
+from tfkd.serving.monitoring import ServerMetrics
 from tfkd.serving.registry import DEFAULT_SIGNATURE
 from tfkd.serving.registry import ModelRegistry
 from tfkd.serving.registry import Servable
@@ -36,19 +37,32 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``tensorflow.serving.PredictionService``: Predict, Classify and GetModelMetadata.
 
     Regress and MultiInference answer UNIMPLEMENTED (the base class's behaviour).
+
+    Args:
+      registry: the models served.
+      max_tensor_bytes: the largest decoded input tensor of a Predict request.
+      batcher: a :class:`tfkd.serving.batching.BatchScheduler` merging concurrent Predict calls;
+        None: each request calls the model itself.
+      metrics: a :class:`tfkd.serving.monitoring.ServerMetrics` counting and timing requests.
     """
 
-    def __init__(self, registry: ModelRegistry, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
+    def __init__(self, registry: ModelRegistry, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 batcher=None, metrics: ServerMetrics | None = None):
         self._registry = registry
         self._max_tensor_bytes = max_tensor_bytes
+        self._batcher = batcher
+        self._metrics = metrics or ServerMetrics()
 
     def Predict(self, request, context):
         try:
-            servable = self._registry.resolve(request.model_spec)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {alias: tensor_from_proto(alias, proto, self._max_tensor_bytes)
-                      for alias, proto in request.inputs.items()}
-            outputs = run_signature(servable, signature_name, inputs, list(request.output_filter))
+            with self._metrics.request(request.model_spec.name, "Predict", "GRPC") as record:
+                servable = self._registry.resolve(request.model_spec)
+                record.version = servable.version
+                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                inputs = {alias: tensor_from_proto(alias, proto, self._max_tensor_bytes)
+                          for alias, proto in request.inputs.items()}
+                outputs = run_signature(servable, signature_name, inputs,
+                                        list(request.output_filter), self._batcher)
         except ServingError as e:
             context.abort(e.code, e.message)
         response = predict_pb2.PredictResponse()
@@ -59,10 +73,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Classify(self, request, context):
         try:
-            servable = self._registry.resolve(request.model_spec)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            classes, scores = run_classify(servable, signature_name,
-                                           serialized_examples(request.input))
+            with self._metrics.request(request.model_spec.name, "Classify", "GRPC") as record:
+                servable = self._registry.resolve(request.model_spec)
+                record.version = servable.version
+                signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                classes, scores = run_classify(servable, signature_name,
+                                               serialized_examples(request.input))
         except ServingError as e:
             context.abort(e.code, e.message)
         response = classification_pb2.ClassificationResponse()
@@ -72,15 +88,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):
         try:
-            fields = list(request.metadata_field)
-            if not fields:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "GetModelMetadataRequest must specify at least one metadata_field")
-            for field in fields:
-                if field != "signature_def":
+            with self._metrics.request(request.model_spec.name, "GetModelMetadata",
+                                       "GRPC") as record:
+                fields = list(request.metadata_field)
+                if not fields:
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"Metadata field {field} is not supported")
-            servable = self._registry.resolve(request.model_spec)
+                                       "GetModelMetadataRequest must specify at least one "
+                                       "metadata_field")
+                for field in fields:
+                    if field != "signature_def":
+                        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                           f"Metadata field {field} is not supported")
+                servable = self._registry.resolve(request.model_spec)
+                record.version = servable.version
         except ServingError as e:
             context.abort(e.code, e.message)
         return metadata_response(servable)

@@ -27,6 +27,7 @@ from tensorflow_serving.apis import predict_pb2
 from tfkd.serving.errors import ServingError
 from tfkd.serving.grpc_api import metadata_response
 from tfkd.serving.grpc_api import status_response
+from tfkd.serving.monitoring import ServerMetrics
 from tfkd.serving.registry import DEFAULT_SIGNATURE
 from tfkd.serving.registry import ModelRegistry
 from tfkd.serving.signatures import run_classify
@@ -46,6 +47,7 @@ class _HTTPError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+        self.code = grpc.StatusCode.INVALID_ARGUMENT  # How request metrics count it.
 
 
 def _invalid(message: str) -> ServingError:
@@ -156,15 +158,24 @@ class RestServer(http.server.ThreadingHTTPServer):
       registry: the models served.
       max_body_bytes: the largest request body (413 above it).
       timeout_s: a client that stops sending is answered 408 after this many seconds.
+      batcher: a :class:`tfkd.serving.batching.BatchScheduler` merging predict calls (shared with
+        the gRPC API), or None.
+      metrics: the :class:`tfkd.serving.monitoring.ServerMetrics` counting requests.
+      metrics_path: where GET answers the Prometheus exposition of ``metrics``; None: nowhere.
     """
 
     daemon_threads = True
 
     def __init__(self, address, registry: ModelRegistry,
-                 max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES, timeout_s: float = 30.0):
+                 max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES, timeout_s: float = 30.0,
+                 batcher=None, metrics: ServerMetrics | None = None,
+                 metrics_path: str | None = None):
         self.registry = registry
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
+        self.batcher = batcher
+        self.metrics = metrics or ServerMetrics()
+        self.metrics_path = metrics_path
         super().__init__(address, RestHandler)
 
 
@@ -228,12 +239,26 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             spec.version_label = match["label"]
         return spec
 
+    def _send_metrics(self):
+        data, content_type = self.server.metrics.exposition()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _route(self, method: str):
-        match = _REST_PATH.match(self.path.split("?")[0])
+        path = self.path.split("?")[0]
+        if method == "GET" and self.server.metrics_path and path == self.server.metrics_path:
+            return self._send_metrics()
+        match = _REST_PATH.match(path)
         if match is None or (method == "POST") != (match["what"] in (":predict", ":classify")):
             return self._send(404, {"error": f"Malformed request: {method} {self.path}"})
+        api = {":predict": "Predict", ":classify": "Classify", "/metadata": "GetModelMetadata"}.get(
+            match["what"], "GetModelStatus")
         try:
-            return self._answer(match, self._spec(match))
+            with self.server.metrics.request(match["name"], api, "REST") as record:
+                return self._answer(match, self._spec(match), record)
         except ServingError as e:
             return self._send(_HTTP_STATUS.get(e.code, 500), {"error": e.message})
         except _HTTPError as e:
@@ -242,11 +267,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             logging.error("REST %s %s: %s: %s", method, self.path, type(e).__name__, e)
             return self._send(500, {"error": f"internal error: {type(e).__name__}"}, close=True)
 
-    def _answer(self, match, spec):
+    def _answer(self, match, spec, record):
         registry = self.server.registry
         if match["what"] == "/metadata":
+            servable = registry.resolve(spec)
+            record.version = servable.version
             return self._send(200, json_format.MessageToDict(
-                metadata_response(registry.resolve(spec)), preserving_proto_field_name=True))
+                metadata_response(servable), preserving_proto_field_name=True))
         if match["what"] is None:
             servables = ([registry.resolve(spec)] if match["version"] or match["label"]
                          else registry.versions(spec.name))
@@ -254,18 +281,20 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                 status_response(servables), preserving_proto_field_name=True,
                 always_print_fields_with_no_presence=True))
         if match["what"] == ":classify":
-            return self._classify(spec)
-        return self._predict(spec)
+            return self._classify(spec, record)
+        return self._predict(spec, record)
 
-    def _request(self, spec):
+    def _request(self, spec, record):
         """(body, servable, signature name) of a POST to a signature."""
         body = self._body()
         if not isinstance(body.get("signature_name", ""), str):
             raise _invalid("'signature_name' must be a string")
-        return body, self.server.registry.resolve(spec), body.get("signature_name") or DEFAULT_SIGNATURE
+        servable = self.server.registry.resolve(spec)
+        record.version = servable.version
+        return body, servable, body.get("signature_name") or DEFAULT_SIGNATURE
 
-    def _classify(self, spec):
-        body, servable, signature_name = self._request(spec)
+    def _classify(self, spec, record):
+        body, servable, signature_name = self._request(spec, record)
         classes, scores = run_classify(servable, signature_name, classify_examples(body))
         n, k = (classes if classes is not None else scores).shape[:2]
         return self._send(200, {"result": [
@@ -273,10 +302,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
               None if scores is None else float(scores[i, j])] for j in range(k)]
             for i in range(n)]})
 
-    def _predict(self, spec):
-        body, servable, signature_name = self._request(spec)
+    def _predict(self, spec, record):
+        body, servable, signature_name = self._request(spec, record)
         inputs, row = predict_inputs(body, servable.signature_defs.get(signature_name))
-        outputs = run_signature(servable, signature_name, inputs, [])
+        outputs = run_signature(servable, signature_name, inputs, [], self.server.batcher)
         return self._send(200, predict_answer(outputs, row))
 
     def do_GET(self):

@@ -16,8 +16,12 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfkd import export
 from tfkd import fs
+from tfkd.serving.batching import BatchingParameters
+from tfkd.serving.batching import BatchScheduler
 from tfkd.serving.grpc_api import ModelServicer
 from tfkd.serving.grpc_api import PredictionServicer
+from tfkd.serving.monitoring import MonitoringConfig
+from tfkd.serving.monitoring import ServerMetrics
 from tfkd.serving.registry import ModelConfig
 from tfkd.serving.registry import ModelRegistry
 from tfkd.serving.rest import DEFAULT_REST_MAX_BODY_BYTES
@@ -46,6 +50,11 @@ class ServerConfig:
         INVALID_ARGUMENT before anything is allocated (:func:`tfkd.serving.tensor_from_proto`).
       rest_max_body_bytes: the largest REST request body (413 above it).
       rest_timeout_s: a REST client that stops sending is answered 408 after this many seconds.
+      batching: :class:`~tfkd.serving.batching.BatchingParameters`: merge concurrent Predict
+        requests (gRPC and REST) into batched model calls, as ``--enable_batching
+        --batching_parameters_file``; None: every request calls the model itself.
+      monitoring: :class:`~tfkd.serving.monitoring.MonitoringConfig`: with Prometheus enabled,
+        GET on its path of the REST port answers the request metrics (``--monitoring_config_file``).
     """
 
     host: str = "127.0.0.1"
@@ -60,14 +69,28 @@ class ServerConfig:
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES
     rest_timeout_s: float = 30.0
+    batching: BatchingParameters | None = None
+    monitoring: MonitoringConfig | None = None
 
     def validate(self) -> None:
-        """Raises ValueError for half a TLS pair or a non-positive limit."""
+        """Raises ValueError for half a TLS pair, a non-positive limit, batching parameters out of
+        range, or Prometheus metrics without a REST port to serve them on."""
         if bool(self.ssl_server_cert) != bool(self.ssl_server_key):
             raise ValueError("ssl_server_cert and ssl_server_key: give both or neither")
         for name in ("max_tensor_bytes", "rest_max_body_bytes", "rest_timeout_s", "max_workers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected > 0")
+        if self.batching is not None:
+            self.batching.validate()
+        if self.metrics_path is not None and self.rest_api_port is None:
+            raise ValueError("monitoring: Prometheus metrics are served on the REST port; set "
+                             "rest_api_port (0: a free one)")
+
+    @property
+    def metrics_path(self) -> str | None:
+        """The HTTP path of the Prometheus metrics, or None when they are not served."""
+        enabled = self.monitoring is not None and self.monitoring.prometheus_enable
+        return self.monitoring.prometheus_path if enabled else None
 
 
 class ModelServer:
@@ -84,6 +107,9 @@ class ModelServer:
 
     Attributes:
       port, rest_api_port: the ports bound (a free one where the config says 0), after start.
+      metrics: the :class:`~tfkd.serving.monitoring.ServerMetrics` of every request answered.
+      batcher: the :class:`~tfkd.serving.batching.BatchScheduler` while started with batching
+        (its ``calls`` and ``examples`` count the model calls made), else None.
 
     Raises:
       ValueError: what :meth:`ServerConfig.validate` raises.
@@ -97,6 +123,8 @@ class ModelServer:
         self.registry = ModelRegistry(models)
         self.port = self.config.port
         self.rest_api_port = self.config.rest_api_port
+        self.metrics = ServerMetrics()
+        self.batcher = None
         self._server = None
         self._http = None
         self._health = None
@@ -124,10 +152,15 @@ class ModelServer:
                 logging.warning("Model %s: no numeric version directory under %s%s; serving "
                                 "nothing for it until one appears", config.name, config.base_path,
                                 "" if fs.isdir(config.base_path) else " (no such directory)")
+        if self.config.batching is not None:
+            self.batcher = BatchScheduler(
+                self.config.batching,
+                on_batch=lambda key, size: self.metrics.record_batch(key[0], key[2], size))
         self._start_grpc()
         if self.rest_api_port is not None:
             self._http = RestServer((self.config.host, self.rest_api_port), self.registry,
-                                    self.config.rest_max_body_bytes, self.config.rest_timeout_s)
+                                    self.config.rest_max_body_bytes, self.config.rest_timeout_s,
+                                    self.batcher, self.metrics, self.config.metrics_path)
             self.rest_api_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "tfkd-rest")
         if self.config.poll_seconds > 0:
@@ -149,7 +182,8 @@ class ModelServer:
                      ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.registry, self.config.max_tensor_bytes), self._server)
+            PredictionServicer(self.registry, self.config.max_tensor_bytes, self.batcher,
+                               self.metrics), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry), self._server)
         self._health = health.HealthServicer()
@@ -199,6 +233,8 @@ class ModelServer:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+        if self.batcher is not None:
+            self.batcher.stop()
 
     def __enter__(self) -> "ModelServer":
         return self.start()

@@ -103,13 +103,22 @@ def _check_input(alias: str, value: np.ndarray, info) -> None:
                                f"signature's {dims} (-1 is any size)")
 
 
+def call_signature(servable: Servable, signature_name: str, feeds: dict) -> dict[str, np.ndarray]:
+    """One model call: ``feeds`` (alias -> numpy array, validated) through the signature; every
+    output as alias -> numpy array. Raises what the SavedModel's function raises."""
+    outputs = servable.loaded.signatures[signature_name](**feeds)
+    return {alias: value.numpy() for alias, value in outputs.items()}
+
+
 def run_signature(servable: Servable, signature_name: str, inputs: dict,
-                  output_filter: list[str]) -> dict[str, np.ndarray]:
+                  output_filter: list[str], batcher=None) -> dict[str, np.ndarray]:
     """Runs one signature of a servable, validating as TF Serving's Predict does.
 
     Args:
       inputs: alias -> numpy array (or, for the REST API, a nested list converted here).
       output_filter: aliases to return; empty: all outputs.
+      batcher: a :class:`tfkd.serving.batching.BatchScheduler` to merge this call with concurrent
+        ones (requests whose inputs have a batch axis); None: the model is called at once.
 
     Returns:
       alias -> numpy array.
@@ -157,10 +166,15 @@ def run_signature(servable: Servable, signature_name: str, inputs: dict,
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"duplicate output tensor alias in output_filter: {aliases}")
     try:
-        outputs = servable.loaded.signatures[signature_name](**feeds)
+        if batcher is None or any(v.ndim == 0 for v in feeds.values()):
+            outputs = call_signature(servable, signature_name, feeds)
+        else:
+            layout = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()))
+            outputs = batcher.run((servable.name, servable.version, signature_name, layout),
+                                  lambda **f: call_signature(servable, signature_name, f), feeds)
     except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
-    return {alias: outputs[alias].numpy() for alias in aliases}
+    return {alias: outputs[alias] for alias in aliases}
 
 
 

@@ -1,0 +1,118 @@
+"""What tfkd's Kubeflow Pipelines components do, as plain functions (no KFP import): the
+components themselves (``launch/kubeflow.py``) are thin shells that turn KFP artifacts and
+parameters into these calls, so everything here is testable without KFP.
+
+Artifacts are duck-typed as KFP passes them: an object with a local ``path`` (where the artifact's
+files go) and a ``metadata`` dict; a ``Metrics`` artifact also has ``log_metric(name, value)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import grpc
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tfkd import client as client_lib
+from tfkd import data as data_lib
+from tfkd import export
+from tfkd import fs
+from tfkd import model_card
+from tfkd import serving
+
+# Report figures logged to the Metrics artifact (name in the report -> metric name).
+METRICS = ("student_accuracy", "student_fidelity", "student_validation_accuracy",
+           "teacher_accuracy", "teacher_queries_total", "student_parameters",
+           "student_saved_model_bytes", "total_seconds")
+
+
+def check_teacher(target: str, model_name: str = "teacher", timeout_s: float = 30.0) -> dict:
+    """Asks a TF Serving endpoint for a model's signatures (``GetModelMetadata``), so that a
+    pipeline fails at its first step, with one clear message, when the teacher is not there.
+
+    Returns:
+      {"target", "model_name", "version", "signatures": [names]}.
+
+    Raises:
+      RuntimeError: the endpoint does not answer, or does not serve ``model_name``.
+    """
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = model_name
+    request.metadata_field.append("signature_def")
+    with grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            response = stub.GetModelMetadata(request, timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise RuntimeError(f"teacher {model_name!r} at {target}: {e.code().name}: "
+                               f"{e.details()}") from None
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    return {"target": target, "model_name": model_name,
+            "version": response.model_spec.version.value,
+            "signatures": sorted(signatures.signature_def)}
+
+
+def export_student_artifact(report: dict, model) -> dict:
+    """Copies the run's exported float32 student into ``model.path`` in TF Serving's version
+    layout (``<path>/<version>/saved_model.pb``), with the model card beside the versions, and
+    fills ``model.metadata``. Returns the metadata."""
+    version_dir = report["student_export_dir"]
+    version = os.path.basename(version_dir)
+    fs.copy_tree(version_dir, os.path.join(model.path, version))
+    for path in (report.get("model_card") or {}).values():
+        fs.write_atomic(os.path.join(model.path, os.path.basename(path)), fs.read_bytes(path))
+    model.metadata.update({
+        "framework": "tensorflow", "layout": "tf_serving_base_path", "version": int(version),
+        "signature": "serving_default", "architecture": report.get("student_architecture"),
+        "method": report.get("method"), "accuracy": report.get("student_accuracy")})
+    return dict(model.metadata)
+
+
+def log_report_metrics(report: dict, metrics) -> dict:
+    """Logs the report's figures (:data:`METRICS`, those not null) to a KFP ``Metrics`` artifact;
+    returns them."""
+    logged = {name: float(report[name]) for name in METRICS if report.get(name) is not None}
+    for name, value in logged.items():
+        metrics.log_metric(name, value)
+    return logged
+
+
+def report_markdown(report: dict) -> str:
+    """The run's model card as Markdown with its image grids inlined (``data:`` URIs), so that it
+    renders in the KFP UI without access to the work dir."""
+    pictures = {}
+    for name, path in (report.get("grids") or {}).items():
+        if fs.exists(path):
+            encoded = base64.b64encode(fs.read_bytes(path)).decode("ascii")
+            pictures[f"{name} images (one row per teacher class)"] = f"data:image/png;base64,{encoded}"
+    return model_card.markdown(model_card.build(report), pictures)
+
+
+def evaluate_served(model_path: str, dataset: str, eval_examples: int = 0,
+                    data_dir: str | None = None) -> dict:
+    """Serves the student base path with tfkd's TF-Serving-compatible server on a loopback port and
+    measures its top-1 accuracy over gRPC on the dataset's test split (the first ``eval_examples``;
+    0: all): the check that the artifact is a served-compatible model, not only files.
+
+    Returns:
+      {"accuracy" in [0, 1], "examples", "version"}.
+
+    Raises:
+      ValueError: no numeric version directory under ``model_path``.
+      tfkd.data.DatasetUnavailableError: the dataset cannot be loaded here.
+    """
+    versions = export.list_versions(model_path)
+    if not versions:
+        raise ValueError(f"model_path={model_path!r}: no numeric version directory (expected TF "
+                         "Serving's layout, <path>/<version>/saved_model.pb)")
+    test = data_lib.load_dataset(dataset, data_dir)
+    x, y = test.x_test, test.y_test
+    if eval_examples:
+        x, y = x[:eval_examples], y[:eval_examples]
+    with serving.ModelServer([serving.ModelConfig("student", model_path)], poll_seconds=0) as srv:
+        with client_lib.connect(srv.target, "student", role="student") as client:
+            accuracy = client_lib.accuracy(client, x, y)
+    return {"accuracy": float(accuracy), "examples": int(len(x)), "version": int(max(versions))}
