@@ -1,8 +1,10 @@
 r"""Throughput of tfkd's server with and without request batching: 32 concurrent clients, each
 sending batch-1 Predict requests back to back (one in flight per client) for a fixed time.
 
-The server runs in its own process (launch/serve.py, as deployed), serving a LeNet-5 (the teacher
-architecture; untrained: speed does not depend on the weights), with ``--grpc_max_threads=64`` so
+The server runs in its own process (launch/serve.py, as deployed), serving an untrained model (speed
+does not depend on the weights): LeNet-5 on 28x28x1 (the Fashion-MNIST teacher, about 0.4 MFLOP an
+image: the request's own handling dominates) and ResNet-20 on 32x32x3 (the CIFAR student, about
+40 MFLOP an image: the model call dominates), with ``--grpc_max_threads=64`` so
 that all 32 requests can be in the server at once. Settings: no batching; the batching parameters
 tfkd writes beside an export (``serving/batching_parameters.txt``: max batch 256, timeout 2 ms,
 4 threads); the same with a 0 timeout. The model calls and their sizes are read from the server's
@@ -48,7 +50,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def drive(target: str, clients: int, seconds: float) -> tuple[int, list[float]]:
+def drive(target: str, clients: int, seconds: float, shape: tuple) -> tuple[int, list[float]]:
     """Keeps ``clients`` batch-1 requests in flight for ``seconds``; (requests answered, latencies
     in ms)."""
     channel = grpc.insecure_channel(target)
@@ -56,7 +58,7 @@ def drive(target: str, clients: int, seconds: float) -> tuple[int, list[float]]:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "model"
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(
-        np.random.default_rng(0).uniform(size=(1, 28, 28, 1)).astype(np.float32)))
+        np.random.default_rng(0).uniform(size=(1, *shape)).astype(np.float32)))
     lock, finished = threading.Lock(), threading.Event()
     state = {"active": clients, "latencies": [], "errors": []}
     stop_at = time.perf_counter() + seconds
@@ -103,7 +105,7 @@ def batch_calls(rest_port: int) -> tuple[int, int]:
     return calls, examples
 
 
-def run_setting(base: str, configs: dict, batching: str | None) -> dict:
+def run_setting(base: str, shape: tuple, configs: dict, batching: str | None) -> dict:
     port, rest_port = _free_port(), _free_port()
     cmd = [sys.executable, os.path.join(_REPO, "launch", "serve.py"), f"--port={port}",
            f"--rest_api_port={rest_port}", "--model_name=model", f"--model_base_path={base}",
@@ -111,14 +113,17 @@ def run_setting(base: str, configs: dict, batching: str | None) -> dict:
            f"--monitoring_config_file={configs['monitoring.config']}"]
     if batching is not None:
         cmd += ["--enable_batching", f"--batching_parameters_file={batching}"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tempfile.TemporaryFile(mode="w+")
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
-        server.stdout.readline()  # "Serving [...] on ...": ready.
+        if not server.stdout.readline().startswith("Serving"):  # Ready, or it died.
+            log.seek(0)
+            raise RuntimeError(f"the server did not start: {log.read()[-2000:]}")
         target = f"127.0.0.1:{port}"
-        drive(target, FLAGS.clients, 3.0)  # Warm-up (tracing, thread pools).
+        drive(target, FLAGS.clients, 3.0, shape)  # Warm-up (tracing, thread pools).
         calls0, examples0 = batch_calls(rest_port) if batching else (0, 0)
         start = time.perf_counter()
-        answered, latencies = drive(target, FLAGS.clients, FLAGS.seconds)
+        answered, latencies = drive(target, FLAGS.clients, FLAGS.seconds, shape)
         elapsed = time.perf_counter() - start
         calls, examples = batch_calls(rest_port) if batching else (answered, answered)
         calls, examples = calls - calls0, examples - examples0
@@ -130,12 +135,14 @@ def run_setting(base: str, configs: dict, batching: str | None) -> dict:
             "mean_batch": examples / max(1, calls)}
 
 
+MODELS = {"LeNet-5, 28x28x1": ("lenet5", (28, 28, 1)), "ResNet-20, 32x32x3": ("resnet20", (32, 32, 3))}
+
+
 def main(argv):
     del argv
     root = tempfile.mkdtemp()
-    base = os.path.join(root, "model")
-    export.export_classifier(models.build_model("lenet5", (28, 28, 1), 10), base)
-    configs = config_lib.write_serving_configs(os.path.join(root, "serving"), None, base, stable=1)
+    configs = config_lib.write_serving_configs(os.path.join(root, "serving"), None,
+                                               os.path.join(root, "unused"), stable=1)
     zero = os.path.join(root, "batching_zero_timeout.txt")
     with open(configs["batching_parameters.txt"]) as f:
         text = f.read().replace("batch_timeout_micros { value: 2000 }",
@@ -145,20 +152,24 @@ def main(argv):
     settings = {"no batching": None,
                 "batching, tfkd's parameters (2 ms)": configs["batching_parameters.txt"],
                 "batching, 0 ms timeout": zero}
-    print(f"LeNet-5 (untrained), {FLAGS.clients} concurrent clients sending batch-1 Predict "
-          f"requests, {FLAGS.seconds:g} s per setting, {os.cpu_count()} cores; server: "
-          "launch/serve.py --grpc_max_threads=64")
-    print(f"{'setting':<36} {'requests/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'model calls':>11} "
-          f"{'mean batch':>10}")
-    rows = {}
-    for name, batching in settings.items():
-        rows[name] = r = run_setting(base, configs, batching)
-        print(f"{name:<36} {r['requests_per_s']:>10.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
-              f"{r['calls']:>11} {r['mean_batch']:>10.1f}", flush=True)
-    plain = rows["no batching"]["requests_per_s"]
-    for name, r in rows.items():
-        if name != "no batching":
-            print(f"{name}: {r['requests_per_s'] / plain:.2f}x the throughput without batching")
+    print(f"Untrained models, {FLAGS.clients} concurrent clients sending batch-1 Predict requests, "
+          f"{FLAGS.seconds:g} s per setting, {os.cpu_count()} cores (clients and server on the "
+          "same cores); server: launch/serve.py --grpc_max_threads=64")
+    print(f"{'model':<19} {'setting':<36} {'requests/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'model calls':>11} {'mean batch':>10}")
+    for label, (architecture, shape) in MODELS.items():
+        base = os.path.join(root, architecture)
+        export.export_classifier(models.build_model(architecture, shape, 10), base)
+        rows = {}
+        for name, batching in settings.items():
+            rows[name] = r = run_setting(base, shape, configs, batching)
+            print(f"{label:<19} {name:<36} {r['requests_per_s']:>10.0f} {r['p50_ms']:>7.2f} "
+                  f"{r['p99_ms']:>7.2f} {r['calls']:>11} {r['mean_batch']:>10.1f}", flush=True)
+        plain = rows["no batching"]["requests_per_s"]
+        for name, r in rows.items():
+            if name != "no batching":
+                print(f"{label}, {name}: {r['requests_per_s'] / plain:.2f}x the throughput without "
+                      "batching", flush=True)
 
 
 if __name__ == "__main__":

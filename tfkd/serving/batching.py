@@ -44,7 +44,9 @@ _INT64 = ".google.protobuf.Int64Value"
 _BATCHING_FIELDS = (("max_batch_size", 1, _INT64), ("batch_timeout_micros", 2, _INT64),
                     ("max_enqueued_batches", 3, _INT64), ("num_batch_threads", 4, _INT64),
                     ("thread_pool_name", 5, ".google.protobuf.StringValue"),
-                    ("allowed_batch_sizes", 6, None), ("pad_variable_length_inputs", 7, None))
+                    ("allowed_batch_sizes", 6, None), ("pad_variable_length_inputs", 7, None),
+                    ("enable_large_batch_splitting", 8, ".google.protobuf.BoolValue"),
+                    ("max_execution_batch_size", 9, _INT64))
 
 
 def _batching_message_class():
@@ -104,7 +106,9 @@ class BatchingParameters:
         """Parses a ``BatchingParameters`` text proto (``max_batch_size { value: 128 }``...).
 
         Fields TF Serving knows and this server does not use (``allowed_batch_sizes``,
-        ``pad_variable_length_inputs``, ``thread_pool_name``) are accepted and logged.
+        ``pad_variable_length_inputs``, ``thread_pool_name``, ``enable_large_batch_splitting``,
+        ``max_execution_batch_size``) are accepted and logged; an unknown field is an error, as in
+        TF Serving.
 
         Raises:
           ValueError: a malformed text proto (naming ``source``), or a value out of range.
@@ -114,9 +118,8 @@ class BatchingParameters:
             text_format.Parse(text, proto)
         except text_format.ParseError as e:
             raise ValueError(f"{source}: not a BatchingParameters text proto ({e})") from None
-        ignored = [f.name for f, _ in proto.ListFields()
-                   if f.name in ("allowed_batch_sizes", "pad_variable_length_inputs",
-                                 "thread_pool_name")]
+        used = {f.name for f in dataclasses.fields(cls)}
+        ignored = [f.name for f, _ in proto.ListFields() if f.name not in used]
         if ignored:
             logging.info("%s: %s read, not used by tfkd's server", source, ", ".join(ignored))
         values = {f.name: getattr(proto, f.name).value for f in dataclasses.fields(cls)
