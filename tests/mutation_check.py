@@ -130,6 +130,26 @@ MUTATIONS += [  # Issue 13.
              (("tfkd/pipeline.py", "    if student.steps == 0:  # The full plan's steps",
                "    if False:  # The full plan's steps"),),
              ("tests/test_pipeline.py::test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere",)),
+    # Issue 13 (this session): step-counted training streams its transfer set.
+    Mutation("chunks_without_repeat", "a step-counted student's transfer set is not repeated",
+             (("tfkd/distill.py", "seed, repeat=length.repeat)", "seed, repeat=False)"),),
+             ("tests/test_distill.py::test_a_step_counted_student_streams_its_transfer_set_in_chunks",)),
+    # Issue 14: batching, metrics, Vertex output dirs.
+    Mutation("batch_rows_not_split", "every request of a batch gets the batch's first rows",
+             (("tfkd/serving/batching.py", "{k: v[start:start + task.size] for k, v in outputs.items()}",
+               "{k: v[:task.size] for k, v in outputs.items()}"),),
+             ("tests/test_batching_and_metrics.py::test_concurrent_batch_1_requests_are_merged_with_identical_answers",)),
+    Mutation("batch_closed_at_once", "every task closes its batch: nothing is merged",
+             (("tfkd/serving/batching.py", "if queue.open_size == self.params.max_batch_size:",
+               "if True:"),),
+             ("tests/test_batching_and_metrics.py::test_concurrent_batch_1_requests_are_merged_with_identical_answers",)),
+    Mutation("metrics_always_ok", "every request is counted with status OK",
+             (("tfkd/serving/monitoring.py", 'status = ("OK" if exc is None else',
+               'status = ("OK" if True else'),),
+             ("tests/test_batching_and_metrics.py::test_metrics_endpoint_counts_requests_per_model_and_version",)),
+    Mutation("aip_checkpoints_in_workdir", "AIP_CHECKPOINT_DIR is ignored",
+             (("tfkd/pipeline.py", "config.outputs.checkpoint_dir or config.workdir,", "config.workdir,"),),
+             ("tests/test_vertex.py::test_a_launcher_run_with_aip_variables_writes_its_outputs_there",)),
 ]
 
 

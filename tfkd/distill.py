@@ -422,6 +422,18 @@ def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: Studen
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _compile(student: keras.Model, config: StudentConfig, strategy, lr) -> None:
+    """Compiles the student for ``fit``: Adam at ``lr``, the config's loss, teacher agreement."""
+    with strategy.scope():
+        student.compile(optimizer=keras.optimizers.Adam(lr),
+                        loss=make_loss(config.loss, config.temperature),
+                        metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
+                        # Keras 3.15's multi-step loop fails under MirroredStrategy with more than
+                        # one replica ("You must feed a value for placeholder tensor"): one step.
+                        steps_per_execution=(config.steps_per_execution
+                                             if strategy.num_replicas_in_sync == 1 else 1))
+
+
 def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig, seed: int,
                   backup_dir: str | None = None, strategy: tf.distribute.Strategy | None = None,
                   verbose: int = 1, callbacks=None) -> tuple[keras.Model, dict]:
@@ -468,14 +480,7 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     if custom:
         return student, _custom_loop(student, ds, config, length, strategy, global_batch, lr,
                                      backup_dir, verbose)
-    with strategy.scope():
-        student.compile(optimizer=keras.optimizers.Adam(lr),
-                        loss=make_loss(config.loss, config.temperature),
-                        metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
-                        # Keras 3.15's multi-step loop fails under MirroredStrategy with more than
-                        # one replica ("You must feed a value for placeholder tensor"): one step.
-                        steps_per_execution=(config.steps_per_execution
-                                             if strategy.num_replicas_in_sync == 1 else 1))
+    _compile(student, config, strategy, lr)
     callbacks = list(callbacks or [])
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(

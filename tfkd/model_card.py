@@ -90,14 +90,7 @@ def build(report: dict, name: str = "student") -> dict:
     variants = report.get("student_variants") or {}
     eval_set = (f"{dataset} test split" if report.get("images") is None
                 else "the --eval_images folder") + f" ({report.get('eval_examples') or 0:,} images)"
-    metrics = []
-    for variant, figures in sorted(variants.items()):
-        for kind in ("accuracy", "fidelity", "validation_accuracy"):
-            if figures.get(kind) is not None:
-                metrics.append({"type": kind, "value": f"{figures[kind]:.4f}",
-                                "slice": f"{variant} on "
-                                         + ("the validation split" if kind == "validation_accuracy"
-                                            else eval_set)})
+    metrics = _metrics(variants, eval_set)
     sources = report.get("transfer_set_sources") or {}
     transfer = (f"{sum(sources.values()):,} images ("
                 + ", ".join(f"{k}: {v:,}" for k, v in sources.items())
@@ -130,19 +123,36 @@ def build(report: dict, name: str = "student") -> dict:
             ],
         },
         "quantitative_analysis": {"performance_metrics": metrics},
-        "considerations": {
-            "users": [{"description": "ML engineers deploying a compressed stand-in for a served "
-                                      "teacher classifier on TF Serving."}],
-            "use_cases": [{"description": (
-                f"Classifying {dataset} images into the teacher's classes where the teacher is "
-                "too large, slow or costly to call; a canary beside the teacher first.")}],
-            "limitations": [{"description": text} for text in _limitations(report)],
-            "tradeoffs": [{"description": (
-                f"{variant}: {_pct(f.get('accuracy'))} accuracy, "
-                f"{(f.get('saved_model_bytes') or 0) / 1e6:.2f} MB, "
-                f"{(f.get('cpu_latency_ms') or {}).get('batch_1', '-')} ms per image on CPU")}
-                for variant, f in sorted(variants.items())],
-        },
+        "considerations": _considerations(report, variants),
+    }
+
+
+def _metrics(variants: dict, eval_set: str) -> list[dict]:
+    """``performance_metrics`` entries: accuracy, fidelity, validation accuracy per variant."""
+    metrics = []
+    for variant, figures in sorted(variants.items()):
+        for kind in ("accuracy", "fidelity", "validation_accuracy"):
+            if figures.get(kind) is not None:
+                where = "the validation split" if kind == "validation_accuracy" else eval_set
+                metrics.append({"type": kind, "value": f"{figures[kind]:.4f}",
+                                "slice": f"{variant} on {where}"})
+    return metrics
+
+
+def _considerations(report: dict, variants: dict) -> dict:
+    """``considerations``: users, use cases, limitations, trade-offs between variants."""
+    return {
+        "users": [{"description": "ML engineers deploying a compressed stand-in for a served "
+                                  "teacher classifier on TF Serving."}],
+        "use_cases": [{"description": (
+            f"Classifying {report.get('dataset', '')} images into the teacher's classes where the "
+            "teacher is too large, slow or costly to call; a canary beside the teacher first.")}],
+        "limitations": [{"description": text} for text in _limitations(report)],
+        "tradeoffs": [{"description": (
+            f"{variant}: {_pct(f.get('accuracy'))} accuracy, "
+            f"{(f.get('saved_model_bytes') or 0) / 1e6:.2f} MB, "
+            f"{(f.get('cpu_latency_ms') or {}).get('batch_1', '-')} ms per image on CPU")}
+            for variant, f in sorted(variants.items())],
     }
 
 

@@ -165,16 +165,22 @@ def run_signature(servable: Servable, signature_name: str, inputs: dict,
     if len(set(aliases)) != len(aliases):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"duplicate output tensor alias in output_filter: {aliases}")
+    outputs = _call(servable, signature_name, feeds, batcher)
+    return {alias: outputs[alias] for alias in aliases}
+
+
+def _call(servable: Servable, signature_name: str, feeds: dict, batcher) -> dict[str, np.ndarray]:
+    """The model call of :func:`run_signature`, batched with concurrent ones when ``batcher`` is
+    given and every input has a batch axis. Raises ServingError (INVALID_ARGUMENT) for a failing
+    run."""
     try:
         if batcher is None or any(v.ndim == 0 for v in feeds.values()):
-            outputs = call_signature(servable, signature_name, feeds)
-        else:
-            layout = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()))
-            outputs = batcher.run((servable.name, servable.version, signature_name, layout),
-                                  lambda **f: call_signature(servable, signature_name, f), feeds)
+            return call_signature(servable, signature_name, feeds)
+        layout = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()))
+        return batcher.run((servable.name, servable.version, signature_name, layout),
+                           lambda **f: call_signature(servable, signature_name, f), feeds)
     except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
-    return {alias: outputs[alias] for alias in aliases}
 
 
 
