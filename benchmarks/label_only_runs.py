@@ -10,15 +10,19 @@ benchmarks/reports/fashion_mnist_label_only/); a killed run continues where it s
 
 SETTINGS (JSON): BoundaryConfig fields, plus ``label_only`` (one-hot methods), ``zsdb3kd``
 (ZeroShotConfig fields), ``zskd`` (ImpressionConfig fields; the method's defaults for the rest) and
-``zskd_blackbox`` (ZerothOrderConfig fields). ``zskd`` loads the same teacher's SavedModel in-process.
+``zskd_blackbox`` (ZerothOrderConfig fields), ``student`` (StudentConfig fields over the default).
+``zskd`` loads the same teacher's SavedModel in-process.
 
   python benchmarks/label_only_runs.py zskd zskd 0 '{}'
   python benchmarks/label_only_runs.py zskd_blackbox zskd_blackbox 0 '{"zskd": {"count": 12000}}'
+  python benchmarks/label_only_runs.py zskd_e200 zskd 0 '{"student": {"epochs": 200}}'
 """
+import dataclasses
 import json
 import sys
 
 from tfkd import boundary
+from tfkd import distill
 from tfkd import impressions
 from tfkd import pipeline
 from tfkd import serving
@@ -37,6 +41,7 @@ with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0)
                                     **extra.pop("zskd", {})),
         zskd_blackbox=impressions.ZerothOrderConfig(**extra.pop("zskd_blackbox", {})),
         teacher_saved_model=base if method == "zskd" else None,
+        student=dataclasses.replace(distill.StudentConfig(), **extra.pop("student", {})),
         db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
     r = pipeline.run(config)
 print(json.dumps({"name": name, "seed": seed, "test": r.student_accuracy,

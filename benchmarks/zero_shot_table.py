@@ -21,6 +21,8 @@ REPORTS = os.path.join(REPO, "benchmarks", "reports", "fashion_mnist_zero_shot")
 ROWS = {
     "zskd": ("zskd", "white-box: the teacher's SavedModel in-process; 48,000 impressions, 1,500 "
                      "Adam steps (the paper's)"),
+    "zskd_e200": ("zskd", "try: the paper's impressions (seed 0's, reused), student 200 epochs "
+                          "instead of 50"),
     "zskd_blackbox": ("zskd_blackbox", "black-box: gRPC answers only; 12,000 impressions, 100 "
                                        "steps, Adam 0.01, 2 x 10 probes per step"),
     "zskd_blackbox_lr05": ("zskd_blackbox", "try: as above, Adam 0.05 (the first default)"),
