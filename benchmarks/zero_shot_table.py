@@ -23,6 +23,7 @@ ROWS = {
                      "Adam steps (the paper's)"),
     "zskd_e200": ("zskd", "try: the paper's impressions (seed 0's, reused), student 200 epochs "
                           "instead of 50"),
+    "zskd_e15": ("zskd", "try: the same impressions, student 15 epochs"),
     "zskd_blackbox": ("zskd_blackbox", "black-box: gRPC answers only; 12,000 impressions, 100 "
                                        "steps, Adam 0.01, 2 x 10 probes per step"),
     "zskd_blackbox_lr05": ("zskd_blackbox", "try: as above, Adam 0.05 (the first default)"),
@@ -58,7 +59,7 @@ def markdown(rows: list[dict], results_md: str) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         acc, per_seed = label_only_table.accuracy_cells(r, results_md)
-        synth = ("-" if r["search_seconds"] is None else
+        synth = ("-" if r["search_seconds"] is None else "reused" if r["search_seconds"] < 1 else
                  f"{r['search_seconds'] / 60:.0f} min ({1000 * r['search_seconds'] / r['images']:.0f})")
         lines.append(f"| {r['method']} | {r['what']} | {len(r['seeds'])} | {r['images']:,} | "
                      f"{r['queries']:,} | {synth} | {acc} | {per_seed} | "
