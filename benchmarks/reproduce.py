@@ -169,6 +169,11 @@ ROWS = {
                         query_budget=25_000),
     "fsbbt_q10000": Row("fsbbt", "FS-BBT, default recipe, plan cut to 10,000 queries",
                         query_budget=10_000),
+    "fsbbt_q10000_streamed": Row("fsbbt", "FS-BBT, plan cut to 10,000 queries, rerun after the "
+                                 "per-epoch fix (the student streamed in 50 chunks)",
+                                 query_budget=10_000),
+    "fsbbt_default_rerun": Row("fsbbt", "FS-BBT, the launcher's default recipe, rerun in the "
+                               "session of the row above (its time on the same machine)"),
     "fsbbt_q5000": Row("fsbbt", "FS-BBT, default recipe, plan cut to 5,000 queries",
                        query_budget=5_000),
     "fsbbt_lenet5": Row("fsbbt", "FS-BBT, default recipe, same-size student (LeNet-5, the "
