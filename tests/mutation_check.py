@@ -150,6 +150,15 @@ MUTATIONS += [  # Issue 13.
     Mutation("aip_checkpoints_in_workdir", "AIP_CHECKPOINT_DIR is ignored",
              (("tfkd/pipeline.py", "config.outputs.checkpoint_dir or config.workdir,", "config.workdir,"),),
              ("tests/test_vertex.py::test_a_launcher_run_with_aip_variables_writes_its_outputs_there",)),
+    Mutation("card_metrics_of_float32", "the model card gives every variant the float32 figures",
+             (("tfkd/model_card.py", "metrics = _metrics(variants, eval_set)",
+               "metrics = _metrics({k: variants['float32'] for k in variants}, eval_set)"),),
+             ("tests/test_pipeline.py::test_launch_distill_end_to_end",)),
+    Mutation("kfp_evaluate_unserved", "the KFP evaluate step reports the artifact's metadata, not a "
+             "served measurement",
+             (("tfkd/kubeflow.py", "            accuracy = client_lib.accuracy(client, x, y)",
+               "            accuracy = 0.5"),),
+             ("tests/test_kubeflow.py::test_pipeline_runs_under_kfp_local_runner",)),
 ]
 
 
