@@ -257,8 +257,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         api = {":predict": "Predict", ":classify": "Classify", "/metadata": "GetModelMetadata"}.get(
             match["what"], "GetModelStatus")
         try:
+            # The answer is built inside the recording and sent after it, so a client that has
+            # its answer also finds it counted (as the gRPC path counts before it returns).
             with self.server.metrics.request(match["name"], api, "REST") as record:
-                return self._answer(match, self._spec(match), record)
+                answer = self._answer(match, self._spec(match), record)
+            return self._send(200, answer)
         except ServingError as e:
             return self._send(_HTTP_STATUS.get(e.code, 500), {"error": e.message})
         except _HTTPError as e:
@@ -267,19 +270,19 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             logging.error("REST %s %s: %s: %s", method, self.path, type(e).__name__, e)
             return self._send(500, {"error": f"internal error: {type(e).__name__}"}, close=True)
 
-    def _answer(self, match, spec, record):
+    def _answer(self, match, spec, record) -> dict:
+        """The JSON body of a 200 answer to a metadata, status, classify or predict request."""
         registry = self.server.registry
         if match["what"] == "/metadata":
             servable = registry.resolve(spec)
             record.version = servable.version
-            return self._send(200, json_format.MessageToDict(
-                metadata_response(servable), preserving_proto_field_name=True))
+            return json_format.MessageToDict(metadata_response(servable),
+                                             preserving_proto_field_name=True)
         if match["what"] is None:
             servables = ([registry.resolve(spec)] if match["version"] or match["label"]
                          else registry.versions(spec.name))
-            return self._send(200, json_format.MessageToDict(
-                status_response(servables), preserving_proto_field_name=True,
-                always_print_fields_with_no_presence=True))
+            return json_format.MessageToDict(status_response(servables), preserving_proto_field_name=True,
+                                             always_print_fields_with_no_presence=True)
         if match["what"] == ":classify":
             return self._classify(spec, record)
         return self._predict(spec, record)
@@ -297,16 +300,16 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         body, servable, signature_name = self._request(spec, record)
         classes, scores = run_classify(servable, signature_name, classify_examples(body))
         n, k = (classes if classes is not None else scores).shape[:2]
-        return self._send(200, {"result": [
+        return {"result": [
             [[None if classes is None else classes[i, j].decode("utf-8", "replace"),
               None if scores is None else float(scores[i, j])] for j in range(k)]
-            for i in range(n)]})
+            for i in range(n)]}
 
     def _predict(self, spec, record):
         body, servable, signature_name = self._request(spec, record)
         inputs, row = predict_inputs(body, servable.signature_defs.get(signature_name))
         outputs = run_signature(servable, signature_name, inputs, [], self.server.batcher)
-        return self._send(200, predict_answer(outputs, row))
+        return predict_answer(outputs, row)
 
     def do_GET(self):
         self._route("GET")
