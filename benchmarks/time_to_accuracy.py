@@ -74,13 +74,14 @@ def section() -> list[str]:
              "running). Seconds after the",
              "teacher: CVAE, synthesis, the teacher's labels and the student's training. Reports: "
              "benchmarks/reports/time_to_accuracy/.", "",
-             "| seed | reference acc. % | reference s (student s) | tfkd acc. % | tfkd s (student s) "
-             "| tfkd / reference time |", "|---|---:|---:|---:|---:|---:|"]
+             "| seed | reference acc. % | reference s (student s) | tfkd acc. % | tfkd student epochs "
+             "| tfkd s (student s) | tfkd / reference time |", "|---|---:|---:|---:|---:|---:|---:|"]
     for seed, ref, ours in pairs:
         (ref_s, ref_student), (our_s, our_student) = after_teacher("reference", ref), after_teacher(
             "tfkd", ours)
         lines.append(f"| {seed} | {100 * ref['student_accuracy']:.2f} | {ref_s:.0f} "
-                     f"({ref_student:.0f}) | {100 * ours['student_accuracy']:.2f} | {our_s:.0f} "
+                     f"({ref_student:.0f}) | {100 * ours['student_accuracy']:.2f} | "
+                     f"{ours.get('student_epochs')} | {our_s:.0f} "
                      f"({our_student:.0f}) | {our_s / ref_s:.2f} |")
     return lines
 

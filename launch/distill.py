@@ -160,7 +160,9 @@ flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Stu
 flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PATH.keras: images "
                     "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
                     "--student_architecture.")
-flags.DEFINE_integer("student_epochs", _STUDENT.epochs, "Student training epochs.")
+flags.DEFINE_integer("student_epochs", None, "Student training epochs (default: the method's: "
+                     "100 for fsbbt, chosen on the validation split; "
+                     f"{_STUDENT.epochs} for the others).")
 flags.DEFINE_integer("student_steps", _STUDENT.steps, "Student optimizer steps in all, as whole "
                      "epochs (0: --student_epochs); a plan cut to --query_budget keeps the full "
                      "plan's steps.")
@@ -304,7 +306,9 @@ def config_from_flags() -> pipeline.DistillConfig:
                                  epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim,
                                  architecture=cvae_arch, working_size=FLAGS.cvae_working_size),
         student=distill.StudentConfig(
-            architecture=student_arch, epochs=FLAGS.student_epochs, steps=FLAGS.student_steps,
+            architecture=student_arch, steps=FLAGS.student_steps,
+            epochs=(FLAGS.student_epochs or methods.get(FLAGS.method).student_epochs
+                    or _STUDENT.epochs),
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,

@@ -97,6 +97,10 @@ MUTATIONS = [
               ("tfkd/cluster.py", "        if self.count == 1:\n            return mine\n        size",
                "        if True:\n            return mine\n        size")),
              ("tests/test_distributed.py::test_two_workers_stay_in_step_and_export_exactly_one_student",)),
+    Mutation("fsbbt_epochs_not_adopted", "the launcher trains fsbbt's student the library's 50 epochs",
+             (("tfkd/methods/fsbbt.py", "teacher soft labels\", student_epochs=100))",
+               "teacher soft labels\", student_epochs=None))"),),
+             ("tests/test_pipeline.py::test_launcher_student_epochs_default_is_the_methods",)),
 ]
 
 

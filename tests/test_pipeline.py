@@ -326,3 +326,22 @@ def test_a_query_budget_cuts_the_synthetic_images_in_their_ratio():
     assert (length.epochs, length.steps_per_epoch, length.steps) == (50, 157, 7850)
     assert distill.training_length(distill.StudentConfig(epochs=3), 1000, 64) == (
         distill.TrainingLength(3, 15, repeat=False))
+
+
+def test_launcher_student_epochs_default_is_the_methods():
+    """--student_epochs left out: 100 for fsbbt (chosen on the validation split, RESULTS.md row
+    fsbbt_e100), the library's 50 for the others (ZSKD's student overfits longer training); given,
+    it wins. The launcher's flags parse in a child process (absl's FLAGS are process-global)."""
+    cases = [(["--method=fsbbt"], 100), (["--method=zskd"], 50), (["--method=standard_kd"], 50),
+             (["--method=fsbbt", "--student_epochs=7"], 7)]
+    script = ("import json, sys\nfrom absl import flags\nfrom launch import distill as d\n"
+              "for args in json.loads(sys.argv[1]):\n"
+              "    flags.FLAGS.unparse_flags()\n"
+              "    flags.FLAGS(['x', '--workdir=/tmp/unused', *args])\n"
+              "    print(d.config_from_flags().student.epochs)\n")
+    out = subprocess.run([sys.executable, "-c", script, json.dumps([a for a, _ in cases])],
+                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [int(v) for v in out.stdout.split()[-len(cases):]] == [e for _, e in cases], out.stdout
+    assert methods.get("fsbbt").student_epochs == 100 and distill.StudentConfig().epochs == 50

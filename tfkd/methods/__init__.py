@@ -176,6 +176,8 @@ class Method:
       reads_true_labels: the method reads the few-shot images' labels (a supervised baseline).
       loss: the student's loss, a name in :data:`tfkd.distill.LOSSES`; None: the config's.
       description: one line for ``--help``.
+      student_epochs: the launcher's default ``--student_epochs`` for this method (chosen on the
+        validation split); None: the library's ``StudentConfig.epochs`` (50, the paper's).
     """
 
     name: str = ""
@@ -183,6 +185,7 @@ class Method:
     reads_true_labels: bool = False
     loss: str | None = None
     description: str = ""
+    student_epochs: int | None = None
 
     def fingerprint(self, config) -> tuple:
         """JSON-able settings the transfer set depends on besides data, seed, N and the teacher's
