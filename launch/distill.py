@@ -160,9 +160,11 @@ flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Stu
 flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PATH.keras: images "
                     "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
                     "--student_architecture.")
-flags.DEFINE_integer("student_epochs", None, "Student training epochs (default: the method's: "
-                     "100 for fsbbt, chosen on the validation split; "
-                     f"{_STUDENT.epochs} for the others).")
+_METHOD_EPOCHS = ", ".join(f"{m} {methods.get(m).student_epochs}" for m in methods.names()
+                          if methods.get(m).student_epochs)
+flags.DEFINE_integer("student_epochs", None, "Student training epochs (default: the method's, "
+                     f"chosen on the validation split: {_METHOD_EPOCHS}; {_STUDENT.epochs} for the "
+                     "others).")
 flags.DEFINE_integer("student_steps", _STUDENT.steps, "Student optimizer steps in all, as whole "
                      "epochs (0: --student_epochs); a plan cut to --query_budget keeps the full "
                      "plan's steps.")
