@@ -96,6 +96,7 @@ PAPER_STUDENT = distill.StudentConfig(lr_schedule="constant")
 
 # Student recipes tried against the method's cell of the same seed, on the validation split only
 # (name -> (method, StudentConfig fields, what, seed)).
+_E100 = {"lr_schedule": "cosine", "epochs": 100}  # fsbbt's launcher default since row fsbbt_e100
 _COSINE = "FS-BBT, student Adam 1e-3 with cosine decay instead of the paper's constant"
 STUDENT_TRIES = {
     "fsbbt_cosine_lr": ("fsbbt", {"lr_schedule": "cosine"}, _COSINE, 0),
@@ -119,6 +120,15 @@ STUDENT_TRIES = {
                          "standard KD, cosine, 800 epochs (24,800 steps)", 0),
     "fsbbt_e100": ("fsbbt", {"lr_schedule": "cosine", "epochs": 100},
                    "FS-BBT, cosine, batch 64, 100 epochs (twice the default's steps)", 0),
+    # Issue 13, on top of fsbbt's 100-epoch default (compared with the try fsbbt_e100).
+    "fsbbt_e100_kd_t4": ("fsbbt", {**_E100, "loss": "kd", "temperature": 4.0},
+                         "FS-BBT, 100 epochs, KD loss at T = 4 on the teacher's probabilities", 0),
+    "fsbbt_e100_flip": ("fsbbt", {**_E100, "horizontal_flip": True},
+                        "FS-BBT, 100 epochs, random horizontal flips of the training images", 0),
+    "fsbbt_e100_no_train_mixup": ("fsbbt", {**_E100, "mixup_alpha": 0.0},
+                                  "FS-BBT, 100 epochs, no training-time MixUp (α = 0)", 0),
+    "fsbbt_e200": ("fsbbt", {**_E100, "epochs": 200},
+                   "FS-BBT, cosine, batch 64, 200 epochs (DivBFKD's student length)", 0),
 }
 
 
@@ -131,7 +141,10 @@ STUDENT_TRY_STATUS = {name: _ADOPTED for name in STUDENT_TRIES if name.startswit
 # A try compared with another stored report than its method's grid cell (the default recipe).
 TRY_COMPARED_WITH = {"fsbbt_b256_lr2e-3_e25": "student_try-fsbbt_cosine_lr",
                      "fsbbt_kd_t4": "student_try-fsbbt_cosine_lr",
-                     "fsbbt_e100": "student_try-fsbbt_cosine_lr"}
+                     "fsbbt_e100": "student_try-fsbbt_cosine_lr",
+                     **{name: "student_try-fsbbt_e100" for name in (
+                         "fsbbt_e100_kd_t4", "fsbbt_e100_flip", "fsbbt_e100_no_train_mixup",
+                         "fsbbt_e200")}}
 STUDENT_TRY_STATUS.update({
     "fsbbt_b256_lr2e-3_e25": "not adopted: the default keeps batch 64 for 50 epochs",
     "fsbbt_e100": "run with 3 seeds as the tuned table's row fsbbt_e100; adopted as fsbbt's default",

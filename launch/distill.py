@@ -179,6 +179,8 @@ flags.DEFINE_float("temperature", _STUDENT.temperature, "Temperature for --loss=
 flags.DEFINE_integer("steps_per_execution", _STUDENT.steps_per_execution, "Student training "
                      "steps per compiled call.")
 flags.DEFINE_float("train_mixup_alpha", _STUDENT.mixup_alpha, "Training-time MixUp α; 0 disables.")
+flags.DEFINE_bool("horizontal_flip", _STUDENT.horizontal_flip, "Mirror training images left-right "
+                  "at random (clothing and natural images; not digits).")
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
@@ -314,6 +316,7 @@ def config_from_flags() -> pipeline.DistillConfig:
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
+            horizontal_flip=FLAGS.horizontal_flip,
             checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,
             steps_per_execution=FLAGS.steps_per_execution),
         db3kd=boundary.BoundaryConfig(search=FLAGS.db3kd_search,

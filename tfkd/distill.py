@@ -70,6 +70,9 @@ class StudentConfig:
       mixup_alpha: training-time MixUp λ ~ Beta(α, α) per example; 0 disables.
       rotation_degrees: random rotation up to ± this many degrees; 0 disables.
       shift_fraction: random shifts up to ± this fraction of height and width; 0 disables.
+      horizontal_flip: mirror each image left-right with probability 1/2 (its soft label is kept).
+        Off by default: right only where a mirrored image is the same class (clothing, natural
+        images), wrong for digits and text.
       steps_per_execution: Keras' steps per compiled call (per-step overhead).
       checkpoint_steps: with a backup dir, also save the training state every this many steps
         (0: at the end of each epoch only). Keras ``fit`` only.
@@ -89,6 +92,7 @@ class StudentConfig:
     mixup_alpha: float = 1.0
     rotation_degrees: float = 10.0
     shift_fraction: float = 0.1
+    horizontal_flip: bool = False
     steps_per_execution: int = 32
     checkpoint_steps: int = 0
     loop: str = "auto"
@@ -357,6 +361,11 @@ def _augment_fn(config: StudentConfig):
         seeds = tf.random.experimental.stateless_split(tf.stack([batch_seed, batch_seed // 7]), 2)
         if config.rotation_degrees or config.shift_fraction:
             images = random_affine(images, config.rotation_degrees, config.shift_fraction, seeds[0])
+        if config.horizontal_flip:
+            # Its own seed folded from the affine's, so the other draws stay as they were.
+            flip_seed = tf.random.experimental.stateless_fold_in(seeds[0], 1)
+            mirror = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], flip_seed) < 0.5
+            images = tf.where(mirror, tf.reverse(images, [2]), images)
         if alpha > 0:
             # λ ~ Beta(α, α) per example, as a ratio of Gamma draws; partner = the batch reversed.
             b = tf.shape(images)[0]
