@@ -127,6 +127,10 @@ STUDENT_TRIES = {
                         "FS-BBT, 100 epochs, random horizontal flips of the training images", 0),
     "fsbbt_e100_no_train_mixup": ("fsbbt", {**_E100, "mixup_alpha": 0.0},
                                   "FS-BBT, 100 epochs, no training-time MixUp (α = 0)", 0),
+    "fsbbt_e100_ema": ("fsbbt", {**_E100, "ema_momentum": 0.999},
+                       "FS-BBT, 100 epochs, exported weights averaged (EMA, momentum 0.999)", 0),
+    "fsbbt_e100_wd": ("fsbbt", {**_E100, "weight_decay": 1e-4},
+                      "FS-BBT, 100 epochs, Adam with decoupled weight decay 1e-4", 0),
     "fsbbt_e200": ("fsbbt", {**_E100, "epochs": 200},
                    "FS-BBT, cosine, batch 64, 200 epochs (DivBFKD's student length)", 0),
 }
@@ -144,7 +148,7 @@ TRY_COMPARED_WITH = {"fsbbt_b256_lr2e-3_e25": "student_try-fsbbt_cosine_lr",
                      "fsbbt_e100": "student_try-fsbbt_cosine_lr",
                      **{name: "student_try-fsbbt_e100" for name in (
                          "fsbbt_e100_kd_t4", "fsbbt_e100_flip", "fsbbt_e100_no_train_mixup",
-                         "fsbbt_e200")}}
+                         "fsbbt_e200", "fsbbt_e100_ema", "fsbbt_e100_wd")}}
 STUDENT_TRY_STATUS.update({
     "fsbbt_b256_lr2e-3_e25": "not adopted: the default keeps batch 64 for 50 epochs",
     "fsbbt_e100": "run with 3 seeds as the tuned table's row fsbbt_e100; adopted as fsbbt's default",

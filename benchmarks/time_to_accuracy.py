@@ -1,27 +1,37 @@
-r"""Time to accuracy: tfkd's default run beside a plain Keras 3 implementation of the same algorithm.
+r"""Time to accuracy: tfkd's runs beside a plain Keras 3 implementation of the same algorithm.
 
-  python benchmarks/time_to_accuracy.py [SEED ...]        (default: 1, the reference's own default)
+  python benchmarks/time_to_accuracy.py --session=s2 --seeds=0 --kinds=reference,tfkd,tfkd_e25
 
-For each seed, one after the other on this machine (stop other work first: both are timed):
+For each seed, one after the other on this machine (stop other work first: all are timed), each
+kind of :data:`KINDS`:
 
-1. **reference**: ``python ../shared/reference/fsbbt_reference.py OUT/reference-seed<S> --seed=<S>``,
-   the project's plain implementation of FS-BBT (teacher in process, Keras ``fit`` at batch 64 for
-   50 epochs). Its report's ``seconds``: teacher, cvae, synthesis_and_labels, student.
-2. **tfkd**: the README command, ``python launch/distill.py --workdir=OUT/tfkd-seed<S> --seed=<S>``:
-   it trains a LeNet-5 teacher into the work dir, serves it over gRPC and runs the default recipe.
+- **reference**: ``python ../shared/reference/fsbbt_reference.py OUT --seed=<S>``, the project's
+  plain implementation of FS-BBT (teacher in process, Keras ``fit`` at batch 64 for 50 epochs). Its
+  report's ``seconds``: teacher, cvae, synthesis_and_labels, student.
+- **tfkd**: the README command, ``python launch/distill.py --workdir=OUT --seed=<S>``: it trains a
+  LeNet-5 teacher into the work dir, serves it over gRPC and runs the default recipe (fsbbt's
+  student trains 100 epochs since issue 13; the session ``s1`` runs were made at 50).
+- **tfkd_e25**: the same command with ``--student_epochs=25``: a quarter of the default's steps.
 
 "After the teacher" is what the issue compares: the reference's cvae + synthesis_and_labels + student
 seconds; tfkd's CVAE training and sampling, MixUp, the teacher's labels and the student's training
-(stages ``cvae_training``, ``cvae_sampling``, ``mixup``, ``label_*``, ``student_training``). Both
-reports are copied to ``benchmarks/reports/time_to_accuracy/``; a run whose report exists is not run
-again. RESULTS.md's section is :func:`section` (``reproduce.py --write_only``).
+(stages ``cvae_training``, ``cvae_sampling``, ``mixup``, ``label_*``, ``student_training``). Reports
+are copied to ``benchmarks/reports/time_to_accuracy/<session>-<kind>-seed<S>.json``; a run whose
+report exists is not run again. A session is one sitting on one machine: tfkd's runs are compared
+only with the reference of the same session and seed (the same code's seconds differ by up to 2x
+between sessions here). RESULTS.md's section is :func:`section` (``reproduce.py --write_only``).
 """
 
+import collections
+import glob
 import json
 import os
 import shutil
 import subprocess
 import sys
+
+from absl import app
+from absl import flags
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(_REPO, "..", "shared", "reference", "fsbbt_reference.py")
@@ -29,6 +39,10 @@ OUT = os.path.join(_REPO, "runs", "time_to_accuracy")
 STORED = os.path.join(_REPO, "benchmarks", "reports", "time_to_accuracy")
 TFKD_STAGES = ("cvae_training", "cvae_sampling", "mixup", "label_real", "label_mixup", "label_cvae",
                "student_training")
+# Kind -> the launcher's extra flags (None: the reference implementation).
+KINDS = {"reference": None, "tfkd": [], "tfkd_e25": ["--student_epochs=25"]}
+
+FLAGS = flags.FLAGS
 
 
 def after_teacher(kind: str, report: dict) -> tuple[float, float]:
@@ -40,16 +54,17 @@ def after_teacher(kind: str, report: dict) -> tuple[float, float]:
     return sum(s.get(k, 0.0) for k in TFKD_STAGES), s["student_training"]
 
 
-def run(kind: str, seed: int) -> dict:
-    """Runs (or finds) one side's report for ``seed``; returns it."""
-    stored = os.path.join(STORED, f"{kind}-seed{seed}.json")
+def run(session: str, kind: str, seed: int) -> dict:
+    """Runs (or finds) one report of ``kind`` for ``seed`` in ``session``; returns it."""
+    name = f"{session}-{kind}-seed{seed}"
+    stored = os.path.join(STORED, name + ".json")
     if not os.path.exists(stored):
-        out = os.path.join(OUT, f"{kind}-seed{seed}")
-        if kind == "reference":
+        out = os.path.join(OUT, name)
+        if KINDS[kind] is None:
             command = [sys.executable, REFERENCE, out, f"--seed={seed}"]
         else:
             command = [sys.executable, os.path.join(_REPO, "launch", "distill.py"),
-                       f"--workdir={out}", f"--seed={seed}", "--verbose=0"]
+                       f"--workdir={out}", f"--seed={seed}", "--verbose=0", *KINDS[kind]]
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True)
         os.makedirs(STORED, exist_ok=True)
@@ -60,38 +75,53 @@ def run(kind: str, seed: int) -> dict:
 
 def section() -> list[str]:
     """RESULTS.md's time-to-accuracy section from the stored reports; [] without a pair."""
-    pairs = []
-    for seed in range(10):
-        paths = [os.path.join(STORED, f"{k}-seed{seed}.json") for k in ("reference", "tfkd")]
-        if all(os.path.exists(p) for p in paths):
-            pairs.append((seed, *(json.load(open(p)) for p in paths)))
-    if not pairs:
+    found = collections.defaultdict(dict)  # (session, seed) -> kind -> report
+    for path in sorted(glob.glob(os.path.join(STORED, "*-seed*.json"))):
+        session, kind, seed = os.path.basename(path)[:-len(".json")].rsplit("-", 2)
+        with open(path) as f:
+            found[session, int(seed[len("seed"):])][kind] = json.load(f)
+    lines = []
+    for (session, seed), runs in sorted(found.items()):
+        if "reference" not in runs:
+            continue
+        ref = runs["reference"]
+        ref_s, ref_student = after_teacher("reference", ref)
+        for kind in (k for k in KINDS if k in runs and k != "reference"):
+            ours = runs[kind]
+            our_s, our_student = after_teacher(kind, ours)
+            lines.append(f"| {session} | {seed} | {100 * ref['student_accuracy']:.2f} | {ref_s:.0f} "
+                         f"({ref_student:.0f}) | {kind} | {ours.get('student_epochs')} | "
+                         f"{100 * ours['student_accuracy']:.2f} | {our_s:.0f} ({our_student:.0f}) | "
+                         f"**{our_s / ref_s:.2f}** |")
+    if not lines:
         return []
-    lines = ["## Time to accuracy against a plain Keras implementation", "",
-             "`python benchmarks/time_to_accuracy.py`: the plain Keras 3 FS-BBT of "
-             "`../shared/reference/fsbbt_reference.py` and",
-             "tfkd's README command, one after the other on this machine (2 CPU cores, nothing else "
-             "running). Seconds after the",
-             "teacher: CVAE, synthesis, the teacher's labels and the student's training. Reports: "
-             "benchmarks/reports/time_to_accuracy/.", "",
-             "| seed | reference acc. % | reference s (student s) | tfkd acc. % | tfkd student epochs "
-             "| tfkd s (student s) | tfkd / reference time |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for seed, ref, ours in pairs:
-        (ref_s, ref_student), (our_s, our_student) = after_teacher("reference", ref), after_teacher(
-            "tfkd", ours)
-        lines.append(f"| {seed} | {100 * ref['student_accuracy']:.2f} | {ref_s:.0f} "
-                     f"({ref_student:.0f}) | {100 * ours['student_accuracy']:.2f} | "
-                     f"{ours.get('student_epochs')} | {our_s:.0f} "
-                     f"({our_student:.0f}) | {our_s / ref_s:.2f} |")
-    return lines
+    return ["## Time to accuracy against a plain Keras implementation", "",
+            "`python benchmarks/time_to_accuracy.py`: the plain Keras 3 FS-BBT of "
+            "`../shared/reference/fsbbt_reference.py` (50 student epochs) and",
+            "tfkd's README command (`tfkd`; `tfkd_e25`: with `--student_epochs=25`), one after the other "
+            "on this machine (2 CPU cores, nothing else",
+            "running); each tfkd run beside the reference of its own session and seed. Seconds after "
+            "the teacher: CVAE, synthesis, the teacher's",
+            "labels and the student's training. Test accuracy, final epoch. Reports: "
+            "benchmarks/reports/time_to_accuracy/.", "",
+            "| session | seed | reference acc. % | reference s (student s) | tfkd run | student epochs "
+            "| tfkd acc. % | tfkd s (student s) | tfkd / reference time |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|", *lines]
 
 
-def main(seeds: list[int]) -> None:
-    for seed in seeds:
-        for kind in ("reference", "tfkd"):
-            run(kind, seed)
+def main(argv) -> None:
+    del argv
+    unknown = [kind for kind in FLAGS.kinds if kind not in KINDS]
+    if unknown:
+        raise app.UsageError(f"--kinds: {unknown} not in {list(KINDS)}")
+    for seed in FLAGS.seeds:
+        for kind in FLAGS.kinds:
+            run(FLAGS.session, kind, int(seed))
     print("\n".join(section()))
 
 
-if __name__ == "__main__":
-    main([int(s) for s in sys.argv[1:]] or [1])
+if __name__ == "__main__":  # Flags only here: reproduce.py imports this module beside its own.
+    flags.DEFINE_string("session", "s2", "Name of this sitting (one machine, one after the other).")
+    flags.DEFINE_list("seeds", ["0"], "Seeds.")
+    flags.DEFINE_list("kinds", list(KINDS), f"Runs per seed, from {list(KINDS)}.")
+    app.run(main)

@@ -173,6 +173,10 @@ flags.DEFINE_float("learning_rate", _STUDENT.learning_rate, "Student Adam learni
 flags.DEFINE_enum("lr_schedule", _STUDENT.lr_schedule, list(distill.LR_SCHEDULES), "Student "
                   "learning-rate schedule: cosine decay to 0 (chosen on the validation split) or "
                   "constant (the FS-BBT paper's).")
+flags.DEFINE_float("weight_decay", _STUDENT.weight_decay, "Student Adam's decoupled weight decay "
+                   "(0 disables).")
+flags.DEFINE_float("ema_momentum", _STUDENT.ema_momentum, "Export an exponential moving average of "
+                   "the student's weights with this momentum (0 disables).")
 flags.DEFINE_enum("loss", _STUDENT.loss, list(distill.LOSSES), "soft_ce: cross-entropy to the "
                   "teacher's probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", _STUDENT.temperature, "Temperature for --loss=kd.")
@@ -227,6 +231,10 @@ flags.register_validator("verbose", lambda v: v is None or v in (0, 1, 2),
                          message="--verbose must be 0, 1 or 2")
 flags.register_validator("train_mixup_alpha", lambda v: v >= 0,
                          message="--train_mixup_alpha must be >= 0 (0 disables)")
+flags.register_validator("weight_decay", lambda v: v >= 0,
+                         message="--weight_decay must be >= 0 (0 disables)")
+flags.register_validator("ema_momentum", lambda v: 0 <= v < 1,
+                         message="--ema_momentum must be in [0, 1) (0 disables)")
 
 
 def _valid_target(value: str) -> bool:
@@ -317,6 +325,7 @@ def config_from_flags() -> pipeline.DistillConfig:
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
             horizontal_flip=FLAGS.horizontal_flip,
+            weight_decay=FLAGS.weight_decay, ema_momentum=FLAGS.ema_momentum,
             checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,
             steps_per_execution=FLAGS.steps_per_execution),
         db3kd=boundary.BoundaryConfig(search=FLAGS.db3kd_search,

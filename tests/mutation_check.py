@@ -28,6 +28,7 @@ class Mutation:
     tests: tuple  # pytest node ids that must fail
 
 
+_AVERAGING = "tests/test_distill.py::test_weight_averaging_and_decay_change_the_exported_weights_as_defined"
 MUTATIONS = [
     Mutation("unreadable_files_uncounted", "files that fail to decode are dropped without a count",
              (("tfkd/images.py", "skipped = tuple(names[i] for i in np.setdiff1d(indices, got))",
@@ -101,6 +102,21 @@ MUTATIONS = [
              (("tfkd/methods/fsbbt.py", "teacher soft labels\", student_epochs=100))",
                "teacher soft labels\", student_epochs=None))"),),
              ("tests/test_pipeline.py::test_launcher_student_epochs_default_is_the_methods",)),
+    Mutation("flip_ignored", "StudentConfig.horizontal_flip is never applied",
+             (("tfkd/distill.py", "        if config.horizontal_flip:", "        if False:"),),
+             ("tests/test_distill.py::test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels",)),
+    Mutation("flip_vertical", "the flip mirrors top-bottom instead of left-right",
+             (("tfkd/distill.py", "tf.where(mirror, tf.reverse(images, [2]), images)",
+               "tf.where(mirror, tf.reverse(images, [1]), images)"),),
+             ("tests/test_distill.py::test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels",)),
+    Mutation("ema_not_swapped_in_custom_loop", "the custom loop exports the training weights, not "
+             "their average",
+             (("tfkd/distill.py",
+               "        optimizer.finalize_variable_values(student.trainable_variables)", "        pass"),),
+             (_AVERAGING + "[custom]",)),
+    Mutation("weight_decay_dropped", "the student's Adam ignores weight_decay",
+             (("tfkd/distill.py", "weight_decay=config.weight_decay or None,", "weight_decay=None,"),),
+             (_AVERAGING + "[fit]",)),
 ]
 
 

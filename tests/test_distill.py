@@ -1,8 +1,10 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfkd import distill
+from tfkd import models
 
 
 def test_temperature_kd_at_t1_is_soft_cross_entropy():
@@ -39,6 +41,27 @@ def test_training_batches_interpolate_stored_soft_labels():
     assert float(tf.reduce_max(y)) < 1.0 or float(tf.reduce_min(tf.reduce_max(y, 1))) < 1.0
 
 
+def test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels():
+    images = np.zeros((64, 28, 28, 1), np.float32)
+    images[:, :, :5] = 1.0  # a bar on the left edge: mirrored, it is on the right
+    labels = np.eye(10, dtype=np.float32)[np.arange(64) % 10]
+    plain = dict(mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+
+    def batch(flip):
+        config = distill.StudentConfig(horizontal_flip=flip, **plain)
+        x, y = next(iter(distill.training_dataset(images, labels, config, 64, seed=3)))
+        return x.numpy(), y.numpy()
+
+    x, y = batch(True)
+    mirrored = x[:, :, -5:].min(axis=(1, 2, 3)) == 1.0
+    assert 16 <= mirrored.sum() <= 48  # Binomial(64, 1/2): outside this range p < 1e-4
+    np.testing.assert_array_equal(x[mirrored][:, :, :-5], 0.0)
+    np.testing.assert_array_equal(x[~mirrored], images[~mirrored])
+    np.testing.assert_array_equal(y.sum(0), labels.sum(0))  # soft labels kept as they were
+    np.testing.assert_array_equal(batch(True)[0], x)  # same seed, same draws
+    assert (batch(False)[0][:, :, :5] == 1.0).all()
+
+
 def test_student_trains_and_resumes(fashion, tmp_path):
     images = fashion.x_train[:640]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:640]] * 0.9 + 0.01
@@ -52,6 +75,31 @@ def test_student_trains_and_resumes(fashion, tmp_path):
     _, resumed = distill.train_student(images, soft, longer, seed=0, backup_dir=str(tmp_path),
                                        verbose=0)
     assert len(resumed["loss"]) == 1
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashion, loop):
+    """ema_momentum: the exported weights are the average, so after 20 steps at momentum 0.99 they
+    have moved from the initial weights far less than the trained ones; weight_decay shrinks them."""
+    images = fashion.x_train[:1280]
+    soft = np.eye(10, dtype=np.float32)[fashion.y_train[:1280]]
+    plain = dict(epochs=1, mixup_alpha=0, rotation_degrees=0, shift_fraction=0, loop=loop,
+                 lr_schedule="constant", learning_rate=1e-2)
+
+    def weights(**fields):
+        student, _ = distill.train_student(images, soft, distill.StudentConfig(**plain, **fields),
+                                           seed=0, verbose=0)
+        return np.concatenate([np.ravel(w) for w in student.get_weights()])
+
+    keras.utils.set_random_seed(0)  # what train_student does before it builds the student
+    initial = np.concatenate([np.ravel(w) for w in models.build_model(
+        "lenet5_half", images.shape[1:], 10).get_weights()])
+    trained, averaged = weights(), weights(ema_momentum=0.99)
+    moved, moved_average = np.linalg.norm(trained - initial), np.linalg.norm(averaged - initial)
+    assert moved > 0 and moved_average < 0.5 * moved, (moved, moved_average)
+    assert np.linalg.norm(weights(weight_decay=20.0)) < 0.9 * np.linalg.norm(trained)
+    with pytest.raises(ValueError, match="ema_momentum=1"):
+        distill.StudentConfig(ema_momentum=1).validate()
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])

@@ -66,6 +66,11 @@ class StudentConfig:
       lr_schedule: one of ``LR_SCHEDULES``; default ``cosine`` decay to 0 (chosen on the validation
         split over the paper's constant rate: +0.52, +0.30, +0.46 points for FS-BBT, seeds 0-2;
         RESULTS.md, "Log of tries"). ``constant`` is the paper's.
+      weight_decay: Adam's decoupled weight decay (Keras' ``weight_decay``, AdamW's rule: each
+        step subtracts learning rate x weight_decay x weight); 0 disables.
+      ema_momentum: with a value in (0, 1), the exported weights are an exponential moving average
+        of the training weights with this momentum (Polyak averaging, Keras' ``use_ema``), swapped
+        in when training ends; 0 disables.
       loss: one of ``LOSSES``; temperature: T for ``kd`` (ignored by ``soft_ce``).
       mixup_alpha: training-time MixUp λ ~ Beta(α, α) per example; 0 disables.
       rotation_degrees: random rotation up to ± this many degrees; 0 disables.
@@ -87,6 +92,8 @@ class StudentConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    ema_momentum: float = 0.0
     loss: str = "soft_ce"
     temperature: float = 1.0
     mixup_alpha: float = 1.0
@@ -107,6 +114,8 @@ class StudentConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("learning_rate", self.learning_rate > 0, "> 0"),
             ("lr_schedule", self.lr_schedule in LR_SCHEDULES, LR_SCHEDULES),
+            ("weight_decay", self.weight_decay >= 0, ">= 0 (0 disables)"),
+            ("ema_momentum", 0 <= self.ema_momentum < 1, "in [0, 1) (0 disables)"),
             ("loss", self.loss in LOSSES, LOSSES), ("temperature", self.temperature > 0, "> 0"),
             ("mixup_alpha", self.mixup_alpha >= 0, ">= 0 (0 disables)"),
             ("steps_per_execution", self.steps_per_execution >= 1, ">= 1"),
@@ -257,6 +266,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
 
 
+def _optimizer(config: StudentConfig, lr) -> keras.optimizers.Adam:
+    """The student's Adam at ``lr``, with the config's weight decay and weight averaging."""
+    return keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None,
+                                 use_ema=config.ema_momentum > 0,
+                                 ema_momentum=config.ema_momentum or 0.99)
+
+
 def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, strategy,
                  global_batch: int, lr, backup_dir: str | None, verbose: int) -> dict:
     """Trains with ``strategy.run`` / ``strategy.reduce``; per-example losses are averaged over the
@@ -265,7 +281,7 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
     ``tf.train.CheckpointManager`` (non-chief workers write to their own subdirectory) and restored
     on a rerun. Returns the history dict (per-epoch mean ``loss``)."""
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(lr)
+        optimizer = _optimizer(config, lr)
         optimizer.build(student.trainable_variables)
         loss_fn = make_loss(config.loss, config.temperature, reduction=None)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -311,6 +327,8 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
             manager.save()  # Every worker saves: the save is a collective operation.
         if verbose:
             logging.info("Student epoch %d/%d: loss %.4f", e + 1, length.epochs, history["loss"][-1])
+    if config.ema_momentum:  # As Keras' fit does at the end of training.
+        optimizer.finalize_variable_values(student.trainable_variables)
     return history
 
 
@@ -434,7 +452,7 @@ def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: Studen
 def _compile(student: keras.Model, config: StudentConfig, strategy, lr) -> None:
     """Compiles the student for ``fit``: Adam at ``lr``, the config's loss, teacher agreement."""
     with strategy.scope():
-        student.compile(optimizer=keras.optimizers.Adam(lr),
+        student.compile(optimizer=_optimizer(config, lr),
                         loss=make_loss(config.loss, config.temperature),
                         metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
                         # Keras 3.15's multi-step loop fails under MirroredStrategy with more than
