@@ -187,6 +187,8 @@ def distill_flags():
     ("--mixup_alpha=0", "--mixup_alpha must be > 0"),
     ("--teacher=host:notaport", "--teacher must be host:port"),  # Used to wait 30 s.
     ("--query_budget=-1", "--query_budget must be >= 0"),
+    ("--ema_momentum=1", r"--ema_momentum must be in \[0, 1\)"),  # Keras would average nothing.
+    ("--weight_decay=-1e-4", "--weight_decay must be >= 0"),
 ])
 def test_flags_are_validated_when_parsed(distill_flags, bad, message):
     from absl import flags
@@ -345,3 +347,19 @@ def test_launcher_student_epochs_default_is_the_methods():
     assert out.returncode == 0, out.stderr[-2000:]
     assert [int(v) for v in out.stdout.split()[-len(cases):]] == [e for _, e in cases], out.stdout
     assert methods.get("fsbbt").student_epochs == 100 and distill.StudentConfig().epochs == 50
+
+
+def test_launcher_student_regularization_flags_reach_the_config():
+    """--horizontal_flip, --weight_decay and --ema_momentum end in the run's StudentConfig (off by
+    default, as the library's). Parsed in a child process (absl's FLAGS are process-global)."""
+    script = ("import sys\nfrom absl import flags\nfrom launch import distill as d\n"
+              "for args in (sys.argv[1:], []):\n"
+              "    flags.FLAGS.unparse_flags()\n"
+              "    flags.FLAGS(['x', '--workdir=/tmp/unused', *args])\n"
+              "    s = d.config_from_flags().student\n"
+              "    print(s.horizontal_flip, s.weight_decay, s.ema_momentum)\n")
+    out = subprocess.run([sys.executable, "-c", script, "--horizontal_flip", "--weight_decay=0.001",
+                          "--ema_momentum=0.9"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-2:] == ["True 0.001 0.9", "False 0.0 0.0"], out.stdout
