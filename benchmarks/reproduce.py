@@ -131,6 +131,10 @@ STUDENT_TRIES = {
                        "FS-BBT, 100 epochs, exported weights averaged (EMA, momentum 0.999)", 0),
     "fsbbt_e100_wd": ("fsbbt", {**_E100, "weight_decay": 1e-4},
                       "FS-BBT, 100 epochs, Adam with decoupled weight decay 1e-4", 0),
+    "fsbbt_e100_no_augment": ("fsbbt", {**_E100, "mixup_alpha": 0.0, "rotation_degrees": 0.0,
+                                        "shift_fraction": 0.0},
+                              "FS-BBT, 100 epochs, no training-time augmentation at all (no MixUp, "
+                              "rotation or shift)", 0),
     "fsbbt_e200": ("fsbbt", {**_E100, "epochs": 200},
                    "FS-BBT, cosine, batch 64, 200 epochs (DivBFKD's student length)", 0),
 }
@@ -148,7 +152,8 @@ TRY_COMPARED_WITH = {"fsbbt_b256_lr2e-3_e25": "student_try-fsbbt_cosine_lr",
                      "fsbbt_e100": "student_try-fsbbt_cosine_lr",
                      **{name: "student_try-fsbbt_e100" for name in (
                          "fsbbt_e100_kd_t4", "fsbbt_e100_flip", "fsbbt_e100_no_train_mixup",
-                         "fsbbt_e200", "fsbbt_e100_ema", "fsbbt_e100_wd")}}
+                         "fsbbt_e200", "fsbbt_e100_ema", "fsbbt_e100_wd",
+                         "fsbbt_e100_no_augment")}}
 STUDENT_TRY_STATUS.update({
     "fsbbt_b256_lr2e-3_e25": "not adopted: the default keeps batch 64 for 50 epochs",
     "fsbbt_e100": "run with 3 seeds as the tuned table's row fsbbt_e100; adopted as fsbbt's default",
@@ -176,6 +181,7 @@ class Row:
 
 # The baselines' recipe, fixed in advance from the tries below (validation split): the paper's
 # batch and rate, a cosine decay, and 200 epochs over the N images.
+_NO_AUGMENT = (("mixup_alpha", 0.0), ("rotation_degrees", 0.0), ("shift_fraction", 0.0))
 _BASELINE = (("batch_size", 64), ("learning_rate", 1e-3), ("epochs", 200))
 ROWS = {
     "student_alone_tuned": Row("student_alone", "student alone, tuned: 200 epochs, batch 64, "
@@ -203,12 +209,25 @@ ROWS = {
                       (("epochs", 100),)),
     "fsbbt_lenet5_e100": Row("fsbbt", "FS-BBT, same-size student (LeNet-5) at fsbbt's 100-epoch "
                              "default", (("architecture", "lenet5"), ("epochs", 100))),
+    # From the tries fsbbt_e100_no_train_mixup / fsbbt_e100_no_augment (validation, seed 0).
+    "fsbbt_e100_no_train_mixup": Row("fsbbt", "FS-BBT, 100 epochs, no training-time MixUp",
+                                     (("epochs", 100), ("mixup_alpha", 0.0))),
+    "fsbbt_lenet5_e100_no_train_mixup": Row("fsbbt", "FS-BBT, same-size student (LeNet-5), 100 "
+                                            "epochs, no training-time MixUp",
+                                            (("architecture", "lenet5"), ("epochs", 100),
+                                             ("mixup_alpha", 0.0))),
+    "fsbbt_e100_no_augment": Row("fsbbt", "FS-BBT, 100 epochs, no training-time augmentation",
+                                 (("epochs", 100), *_NO_AUGMENT)),
+    "fsbbt_lenet5_e100_no_augment": Row("fsbbt", "FS-BBT, same-size student (LeNet-5), 100 epochs, "
+                                        "no training-time augmentation",
+                                        (("architecture", "lenet5"), ("epochs", 100), *_NO_AUGMENT)),
 }
 # Published figures for the tuned table (same setting: LeNet-5 teacher, N = 2000).
 _SAME_SIZE = (("FS-BBT*", 86.53), ("DivBFKD", 87.65))
 PUBLISHED = {"student_alone_tuned": (("FS-BBT paper, student alone", 81.37),),
              "fsbbt_default": (("FS-BBT paper", 84.73), ("DivBFKD, ECML-PKDD 2024", 86.50)),
-             "fsbbt_lenet5": _SAME_SIZE, "fsbbt_lenet5_e100": _SAME_SIZE}
+             "fsbbt_lenet5": _SAME_SIZE, "fsbbt_lenet5_e100": _SAME_SIZE,
+             "fsbbt_lenet5_e100_no_train_mixup": _SAME_SIZE, "fsbbt_lenet5_e100_no_augment": _SAME_SIZE}
 
 
 def _store(report_path: str, name: str) -> str:
