@@ -155,6 +155,9 @@ TRY_COMPARED_WITH = {"fsbbt_b256_lr2e-3_e25": "student_try-fsbbt_cosine_lr",
                          "fsbbt_e200", "fsbbt_e100_ema", "fsbbt_e100_wd",
                          "fsbbt_e100_no_augment")}}
 STUDENT_TRY_STATUS.update({
+    "fsbbt_e200": "combined with no training-time MixUp in a row (fsbbt_e200_no_train_mixup)",
+    "fsbbt_e100_ema": "not adopted: no gain (the cosine rate ends at 0, so the average is the last "
+                      "weights)",
     "fsbbt_b256_lr2e-3_e25": "not adopted: the default keeps batch 64 for 50 epochs",
     "fsbbt_e100": "run with 3 seeds as the tuned table's row fsbbt_e100; adopted as fsbbt's default",
     "student_alone_e200": "adopted for the tuned baselines (ROWS)",
@@ -221,6 +224,11 @@ ROWS = {
     "fsbbt_lenet5_e100_no_augment": Row("fsbbt", "FS-BBT, same-size student (LeNet-5), 100 epochs, "
                                         "no training-time augmentation",
                                         (("architecture", "lenet5"), ("epochs", 100), *_NO_AUGMENT)),
+    # The tries fsbbt_e200 and fsbbt_e100_no_train_mixup together (each better than fsbbt_e100).
+    "fsbbt_e200_no_train_mixup": Row("fsbbt", "FS-BBT, 200 epochs, no training-time MixUp",
+                                     (("epochs", 200), ("mixup_alpha", 0.0))),
+    "fsbbt_e200_no_augment": Row("fsbbt", "FS-BBT, 200 epochs, no training-time augmentation",
+                                 (("epochs", 200), *_NO_AUGMENT)),
 }
 # Published figures for the tuned table (same setting: LeNet-5 teacher, N = 2000).
 _SAME_SIZE = (("FS-BBT*", 86.53), ("DivBFKD", 87.65))
