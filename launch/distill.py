@@ -160,11 +160,19 @@ flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Stu
 flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PATH.keras: images "
                     "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
                     "--student_architecture.")
-_METHOD_EPOCHS = ", ".join(f"{m} {methods.get(m).student_epochs}" for m in methods.names()
-                          if methods.get(m).student_epochs)
-flags.DEFINE_integer("student_epochs", None, "Student training epochs (default: the method's, "
-                     f"chosen on the validation split: {_METHOD_EPOCHS}; {_STUDENT.epochs} for the "
-                     "others).")
+
+
+def _method_defaults(field: str) -> str:
+    """'the method's, chosen on the validation split: fsbbt 100; 50 for the others'."""
+    own = ", ".join(f"{m} {dict(methods.get(m).student_defaults)[field]}" for m in methods.names()
+                    if field in dict(methods.get(m).student_defaults))
+    library = getattr(_STUDENT, field)
+    return (f"the method's, chosen on the validation split: {own}; {library} for the others" if own
+            else str(library))
+
+
+flags.DEFINE_integer("student_epochs", None, "Student training epochs (default: "
+                     f"{_method_defaults('epochs')}).")
 flags.DEFINE_integer("student_steps", _STUDENT.steps, "Student optimizer steps in all, as whole "
                      "epochs (0: --student_epochs); a plan cut to --query_budget keeps the full "
                      "plan's steps.")
@@ -182,7 +190,8 @@ flags.DEFINE_enum("loss", _STUDENT.loss, list(distill.LOSSES), "soft_ce: cross-e
 flags.DEFINE_float("temperature", _STUDENT.temperature, "Temperature for --loss=kd.")
 flags.DEFINE_integer("steps_per_execution", _STUDENT.steps_per_execution, "Student training "
                      "steps per compiled call.")
-flags.DEFINE_float("train_mixup_alpha", _STUDENT.mixup_alpha, "Training-time MixUp α; 0 disables.")
+flags.DEFINE_float("train_mixup_alpha", None, "Training-time MixUp α; 0 disables (default: "
+                   f"{_method_defaults('mixup_alpha')}).")
 flags.DEFINE_bool("horizontal_flip", _STUDENT.horizontal_flip, "Mirror training images left-right "
                   "at random (clothing and natural images; not digits).")
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
@@ -229,7 +238,7 @@ flags.register_validator("teacher_class_map",
                          message="--teacher_class_map must be comma-separated class indices >= 0")
 flags.register_validator("verbose", lambda v: v is None or v in (0, 1, 2),
                          message="--verbose must be 0, 1 or 2")
-flags.register_validator("train_mixup_alpha", lambda v: v >= 0,
+flags.register_validator("train_mixup_alpha", lambda v: v is None or v >= 0,
                          message="--train_mixup_alpha must be >= 0 (0 disables)")
 flags.register_validator("weight_decay", lambda v: v >= 0,
                          message="--weight_decay must be >= 0 (0 disables)")
@@ -302,6 +311,13 @@ def data_defaults() -> dict:
         cvae_arch=cvae_arch)
 
 
+def _student_default(field: str, flag_value):
+    """A student flag left out (None) takes the method's default, else the library's."""
+    if flag_value is not None:
+        return flag_value
+    return dict(methods.get(FLAGS.method).student_defaults).get(field, getattr(_STUDENT, field))
+
+
 def config_from_flags() -> pipeline.DistillConfig:
     d = data_defaults()
     num_shots, num_validation = d["num_shots"], d["num_validation"]
@@ -319,11 +335,11 @@ def config_from_flags() -> pipeline.DistillConfig:
                                  architecture=cvae_arch, working_size=FLAGS.cvae_working_size),
         student=distill.StudentConfig(
             architecture=student_arch, steps=FLAGS.student_steps,
-            epochs=(FLAGS.student_epochs or methods.get(FLAGS.method).student_epochs
-                    or _STUDENT.epochs),
+            epochs=_student_default("epochs", FLAGS.student_epochs),
             batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
-            temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
+            temperature=FLAGS.temperature,
+            mixup_alpha=_student_default("mixup_alpha", FLAGS.train_mixup_alpha),
             horizontal_flip=FLAGS.horizontal_flip,
             weight_decay=FLAGS.weight_decay, ema_momentum=FLAGS.ema_momentum,
             checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,

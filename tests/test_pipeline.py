@@ -346,7 +346,8 @@ def test_launcher_student_epochs_default_is_the_methods():
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr[-2000:]
     assert [int(v) for v in out.stdout.split()[-len(cases):]] == [e for _, e in cases], out.stdout
-    assert methods.get("fsbbt").student_epochs == 100 and distill.StudentConfig().epochs == 50
+    assert dict(methods.get("fsbbt").student_defaults)["epochs"] == 100
+    assert distill.StudentConfig().epochs == 50
 
 
 def test_launcher_student_regularization_flags_reach_the_config():

@@ -176,8 +176,9 @@ class Method:
       reads_true_labels: the method reads the few-shot images' labels (a supervised baseline).
       loss: the student's loss, a name in :data:`tfkd.distill.LOSSES`; None: the config's.
       description: one line for ``--help``.
-      student_epochs: the launcher's default ``--student_epochs`` for this method (chosen on the
-        validation split); None: the library's ``StudentConfig.epochs`` (50, the paper's).
+      student_defaults: ((StudentConfig field, value), ...): the launcher's defaults for this
+        method where they differ from the library's ``StudentConfig()`` (each chosen on the
+        validation split; RESULTS.md). A flag given on the command line still wins.
     """
 
     name: str = ""
@@ -185,7 +186,7 @@ class Method:
     reads_true_labels: bool = False
     loss: str | None = None
     description: str = ""
-    student_epochs: int | None = None
+    student_defaults: tuple = ()
 
     def fingerprint(self, config) -> tuple:
         """JSON-able settings the transfer set depends on besides data, seed, N and the teacher's
