@@ -96,6 +96,7 @@ PAPER_STUDENT = distill.StudentConfig(lr_schedule="constant")
 
 # Student recipes tried against the method's cell of the same seed, on the validation split only
 # (name -> (method, StudentConfig fields, what, seed)).
+_NO_AUGMENT = (("mixup_alpha", 0.0), ("rotation_degrees", 0.0), ("shift_fraction", 0.0))
 _E100 = {"lr_schedule": "cosine", "epochs": 100}  # fsbbt's launcher default since row fsbbt_e100
 _COSINE = "FS-BBT, student Adam 1e-3 with cosine decay instead of the paper's constant"
 STUDENT_TRIES = {
@@ -135,6 +136,10 @@ STUDENT_TRIES = {
                                         "shift_fraction": 0.0},
                               "FS-BBT, 100 epochs, no training-time augmentation at all (no MixUp, "
                               "rotation or shift)", 0),
+    # Shorter and longer training without augmentation (compared with fsbbt_e100_no_augment).
+    **{f"fsbbt_e{e}_no_augment": ("fsbbt", {**_E100, **dict(_NO_AUGMENT), "epochs": e},
+                                  f"FS-BBT, {e} epochs, no training-time augmentation", 0)
+       for e in (25, 50, 200)},
     "fsbbt_e200": ("fsbbt", {**_E100, "epochs": 200},
                    "FS-BBT, cosine, batch 64, 200 epochs (DivBFKD's student length)", 0),
 }
@@ -153,9 +158,14 @@ TRY_COMPARED_WITH = {"fsbbt_b256_lr2e-3_e25": "student_try-fsbbt_cosine_lr",
                      **{name: "student_try-fsbbt_e100" for name in (
                          "fsbbt_e100_kd_t4", "fsbbt_e100_flip", "fsbbt_e100_no_train_mixup",
                          "fsbbt_e200", "fsbbt_e100_ema", "fsbbt_e100_wd",
-                         "fsbbt_e100_no_augment")}}
+                         "fsbbt_e100_no_augment")},
+                     **{f"fsbbt_e{e}_no_augment": "student_try-fsbbt_e100_no_augment"
+                        for e in (25, 50, 200)}}
 STUDENT_TRY_STATUS.update({
     "fsbbt_e200": "combined with no training-time MixUp in a row (fsbbt_e200_no_train_mixup)",
+    "fsbbt_e100_wd": "not adopted: within one seed's noise, not tried further",
+    "fsbbt_e100_flip": "not adopted",
+    "fsbbt_e100_kd_t4": "not adopted",
     "fsbbt_e100_ema": "not adopted: no gain (the cosine rate ends at 0, so the average is the last "
                       "weights)",
     "fsbbt_b256_lr2e-3_e25": "not adopted: the default keeps batch 64 for 50 epochs",
@@ -184,7 +194,6 @@ class Row:
 
 # The baselines' recipe, fixed in advance from the tries below (validation split): the paper's
 # batch and rate, a cosine decay, and 200 epochs over the N images.
-_NO_AUGMENT = (("mixup_alpha", 0.0), ("rotation_degrees", 0.0), ("shift_fraction", 0.0))
 _BASELINE = (("batch_size", 64), ("learning_rate", 1e-3), ("epochs", 200))
 ROWS = {
     "student_alone_tuned": Row("student_alone", "student alone, tuned: 200 epochs, batch 64, "
