@@ -192,6 +192,10 @@ flags.DEFINE_integer("steps_per_execution", _STUDENT.steps_per_execution, "Stude
                      "steps per compiled call.")
 flags.DEFINE_float("train_mixup_alpha", None, "Training-time MixUp α; 0 disables (default: "
                    f"{_method_defaults('mixup_alpha')}).")
+flags.DEFINE_float("rotation_degrees", None, "Training-time random rotation up to ± this many "
+                   f"degrees; 0 disables (default: {_method_defaults('rotation_degrees')}).")
+flags.DEFINE_float("shift_fraction", None, "Training-time random shifts up to ± this fraction of "
+                   f"height and width; 0 disables (default: {_method_defaults('shift_fraction')}).")
 flags.DEFINE_bool("horizontal_flip", _STUDENT.horizontal_flip, "Mirror training images left-right "
                   "at random (clothing and natural images; not digits).")
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
@@ -240,6 +244,10 @@ flags.register_validator("verbose", lambda v: v is None or v in (0, 1, 2),
                          message="--verbose must be 0, 1 or 2")
 flags.register_validator("train_mixup_alpha", lambda v: v is None or v >= 0,
                          message="--train_mixup_alpha must be >= 0 (0 disables)")
+flags.register_validator("rotation_degrees", lambda v: v is None or 0 <= v <= 180,
+                         message="--rotation_degrees must be in [0, 180] (0 disables)")
+flags.register_validator("shift_fraction", lambda v: v is None or 0 <= v < 1,
+                         message="--shift_fraction must be in [0, 1) (0 disables)")
 flags.register_validator("weight_decay", lambda v: v >= 0,
                          message="--weight_decay must be >= 0 (0 disables)")
 flags.register_validator("ema_momentum", lambda v: 0 <= v < 1,
@@ -340,6 +348,8 @@ def config_from_flags() -> pipeline.DistillConfig:
             lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
             temperature=FLAGS.temperature,
             mixup_alpha=_student_default("mixup_alpha", FLAGS.train_mixup_alpha),
+            rotation_degrees=_student_default("rotation_degrees", FLAGS.rotation_degrees),
+            shift_fraction=_student_default("shift_fraction", FLAGS.shift_fraction),
             horizontal_flip=FLAGS.horizontal_flip,
             weight_decay=FLAGS.weight_decay, ema_momentum=FLAGS.ema_momentum,
             checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,
