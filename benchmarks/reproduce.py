@@ -233,6 +233,8 @@ ROWS = {
     "fsbbt_lenet5_e100_no_augment": Row("fsbbt", "FS-BBT, same-size student (LeNet-5), 100 epochs, "
                                         "no training-time augmentation",
                                         (("architecture", "lenet5"), ("epochs", 100), *_NO_AUGMENT)),
+    "fsbbt_e25_no_augment": Row("fsbbt", "FS-BBT, 25 epochs, no training-time augmentation",
+                                (("epochs", 25), *_NO_AUGMENT)),
     # The tries fsbbt_e200 and fsbbt_e100_no_train_mixup together (each better than fsbbt_e100).
     "fsbbt_e200_no_train_mixup": Row("fsbbt", "FS-BBT, 200 epochs, no training-time MixUp",
                                      (("epochs", 200), ("mixup_alpha", 0.0))),
