@@ -89,6 +89,8 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
                 "stage_seconds"):
         assert key in report, key
     assert (report["num_shots"], report["num_mixup"], report["num_cvae"]) == (100, 400, 100)
+    recipe = report["student_recipe"]  # fsbbt's defaults, --student_epochs given
+    assert (recipe["epochs"], recipe["mixup_alpha"], recipe["rotation_degrees"]) == (15, 0.0, 0.0)
     # Every image the teacher saw: 600 to label, 500 to measure the teacher itself.
     assert report["teacher_queries_by_stage"] == {"label_real": 100, "label_mixup": 400,
                                                   "label_cvae": 100, "evaluate_teacher": 500}

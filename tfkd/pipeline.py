@@ -652,7 +652,8 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
         strategy=("multi_worker" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
                   else "mirrored"),
         replicas=strategy.num_replicas_in_sync, student_architecture=student_config.architecture,
-        student_loss=student_config.loss, student_epochs=length.epochs,
+        student_loss=student_config.loss, student_recipe=dataclasses.asdict(student_config),
+        student_epochs=length.epochs,
         student_steps_per_epoch=length.steps_per_epoch, student_steps=length.steps,
         student_epochs_resumed_from=length.epochs - len(losses),
         student_final_loss=float(losses[-1]) if losses else None)

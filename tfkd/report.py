@@ -129,6 +129,9 @@ class Report:
     """The student's architecture (:data:`tfkd.models.MODELS`)."""
     student_loss: str | None = None
     """The loss the student trained with (:data:`tfkd.distill.LOSSES`)."""
+    student_recipe: dict | None = None
+    """Every field of the :class:`tfkd.distill.StudentConfig` the student trained with (batch,
+    rate, schedule, augmentation, ...)."""
     student_epochs: int | None = None
     """Keras epochs the student trained for in all: passes over the transfer set, or chunks of its
     endless stream when the training length is set in steps (:func:`tfkd.distill.training_length`)."""
