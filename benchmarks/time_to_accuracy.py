@@ -9,8 +9,8 @@ kind of :data:`KINDS`:
   plain implementation of FS-BBT (teacher in process, Keras ``fit`` at batch 64 for 50 epochs). Its
   report's ``seconds``: teacher, cvae, synthesis_and_labels, student.
 - **tfkd**: the README command, ``python launch/distill.py --workdir=OUT --seed=<S>``: it trains a
-  LeNet-5 teacher into the work dir, serves it over gRPC and runs the default recipe (fsbbt's
-  student trains 100 epochs since issue 13; the session ``s1`` runs were made at 50).
+  LeNet-5 teacher into the work dir, serves it over gRPC and runs the default recipe, whatever it
+  was then (session ``s1``: 50 epochs with training-time augmentation; ``s2``: 100 with it).
 - **tfkd_e25**: the same command with ``--student_epochs=25``: a quarter of the default's steps.
 
 "After the teacher" is what the issue compares: the reference's cvae + synthesis_and_labels + student
@@ -73,6 +73,15 @@ def run(session: str, kind: str, seed: int) -> dict:
         return json.load(f)
 
 
+def augmentation(report: dict) -> str:
+    """'yes' / 'no': whether the tfkd student trained with training-time augmentation."""
+    recipe = report.get("student_recipe")
+    if recipe is None:  # Reports before the field: every run had the then-default augmentation.
+        return "yes"
+    return "yes" if any(recipe[k] for k in ("mixup_alpha", "rotation_degrees", "shift_fraction")) \
+        else "no"
+
+
 def section() -> list[str]:
     """RESULTS.md's time-to-accuracy section from the stored reports; [] without a pair."""
     found = collections.defaultdict(dict)  # (session, seed) -> kind -> report
@@ -91,6 +100,7 @@ def section() -> list[str]:
             our_s, our_student = after_teacher(kind, ours)
             lines.append(f"| {session} | {seed} | {100 * ref['student_accuracy']:.2f} | {ref_s:.0f} "
                          f"({ref_student:.0f}) | {kind} | {ours.get('student_epochs')} | "
+                         f"{augmentation(ours)} | "
                          f"{100 * ours['student_accuracy']:.2f} | {our_s:.0f} ({our_student:.0f}) | "
                          f"**{our_s / ref_s:.2f}** |")
     if not lines:
@@ -105,8 +115,8 @@ def section() -> list[str]:
             "labels and the student's training. Test accuracy, final epoch. Reports: "
             "benchmarks/reports/time_to_accuracy/.", "",
             "| session | seed | reference acc. % | reference s (student s) | tfkd run | student epochs "
-            "| tfkd acc. % | tfkd s (student s) | tfkd / reference time |",
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|", *lines]
+            "| augmentation | tfkd acc. % | tfkd s (student s) | tfkd / reference time |",
+            "|---|---:|---:|---:|---|---:|---|---:|---:|---:|", *lines]
 
 
 def main(argv) -> None:
