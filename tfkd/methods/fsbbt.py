@@ -176,7 +176,8 @@ CVAE = register(_Synthetic(
 # augmentation (no MixUp, rotation or shift), better than with it in 3 of 3 seeds at 100 epochs
 # (+1.60, +1.16, +1.84; rows fsbbt_e100_no_augment, fsbbt_e100); then 25 epochs, by a rule fixed
 # before its row was read (mean validation within one std of 100 epochs': 88.52 >= 88.41), for a
-# quarter of the student's time (test 87.44 against 87.49; row fsbbt_e25_no_augment). Why is not measured; the guess:
+# quarter of the student's time (test 87.44 against 87.49; row fsbbt_e25_no_augment). Why no
+# augmentation helps is not measured; the guess:
 # 48,000 teacher-labelled images are variety enough, and a 46k-parameter student pays for invariances.
 FSBBT = register(_Synthetic(
     "fsbbt", None, "FS-BBT: N + MixUp + CVAE images, teacher soft labels",
