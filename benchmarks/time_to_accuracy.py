@@ -10,7 +10,8 @@ kind of :data:`KINDS`:
   report's ``seconds``: teacher, cvae, synthesis_and_labels, student.
 - **tfkd**: the README command, ``python launch/distill.py --workdir=OUT --seed=<S>``: it trains a
   LeNet-5 teacher into the work dir, serves it over gRPC and runs the default recipe, whatever it
-  was then (session ``s1``: 50 epochs with training-time augmentation; ``s2``: 100 with it).
+  was then (session ``s1``: 50 epochs with training-time augmentation; ``s2``: 100 with it;
+  ``s3``: 25 without).
 - **tfkd_e25**: the same command with ``--student_epochs=25``: a quarter of the default's steps.
 
 "After the teacher" is what the issue compares: the reference's cvae + synthesis_and_labels + student
