@@ -163,7 +163,9 @@ flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PAT
 
 
 def _method_defaults(field: str) -> str:
-    """'the method's, chosen on the validation split: fsbbt 100; 50 for the others'."""
+    """A flag's default in words: the methods' own values and the library's, from
+    ``Method.student_defaults`` and ``StudentConfig()`` (e.g. 'the method's, chosen on the
+    validation split: fsbbt 25; 50 for the others')."""
     own = ", ".join(f"{m} {dict(methods.get(m).student_defaults)[field]}" for m in methods.names()
                     if field in dict(methods.get(m).student_defaults))
     library = getattr(_STUDENT, field)

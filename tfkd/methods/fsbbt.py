@@ -177,8 +177,8 @@ CVAE = register(_Synthetic(
 # (+1.60, +1.16, +1.84; rows fsbbt_e100_no_augment, fsbbt_e100); then 25 epochs, by a rule fixed
 # before its row was read (mean validation within one std of 100 epochs': 88.52 >= 88.41), for a
 # quarter of the student's time (test 87.44 against 87.49; row fsbbt_e25_no_augment). Why no
-# augmentation helps is not measured; the guess:
-# 48,000 teacher-labelled images are variety enough, and a 46k-parameter student pays for invariances.
+# augmentation helps is not measured; the guess: 48,000 teacher-labelled images are variety
+# enough, and a 35,820-parameter student pays for invariances.
 FSBBT = register(_Synthetic(
     "fsbbt", None, "FS-BBT: N + MixUp + CVAE images, teacher soft labels",
     student_defaults=(("epochs", 25), ("mixup_alpha", 0.0), ("rotation_degrees", 0.0),
