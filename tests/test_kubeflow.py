@@ -9,9 +9,10 @@ import os
 
 import pytest
 import tensorflow as tf
-import yaml
 
+# Optional: the kfp extra (which brings pyyaml); skipped cleanly when either is absent.
 kfp = pytest.importorskip("kfp")
+yaml = pytest.importorskip("yaml")
 
 from kfp import local  # noqa: E402
 
