@@ -200,6 +200,9 @@ flags.DEFINE_float("shift_fraction", None, "Training-time random shifts up to ±
                    f"height and width; 0 disables (default: {_method_defaults('shift_fraction')}).")
 flags.DEFINE_bool("horizontal_flip", _STUDENT.horizontal_flip, "Mirror training images left-right "
                   "at random (clothing and natural images; not digits).")
+flags.DEFINE_integer("batchnorm_images", _STUDENT.batchnorm_images, "After training, re-estimate "
+                     "the student's BatchNorm statistics over up to this many transfer-set images "
+                     "(0: keep what training's momentum left).")
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
@@ -229,7 +232,8 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "teacher_max_in_flight": 1, "teacher_max_attempts": 1, "query_budget": 0,
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
-             "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0}
+             "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0,
+             "batchnorm_images": 0}
 _POSITIVE = ("zskd_learning_rate", "zskd_temperature", "zskd_sigma",
              "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
@@ -355,7 +359,8 @@ def config_from_flags() -> pipeline.DistillConfig:
             horizontal_flip=FLAGS.horizontal_flip,
             weight_decay=FLAGS.weight_decay, ema_momentum=FLAGS.ema_momentum,
             checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,
-            steps_per_execution=FLAGS.steps_per_execution),
+            steps_per_execution=FLAGS.steps_per_execution,
+            batchnorm_images=FLAGS.batchnorm_images),
         db3kd=boundary.BoundaryConfig(search=FLAGS.db3kd_search,
                                       num_directions=FLAGS.db3kd_directions,
                                       tolerance=FLAGS.db3kd_tolerance,
@@ -404,7 +409,7 @@ def main(argv):
     try:
         report = pipeline.run(config, strategy)
     except (data.DatasetUnavailableError, teacher.TeacherError, workdir.WorkdirError,
-            ValueError) as e:
+            distill.StudentError, ValueError) as e:
         # Expected failures (and settings only the data can refuse, e.g. N not a multiple of the
         # classes) get one clear line, not a traceback from deep inside.
         sys.exit(f"error: {e}")

@@ -12,13 +12,13 @@ import pytest
 from tfkd import methods
 
 from conftest import REPO
+from test_faults import free_port
 
 # Probabilities in [0, 1] computed in float32 by another order of operations: a softmax's exp, sum
 # and division each round to half an ulp (ulp(1.0) = 2**-23, about 1.2e-7), and reductions in
 # another order add a few more; 16 ulps of 1.0 (1.9e-6) bounds that with room, and is far below any
 # difference that would matter (a wrong answer differs by 1e-2 or more).
 FLOAT32_ATOL = 16 * 2.0 ** -23
-from test_faults import free_port
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])

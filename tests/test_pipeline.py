@@ -377,3 +377,37 @@ def test_launcher_student_regularization_flags_reach_the_config():
                          timeout=120, env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-2:] == ["True 0.001 0.9", "False 0.0 0.0"], out.stdout
+
+
+@pytest.mark.slow
+def test_a_batchnorm_student_is_served_as_trained_or_the_run_fails(server, tmp_path):
+    """Issue 25 §3: a user's BatchNorm student (momentum 0.999, as keras.applications') on a short
+    schedule (75 steps). By default its statistics are re-estimated after training and the served
+    student keeps at least 80% of its training agreement; with the statistics left as training's
+    momentum left them (--batchnorm_images=0: about 93% still the initial (0, 1)) the run fails with
+    one line, records both figures, and sets the export aside so that nothing serves it."""
+    from test_distill import _batchnorm_student
+
+    model = _batchnorm_student(tmp_path / "bn_student.keras")
+    flags = [f"--teacher={server.target}", f"--student_model={model}", "--num_shots=100",
+             "--num_mixup=1400", "--num_cvae=100", "--student_epochs=3", "--learning_rate=3e-3",
+             "--num_validation=1000", "--eval_examples=300", "--compress="]
+    good = run_launcher(tmp_path / "good", *flags)
+    assert good.returncode == 0, good.stderr[-3000:]
+    report = json.loads((tmp_path / "good" / "report.json").read_text())
+    trained, served = report["student_training_agreement"], report["student_served_agreement"]
+    assert report["student_batchnorm_layers"] == 2 and trained > 0.3
+    assert served >= 0.8 * trained, (trained, served)
+    assert report["student_check"]["passed"] is True
+    assert report["student_check"]["held_out_fidelity"] == report["student_fidelity"] > 0.3
+
+    broken = run_launcher(tmp_path / "broken", *flags, "--batchnorm_images=0")
+    assert broken.returncode != 0
+    last = broken.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the exported student agrees with the teacher on "), last
+    assert "BatchNormalization statistics" in last
+    report = json.loads((tmp_path / "broken" / "report.json").read_text())
+    check = report["student_check"]
+    assert check["passed"] is False and report["student_batchnorm_layers"] == 0
+    assert check["served_agreement"] < pipeline.SERVED_AGREEMENT_FLOOR * check["training_agreement"]
+    assert os.listdir(tmp_path / "broken" / "export" / "student") == ["1.rejected"]

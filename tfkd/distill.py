@@ -34,6 +34,44 @@ LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def check_soft_labels(soft_labels: np.ndarray, name: str, tolerance: float = 1e-3) -> None:
+    """Raises ValueError (naming ``name``) unless ``soft_labels`` float [n, K] are distributions:
+    every value finite and in [0, 1], every row summing to 1 within ``tolerance``. (A NaN row
+    passes ``abs(sum - 1) > tol`` unnoticed, since every comparison with NaN is false.)"""
+    values = np.asarray(soft_labels)
+    finite = np.isfinite(values)
+    if not finite.all():
+        rows = int(np.sum(~finite.all(axis=-1)))
+        raise ValueError(f"{name}: expected finite probabilities, got {rows} rows with NaN or "
+                         "infinite values")
+    if values.size and (values.min() < 0 or values.max() > 1 + tolerance):
+        raise ValueError(f"{name}: expected probabilities in [0, 1], got values in "
+                         f"[{values.min():.4g}, {values.max():.4g}]")
+    sums = values.sum(axis=-1)
+    if values.size and np.any(np.abs(sums - 1) > tolerance):
+        raise ValueError(f"{name}: expected rows summing to 1, got sums in "
+                         f"[{sums.min():.4f}, {sums.max():.4f}]")
+
+
+class StudentError(RuntimeError):
+    """The student failed a check that a deployable student passes: its training loss became NaN
+    or infinite, or the exported student disagrees with the teacher far more than it did in
+    training (:func:`tfkd.pipeline.check_served_agreement`). The message is one line naming the
+    figures and the likely causes."""
+
+
+def check_finite_loss(history: dict) -> None:
+    """Raises :class:`StudentError` when the last epoch's mean training loss is NaN or infinite
+    (Keras' ``TerminateOnNaN`` stopped ``fit``, or the custom loop stopped at a non-finite step):
+    a student trained to ``loss: nan`` must never be exported."""
+    losses = history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise StudentError(
+            f"student training stopped at a non-finite loss ({losses[-1]}) in epoch {len(losses)}: "
+            "likely non-finite soft labels or images in the transfer set, or a learning rate too "
+            "high for the student; nothing was exported")
+
+
 def learning_rate(base: float, schedule: str, total_steps: int):
     """Adam's learning rate: ``constant`` (FS-BBT), or ``cosine`` decay to 0 over ``total_steps``.
 
@@ -84,6 +122,12 @@ class StudentConfig:
       loop: ``fit`` (Keras ``fit``, with callbacks), ``custom`` (``strategy.run`` and
         ``strategy.reduce`` with ``tf.train.CheckpointManager``), or ``auto``: custom under
         MultiWorkerMirroredStrategy (Keras 3 ``fit`` has open issues there), else fit.
+      batchnorm_images: after training, the moving mean and variance of every BatchNormalization
+        layer of the student are re-estimated over up to this many transfer-set images
+        (:func:`reestimate_batchnorm`), whatever the number of optimizer steps; 0 keeps the
+        statistics training's momentum left (``keras.applications`` models use 0.999: after a
+        few hundred steps those are still mostly their initial values). Students without
+        BatchNormalization are unchanged.
     """
 
     architecture: str = "lenet5_half"
@@ -103,6 +147,7 @@ class StudentConfig:
     steps_per_execution: int = 32
     checkpoint_steps: int = 0
     loop: str = "auto"
+    batchnorm_images: int = 8192
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range and what it accepts."""
@@ -121,6 +166,7 @@ class StudentConfig:
             ("steps_per_execution", self.steps_per_execution >= 1, ">= 1"),
             ("checkpoint_steps", self.checkpoint_steps >= 0, ">= 0"),
             ("loop", self.loop in LOOPS, LOOPS),
+            ("batchnorm_images", self.batchnorm_images >= 0, ">= 0 (0 disables)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -305,24 +351,31 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
                                               global_batch_size=global_batch)
         grads = tape.gradient(loss, student.trainable_variables)
         optimizer.apply_gradients(zip(grads, student.trainable_variables))
-        return loss
+        agree = tf.cast(tf.argmax(logits, -1) == tf.argmax(targets, -1), tf.float32)
+        return loss, tf.reduce_sum(agree) / global_batch
 
     @tf.function
     def train_step(images, targets):
-        losses = strategy.run(replica_step, args=(images, targets))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+        loss, agreement = strategy.run(replica_step, args=(images, targets))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, agreement, axis=None))
 
     dist_ds = strategy.experimental_distribute_dataset(ds)
     stream = iter(dist_ds) if length.repeat else None  # One endless stream, cut into chunks.
-    history = {"loss": []}
+    history = {"loss": [], "teacher_agreement": []}
     for e in range(int(epoch.numpy()), length.epochs):
-        total, steps = 0.0, 0
+        total, agreed, steps = 0.0, 0.0, 0
         batches = (next(stream) for _ in range(length.steps_per_epoch)) if stream else dist_ds
         for images, targets in batches:
-            total += float(train_step(images, targets))
-            steps += 1
-        epoch.assign_add(1)
+            loss, agreement = train_step(images, targets)
+            total, agreed, steps = total + float(loss), agreed + float(agreement), steps + 1
+            if not np.isfinite(total):  # As Keras' TerminateOnNaN: stop at once.
+                break
         history["loss"].append(total / max(1, steps))
+        history["teacher_agreement"].append(agreed / max(1, steps))
+        if not np.isfinite(total):
+            return history  # Never checkpointed: a rerun does not resume into the NaN.
+        epoch.assign_add(1)
         if manager is not None:
             manager.save()  # Every worker saves: the save is a collective operation.
         if verbose:
@@ -330,6 +383,81 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
     if config.ema_momentum:  # As Keras' fit does at the end of training.
         optimizer.finalize_variable_values(student.trainable_variables)
     return history
+
+
+def batchnorm_layers(model: keras.Layer) -> list:
+    """Every ``keras.layers.BatchNormalization`` of ``model``, nested models included (a
+    ``keras.applications`` backbone inside a functional model, a user's subclassed model)."""
+    found = []
+
+    def walk(layer, seen):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        for child in getattr(layer, "_layers", None) or getattr(layer, "layers", None) or ():
+            walk(child, seen)
+
+    walk(model, set())
+    return found
+
+
+BATCHNORM_BATCH = 256
+"""Images per forward pass when :func:`reestimate_batchnorm` measures batch statistics."""
+
+
+def reestimate_batchnorm(model: keras.Model, images: np.ndarray, max_images: int = 8192,
+                         batch_size: int = BATCHNORM_BATCH, seed: int = 0) -> int:
+    """Sets every BatchNormalization layer's moving mean and variance to the average of its batch
+    statistics over ``images``, the student's own training inputs, with the trained weights fixed.
+
+    This is "precise BatchNorm" (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, §3; the
+    same rule as ``torch.optim.swa_utils.update_bn``): the moving statistics are reset to (0, 1)
+    and each layer's momentum is set, for the i-th batch (1-based), to (i - 1) / i, so that after
+    the last batch the moving mean and variance are the plain means of the per-batch statistics.
+    Inference then normalizes as training did, however few steps training took; without it, a
+    momentum of 0.999 (``keras.applications``) leaves the statistics mostly at their initial
+    values after a few hundred steps and the exported student answers one class for every image.
+
+    Args:
+      model: a built Keras model; its trainable weights are not changed (forward passes only).
+      images: float32 [n, H, W, C] in [0, 1] (the transfer set; no augmentation).
+      max_images: at most this many images, a seeded uniform draw (all when n is smaller).
+      batch_size: images per forward pass (the last partial batch is dropped unless it is the only one).
+      seed: the draw's seed.
+
+    Returns:
+      the number of BatchNormalization layers re-estimated (0: the model has none; nothing ran).
+
+    Raises:
+      ValueError: ``images`` is empty, or ``max_images`` < 1.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    if len(images) == 0 or max_images < 1:
+        raise ValueError(f"images: expected at least one image (max_images={max_images}), got "
+                         f"{len(images)}")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(images), min(len(images), max_images), replace=False))
+    batches = max(1, len(chosen) // batch_size)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
+    try:
+        for i in range(batches):
+            for layer in layers:
+                layer.momentum = i / (i + 1)  # The running mean of batch statistics.
+            rows = chosen[i * batch_size:(i + 1) * batch_size] if batches > 1 else chosen
+            model(tf.constant(images[rows]), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    logging.info("Student: BatchNorm statistics of %d layers re-estimated over %d images",
+                 len(layers), batches * batch_size if batches > 1 else len(chosen))
+    return len(layers)
 
 
 def random_affine(images: tf.Tensor, max_degrees: float, max_shift: float,
@@ -481,15 +609,17 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
       (the trained student, a logits `keras.Model`; the Keras history dict of per-epoch metrics).
 
     Raises:
-      ValueError: mismatched lengths, or soft labels that are not distributions.
+      ValueError: mismatched lengths, or soft labels that are not distributions (non-finite,
+        outside [0, 1], or rows not summing to 1).
+      StudentError: the training loss became NaN or infinite.
     """
     if len(images) != len(soft_labels):
         raise ValueError(f"soft_labels: expected {len(images)} rows (one per image), got "
                          f"{len(soft_labels)}")
-    sums = soft_labels.sum(axis=1)
-    if np.any(np.abs(sums - 1) > 1e-3):
-        raise ValueError(f"soft_labels: expected rows summing to 1, got sums in "
-                         f"[{sums.min():.4f}, {sums.max():.4f}]")
+    check_soft_labels(soft_labels, "soft_labels")
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"images: expected finite pixels, got {int(np.sum(~np.isfinite(images)))} "
+                         "NaN or infinite values")
     strategy = strategy or make_strategy()
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     if len(images) < global_batch:
@@ -505,13 +635,20 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
         student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
     ds = training_dataset(images, soft_labels, config, global_batch, seed, repeat=length.repeat)
     if custom:
-        return student, _custom_loop(student, ds, config, length, strategy, global_batch, lr,
-                                     backup_dir, verbose)
-    _compile(student, config, strategy, lr)
-    callbacks = list(callbacks or [])
-    if backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(
-            backup_dir, save_freq=config.checkpoint_steps or "epoch", delete_checkpoint=False))
-    history = student.fit(ds, epochs=length.epochs, verbose=verbose, callbacks=callbacks,
-                          steps_per_epoch=length.steps_per_epoch if length.repeat else None)
-    return student, history.history
+        history = _custom_loop(student, ds, config, length, strategy, global_batch, lr,
+                               backup_dir, verbose)
+    else:
+        _compile(student, config, strategy, lr)
+        callbacks = [*(callbacks or []), keras.callbacks.TerminateOnNaN()]
+        if backup_dir:
+            callbacks.append(keras.callbacks.BackupAndRestore(
+                backup_dir, save_freq=config.checkpoint_steps or "epoch",
+                delete_checkpoint=False))
+        history = student.fit(ds, epochs=length.epochs, verbose=verbose, callbacks=callbacks,
+                              steps_per_epoch=length.steps_per_epoch if length.repeat
+                              else None).history
+    check_finite_loss(history)
+    if config.batchnorm_images:  # After EMA weights are swapped in: statistics of the exported weights.
+        with strategy.scope():
+            reestimate_batchnorm(student, images, config.batchnorm_images, seed=seed)
+    return student, history

@@ -184,3 +184,14 @@ def copy_tree(source: str, target: str, last: str = "saved_model.pb") -> None:
 def tree_bytes(directory: str) -> int:
     """Total bytes of the files under ``directory``."""
     return sum(size(p) for p in walk_files(directory))
+
+
+def reject_version(version_dir: str) -> str:
+    """Renames a SavedModel version directory ``<base>/<n>`` to ``<base>/<n>.rejected`` (TF Serving
+    and :func:`tfkd.export.list_versions` load only numeric directories), so that a student that
+    failed a check is kept for inspection but never served. Returns the new path."""
+    target = f"{version_dir.rstrip('/')}.rejected"
+    if exists(target):
+        rmtree(target)
+    move_dir(version_dir, target)
+    return target

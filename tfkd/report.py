@@ -152,6 +152,22 @@ class Report:
     student_fidelity: float | None = None
     """Top-1 agreement of the float32 student, served, with the teacher on the evaluation images
     (fraction in [0, 1]; no labels needed: the model-extraction measure)."""
+    student_training_agreement: float | None = None
+    """Top-1 agreement of the student with its targets (the teacher's answers) in the last training
+    epoch, in training mode (augmented batches, batch statistics); null when no epoch ran in this
+    process (training resumed whole)."""
+    student_served_agreement: float | None = None
+    """Top-1 agreement of the float32 student, exported and served, with the teacher's answers on up
+    to 2,000 transfer-set images (inference mode, moving statistics): what training agreement
+    becomes once exported. The run fails when it is below ``SERVED_AGREEMENT_FLOOR`` (0.5) x
+    ``student_training_agreement`` (:func:`tfkd.pipeline.check_served_agreement`)."""
+    student_check: dict | None = None
+    """The served-agreement check: ``training_agreement``, ``served_agreement``,
+    ``held_out_fidelity`` (``student_fidelity``), ``floor``, ``passed`` (null when not measurable),
+    and ``rejected_exports`` (version directories set aside when it failed)."""
+    student_batchnorm_layers: int | None = None
+    """BatchNormalization layers of the student whose statistics were re-estimated after training
+    (:func:`tfkd.distill.reestimate_batchnorm`; 0: none, or ``batchnorm_images`` = 0)."""
     student_variants: dict = dataclasses.field(default_factory=dict)
     """Per variant (float32, float16, int8): accuracy, validation_accuracy, fidelity, export_dir,
     parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64}, accuracy_change and
