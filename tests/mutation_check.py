@@ -187,6 +187,79 @@ MUTATIONS += [  # Issue 13.
              ("tests/test_kubeflow.py::test_pipeline_runs_under_kfp_local_runner",)),
 ]
 
+_AUDIT = "tests/test_audit.py::"
+_BN_RUN = "tests/test_pipeline.py::test_a_batchnorm_student_is_served_as_trained_or_the_run_fails"
+MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, and §3's checks.
+    Mutation("soft_labels_as_argmax", "the student trains on one-hot argmax targets, not the "
+             "teacher's soft labels",
+             (("tfkd/pipeline.py", "transfer.images, transfer.targets, student_config,",
+               "transfer.images, np.eye(transfer.targets.shape[1], dtype=np.float32)["
+               "transfer.targets.argmax(1)], student_config,"),),
+             (_AUDIT + "test_the_student_learns_the_teachers_soft_labels_not_their_argmax",)),
+    Mutation("validation_in_pool", "the validation images stay in the training pool",
+             (("tfkd/data.py", "    keep[held] = False\n", "    keep[held] = True\n"),),
+             (_AUDIT + "test_validation_images_are_held_out_of_the_pool",)),
+    Mutation("retry_budget_unchecked", "a retried request is charged without checking the budget",
+             (("tfkd/teacher.py",
+               "            self._check(n, f\"{stage} ({'retry' if retry else 'request'} of {n} images)\")",
+               "            if not retry:\n                self._check(n, f\"{stage} (request of {n} "
+               "images)\")"),),
+             (_AUDIT + "test_a_retry_is_refused_when_it_would_exceed_the_budget",)),
+    Mutation("ledger_without_version", "the ledger's key leaves out the teacher's version",
+             (("tfkd/teacher.py", 'return (f"{self.model_name}/{self.version}/{self.signature_name}',
+               'return (f"{self.model_name}/{self.signature_name}'),),
+             (_AUDIT + "test_a_new_teacher_version_is_never_answered_from_the_old_versions_ledger",)),
+    Mutation("db3kd_student_at_t1", "DB3KD's student trains at T = 1",
+             (("tfkd/methods/db3kd.py", "                                   temperature=config.db3kd."
+               "temperature)", "                                   temperature=1.0)"),),
+             (_AUDIT + "test_methods_train_their_student_at_their_own_temperature",)),
+    Mutation("zskd_student_at_t1", "ZSKD's student trains at T = 1",
+             (("tfkd/methods/zskd.py", "                                   temperature=config.zskd."
+               "temperature)", "                                   temperature=1.0)"),),
+             (_AUDIT + "test_methods_train_their_student_at_their_own_temperature",)),
+    Mutation("chief_shares_worker0_shard", "with a chief task, the chief and worker 0 label the "
+             "same shard",
+             (("tfkd/cluster.py", 'index = resolver.task_id if resolver.task_type == "chief" else '
+               "chiefs + resolver.task_id", "index = resolver.task_id"),),
+             (_AUDIT + "test_a_chief_and_its_workers_each_label_their_own_shard",)),
+    Mutation("latency_in_seconds", "request latency recorded in seconds under a microseconds metric",
+             (("tfkd/serving/monitoring.py", ".observe(seconds * 1e6)", ".observe(seconds)"),),
+             (_AUDIT + "test_request_latency_is_recorded_in_microseconds",)),
+    Mutation("card_teacher_accuracy_is_students", "the model card's teacher accuracy is the "
+             "student's", (("tfkd/model_card.py", '"accuracy": report.get("teacher_accuracy")}',
+                           '"accuracy": report.get("student_accuracy")}'),),
+             (_AUDIT + "test_the_model_card_states_the_teachers_accuracy_and_the_work_dirs_queries",)),
+    Mutation("card_queries_of_this_process", "the model card counts this process's queries, not "
+             "the work dir's", (("tfkd/model_card.py", "report.get('teacher_queries_total') or 0:,}",
+                                 "report.get('teacher_queries_sent') or 0:,}"),),
+             (_AUDIT + "test_the_model_card_states_the_teachers_accuracy_and_the_work_dirs_queries",)),
+    Mutation("mixup_alpha_flag_dropped", "--mixup_alpha is parsed and validated but never passed on",
+             (("launch/distill.py", "MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha)",
+               "MixUpConfig(num_images=FLAGS.num_mixup)"),),
+             ("tests/test_launcher_flags.py::test_every_distill_flag_reaches_the_config",)),
+    Mutation("zskd_sigma_flag_dropped", "another flag (--zskd_sigma) never passed on",
+             (("launch/distill.py", "sigma=FLAGS.zskd_sigma,", ""),),
+             ("tests/test_launcher_flags.py::test_every_distill_flag_reaches_the_config",)),
+    Mutation("batchnorm_not_reestimated", "the student's BatchNorm statistics are left as "
+             "training's momentum left them",
+             (("tfkd/distill.py", "    if config.batchnorm_images:  #", "    if False:  #"),),
+             ("tests/test_distill.py::test_a_short_schedule_batchnorm_student_serves_what_it_learned",
+              _BN_RUN)),
+    Mutation("served_agreement_unchecked", "a run whose exported student disagrees with its "
+             "training ends without an error",
+             (("tfkd/pipeline.py", "    if passed is not False:\n        return",
+               "    if True:\n        return"),),
+             (_BN_RUN,)),
+    Mutation("ci_on_machine_python", "CI runs the suite with the machine's python3, not its own "
+             "environment", ((".ci/run", 'fresh_venv "$VENV"\n  echo "$VENV/bin/python"',
+                              'echo "$(command -v python3)"'),),
+             ("tests/test_ci.py::test_ci_creates_and_uses_its_own_isolated_venv",)),
+    Mutation("optional_import_unguarded", "a test module imports pyyaml at the top",
+             (("tests/test_kubeflow.py", "import tensorflow as tf\n",
+               "import tensorflow as tf\nimport yaml  # noqa: F401\n"),),
+             ("tests/test_ci.py::test_collection_survives_without_the_optional_packages",)),
+]
+
 
 def tracked_copy(destination: str) -> None:
     files = subprocess.run(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"],

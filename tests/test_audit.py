@@ -1,0 +1,176 @@
+"""Issue 25 §2: breakages an audit applied that the suite did not notice, each now caught by a test
+here (``tests/mutation_check.py`` applies each breakage and runs the test named beside it).
+
+Real parts throughout: real Fashion-MNIST, the real served teacher, real training. Two stand-ins,
+said where they are: a strategy object that carries a real ``ClusterResolver`` (a cluster with a
+``chief`` task needs several processes and ports to exist as a real MultiWorkerMirroredStrategy), and
+the report dict a model card is built from (a real run's report has the same keys).
+"""
+
+import dataclasses
+import os
+import shutil
+import types
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_teacher_contract import FailFirst
+
+from tfkd import cluster
+from tfkd import distill
+from tfkd import export
+from tfkd import methods
+from tfkd import model_card
+from tfkd import pipeline
+from tfkd import serving
+from tfkd import teacher
+from tfkd.report import Report
+from tfkd.serving import monitoring
+
+
+def _no_augmentation(**fields) -> distill.StudentConfig:
+    return distill.StudentConfig(mixup_alpha=0, rotation_degrees=0, shift_fraction=0, **fields)
+
+
+def test_the_student_learns_the_teachers_soft_labels_not_their_argmax(fashion, tmp_path):
+    """Soft labels that split 0.6 / 0.4 between two classes: a student that learns them answers
+    about 0.6 for its top class on those images; one trained on their argmax (one-hot) answers
+    near 1. Trained through :func:`tfkd.pipeline.train_student`, where the run hands the transfer
+    set's targets to the trainer."""
+    n = 1024
+    images, labels = fashion.x_train[:n], fashion.y_train[:n]
+    targets = np.zeros((n, 10), np.float32)
+    targets[np.arange(n), labels] = 0.6
+    targets[np.arange(n), (labels + 1) % 10] = 0.4
+    transfer = methods.TransferSet(images, targets, np.zeros(n, np.int8), ("real",))
+    config = pipeline.DistillConfig(workdir=str(tmp_path), method="standard_kd", verbose=0,
+                                    student=_no_augmentation(epochs=8, learning_rate=3e-3))
+    dataset = dataclasses.replace(fashion, x_train=images, y_train=labels)
+    student = pipeline.train_student(config, methods.get("standard_kd"), dataset, transfer, "fp",
+                                     distill.make_strategy(), pipeline.StageTimer(), Report())
+    probabilities = tf.nn.softmax(student.predict(images, verbose=0)).numpy()
+    top = np.sort(probabilities, axis=1)
+    assert 0.45 < top[:, -1].mean() < 0.75, top[:, -1].mean()
+    assert top[:, -2].mean() > 0.25, top[:, -2].mean()
+
+
+def test_validation_images_are_held_out_of_the_pool(tmp_path):
+    """The pool the teacher trains on and the few shots are drawn from never holds a validation
+    image: no image of ``x_val`` occurs in ``x_train``, and the two add up to the training split."""
+    config = pipeline.DistillConfig(workdir=str(tmp_path), num_validation=5000)
+    dataset = pipeline.load_data(config, pipeline.StageTimer())
+    assert len(dataset.x_val) == 5000 and len(dataset.x_train) == 55_000
+    pool = {row.tobytes() for row in (dataset.x_train * 255).astype(np.uint8)}
+    held = [row.tobytes() for row in (dataset.x_val * 255).astype(np.uint8)]
+    # Fashion-MNIST has a few exact duplicate images; a held-out image may equal a pool image only
+    # where the training split itself holds that picture twice.
+    overlap = sum(h in pool for h in held)
+    assert overlap < 10, overlap
+
+
+def test_a_retry_is_refused_when_it_would_exceed_the_budget(teacher_base, fashion, tmp_path):
+    """A budget of 10 images: the first attempt of a 10-image request fits, is charged, and fails
+    in flight (an injected UNAVAILABLE); its retry would be the 11th to 20th images the teacher may
+    have seen, so it is refused unsent, and the account holds 10."""
+    fast = teacher.client_lib.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
+    account = teacher.QueryAccount(str(tmp_path), budget=10)
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             interceptors=[FailFirst(grpc.StatusCode.UNAVAILABLE, 1)]) as srv, \
+            teacher.connect(srv.target, "teacher", retry=fast, account=account,
+                            query_budget=10) as client:
+        with pytest.raises(teacher.QueryBudgetExceeded, match="retry of 10 images"):
+            client.soft_labels(fashion.x_test[:10])
+    assert account.total == 10 and account.retried == 0
+
+
+def test_a_new_teacher_version_is_never_answered_from_the_old_versions_ledger(
+        teacher_base, fashion, tmp_path):
+    """Version 2 deployed behind the same model name: the ledger must not answer it with version
+    1's stored answers (every image is asked again, and the answers are the new version's)."""
+    base = tmp_path / "teacher"
+    shutil.copytree(os.path.join(teacher_base, "1"), base / "1")
+    export.export_label_only(os.path.join(teacher_base, "1"), str(tmp_path / "label_only"))
+    shutil.copytree(tmp_path / "label_only" / "1", base / "2")  # Another model: class ids out.
+    ledger = teacher.QueryLedger(str(tmp_path / "ledger"))
+    images = fashion.x_test[:20]
+    with serving.ModelServer([serving.ModelConfig("teacher", str(base), version_policy="all")],
+                             poll_seconds=0) as srv:
+        with teacher.connect(srv.target, "teacher", version=1, ledger=ledger) as v1:
+            first = v1.soft_labels(images)
+        with teacher.connect(srv.target, "teacher", version=2, ledger=ledger) as v2:
+            v2.expect_num_classes(10, "test")
+            second = v2.soft_labels(images)
+            assert v2.ledger_hits == 0 and v2.queries == 20
+    np.testing.assert_array_equal(second.argmax(1), first.argmax(1))
+    assert set(np.unique(second)) == {0.0, 1.0}  # One-hot: version 2's answers, not version 1's.
+
+
+@pytest.mark.parametrize("method,field", [("db3kd", "db3kd"), ("fsbbt_db3kd", "db3kd"),
+                                          ("zskd", "zskd"), ("zskd_blackbox", "zskd")])
+def test_methods_train_their_student_at_their_own_temperature(method, field):
+    """DB3KD's student learns its soft labels at the search's T (20), ZSKD's at the impressions'
+    T (20): the student config a method hands the trainer carries that T and the method's loss, and
+    that loss at T differs from the loss at T = 1."""
+    config = pipeline.DistillConfig(workdir="/unused", method=method)
+    at_t = getattr(config, field).temperature
+    student = methods.get(method).student_config(config)
+    assert at_t == 20.0 and student.temperature == at_t, (method, student.temperature)
+    other = dataclasses.replace(config, **{field: dataclasses.replace(getattr(config, field),
+                                                                      temperature=7.0)})
+    assert methods.get(method).student_config(other).temperature == 7.0
+    targets = tf.constant([[0.7, 0.2, 0.1]])
+    logits = tf.constant([[2.0, 0.5, -1.0]])
+    loss = distill.make_loss(student.loss, student.temperature)
+    assert abs(float(loss(targets, logits)) - float(distill.make_loss(student.loss, 1.0)(
+        targets, logits))) > 1e-2
+
+
+def test_a_chief_and_its_workers_each_label_their_own_shard():
+    """Vertex AI's layout: a ``chief`` task and ``worker`` tasks. Stand-in: a strategy object that
+    carries a real ``SimpleClusterResolver`` (a real MultiWorkerMirroredStrategy with a chief needs
+    one process per task). The chief is worker 0 of the collective order, ``worker`` 0 is 1, and the
+    shards of every image set cover each row exactly once; only the chief exports."""
+    spec = tf.train.ClusterSpec({"chief": ["127.0.0.1:1"],
+                                 "worker": ["127.0.0.1:2", "127.0.0.1:3"]})
+    tasks = [("chief", 0), ("worker", 0), ("worker", 1)]
+    strategies = [types.SimpleNamespace(cluster_resolver=tf.distribute.cluster_resolver.
+                                        SimpleClusterResolver(spec, task_type=t, task_id=i))
+                  for t, i in tasks]
+    assert [cluster.worker_position(s) for s in strategies] == [(0, 3), (1, 3), (2, 3)]
+    assert [distill.is_chief(s) for s in strategies] == [True, False, False]
+    for n in (3, 10, 301):
+        rows = np.concatenate([np.arange(n)[cluster.ShardedTeacher(None, s).shard(n)]
+                               for s in strategies])
+        np.testing.assert_array_equal(rows, np.arange(n))
+
+
+def test_request_latency_is_recorded_in_microseconds():
+    """TF Serving's ``request_latency`` histogram is in microseconds: a request of 2.5 ms adds 2500
+    to its sum and lands in the bucket of 10 x 1.8^k microseconds that holds 2500."""
+    metrics = monitoring.ServerMetrics()
+    metrics.record("teacher", "1", "Predict", "GRPC", "OK", seconds=0.0025)
+    labels = {"model_name": "teacher", "model_version": "1", "API": "Predict",
+              "entrypoint": "GRPC"}
+    name = ":tensorflow:serving:request_latency"
+    assert metrics.registry.get_sample_value(name + "_sum", labels) == pytest.approx(2500)
+    below = max(b for b in monitoring.LATENCY_BUCKETS_US if b < 2500)
+    above = min(b for b in monitoring.LATENCY_BUCKETS_US if b >= 2500)
+    assert metrics.registry.get_sample_value(name + "_bucket", {**labels, "le": str(below)}) == 0
+    assert metrics.registry.get_sample_value(name + "_bucket", {**labels, "le": str(above)}) == 1
+
+
+def test_the_model_card_states_the_teachers_accuracy_and_the_work_dirs_queries():
+    """A resumed run: this process sent no query, the work dir's total is 1,100; the teacher scored
+    0.9, the student 0.6. Stand-in: the report dict a real run writes (same keys)."""
+    report = Report(method="fsbbt", dataset="fashion_mnist", teacher_accuracy=0.9,
+                    student_accuracy=0.6, teacher_queries_sent=0, teacher_queries=0,
+                    teacher_queries_total=1100, student_export_dir="/x/export/student/2",
+                    teacher={"model_name": "teacher", "version": 1, "target": "h:1",
+                             "signature": "serving_default", "output_kind": "probabilities"},
+                    eval_examples=500).to_dict()
+    card = model_card.build(report)
+    data = {d["name"]: d["description"] for d in card["model_parameters"]["data"]}
+    assert "accuracy 90.00%" in data["teacher"], data["teacher"]
+    assert "1,100 teacher queries" in data["transfer set"], data["transfer set"]
