@@ -26,7 +26,6 @@ from tfkd import boundary
 from tfkd import client
 from tfkd import data
 from tfkd import distill
-from tfkd import fs
 from tfkd import images
 from tfkd import impressions
 from tfkd import methods
@@ -388,12 +387,11 @@ def config_from_flags() -> pipeline.DistillConfig:
         outputs=vertex.OutputDirs.from_environ(os.environ))  # Vertex AI's AIP_* directories.
 
 
-def write_flags_json(workdir_path: str) -> str:
-    """Writes this launcher's flags (name -> value) to ``<workdir>/flags.json``."""
+def flag_values() -> dict:
+    """This launcher's flags, name -> value (the run writes them to ``<workdir>/flags.json`` once
+    it holds the work dir's lock)."""
     module = FLAGS.find_module_defining_flag("workdir")
-    values = {f.name: f.value for f in FLAGS.get_key_flags_for_module(module)}
-    fs.makedirs(workdir_path)  # Any file system: gs://, hdfs://, ...
-    return workdir.write_json(os.path.join(workdir_path, "flags.json"), values)
+    return {f.name: f.value for f in FLAGS.get_key_flags_for_module(module)}
 
 
 def main(argv):
@@ -405,9 +403,8 @@ def main(argv):
         config.validate()
     except ValueError as e:
         raise app.UsageError(str(e))
-    write_flags_json(config.workdir)
     try:
-        report = pipeline.run(config, strategy)
+        report = pipeline.run(config, strategy, flags=flag_values())
     except (data.DatasetUnavailableError, teacher.TeacherError, workdir.WorkdirError,
             distill.StudentError, ValueError) as e:
         # Expected failures (and settings only the data can refuse, e.g. N not a multiple of the

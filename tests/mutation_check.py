@@ -138,8 +138,8 @@ MUTATIONS += [
              (("tfkd/workdir.py", "    damaged = []\n    for pattern", "    return []\n    for pattern"),),
              ("tests/test_damaged_workdir.py",)),
     Mutation("no_lock", "two runs may use one work dir at once",
-             (("tfkd/pipeline.py", "    with workdir_lib.lock(config.workdir):\n        return",
-               "    if True:\n        return"),),
+             (("tfkd/pipeline.py", "    with workdir_lib.lock(config.workdir):\n        if flags",
+               "    if True:\n        if flags"),),
              ("tests/test_workdir_lies.py::test_a_busy_work_dir_is_refused",)),
     Mutation("class_count_unchecked", "a teacher of another class count is accepted",
              (("tfkd/teacher.py", "        elif declared is not None and declared != num_classes:",
@@ -206,9 +206,13 @@ MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, 
                "images)\")"),),
              (_AUDIT + "test_a_retry_is_refused_when_it_would_exceed_the_budget",)),
     Mutation("ledger_without_version", "the ledger's key leaves out the teacher's version",
-             (("tfkd/teacher.py", 'return (f"{self.model_name}/{self.version}/{self.signature_name}',
-               'return (f"{self.model_name}/{self.signature_name}'),),
+             (("tfkd/teacher.py", 'return (f"{self.origin}|{self.model_name}/{self.version}/',
+               'return (f"{self.origin}|{self.model_name}/'),),
              (_AUDIT + "test_a_new_teacher_version_is_never_answered_from_the_old_versions_ledger",)),
+    Mutation("ledger_without_origin", "the ledger's key leaves out which server and SavedModel "
+             "answered", (("tfkd/teacher.py", 'return (f"{self.origin}|{self.model_name}',
+                           'return (f"{self.model_name}'),),
+             (_AUDIT + "test_another_server_with_the_same_model_name_is_never_answered_from_the_ledger",)),
     Mutation("db3kd_student_at_t1", "DB3KD's student trains at T = 1",
              (("tfkd/methods/db3kd.py", "                                   temperature=config.db3kd."
                "temperature)", "                                   temperature=1.0)"),),
@@ -250,6 +254,14 @@ MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, 
              (("tfkd/pipeline.py", "    if passed is not False:\n        return",
                "    if True:\n        return"),),
              (_BN_RUN,)),
+    Mutation("flags_written_before_lock", "the launcher's flags.json is written before the lock "
+             "is taken", (("tfkd/pipeline.py", "    with workdir_lib.lock(config.workdir):\n        if flags "
+                           "is not None:\n            workdir_lib.write_json(",
+                           "    if flags is not None:\n        fs.makedirs(config.workdir)\n        "
+                           "workdir_lib.write_json(os.path.join(config.workdir, 'flags.json'), flags)\n"
+                           "    with workdir_lib.lock(config.workdir):\n        if False:\n"
+                           "            workdir_lib.write_json("),),
+             ("tests/test_workdir_lies.py::test_a_refused_run_leaves_the_running_runs_record",)),
     Mutation("ci_on_machine_python", "CI runs the suite with the machine's python3, not its own "
              "environment", ((".ci/run", 'fresh_venv "$VENV"\n  echo "$VENV/bin/python"',
                               'echo "$(command -v python3)"'),),

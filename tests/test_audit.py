@@ -23,6 +23,7 @@ from tfkd import distill
 from tfkd import export
 from tfkd import methods
 from tfkd import model_card
+from tfkd import models
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import teacher
@@ -87,24 +88,24 @@ def test_a_retry_is_refused_when_it_would_exceed_the_budget(teacher_base, fashio
 
 def test_a_new_teacher_version_is_never_answered_from_the_old_versions_ledger(
         teacher_base, fashion, tmp_path):
-    """Version 2 deployed behind the same model name: the ledger must not answer it with version
-    1's stored answers (every image is asked again, and the answers are the new version's)."""
+    """Version 2 deployed behind the same model name must not be answered from version 1's stored
+    answers. Version 2 here is a copy of version 1's SavedModel, so that its fingerprint is the
+    same and only the version can tell the two apart, as on TF Serving, whose metadata has no
+    fingerprint: every image is asked again."""
     base = tmp_path / "teacher"
-    shutil.copytree(os.path.join(teacher_base, "1"), base / "1")
-    export.export_label_only(os.path.join(teacher_base, "1"), str(tmp_path / "label_only"))
-    shutil.copytree(tmp_path / "label_only" / "1", base / "2")  # Another model: class ids out.
+    for version in ("1", "2"):
+        shutil.copytree(os.path.join(teacher_base, "1"), base / version)
     ledger = teacher.QueryLedger(str(tmp_path / "ledger"))
     images = fashion.x_test[:20]
     with serving.ModelServer([serving.ModelConfig("teacher", str(base), version_policy="all")],
                              poll_seconds=0) as srv:
         with teacher.connect(srv.target, "teacher", version=1, ledger=ledger) as v1:
             first = v1.soft_labels(images)
-        with teacher.connect(srv.target, "teacher", version=2, ledger=ledger) as v2:
-            v2.expect_num_classes(10, "test")
+        with teacher.connect(srv.target, "teacher", ledger=ledger) as v2:  # The latest: 2.
+            assert v2.signature.version == 2 and v2.signature.origin == v1.signature.origin
             second = v2.soft_labels(images)
             assert v2.ledger_hits == 0 and v2.queries == 20
-    np.testing.assert_array_equal(second.argmax(1), first.argmax(1))
-    assert set(np.unique(second)) == {0.0, 1.0}  # One-hot: version 2's answers, not version 1's.
+    np.testing.assert_allclose(second, first, atol=1e-6)  # The same model, asked again.
 
 
 @pytest.mark.parametrize("method,field", [("db3kd", "db3kd"), ("fsbbt_db3kd", "db3kd"),
@@ -174,3 +175,31 @@ def test_the_model_card_states_the_teachers_accuracy_and_the_work_dirs_queries()
     data = {d["name"]: d["description"] for d in card["model_parameters"]["data"]}
     assert "accuracy 90.00%" in data["teacher"], data["teacher"]
     assert "1,100 teacher queries" in data["transfer set"], data["transfer set"]
+
+
+def test_another_server_with_the_same_model_name_is_never_answered_from_the_ledger(
+        teacher_base, fashion, tmp_path):
+    """Issue 25 §4: the same work dir pointed at another server that also serves "teacher" version
+    1 (here an untrained LeNet-5, near chance) must not reuse the first teacher's stored answers.
+    The teacher's identity holds its SavedModel fingerprint (tfkd's server gives it); a second
+    server of the *same* SavedModel (the work dir's own teacher, served on a new port each run)
+    keeps the answers."""
+    other = tmp_path / "other"
+    export.export_classifier(models.build_model("lenet5", (28, 28, 1), 10), str(other))
+    ledger = teacher.QueryLedger(str(tmp_path / "ledger"))
+    images = fashion.x_test[:40]
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0) as a, \
+            teacher.connect(a.target, "teacher", ledger=ledger) as first:
+        trained = first.soft_labels(images)
+        origin = first.signature.origin
+    assert origin.startswith("saved_model:tf:"), origin
+    with serving.ModelServer([serving.ModelConfig("teacher", str(other))], poll_seconds=0) as b, \
+            teacher.connect(b.target, "teacher", ledger=ledger) as second:
+        fresh = second.soft_labels(images)
+        assert second.ledger_hits == 0 and second.queries == 40
+        assert second.signature.origin != origin
+    assert np.mean(fresh.argmax(1) == trained.argmax(1)) < 0.9
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0) as c, \
+            teacher.connect(c.target, "teacher", ledger=ledger) as again:
+        np.testing.assert_array_equal(again.soft_labels(images), trained)
+        assert again.ledger_hits == 40 and again.queries == 0 and again.signature.origin == origin

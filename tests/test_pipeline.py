@@ -396,7 +396,8 @@ def test_a_batchnorm_student_is_served_as_trained_or_the_run_fails(server, tmp_p
     assert good.returncode == 0, good.stderr[-3000:]
     report = json.loads((tmp_path / "good" / "report.json").read_text())
     trained, served = report["student_training_agreement"], report["student_served_agreement"]
-    assert report["student_batchnorm_layers"] == 2 and trained > 0.3
+    print(f"BatchNorm student: training agreement {trained:.4f}, served {served:.4f}")
+    assert report["student_batchnorm_layers"] == 2 and trained > 0.1 + pipeline.CHECKED_ABOVE_CHANCE
     assert served >= 0.8 * trained, (trained, served)
     assert report["student_check"]["passed"] is True
     assert report["student_check"]["held_out_fidelity"] == report["student_fidelity"] > 0.3
@@ -408,6 +409,8 @@ def test_a_batchnorm_student_is_served_as_trained_or_the_run_fails(server, tmp_p
     assert "BatchNormalization statistics" in last
     report = json.loads((tmp_path / "broken" / "report.json").read_text())
     check = report["student_check"]
+    print(f"stale statistics: training agreement {check['training_agreement']:.4f}, served "
+          f"{check['served_agreement']:.4f}")
     assert check["passed"] is False and report["student_batchnorm_layers"] == 0
     assert check["served_agreement"] < pipeline.SERVED_AGREEMENT_FLOOR * check["training_agreement"]
     assert os.listdir(tmp_path / "broken" / "export" / "student") == ["1.rejected"]

@@ -52,3 +52,28 @@ def test_growing_the_synthetic_set_keeps_what_was_paid_for(server, tmp_path):
     assert second["teacher_ledger_hits"] == 50 + 200 + 40
     assert "cvae_training" in second["stage_seconds"]  # Timed, but the weights were reused:
     assert second["stage_seconds"]["cvae_training"] < 5
+
+
+def test_a_refused_run_leaves_the_running_runs_record(tmp_path):
+    """Issue 25 §4: a second ``tfkd-distill`` on a busy work dir is refused by the lock before it
+    writes anything: the first run's ``flags.json`` keeps the first run's seed and sizes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = {"seed": 1, "num_shots": 100}
+    (run_dir / "flags.json").write_text(json.dumps(record))
+    with workdir.lock(str(run_dir)):  # The first run, still working.
+        second = subprocess.run(
+            [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={run_dir}",
+             "--seed=7", "--num_shots=30", "--verbose=0"],
+            capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0
+    assert second.stderr.strip().splitlines()[-1].startswith("error: workdir=")
+    assert "in use by another run" in second.stderr
+    assert json.loads((run_dir / "flags.json").read_text()) == record

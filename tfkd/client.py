@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -148,6 +149,10 @@ class ServingSignature:
         (rank 4: NHWC; rank 3: no channel axis; () if the metadata does not say); input_scale: the
         value of pixel intensity 1.0.
       output_key; output_dtype: a ``tf.DType``; output_shape: as ``input_shape``.
+      origin: what answers, beyond its name and version: ``saved_model:<fingerprint>`` where the
+        server gives the SavedModel's fingerprint (tfkd's server: the ``saved_model_fingerprint``
+        metadata field), else ``endpoint:<target>`` (TF Serving, which has no such field). Two
+        servers that both serve "teacher" version 1 are then told apart.
     """
 
     model_name: str
@@ -160,6 +165,7 @@ class ServingSignature:
     output_key: str
     output_dtype: tf.DType
     output_shape: tuple
+    origin: str = ""
 
 
 def check_target(target: str) -> str:
@@ -358,7 +364,23 @@ class ServingClient:
             model_name=config.model_name, version=version, signature_name=config.signature_name,
             input_key=input_key, input_dtype=dtype, input_shape=input_shape, input_scale=scale,
             output_key=output_key, output_dtype=tf.dtypes.as_dtype(output_info.dtype),
-            output_shape=_shape(output_info))
+            output_shape=_shape(output_info), origin=self._origin())
+
+    def _origin(self) -> str:
+        """:attr:`ServingSignature.origin`: the served SavedModel's fingerprint where the server
+        answers the ``saved_model_fingerprint`` metadata field, else the endpoint's address."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=["saved_model_fingerprint"])
+        self._model_spec(request.model_spec, with_signature=False)
+        try:
+            response = self._call(self._stub.GetModelMetadata, request, "GetModelMetadata")
+            value = wrappers_pb2.StringValue()
+            if response.metadata["saved_model_fingerprint"].Unpack(value) and value.value:
+                return f"saved_model:{value.value}"
+        except ServingClientError as e:  # TF Serving: INVALID_ARGUMENT, an unknown field.
+            logging.debug("%s: no SavedModel fingerprint in its metadata (%s); the endpoint "
+                          "identifies it", self.name, e)
+        return f"endpoint:{self.config.target}"
 
     @property
     def images_per_request(self) -> int:

@@ -319,6 +319,22 @@ def _optimizer(config: StudentConfig, lr) -> keras.optimizers.Adam:
                                  ema_momentum=config.ema_momentum or 0.99)
 
 
+def _restored_manager(checkpoint: tf.train.Checkpoint, backup_dir: str,
+                      strategy) -> tf.train.CheckpointManager:
+    """The custom loop's ``CheckpointManager`` in ``backup_dir`` (a non-chief worker's in its own
+    subdirectory), with the newest checkpoint, if any, restored into ``checkpoint``."""
+    directory = backup_dir
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not is_chief(strategy):
+        directory = os.path.join(backup_dir, f"{resolver.task_type}-{resolver.task_id}")
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+        logging.info("Student: resumed from %s (epoch %d)", manager.latest_checkpoint,
+                     int(checkpoint.epoch.numpy()))
+    return manager
+
+
 def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, strategy,
                  global_batch: int, lr, backup_dir: str | None, verbose: int) -> dict:
     """Trains with ``strategy.run`` / ``strategy.reduce``; per-example losses are averaged over the
@@ -332,17 +348,7 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
         loss_fn = make_loss(config.loss, config.temperature, reduction=None)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=student, optimizer=optimizer, epoch=epoch)
-    manager = None
-    if backup_dir:
-        directory = backup_dir
-        resolver = getattr(strategy, "cluster_resolver", None)
-        if not is_chief(strategy):
-            directory = os.path.join(backup_dir, f"{resolver.task_type}-{resolver.task_id}")
-        manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint)
-            logging.info("Student: resumed from %s (epoch %d)", manager.latest_checkpoint,
-                         int(epoch.numpy()))
+    manager = _restored_manager(checkpoint, backup_dir, strategy) if backup_dir else None
 
     def replica_step(images, targets):
         with tf.GradientTape() as tape:
@@ -589,6 +595,20 @@ def _compile(student: keras.Model, config: StudentConfig, strategy, lr) -> None:
                                              if strategy.num_replicas_in_sync == 1 else 1))
 
 
+def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_batch: int) -> None:
+    """Raises ValueError naming ``images`` or ``soft_labels`` unless they pair up (one row each),
+    the images are finite, the soft labels are distributions, and there is a global batch."""
+    if len(images) != len(soft_labels):
+        raise ValueError(f"soft_labels: expected {len(images)} rows (one per image), got "
+                         f"{len(soft_labels)}")
+    check_soft_labels(soft_labels, "soft_labels")
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"images: expected finite pixels, got {int(np.sum(~np.isfinite(images)))} "
+                         "NaN or infinite values")
+    if len(images) < global_batch:
+        raise ValueError(f"images: {len(images)} is fewer than one global batch ({global_batch})")
+
+
 def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig, seed: int,
                   backup_dir: str | None = None, strategy: tf.distribute.Strategy | None = None,
                   verbose: int = 1, callbacks=None) -> tuple[keras.Model, dict]:
@@ -613,17 +633,9 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
         outside [0, 1], or rows not summing to 1).
       StudentError: the training loss became NaN or infinite.
     """
-    if len(images) != len(soft_labels):
-        raise ValueError(f"soft_labels: expected {len(images)} rows (one per image), got "
-                         f"{len(soft_labels)}")
-    check_soft_labels(soft_labels, "soft_labels")
-    if not np.all(np.isfinite(images)):
-        raise ValueError(f"images: expected finite pixels, got {int(np.sum(~np.isfinite(images)))} "
-                         "NaN or infinite values")
     strategy = strategy or make_strategy()
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    if len(images) < global_batch:
-        raise ValueError(f"images: {len(images)} is fewer than one global batch ({global_batch})")
+    _check_training_inputs(images, soft_labels, global_batch)
     if config.loop not in LOOPS:
         raise ValueError(f"loop={config.loop!r}: expected one of {LOOPS}")
     custom = config.loop == "custom" or (

@@ -160,10 +160,12 @@ class Report:
     """Top-1 agreement of the float32 student, exported and served, with the teacher's answers on up
     to 2,000 transfer-set images (inference mode, moving statistics): what training agreement
     becomes once exported. The run fails when it is below ``SERVED_AGREEMENT_FLOOR`` (0.5) x
-    ``student_training_agreement`` (:func:`tfkd.pipeline.check_served_agreement`)."""
+    ``student_training_agreement``, for a student whose training agreement is at least 0.3 above
+    chance (:func:`tfkd.pipeline.check_served_agreement`)."""
     student_check: dict | None = None
     """The served-agreement check: ``training_agreement``, ``served_agreement``,
-    ``held_out_fidelity`` (``student_fidelity``), ``floor``, ``passed`` (null when not measurable),
+    ``held_out_fidelity`` (``student_fidelity``), ``floor``, ``passed`` (null when not measurable:
+    no training epoch ran in this process, or training agreement within 0.3 of chance),
     and ``rejected_exports`` (version directories set aside when it failed)."""
     student_batchnorm_layers: int | None = None
     """BatchNormalization layers of the student whose statistics were re-estimated after training

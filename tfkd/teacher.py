@@ -89,8 +89,10 @@ class TeacherSignature(client_lib.ServingSignature):
 
     @property
     def identity(self) -> str:
-        """The key under which answers are stored in the ledger."""
-        return (f"{self.model_name}/{self.version}/{self.signature_name}/{self.input_key}:"
+        """The key under which answers are stored in the ledger: what answers (``origin``: the
+        SavedModel's fingerprint, else the endpoint) and how it is read. Answers of another teacher
+        (another server, a new version behind the same name) are never reused."""
+        return (f"{self.origin}|{self.model_name}/{self.version}/{self.signature_name}/{self.input_key}:"
                 f"{np.dtype(self.input_dtype).name}*{self.input_scale:g}->{self.output_key}:"
                 f"{self.output_kind}")
 

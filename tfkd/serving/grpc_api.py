@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import tensorflow as tf
+from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
@@ -96,14 +97,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                        "GetModelMetadataRequest must specify at least one "
                                        "metadata_field")
                 for field in fields:
-                    if field != "signature_def":
+                    if field not in METADATA_FIELDS:
                         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                           f"Metadata field {field} is not supported")
+                                           f"Metadata field {field[:100]} is not supported")
                 servable = self._registry.resolve(request.model_spec)
                 record.version = servable.version
         except ServingError as e:
             context.abort(e.code, e.message)
-        return metadata_response(servable)
+        return metadata_response(servable, fields)
 
 
 def classification_result(classes, scores):
@@ -122,14 +123,24 @@ def classification_result(classes, scores):
     return result
 
 
-def metadata_response(servable: Servable):
-    """The ``GetModelMetadataResponse`` of a servable (its ``signature_def`` map)."""
+METADATA_FIELDS = ("signature_def", "saved_model_fingerprint")
+"""GetModelMetadata fields answered: TF Serving's ``signature_def``, and tfkd's
+``saved_model_fingerprint`` (a ``google.protobuf.StringValue``: :attr:`Servable.fingerprint`),
+which TF Serving refuses with INVALID_ARGUMENT like any unknown field."""
+
+
+def metadata_response(servable: Servable, fields=("signature_def",)):
+    """The ``GetModelMetadataResponse`` of a servable: the ``fields`` of :data:`METADATA_FIELDS`."""
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     _set_model_spec(response.model_spec, servable, None)
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature in servable.signature_defs.items():
-        signature_map.signature_def[key].CopyFrom(signature)
-    response.metadata["signature_def"].Pack(signature_map)
+    if "signature_def" in fields:
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        response.metadata["signature_def"].Pack(signature_map)
+    if "saved_model_fingerprint" in fields:
+        response.metadata["saved_model_fingerprint"].Pack(
+            wrappers_pb2.StringValue(value=servable.fingerprint))
     return response
 
 

@@ -35,6 +35,12 @@ class Servable:
       path: the version directory.
       signature_defs: SignatureDef protos by signature key, as stored in ``saved_model.pb``.
       loaded: the object returned by ``tf.saved_model.load``.
+      fingerprint: what the SavedModel is, whatever its name and version: TensorFlow's SavedModel
+        fingerprint (``fingerprint.pb``, its ``singleprint``: hashes of the graph, the signatures and
+        the checkpoint), else a SHA-256 of ``saved_model.pb`` and ``variables/variables.index``
+        (whose entries carry the weights' checksums). tfkd's server answers it as the
+        ``saved_model_fingerprint`` metadata field (TF Serving has none: its clients fall back to
+        the endpoint's address).
     """
 
     name: str
@@ -43,6 +49,7 @@ class Servable:
     signature_defs: dict
     loaded: object
     warmup_requests: int = 0
+    fingerprint: str = ""
 
     @classmethod
     def load(cls, name: str, version: int, path: str) -> "Servable":
@@ -53,7 +60,8 @@ class Servable:
         signature_defs = {k: v for k, v in meta_graph.signature_def.items()
                           if not k.startswith("__")}
         loaded = tf.saved_model.load(path, tags=["serve"])
-        servable = cls(name, version, path, signature_defs, loaded)
+        servable = cls(name, version, path, signature_defs, loaded,
+                       fingerprint=saved_model_fingerprint(path))
         servable.warmup()
         return servable
 
@@ -87,6 +95,20 @@ class Servable:
         logging.info("Servable %s version %d: %d warmup requests replayed", self.name,
                      self.version, count)
         return count
+
+
+def saved_model_fingerprint(path: str) -> str:
+    """See :attr:`Servable.fingerprint`."""
+    try:
+        return "tf:" + tf.saved_model.experimental.read_fingerprint(path).singleprint()
+    except Exception:  # noqa: BLE001 - no fingerprint.pb (older SavedModels): hash the files.
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
+            if fs.exists(os.path.join(path, name)):
+                digest.update(fs.read_bytes(os.path.join(path, name)))
+        return "sha256:" + digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -125,6 +147,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._configs: dict[str, ModelConfig] = {}
         self._servables: dict[str, dict[int, Servable]] = {}
+        # (name, version) -> the (size, mtime) of saved_model.pb when its load failed: logged once,
+        # tried again only once the file changes.
+        self._failed: dict[tuple[str, int], tuple] = {}
         self.configure(models)
 
     def configure(self, models: list[ModelConfig]) -> None:
@@ -150,29 +175,48 @@ class ModelRegistry:
             return list(self._configs.values())
 
     def refresh(self) -> None:
-        """Loads the versions each policy wants and unloads the others."""
+        """Loads the versions each policy wants and unloads the others, preserving availability as
+        TF Serving's default policy does: while a wanted version fails to load, the versions it
+        would replace stay served (a damaged new version never takes a healthy model offline).
+        A failed load is logged once and tried again only when its ``saved_model.pb`` changes."""
         with self._lock:
             configs = list(self._configs.values())
         for config in configs:
             wanted = config.wanted(export.list_versions(config.base_path))
             with self._lock:
                 loaded = dict(self._servables.get(config.name, {}))
-            for version in wanted:
-                if version in loaded:
-                    continue
-                path = os.path.join(config.base_path, str(version))
-                try:
-                    loaded[version] = Servable.load(config.name, version, path)
-                except Exception as e:  # A bad version must not take the server down.
-                    logging.error("Failed to load servable %s version %d from %s: %s",
-                                  config.name, version, path, e)
-                    continue
-                logging.info("Serving %s version %d from %s", config.name, version, path)
+            failed = [v for v in wanted if v not in loaded and not self._load(config, v, loaded)]
             if not wanted:  # Keep serving what we have while a base path is briefly empty.
                 continue
+            keep = {v: loaded[v] for v in wanted if v in loaded}
+            if failed:  # The versions they would have replaced stay until they load.
+                keep.update({v: s for v, s in loaded.items() if v not in keep})
             with self._lock:
                 if config.name in self._configs:
-                    self._servables[config.name] = {v: loaded[v] for v in wanted if v in loaded}
+                    self._servables[config.name] = keep
+
+    def _load(self, config: ModelConfig, version: int, loaded: dict) -> bool:
+        """Loads one version into ``loaded``; False when it failed (now or, unchanged, before)."""
+        path = os.path.join(config.base_path, str(version))
+        key = (config.name, version)
+        try:
+            stat = os.stat(os.path.join(path, "saved_model.pb")) if fs.is_local(path) else None
+            stamp = None if stat is None else (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            stamp = None
+        if key in self._failed and self._failed[key] == stamp:
+            return False  # Logged already; tried again when the file changes.
+        try:
+            loaded[version] = Servable.load(config.name, version, path)
+        except Exception as e:  # A bad version must not take the server down.
+            self._failed[key] = stamp
+            logging.error("Failed to load servable %s version %d from %s (not retried until its "
+                          "saved_model.pb changes; the versions it would replace stay served): %s",
+                          config.name, version, path, str(e)[:500])
+            return False
+        self._failed.pop(key, None)
+        logging.info("Serving %s version %d from %s", config.name, version, path)
+        return True
 
     def resolve(self, model_spec) -> Servable:
         """The servable a request's ``ModelSpec`` asks for.
