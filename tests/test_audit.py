@@ -203,3 +203,58 @@ def test_another_server_with_the_same_model_name_is_never_answered_from_the_ledg
             teacher.connect(c.target, "teacher", ledger=ledger) as again:
         np.testing.assert_array_equal(again.soft_labels(images), trained)
         assert again.ledger_hits == 40 and again.queries == 0 and again.signature.origin == origin
+
+
+def test_a_damaged_new_version_leaves_the_healthy_one_served(teacher_base, fashion, tmp_path,
+                                                             every_log_level):
+    """Issue 25 §4: a garbage ``saved_model.pb`` dropped in as version 2 must not unload version 1
+    (TF Serving's availability-preserving policy); the failed load is logged once, not at every
+    poll; once version 2 is repaired it replaces version 1."""
+    base = tmp_path / "teacher"
+    shutil.copytree(os.path.join(teacher_base, "1"), base / "1")
+    with serving.ModelServer([serving.ModelConfig("teacher", str(base))], poll_seconds=0) as srv:
+        (base / "2").mkdir()
+        (base / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        for _ in range(3):  # Three polls of the base path.
+            srv.registry.refresh()
+        with teacher.connect(srv.target, "teacher") as client:
+            assert client.signature.version == 1
+            assert client.soft_labels(fashion.x_test[:4]).shape == (4, 10)
+        failures = [r for r in every_log_level.records
+                    if "Failed to load servable teacher version 2" in r.getMessage()]
+        assert len(failures) == 1, [r.getMessage()[:120] for r in failures]
+        shutil.rmtree(base / "2")
+        shutil.copytree(os.path.join(teacher_base, "1"), base / "2")  # Repaired.
+        srv.registry.refresh()
+        with teacher.connect(srv.target, "teacher") as client:
+            assert client.signature.version == 2
+        assert [s.version for s in srv.registry.versions("teacher")] == [2]
+
+
+def test_unserved_model_names_share_one_metric_series_and_are_not_echoed_whole(
+        teacher_base, fashion):
+    """Issue 25 §4: every distinct model name in a request once made a Prometheus series of its own
+    (500 names of 64 KB: 1 GB scrapes). Requests for 30 unknown names of 20,000 characters each
+    are counted under one label; the NOT_FOUND answer echoes a bounded name."""
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)],
+                             poll_seconds=0) as srv:
+        channel = grpc.insecure_channel(srv.target)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for i in range(30):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = f"{i:03d}" + "x" * 20_000
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(fashion.x_test[:1]))
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Predict(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            assert len(e.value.details()) < 400 and f"{i:03d}xxx" in e.value.details()
+        channel.close()
+        exposition = srv.metrics.exposition()[0].decode()
+    assert len(exposition) < 20_000, len(exposition)
+    assert 'model_name="_unserved"' in exposition and "xxxxxxxx" not in exposition
+    assert srv.metrics.registry.get_sample_value(
+        ":tensorflow:serving:request_count",
+        {"model_name": "_unserved", "model_version": "", "status": "NOT_FOUND"}) == 30

@@ -106,7 +106,8 @@ def test_metrics_endpoint_counts_requests_per_model_and_version(fashion, teacher
             assert scrape.headers["Content-Type"].startswith("text/plain")
     counts = _samples(text, ":tensorflow:serving:request_count")
     ok = frozenset({"model_name": "teacher", "model_version": "1", "status": "OK"}.items())
-    missing = frozenset({"model_name": "nope", "model_version": "", "status": "NOT_FOUND"}.items())
+    missing = frozenset({"model_name": "_unserved", "model_version": "",  # Not served.
+                         "status": "NOT_FOUND"}.items())
     assert counts == {ok: 4.0, missing: 1.0}
     latency = _samples(text, ":tensorflow:serving:request_latency_count")
     key = {"model_name": "teacher", "model_version": "1", "API": "Predict"}

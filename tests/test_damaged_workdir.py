@@ -123,3 +123,36 @@ def test_a_damaged_teacher_is_set_aside(finished_local, tmp_path, target, every_
         assert "teacher_training" in report["stage_seconds"]
     assert report["teacher_queries_sent"] == 0  # Every answer came from the ledger.
     assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["ledger", "transfer_set"])
+def test_nan_answers_in_a_stored_file_never_reach_the_student(finished, server, tmp_path, kind,
+                                                              every_log_level):
+    """Issue 25 §4: a ledger file (or the transfer set) whose stored answers turned NaN, a file that
+    reads back without error: set aside like a truncated one (the sum check ``abs(sum - 1) > tol``
+    is false for NaN and once let them through), re-asked or rebuilt, and the same student as
+    before is exported."""
+    source, first = finished
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    pattern, field = {"ledger": ("ledger/*.npz", "soft_labels"),
+                      "transfer_set": ("transfer_set-*.npz", "targets")}[kind]
+    path = max(glob.glob(str(workdir / pattern)), key=os.path.getsize)
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays[field][:3] = np.nan
+    with open(path, "wb") as f:  # np.savez(path) would add a second ".npz".
+        np.savez(f, **arrays)
+    if kind == "ledger":  # The transfer set is rebuilt from the ledger: the NaN file matters.
+        [stored] = glob.glob(str(workdir / "transfer_set-*.npz"))
+        os.remove(stored)
+
+    report = pipeline.run(_config(workdir, server))
+
+    [damaged] = report["damaged_artifacts"]
+    assert damaged["path"] == path and "NaN" in damaged["error"]
+    # The set-aside file's images are asked again (its answers are not used); nothing else is.
+    assert report["teacher_queries_sent"] == (len(arrays["keys"]) if kind == "ledger" else 0)
+    rebuilt = methods.TransferSet.load(report["labelled_set"])
+    assert np.isfinite(rebuilt.targets).all()
+    assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9)

@@ -186,3 +186,20 @@ def test_batchnorm_layers_are_found_inside_nested_models():
     assert distill.reestimate_batchnorm(student, x, max_images=300, batch_size=100) == len(found)
     moved = [float(np.abs(b.moving_mean.numpy()).max()) for b in found]
     assert min(moved) > 0 and all(b.momentum == found[0].momentum for b in found)
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_a_non_finite_training_loss_stops_training_with_a_clear_error(fashion, tmp_path, loop):
+    """Issue 25 §4: a student whose loss turns NaN or infinite (here a learning rate of 1e12) is
+    stopped (Keras' TerminateOnNaN; the custom loop's equivalent) and never returned for export;
+    NaN soft labels are refused before training starts."""
+    images = fashion.x_train[:256]
+    soft = np.eye(10, dtype=np.float32)[fashion.y_train[:256]]
+    config = distill.StudentConfig(epochs=3, learning_rate=1e12, loop=loop, mixup_alpha=0,
+                                   rotation_degrees=0, shift_fraction=0, lr_schedule="constant")
+    with pytest.raises(distill.StudentError, match="non-finite loss .* nothing was exported"):
+        distill.train_student(images, soft, config, seed=0, verbose=0,
+                              backup_dir=str(tmp_path / loop))
+    soft[5] = np.nan
+    with pytest.raises(ValueError, match="soft_labels: expected finite probabilities, got 1 rows"):
+        distill.train_student(images, soft, config, seed=0, verbose=0)

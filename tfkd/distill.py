@@ -27,30 +27,12 @@ import tensorflow as tf
 from absl import logging
 
 from tfkd import models
+from tfkd import teacher as teacher_lib
 
 LOSSES = ("soft_ce", "kd", "db3kd")
 STRATEGIES = ("mirrored", "multi_worker")
 LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def check_soft_labels(soft_labels: np.ndarray, name: str, tolerance: float = 1e-3) -> None:
-    """Raises ValueError (naming ``name``) unless ``soft_labels`` float [n, K] are distributions:
-    every value finite and in [0, 1], every row summing to 1 within ``tolerance``. (A NaN row
-    passes ``abs(sum - 1) > tol`` unnoticed, since every comparison with NaN is false.)"""
-    values = np.asarray(soft_labels)
-    finite = np.isfinite(values)
-    if not finite.all():
-        rows = int(np.sum(~finite.all(axis=-1)))
-        raise ValueError(f"{name}: expected finite probabilities, got {rows} rows with NaN or "
-                         "infinite values")
-    if values.size and (values.min() < 0 or values.max() > 1 + tolerance):
-        raise ValueError(f"{name}: expected probabilities in [0, 1], got values in "
-                         f"[{values.min():.4g}, {values.max():.4g}]")
-    sums = values.sum(axis=-1)
-    if values.size and np.any(np.abs(sums - 1) > tolerance):
-        raise ValueError(f"{name}: expected rows summing to 1, got sums in "
-                         f"[{sums.min():.4f}, {sums.max():.4f}]")
 
 
 class StudentError(RuntimeError):
@@ -601,7 +583,7 @@ def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_b
     if len(images) != len(soft_labels):
         raise ValueError(f"soft_labels: expected {len(images)} rows (one per image), got "
                          f"{len(soft_labels)}")
-    check_soft_labels(soft_labels, "soft_labels")
+    teacher_lib.check_soft_labels(soft_labels, "soft_labels")
     if not np.all(np.isfinite(images)):
         raise ValueError(f"images: expected finite pixels, got {int(np.sum(~np.isfinite(images)))} "
                          "NaN or infinite values")

@@ -257,6 +257,25 @@ class QueryAccount:
             self.retried += n if retry else 0
 
 
+def check_soft_labels(soft_labels: np.ndarray, name: str, tolerance: float = 1e-3) -> None:
+    """Raises ValueError (naming ``name``) unless ``soft_labels`` float [n, K] are distributions:
+    every value finite and in [0, 1], every row summing to 1 within ``tolerance``. (A NaN row
+    passes ``abs(sum - 1) > tol`` unnoticed, since every comparison with NaN is false.)"""
+    values = np.asarray(soft_labels)
+    finite = np.isfinite(values)
+    if not finite.all():
+        rows = int(np.sum(~finite.all(axis=-1)))
+        raise ValueError(f"{name}: expected finite probabilities, got {rows} rows with NaN or "
+                         "infinite values")
+    if values.size and (values.min() < 0 or values.max() > 1 + tolerance):
+        raise ValueError(f"{name}: expected probabilities in [0, 1], got values in "
+                         f"[{values.min():.4g}, {values.max():.4g}]")
+    sums = values.sum(axis=-1)
+    if values.size and np.any(np.abs(sums - 1) > tolerance):
+        raise ValueError(f"{name}: expected rows summing to 1, got sums in "
+                         f"[{sums.min():.4f}, {sums.max():.4f}]")
+
+
 class QueryLedger:
     """Persisted teacher answers, keyed by content hash of the image bytes and the teacher's identity.
 
@@ -274,6 +293,11 @@ class QueryLedger:
         for path in fs.glob(os.path.join(directory, "*.npz")):
             with fs.load_npz(path) as f:
                 keys, rows = f["keys"], f["soft_labels"]
+            try:
+                check_soft_labels(rows, f"ledger file {path}")
+            except ValueError as e:  # tfkd.workdir.check sets such a file aside.
+                logging.warning("%s; its answers are not used", e)
+                continue
             self.rows_on_disk += len(keys)
             self._answers.update(zip((str(k) for k in keys), rows))
 

@@ -79,13 +79,25 @@ def _check_saved_model(path: str) -> None:
         _read_every_tensor(variables)
 
 
+def _check_answers(path: str, keys: tuple, targets: str, other_keys: tuple = ()) -> None:
+    """An npz of stored teacher answers: readable, and ``targets`` are distributions (finite, in
+    [0, 1], rows summing to 1: :func:`tfkd.teacher.check_soft_labels`). A NaN answer once passed
+    a sum check (every comparison with NaN is false) and trained a student to ``loss: nan``."""
+    from tfkd import teacher
+
+    _check_npz(path, keys, other_keys)
+    with fs.load_npz(path) as f:
+        teacher.check_soft_labels(f[targets], targets)
+
+
 # (glob under the work dir, what it is, checker, the path set aside: the file or its directory).
 ARTIFACTS = (
     ("teacher/*/saved_model.pb", "teacher SavedModel", _check_saved_model, "dir"),
     ("teacher/recipe.json", "teacher recipe", _check_json, "file"),
-    ("ledger/*.npz", "ledger answers", lambda p: _check_npz(p, ("keys", "soft_labels")), "file"),
-    ("transfer_set-*.npz", "transfer set", lambda p: _check_npz(p, ("images", "targets", "source"),
-                                                                   ("source_names",)), "file"),
+    ("ledger/*.npz", "ledger answers",
+     lambda p: _check_answers(p, ("keys", "soft_labels"), "soft_labels"), "file"),
+    ("transfer_set-*.npz", "transfer set", lambda p: _check_answers(
+        p, ("images", "targets", "source"), "targets", ("source_names",)), "file"),
     ("cvae-*.weights.h5", "CVAE weights", _check_h5, "file"),
     ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
     ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),

@@ -13,6 +13,10 @@ REST port, at the path the ``MonitoringConfig`` names, in TF Serving's metric na
   the signature, ``batch_size``): model calls made by request batching, by size (TF's batching
   ops count the same thing under this name).
 
+Only the models the server is configured to serve get a ``model_name`` label of their own; requests
+for any other name (unauthenticated clients may send millions of distinct names, each otherwise a new
+series held forever) are counted under the one label :data:`UNSERVED_MODEL`.
+
 The request metrics also carry ``model_version`` (the version that answered; empty when none was
 resolved), a label TF Serving does not have, so that counts and latency can be read per version; sum
 it away to get TF Serving's series. The exposition is ``prometheus_client``'s, from a registry per server.
@@ -37,6 +41,8 @@ from tfkd import fs
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 PROCESSED_BATCH_SIZE = ":tensorflow:serving:batching:processed_batch_size_v2"
+UNSERVED_MODEL = "_unserved"
+"""The ``model_name`` label of requests for a model the server does not serve."""
 # TF Serving's latency buckets: monitoring::Buckets::Exponential(10, 1.8, 33), in microseconds.
 LATENCY_BUCKETS_US = tuple(10 * 1.8 ** k for k in range(33))
 
@@ -134,7 +140,10 @@ class ServerMetrics:
       registry: the ``prometheus_client.CollectorRegistry`` to expose.
     """
 
-    def __init__(self):
+    def __init__(self, known_models=None):
+        """``known_models()``: the names the server serves (others are counted as
+        :data:`UNSERVED_MODEL`); None labels every name as sent."""
+        self._known_models = known_models
         self.registry = prometheus_client.CollectorRegistry()
         self._counts = _ExactCounter(REQUEST_COUNT, "The total number of requests.",
                                      ("model_name", "model_version", "status"))
@@ -155,6 +164,8 @@ class ServerMetrics:
     def record(self, model_name: str, model_version: str, api: str, entrypoint: str, status: str,
                seconds: float) -> None:
         """Counts one answered request and its wall time in ``seconds``."""
+        if self._known_models is not None and model_name not in self._known_models():
+            model_name, model_version = UNSERVED_MODEL, ""
         self._counts.add(model_name, model_version, status)
         self._latency.labels(model_name, model_version, api, entrypoint).observe(seconds * 1e6)
 

@@ -97,6 +97,18 @@ class Servable:
         return count
 
 
+MAX_SHOWN_NAME = 256
+"""Characters of a client's model name or label echoed back in an error message."""
+
+
+def shown_name(name: str) -> str:
+    """``name`` as an error message echoes it: at most :data:`MAX_SHOWN_NAME` characters (a client
+    may send a megabyte-long name; echoed whole it trips the client's metadata limit)."""
+    if len(name) <= MAX_SHOWN_NAME:
+        return name
+    return f"{name[:MAX_SHOWN_NAME]}... ({len(name)} characters)"
+
+
 def saved_model_fingerprint(path: str) -> str:
     """See :attr:`Servable.fingerprint`."""
     try:
@@ -225,30 +237,31 @@ class ModelRegistry:
           ServingError: NOT_FOUND for an unknown model, version or label, as TF Serving words it.
         """
         name = model_spec.name
+        shown = shown_name(name)
         with self._lock:
             versions = self._servables.get(name)
             if name not in self._configs or not versions:
                 if model_spec.HasField("version"):
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Servable not found for request: Specific({name}, "
+                                       f"Servable not found for request: Specific({shown}, "
                                        f"{model_spec.version.value})")
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Servable not found for request: Latest({name})")
+                                   f"Servable not found for request: Latest({shown})")
             if model_spec.HasField("version"):
                 version = model_spec.version.value
                 if version not in versions:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Servable not found for request: Specific({name}, {version})")
+                                       f"Servable not found for request: Specific({shown}, {version})")
                 return versions[version]
             if model_spec.version_label:
                 label = model_spec.version_label
                 version = self._configs[name].version_labels.get(label)
                 if version is None:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Unrecognized servable version label: {label}")
+                                       f"Unrecognized servable version label: {shown_name(label)}")
                 if version not in versions:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Servable not found for request: Specific({name}, {version})")
+                                       f"Servable not found for request: Specific({shown}, {version})")
                 return versions[version]
             return versions[max(versions)]
 
@@ -256,6 +269,6 @@ class ModelRegistry:
         with self._lock:
             if name not in self._configs or not self._servables.get(name):
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find any versions of model {name}")
+                                   f"Could not find any versions of model {shown_name(name)}")
             return [self._servables[name][v] for v in sorted(self._servables[name])]
 

@@ -123,7 +123,8 @@ class ModelServer:
         self.registry = ModelRegistry(models)
         self.port = self.config.port
         self.rest_api_port = self.config.rest_api_port
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(
+            known_models=lambda: [m.name for m in self.registry.model_configs()])
         self.batcher = None
         self._server = None
         self._http = None
