@@ -20,6 +20,8 @@ from tfkd import export
 flags.DEFINE_string("export_dir", None, "The SavedModel version directory to deploy.", required=True)
 flags.DEFINE_string("model_base_path", None, "The served base path.", required=True)
 flags.DEFINE_integer("version", None, "Version number; default: one more than the newest there.")
+flags.DEFINE_bool("allow_older_version", False, "Accept a --version below the newest there (a "
+                  "server serving the latest version would not serve it).")
 
 FLAGS = flags.FLAGS
 flags.register_validator("version", lambda v: v is None or v >= 1,
@@ -30,8 +32,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        path = export.deploy_version(FLAGS.export_dir, FLAGS.model_base_path, FLAGS.version)
-    except ValueError as e:
+        path = export.deploy_version(FLAGS.export_dir, FLAGS.model_base_path, FLAGS.version,
+                                     allow_older=FLAGS.allow_older_version)
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"deployed {FLAGS.export_dir} as {path}", flush=True)
 

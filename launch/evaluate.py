@@ -28,6 +28,10 @@ flags.DEFINE_string("data_dir", None, "Directory of IDX files (optional).")
 flags.DEFINE_integer("eval_examples", 0, "Test images (0: all).")
 
 FLAGS = flags.FLAGS
+flags.register_validator("eval_examples", lambda v: v >= 0,
+                         message="--eval_examples must be >= 0 (0: the whole test split)")
+flags.register_validator("version", lambda v: v is None or v >= 1,
+                         message="--version must be a positive integer (TF Serving versions)")
 
 
 def main(argv):

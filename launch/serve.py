@@ -53,11 +53,37 @@ flags.DEFINE_string("monitoring_config_file", "", "A MonitoringConfig text proto
 FLAGS = flags.FLAGS
 
 
-def _read(path):
+def _read(flag: str):
+    """The bytes of the file a flag names (None when unset).
+
+    Raises:
+      ValueError: naming the flag and path when the file cannot be read.
+    """
+    path = getattr(FLAGS, flag)
     if not path:
         return None
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        return fs.read_bytes(path)
+    except Exception as e:  # noqa: BLE001 - OSError, or tf.errors.NotFoundError from gfile.
+        raise ValueError(f"--{flag}={path!r}: cannot read it "
+                         f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
+
+
+def _pem(flag: str):
+    """A PEM file's bytes (None when unset). Raises ValueError when it holds no PEM block."""
+    data = _read(flag)
+    if data is not None and b"-----BEGIN " not in data:
+        raise ValueError(f"--{flag}={getattr(FLAGS, flag)!r}: not a PEM file (no '-----BEGIN' "
+                         "line)")
+    return data
+
+
+def _existing(flag: str) -> str:
+    """The path a flag names. Raises ValueError when no file is there."""
+    path = getattr(FLAGS, flag)
+    if not fs.exists(path) or fs.isdir(path):
+        raise ValueError(f"--{flag}={path!r}: no such file")
+    return path
 
 
 def server_config_from_flags() -> serving.ServerConfig:
@@ -68,17 +94,17 @@ def server_config_from_flags() -> serving.ServerConfig:
     """
     batching = None
     if FLAGS.enable_batching:
-        batching = (serving.BatchingParameters.from_file(FLAGS.batching_parameters_file)
+        batching = (serving.BatchingParameters.from_file(_existing("batching_parameters_file"))
                     if FLAGS.batching_parameters_file else serving.BatchingParameters())
     elif FLAGS.batching_parameters_file:
         raise ValueError("--batching_parameters_file is read only with --enable_batching")
-    monitoring = (serving.MonitoringConfig.from_file(FLAGS.monitoring_config_file)
+    monitoring = (serving.MonitoringConfig.from_file(_existing("monitoring_config_file"))
                   if FLAGS.monitoring_config_file else None)
     return serving.ServerConfig(
         host=FLAGS.host, port=FLAGS.port, rest_api_port=FLAGS.rest_api_port or None,
         poll_seconds=FLAGS.file_system_poll_wait_seconds, max_workers=FLAGS.grpc_max_threads,
-        ssl_server_cert=_read(FLAGS.ssl_server_cert), ssl_server_key=_read(FLAGS.ssl_server_key),
-        ssl_custom_ca=_read(FLAGS.ssl_custom_ca), max_tensor_bytes=FLAGS.max_tensor_bytes,
+        ssl_server_cert=_pem("ssl_server_cert"), ssl_server_key=_pem("ssl_server_key"),
+        ssl_custom_ca=_pem("ssl_custom_ca"), max_tensor_bytes=FLAGS.max_tensor_bytes,
         rest_max_body_bytes=FLAGS.rest_max_body_bytes, batching=batching, monitoring=monitoring)
 
 
@@ -87,15 +113,14 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.model_config_file and FLAGS.model_base_path:
         raise app.UsageError("Give --model_config_file or --model_base_path, not both.")
-    if FLAGS.model_config_file:
-        models = serving.parse_model_config_file(FLAGS.model_config_file)
-    elif FLAGS.model_base_path:
-        models = [serving.ModelConfig(FLAGS.model_name, FLAGS.model_base_path)]
-    else:
+    if not (FLAGS.model_config_file or FLAGS.model_base_path):
         raise app.UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
     try:
+        models = ([serving.ModelConfig(FLAGS.model_name, FLAGS.model_base_path)]
+                  if FLAGS.model_base_path else serving.parse_model_config_file(
+                      _existing("model_config_file")))
         server = serving.ModelServer(models, server_config_from_flags())
-    except ValueError as e:
+    except ValueError as e:  # Every file a flag names is read here: one line, before serving.
         sys.exit(f"error: {e}")
     if FLAGS.model_base_path and not fs.isdir(FLAGS.model_base_path):
         sys.exit(f"error: --model_base_path={FLAGS.model_base_path!r}: no such directory")

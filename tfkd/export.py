@@ -323,7 +323,8 @@ def saved_model_parameters(path: str) -> int:
                    if name != "_CHECKPOINTABLE_OBJECT_GRAPH"))
 
 
-def deploy_version(version_dir: str, model_base_path: str, version: int | None = None) -> str:
+def deploy_version(version_dir: str, model_base_path: str, version: int | None = None,
+                   allow_older: bool = False) -> str:
     """Copies a SavedModel version into a served base path as its next version, atomically.
 
     The copy goes to a hidden temporary directory inside ``model_base_path`` and is renamed into
@@ -334,17 +335,27 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
       version_dir: a SavedModel directory (holding ``saved_model.pb``).
       model_base_path: the served base path.
       version: default: one more than the newest there.
+      allow_older: accept a ``version`` below the newest there. Off by default: a server with
+        TF Serving's default policy (the latest version) would never serve it.
 
     Returns:
       the new version directory.
 
     Raises:
-      ValueError: ``version_dir`` is not a SavedModel, or the version exists.
+      ValueError: ``version_dir`` is not a SavedModel, ``model_base_path`` is a file, the version
+        exists, or it is below the newest without ``allow_older``.
     """
     if not fs.exists(os.path.join(version_dir, "saved_model.pb")):
         raise ValueError(f"version_dir={version_dir!r}: expected a SavedModel directory "
                          "(with saved_model.pb)")
+    if fs.exists(model_base_path) and not fs.isdir(model_base_path):
+        raise ValueError(f"model_base_path={model_base_path!r}: is a file; expected the directory "
+                         "of numeric versions a server watches")
     existing = list_versions(model_base_path)
+    if version is not None and existing and version < existing[-1] and not allow_older:
+        raise ValueError(f"version={version}: below the newest version there ({existing[-1]}), "
+                         "which a server serving the latest version keeps serving; omit the "
+                         f"version (next: {existing[-1] + 1}) or allow an older one explicitly")
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
     return _write_version(model_base_path, version,
                           lambda tmp_dir: fs.copy_tree(version_dir, tmp_dir))

@@ -93,16 +93,36 @@ def read_bytes(path: str) -> bytes:
 
 
 def read_text(path: str) -> str:
-    with gfile.GFile(path, "r") as f:
-        return f.read()
+    """The UTF-8 text of a file.
+
+    Raises:
+      ValueError: naming the path, when the bytes are not UTF-8 text (a binary file given for a
+        config); OSError / ``tf.errors.NotFoundError`` when it cannot be read.
+    """
+    data = read_bytes(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def write_atomic(path: str, data: bytes | str) -> str:
-    """Writes ``data`` to ``path`` atomically (``<path>.tmp``, then rename). Returns ``path``."""
+    """Writes ``data`` to ``path`` atomically (``<path>.tmp``, then rename). Returns ``path``.
+
+    A write that fails (a full disk, a quota) leaves nothing at ``path`` (an earlier file there is
+    kept whole) and removes its temporary file."""
     tmp = path + ".tmp"
-    with gfile.GFile(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    replace(tmp, path)
+    try:
+        with gfile.GFile(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        replace(tmp, path)
+    except BaseException:
+        try:
+            if gfile.exists(tmp):
+                gfile.remove(tmp)
+        except Exception:  # noqa: BLE001 - the write's own error is the one to raise.
+            pass
+        raise
     return path
 
 

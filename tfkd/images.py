@@ -76,6 +76,9 @@ class ImageSourceConfig:
             raise ValueError(f"images.channels={self.channels!r}: expected 1 or 3")
         if not self.path:
             raise ValueError("images.path='': expected a directory, pattern or TFRecord path")
+        if self.class_names and not tf.io.gfile.exists(self.class_names):
+            raise ValueError(f"class_names={self.class_names!r}: no such file (expected one class "
+                             "name per line, in the teacher's order)")
 
     def image_shape(self, teacher_input_shape: tuple) -> tuple[int, int, int]:
         """(H, W, C) the images become: this config's overrides, else the teacher's input shape

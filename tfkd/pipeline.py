@@ -264,12 +264,15 @@ def run(config: DistillConfig, strategy: tf.distribute.Strategy | None = None,
 
     Raises:
       ValueError: a setting out of range (before anything is read or sent).
-      tfkd.workdir.WorkdirError: another run holds the work dir, or its teacher was trained with
-        other settings.
+      tfkd.workdir.WorkdirError: the work dir (or an output dir) cannot be written, another run
+        holds the work dir, or its teacher was trained with other settings.
       tfkd.data.DatasetUnavailableError, tfkd.teacher.TeacherError (QueryBudgetExceeded included).
     """
     config.validate()
     method = methods.get(config.method)
+    workdir_lib.check_usable(config.workdir)
+    for name, directory in config.outputs.to_dict().items():  # Vertex AI's AIP_* directories.
+        workdir_lib.check_usable(directory, f"outputs.{name}")
     with workdir_lib.lock(config.workdir):
         if flags is not None:
             workdir_lib.write_json(os.path.join(config.workdir, "flags.json"), flags)

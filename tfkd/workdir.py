@@ -145,6 +145,40 @@ def check(workdir: str) -> list[dict]:
     return damaged
 
 
+UNUSABLE_ROOTS = ("/proc", "/sys", "/dev")
+"""Local file systems that are not storage: a work dir there is refused by name."""
+
+
+def check_usable(directory: str, what: str = "workdir") -> None:
+    """Checks, before any work, that ``directory`` can hold a run's files: it is (or can be made) a
+    directory, it is not under a pseudo file system (:data:`UNUSABLE_ROOTS`), and a file can be
+    written and removed there (a read-only mount, a full disk, missing permissions fail here, not
+    after training).
+
+    Raises:
+      WorkdirError: one line naming ``what``, the path and the cause.
+    """
+    import tensorflow as tf
+
+    if fs.is_local(directory):
+        real = os.path.realpath(directory)
+        root = next((r for r in UNUSABLE_ROOTS if real == r or real.startswith(r + "/")), None)
+        if root is not None:
+            raise WorkdirError(f"{what}={directory!r}: under {root}, a pseudo file system, not "
+                               "storage; choose a directory on a disk")
+        if os.path.exists(real) and not os.path.isdir(real):
+            raise WorkdirError(f"{what}={directory!r}: is a file, not a directory")
+    probe = os.path.join(directory, f".tfkd-write-probe-{os.getpid()}")
+    try:
+        fs.makedirs(directory)
+        fs.write_atomic(probe, b"probe")
+        fs.remove(probe)
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise WorkdirError(f"{what}={directory!r}: cannot write there "
+                           f"({str(reason).splitlines()[0][:200]})") from None
+
+
 class WorkdirError(RuntimeError):
     """The work dir cannot be used as asked: busy with another run, or its artifacts were made
     with other settings. The message names the work dir and what to do."""
