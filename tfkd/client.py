@@ -203,13 +203,90 @@ def _read_secret(path: str | None, env: str | None) -> str | None:
 
 
 def _read_file(path: str | None, what: str) -> bytes | None:
+    """A TLS file's PEM bytes (None when unset). Raises ValueError naming ``what`` and the path
+    when it cannot be read or holds no PEM block (gRPC would only fail to connect, silently)."""
     if not path:
         return None
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read()
     except OSError as e:
         raise ValueError(f"{what}={path!r}: cannot read it ({e.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{what}={path!r}: not a PEM file (no '-----BEGIN' line)")
+    return data
+
+
+def diagnose_connection(config: "ServingConfig", timeout_s: float = 5.0) -> str:
+    """Why a gRPC channel to ``config.target`` did not become ready, in words: the host is unknown,
+    nothing listens, the port speaks HTTP/1.x (a REST port), TLS where plaintext was expected or
+    the reverse, a certificate the CA does not sign. Probes with one TCP connection (and one TLS
+    handshake when TLS is configured); never raises."""
+    import socket
+    import ssl
+
+    host, _, port = config.target.rpartition(":")
+    if config.target.startswith("unix:") or not port.isdigit():
+        return "no connection"
+    try:
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
+    except socket.gaierror as e:
+        return f"the host {host!r} is not known ({e.strerror})"
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens on that port"
+    except TimeoutError:
+        return f"no TCP connection within {timeout_s:g} s (the host is down or a firewall drops it)"
+    except OSError as e:
+        return f"no TCP connection ({e.strerror})"
+    with sock:
+        sock.settimeout(timeout_s)
+        try:
+            if config.tls_ca_file:
+                return _diagnose_tls(sock, config, host)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: tfkd\r\nConnection: close\r\n\r\n")
+            head = sock.recv(16)
+        except (OSError, ssl.SSLError) as e:
+            return f"the connection failed during the probe ({e})"
+    if head.startswith(b"HTTP/1."):
+        return ("the port answers HTTP/1.x, not gRPC: a REST port? (TF Serving serves gRPC on "
+                "--port, 8500 by default, and REST on --rest_api_port, 8501)")
+    if head[:1] in (b"\x15", b"\x16") or _speaks_tls(host, int(port), timeout_s):
+        return "the server speaks TLS: give its CA (--teacher_tls_ca)"
+    return "the port accepts TCP connections but no gRPC (HTTP/2) connection was made"
+
+
+def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
+    """Whether a TLS handshake (certificate not verified: a probe, nothing is sent) completes."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout_s) as sock:
+            context.wrap_socket(sock).close()
+        return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def _diagnose_tls(sock, config: "ServingConfig", host: str) -> str:
+    import ssl
+
+    context = ssl.create_default_context(cadata=_read_file(config.tls_ca_file, "tls_ca_file")
+                                         .decode("ascii", "replace"))
+    if config.tls_cert_file and config.tls_key_file:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    try:
+        context.wrap_socket(sock, server_hostname=config.tls_server_name or host).close()
+    except ssl.SSLCertVerificationError as e:
+        return (f"TLS: the server's certificate is not trusted by tls_ca_file="
+                f"{config.tls_ca_file!r} ({e.verify_message})")
+    except ssl.SSLError as e:
+        if "WRONG_VERSION_NUMBER" in str(e) or "RECORD_LAYER" in str(e).upper():
+            return "TLS was asked for, but the server answers in plaintext (no TLS on that port)"
+        return f"the TLS handshake failed ({e.reason or e})"
+    return "the TLS handshake succeeds but no gRPC (HTTP/2) connection was made"
 
 
 def _shape(info) -> tuple:
@@ -262,7 +339,8 @@ class ServingClient:
         except grpc.FutureTimeoutError:
             self._channel.close()
             raise ServingClientError(f"{self.name}: unreachable (no connection within "
-                                     f"{config.connect_timeout_s:g} s)",
+                                     f"{config.connect_timeout_s:g} s: "
+                                     f"{diagnose_connection(config)})",
                                      grpc.StatusCode.UNAVAILABLE) from None
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         try:
