@@ -205,6 +205,9 @@ flags.DEFINE_integer("batchnorm_images", _STUDENT.batchnorm_images, "After train
 flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
+flags.DEFINE_float("cluster_startup_timeout", distill.CLUSTER_STARTUP_TIMEOUT_S, "With "
+                   "--strategy=multi_worker: fail with one line if the cluster's other tasks have "
+                   "not all started within this many seconds.")
 flags.DEFINE_enum("training_loop", "auto", list(distill.LOOPS), "Student training loop: fit (Keras "
                   "fit with callbacks), custom (strategy.run with tf.train.CheckpointManager), auto: "
                   "custom under multi_worker, else fit.")
@@ -233,7 +236,7 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0,
              "batchnorm_images": 0}
-_POSITIVE = ("zskd_learning_rate", "zskd_temperature", "zskd_sigma",
+_POSITIVE = ("cluster_startup_timeout", "zskd_learning_rate", "zskd_temperature", "zskd_sigma",
              "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
 _NOTES = {"num_shots": " (0: all, with --images)"}
@@ -398,7 +401,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
-        strategy = distill.make_strategy(FLAGS.strategy)
+        strategy = distill.make_strategy(FLAGS.strategy,
+                                         startup_timeout_s=FLAGS.cluster_startup_timeout)
         config = config_from_flags()
         config.validate()
     except ValueError as e:

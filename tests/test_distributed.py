@@ -155,3 +155,31 @@ def test_two_workers_share_the_db3kd_boundary_search(server, tmp_path):
     sets = [methods.TransferSet.load(r["labelled_set"]).targets for r in (chief, worker, single)]
     np.testing.assert_array_equal(sets[0], sets[1])
     np.testing.assert_allclose(sets[0], sets[2], rtol=1e-5, atol=FLOAT32_ATOL)
+
+
+def test_a_cluster_whose_peer_never_starts_fails_with_one_line(tmp_path):
+    """Issue 25 §4: one worker of a two-worker cluster whose peer never starts once waited forever
+    (and TF's coordination service takes SIGTERM as a preemption notice); with
+    --cluster_startup_timeout it fails with one line naming the missing peer. A TF_CONFIG that is
+    not JSON is named as such."""
+    base = [sys.executable, os.path.join(REPO, "launch", "distill.py"),
+            f"--workdir={tmp_path / 'run'}", "--strategy=multi_worker", "--verbose=0"]
+    missing = free_port()
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{missing}"]}
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": 0}}))
+    proc = subprocess.Popen([*base, "--cluster_startup_timeout=5"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0  # Killed by the watchdog (TF's wait cannot be interrupted).
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: TF_CONFIG: the cluster did not start within 5 s"), last
+    assert f"worker:1 at 127.0.0.1:{missing}" in last
+    bad = subprocess.run(base, env=dict(os.environ, TF_CONFIG="{cluster: worker"),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "TF_CONFIG: not JSON" in bad.stderr
+    assert "Traceback" not in bad.stderr

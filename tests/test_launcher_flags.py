@@ -17,6 +17,7 @@ NOT_IN_CONFIG = {
     "strategy": "main() builds the tf.distribute strategy from it before anything else (a "
                 "MultiWorkerMirroredStrategy must exist before other TensorFlow work) and passes "
                 "it to pipeline.run beside the config",
+    "cluster_startup_timeout": "read with --strategy by make_strategy, before the config",
 }
 
 

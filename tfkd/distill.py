@@ -19,7 +19,10 @@ keyed by a per-batch seed (no per-image Python loop; the same seed gives the sam
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -261,7 +264,50 @@ def make_loss(name: str, temperature: float = 1.0,
     raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
 
 
-def make_strategy(kind: str = "mirrored", devices: list[str] | None = None) -> tf.distribute.Strategy:
+def parse_tf_config(text: str | None) -> dict:
+    """The ``TF_CONFIG`` environment variable, checked: JSON with ``cluster`` (task type -> list of
+    ``host:port``) and ``task`` (``type``, ``index``) naming one of the cluster's tasks.
+
+    Raises:
+      ValueError: one line naming ``TF_CONFIG`` and what is wrong (unset, not JSON, a task that is
+        not in the cluster).
+    """
+    if not text:
+        raise ValueError("strategy='multi_worker': the TF_CONFIG environment variable is not set "
+                         "(it names the cluster and this task)")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG: not JSON ({e.msg} at character {e.pos}): {text[:80]!r}") from None
+    cluster, task = (value.get("cluster"), value.get("task")) if isinstance(value, dict) else (None, None)
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError('TF_CONFIG: expected {"cluster": {type: [host:port, ...]}, "task": '
+                         f'{{"type": ..., "index": ...}}}}, got {text[:120]!r}')
+    addresses = cluster.get(task.get("type"))
+    index = task.get("index", 0)
+    if not isinstance(addresses, list) or not isinstance(index, int) or not 0 <= index < len(addresses):
+        raise ValueError(f"TF_CONFIG: task {task} is not one of the cluster's tasks "
+                         f"{ {k: len(v) for k, v in cluster.items() if isinstance(v, list)} }")
+    return value
+
+
+CLUSTER_STARTUP_TIMEOUT_S = 600.0
+"""How long a MultiWorkerMirroredStrategy waits for every task of its cluster to start before the
+process fails with one line naming the peers (TF itself waits forever, and its coordination
+service takes SIGTERM as a preemption notice, so the wait does not end on SIGTERM either)."""
+
+
+_WATCHDOG = """import os, signal, sys, time
+pid, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(seconds)
+sys.stderr.write(message + chr(10))
+sys.stderr.flush()
+os.kill(pid, signal.SIGKILL)
+"""
+
+
+def make_strategy(kind: str = "mirrored", devices: list[str] | None = None,
+                  startup_timeout_s: float = CLUSTER_STARTUP_TIMEOUT_S) -> tf.distribute.Strategy:
     """The training strategy.
 
     Args:
@@ -269,17 +315,34 @@ def make_strategy(kind: str = "mirrored", devices: list[str] | None = None) -> t
         one CPU replica when there are none); ``multi_worker``:
         `tf.distribute.MultiWorkerMirroredStrategy` from the ``TF_CONFIG`` environment variable. A
         multi-worker strategy must be made at program start, before other TensorFlow work.
+      startup_timeout_s: ``multi_worker`` only: if the cluster's other tasks have not all connected
+        within this many seconds, a watchdog process writes one line naming them to stderr and
+        kills this process (SIGKILL: TF's wait cannot be interrupted from inside).
 
     Raises:
-      ValueError: unknown kind, or ``multi_worker`` without ``TF_CONFIG``.
+      ValueError: unknown kind, or ``multi_worker`` without a usable ``TF_CONFIG``.
     """
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices=devices)
     if kind == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise ValueError("strategy='multi_worker': the TF_CONFIG environment variable is not "
-                             "set (it names the cluster and this task)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
+        peers = ", ".join(f"{t}:{i} at {a}" for t, addresses in tf_config["cluster"].items()
+                          for i, a in enumerate(addresses)
+                          if (t, i) != (tf_config["task"]["type"], tf_config["task"].get("index", 0)))
+
+        message = (f"error: TF_CONFIG: the cluster did not start within {startup_timeout_s:g} s; "
+                   f"waiting for {peers} (each task must run the same command with its own "
+                   "TF_CONFIG)")
+        # TF's wait holds the GIL and takes SIGTERM as a preemption notice: only another process
+        # can end it. The watchdog writes the line to this process's stderr and SIGKILLs it.
+        watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(startup_timeout_s), message],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        finally:
+            watchdog.kill()
+            watchdog.wait()
     raise ValueError(f"strategy={kind!r}: expected one of {STRATEGIES}")
 
 
