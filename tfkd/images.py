@@ -162,9 +162,50 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     return image
 
 
+MAX_IMAGE_PIXELS = 64_000_000
+"""Images declaring more pixels than this (8000 x 8000) are skipped unread, as unreadable files are:
+a 389 KB "decompression bomb" PNG of 20000 x 20000 once decoded to 2.6 GB."""
+
+
+def declared_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """The pixels (height x width, int64 scalar) an encoded image's header declares, read without
+    decoding it: PNG (IHDR), GIF (logical screen), BMP (info header), JPEG (its SOF marker); 0 for
+    other bytes (decoding then fails on its own)."""
+    head = tf.io.decode_raw(tf.strings.substr(tf.strings.join([encoded, "\0" * 32]), 0, 32),
+                            tf.uint8)
+    b = tf.cast(head, tf.int64)
+
+    def big(i):
+        return ((b[i] * 256 + b[i + 1]) * 256 + b[i + 2]) * 256 + b[i + 3]
+
+    def little(i):
+        return ((b[i + 3] * 256 + b[i + 2]) * 256 + b[i + 1]) * 256 + b[i]
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(encoded), tf.int64)
+        return shape[0] * shape[1]
+
+    def bmp():
+        h = little(22)
+        return little(18) * tf.where(h >= 2 ** 31, 2 ** 32 - h, h)  # Top-down BMPs: negative h.
+
+    starts = lambda *magic: tf.reduce_all(tf.equal(b[:len(magic)], magic))  # noqa: E731
+    return tf.case([(starts(0x89, 0x50, 0x4E, 0x47), lambda: big(16) * big(20)),
+                    (starts(0x47, 0x49, 0x46), lambda: (b[6] + 256 * b[7]) * (b[8] + 256 * b[9])),
+                    (starts(0x42, 0x4D), bmp), (starts(0xFF, 0xD8), jpeg)],
+                   default=lambda: tf.constant(0, tf.int64))
+
+
 def decode(encoded: tf.Tensor, image_shape: tuple) -> tf.Tensor:
-    """Encoded PNG/JPEG/BMP/GIF bytes (scalar string) -> float32 [H, W, C] in [0, 1]."""
+    """Encoded PNG/JPEG/BMP/GIF bytes (scalar string) -> float32 [H, W, C] in [0, 1].
+
+    Raises (as a ``tf.data`` error, so that the image is skipped as unreadable):
+      InvalidArgumentError: undecodable bytes, or a header declaring more than
+        :data:`MAX_IMAGE_PIXELS` pixels (checked before decoding).
+    """
     height, width, channels = image_shape
+    tf.debugging.assert_less_equal(declared_pixels(encoded), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+                                   message="image larger than MAX_IMAGE_PIXELS")
     image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
     image = tf.image.convert_image_dtype(_to_channels(image, channels), tf.float32)
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
@@ -172,6 +213,19 @@ def decode(encoded: tf.Tensor, image_shape: tuple) -> tf.Tensor:
         tf.image.resize(image, [height, width], antialias=True), 0.0, 1.0))
     image.set_shape([height, width, channels])
     return image
+
+
+def _check_image_key(files: list[str], image_key: str) -> None:
+    """Raises ImageSourceError naming the key and the features there when the first record of
+    the TFRecord files has no bytes feature ``image_key``."""
+    for record in tf.data.TFRecordDataset(files).take(1):
+        example = tf.train.Example.FromString(record.numpy())
+        feature = example.features.feature
+        if image_key not in feature or not feature[image_key].bytes_list.value:
+            found = ", ".join(f"{k} ({v.WhichOneof('kind')})" for k, v in sorted(feature.items()))
+            raise ImageSourceError(f"image_key={image_key!r}: the first record of {files[0]} has "
+                                   f"no bytes feature by that name; it has: {found or 'none'} "
+                                   "(--image_key names the encoded image)")
 
 
 def _source(path: str, image_key: str) -> tuple[list[str], callable]:
@@ -188,6 +242,7 @@ def _source(path: str, image_key: str) -> tuple[list[str], callable]:
     for f in files:
         n = int(tf.data.TFRecordDataset(f).reduce(np.int64(0), lambda c, _: c + 1))
         names += [f"{f}#{i}" for i in range(n)]
+    _check_image_key(files, image_key)
     features = {image_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
 
     def make(indices):
@@ -237,9 +292,9 @@ def load_images(path: str, image_shape: tuple, image_key: str = DEFAULT_IMAGE_KE
     got = np.concatenate(got) if got else np.zeros([0], np.int64)
     skipped = tuple(names[i] for i in np.setdiff1d(indices, got))
     if skipped:
-        logging.warning("%s=%s: %d of %d files could not be read as images and were skipped "
-                        "(e.g. %s)", what, path, len(skipped), len(indices),
-                        ", ".join(skipped[:5]))
+        logging.warning("%s=%s: %d of %d files could not be read as images (undecodable, or "
+                        "over %d pixels) and were skipped (e.g. %s)", what, path, len(skipped),
+                        len(indices), MAX_IMAGE_PIXELS, ", ".join(skipped[:5]))
     if not len(got):
         raise ImageSourceError(f"{what}={path!r}: expected decodable images; none of its "
                                f"{len(indices)} files could be read (e.g. {', '.join(skipped[:3])})")

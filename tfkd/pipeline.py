@@ -682,6 +682,12 @@ def export_student(config: DistillConfig, student: keras.Model, warmup_images: n
     ``serving_default`` and ``classify`` with ``class_names`` as its label vocabulary) and writes
     the serving configs. Returns variant -> version directory."""
     export_root = os.path.join(config.workdir, "export")
+    broken = [w.path for w in student.weights if not np.all(np.isfinite(w.numpy()))]
+    if broken:  # Never a new version, never a canary: a NaN student answers class 0 for all.
+        raise distill.StudentError(
+            f"the student's weights are not finite ({len(broken)} variables, e.g. {broken[0]}): "
+            "likely a training state restored from a run whose loss diverged; nothing was "
+            f"exported (remove the student_backup-* directory of {config.workdir} to train again)")
     with timer("export"):
         variant_dirs = {"float32": export.export_classifier(
             student, os.path.join(export_root, "student"), warmup_images=warmup_images,

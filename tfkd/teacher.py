@@ -73,6 +73,10 @@ class TeacherConfig(client_lib.ServingConfig):
             raise ValueError(f"output_kind={self.output_kind!r}: expected one of {OUTPUT_KINDS}")
         if self.query_budget is not None and self.query_budget < 0:
             raise ValueError(f"query_budget={self.query_budget}: expected >= 0")
+        if self.class_map is not None and len(set(self.class_map)) != len(self.class_map):
+            raise ValueError(f"class_map={','.join(map(str, self.class_map))}: expected a distinct "
+                             "data class for each teacher class (two teacher classes sent to one "
+                             "data class would make their answers indistinguishable)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,11 +448,10 @@ class TeacherClient:
         return self._client.predict_raw(encoded, self._charger(stage))
 
     def missing(self, images: np.ndarray) -> int:
-        """How many of ``images`` the ledger cannot answer (all of them without a ledger)."""
-        if self.ledger is None:
-            return len(images)
+        """How many distinct images of ``images`` the ledger cannot answer (what
+        :meth:`soft_labels` would send: an image that occurs twice is sent once)."""
         keys = QueryLedger.keys(self.encode(images), self.signature.identity)
-        return sum(self.ledger.get(k) is None for k in keys)
+        return len({k for k in keys if self.ledger is None or self.ledger.get(k) is None})
 
     def _convert(self, keys):
         def convert(idx: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -463,8 +466,10 @@ class TeacherClient:
                     stage: str = "predict") -> np.ndarray:
         """Labels images with the teacher's soft labels.
 
-        Images the ledger knows are not sent; the rest go in requests under the message limit,
-        ``max_in_flight`` at a time; each answer is checked and persisted as it arrives.
+        Images the ledger knows are not sent, and an image that occurs more than once (identical
+        encoded bytes: two MixUp pairs that round to the same picture) is sent once; the rest go
+        in requests under the message limit, ``max_in_flight`` at a time; each answer is checked
+        and persisted as it arrives.
 
         Args:
           images: float32 [n, H, W, C] in [0, 1] (encoded to the signature's dtype, scale, layout).
@@ -482,9 +487,14 @@ class TeacherClient:
         """
         encoded = self.encode(images)
         n = len(encoded)
-        keys = QueryLedger.keys(encoded, self.signature.identity) if self.ledger is not None else []
-        known = {i: row for i, row in enumerate(self.ledger.get(k) for k in keys) if row is not None}
-        missing = np.setdiff1d(np.arange(n), np.fromiter(known, np.int64, len(known)))
+        keys = QueryLedger.keys(encoded, self.signature.identity)
+        known = ({} if self.ledger is None else
+                 {i: row for i, row in enumerate(self.ledger.get(k) for k in keys) if row is not None})
+        first: dict[str, int] = {}  # Each image not known, by its first occurrence.
+        for i in range(n):
+            if i not in known:
+                first.setdefault(keys[i], i)
+        missing = np.fromiter(first.values(), np.int64, len(first))
         with self._lock:
             self.ledger_hits += len(known)
         try:
@@ -500,6 +510,8 @@ class TeacherClient:
             out[np.fromiter(known, np.int64, len(known))] = np.stack(list(known.values()))
         if asked is not None:
             out[missing] = asked
+            repeats = [i for i in range(n) if i not in known and first[keys[i]] != i]
+            out[repeats] = out[[first[keys[i]] for i in repeats]]  # Answered with the first.
         return self._as_data_classes(out)
 
     def probe(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
