@@ -47,6 +47,9 @@ flags.DEFINE_bool("enable_batching", False, "Merge concurrent Predict requests i
                   "calls.")
 flags.DEFINE_string("batching_parameters_file", "", "A BatchingParameters text proto (with "
                     "--enable_batching; empty: TF Serving's defaults).")
+flags.DEFINE_bool("disable_reload_config", False, "tfkd only: refuse ModelService."
+                  "HandleReloadConfigRequest (PERMISSION_DENIED). TF Serving, and tfkd by default, "
+                  "let any client that reaches the gRPC port replace the served models.")
 flags.DEFINE_string("monitoring_config_file", "", "A MonitoringConfig text proto: Prometheus metrics "
                     "on the REST port at its path.")
 
@@ -105,7 +108,8 @@ def server_config_from_flags() -> serving.ServerConfig:
         poll_seconds=FLAGS.file_system_poll_wait_seconds, max_workers=FLAGS.grpc_max_threads,
         ssl_server_cert=_pem("ssl_server_cert"), ssl_server_key=_pem("ssl_server_key"),
         ssl_custom_ca=_pem("ssl_custom_ca"), max_tensor_bytes=FLAGS.max_tensor_bytes,
-        rest_max_body_bytes=FLAGS.rest_max_body_bytes, batching=batching, monitoring=monitoring)
+        rest_max_body_bytes=FLAGS.rest_max_body_bytes, batching=batching, monitoring=monitoring,
+        allow_reload_config=not FLAGS.disable_reload_config)
 
 
 def main(argv):

@@ -160,3 +160,19 @@ def test_rest_classify_answers_label_score_pairs(tfkd_server, student_base, fash
     status, answer = _rest(tfkd_server, {"signature_name": "classify",
                                          "examples": [{"image/encoded": {"b64": "%%"}}]})
     assert status == 400 and "bad base64" in answer["error"]
+
+
+def test_classify_on_bytes_that_are_not_an_image_names_the_cause(tfkd_server):
+    """Issue 25 §4: answered only "Graph execution error"; now the line that says what failed."""
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = "student", "classify"
+    example = request.input.example_list.examples.add()
+    example.features.feature["image/encoded"].bytes_list.value.append(b"plain text, no image")
+    with grpc.insecure_channel(tfkd_server.target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Classify(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = e.value.details()
+    assert details.startswith("classify: the examples could not be run (")
+    assert "Graph execution error" not in details and "image" in details.lower(), details

@@ -140,3 +140,70 @@ def test_bad_content_length_and_a_stalled_body_do_not_hang(guarded, fashion):
     assert code == 200 and len(answer["predictions"]) == 2
     assert len(answer["predictions"][0]["probabilities"]) == 10
     _still_up(guarded, fashion)
+
+
+@pytest.mark.parametrize("body,path,error", [
+    (b"[" * 100_000 + b"]" * 100_000, "/v1/models/teacher:predict", "nested too deeply"),
+    (b'{"instances": [[0]]}', "/v1/models/teacher/versions/123456789012345678901234:predict",
+     "expected a version below 2^63"),
+], ids=["nested-brackets", "24-digit-version"])
+def test_pathological_rest_requests_get_400_not_500(guarded, fashion, body, path, error):
+    """Issue 25 §4: both were answered HTTP 500 (a RecursionError; a version out of int64)."""
+    body = body if len(body) <= 64 * 1024 else body[:32 * 1024] + body[-32 * 1024:]
+    code, answer = _rest(guarded, body, path=path)
+    assert code == 400 and error in answer["error"], (code, answer)
+    _still_up(guarded, fashion)
+
+
+def test_large_rest_bodies_are_answered_a_few_at_a_time(teacher_base, fashion):
+    """Issue 25 §4: concurrent large REST bodies had no bound. With every slot for large bodies
+    taken (held here, as concurrent slow requests would hold them), one more waits for the REST
+    timeout and gets 503; a small body is still answered; freed slots serve large bodies again."""
+    from tfkd.serving import rest
+
+    large = json.dumps({"instances": fashion.x_test[:400].tolist()}).encode()
+    assert len(large) > rest.LARGE_BODY_BYTES
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             rest_api_port=0, rest_timeout_s=1.0) as srv:
+        slots = srv._http.large_bodies
+        for _ in range(rest.MAX_LARGE_BODIES):
+            assert slots.acquire(timeout=5)
+        # The answer comes before the body is read (it is refused unread): headers only.
+        conn = http.client.HTTPConnection(srv.host, srv.rest_api_port, timeout=30)
+        conn.putrequest("POST", "/v1/models/teacher:predict")
+        conn.putheader("Content-Length", str(len(large)))
+        conn.endheaders()
+        response = conn.getresponse()
+        code, answer = response.status, json.loads(response.read())
+        conn.close()
+        assert code == 503 and "busy" in answer["error"], (code, answer)
+        small = json.dumps({"instances": fashion.x_test[:2].tolist()}).encode()
+        assert _rest(srv, small)[0] == 200
+        for _ in range(rest.MAX_LARGE_BODIES):
+            slots.release()
+        code, answer = _rest(srv, large)
+        assert code == 200 and len(answer["predictions"]) == 400
+
+
+def test_reload_config_can_be_disabled(teacher_base):
+    """TF Serving's HandleReloadConfigRequest lets any client replace the served models (as in
+    TF Serving, on by default and documented); allow_reload_config=False refuses it."""
+    from tensorflow_serving.apis import model_management_pb2
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    request = model_management_pb2.ReloadConfigRequest()
+    config = request.config.model_config_list.config.add()
+    config.name, config.base_path, config.model_platform = "other", teacher_base, "tensorflow"
+    for allowed in (False, True):
+        with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                                 allow_reload_config=allowed) as srv, \
+                grpc.insecure_channel(srv.target) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            if allowed:
+                assert stub.HandleReloadConfigRequest(request, timeout=30).status.error_code == 0
+                assert [m.name for m in srv.registry.model_configs()] == ["other"]
+                continue
+            with pytest.raises(grpc.RpcError) as e:
+                stub.HandleReloadConfigRequest(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert [m.name for m in srv.registry.model_configs()] == ["teacher"]

@@ -157,8 +157,9 @@ def status_response(servables: list[Servable]):
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """``tensorflow.serving.ModelService``: GetModelStatus and HandleReloadConfigRequest."""
 
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, allow_reload_config: bool = True):
         self._registry = registry
+        self._allow_reload_config = allow_reload_config
 
     def GetModelStatus(self, request, context):
         try:
@@ -172,6 +173,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return status_response(servables)
 
     def HandleReloadConfigRequest(self, request, context):
+        if not self._allow_reload_config:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "HandleReloadConfigRequest is disabled "
+                          "on this server (--disable_reload_config)")
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self._registry.configure(model_configs_from_proto(request.config))

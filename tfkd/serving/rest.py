@@ -17,6 +17,7 @@ import binascii
 import http.server
 import json
 import re
+import threading
 
 import grpc
 import tensorflow as tf
@@ -34,6 +35,11 @@ from tfkd.serving.signatures import run_classify
 from tfkd.serving.signatures import run_signature
 
 DEFAULT_REST_MAX_BODY_BYTES = 32 * 1024 * 1024
+LARGE_BODY_BYTES = 1024 * 1024
+"""REST bodies over this size count against :data:`MAX_LARGE_BODIES`."""
+MAX_LARGE_BODIES = 4
+"""Large REST bodies answered at once (the rest wait, then get 503): concurrent 32 MB bodies
+otherwise had no bound on the memory they take together."""
 _REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|"
                         r"/labels/(?P<label>[^/:]+))?(?P<what>/metadata|:predict|:classify)?/?$")
 _HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -63,6 +69,8 @@ def _decode_json(raw: bytes) -> dict:
                        f"{e.start})") from None
     except json.JSONDecodeError as e:
         raise _invalid(f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise _invalid("JSON Parse error: nested too deeply") from None
     if not isinstance(body, dict):
         raise _invalid(f"JSON Value: the body must be an object, got {type(body).__name__}")
     return body
@@ -176,6 +184,7 @@ class RestServer(http.server.ThreadingHTTPServer):
         self.batcher = batcher
         self.metrics = metrics or ServerMetrics()
         self.metrics_path = metrics_path
+        self.large_bodies = threading.BoundedSemaphore(MAX_LARGE_BODIES)
         super().__init__(address, RestHandler)
 
 
@@ -221,6 +230,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     def _body(self) -> dict:
         """The request body as a JSON object (dict)."""
         length = self._content_length()
+        self._take_body_slot(length)
         try:
             raw = self.rfile.read(length)
         except OSError:  # socket.timeout included.
@@ -230,10 +240,28 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             raise _HTTPError(400, f"request body: {length} bytes announced, {len(raw)} received")
         return _decode_json(raw)
 
+    def _take_body_slot(self, length: int) -> None:
+        """Bodies over :data:`LARGE_BODY_BYTES` are read and answered at most
+        :data:`MAX_LARGE_BODIES` at a time (each costs several times its size in memory while it is
+        decoded); one more waits up to the REST timeout, then gets 503."""
+        if length <= LARGE_BODY_BYTES:
+            return
+        if not self.server.large_bodies.acquire(timeout=self.server.timeout_s):
+            raise _HTTPError(503, f"busy: {MAX_LARGE_BODIES} request bodies over "
+                                  f"{LARGE_BODY_BYTES:,} bytes are being answered; retry later")
+        self._holds_body_slot = True
+
+    def _release_body_slot(self) -> None:
+        if getattr(self, "_holds_body_slot", False):
+            self._holds_body_slot = False
+            self.server.large_bodies.release()
+
     def _spec(self, match):
         spec = predict_pb2.PredictRequest().model_spec
         spec.name = match["name"]
         if match["version"]:
+            if int(match["version"]) >= 2 ** 63:
+                raise _invalid(f"version {match['version'][:30]}: expected a version below 2^63")
             spec.version.value = int(match["version"])
         if match["label"]:
             spec.version_label = match["label"]
@@ -261,12 +289,16 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             # its answer also finds it counted (as the gRPC path counts before it returns).
             with self.server.metrics.request(match["name"], api, "REST") as record:
                 answer = self._answer(match, self._spec(match), record)
+            self._release_body_slot()
             return self._send(200, answer)
         except ServingError as e:
+            self._release_body_slot()
             return self._send(_HTTP_STATUS.get(e.code, 500), {"error": e.message})
         except _HTTPError as e:
+            self._release_body_slot()
             return self._send(e.status, {"error": e.message}, close=True)
         except Exception as e:  # A bug of ours: one line in the log, a JSON 500 to the client.
+            self._release_body_slot()
             logging.error("REST %s %s: %s: %s", method, self.path, type(e).__name__, e)
             return self._send(500, {"error": f"internal error: {type(e).__name__}"}, close=True)
 

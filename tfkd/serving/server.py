@@ -55,6 +55,9 @@ class ServerConfig:
         --batching_parameters_file``; None: every request calls the model itself.
       monitoring: :class:`~tfkd.serving.monitoring.MonitoringConfig`: with Prometheus enabled,
         GET on its path of the REST port answers the request metrics (``--monitoring_config_file``).
+      allow_reload_config: answer ``ModelService.HandleReloadConfigRequest`` (on by default, as
+        TF Serving, where any client that reaches the port may replace the served models: bind to
+        loopback, put an authenticating proxy in front, or turn it off); off: PERMISSION_DENIED.
     """
 
     host: str = "127.0.0.1"
@@ -71,6 +74,7 @@ class ServerConfig:
     rest_timeout_s: float = 30.0
     batching: BatchingParameters | None = None
     monitoring: MonitoringConfig | None = None
+    allow_reload_config: bool = True
 
     def validate(self) -> None:
         """Raises ValueError for half a TLS pair, a non-positive limit, batching parameters out of
@@ -186,7 +190,7 @@ class ModelServer:
             PredictionServicer(self.registry, self.config.max_tensor_bytes, self.batcher,
                                self.metrics), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.registry), self._server)
+            ModelServicer(self.registry, self.config.allow_reload_config), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{self.config.host}:{self.port}"

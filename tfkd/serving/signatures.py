@@ -224,11 +224,22 @@ def run_classify(servable: Servable, signature_name: str,
         outputs = servable.loaded.signatures[signature_name](
             **{tf.saved_model.CLASSIFY_INPUTS: tf.constant(examples, tf.string)})
     except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"classify: the examples could not be run ({op_error_cause(e)})") from None
     classes = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_CLASSES)
     scores = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_SCORES)
     return (None if classes is None else classes.numpy(),
             None if scores is None else scores.numpy().astype(np.float32))
+
+
+def op_error_cause(error: Exception) -> str:
+    """The line of a TensorFlow error that says what went wrong ("Unknown image file format..."),
+    not its "Graph execution error:" header or the graph's stack."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    causes = [line for line in lines if line and not line.startswith(
+        ("Graph execution error", "Detected at node", "File ", "[[", "{{", "Traceback"))
+        and not line.endswith(":")]
+    return (causes[-1] if causes else lines[0])[:300]
 
 
 def serialized_examples(request_input) -> list[bytes]:
