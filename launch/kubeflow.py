@@ -35,11 +35,17 @@ IMAGE = os.environ.get("TFKD_IMAGE", "tfkd:0.1.0")  # An image with tfkd install
 
 
 @dsl.component(base_image=IMAGE)
-def teacher_endpoint(teacher: str, teacher_model_name: str) -> str:
-    """Checks that ``teacher`` (host:port) serves ``teacher_model_name``; returns ``teacher``."""
+def teacher_endpoint(teacher: str, teacher_model_name: str, distill_flags: list) -> str:
+    """Checks that ``teacher`` (host:port) serves ``teacher_model_name``, over the channel
+    ``distill_flags`` describe (``--teacher_tls_ca``, ``--teacher_auth_token_file``, ...: what the
+    distil step will use); returns ``teacher``."""
     from tfkd import kubeflow
+    from tfkd_launch import distill as launcher
 
-    found = kubeflow.check_teacher(teacher, teacher_model_name)
+    launcher.FLAGS(["tfkd-distill", f"--teacher={teacher}", *distill_flags])
+    config = launcher.teacher_config_from_flags()
+    found = kubeflow.check_teacher(teacher, teacher_model_name, **{
+        f: getattr(config, f) for f in kubeflow.CHANNEL_FIELDS if getattr(config, f)})
     print(f"teacher: {found}")
     return teacher
 
@@ -100,7 +106,8 @@ def distill_pipeline(teacher: str, serving_base_path: str, teacher_model_name: s
                      distill_flags: list = [], workdir: str = "", dataset: str = "fashion_mnist",
                      eval_examples: int = 0, min_accuracy: float = 0.0):
     """The pipeline; ``distill_flags`` are ``launch/distill.py`` flags (e.g. ``["--num_shots=2000"]``)."""
-    endpoint = teacher_endpoint(teacher=teacher, teacher_model_name=teacher_model_name)
+    endpoint = teacher_endpoint(teacher=teacher, teacher_model_name=teacher_model_name,
+                                distill_flags=distill_flags)
     distilled = distil(teacher=endpoint.output, teacher_model_name=teacher_model_name,
                        workdir=workdir, distill_flags=distill_flags)
     evaluated = evaluate(student=distilled.outputs["student"], dataset=dataset,

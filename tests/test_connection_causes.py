@@ -48,3 +48,26 @@ def test_a_ca_file_that_is_not_pem_is_refused_before_connecting(tmp_path):
     garbage.write_bytes(b"\x30\x82\x01\x0a binary DER, not PEM")
     with pytest.raises(ValueError, match=r"tls_ca_file='.*ca.crt': not a PEM file"):
         teacher.connect("127.0.0.1:1", "teacher", tls_ca_file=str(garbage))
+
+
+def test_the_kubeflow_teacher_check_reaches_a_tls_teacher_with_a_token(teacher_base, tmp_path):
+    """Issue 25 §4: the Kubeflow pipeline's first step checked the teacher over a plaintext channel
+    without the token, so a teacher behind TLS and an auth check could not be used at all. It now
+    uses the channel the distil step uses (the TLS and token flags of ``distill_flags``)."""
+    from tfkd import kubeflow
+
+    from conftest import RequireToken
+
+    key, cert = _certificate(tmp_path, "server")
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
+                             ssl_server_cert=cert.read_bytes(), ssl_server_key=key.read_bytes(),
+                             interceptors=[RequireToken("s3cret")]) as srv:
+        found = kubeflow.check_teacher(srv.target, "teacher", tls_ca_file=str(cert),
+                                       auth_token_file=str(token))
+        assert found["signatures"] == ["serving_default"] and found["version"] == 1
+        with pytest.raises(RuntimeError, match="UNAUTHENTICATED"):
+            kubeflow.check_teacher(srv.target, "teacher", tls_ca_file=str(cert))
+        with pytest.raises(RuntimeError, match="the server speaks TLS"):
+            kubeflow.check_teacher(srv.target, "teacher", timeout_s=2)

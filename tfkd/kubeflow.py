@@ -11,10 +11,6 @@ from __future__ import annotations
 import base64
 import os
 
-import grpc
-from tensorflow_serving.apis import get_model_metadata_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
-
 from tfkd import client as client_lib
 from tfkd import data as data_lib
 from tfkd import export
@@ -28,31 +24,37 @@ METRICS = ("student_accuracy", "student_fidelity", "student_validation_accuracy"
            "student_saved_model_bytes", "total_seconds")
 
 
-def check_teacher(target: str, model_name: str = "teacher", timeout_s: float = 30.0) -> dict:
-    """Asks a TF Serving endpoint for a model's signatures (``GetModelMetadata``), so that a
-    pipeline fails at its first step, with one clear message, when the teacher is not there.
+CHANNEL_FIELDS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name",
+                  "auth_token_file", "auth_token_env")
+"""The :class:`tfkd.client.ServingConfig` fields that say how to reach a teacher (TLS, a token)."""
+
+
+def check_teacher(target: str, model_name: str = "teacher", timeout_s: float = 30.0,
+                  **channel) -> dict:
+    """Asks a TF Serving endpoint for a model's signature (``GetModelMetadata``), through the
+    same client and channel the distillation will use (``channel``: :data:`CHANNEL_FIELDS`, a TLS
+    CA and client certificate, an authorization token), so that a pipeline fails at its first
+    step, with one clear message, when the teacher is not there or cannot be reached.
 
     Returns:
-      {"target", "model_name", "version", "signatures": [names]}.
+      {"target", "model_name", "version", "signatures": [the signature read]}.
 
     Raises:
-      RuntimeError: the endpoint does not answer, or does not serve ``model_name``.
+      RuntimeError: the endpoint does not answer (the cause named), or does not serve
+        ``model_name``; ValueError: a ``channel`` field that is not one of :data:`CHANNEL_FIELDS`,
+        or a TLS or token file that cannot be read.
     """
-    request = get_model_metadata_pb2.GetModelMetadataRequest()
-    request.model_spec.name = model_name
-    request.metadata_field.append("signature_def")
-    with grpc.insecure_channel(target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        try:
-            response = stub.GetModelMetadata(request, timeout=timeout_s)
-        except grpc.RpcError as e:
-            raise RuntimeError(f"teacher {model_name!r} at {target}: {e.code().name}: "
-                               f"{e.details()}") from None
-    signatures = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signatures)
-    return {"target": target, "model_name": model_name,
-            "version": response.model_spec.version.value,
-            "signatures": sorted(signatures.signature_def)}
+    unknown = set(channel) - set(CHANNEL_FIELDS)
+    if unknown:
+        raise ValueError(f"channel: {sorted(unknown)} are not among {CHANNEL_FIELDS}")
+    try:
+        with client_lib.connect(target, model_name, role="teacher", timeout_s=timeout_s,
+                                connect_timeout_s=timeout_s, **channel) as client:
+            signature = client.signature
+    except client_lib.ServingClientError as e:
+        raise RuntimeError(str(e)) from None
+    return {"target": target, "model_name": model_name, "version": signature.version,
+            "signatures": [signature.signature_name]}
 
 
 def export_student_artifact(report: dict, model) -> dict:
