@@ -135,3 +135,15 @@ def test_evaluate_refuses_a_negative_example_count():
     result = _launch("evaluate", "--server=127.0.0.1:1", "--eval_examples=-5")
     assert result.returncode != 0
     assert "--eval_examples must be >= 0" in result.stderr
+
+
+def test_an_unwritable_vertex_output_dir_fails_before_training(tmp_path):
+    """Vertex AI's AIP_MODEL_DIR that cannot be written once failed only after training."""
+    a_file = tmp_path / "model_dir"
+    a_file.write_text("")
+    env = dict(os.environ, AIP_MODEL_DIR=str(a_file))
+    result = subprocess.run([sys.executable, os.path.join(REPO, "launch", "distill.py"),
+                             f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
+                            timeout=300, env=env)
+    _one_line_error(result, f"outputs.model_dir='{a_file}': is a file")
+    assert not (tmp_path / "run" / "teacher").exists()  # Nothing trained.
