@@ -36,7 +36,8 @@ def test_pipeline_compiles_to_yaml_kfp_accepts(tmp_path):
 
 
 def test_teacher_endpoint_check_fails_with_one_line(server):
-    with pytest.raises(RuntimeError, match="teacher 'nope' at .*: NOT_FOUND"):
+    with pytest.raises(RuntimeError,
+                       match="teacher 'nope' at .*: GetModelMetadata failed with NOT_FOUND"):
         kubeflow.check_teacher(server.target, "nope")
     assert kubeflow.check_teacher(server.target, "teacher")["signatures"] == ["serving_default"]
 
