@@ -1,7 +1,8 @@
 r"""Issue 25 §3's case, end to end: a teacher tfkd did not make, a folder of 1,000 JPEG files, a
 labelled evaluation folder, the default ``mobilenet_v3_small`` student and 5 student epochs (465
-optimizer steps; ``--teacher_input_scale=255``, since the teacher takes pixels in [0, 255]), run with the BatchNorm re-estimation (the default) and without it
-(``--batchnorm_images=0``, the behaviour before the fix).
+optimizer steps; ``--teacher_input_scale=255``, since the teacher takes pixels in [0, 255]), run
+with the BatchNorm re-estimation (the default) and without it (``--batchnorm_images=0``, the
+behaviour before the fix).
 
 The teacher: a plain ``tf.Module`` SavedModel (signature ``serving_default``: ``pixels`` float32
 [N, 48, 48, 3] in [0, 255] -> ``predictions`` float32 [N, 10]) wrapping a LeNet-5 trained here on
@@ -95,7 +96,8 @@ def main(argv):
                 [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
                  f"--teacher={server.target}", "--teacher_model_name=foreign", f"--images={shots}",
                  f"--eval_images={held}", "--teacher_input_scale=255", "--student_epochs=5",
-                 "--num_mixup=4000", "--num_cvae=1000", "--cvae_epochs=50", "--compress=", "--verbose=2", *extra],
+                 "--num_mixup=4000", "--num_cvae=1000", "--cvae_epochs=50", "--compress=",
+                 "--verbose=2", *extra],
                 capture_output=True, text=True)
             report = json.loads(open(os.path.join(workdir, "report.json")).read())
             last = result.stderr.strip().splitlines()[-1] if result.returncode else "(exit 0)"
