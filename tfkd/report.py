@@ -239,6 +239,9 @@ def format_table(report: Report | dict) -> str:
         ("teacher accuracy (served)", pct(report.get("teacher_accuracy"))),
         ("student accuracy (served)", pct(report.get("student_accuracy"))),
         ("student fidelity to teacher", pct(report.get("student_fidelity"))),
+        ("student agreement, served / training",
+         f"{pct(report.get('student_served_agreement'))} / "
+         f"{pct(report.get('student_training_agreement'))}"),
         ("student validation accuracy", pct(report.get("student_validation_accuracy"))),
         ("test images", num(report.get("eval_examples"))),
         ("teacher params / bytes",
