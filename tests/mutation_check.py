@@ -377,6 +377,16 @@ MUTATIONS += [  # Issue 25 §4, the poor classes: one line or a bound, each with
              ("tests/test_classify.py::test_classify_on_bytes_that_are_not_an_image_names_the_cause",)),
 ]
 
+MUTATIONS += [  # The docs name what exists (issue 26 §8, begun).
+    Mutation("readme_flag_row_dropped", "the README's flag table loses a flag's row",
+             (("README.md", "| `--seed` | 0 | one seed for sampling, synthesis and training |\n", ""),),
+             ("tests/test_docs.py::test_the_readme_flag_table_lists_exactly_the_launchers_flags",)),
+    Mutation("docs_name_a_gone_function", "the docs name a function that no longer exists",
+             (("BUILD_NOTES.md", "`tfkd.teacher.check_soft_labels` (finite",
+               "`tfkd.distill.epochs_for` (finite"),),
+             ("tests/test_docs.py::test_every_file_and_tfkd_name_the_docs_mention_exists",)),
+]
+
 
 def tracked_copy(destination: str) -> None:
     files = subprocess.run(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"],
