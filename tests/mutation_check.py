@@ -351,8 +351,8 @@ MUTATIONS += [  # Issue 25 §4, the poor classes: one line or a bound, each with
              "read", (("tfkd/images.py", "    _check_image_key(files, image_key)\n", ""),),
              (_INPUTS + "test_a_tfrecord_without_the_image_key_names_the_features_it_has",)),
     Mutation("duplicates_charged_twice", "an image asked twice in one call is sent twice",
-             (("tfkd/teacher.py", "        missing = np.fromiter(first.values(), np.int64, len(first))",
-               "        missing = np.array([i for i in range(n) if i not in known], np.int64)"),),
+             (("tfkd/teacher.py", "        missing = np.sort(unknown[first])",
+               "        missing = unknown"),),
              (_INPUTS + "test_an_image_asked_twice_in_one_call_is_sent_and_charged_once",)),
     Mutation("rest_nesting_500", "a deeply nested REST body is answered 500",
              (("tfkd/serving/rest.py", '    except RecursionError:\n        raise _invalid("JSON Parse '

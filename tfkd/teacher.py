@@ -490,11 +490,11 @@ class TeacherClient:
         keys = QueryLedger.keys(encoded, self.signature.identity)
         known = ({} if self.ledger is None else
                  {i: row for i, row in enumerate(self.ledger.get(k) for k in keys) if row is not None})
-        first: dict[str, int] = {}  # Each image not known, by its first occurrence.
-        for i in range(n):
-            if i not in known:
-                first.setdefault(keys[i], i)
-        missing = np.fromiter(first.values(), np.int64, len(first))
+        unknown = np.setdiff1d(np.arange(n), np.fromiter(known, np.int64, len(known)))
+        # Each distinct image not known is sent once, at its first occurrence (ascending rows).
+        _, first, same = np.unique(np.asarray(keys, dtype=str)[unknown],
+                                   return_index=True, return_inverse=True)
+        missing = np.sort(unknown[first])
         with self._lock:
             self.ledger_hits += len(known)
         try:
@@ -510,8 +510,7 @@ class TeacherClient:
             out[np.fromiter(known, np.int64, len(known))] = np.stack(list(known.values()))
         if asked is not None:
             out[missing] = asked
-            repeats = [i for i in range(n) if i not in known and first[keys[i]] != i]
-            out[repeats] = out[[first[keys[i]] for i in repeats]]  # Answered with the first.
+            out[unknown] = out[unknown[first][same.reshape(-1)]]  # Repeats: the first's answer.
         return self._as_data_classes(out)
 
     def probe(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
