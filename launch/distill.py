@@ -38,11 +38,30 @@ from tfkd import vertex
 from tfkd import workdir
 from tfkd import zeroshot
 
+# Every default below is read from the library's config dataclasses (one place); a flag whose
+# default depends on the data or the method is None here and resolved by
+# tfkd.pipeline.DistillConfig.resolved, as for a library user who leaves the field unset.
+_CONFIG = pipeline.DistillConfig(workdir="")
+_TEACHER = teacher.TeacherConfig()
+_BOUNDARY = boundary.BoundaryConfig()
+_ZERO_SHOT = zeroshot.ZeroShotConfig()
+_ZSKD = impressions.ImpressionConfig()
+_ZO = impressions.ZerothOrderConfig()
+_MIXUP = synthesis.MixUpConfig()
+_CVAE = synthesis.CVAEConfig()
+_STUDENT = distill.StudentConfig()
+
+
+def _field_default(cls, name: str):
+    """The default of a dataclass field that has no default instance (a required field)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
                     "exported student, report.json. A rerun on the same dir resumes.")
-flags.DEFINE_enum("method", "fsbbt", methods.names(), "; ".join(
+flags.DEFINE_enum("method", _CONFIG.method, methods.names(), "; ".join(
     f"{m}: {methods.get(m).description}" for m in methods.names()) + ".")
-flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
+flags.DEFINE_enum("dataset", _CONFIG.dataset, list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debian package, then "
                     "keras.datasets.")
 flags.DEFINE_string("images", None, "Your own unlabeled images instead of --dataset: a directory "
@@ -52,14 +71,14 @@ flags.DEFINE_string("images", None, "Your own unlabeled images instead of --data
 flags.DEFINE_string("eval_images", None, "With --images: held-out images to evaluate on. One "
                     "sub-folder per class gives accuracy and fidelity; a flat folder or pattern "
                     "gives fidelity (top-1 agreement with the teacher) only.")
-flags.DEFINE_string("image_key", "image/encoded", "TFRecord feature holding the encoded image.")
+flags.DEFINE_string("image_key", _field_default(images.ImageSourceConfig, "image_key"), "TFRecord feature holding the encoded image.")
 flags.DEFINE_integer("image_height", None, "Image height; default: the teacher's input shape.")
 flags.DEFINE_integer("image_width", None, "Image width; default: the teacher's input shape.")
 flags.DEFINE_enum("image_channels", None, ["1", "3"], "Image channels; default: the teacher's.")
 flags.DEFINE_string("class_names", None, "File of class names, one per line in the teacher's "
                     "order: the names of --eval_images' sub-folders. Default: sub-folders named "
                     "0..K-1, else in sorted order.")
-flags.DEFINE_integer("seed", 0, "Seed for sampling, synthesis and training.")
+flags.DEFINE_integer("seed", _CONFIG.seed, "Seed for sampling, synthesis and training.")
 flags.DEFINE_integer("num_shots", None, "N: unlabeled real images, balanced over classes; default "
                      "the paper's (2000; 5000 for CIFAR-100). With --images: a uniform draw of N "
                      "of them; default all.")
@@ -69,10 +88,10 @@ flags.DEFINE_integer("num_validation", None, "Training images held out as the va
                      "Default 5000; 0 with --images (no labels).")
 flags.DEFINE_string("teacher", "", "host:port of a running TF Serving server; empty: train a "
                     "teacher into the work dir if none is there and serve it locally.")
-flags.DEFINE_string("teacher_model_name", "teacher", "The teacher's model name (model spec).")
+flags.DEFINE_string("teacher_model_name", _TEACHER.model_name, "The teacher's model name (model spec).")
 flags.DEFINE_integer("teacher_version", None, "Pin a teacher version number; default: the latest.")
 flags.DEFINE_string("teacher_version_label", None, "Pin a teacher version by label (e.g. stable).")
-flags.DEFINE_string("teacher_signature", "serving_default", "The teacher's signature name.")
+flags.DEFINE_string("teacher_signature", _TEACHER.signature_name, "The teacher's signature name.")
 flags.DEFINE_string("teacher_input_key", None, "The image input's name; default: the signature's "
                     "only input.")
 flags.DEFINE_enum("teacher_input_dtype", None, ["float32", "uint8"], "The image input's dtype; "
@@ -86,11 +105,11 @@ flags.DEFINE_enum("teacher_output", None, ["probabilities", "logits", "classes"]
 flags.DEFINE_list("teacher_class_map", None, "For a teacher whose classes are another order or a "
                   "subset of the data's: the data class of each teacher class, in the teacher's "
                   "order (e.g. 3,0,1). Default: the same classes in the same order.")
-flags.DEFINE_bool("teacher_label_only", False, "Use only the teacher's argmax (emulates a "
+flags.DEFINE_bool("teacher_label_only", _TEACHER.label_only, "Use only the teacher's argmax (emulates a "
                   "decision-based API on a probability teacher).")
-flags.DEFINE_float("teacher_timeout", 60.0, "Per-request deadline, seconds.")
-flags.DEFINE_integer("teacher_max_in_flight", 4, "Predict requests in flight at once.")
-flags.DEFINE_integer("teacher_max_attempts", 10, "Attempts per request on UNAVAILABLE, "
+flags.DEFINE_float("teacher_timeout", _TEACHER.timeout_s, "Per-request deadline, seconds.")
+flags.DEFINE_integer("teacher_max_in_flight", _TEACHER.max_in_flight, "Predict requests in flight at once.")
+flags.DEFINE_integer("teacher_max_attempts", _TEACHER.retry.max_attempts, "Attempts per request on UNAVAILABLE, "
                      "DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (exponential backoff with jitter).")
 flags.DEFINE_string("teacher_tls_ca", None, "CA bundle (PEM): use a TLS channel.")
 flags.DEFINE_string("teacher_tls_cert", None, "Client certificate (PEM) for mutual TLS.")
@@ -103,37 +122,37 @@ flags.DEFINE_integer("query_budget", None, "At most this many images sent to the
                      "work dir's whole life: labelling, the teacher's test evaluation, retries and "
                      "every earlier process on the same work dir (WORKDIR/ledger/queries_sent.log). "
                      "The run stops before sending anything if its plan needs more.")
-flags.DEFINE_enum("teacher_architecture", "auto", ["auto", *models.MODELS], "Teacher trained when "
+flags.DEFINE_enum("teacher_architecture", _CONFIG.teacher_train.architecture, ["auto", *models.MODELS], "Teacher trained when "
                   "--teacher is empty; auto: the paper's for the dataset (LeNet-5; AlexNet for "
                   "CIFAR-10; ResNet-32 for CIFAR-100).")
-flags.DEFINE_integer("teacher_epochs", 20, "Epochs of the locally trained teacher.")
-flags.DEFINE_integer("num_mixup", 43_200, "MixUp images (kept pairs).")
-flags.DEFINE_float("mixup_alpha", 1.0, "MixUp λ ~ Beta(α, α).")
-flags.DEFINE_integer("num_cvae", 4_800, "CVAE images, equal per class.")
-flags.DEFINE_integer("cvae_epochs", 200, "CVAE training epochs.")
-flags.DEFINE_integer("cvae_latent_dim", 2, "CVAE latent size.")
-flags.DEFINE_integer("cvae_working_size", 0, "The CVAE models images at this size and its samples "
+flags.DEFINE_integer("teacher_epochs", _CONFIG.teacher_train.epochs, "Epochs of the locally trained teacher.")
+flags.DEFINE_integer("num_mixup", _MIXUP.num_images, "MixUp images (kept pairs).")
+flags.DEFINE_float("mixup_alpha", _MIXUP.alpha, "MixUp λ ~ Beta(α, α).")
+flags.DEFINE_integer("num_cvae", _CVAE.num_images, "CVAE images, equal per class.")
+flags.DEFINE_integer("cvae_epochs", _CVAE.epochs, "CVAE training epochs.")
+flags.DEFINE_integer("cvae_latent_dim", _CVAE.latent_dim, "CVAE latent size.")
+flags.DEFINE_integer("cvae_working_size", _CVAE.working_size, "The CVAE models images at this size and its samples "
                      "are resized up; 0: the image size up to 32, else 32.")
-flags.DEFINE_enum("cvae_architecture", "auto", ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
+flags.DEFINE_enum("cvae_architecture", _CVAE.architecture, ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
                   "conv (CIFAR); auto picks by dataset.")
-flags.DEFINE_enum("db3kd_search", "bd", list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
+flags.DEFINE_enum("db3kd_search", _BOUNDARY.search, list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
                   "searches along directions toward teacher-labelled images; mbd, bd then the "
                   "Sign-OPT refinement.")
-flags.DEFINE_integer("db3kd_mbd_queries", 20_000, "DB3KD mbd: query budget per (image, class) pair.")
-flags.DEFINE_integer("db3kd_mbd_directions", 200, "DB3KD mbd: random directions per sign-gradient "
+flags.DEFINE_integer("db3kd_mbd_queries", _BOUNDARY.mbd_queries, "DB3KD mbd: query budget per (image, class) pair.")
+flags.DEFINE_integer("db3kd_mbd_directions", _BOUNDARY.mbd_directions, "DB3KD mbd: random directions per sign-gradient "
                      "estimate (one query each).")
-flags.DEFINE_integer("db3kd_directions", 200, "DB3KD: directions tried per (image, class) pair.")
-flags.DEFINE_float("db3kd_tolerance", 1e-5, "DB3KD: binary-search tolerance on the boundary distance "
+flags.DEFINE_integer("db3kd_directions", _BOUNDARY.num_directions, "DB3KD: directions tried per (image, class) pair.")
+flags.DEFINE_float("db3kd_tolerance", _BOUNDARY.tolerance, "DB3KD: binary-search tolerance on the boundary distance "
                    "(pixel scale [0, 1]).")
-flags.DEFINE_float("db3kd_temperature", 20.0, "DB3KD: T of the soft labels and of the student's KD term.")
-flags.DEFINE_integer("db3kd_chunk_pairs", 4096, "DB3KD: (image, class) pairs searched together; each "
+flags.DEFINE_float("db3kd_temperature", _BOUNDARY.temperature, "DB3KD: T of the soft labels and of the student's KD term.")
+flags.DEFINE_integer("db3kd_chunk_pairs", _BOUNDARY.chunk_pairs, "DB3KD: (image, class) pairs searched together; each "
                      "chunk's state is persisted when it ends (a killed run loses at most one).")
-flags.DEFINE_integer("zsdb3kd_per_class", 2400, "ZSDB3KD: pseudo-samples per class.")
-flags.DEFINE_integer("zsdb3kd_iterations", 40, "ZSDB3KD: pushes away from the decision boundary.")
-flags.DEFINE_float("zsdb3kd_step", 0.5, "ZSDB3KD: first step of each push (halved while the label "
+flags.DEFINE_integer("zsdb3kd_per_class", _ZERO_SHOT.per_class, "ZSDB3KD: pseudo-samples per class.")
+flags.DEFINE_integer("zsdb3kd_iterations", _ZERO_SHOT.iterations, "ZSDB3KD: pushes away from the decision boundary.")
+flags.DEFINE_float("zsdb3kd_step", _ZERO_SHOT.step, "ZSDB3KD: first step of each push (halved while the label "
                    "flips).")
-flags.DEFINE_integer("zsdb3kd_queries", 5000, "ZSDB3KD: Sign-OPT queries per sample and iteration.")
-flags.DEFINE_integer("zsdb3kd_init_directions", 20, "ZSDB3KD: random initial directions per sample.")
+flags.DEFINE_integer("zsdb3kd_queries", _ZERO_SHOT.queries, "ZSDB3KD: Sign-OPT queries per sample and iteration.")
+flags.DEFINE_integer("zsdb3kd_init_directions", _ZERO_SHOT.init_directions, "ZSDB3KD: random initial directions per sample.")
 flags.DEFINE_string("teacher_saved_model", None, "The teacher's SavedModel (a version directory or "
                     "a TF Serving base path), loaded in-process by --method=zskd.")
 flags.DEFINE_integer("zskd_count", None, "ZSKD: Data Impressions in all; default: the paper's for "
@@ -141,20 +160,19 @@ flags.DEFINE_integer("zskd_count", None, "ZSKD: Data Impressions in all; default
                      "zskd_blackbox: 12,000.")
 flags.DEFINE_integer("zskd_iterations", None, "ZSKD: Adam steps per batch of impressions; default: "
                      "1,500 (the paper's); zskd_blackbox: 100.")
-flags.DEFINE_integer("zskd_batch_size", 100, "ZSKD: impressions optimised together.")
+flags.DEFINE_integer("zskd_batch_size", _ZSKD.batch_size, "ZSKD: impressions optimised together.")
 flags.DEFINE_float("zskd_learning_rate", None, "ZSKD: Adam's learning rate on pixels in [0, 1]; "
                    "default: 0.001 (the paper's); zskd_blackbox: 0.01.")
-flags.DEFINE_float("zskd_temperature", 20.0, "ZSKD: T of the impression search, targets and student.")
+flags.DEFINE_float("zskd_temperature", _ZSKD.temperature, "ZSKD: T of the impression search, targets and student.")
 flags.DEFINE_string("zskd_final_layer", None, "ZSKD: the final layer's weight variable in the "
                     "SavedModel (e.g. logits/kernel); default: the one of shape [features, K].")
-flags.DEFINE_integer("zskd_directions", 10, "zskd_blackbox: antithetic direction pairs per "
+flags.DEFINE_integer("zskd_directions", _ZO.directions, "zskd_blackbox: antithetic direction pairs per "
                      "impression and step (2x this many queries each).")
-flags.DEFINE_float("zskd_sigma", 0.05, "zskd_blackbox: probe radius in pixel units (pixels in "
+flags.DEFINE_float("zskd_sigma", _ZO.sigma, "zskd_blackbox: probe radius in pixel units (pixels in "
                    "[0, 1]).")
-flags.DEFINE_integer("zskd_resolution", 14, "zskd_blackbox: directions drawn on this many cells per "
+flags.DEFINE_integer("zskd_resolution", _ZO.resolution, "zskd_blackbox: directions drawn on this many cells per "
                      "side and upsampled (the image side: full dimension).")
-_STUDENT = distill.StudentConfig()  # The student flags' defaults: the library's, one place.
-flags.DEFINE_enum("student_architecture", "auto", ["auto", *models.MODELS], "Student; auto: the "
+flags.DEFINE_enum("student_architecture", _STUDENT.architecture, ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PATH.keras: images "
                     "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
@@ -163,11 +181,11 @@ flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PAT
 
 def _method_defaults(field: str) -> str:
     """A flag's default in words: the methods' own values and the library's, from
-    ``Method.student_defaults`` and ``StudentConfig()`` (e.g. 'the method's, chosen on the
+    ``Method.student_defaults`` and ``distill.RECIPE`` (e.g. 'the method's, chosen on the
     validation split: fsbbt 25; 50 for the others')."""
     own = ", ".join(f"{m} {dict(methods.get(m).student_defaults)[field]}" for m in methods.names()
                     if field in dict(methods.get(m).student_defaults))
-    library = getattr(_STUDENT, field)
+    library = distill.RECIPE[field]
     return (f"the method's, chosen on the validation split: {own}; {library} for the others" if own
             else str(library))
 
@@ -208,15 +226,15 @@ flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: a
 flags.DEFINE_float("cluster_startup_timeout", distill.CLUSTER_STARTUP_TIMEOUT_S, "With "
                    "--strategy=multi_worker: fail with one line if the cluster's other tasks have "
                    "not all started within this many seconds.")
-flags.DEFINE_enum("training_loop", "auto", list(distill.LOOPS), "Student training loop: fit (Keras "
+flags.DEFINE_enum("training_loop", _STUDENT.loop, list(distill.LOOPS), "Student training loop: fit (Keras "
                   "fit with callbacks), custom (strategy.run with tf.train.CheckpointManager), auto: "
                   "custom under multi_worker, else fit.")
-flags.DEFINE_integer("checkpoint_steps", 0, "Also checkpoint the student every this many steps "
+flags.DEFINE_integer("checkpoint_steps", _STUDENT.checkpoint_steps, "Also checkpoint the student every this many steps "
                      "(0: every epoch only). A rerun of the same command resumes.")
-flags.DEFINE_integer("eval_examples", 0, "Test images for the accuracies; 0: the full test set.")
-flags.DEFINE_list("compress", ["float16", "int8"], "Compressed student variants exported and "
+flags.DEFINE_integer("eval_examples", _CONFIG.eval_examples, "Test images for the accuracies; 0: the full test set.")
+flags.DEFINE_list("compress", list(_CONFIG.compress), "Compressed student variants exported and "
                   "measured besides float32 (float16, int8); empty for none.")
-flags.DEFINE_bool("evaluate_teacher", True, "Also measure the teacher's test accuracy over gRPC.")
+flags.DEFINE_bool("evaluate_teacher", _CONFIG.evaluate_teacher, "Also measure the teacher's test accuracy over gRPC.")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per "
                      "epoch. Default: 1 on a terminal, 2 when the output goes to a file or pipe.")
 
@@ -300,69 +318,31 @@ def images_config_from_flags() -> images.ImageSourceConfig | None:
         class_names=FLAGS.class_names)
 
 
-def data_defaults() -> dict:
-    """The defaults that depend on the data: a named dataset's (the paper's), or the user's
-    images' (all of them, no validation split, a keras.applications student, the CVAE resolved at
-    their size)."""
-    own = FLAGS.images is not None
-    if FLAGS.eval_images and not own:
+def check_data_flags() -> None:
+    """Refuses flags that only make sense with --images (a named dataset has its own splits)."""
+    if FLAGS.images is None and FLAGS.eval_images:
         raise ValueError("--eval_images needs --images (a named dataset has its test split)")
-    if FLAGS.num_shots == 0 and not own:
+    if FLAGS.images is None and FLAGS.num_shots == 0:
         raise ValueError("--num_shots=0 (all images) needs --images")
-    teacher_arch, student_arch = models.DEFAULT_PAIRS[FLAGS.dataset]
-    if own:
-        student_arch = "mobilenet_v3_small"
-    cvae_arch = FLAGS.cvae_architecture
-    if cvae_arch == "auto" and not own:
-        cvae_arch = "conv" if FLAGS.dataset.startswith("cifar") else "mlp"
-    return dict(
-        num_shots=FLAGS.num_shots if FLAGS.num_shots is not None
-        else 0 if own else models.DEFAULT_NUM_SHOTS[FLAGS.dataset],
-        num_validation=FLAGS.num_validation if FLAGS.num_validation is not None
-        else 0 if own else 5000,
-        teacher_arch=(teacher_arch if FLAGS.teacher_architecture == "auto"
-                      else FLAGS.teacher_architecture),
-        student_arch=FLAGS.student_model or (student_arch if FLAGS.student_architecture == "auto"
-                                             else FLAGS.student_architecture),
-        cvae_arch=cvae_arch)
-
-
-def _student_default(field: str, flag_value):
-    """A student flag left out (None) takes the method's default, else the library's."""
-    if flag_value is not None:
-        return flag_value
-    return dict(methods.get(FLAGS.method).student_defaults).get(field, getattr(_STUDENT, field))
 
 
 def config_from_flags() -> pipeline.DistillConfig:
-    d = data_defaults()
-    num_shots, num_validation = d["num_shots"], d["num_validation"]
-    teacher_arch, student_arch, cvae_arch = d["teacher_arch"], d["student_arch"], d["cvae_arch"]
+    """The flags as a :class:`tfkd.pipeline.DistillConfig`; a flag left out stays unset (None,
+    ``auto``) so that :meth:`~tfkd.pipeline.DistillConfig.resolved` gives it the library's default."""
+    check_data_flags()
     return pipeline.DistillConfig(
         workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, images=images_config_from_flags(), seed=FLAGS.seed,
-        num_shots=num_shots, num_validation=num_validation,
+        num_shots=FLAGS.num_shots, num_validation=FLAGS.num_validation,
         teacher=teacher_config_from_flags(),
-        teacher_train=pipeline.TeacherTrainConfig(architecture=teacher_arch,
+        teacher_train=pipeline.TeacherTrainConfig(architecture=FLAGS.teacher_architecture,
                                                   epochs=FLAGS.teacher_epochs),
         mixup=synthesis.MixUpConfig(num_images=FLAGS.num_mixup, alpha=FLAGS.mixup_alpha),
-        cvae=dataclasses.replace(synthesis.CVAEConfig(), num_images=FLAGS.num_cvae,
-                                 epochs=FLAGS.cvae_epochs, latent_dim=FLAGS.cvae_latent_dim,
-                                 architecture=cvae_arch, working_size=FLAGS.cvae_working_size),
-        student=distill.StudentConfig(
-            architecture=student_arch, steps=FLAGS.student_steps,
-            epochs=_student_default("epochs", FLAGS.student_epochs),
-            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-            lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
-            temperature=FLAGS.temperature,
-            mixup_alpha=_student_default("mixup_alpha", FLAGS.train_mixup_alpha),
-            rotation_degrees=_student_default("rotation_degrees", FLAGS.rotation_degrees),
-            shift_fraction=_student_default("shift_fraction", FLAGS.shift_fraction),
-            horizontal_flip=FLAGS.horizontal_flip,
-            weight_decay=FLAGS.weight_decay, ema_momentum=FLAGS.ema_momentum,
-            checkpoint_steps=FLAGS.checkpoint_steps, loop=FLAGS.training_loop,
-            steps_per_execution=FLAGS.steps_per_execution,
-            batchnorm_images=FLAGS.batchnorm_images),
+        cvae=synthesis.CVAEConfig(num_images=FLAGS.num_cvae, epochs=FLAGS.cvae_epochs,
+                                  latent_dim=FLAGS.cvae_latent_dim,
+                                  architecture=FLAGS.cvae_architecture,
+                                  working_size=FLAGS.cvae_working_size),
+        student=student_config_from_flags(),
         db3kd=boundary.BoundaryConfig(search=FLAGS.db3kd_search,
                                       num_directions=FLAGS.db3kd_directions,
                                       tolerance=FLAGS.db3kd_tolerance,
@@ -374,20 +354,30 @@ def config_from_flags() -> pipeline.DistillConfig:
             per_class=FLAGS.zsdb3kd_per_class, iterations=FLAGS.zsdb3kd_iterations,
             step=FLAGS.zsdb3kd_step, queries=FLAGS.zsdb3kd_queries,
             init_directions=FLAGS.zsdb3kd_init_directions),
-        zskd=impressions.config_for(
-            FLAGS.dataset, FLAGS.method == "zskd_blackbox", count=FLAGS.zskd_count,
-            iterations=FLAGS.zskd_iterations, batch_size=FLAGS.zskd_batch_size,
-            learning_rate=FLAGS.zskd_learning_rate, temperature=FLAGS.zskd_temperature,
-            final_layer=FLAGS.zskd_final_layer),
+        zskd=impressions.ImpressionConfig(
+            count=FLAGS.zskd_count, iterations=FLAGS.zskd_iterations,
+            batch_size=FLAGS.zskd_batch_size, learning_rate=FLAGS.zskd_learning_rate,
+            temperature=FLAGS.zskd_temperature, final_layer=FLAGS.zskd_final_layer),
         zskd_blackbox=impressions.ZerothOrderConfig(
             directions=FLAGS.zskd_directions, sigma=FLAGS.zskd_sigma,
             resolution=FLAGS.zskd_resolution),
         teacher_saved_model=FLAGS.teacher_saved_model,
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
-        compress=tuple(FLAGS.compress),
-        verbose=(FLAGS.verbose if FLAGS.verbose is not None
-                 else 1 if sys.stdout.isatty() else 2),
+        compress=tuple(FLAGS.compress), verbose=FLAGS.verbose,
         outputs=vertex.OutputDirs.from_environ(os.environ))  # Vertex AI's AIP_* directories.
+
+
+def student_config_from_flags() -> distill.StudentConfig:
+    return distill.StudentConfig(
+        architecture=FLAGS.student_model or FLAGS.student_architecture, steps=FLAGS.student_steps,
+        epochs=FLAGS.student_epochs, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
+        temperature=FLAGS.temperature, mixup_alpha=FLAGS.train_mixup_alpha,
+        rotation_degrees=FLAGS.rotation_degrees, shift_fraction=FLAGS.shift_fraction,
+        horizontal_flip=FLAGS.horizontal_flip, weight_decay=FLAGS.weight_decay,
+        ema_momentum=FLAGS.ema_momentum, checkpoint_steps=FLAGS.checkpoint_steps,
+        loop=FLAGS.training_loop, steps_per_execution=FLAGS.steps_per_execution,
+        batchnorm_images=FLAGS.batchnorm_images)
 
 
 def flag_values() -> dict:
@@ -403,7 +393,7 @@ def main(argv):
     try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
         strategy = distill.make_strategy(FLAGS.strategy,
                                          startup_timeout_s=FLAGS.cluster_startup_timeout)
-        config = config_from_flags()
+        config = config_from_flags().resolved()
         config.validate()
     except ValueError as e:
         raise app.UsageError(str(e))

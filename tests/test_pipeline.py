@@ -350,17 +350,16 @@ def test_launcher_student_epochs_default_is_the_methods():
               "for args in json.loads(sys.argv[1]):\n"
               "    flags.FLAGS.unparse_flags()\n"
               "    flags.FLAGS(['x', '--workdir=/tmp/unused', *args])\n"
-              "    s = d.config_from_flags().student\n"
+              "    s = d.config_from_flags().resolved().student\n"
               "    print(s.epochs, s.mixup_alpha, s.rotation_degrees, s.shift_fraction)\n")
     out = subprocess.run([sys.executable, "-c", script, json.dumps([a for a, _ in cases])],
                          cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-len(cases):] == [e for _, e in cases], out.stdout
-    library = distill.StudentConfig()
-    assert LIBRARY_STUDENT == " ".join(str(v) for v in (library.epochs, library.mixup_alpha,
-                                                         library.rotation_degrees,
-                                                         library.shift_fraction))
+    library = distill.RECIPE
+    assert LIBRARY_STUDENT == " ".join(str(library[k]) for k in (
+        "epochs", "mixup_alpha", "rotation_degrees", "shift_fraction"))
 
 
 def test_launcher_student_regularization_flags_reach_the_config():

@@ -79,8 +79,14 @@ class StudentConfig:
     Attributes:
       architecture: a name in :data:`tfkd.models.MODELS` (the paper's students and the
         ``keras.applications`` families of :data:`tfkd.models.APPLICATIONS`), or the path of the
-        user's own ``.keras`` model (:func:`tfkd.models.load_user_model`).
+        user's own ``.keras`` model (:func:`tfkd.models.load_user_model`); ``auto``: the recipe's
+        (:meth:`resolved`).
       epochs, batch_size, learning_rate: Adam training (batch_size per replica).
+
+    ``architecture``, ``epochs``, ``mixup_alpha``, ``rotation_degrees`` and ``shift_fraction`` are
+    the *recipe*: left unset (``auto`` / None) they take the method's recipe
+    (:attr:`tfkd.methods.Method.student_defaults`, applied by
+    :meth:`tfkd.pipeline.DistillConfig.resolved`), else :data:`RECIPE`.
       steps: total optimizer steps; 0 (default) trains ``epochs`` whole passes over the transfer
         set. When > 0 it replaces ``epochs``: the transfer set streams endlessly (reshuffled each
         pass) and the student trains about that many steps, so that a smaller transfer set (a
@@ -115,8 +121,8 @@ class StudentConfig:
         BatchNormalization are unchanged.
     """
 
-    architecture: str = "lenet5_half"
-    epochs: int = 50
+    architecture: str = "auto"
+    epochs: int | None = None
     steps: int = 0
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -125,38 +131,53 @@ class StudentConfig:
     ema_momentum: float = 0.0
     loss: str = "soft_ce"
     temperature: float = 1.0
-    mixup_alpha: float = 1.0
-    rotation_degrees: float = 10.0
-    shift_fraction: float = 0.1
+    mixup_alpha: float | None = None
+    rotation_degrees: float | None = None
+    shift_fraction: float | None = None
     horizontal_flip: bool = False
     steps_per_execution: int = 32
     checkpoint_steps: int = 0
     loop: str = "auto"
     batchnorm_images: int = 8192
 
+    def resolved(self, recipe: dict | None = None) -> "StudentConfig":
+        """This config with the recipe fields left unset taken from ``recipe`` (a method's, the
+        dataset's student), then :data:`RECIPE`. Idempotent; fields already set are kept."""
+        recipe = {**RECIPE, **{k: v for k, v in (recipe or {}).items() if v is not None}}
+        unset = {k: recipe[k] for k in RECIPE
+                 if getattr(self, k) is None or (k == "architecture" and self.architecture == "auto")}
+        return dataclasses.replace(self, **unset) if unset else self
+
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range and what it accepts."""
+        """Raises ValueError naming the first field out of range and what it accepts (the recipe
+        fields as :meth:`resolved` fills them)."""
+        config = self.resolved()
         checks = [
-            ("architecture", self.architecture in models.MODELS
-             or models.is_user_model(self.architecture),
+            ("architecture", config.architecture in models.MODELS
+             or models.is_user_model(config.architecture),
              f"one of {sorted(models.MODELS)} or a .keras file"),
-            ("epochs", self.epochs >= 1, ">= 1"), ("steps", self.steps >= 0, ">= 0 (0: epochs)"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("learning_rate", self.learning_rate > 0, "> 0"),
-            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, LR_SCHEDULES),
-            ("weight_decay", self.weight_decay >= 0, ">= 0 (0 disables)"),
-            ("ema_momentum", 0 <= self.ema_momentum < 1, "in [0, 1) (0 disables)"),
-            ("loss", self.loss in LOSSES, LOSSES), ("temperature", self.temperature > 0, "> 0"),
-            ("mixup_alpha", self.mixup_alpha >= 0, ">= 0 (0 disables)"),
-            ("steps_per_execution", self.steps_per_execution >= 1, ">= 1"),
-            ("checkpoint_steps", self.checkpoint_steps >= 0, ">= 0"),
-            ("loop", self.loop in LOOPS, LOOPS),
-            ("batchnorm_images", self.batchnorm_images >= 0, ">= 0 (0 disables)"),
+            ("epochs", config.epochs >= 1, ">= 1"), ("steps", config.steps >= 0, ">= 0 (0: epochs)"),
+            ("batch_size", config.batch_size >= 1, ">= 1"),
+            ("learning_rate", config.learning_rate > 0, "> 0"),
+            ("lr_schedule", config.lr_schedule in LR_SCHEDULES, LR_SCHEDULES),
+            ("weight_decay", config.weight_decay >= 0, ">= 0 (0 disables)"),
+            ("ema_momentum", 0 <= config.ema_momentum < 1, "in [0, 1) (0 disables)"),
+            ("loss", config.loss in LOSSES, LOSSES), ("temperature", config.temperature > 0, "> 0"),
+            ("mixup_alpha", config.mixup_alpha >= 0, ">= 0 (0 disables)"),
+            ("steps_per_execution", config.steps_per_execution >= 1, ">= 1"),
+            ("checkpoint_steps", config.checkpoint_steps >= 0, ">= 0"),
+            ("loop", config.loop in LOOPS, LOOPS),
+            ("batchnorm_images", config.batchnorm_images >= 0, ">= 0 (0 disables)"),
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise ValueError(f"student.{name}={getattr(self, name)!r}: expected {expected}")
+                raise ValueError(f"student.{name}={getattr(config, name)!r}: expected {expected}")
 
+
+RECIPE = {"architecture": "lenet5_half", "epochs": 50, "mixup_alpha": 1.0,
+          "rotation_degrees": 10.0, "shift_fraction": 0.1}
+"""The student recipe of a method that names none (:meth:`StudentConfig.resolved`): LeNet-5-half,
+50 epochs, training-time MixUp (α = 1), ±10° rotations and ±10% shifts."""
 
 MAX_CHUNKS = 50
 """A step-counted run (``StudentConfig.steps``) is cut into at most this many Keras epochs."""
@@ -194,6 +215,7 @@ def training_length(config: StudentConfig, num_images: int, global_batch: int) -
     exceed ``config.steps`` by less than the number of chunks.
     """
     per_pass = max(1, num_images // global_batch)
+    config = config.resolved()
     if config.steps <= 0:
         return TrainingLength(config.epochs, per_pass, repeat=False)
     chunks = min(MAX_CHUNKS, -(-config.steps // per_pass))
@@ -617,6 +639,7 @@ def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: Studen
     run across them). The same ``seed`` gives the same batches and augmentation, whatever the
     parallelism of the pipeline.
     """
+    config = config.resolved()
     ds = tf.data.Dataset.from_tensor_slices((images, soft_labels.astype(np.float32)))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -678,7 +701,7 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
         outside [0, 1], or rows not summing to 1).
       StudentError: the training loss became NaN or infinite.
     """
-    strategy = strategy or make_strategy()
+    strategy, config = strategy or make_strategy(), config.resolved()
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     _check_training_inputs(images, soft_labels, global_batch)
     if config.loop not in LOOPS:

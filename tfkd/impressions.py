@@ -48,6 +48,9 @@ PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
 """The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
 
+PAPER_SEARCH = {"iterations": 1500, "learning_rate": 1e-3}
+"""The paper's Adam steps per batch of impressions and its learning rate on pixels in [0, 1]."""
+
 BLACKBOX_DEFAULTS = {"count": 12_000, "iterations": 100, "learning_rate": 0.01}
 """``zskd_blackbox``'s defaults where they differ from the paper's: every step costs 2q queries per
 impression (2,400 images x 1,500 steps x 20 probes would be 72 M queries per 2,400 impressions), so
@@ -69,23 +72,36 @@ class ImpressionConfig:
       betas: the Dirichlet scales, each given an equal share (1.0 and 0.1).
       final_layer: the name of the final layer's weight variable in the teacher's SavedModel
         (e.g. ``logits/kernel``); None finds the one variable of shape [features, K].
+
+    ``count``, ``iterations`` and ``learning_rate`` left None take the method's defaults
+    (:meth:`resolved`: the paper's for ``zskd``, :data:`BLACKBOX_DEFAULTS` for ``zskd_blackbox``).
     """
 
-    count: int = 48_000
-    iterations: int = 1500
+    count: int | None = None
+    iterations: int | None = None
     batch_size: int = 100
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     temperature: float = 20.0
     betas: tuple[float, ...] = BETAS
     final_layer: str | None = None
 
+    def resolved(self, dataset: str = "", blackbox: bool = False) -> "ImpressionConfig":
+        """The fields left None filled: with ``blackbox`` from :data:`BLACKBOX_DEFAULTS`, else the
+        paper's (count from :data:`PAPER_COUNTS`, 48,000 for another dataset; 1,500 Adam steps at
+        1e-3). Idempotent."""
+        base = (BLACKBOX_DEFAULTS if blackbox else
+                {"count": PAPER_COUNTS.get(dataset, 48_000), **PAPER_SEARCH})
+        unset = {k: v for k, v in base.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset) if unset else self
+
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
+        """Raises ValueError naming the first field out of range (None: filled by
+        :meth:`resolved`)."""
         for name in ("count", "iterations", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"zskd.{name}={getattr(self, name)}: expected >= 1")
         for name in ("learning_rate", "temperature"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"zskd.{name}={getattr(self, name)}: expected > 0")
         if not self.betas or min(self.betas) <= 0:
             raise ValueError(f"zskd.betas={self.betas}: expected one or more values > 0")
@@ -151,6 +167,7 @@ def target_plan(num_classes: int, config: ImpressionConfig) -> list[tuple[int, f
     """(class, β) of each batch, in order: rounds of one batch of every (β, class) cell, as many
     rounds as the count allows (rounded down to whole rounds). The black-box search re-estimates
     the class similarity between rounds."""
+    config = config.resolved()
     per_cell = config.count // (num_classes * len(config.betas) * config.batch_size)
     if per_cell < 1:
         raise ValueError(f"zskd.count={config.count}: expected at least one batch of "
@@ -186,6 +203,7 @@ def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfi
     batch (a variable made in a MirroredStrategy scope would be one mirrored batch).
     ``tests/test_impressions.py`` checks it step for step against ``keras.optimizers.Adam``.
     """
+    config = config.resolved()
     temperature = tf.constant(config.temperature, tf.float32)
 
     def loss_and_grad(images, targets):
@@ -237,6 +255,7 @@ def synthesize(logits_fn: Callable, image_shape: tuple, similarity: np.ndarray,
       T on each image: the stored soft labels), classes int64 [n] (the class each was drawn
       for), last losses float32 [n / batch]), n = len(:func:`target_plan`) x batch size.
     """
+    config = config.resolved()
     strategy = strategy or tf.distribute.get_strategy()
     plan = target_plan(similarity.shape[0], config)
     done = _State.resume(state_path)
@@ -416,9 +435,8 @@ def config_for(dataset: str, blackbox: bool = False, **fields) -> "ImpressionCon
     """The search's settings for ``dataset``: the paper's (count from :data:`PAPER_COUNTS`, 48,000
     for another dataset), or with ``blackbox`` :data:`BLACKBOX_DEFAULTS`; ``fields`` that are not
     None override (the launcher's flags)."""
-    base = dict(BLACKBOX_DEFAULTS) if blackbox else {"count": PAPER_COUNTS.get(dataset, 48_000)}
-    base.update({k: v for k, v in fields.items() if v is not None})
-    return ImpressionConfig(**base)
+    return ImpressionConfig(**{k: v for k, v in fields.items() if v is not None}).resolved(
+        dataset, blackbox)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,6 +582,7 @@ def blackbox_queries_left(num_classes: int, config: ImpressionConfig, zo: Zeroth
     """(probes, labels): the queries :func:`synthesize_blackbox` still sends, from its persisted
     state: 2q per image and step of every step not yet taken, and the final images' labels (an
     upper bound: the ledger may know some)."""
+    config = config.resolved(blackbox=True)
     plan = target_plan(num_classes, config)
     cells, b = num_classes * len(config.betas), config.batch_size
     first = _State.resume(state_path).batches(b)
@@ -608,6 +627,7 @@ def synthesize_blackbox(probe: Callable, label: Callable, image_shape: tuple, nu
       What ``probe`` and ``label`` raise (TeacherError, QueryBudgetExceeded): what was answered is
       kept.
     """
+    config = config.resolved(blackbox=True)
     plan = target_plan(num_classes, config)
     cells = num_classes * len(config.betas)
     done = _State.resume(state_path)

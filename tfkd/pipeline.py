@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 
 import keras
@@ -71,11 +72,13 @@ from tfkd.report import Report
 class TeacherTrainConfig:
     """Training of a teacher on the training split (what its owner would have done).
 
+    ``architecture`` ``auto``: the paper's teacher for the dataset (:data:`tfkd.models.DEFAULT_PAIRS`).
+
     Adam with cosine decay of the learning rate to 0 (a constant rate leaves LeNet-5 below 89% on
     Fashion-MNIST after 20 epochs; see BUILD_NOTES.md).
     """
 
-    architecture: str = "lenet5"
+    architecture: str = "auto"
     epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -133,8 +136,8 @@ class DistillConfig:
     data_dir: str | None = None
     images: images_lib.ImageSourceConfig | None = None
     seed: int = 0
-    num_shots: int = 2000
-    num_validation: int = 5000
+    num_shots: int | None = None
+    num_validation: int | None = None
     teacher: teacher_lib.TeacherConfig = teacher_lib.TeacherConfig()
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
     mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
@@ -149,19 +152,59 @@ class DistillConfig:
     evaluate_test: bool = True
     evaluate_teacher: bool = True
     compress: tuple = ("float16", "int8")
-    verbose: int = 1
+    verbose: int | None = None
     outputs: vertex.OutputDirs = vertex.OutputDirs()
 
+    def resolved(self) -> "DistillConfig":
+        """This config with every setting left unset (None, ``auto``) given its default, the one
+        place those defaults are decided (the launcher passes what the user left out as unset):
+
+        * from the data: ``num_shots`` the paper's N (:data:`tfkd.models.DEFAULT_NUM_SHOTS`; with
+          ``images``, 0: all), ``num_validation`` :data:`NUM_VALIDATION` (0 with ``images``), the
+          paper's teacher and student architectures (:data:`tfkd.models.DEFAULT_PAIRS`;
+          ``mobilenet_v3_small`` for the user's images) and the CVAE's (``mlp`` for 28x28 grey,
+          ``conv`` for CIFAR; with ``images`` it is chosen at their size);
+        * from the method: its student recipe (:attr:`tfkd.methods.Method.student_defaults`, then
+          :data:`tfkd.distill.RECIPE`) and its own settings (:meth:`tfkd.methods.Method.resolve`);
+        * ``verbose``: 1 (progress bars) on a terminal, 2 (a line per epoch) otherwise.
+
+        Idempotent. Raises ValueError for an unknown ``dataset`` or ``method``.
+        """
+        method = methods.get(self.method)
+        if self.dataset not in data_lib.SUPPORTED_DATASETS:
+            raise ValueError(f"dataset={self.dataset!r}: expected one of "
+                             f"{data_lib.SUPPORTED_DATASETS}")
+        own = self.images is not None
+        teacher_arch, student_arch = models.DEFAULT_PAIRS[self.dataset]
+        cvae_arch = self.cvae.architecture
+        if cvae_arch == "auto" and not own:
+            cvae_arch = "conv" if self.dataset.startswith("cifar") else "mlp"
+        config = dataclasses.replace(
+            self,
+            num_shots=(self.num_shots if self.num_shots is not None
+                       else 0 if own else models.DEFAULT_NUM_SHOTS[self.dataset]),
+            num_validation=(self.num_validation if self.num_validation is not None
+                            else 0 if own else NUM_VALIDATION),
+            teacher_train=(self.teacher_train if self.teacher_train.architecture != "auto" else
+                           dataclasses.replace(self.teacher_train, architecture=teacher_arch)),
+            cvae=dataclasses.replace(self.cvae, architecture=cvae_arch),
+            student=self.student.resolved({"architecture": "mobilenet_v3_small" if own
+                                           else student_arch, **dict(method.student_defaults)}),
+            verbose=self.verbose if self.verbose is not None else 1 if sys.stdout.isatty() else 2)
+        return method.resolve(config)
+
     def validate(self) -> None:
-        """Checks every setting that can be checked without data, teacher or training.
+        """Checks every setting that can be checked without data, teacher or training (as
+        :meth:`resolved` fills them).
 
         Raises:
           ValueError: naming the first field out of range and what it accepts.
         """
+        self.resolved()._check()
+
+    def _check(self) -> None:
         method = methods.get(self.method)
         checks = [
-            ("dataset", self.dataset, self.dataset in data_lib.SUPPORTED_DATASETS,
-             data_lib.SUPPORTED_DATASETS),
             ("num_shots", self.num_shots, self.num_shots >= (0 if self.images else 1),
              ">= 1 (0, all, only with images)"),
             ("num_validation", self.num_validation, self.num_validation >= 0, ">= 0"),
@@ -208,6 +251,10 @@ class DistillConfig:
         for refused, why in refusals:
             if refused:
                 raise ValueError(f"images={self.images.path!r}: {why}")
+
+
+NUM_VALIDATION = 5000
+"""The validation split's size on a named dataset (:attr:`DistillConfig.num_validation`)."""
 
 
 class StageTimer:
@@ -268,6 +315,7 @@ def run(config: DistillConfig, strategy: tf.distribute.Strategy | None = None,
         holds the work dir, or its teacher was trained with other settings.
       tfkd.data.DatasetUnavailableError, tfkd.teacher.TeacherError (QueryBudgetExceeded included).
     """
+    config = config.resolved()
     config.validate()
     method = methods.get(config.method)
     workdir_lib.check_usable(config.workdir)
@@ -395,6 +443,9 @@ def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConf
       in [0, 1], or None when not measured), ``parameters``.
     """
     keras.utils.set_random_seed(seed)
+    if config.architecture == "auto":
+        config = dataclasses.replace(config, architecture=models.DEFAULT_PAIRS.get(
+            dataset.name, ("lenet5",))[0])
     model = models.build_model(config.architecture, dataset.image_shape, dataset.num_classes)
     steps = config.epochs * -(-len(dataset.x_train) // config.batch_size)
     lr = distill.learning_rate(config.learning_rate, config.lr_schedule, steps)

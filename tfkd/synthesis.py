@@ -107,7 +107,7 @@ class CVAEConfig:
     """
 
     latent_dim: int = 2
-    architecture: str = "mlp"
+    architecture: str = "auto"
     hidden: tuple = (256, 128, 64)
     epochs: int = 200
     batch_size: int = 256

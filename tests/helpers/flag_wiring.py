@@ -101,7 +101,8 @@ def main(launcher: str) -> None:
     def resolve(args):
         FLAGS.unparse_flags()
         FLAGS(["launcher", *args])
-        return dict(leaves(module.config_from_flags()))
+        config = module.config_from_flags()
+        return dict(leaves(config.resolved() if hasattr(config, "resolved") else config))
 
     for name in sorted(names):
         flag = FLAGS[name]

@@ -176,9 +176,10 @@ class Method:
       reads_true_labels: the method reads the few-shot images' labels (a supervised baseline).
       loss: the student's loss, a name in :data:`tfkd.distill.LOSSES`; None: the config's.
       description: one line for ``--help``.
-      student_defaults: ((StudentConfig field, value), ...): the launcher's defaults for this
-        method where they differ from the library's ``StudentConfig()`` (each chosen on the
-        validation split; RESULTS.md). A flag given on the command line still wins.
+      student_defaults: ((StudentConfig field, value), ...): this method's student recipe where it
+        differs from :data:`tfkd.distill.RECIPE` (each chosen on the validation split;
+        RESULTS.md), applied to the recipe fields a config leaves unset
+        (:meth:`tfkd.pipeline.DistillConfig.resolved`); a value the user sets still wins.
     """
 
     name: str = ""
@@ -187,6 +188,12 @@ class Method:
     loss: str | None = None
     description: str = ""
     student_defaults: tuple = ()
+
+    def resolve(self, config):
+        """The run's config with this method's own defaults in the settings left unset (None);
+        :meth:`tfkd.pipeline.DistillConfig.resolved` calls it after applying
+        :attr:`student_defaults`. Must be idempotent. Default: the config unchanged."""
+        return config
 
     def fingerprint(self, config) -> tuple:
         """JSON-able settings the transfer set depends on besides data, seed, N and the teacher's

@@ -28,6 +28,12 @@ class _Impressions(Method):
     ``kd`` (T² · KL) at that T."""
 
     loss = "kd"
+    blackbox = False
+
+    def resolve(self, config):
+        """The search's settings left unset: the paper's for the dataset (``zskd``), or the black-box
+        variant's (:data:`tfkd.impressions.BLACKBOX_DEFAULTS`)."""
+        return dataclasses.replace(config, zskd=config.zskd.resolved(config.dataset, self.blackbox))
 
     def student_config(self, config):
         return dataclasses.replace(super().student_config(config),
@@ -78,6 +84,7 @@ class ZSKDBlackBox(_Impressions):
     """
 
     name = "zskd_blackbox"
+    blackbox = True
     teacher_needs = "soft_labels"
     description = ("zero-shot from a black-box teacher: Data Impressions from its answers alone "
                    "(class similarity and image gradients estimated by queries)")

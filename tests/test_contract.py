@@ -1,0 +1,78 @@
+"""One library, one truth: the command and the library give the same student recipe.
+
+For every registered method (and on each named dataset), the config ``tfkd-distill`` resolves
+with no flag but ``--method`` (and ``--dataset``) equals ``DistillConfig(method=..., dataset=...)``
+resolved by the library, field by field. The launcher's flags parse in a child process (absl's
+FLAGS are process-global)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+from tfkd import data
+from tfkd import methods
+from tfkd import pipeline
+
+SCRIPT = """
+import dataclasses, json, sys
+from absl import flags
+from launch import distill as d
+out = {}
+for method, dataset in json.loads(sys.argv[1]):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["x", "--workdir=/tmp/contract", f"--method={method}", f"--dataset={dataset}"])
+    out[f"{method}/{dataset}"] = repr(d.config_from_flags().resolved())
+print("CONFIGS " + json.dumps(out))
+"""
+
+
+def _leaves(value, prefix=""):
+    """(dotted field name, value) of every leaf of a nested config dataclass."""
+    if dataclasses.is_dataclass(value):
+        for field in dataclasses.fields(value):
+            yield from _leaves(getattr(value, field.name), f"{prefix}{field.name}.")
+    else:
+        yield prefix.rstrip("."), value
+
+
+def test_the_launcher_with_no_flags_resolves_the_library_default_of_every_method():
+    cases = [(m, d) for m in methods.names() for d in data.SUPPORTED_DATASETS]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIP_")}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env={**env, "PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("CONFIGS "))
+    launched = json.loads(line[len("CONFIGS "):])
+    assert len(launched) == len(cases) > 10
+    for method, dataset in cases:
+        library = pipeline.DistillConfig(workdir="/tmp/contract", method=method,
+                                         dataset=dataset).resolved()
+        # The child's stdout is a pipe, the library's verbose follows the test's terminal: the
+        # one field decided by where the output goes, compared as the child saw it.
+        library = dataclasses.replace(library, verbose=2)
+        assert launched[f"{method}/{dataset}"] == repr(library), "\n".join(
+            f"{method}/{dataset} {name}: library {value!r}"
+            for name, value in _leaves(library)
+            if f"{name.rsplit('.', 1)[-1]}={value!r}" not in launched[f"{method}/{dataset}"])
+
+
+def test_resolution_fills_only_what_was_left_unset_and_is_idempotent():
+    resolved = pipeline.DistillConfig(workdir="w").resolved()
+    assert resolved == resolved.resolved()
+    assert (resolved.num_shots, resolved.num_validation) == (2000, pipeline.NUM_VALIDATION)
+    assert resolved.student.architecture == "lenet5_half"
+    assert resolved.student.epochs == dict(methods.get("fsbbt").student_defaults)["epochs"]
+    assert resolved.teacher_train.architecture == "lenet5" and resolved.cvae.architecture == "mlp"
+    mine = pipeline.DistillConfig(
+        workdir="w", dataset="cifar10", num_shots=40,
+        student=pipeline.distill.StudentConfig(epochs=3)).resolved()
+    assert (mine.num_shots, mine.student.epochs, mine.student.architecture,
+            mine.cvae.architecture) == (40, 3, "alexnet_half", "conv")
+    assert mine.student.mixup_alpha == 0.0  # The rest of fsbbt's recipe is kept.
+    assert pipeline.DistillConfig(workdir="w", method="zskd_blackbox").resolved().zskd.count == \
+        12_000
