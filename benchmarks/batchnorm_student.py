@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfkd import data  # noqa: E402
 from tfkd import pipeline  # noqa: E402
 from tfkd import serving  # noqa: E402
+from tfkd import teacher_setup  # noqa: E402
 
 flags.DEFINE_string("root", "/tmp/tfkd_bn_benchmark", "Where the teacher, images and work dirs go.")
 flags.DEFINE_string("out", None, "Also write the figures to this file.")
@@ -66,7 +67,7 @@ def prepare(root: str) -> tuple[str, str, str]:
     if not os.path.exists(os.path.join(base, "1", "saved_model.pb")):
         small = data.Dataset("fashion_mnist", fashion.x_train[5000:], fashion.y_train[5000:],
                              fashion.x_test, fashion.y_test, 10, fashion.source)
-        inner = pipeline.train_and_export_teacher(
+        inner = teacher_setup.train_and_export_teacher(
             small, pipeline.TeacherTrainConfig(epochs=FLAGS.teacher_epochs),
             os.path.join(root, "lenet5"), verbose=2)
         module = ForeignTeacher(inner["export_dir"])

@@ -18,9 +18,9 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfkd import impressions  # noqa: E402
-from tfkd import pipeline  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
+from tfkd import teacher_setup  # noqa: E402
 
 flags.DEFINE_string("teacher", "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/"
                     "teacher", "The teacher's TF Serving base path (numeric versions under it).")
@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-    version_dir = pipeline.saved_model_dir(FLAGS.teacher)
+    version_dir = teacher_setup.saved_model_dir(FLAGS.teacher)
     teacher = impressions.SavedModelTeacher(version_dir)
     similarity = impressions.class_similarity(teacher.final_layer_weights())
     white = impressions.ImpressionConfig(count=2000, iterations=FLAGS.steps, batch_size=100)

@@ -22,11 +22,11 @@ import json
 import sys
 
 from tfkd import boundary
-from tfkd import distill
 from tfkd import impressions
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import teacher as teacher_lib
+from tfkd import training
 from tfkd import zeroshot
 
 name, method, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -41,7 +41,7 @@ with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0)
                                     **extra.pop("zskd", {})),
         zskd_blackbox=impressions.ZerothOrderConfig(**extra.pop("zskd_blackbox", {})),
         teacher_saved_model=base if method == "zskd" else None,
-        student=dataclasses.replace(distill.StudentConfig(), **extra.pop("student", {})),
+        student=dataclasses.replace(training.StudentConfig(), **extra.pop("student", {})),
         db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
     r = pipeline.run(config)
 print(json.dumps({"name": name, "seed": seed, "test": r.student_accuracy,

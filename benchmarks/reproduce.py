@@ -42,10 +42,12 @@ from absl import logging  # noqa: E402
 
 from tfkd import client as client_lib  # noqa: E402
 from tfkd import data  # noqa: E402
-from tfkd import distill  # noqa: E402
+from tfkd import outputs  # noqa: E402
 from tfkd import pipeline  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
+from tfkd import teacher_setup  # noqa: E402
+from tfkd import training  # noqa: E402
 from tfkd import workdir as workdir_lib  # noqa: E402
 from tfkd.methods import fsbbt as fsbbt_methods  # noqa: E402
 
@@ -92,7 +94,7 @@ TEACHER_TRIES = {
 }
 # The grid's student recipe for every method: the paper's, fixed in advance (the launcher's default
 # differs where a try below was adopted).
-PAPER_STUDENT = distill.StudentConfig(lr_schedule="constant")
+PAPER_STUDENT = training.StudentConfig(lr_schedule="constant")
 
 # Student recipes tried against the method's cell of the same seed, on the validation split only
 # (name -> (method, StudentConfig fields, what, seed)).
@@ -190,7 +192,7 @@ class Row:
     Attributes:
       method: a name of ``fsbbt_methods.METHODS``.
       what: the row's description in RESULTS.md.
-      student: StudentConfig fields over the launcher's default (``distill.StudentConfig()``).
+      student: StudentConfig fields over the launcher's default (``training.StudentConfig()``).
       query_budget: the run's ``--query_budget`` (None: the full plan, 50,000 queries).
     """
 
@@ -268,7 +270,7 @@ def choose_teacher(root: str, dataset: data.Dataset) -> str:
             logging.info("Teacher recipe %s", name)
             keras.utils.set_random_seed(0)
             start = time.perf_counter()
-            trained = pipeline.train_and_export_teacher(dataset, config, os.path.join(run, "teacher"),
+            trained = teacher_setup.train_and_export_teacher(dataset, config, os.path.join(run, "teacher"),
                                                         seed=0, verbose=2, evaluate_test=False)
             workdir_lib.write_json(path, {
                 "kind": "teacher_try", "try": name, "what": what, "dataset": dataset.name,
@@ -277,7 +279,7 @@ def choose_teacher(root: str, dataset: data.Dataset) -> str:
                 "validation_accuracy": trained["validation_accuracy"],
                 "parameters": trained["parameters"], "export_dir": trained["export_dir"],
                 "seconds": round(time.perf_counter() - start, 1),
-                "code_commit": pipeline.code_commit()})
+                "code_commit": outputs.code_commit()})
             keras.backend.clear_session()
         with open(path) as f:
             scores[name] = json.load(f)["validation_accuracy"]
@@ -296,7 +298,7 @@ def measure_teacher(root: str, teacher_base: str, dataset: data.Dataset, target:
         workdir_lib.write_json(path, {"kind": "teacher", "dataset": dataset.name, "base": teacher_base,
                            "test_accuracy": accuracy, "test_examples": len(dataset.x_test),
                            "teacher_eval_queries": len(dataset.x_test),
-                           "code_commit": pipeline.code_commit()})
+                           "code_commit": outputs.code_commit()})
     _store(path, "teacher")
     with open(path) as f:
         return json.load(f)
@@ -342,7 +344,7 @@ def run_all(methods, seeds) -> None:
             for seed in seeds:
                 path = run_cell(os.path.join(root, "rows", name, f"seed{seed}"), srv.target,
                                 row.method, seed,
-                                dataclasses.replace(distill.StudentConfig(), **dict(row.student)),
+                                dataclasses.replace(training.StudentConfig(), **dict(row.student)),
                                 query_budget=row.query_budget)
                 report = json.load(open(path))
                 report.update(kind="row", row=name)

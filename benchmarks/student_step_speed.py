@@ -3,7 +3,7 @@ r"""Where the student's training time goes: seconds per epoch of the LeNet-5-hal
 
   python benchmarks/student_step_speed.py [BATCH ...] > benchmarks/reports/student_step_speed.txt
 
-Each setting trains two epochs with :func:`tfkd.distill.train_student` (tf.data augmentation:
+Each setting trains two epochs with :func:`tfkd.training.train_student` (tf.data augmentation:
 fused rotation/shift and training-time MixUp, as the default recipe; under tfkd's one-replica
 MirroredStrategy, or TensorFlow's default strategy as a plain Keras script runs) or with a bare
 ``model.fit`` on batched tensors without augmentation, ``steps_per_execution=32`` (float32, or
@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfkd import data  # noqa: E402
-from tfkd import distill  # noqa: E402
 from tfkd import models  # noqa: E402
+from tfkd import training  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -37,7 +37,7 @@ class EpochTimer(keras.callbacks.Callback):
 def tfkd_epoch(x, y, batch_size: int, augment: bool, strategy=None) -> float:
     fields = {} if augment else {"rotation_degrees": 0.0, "shift_fraction": 0.0, "mixup_alpha": 0.0}
     timer = EpochTimer()
-    distill.train_student(x, y, distill.StudentConfig(epochs=2, batch_size=batch_size, **fields),
+    training.train_student(x, y, training.StudentConfig(epochs=2, batch_size=batch_size, **fields),
                           seed=0, verbose=0, callbacks=[timer], strategy=strategy)
     return timer.seconds
 

@@ -25,7 +25,7 @@ from absl import logging
 from tfkd import boundary
 from tfkd import client
 from tfkd import data
-from tfkd import distill
+from tfkd import errors
 from tfkd import images
 from tfkd import impressions
 from tfkd import methods
@@ -34,8 +34,8 @@ from tfkd import pipeline
 from tfkd import report as report_lib
 from tfkd import synthesis
 from tfkd import teacher
+from tfkd import training
 from tfkd import vertex
-from tfkd import workdir
 from tfkd import zeroshot
 
 # Every default below is read from the library's config dataclasses (one place); a flag whose
@@ -49,7 +49,7 @@ _ZSKD = impressions.ImpressionConfig()
 _ZO = impressions.ZerothOrderConfig()
 _MIXUP = synthesis.MixUpConfig()
 _CVAE = synthesis.CVAEConfig()
-_STUDENT = distill.StudentConfig()
+_STUDENT = training.StudentConfig()
 
 
 def _field_default(cls, name: str):
@@ -71,7 +71,8 @@ flags.DEFINE_string("images", None, "Your own unlabeled images instead of --data
 flags.DEFINE_string("eval_images", None, "With --images: held-out images to evaluate on. One "
                     "sub-folder per class gives accuracy and fidelity; a flat folder or pattern "
                     "gives fidelity (top-1 agreement with the teacher) only.")
-flags.DEFINE_string("image_key", _field_default(images.ImageSourceConfig, "image_key"), "TFRecord feature holding the encoded image.")
+flags.DEFINE_string("image_key", _field_default(images.ImageSourceConfig, "image_key"),
+                    "TFRecord feature holding the encoded image.")
 flags.DEFINE_integer("image_height", None, "Image height; default: the teacher's input shape.")
 flags.DEFINE_integer("image_width", None, "Image width; default: the teacher's input shape.")
 flags.DEFINE_enum("image_channels", None, ["1", "3"], "Image channels; default: the teacher's.")
@@ -86,7 +87,8 @@ flags.DEFINE_integer("num_validation", None, "Training images held out as the va
                      "(the same for every seed and method): not used by the teacher tfkd trains nor "
                      "as few shots; monitoring and choices read it, never the test split. 0: none. "
                      "Default 5000; 0 with --images (no labels).")
-flags.DEFINE_string("teacher", "", "host:port of a running TF Serving server; empty: train a "
+flags.DEFINE_string("teacher", "", "A running TF Serving server: host:port (its gRPC API) or "
+                    "http(s)://host:port (its REST API: Vertex AI, KServe); empty: train a "
                     "teacher into the work dir if none is there and serve it locally.")
 flags.DEFINE_string("teacher_model_name", _TEACHER.model_name, "The teacher's model name (model spec).")
 flags.DEFINE_integer("teacher_version", None, "Pin a teacher version number; default: the latest.")
@@ -109,7 +111,8 @@ flags.DEFINE_bool("teacher_label_only", _TEACHER.label_only, "Use only the teach
                   "decision-based API on a probability teacher).")
 flags.DEFINE_float("teacher_timeout", _TEACHER.timeout_s, "Per-request deadline, seconds.")
 flags.DEFINE_integer("teacher_max_in_flight", _TEACHER.max_in_flight, "Predict requests in flight at once.")
-flags.DEFINE_integer("teacher_max_attempts", _TEACHER.retry.max_attempts, "Attempts per request on UNAVAILABLE, "
+flags.DEFINE_integer("teacher_max_attempts", _TEACHER.retry.max_attempts,
+                     "Attempts per request on UNAVAILABLE, "
                      "DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (exponential backoff with jitter).")
 flags.DEFINE_string("teacher_tls_ca", None, "CA bundle (PEM): use a TLS channel.")
 flags.DEFINE_string("teacher_tls_cert", None, "Client certificate (PEM) for mutual TLS.")
@@ -122,7 +125,8 @@ flags.DEFINE_integer("query_budget", None, "At most this many images sent to the
                      "work dir's whole life: labelling, the teacher's test evaluation, retries and "
                      "every earlier process on the same work dir (WORKDIR/ledger/queries_sent.log). "
                      "The run stops before sending anything if its plan needs more.")
-flags.DEFINE_enum("teacher_architecture", _CONFIG.teacher_train.architecture, ["auto", *models.MODELS], "Teacher trained when "
+flags.DEFINE_enum("teacher_architecture", _CONFIG.teacher_train.architecture,
+                  ["auto", *models.MODELS], "Teacher trained when "
                   "--teacher is empty; auto: the paper's for the dataset (LeNet-5; AlexNet for "
                   "CIFAR-10; ResNet-32 for CIFAR-100).")
 flags.DEFINE_integer("teacher_epochs", _CONFIG.teacher_train.epochs, "Epochs of the locally trained teacher.")
@@ -131,28 +135,40 @@ flags.DEFINE_float("mixup_alpha", _MIXUP.alpha, "MixUp λ ~ Beta(α, α).")
 flags.DEFINE_integer("num_cvae", _CVAE.num_images, "CVAE images, equal per class.")
 flags.DEFINE_integer("cvae_epochs", _CVAE.epochs, "CVAE training epochs.")
 flags.DEFINE_integer("cvae_latent_dim", _CVAE.latent_dim, "CVAE latent size.")
-flags.DEFINE_integer("cvae_working_size", _CVAE.working_size, "The CVAE models images at this size and its samples "
+flags.DEFINE_integer("cvae_working_size", _CVAE.working_size,
+                     "The CVAE models images at this size and its samples "
                      "are resized up; 0: the image size up to 32, else 32.")
 flags.DEFINE_enum("cvae_architecture", _CVAE.architecture, ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
                   "conv (CIFAR); auto picks by dataset.")
-flags.DEFINE_enum("db3kd_search", _BOUNDARY.search, list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
+flags.DEFINE_enum("db3kd_search", _BOUNDARY.search,
+                  list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
                   "searches along directions toward teacher-labelled images; mbd, bd then the "
                   "Sign-OPT refinement.")
-flags.DEFINE_integer("db3kd_mbd_queries", _BOUNDARY.mbd_queries, "DB3KD mbd: query budget per (image, class) pair.")
-flags.DEFINE_integer("db3kd_mbd_directions", _BOUNDARY.mbd_directions, "DB3KD mbd: random directions per sign-gradient "
+flags.DEFINE_integer("db3kd_mbd_queries", _BOUNDARY.mbd_queries,
+                     "DB3KD mbd: query budget per (image, class) pair.")
+flags.DEFINE_integer("db3kd_mbd_directions", _BOUNDARY.mbd_directions,
+                     "DB3KD mbd: random directions per sign-gradient "
                      "estimate (one query each).")
-flags.DEFINE_integer("db3kd_directions", _BOUNDARY.num_directions, "DB3KD: directions tried per (image, class) pair.")
-flags.DEFINE_float("db3kd_tolerance", _BOUNDARY.tolerance, "DB3KD: binary-search tolerance on the boundary distance "
+flags.DEFINE_integer("db3kd_directions", _BOUNDARY.num_directions,
+                     "DB3KD: directions tried per (image, class) pair.")
+flags.DEFINE_float("db3kd_tolerance", _BOUNDARY.tolerance,
+                   "DB3KD: binary-search tolerance on the boundary distance "
                    "(pixel scale [0, 1]).")
-flags.DEFINE_float("db3kd_temperature", _BOUNDARY.temperature, "DB3KD: T of the soft labels and of the student's KD term.")
-flags.DEFINE_integer("db3kd_chunk_pairs", _BOUNDARY.chunk_pairs, "DB3KD: (image, class) pairs searched together; each "
+flags.DEFINE_float("db3kd_temperature", _BOUNDARY.temperature,
+                   "DB3KD: T of the soft labels and of the student's KD term.")
+flags.DEFINE_integer("db3kd_chunk_pairs", _BOUNDARY.chunk_pairs,
+                     "DB3KD: (image, class) pairs searched together; each "
                      "chunk's state is persisted when it ends (a killed run loses at most one).")
 flags.DEFINE_integer("zsdb3kd_per_class", _ZERO_SHOT.per_class, "ZSDB3KD: pseudo-samples per class.")
-flags.DEFINE_integer("zsdb3kd_iterations", _ZERO_SHOT.iterations, "ZSDB3KD: pushes away from the decision boundary.")
-flags.DEFINE_float("zsdb3kd_step", _ZERO_SHOT.step, "ZSDB3KD: first step of each push (halved while the label "
+flags.DEFINE_integer("zsdb3kd_iterations", _ZERO_SHOT.iterations,
+                     "ZSDB3KD: pushes away from the decision boundary.")
+flags.DEFINE_float("zsdb3kd_step", _ZERO_SHOT.step,
+                   "ZSDB3KD: first step of each push (halved while the label "
                    "flips).")
-flags.DEFINE_integer("zsdb3kd_queries", _ZERO_SHOT.queries, "ZSDB3KD: Sign-OPT queries per sample and iteration.")
-flags.DEFINE_integer("zsdb3kd_init_directions", _ZERO_SHOT.init_directions, "ZSDB3KD: random initial directions per sample.")
+flags.DEFINE_integer("zsdb3kd_queries", _ZERO_SHOT.queries,
+                     "ZSDB3KD: Sign-OPT queries per sample and iteration.")
+flags.DEFINE_integer("zsdb3kd_init_directions", _ZERO_SHOT.init_directions,
+                     "ZSDB3KD: random initial directions per sample.")
 flags.DEFINE_string("teacher_saved_model", None, "The teacher's SavedModel (a version directory or "
                     "a TF Serving base path), loaded in-process by --method=zskd.")
 flags.DEFINE_integer("zskd_count", None, "ZSKD: Data Impressions in all; default: the paper's for "
@@ -163,16 +179,19 @@ flags.DEFINE_integer("zskd_iterations", None, "ZSKD: Adam steps per batch of imp
 flags.DEFINE_integer("zskd_batch_size", _ZSKD.batch_size, "ZSKD: impressions optimised together.")
 flags.DEFINE_float("zskd_learning_rate", None, "ZSKD: Adam's learning rate on pixels in [0, 1]; "
                    "default: 0.001 (the paper's); zskd_blackbox: 0.01.")
-flags.DEFINE_float("zskd_temperature", _ZSKD.temperature, "ZSKD: T of the impression search, targets and student.")
+flags.DEFINE_float("zskd_temperature", _ZSKD.temperature,
+                   "ZSKD: T of the impression search, targets and student.")
 flags.DEFINE_string("zskd_final_layer", None, "ZSKD: the final layer's weight variable in the "
                     "SavedModel (e.g. logits/kernel); default: the one of shape [features, K].")
 flags.DEFINE_integer("zskd_directions", _ZO.directions, "zskd_blackbox: antithetic direction pairs per "
                      "impression and step (2x this many queries each).")
 flags.DEFINE_float("zskd_sigma", _ZO.sigma, "zskd_blackbox: probe radius in pixel units (pixels in "
                    "[0, 1]).")
-flags.DEFINE_integer("zskd_resolution", _ZO.resolution, "zskd_blackbox: directions drawn on this many cells per "
+flags.DEFINE_integer("zskd_resolution", _ZO.resolution,
+                     "zskd_blackbox: directions drawn on this many cells per "
                      "side and upsampled (the image side: full dimension).")
-flags.DEFINE_enum("student_architecture", _STUDENT.architecture, ["auto", *models.MODELS], "Student; auto: the "
+flags.DEFINE_enum("student_architecture", _STUDENT.architecture,
+                  ["auto", *models.MODELS], "Student; auto: the "
                   "paper's (LeNet-5-half; AlexNet-half for CIFAR-10; ResNet-20 for CIFAR-100).")
 flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PATH.keras: images "
                     "float32 [b, H, W, C] in [0, 1] -> logits [b, K]) as the student, instead of "
@@ -181,11 +200,11 @@ flags.DEFINE_string("student_model", None, "Your own uncompiled Keras model (PAT
 
 def _method_defaults(field: str) -> str:
     """A flag's default in words: the methods' own values and the library's, from
-    ``Method.student_defaults`` and ``distill.RECIPE`` (e.g. 'the method's, chosen on the
+    ``Method.student_defaults`` and ``training.RECIPE`` (e.g. 'the method's, chosen on the
     validation split: fsbbt 25; 50 for the others')."""
     own = ", ".join(f"{m} {dict(methods.get(m).student_defaults)[field]}" for m in methods.names()
                     if field in dict(methods.get(m).student_defaults))
-    library = distill.RECIPE[field]
+    library = training.RECIPE[field]
     return (f"the method's, chosen on the validation split: {own}; {library} for the others" if own
             else str(library))
 
@@ -197,14 +216,14 @@ flags.DEFINE_integer("student_steps", _STUDENT.steps, "Student optimizer steps i
                      "plan's steps.")
 flags.DEFINE_integer("batch_size", _STUDENT.batch_size, "Student batch size per replica.")
 flags.DEFINE_float("learning_rate", _STUDENT.learning_rate, "Student Adam learning rate.")
-flags.DEFINE_enum("lr_schedule", _STUDENT.lr_schedule, list(distill.LR_SCHEDULES), "Student "
+flags.DEFINE_enum("lr_schedule", _STUDENT.lr_schedule, list(training.LR_SCHEDULES), "Student "
                   "learning-rate schedule: cosine decay to 0 (chosen on the validation split) or "
                   "constant (the FS-BBT paper's).")
 flags.DEFINE_float("weight_decay", _STUDENT.weight_decay, "Student Adam's decoupled weight decay "
                    "(0 disables).")
 flags.DEFINE_float("ema_momentum", _STUDENT.ema_momentum, "Export an exponential moving average of "
                    "the student's weights with this momentum (0 disables).")
-flags.DEFINE_enum("loss", _STUDENT.loss, list(distill.LOSSES), "soft_ce: cross-entropy to the "
+flags.DEFINE_enum("loss", _STUDENT.loss, list(training.LOSSES), "soft_ce: cross-entropy to the "
                   "teacher's probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", _STUDENT.temperature, "Temperature for --loss=kd.")
 flags.DEFINE_integer("steps_per_execution", _STUDENT.steps_per_execution, "Student training "
@@ -220,21 +239,24 @@ flags.DEFINE_bool("horizontal_flip", _STUDENT.horizontal_flip, "Mirror training 
 flags.DEFINE_integer("batchnorm_images", _STUDENT.batchnorm_images, "After training, re-estimate "
                      "the student's BatchNorm statistics over up to this many transfer-set images "
                      "(0: keep what training's momentum left).")
-flags.DEFINE_enum("strategy", "mirrored", list(distill.STRATEGIES), "mirrored: all local GPUs "
+flags.DEFINE_enum("strategy", "mirrored", list(training.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
-flags.DEFINE_float("cluster_startup_timeout", distill.CLUSTER_STARTUP_TIMEOUT_S, "With "
+flags.DEFINE_float("cluster_startup_timeout", training.CLUSTER_STARTUP_TIMEOUT_S, "With "
                    "--strategy=multi_worker: fail with one line if the cluster's other tasks have "
                    "not all started within this many seconds.")
-flags.DEFINE_enum("training_loop", _STUDENT.loop, list(distill.LOOPS), "Student training loop: fit (Keras "
+flags.DEFINE_enum("training_loop", _STUDENT.loop, list(training.LOOPS), "Student training loop: fit (Keras "
                   "fit with callbacks), custom (strategy.run with tf.train.CheckpointManager), auto: "
                   "custom under multi_worker, else fit.")
-flags.DEFINE_integer("checkpoint_steps", _STUDENT.checkpoint_steps, "Also checkpoint the student every this many steps "
+flags.DEFINE_integer("checkpoint_steps", _STUDENT.checkpoint_steps,
+                     "Also checkpoint the student every this many steps "
                      "(0: every epoch only). A rerun of the same command resumes.")
-flags.DEFINE_integer("eval_examples", _CONFIG.eval_examples, "Test images for the accuracies; 0: the full test set.")
+flags.DEFINE_integer("eval_examples", _CONFIG.eval_examples,
+                     "Test images for the accuracies; 0: the full test set.")
 flags.DEFINE_list("compress", list(_CONFIG.compress), "Compressed student variants exported and "
                   "measured besides float32 (float16, int8); empty for none.")
-flags.DEFINE_bool("evaluate_teacher", _CONFIG.evaluate_teacher, "Also measure the teacher's test accuracy over gRPC.")
+flags.DEFINE_bool("evaluate_teacher", _CONFIG.evaluate_teacher,
+                  "Also measure the teacher's test accuracy over gRPC.")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per "
                      "epoch. Default: 1 on a terminal, 2 when the output goes to a file or pipe.")
 
@@ -288,7 +310,8 @@ def _valid_target(value: str) -> bool:
 
 
 flags.register_validator("teacher", _valid_target,
-                         message="--teacher must be host:port with a port in 1..65535, or empty")
+                         message="--teacher must be host:port (gRPC) or http(s)://host:port (REST) "
+                         "with a port in 1..65535, or empty")
 
 
 def teacher_config_from_flags() -> teacher.TeacherConfig:
@@ -367,8 +390,8 @@ def config_from_flags() -> pipeline.DistillConfig:
         outputs=vertex.OutputDirs.from_environ(os.environ))  # Vertex AI's AIP_* directories.
 
 
-def student_config_from_flags() -> distill.StudentConfig:
-    return distill.StudentConfig(
+def student_config_from_flags() -> training.StudentConfig:
+    return training.StudentConfig(
         architecture=FLAGS.student_model or FLAGS.student_architecture, steps=FLAGS.student_steps,
         epochs=FLAGS.student_epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, loss=FLAGS.loss,
@@ -391,7 +414,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
-        strategy = distill.make_strategy(FLAGS.strategy,
+        strategy = training.make_strategy(FLAGS.strategy,
                                          startup_timeout_s=FLAGS.cluster_startup_timeout)
         config = config_from_flags().resolved()
         config.validate()
@@ -399,8 +422,7 @@ def main(argv):
         raise app.UsageError(str(e))
     try:
         report = pipeline.run(config, strategy, flags=flag_values())
-    except (data.DatasetUnavailableError, teacher.TeacherError, workdir.WorkdirError,
-            distill.StudentError, ValueError) as e:
+    except (errors.TfkdError, ValueError) as e:
         # Expected failures (and settings only the data can refuse, e.g. N not a multiple of the
         # classes) get one clear line, not a traceback from deep inside.
         sys.exit(f"error: {e}")

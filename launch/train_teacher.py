@@ -15,6 +15,7 @@ from absl import flags
 
 from tfkd import data
 from tfkd import pipeline
+from tfkd import teacher_setup
 
 flags.DEFINE_string("export_base", "/tmp/tfkd_models/teacher", "Servable base path; the model goes "
                     "to <export_base>/<next version>/.")
@@ -39,7 +40,7 @@ def main(argv):
         dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
     except data.DatasetUnavailableError as e:
         sys.exit(f"error: {e}")
-    result = pipeline.train_and_export_teacher(
+    result = teacher_setup.train_and_export_teacher(
         dataset, pipeline.TeacherTrainConfig(FLAGS.architecture, FLAGS.epochs, FLAGS.batch_size,
                                              FLAGS.learning_rate),
         FLAGS.export_base, FLAGS.seed, FLAGS.verbose)

@@ -27,12 +27,13 @@ def fashion():
 def teacher_base(fashion, tmp_path_factory):
     """A real LeNet-5 teacher, trained for one epoch on 12,000 images and exported (version 1)."""
     from tfkd import pipeline
+    from tfkd import teacher_setup
 
     small = data.Dataset("fashion_mnist", fashion.x_train[:12000], fashion.y_train[:12000],
                          fashion.x_test[:2000], fashion.y_test[:2000], 10, fashion.source)
     base = str(tmp_path_factory.mktemp("models") / "teacher")
-    result = pipeline.train_and_export_teacher(small, pipeline.TeacherTrainConfig(epochs=1), base,
-                                               seed=0, verbose=0)
+    result = teacher_setup.train_and_export_teacher(small, pipeline.TeacherTrainConfig(epochs=1),
+                                                    base, seed=0, verbose=0)
     assert result["test_accuracy"] > 0.6, result
     return base
 

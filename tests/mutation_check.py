@@ -36,7 +36,7 @@ MUTATIONS = [
                "skipped = ()"),),
              ("tests/test_images.py::test_a_folder_is_read_at_the_asked_size_with_unreadable_files_counted",)),
     Mutation("fidelity_against_itself", "the student's fidelity compares its top-1 with itself",
-             (("tfkd/pipeline.py", "else float(np.mean(top1 == teacher_top1))),",
+             (("tfkd/evaluation.py", "else float(np.mean(top1 == teacher_top1))),",
                "else float(np.mean(top1 == top1))),"),),
              ("tests/test_images.py::test_distill_from_a_png_folder_into_a_keras_applications_student",)),
     Mutation("classify_vocabulary_shifted", "the classify signature's names are off by one class",
@@ -78,7 +78,8 @@ MUTATIONS = [
                "        if False and fs.exists(self.path):"),),
              ("tests/test_resume.py::test_killed_training_resumes_to_the_same_epochs",)),
     Mutation("evaluation_uncounted", "the teacher's test evaluation is not charged to the account",
-             (("tfkd/pipeline.py", "dataclasses.replace(teacher_config, label_only=False), ledger, account))",
+             (("tfkd/teacher_setup.py",
+               "dataclasses.replace(teacher_config, label_only=False), ledger, account))",
                "dataclasses.replace(teacher_config, label_only=False), ledger))"),),
              ("tests/test_pipeline.py::test_launch_distill_end_to_end",)),
     Mutation("retries_uncounted", "a retried Predict is not charged again",
@@ -87,7 +88,7 @@ MUTATIONS = [
              ("tests/test_faults.py",)),
     Mutation("workers_out_of_step", "the custom loop applies per-replica gradients scaled by the "
              "local batch (replicas no longer average the same update)",
-             (("tfkd/distill.py", "loss = tf.nn.compute_average_loss(loss_fn(targets, logits),\n"
+             (("tfkd/training.py", "loss = tf.nn.compute_average_loss(loss_fn(targets, logits),\n"
                "                                              global_batch_size=global_batch)",
                "loss = tf.reduce_mean(loss_fn(targets, logits)) * tf.cast(\n"
                "                tf.distribute.get_replica_context().replica_id_in_sync_group + 1, "
@@ -110,19 +111,19 @@ MUTATIONS = [
              (("launch/distill.py", "            horizontal_flip=FLAGS.horizontal_flip,\n", ""),),
              ("tests/test_pipeline.py::test_launcher_student_regularization_flags_reach_the_config",)),
     Mutation("flip_ignored", "StudentConfig.horizontal_flip is never applied",
-             (("tfkd/distill.py", "        if config.horizontal_flip:", "        if False:"),),
+             (("tfkd/training.py", "        if config.horizontal_flip:", "        if False:"),),
              ("tests/test_distill.py::test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels",)),
     Mutation("flip_vertical", "the flip mirrors top-bottom instead of left-right",
-             (("tfkd/distill.py", "tf.where(mirror, tf.reverse(images, [2]), images)",
+             (("tfkd/training.py", "tf.where(mirror, tf.reverse(images, [2]), images)",
                "tf.where(mirror, tf.reverse(images, [1]), images)"),),
              ("tests/test_distill.py::test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels",)),
     Mutation("ema_not_swapped_in_custom_loop", "the custom loop exports the training weights, not "
              "their average",
-             (("tfkd/distill.py",
+             (("tfkd/training.py",
                "        optimizer.finalize_variable_values(student.trainable_variables)", "        pass"),),
              (_AVERAGING + "[custom]",)),
     Mutation("weight_decay_dropped", "the student's Adam ignores weight_decay",
-             (("tfkd/distill.py", "weight_decay=config.weight_decay or None,", "weight_decay=None,"),),
+             (("tfkd/training.py", "weight_decay=config.weight_decay or None,", "weight_decay=None,"),),
              (_AVERAGING + "[fit]",)),
 ]
 
@@ -159,7 +160,7 @@ MUTATIONS += [  # Issue 13.
              ("tests/test_pipeline.py::test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere",)),
     # Issue 13 (this session): step-counted training streams its transfer set.
     Mutation("chunks_without_repeat", "a step-counted student's transfer set is not repeated",
-             (("tfkd/distill.py", "seed, repeat=length.repeat)", "seed, repeat=False)"),),
+             (("tfkd/training.py", "seed, repeat=length.repeat)", "seed, repeat=False)"),),
              ("tests/test_distill.py::test_a_step_counted_student_streams_its_transfer_set_in_chunks",)),
     # Issue 14: batching, metrics, Vertex output dirs.
     Mutation("batch_rows_not_split", "every request of a batch gets the batch's first rows",
@@ -247,12 +248,12 @@ MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, 
              ("tests/test_launcher_flags.py::test_every_distill_flag_reaches_the_config",)),
     Mutation("batchnorm_not_reestimated", "the student's BatchNorm statistics are left as "
              "training's momentum left them",
-             (("tfkd/distill.py", "    if config.batchnorm_images:  #", "    if False:  #"),),
+             (("tfkd/training.py", "    if config.batchnorm_images:  #", "    if False:  #"),),
              ("tests/test_distill.py::test_a_short_schedule_batchnorm_student_serves_what_it_learned",
               _BN_RUN)),
     Mutation("served_agreement_unchecked", "a run whose exported student disagrees with its "
              "training ends without an error",
-             (("tfkd/pipeline.py", "    if passed is not False:\n        return",
+             (("tfkd/evaluation.py", "    if passed is not False:\n        return",
                "    if True:\n        return"),),
              (_BN_RUN,)),
     Mutation("flags_written_before_lock", "the launcher's flags.json is written before the lock "
@@ -268,7 +269,7 @@ MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, 
              (("tfkd/workdir.py", "        teacher.check_soft_labels(f[targets], targets)", "        pass"),),
              ("tests/test_damaged_workdir.py::test_nan_answers_in_a_stored_file_never_reach_the_student",)),
     Mutation("nan_loss_trains_on", "a NaN training loss does not stop the run",
-             (("tfkd/distill.py", "    check_finite_loss(history)\n", ""),),
+             (("tfkd/training.py", "    check_finite_loss(history)\n", ""),),
              ("tests/test_distill.py::test_a_non_finite_training_loss_stops_training_with_a_clear_error",)),
     Mutation("damaged_version_unloads", "a new version that fails to load unloads the healthy one",
              (("tfkd/serving/registry.py", "            if failed:  # The versions",
@@ -333,11 +334,11 @@ MUTATIONS += [  # Issue 25 §4, the poor classes: one line or a bound, each with
                "connect_timeout_s=timeout_s) as client:"),),
              (_CAUSES + "test_the_kubeflow_teacher_check_reaches_a_tls_teacher_with_a_token",)),
     Mutation("cluster_waits_forever", "a cluster whose peer never starts waits (almost) forever",
-             (("tfkd/distill.py", "str(os.getpid()), str(startup_timeout_s), message]",
+             (("tfkd/training.py", "str(os.getpid()), str(startup_timeout_s), message]",
                "str(os.getpid()), str(startup_timeout_s * 1000), message]"),),
              ("tests/test_distributed.py::test_a_cluster_whose_peer_never_starts_fails_with_one_line",)),
     Mutation("nan_weights_exported", "a student with non-finite weights is exported",
-             (("tfkd/pipeline.py", "    if broken:  # Never a new version", "    if False:  #"),),
+             (("tfkd/outputs.py", "    if broken:  # Never a new version", "    if False:  #"),),
              (_INPUTS + "test_a_student_with_nan_weights_is_never_exported",)),
     Mutation("class_map_merging_accepted", "a class map sending two teacher classes to one is "
              "accepted", (("tfkd/teacher.py", "if self.class_map is not None and len(set(self.class_map))"
@@ -383,7 +384,7 @@ MUTATIONS += [  # The docs name what exists (issue 26 §8, begun).
              ("tests/test_docs.py::test_the_readme_flag_table_lists_exactly_the_launchers_flags",)),
     Mutation("docs_name_a_gone_function", "the docs name a function that no longer exists",
              (("BUILD_NOTES.md", "`tfkd.teacher.check_soft_labels` (finite",
-               "`tfkd.distill.epochs_for` (finite"),),
+               "`tfkd.training.epochs_for` (finite"),),
              ("tests/test_docs.py::test_every_file_and_tfkd_name_the_docs_mention_exists",)),
 ]
 

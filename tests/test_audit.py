@@ -19,20 +19,21 @@ import tensorflow as tf
 from test_teacher_contract import FailFirst
 
 from tfkd import cluster
-from tfkd import distill
 from tfkd import export
 from tfkd import methods
 from tfkd import model_card
 from tfkd import models
 from tfkd import pipeline
+from tfkd import report
 from tfkd import serving
 from tfkd import teacher
+from tfkd import training
 from tfkd.report import Report
 from tfkd.serving import monitoring
 
 
-def _no_augmentation(**fields) -> distill.StudentConfig:
-    return distill.StudentConfig(mixup_alpha=0, rotation_degrees=0, shift_fraction=0, **fields)
+def _no_augmentation(**fields) -> training.StudentConfig:
+    return training.StudentConfig(mixup_alpha=0, rotation_degrees=0, shift_fraction=0, **fields)
 
 
 def test_the_student_learns_the_teachers_soft_labels_not_their_argmax(fashion, tmp_path):
@@ -50,7 +51,7 @@ def test_the_student_learns_the_teachers_soft_labels_not_their_argmax(fashion, t
                                     student=_no_augmentation(epochs=8, learning_rate=3e-3))
     dataset = dataclasses.replace(fashion, x_train=images, y_train=labels)
     student = pipeline.train_student(config, methods.get("standard_kd"), dataset, transfer, "fp",
-                                     distill.make_strategy(), pipeline.StageTimer(), Report())
+                                     training.make_strategy(), report.StageTimer(), Report())
     probabilities = tf.nn.softmax(student.predict(images, verbose=0)).numpy()
     top = np.sort(probabilities, axis=1)
     assert 0.45 < top[:, -1].mean() < 0.75, top[:, -1].mean()
@@ -61,7 +62,7 @@ def test_validation_images_are_held_out_of_the_pool(tmp_path):
     """The pool the teacher trains on and the few shots are drawn from never holds a validation
     image: no image of ``x_val`` occurs in ``x_train``, and the two add up to the training split."""
     config = pipeline.DistillConfig(workdir=str(tmp_path), num_validation=5000)
-    dataset = pipeline.load_data(config, pipeline.StageTimer())
+    dataset = pipeline.load_data(config, report.StageTimer())
     assert len(dataset.x_val) == 5000 and len(dataset.x_train) == 55_000
     pool = {row.tobytes() for row in (dataset.x_train * 255).astype(np.uint8)}
     held = [row.tobytes() for row in (dataset.x_val * 255).astype(np.uint8)]
@@ -123,8 +124,8 @@ def test_methods_train_their_student_at_their_own_temperature(method, field):
     assert methods.get(method).student_config(other).temperature == 7.0
     targets = tf.constant([[0.7, 0.2, 0.1]])
     logits = tf.constant([[2.0, 0.5, -1.0]])
-    loss = distill.make_loss(student.loss, student.temperature)
-    assert abs(float(loss(targets, logits)) - float(distill.make_loss(student.loss, 1.0)(
+    loss = training.make_loss(student.loss, student.temperature)
+    assert abs(float(loss(targets, logits)) - float(training.make_loss(student.loss, 1.0)(
         targets, logits))) > 1e-2
 
 
@@ -140,7 +141,7 @@ def test_a_chief_and_its_workers_each_label_their_own_shard():
                                         SimpleClusterResolver(spec, task_type=t, task_id=i))
                   for t, i in tasks]
     assert [cluster.worker_position(s) for s in strategies] == [(0, 3), (1, 3), (2, 3)]
-    assert [distill.is_chief(s) for s in strategies] == [True, False, False]
+    assert [training.is_chief(s) for s in strategies] == [True, False, False]
     for n in (3, 10, 301):
         rows = np.concatenate([np.arange(n)[cluster.ShardedTeacher(None, s).shard(n)]
                                for s in strategies])

@@ -243,12 +243,12 @@ def test_zero_shot_pseudo_samples_move_away_from_the_boundary(linear_teacher):
 def test_decision_kd_loss_is_ce_to_top1_plus_scaled_kl():
     """DB3KD's student loss on one example, against numpy: CE to the argmax of the soft label plus
     T² · KL(p ‖ softmax(z / T))."""
-    from tfkd import distill
+    from tfkd import training
 
     p = np.array([[0.5, 0.3, 0.2]], np.float32)
     z = np.array([[1.0, 2.0, -1.0]], np.float32)
     t = 4.0
-    loss = float(distill.make_loss("db3kd", t)(p, z))
+    loss = float(training.make_loss("db3kd", t)(p, z))
 
     def log_softmax(v):
         return v - np.log(np.exp(v).sum())

@@ -11,11 +11,13 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
-
+from tfkd import config
 from tfkd import data
 from tfkd import methods
 from tfkd import pipeline
+from tfkd import training
+
+from conftest import REPO
 
 SCRIPT = """
 import dataclasses, json, sys
@@ -64,13 +66,13 @@ def test_the_launcher_with_no_flags_resolves_the_library_default_of_every_method
 def test_resolution_fills_only_what_was_left_unset_and_is_idempotent():
     resolved = pipeline.DistillConfig(workdir="w").resolved()
     assert resolved == resolved.resolved()
-    assert (resolved.num_shots, resolved.num_validation) == (2000, pipeline.NUM_VALIDATION)
+    assert (resolved.num_shots, resolved.num_validation) == (2000, config.NUM_VALIDATION)
     assert resolved.student.architecture == "lenet5_half"
     assert resolved.student.epochs == dict(methods.get("fsbbt").student_defaults)["epochs"]
     assert resolved.teacher_train.architecture == "lenet5" and resolved.cvae.architecture == "mlp"
     mine = pipeline.DistillConfig(
         workdir="w", dataset="cifar10", num_shots=40,
-        student=pipeline.distill.StudentConfig(epochs=3)).resolved()
+        student=training.StudentConfig(epochs=3)).resolved()
     assert (mine.num_shots, mine.student.epochs, mine.student.architecture,
             mine.cvae.architecture) == (40, 3, "alexnet_half", "conv")
     assert mine.student.mixup_alpha == 0.0  # The rest of fsbbt's recipe is kept.

@@ -3,16 +3,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import distill
 from tfkd import models
+from tfkd import training
 
 
 def test_temperature_kd_at_t1_is_soft_cross_entropy():
     rng = np.random.default_rng(0)
     p = tf.nn.softmax(rng.normal(size=(8, 10)).astype(np.float32)).numpy()
     z = rng.normal(size=(8, 10)).astype(np.float32)
-    soft_ce = distill.make_loss("soft_ce")(p, z).numpy()
-    kd1 = distill.make_loss("kd", temperature=1.0)(p, z).numpy()
+    soft_ce = training.make_loss("soft_ce")(p, z).numpy()
+    kd1 = training.make_loss("kd", temperature=1.0)(p, z).numpy()
     assert abs(soft_ce - kd1) < 1e-4
     expected = np.mean(-np.sum(p * tf.nn.log_softmax(z).numpy(), axis=1))
     assert abs(soft_ce - expected) < 1e-4
@@ -20,21 +20,21 @@ def test_temperature_kd_at_t1_is_soft_cross_entropy():
     t = 4.0
     pt = tf.nn.softmax(np.log(p) / t).numpy()
     expected4 = np.mean(-t * t * np.sum(pt * tf.nn.log_softmax(z / t).numpy(), axis=1))
-    assert abs(distill.make_loss("kd", temperature=t)(p, z).numpy() - expected4) < 1e-3
+    assert abs(training.make_loss("kd", temperature=t)(p, z).numpy() - expected4) < 1e-3
 
 
 def test_bad_loss_and_temperature():
     with pytest.raises(ValueError, match="loss='mse'"):
-        distill.make_loss("mse")
+        training.make_loss("mse")
     with pytest.raises(ValueError, match="temperature=0"):
-        distill.make_loss("kd", temperature=0)
+        training.make_loss("kd", temperature=0)
 
 
 def test_training_batches_interpolate_stored_soft_labels():
     images = np.random.default_rng(0).uniform(size=(64, 28, 28, 1)).astype(np.float32)
     labels = np.eye(4, dtype=np.float32)[np.arange(64) % 4]
-    config = distill.StudentConfig(mixup_alpha=1.0, rotation_degrees=10, shift_fraction=0.1)
-    x, y = next(iter(distill.training_dataset(images, labels, config, 32, seed=0)))
+    config = training.StudentConfig(mixup_alpha=1.0, rotation_degrees=10, shift_fraction=0.1)
+    x, y = next(iter(training.training_dataset(images, labels, config, 32, seed=0)))
     assert x.shape == (32, 28, 28, 1) and y.shape == (32, 4)
     assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
     np.testing.assert_allclose(tf.reduce_sum(y, 1), 1.0, atol=1e-5)
@@ -48,8 +48,8 @@ def test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels():
     plain = dict(mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
 
     def batch(flip):
-        config = distill.StudentConfig(horizontal_flip=flip, **plain)
-        x, y = next(iter(distill.training_dataset(images, labels, config, 64, seed=3)))
+        config = training.StudentConfig(horizontal_flip=flip, **plain)
+        x, y = next(iter(training.training_dataset(images, labels, config, 64, seed=3)))
         return x.numpy(), y.numpy()
 
     x, y = batch(True)
@@ -65,14 +65,14 @@ def test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels():
 def test_student_trains_and_resumes(fashion, tmp_path):
     images = fashion.x_train[:640]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:640]] * 0.9 + 0.01
-    config = distill.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
-    student, history = distill.train_student(images, soft, config, seed=0,
+    config = training.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    student, history = training.train_student(images, soft, config, seed=0,
                                              backup_dir=str(tmp_path), verbose=0)
     assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
     assert tuple(student.output_shape) == (None, 10)
     # Same backup dir, 3 epochs in all: only the third is trained.
-    longer = distill.StudentConfig(epochs=3, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
-    _, resumed = distill.train_student(images, soft, longer, seed=0, backup_dir=str(tmp_path),
+    longer = training.StudentConfig(epochs=3, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    _, resumed = training.train_student(images, soft, longer, seed=0, backup_dir=str(tmp_path),
                                        verbose=0)
     assert len(resumed["loss"]) == 1
 
@@ -87,7 +87,7 @@ def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashi
                  lr_schedule="constant", learning_rate=1e-2)
 
     def weights(**fields):
-        student, _ = distill.train_student(images, soft, distill.StudentConfig(**plain, **fields),
+        student, _ = training.train_student(images, soft, training.StudentConfig(**plain, **fields),
                                            seed=0, verbose=0)
         return np.concatenate([np.ravel(w) for w in student.get_weights()])
 
@@ -99,7 +99,7 @@ def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashi
     assert moved > 0 and moved_average < 0.5 * moved, (moved, moved_average)
     assert np.linalg.norm(weights(weight_decay=20.0)) < 0.9 * np.linalg.norm(trained)
     with pytest.raises(ValueError, match="ema_momentum=1"):
-        distill.StudentConfig(ema_momentum=1).validate()
+        training.StudentConfig(ema_momentum=1).validate()
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
@@ -108,10 +108,10 @@ def test_a_step_counted_student_streams_its_transfer_set_in_chunks(fashion, loop
     may end mid-pass: 320 images at batch 64 are 5 steps a pass; 12 steps are 3 chunks of 4."""
     images = fashion.x_train[:320]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:320]] * 0.9 + 0.01
-    config = distill.StudentConfig(steps=12, loop=loop, mixup_alpha=0, rotation_degrees=0,
+    config = training.StudentConfig(steps=12, loop=loop, mixup_alpha=0, rotation_degrees=0,
                                    shift_fraction=0, steps_per_execution=1)
-    assert distill.training_length(config, 320, 64) == distill.TrainingLength(3, 4, repeat=True)
-    student, history = distill.train_student(images, soft, config, seed=0, verbose=0)
+    assert training.training_length(config, 320, 64) == training.TrainingLength(3, 4, repeat=True)
+    student, history = training.train_student(images, soft, config, seed=0, verbose=0)
     assert len(history["loss"]) == 3
     if loop == "fit":
         assert int(student.optimizer.iterations.numpy()) == 12
@@ -119,17 +119,17 @@ def test_a_step_counted_student_streams_its_transfer_set_in_chunks(fashion, loop
 
 def test_student_rejects_bad_soft_labels(fashion):
     with pytest.raises(ValueError, match="soft_labels: expected 64 rows"):
-        distill.train_student(fashion.x_train[:64], np.ones((10, 10)) / 10,
-                              distill.StudentConfig(epochs=1), 0, verbose=0)
+        training.train_student(fashion.x_train[:64], np.ones((10, 10)) / 10,
+                              training.StudentConfig(epochs=1), 0, verbose=0)
     with pytest.raises(ValueError, match="rows summing to 1"):
-        distill.train_student(fashion.x_train[:64], np.ones((64, 10)),
-                              distill.StudentConfig(epochs=1), 0, verbose=0)
+        training.train_student(fashion.x_train[:64], np.ones((64, 10)),
+                              training.StudentConfig(epochs=1), 0, verbose=0)
 
 
 def test_random_affine_is_identity_at_zero_and_moves_pixels_otherwise(fashion):
     images = tf.constant(fashion.x_train[:16])
-    np.testing.assert_allclose(distill.random_affine(images, 0.0, 0.0), images, atol=1e-6)
-    moved = distill.random_affine(images, 10.0, 0.1).numpy()
+    np.testing.assert_allclose(training.random_affine(images, 0.0, 0.0), images, atol=1e-6)
+    moved = training.random_affine(images, 10.0, 0.1).numpy()
     assert moved.shape == (16, 28, 28, 1)
     assert 0.0 <= moved.min() and moved.max() <= 1.0
     assert np.abs(moved - fashion.x_train[:16]).mean() > 0.01
@@ -164,8 +164,8 @@ def test_a_short_schedule_batchnorm_student_serves_what_it_learned(fashion, tmp_
                  shift_fraction=0, loop=loop, learning_rate=3e-3)
 
     def agreements(**fields):
-        student, history = distill.train_student(
-            images, soft, distill.StudentConfig(**plain, **fields), seed=0, verbose=0)
+        student, history = training.train_student(
+            images, soft, training.StudentConfig(**plain, **fields), seed=0, verbose=0)
         served = float(np.mean(student.predict(images, verbose=0).argmax(1) == soft.argmax(1)))
         return history["teacher_agreement"][-1], served
 
@@ -179,11 +179,11 @@ def test_a_short_schedule_batchnorm_student_serves_what_it_learned(fashion, tmp_
 def test_batchnorm_layers_are_found_inside_nested_models():
     """keras.applications students nest their layers; every BatchNormalization is re-estimated."""
     student = models.build_model("mobilenet_v3_small", (32, 32, 3), 10)
-    found = distill.batchnorm_layers(student)
+    found = training.batchnorm_layers(student)
     assert len(found) >= 30 and all(isinstance(b, keras.layers.BatchNormalization) for b in found)
-    assert distill.batchnorm_layers(models.build_model("lenet5_half", (28, 28, 1), 10)) == []
+    assert training.batchnorm_layers(models.build_model("lenet5_half", (28, 28, 1), 10)) == []
     x = np.random.default_rng(0).uniform(size=(300, 32, 32, 3)).astype(np.float32)
-    assert distill.reestimate_batchnorm(student, x, max_images=300, batch_size=100) == len(found)
+    assert training.reestimate_batchnorm(student, x, max_images=300, batch_size=100) == len(found)
     moved = [float(np.abs(b.moving_mean.numpy()).max()) for b in found]
     assert min(moved) > 0 and all(b.momentum == found[0].momentum for b in found)
 
@@ -195,11 +195,11 @@ def test_a_non_finite_training_loss_stops_training_with_a_clear_error(fashion, t
     NaN soft labels are refused before training starts."""
     images = fashion.x_train[:256]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:256]]
-    config = distill.StudentConfig(epochs=3, learning_rate=1e12, loop=loop, mixup_alpha=0,
+    config = training.StudentConfig(epochs=3, learning_rate=1e12, loop=loop, mixup_alpha=0,
                                    rotation_degrees=0, shift_fraction=0, lr_schedule="constant")
-    with pytest.raises(distill.StudentError, match="non-finite loss .* nothing was exported"):
-        distill.train_student(images, soft, config, seed=0, verbose=0,
+    with pytest.raises(training.StudentError, match="non-finite loss .* nothing was exported"):
+        training.train_student(images, soft, config, seed=0, verbose=0,
                               backup_dir=str(tmp_path / loop))
     soft[5] = np.nan
     with pytest.raises(ValueError, match="soft_labels: expected finite probabilities, got 1 rows"):
-        distill.train_student(images, soft, config, seed=0, verbose=0)
+        training.train_student(images, soft, config, seed=0, verbose=0)

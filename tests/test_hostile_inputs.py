@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import distill
 from tfkd import images
 from tfkd import models
+from tfkd import outputs
 from tfkd import pipeline
+from tfkd import report
 from tfkd import teacher
+from tfkd import training
 from tfkd.report import Report
 
 
@@ -32,9 +34,9 @@ def test_a_student_with_nan_weights_is_never_exported(tmp_path):
     weights[0][...] = np.nan
     student.set_weights(weights)
     config = pipeline.DistillConfig(workdir=str(tmp_path), compress=(), verbose=0)
-    with pytest.raises(distill.StudentError, match="weights are not finite .* nothing was exported"):
-        pipeline.export_student(config, student, np.zeros((2, 28, 28, 1), np.float32), None,
-                                tuple(str(i) for i in range(10)), pipeline.StageTimer(), Report())
+    with pytest.raises(training.StudentError, match="weights are not finite .* nothing was exported"):
+        outputs.export_student(config, student, np.zeros((2, 28, 28, 1), np.float32), None,
+                                tuple(str(i) for i in range(10)), report.StageTimer(), Report())
     assert not (tmp_path / "export").exists()
 
 

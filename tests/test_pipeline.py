@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import distill
+from tfkd import evaluation
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import synthesis
 from tfkd import teacher
+from tfkd import training
 from tfkd.methods import fsbbt as fsbbt_methods
 from tfkd.teacher import TeacherConfig
 
@@ -24,7 +25,7 @@ from conftest import RequireToken
 
 TINY = dict(num_shots=50, num_validation=500, mixup=synthesis.MixUpConfig(num_images=200),
             cvae=synthesis.CVAEConfig(epochs=2, batch_size=64, num_images=40),
-            student=distill.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
+            student=training.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
             evaluate_teacher=False, compress=(), verbose=0)
 
 # The accuracy a tiny launcher run's student must beat (chance: 10%). Seen by hand (output not
@@ -147,8 +148,8 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
     # shuffled across images (what a broken pairing of images and answers gives) falls below it.
     labelled = methods.TransferSet.load(report["labelled_set"])
     shuffled = labelled.targets[np.random.default_rng(0).permutation(len(labelled.images))]
-    student, _ = distill.train_student(labelled.images, shuffled,
-                                       distill.StudentConfig(epochs=15), seed=0, verbose=0)
+    student, _ = training.train_student(labelled.images, shuffled,
+                                       training.StudentConfig(epochs=15), seed=0, verbose=0)
     predictions = student.predict(fashion.x_test[:500], verbose=0).argmax(axis=1)
     assert np.mean(predictions == fashion.y_test[:500]) < STUDENT_FLOOR
 
@@ -324,12 +325,12 @@ def test_a_query_budget_cuts_the_synthetic_images_in_their_ratio():
     assert methods.get("standard_kd").fit_budget(config, 10, 2000) is config
     assert methods.get("zskd").fit_budget(config, 10, 2000) is config  # Refused by the check.
     # A student with a step count streams the transfer set in chunks that reach it.
-    length = distill.training_length(distill.StudentConfig(steps=100), 1000, 64)
+    length = training.training_length(training.StudentConfig(steps=100), 1000, 64)
     assert (length.epochs, length.steps_per_epoch, length.steps, length.repeat) == (7, 15, 105, True)
-    length = distill.training_length(distill.StudentConfig(steps=7810), 1000, 64)  # 500 passes.
+    length = training.training_length(training.StudentConfig(steps=7810), 1000, 64)  # 500 passes.
     assert (length.epochs, length.steps_per_epoch, length.steps) == (50, 157, 7850)
-    assert distill.training_length(distill.StudentConfig(epochs=3), 1000, 64) == (
-        distill.TrainingLength(3, 15, repeat=False))
+    assert training.training_length(training.StudentConfig(epochs=3), 1000, 64) == (
+        training.TrainingLength(3, 15, repeat=False))
 
 
 FSBBT_STUDENT = "25 0.0 0.0 0.0"  # epochs, training MixUp α, rotation, shift (RESULTS.md rows)
@@ -357,7 +358,7 @@ def test_launcher_student_epochs_default_is_the_methods():
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-len(cases):] == [e for _, e in cases], out.stdout
-    library = distill.RECIPE
+    library = training.RECIPE
     assert LIBRARY_STUDENT == " ".join(str(library[k]) for k in (
         "epochs", "mixup_alpha", "rotation_degrees", "shift_fraction"))
 
@@ -396,7 +397,7 @@ def test_a_batchnorm_student_is_served_as_trained_or_the_run_fails(server, tmp_p
     report = json.loads((tmp_path / "good" / "report.json").read_text())
     trained, served = report["student_training_agreement"], report["student_served_agreement"]
     print(f"BatchNorm student: training agreement {trained:.4f}, served {served:.4f}")
-    assert report["student_batchnorm_layers"] == 2 and trained > 0.1 + pipeline.CHECKED_ABOVE_CHANCE
+    assert report["student_batchnorm_layers"] == 2 and trained > 0.1 + evaluation.CHECKED_ABOVE_CHANCE
     assert served >= 0.8 * trained, (trained, served)
     assert report["student_check"]["passed"] is True
     assert report["student_check"]["held_out_fidelity"] == report["student_fidelity"] > 0.3
@@ -411,5 +412,5 @@ def test_a_batchnorm_student_is_served_as_trained_or_the_run_fails(server, tmp_p
     print(f"stale statistics: training agreement {check['training_agreement']:.4f}, served "
           f"{check['served_agreement']:.4f}")
     assert check["passed"] is False and report["student_batchnorm_layers"] == 0
-    assert check["served_agreement"] < pipeline.SERVED_AGREEMENT_FLOOR * check["training_agreement"]
+    assert check["served_agreement"] < evaluation.SERVED_AGREEMENT_FLOOR * check["training_agreement"]
     assert os.listdir(tmp_path / "broken" / "export" / "student") == ["1.rejected"]

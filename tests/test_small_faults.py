@@ -92,11 +92,11 @@ def test_empty_base_path_is_served_with_a_warning(tmp_path, every_log_level):
 def test_settings_are_refused_before_anything_runs(tmp_path, field, value, message):
     """A wrong setting is one ValueError before the work dir is touched (no data read, teacher
     trained or query sent), not a failure after student training."""
-    from tfkd import distill
     from tfkd import pipeline
+    from tfkd import training
 
     if field == "student":
-        field, value = "student", distill.StudentConfig(architecture=value)
+        field, value = "student", training.StudentConfig(architecture=value)
     config = pipeline.DistillConfig(workdir=str(tmp_path / "w"), **{field: value})
     with pytest.raises(ValueError) as raised:
         pipeline.run(config)

@@ -9,11 +9,11 @@ import pytest
 from tensorflow_serving.apis import predict_pb2
 
 from tfkd import client as client_lib
-from tfkd import distill
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import synthesis
 from tfkd import teacher
+from tfkd import training
 
 from conftest import RequireToken
 
@@ -74,7 +74,7 @@ def test_query_budget_is_never_exceeded(server, fashion, tmp_path):
         workdir=str(tmp_path / "run"), num_shots=50, num_validation=1000,
         teacher=teacher.TeacherConfig(target=server.target, query_budget=249),
         mixup=synthesis.MixUpConfig(num_images=200), cvae=synthesis.CVAEConfig(num_images=40),
-        student=distill.StudentConfig(epochs=1), eval_examples=200, verbose=0)
+        student=training.StudentConfig(epochs=1), eval_examples=200, verbose=0)
     # The plan is cut to the budget (no MixUp, no CVAE image left) and still needs 50 real and 200
     # test images: refused.
     with pytest.raises(teacher.QueryBudgetExceeded, match="needs 250 more .* leaves 249"):

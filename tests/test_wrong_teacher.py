@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 
-from tfkd import distill
 from tfkd import export
 from tfkd import methods
 from tfkd import models
@@ -17,6 +16,7 @@ from tfkd import pipeline
 from tfkd import serving
 from tfkd import synthesis
 from tfkd import teacher
+from tfkd import training
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_a_teacher_with_another_class_count_is_refused(seven_class_teacher, tmp_
             workdir=str(tmp_path / "run"), num_shots=50, num_validation=500,
             teacher=teacher.TeacherConfig(target=srv.target),
             mixup=synthesis.MixUpConfig(num_images=100), cvae=synthesis.CVAEConfig(num_images=20),
-            student=distill.StudentConfig(epochs=1), eval_examples=100, compress=(), verbose=0)
+            student=training.StudentConfig(epochs=1), eval_examples=100, compress=(), verbose=0)
         with pytest.raises(teacher.TeacherError,
                            match="'probabilities' has 7 classes but dataset 'fashion_mnist' has 10"):
             pipeline.run(config)

@@ -38,22 +38,15 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from tfkd import errors
+
 GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 INPUT_DTYPES = ("float32", "uint8")
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                    grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-class ServingClientError(RuntimeError):
-    """The served model could not be reached, answered an error, or broke its contract.
-
-    The message names the model, its address and what was wrong; ``code`` is the gRPC status code
-    when the server answered one.
-    """
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
-        super().__init__(message)
-        self.code = code
+ServingClientError = errors.ServingClientError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +161,15 @@ class ServingSignature:
     origin: str = ""
 
 
+def is_rest(target: str) -> bool:
+    """Whether ``target`` names TF Serving's REST API (``http://`` or ``https://``)."""
+    return target.startswith(("http://", "https://"))
+
+
 def check_target(target: str) -> str:
-    """Checks a gRPC address: ``host:port`` with a port in 1..65535 (``[v6]:port`` too), or a
-    ``unix:`` socket path. Returns it unchanged.
+    """Checks a teacher's or model's address: a gRPC ``host:port`` with a port in 1..65535
+    (``[v6]:port`` too) or ``unix:`` socket path, or TF Serving's REST API as
+    ``http(s)://host[:port][/path prefix]``. Returns it unchanged.
 
     Raises:
       ValueError: naming the address and what is expected (so that a typo fails at once instead
@@ -178,9 +177,23 @@ def check_target(target: str) -> str:
     """
     if target.startswith("unix:") and len(target) > 5:
         return target
+    if is_rest(target):
+        import urllib.parse
+        try:
+            url = urllib.parse.urlsplit(target)
+            port = url.port
+        except ValueError as e:
+            raise ValueError(f"target={target!r}: expected http(s)://host[:port] ({e})") from None
+        if not url.hostname or (port is not None and not 1 <= port <= 65535) or url.query:
+            raise ValueError(f"target={target!r}: expected http(s)://host[:port][/path prefix]")
+        return target
+    if "://" in target:
+        raise ValueError(f"target={target!r}: expected host:port (gRPC) or http(s)://host:port "
+                         "(REST)")
     host, _, port = (target or "").rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"target={target!r}: expected host:port with a port in 1..65535")
+        raise ValueError(f"target={target!r}: expected host:port with a port in 1..65535, or "
+                         "http(s)://host:port for a REST API")
     return target
 
 
@@ -322,34 +335,45 @@ class ServingClient:
       ValueError: contradictory or unreadable settings (both version and label, a missing TLS file).
     """
 
+    _needs_target = True  # An in-process transport (tfkd.transports.SavedModelClient) has none.
+
     def __init__(self, config: ServingConfig, role: str = "model"):
-        config.validate()
+        config.validate(require_target=self._needs_target)
         self.config = config
         self.role = role
-        self.requests = 0  # Predict RPCs sent, retries included.
+        self.requests = 0  # Predict requests sent, retries included.
         self.retries = 0  # Attempts after a retryable error.
         self._counter_lock = threading.Lock()
         self._rng = random.Random()
-        token = _read_secret(config.auth_token_file, config.auth_token_env)
-        self._call_metadata = (((config.auth_header.lower(), f"{config.auth_scheme} {token}".strip()),)
-                               if token else None)
-        self._channel = _open_channel(config)
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=config.connect_timeout_s)
-        except grpc.FutureTimeoutError:
-            self._channel.close()
-            raise ServingClientError(f"{self.name}: unreachable (no connection within "
-                                     f"{config.connect_timeout_s:g} s: "
-                                     f"{diagnose_connection(config)})",
-                                     grpc.StatusCode.UNAVAILABLE) from None
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._token = _read_secret(config.auth_token_file, config.auth_token_env)
+        self._call_metadata = (((config.auth_header.lower(),
+                                 f"{config.auth_scheme} {self._token}".strip()),)
+                               if self._token else None)
+        self._connect()
         try:
             self.signature = self._read_signature()
         except BaseException:
-            self._channel.close()
+            self.close()
             raise
         logging.debug("Connected to %s: %s%s", self.name, self.signature,
-                      " (authorization metadata set)" if token else "")
+                      " (authorization metadata set)" if self._token else "")
+
+    def _connect(self) -> None:
+        """Opens the transport: a gRPC channel, ready within ``connect_timeout_s``.
+
+        Raises:
+          ServingClientError: UNAVAILABLE, naming the address and why (:func:`diagnose_connection`).
+        """
+        self._channel = _open_channel(self.config)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self.config.connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise ServingClientError(f"{self.name}: unreachable (no connection within "
+                                     f"{self.config.connect_timeout_s:g} s: "
+                                     f"{diagnose_connection(self.config)})",
+                                     grpc.StatusCode.UNAVAILABLE) from None
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     @property
     def name(self) -> str:
@@ -399,11 +423,15 @@ class ServingClient:
         response = self._call(self._stub.GetModelMetadata, request, "GetModelMetadata")
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
+        return self._named_signature(signature_map), int(response.model_spec.version.value)
+
+    def _named_signature(self, signature_map):
+        """The SignatureDef ``signature_name`` of a SignatureDefMap. Raises ServingClientError."""
         name = self.config.signature_name
         if name not in signature_map.signature_def:
             raise ServingClientError(f"{self.name}: no signature {name!r}; it has "
                                      f"{sorted(signature_map.signature_def)}")
-        return signature_map.signature_def[name], int(response.model_spec.version.value)
+        return signature_map.signature_def[name]
 
     def _pick(self, tensors, key: str | None, what: str, preferred: str | None = None) -> str:
         """The input or output alias to use: ``key`` if given, else ``preferred``, else the only one."""
@@ -583,7 +611,9 @@ class ServingClient:
         return np.concatenate(answers) if answers else np.zeros((0, 0), np.float32)
 
     def close(self) -> None:
-        self._channel.close()
+        channel = getattr(self, "_channel", None)
+        if channel is not None:
+            channel.close()
 
     def __enter__(self):
         return self

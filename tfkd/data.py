@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from tfkd import errors
+
 DEBIAN_DATA_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
     "mnist": "/usr/share/datasets/mnist",
@@ -41,8 +43,7 @@ CLASS_NAMES = {
 }
 
 
-class DatasetUnavailableError(RuntimeError):
-    """Raised when no source of a dataset can be read (no data dir, no Debian package, offline)."""
+DatasetUnavailableError = errors.DatasetUnavailableError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfkd import errors
 from tfkd import fs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -37,8 +38,7 @@ TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
 DEFAULT_IMAGE_KEY = "image/encoded"
 
 
-class ImageSourceError(ValueError):
-    """An image source that holds no usable image, or labels that cannot be read from it."""
+ImageSourceError = errors.ImageSourceError
 
 
 @dataclasses.dataclass(frozen=True)

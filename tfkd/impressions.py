@@ -611,8 +611,7 @@ def synthesize_blackbox(probe: Callable, label: Callable, image_shape: tuple, nu
       label: the same for the final images, looked up in the ledger first
         (``TeacherClient.soft_labels``).
       image_shape: (H, W, C). num_classes: K.
-      config: count, iterations (steps), batch size, Adam's learning rate, T, betas (its
-        ``final_layer`` is not used). zo: the gradient estimate.
+      config: count, iterations, batch size, learning rate, T, betas. zo: the gradient estimate.
       seed: noise, Dirichlet targets and directions (batch i's from (seed, i), step t of round r's
         from (seed, r, t)).
       state_path: an ``.npz`` of the impressions made (the round in progress beside it); None

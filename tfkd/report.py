@@ -8,8 +8,12 @@ identity, training and query fields).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from typing import Any
+
+from absl import logging
 
 from tfkd import workdir as workdir_lib
 
@@ -128,13 +132,13 @@ class Report:
     student_architecture: str | None = None
     """The student's architecture (:data:`tfkd.models.MODELS`)."""
     student_loss: str | None = None
-    """The loss the student trained with (:data:`tfkd.distill.LOSSES`)."""
+    """The loss the student trained with (:data:`tfkd.training.LOSSES`)."""
     student_recipe: dict | None = None
-    """Every field of the :class:`tfkd.distill.StudentConfig` the student trained with (batch,
+    """Every field of the :class:`tfkd.training.StudentConfig` the student trained with (batch,
     rate, schedule, augmentation, ...)."""
     student_epochs: int | None = None
     """Keras epochs the student trained for in all: passes over the transfer set, or chunks of its
-    endless stream when the training length is set in steps (:func:`tfkd.distill.training_length`)."""
+    endless stream when the training length is set in steps (:func:`tfkd.training.training_length`)."""
     student_steps_per_epoch: int | None = None
     """Optimizer steps per Keras epoch."""
     student_steps: int | None = None
@@ -161,7 +165,7 @@ class Report:
     to 2,000 transfer-set images (inference mode, moving statistics): what training agreement
     becomes once exported. The run fails when it is below ``SERVED_AGREEMENT_FLOOR`` (0.5) x
     ``student_training_agreement``, for a student whose training agreement is at least 0.3 above
-    chance (:func:`tfkd.pipeline.check_served_agreement`)."""
+    chance (:func:`tfkd.evaluation.check_served_agreement`)."""
     student_check: dict | None = None
     """The served-agreement check: ``training_agreement``, ``served_agreement``,
     ``held_out_fidelity`` (``student_fidelity``), ``floor``, ``passed`` (null when not measurable:
@@ -169,7 +173,7 @@ class Report:
     and ``rejected_exports`` (version directories set aside when it failed)."""
     student_batchnorm_layers: int | None = None
     """BatchNormalization layers of the student whose statistics were re-estimated after training
-    (:func:`tfkd.distill.reestimate_batchnorm`; 0: none, or ``batchnorm_images`` = 0)."""
+    (:func:`tfkd.training.reestimate_batchnorm`; 0: none, or ``batchnorm_images`` = 0)."""
     student_variants: dict = dataclasses.field(default_factory=dict)
     """Per variant (float32, float16, int8): accuracy, validation_accuracy, fidelity, export_dir,
     parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64}, accuracy_change and
@@ -258,3 +262,18 @@ def format_table(report: Report | dict) -> str:
         rows.append(("model card", report["model_card"]["markdown"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+class StageTimer:
+    """``with timer("name"):`` adds the block's wall-clock seconds to ``seconds["name"]``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        logging.info("Stage %s: start", name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+        logging.info("Stage %s: done in %.1f s", name, self.seconds[name])

@@ -123,10 +123,15 @@ def resolve_cvae(config: CVAEConfig, image_shape: tuple) -> tuple[CVAEConfig, tu
     h, w, c = (int(d) for d in image_shape)
     size = config.working_size or (0 if max(h, w) <= 32 else 32)
     working = (h, w, c) if not size or (size, size) == (h, w) else (size, size, c)
-    architecture = config.architecture
-    if architecture == "auto":
-        architecture = "mlp" if working[0] * working[1] <= 28 * 28 and c == 1 else "conv"
+    architecture = (config.architecture if config.architecture != "auto"
+                    else _auto_architecture(working))
     return dataclasses.replace(config, architecture=architecture, working_size=size), working
+
+
+def _auto_architecture(working_shape: tuple) -> str:
+    """``mlp`` for images up to 28x28 grey (the FS-BBT code's), else ``conv``."""
+    h, w, c = (int(d) for d in working_shape)
+    return "mlp" if h * w <= 28 * 28 and c == 1 else "conv"
 
 
 def resize_images(images: np.ndarray, shape: tuple, batch_size: int = 1024) -> np.ndarray:
@@ -234,8 +239,11 @@ class CVAE(keras.Model):
 
 
 def build_cvae(image_shape, num_classes: int, config: CVAEConfig) -> CVAE:
-    """A compiled, built :class:`CVAE` for images of ``image_shape`` and ``num_classes`` conditions."""
-    cvae = CVAE(image_shape, num_classes, config.latent_dim, config.hidden, config.architecture)
+    """A compiled, built :class:`CVAE` for images of ``image_shape`` (its working shape) and
+    ``num_classes`` conditions; ``auto`` architecture as :func:`resolve_cvae` picks it."""
+    architecture = (config.architecture if config.architecture != "auto"
+                    else _auto_architecture(image_shape))
+    cvae = CVAE(image_shape, num_classes, config.latent_dim, config.hidden, architecture)
     cvae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     cvae((tf.zeros([1, *image_shape]), tf.zeros([1, num_classes])))
     return cvae

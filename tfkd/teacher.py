@@ -1,8 +1,10 @@
-"""The black-box teacher: soft labels, the query ledger and the query budget, over gRPC.
+"""The black-box teacher: soft labels, the query ledger and the query budget, over any transport.
 
-The distillation code reaches the teacher only through :class:`TeacherClient`, which sits on the
-model-agnostic :class:`tfkd.client.ServingClient` (channel, TLS, auth metadata, metadata, chunked
-``Predict``, retries, deadlines) and adds what makes the served model a *teacher*:
+The distillation code reaches the teacher only through the :class:`Teacher` protocol, which
+:class:`TeacherClient` implements on a model-agnostic transport (:class:`tfkd.client.ServingClient`
+for TF Serving's gRPC API, :class:`tfkd.transports.RestClient` for its REST API,
+:class:`tfkd.transports.SavedModelClient` in-process: metadata, chunked predict, retries,
+deadlines, TLS and auth) and adds what makes the served model a *teacher*:
 
 * What its output means: probabilities as they are, softmax of logits, one-hot of class ids (a
   top-1 "decision-based" API), optionally mapped into the data's classes; every answer checked
@@ -15,11 +17,13 @@ model-agnostic :class:`tfkd.client.ServingClient` (channel, TLS, auth metadata, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import threading
 import time
+import typing
 import uuid
 
 import numpy as np
@@ -27,17 +31,14 @@ import tensorflow as tf
 from absl import logging
 
 from tfkd import client as client_lib
+from tfkd import errors
 from tfkd import fs
+from tfkd import transports
 
 OUTPUT_KINDS = ("probabilities", "logits", "classes")
 
-TeacherError = client_lib.ServingClientError
-"""The teacher could not be reached, answered an error, or broke its contract (the client's error:
-the message names the teacher and its address; ``code`` is the gRPC status when one was answered)."""
-
-
-class QueryBudgetExceeded(TeacherError):
-    """Sending the next images would exceed the query budget; nothing beyond it was sent."""
+TeacherError = errors.TeacherError
+QueryBudgetExceeded = errors.QueryBudgetExceeded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,14 +328,61 @@ class QueryLedger:
 
 
 
+@contextlib.contextmanager
+def _as_teacher_error():
+    """The transport's :class:`tfkd.errors.ServingClientError` raised as a :class:`TeacherError`
+    (same message and code): what answers is the teacher."""
+    try:
+        yield
+    except TeacherError:
+        raise
+    except client_lib.ServingClientError as e:
+        raise TeacherError(str(e), e.code) from None
+
+
+@typing.runtime_checkable
+class Teacher(typing.Protocol):
+    """What a distillation method may ask a teacher (:class:`TeacherClient`, and
+    :class:`tfkd.cluster.ShardedTeacher` over several workers), whatever answers it: TF Serving's
+    gRPC or REST API, or a SavedModel in this process (:mod:`tfkd.transports`).
+
+    Attributes:
+      signature: the :class:`TeacherSignature` read from the model's metadata; its ``identity``
+        keys the ledger's answers.
+      label_only: answers are one-hot top-1 labels (a decision-based teacher).
+
+    Every image sent is charged to one query account (budget, ``queries_sent.log``) before it is
+    sent; answers the ledger knows are not sent again.
+    """
+
+    signature: "TeacherSignature"
+    label_only: bool
+
+    def soft_labels(self, images: np.ndarray, progress: bool = False,
+                    stage: str = "predict") -> np.ndarray:
+        """float32 [n, H, W, C] in [0, 1] -> float32 [n, K] rows summing to 1 (ledger first)."""
+
+    def probe(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
+        """As :meth:`soft_labels`, every image sent (search points, gradient probes)."""
+
+    def top1(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
+        """int64 [n] in [0, K): the decision only."""
+
+    def missing(self, images: np.ndarray) -> int:
+        """How many distinct images :meth:`soft_labels` would send."""
+
+
 class TeacherClient:
-    """A classifier served over the TF Serving gRPC API, seen as a black-box teacher.
+    """A served classifier seen as a black-box teacher: the :class:`Teacher` every method asks.
 
     Args:
       config: the :class:`TeacherConfig`.
       ledger: an optional :class:`QueryLedger`; answers found there are not asked again.
       account: the :class:`QueryAccount` queries are charged to (its budget must be
         ``config.query_budget``); default: an in-memory account of this client alone.
+      transport: what carries the queries (:mod:`tfkd.transports`); default
+        :func:`tfkd.transports.open_client` of ``config``: TF Serving's REST API for an
+        ``http(s)://`` target, else its gRPC API. :func:`from_saved_model` gives an in-process one.
 
     Raises:
       TeacherError: the server is unreachable within ``connect_timeout_s`` (the message names the
@@ -345,8 +393,9 @@ class TeacherClient:
     """
 
     def __init__(self, config: TeacherConfig, ledger: QueryLedger | None = None,
-                 account: QueryAccount | None = None):
-        config.validate()
+                 account: QueryAccount | None = None,
+                 transport: client_lib.ServingClient | None = None):
+        config.validate(require_target=transport is None)
         if account is None:
             account = QueryAccount(budget=config.query_budget)
         elif config.query_budget != account.budget:
@@ -361,7 +410,8 @@ class TeacherClient:
         self.queries = 0  # Images this client sent (every attempt counts: the teacher saw it).
         self.ledger_hits = 0  # Images answered from the ledger.
         self._lock = threading.Lock()
-        self._client = client_lib.ServingClient(config, role="teacher")
+        with _as_teacher_error():
+            self._client = transport or transports.open_client(config, role="teacher")
         served = self._client.signature
         kind = config.output_kind or ("classes" if served.output_dtype.is_integer
                                       and len(served.output_shape) <= 1 else "probabilities")
@@ -445,7 +495,8 @@ class TeacherClient:
         Raises:
           QueryBudgetExceeded, TeacherError.
         """
-        return self._client.predict_raw(encoded, self._charger(stage))
+        with _as_teacher_error():
+            return self._client.predict_raw(encoded, self._charger(stage))
 
     def missing(self, images: np.ndarray) -> int:
         """How many distinct images of ``images`` the ledger cannot answer (what
@@ -501,8 +552,9 @@ class TeacherClient:
             self.account.check(len(missing), f"labelling {len(missing)} images ({stage})")
         except QueryBudgetExceeded as e:
             raise QueryBudgetExceeded(f"{self.name}: {e}") from None
-        asked = (self._client.predict(encoded, missing, self._convert(keys), self._charger(stage),
-                                      progress) if len(missing) else None)
+        with _as_teacher_error():
+            asked = (self._client.predict(encoded, missing, self._convert(keys),
+                                          self._charger(stage), progress) if len(missing) else None)
         width = (asked.shape[1] if asked is not None else len(next(iter(known.values()))) if known
                  else self.signature.num_classes or 0)
         out = np.zeros((n, width), np.float32)
@@ -536,7 +588,9 @@ class TeacherClient:
         if not len(encoded):
             return np.zeros((0, self.num_data_classes or self.signature.num_classes or 0),
                             np.float32)
-        answers = self._client.predict(encoded, convert=self._convert([]), on_attempt=self._charger(stage))
+        with _as_teacher_error():
+            answers = self._client.predict(encoded, convert=self._convert([]),
+                                           on_attempt=self._charger(stage))
         return self._as_data_classes(answers)
 
     def top1(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
@@ -564,6 +618,15 @@ class TeacherClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def from_saved_model(path: str, *, ledger: QueryLedger | None = None,
+                     account: QueryAccount | None = None, **fields) -> TeacherClient:
+    """A teacher answered in this process by the SavedModel version directory ``path``
+    (:class:`tfkd.transports.SavedModelClient`), charged and persisted like a served one."""
+    config = TeacherConfig(**fields)
+    return TeacherClient(config, ledger, account,
+                         transport=transports.SavedModelClient(path, config, role="teacher"))
 
 
 def connect(target: str, model_name: str = "teacher", *, ledger: QueryLedger | None = None,

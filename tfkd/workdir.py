@@ -28,6 +28,7 @@ import time
 
 from absl import logging
 
+from tfkd import errors
 from tfkd import fs
 
 
@@ -179,9 +180,7 @@ def check_usable(directory: str, what: str = "workdir") -> None:
                            f"({str(reason).splitlines()[0][:200]})") from None
 
 
-class WorkdirError(RuntimeError):
-    """The work dir cannot be used as asked: busy with another run, or its artifacts were made
-    with other settings. The message names the work dir and what to do."""
+WorkdirError = errors.WorkdirError
 
 
 @contextlib.contextmanager

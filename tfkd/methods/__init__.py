@@ -13,7 +13,7 @@ training, export, evaluation, the report); a method only
 * plans its teacher queries before any is sent (:meth:`Method.plan`, checked against the budget),
 * builds the *transfer set*: the images the student learns from and their targets
   (:meth:`Method.build` -> :class:`TransferSet`), and
-* names the student's loss (``loss``: a name in :data:`tfkd.distill.LOSSES`).
+* names the student's loss (``loss``: a name in :data:`tfkd.training.LOSSES`).
 
 The FS-BBT family (Nguyen et al., ECCV 2022: ``student_alone``, ``standard_kd``, ``mixup``, ``cvae``,
 ``fsbbt``) lives in :mod:`tfkd.methods.fsbbt`, the DB3KD family (Wang, ICML 2021: ``db3kd``) in
@@ -174,10 +174,10 @@ class Method:
       name: the registry name (``--method``).
       teacher_needs: one of ``TEACHER_NEEDS``.
       reads_true_labels: the method reads the few-shot images' labels (a supervised baseline).
-      loss: the student's loss, a name in :data:`tfkd.distill.LOSSES`; None: the config's.
+      loss: the student's loss, a name in :data:`tfkd.training.LOSSES`; None: the config's.
       description: one line for ``--help``.
       student_defaults: ((StudentConfig field, value), ...): this method's student recipe where it
-        differs from :data:`tfkd.distill.RECIPE` (each chosen on the validation split;
+        differs from :data:`tfkd.training.RECIPE` (each chosen on the validation split;
         RESULTS.md), applied to the recipe fields a config leaves unset
         (:meth:`tfkd.pipeline.DistillConfig.resolved`); a value the user sets still wins.
     """
@@ -201,7 +201,7 @@ class Method:
         return ()
 
     def student_config(self, config):
-        """The :class:`tfkd.distill.StudentConfig` the student trains with: the run's, with this
+        """The :class:`tfkd.training.StudentConfig` the student trains with: the run's, with this
         method's ``loss`` when it names one. Override to set more (a temperature, ...)."""
         if self.loss is None:
             return config.student

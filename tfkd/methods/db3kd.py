@@ -4,7 +4,7 @@ DB3KD (Wang, "Zero-Shot Knowledge Distillation from a Decision-Based Black-Box M
 the teacher answers class ids only; the distance of each image to the teacher's decision boundary
 toward every other class (:mod:`tfkd.boundary`) becomes its soft label, and the student trains with
 CE to the teacher's top-1 class plus KL to that soft label at temperature T
-(:class:`tfkd.distill.DecisionKD`).
+(:class:`tfkd.training.DecisionKD`).
 
 ===========  ========================================================  ===========================
 method       transfer set                                              teacher queries

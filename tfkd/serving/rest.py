@@ -308,8 +308,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         if match["what"] == "/metadata":
             servable = registry.resolve(spec)
             record.version = servable.version
-            return json_format.MessageToDict(metadata_response(servable),
-                                             preserving_proto_field_name=True)
+            # The SavedModel's fingerprint too (TF Serving's answer has only signature_def): a
+            # REST teacher is then identified as its gRPC twin is (tfkd.transports.RestClient).
+            return json_format.MessageToDict(
+                metadata_response(servable, ("signature_def", "saved_model_fingerprint")),
+                preserving_proto_field_name=True)
         if match["what"] is None:
             servables = ([registry.resolve(spec)] if match["version"] or match["label"]
                          else registry.versions(spec.name))

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfkd import errors
 from tfkd import models
 from tfkd import teacher as teacher_lib
 
@@ -38,11 +39,7 @@ LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
 
 
-class StudentError(RuntimeError):
-    """The student failed a check that a deployable student passes: its training loss became NaN
-    or infinite, or the exported student disagrees with the teacher far more than it did in
-    training (:func:`tfkd.pipeline.check_served_agreement`). The message is one line naming the
-    figures and the likely causes."""
+StudentError = errors.StudentError
 
 
 def check_finite_loss(history: dict) -> None:

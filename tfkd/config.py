@@ -1,0 +1,215 @@
+"""The run's configuration: :class:`DistillConfig` (one frozen dataclass per stage inside it) and
+the one place its defaults are resolved (:meth:`DistillConfig.resolved`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from tfkd import boundary
+from tfkd import data as data_lib
+from tfkd import errors
+from tfkd import export
+from tfkd import images as images_lib
+from tfkd import impressions
+from tfkd import methods
+from tfkd import models
+from tfkd import synthesis
+from tfkd import teacher as teacher_lib
+from tfkd import training
+from tfkd import vertex
+from tfkd import zeroshot
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherTrainConfig:
+    """Training of a teacher on the training split (what its owner would have done).
+
+    ``architecture`` ``auto``: the paper's teacher for the dataset (:data:`tfkd.models.DEFAULT_PAIRS`).
+
+    Adam with cosine decay of the learning rate to 0 (a constant rate leaves LeNet-5 below 89% on
+    Fashion-MNIST after 20 epochs; see BUILD_NOTES.md).
+    """
+
+    architecture: str = "auto"
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Everything one run needs; defaults are FS-BBT's Fashion-MNIST setting.
+
+    Attributes:
+      workdir: where everything of the run is written (see module docstring).
+      method: a registered method (:func:`tfkd.methods.names`; the FS-BBT family's table is in
+        :mod:`tfkd.methods.fsbbt`).
+      dataset, data_dir: see :func:`tfkd.data.load_dataset`.
+      images: the user's own images in place of ``dataset`` (:class:`tfkd.images.ImageSourceConfig`):
+        unlabeled few shots at the teacher's input size, and optional evaluation images (labelled
+        by class sub-folders, or not: then the report gives fidelity). Needs a remote
+        ``teacher.target``; ``num_validation`` must be 0 (there are no labels to validate on).
+      seed: one seed for sampling, synthesis and training.
+      num_shots: N, the unlabeled real images (balanced over classes); with ``images``, a uniform
+        draw of N of them (0: all).
+      teacher: how to reach and read the teacher (:class:`tfkd.teacher.TeacherConfig`); an empty
+        ``target`` trains a teacher into the work dir if none is there, serves it on a free loopback
+        port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
+      teacher_train: used only when tfkd trains the teacher.
+      mixup, cvae: the FS-BBT family's synthesis (their ``num_images`` are its synthetic budget).
+      db3kd: the DB3KD family's boundary search and soft-label temperature.
+      zsdb3kd: ZSDB3KD's pseudo-sample schedule.
+      zskd: ZSKD's Data Impression search (``zskd`` and ``zskd_blackbox``).
+      zskd_blackbox: how ``zskd_blackbox`` estimates image gradients from queries.
+      teacher_saved_model: the teacher's SavedModel (a version directory, or a TF Serving base path:
+        its newest version), loaded in-process by a method that needs the teacher's weights
+        (``zskd``); with a remote ``teacher.target`` it is required for such a method.
+      student: how the student trains (a method may name its own loss).
+      num_validation: training images held out as the validation split (the same images for
+        every seed and method; see :func:`tfkd.data.with_validation_split`): neither the teacher
+        tfkd trains nor the few shots come from them. Choices and training-time monitoring use
+        them; the test split is read once, for the reported accuracies. 0: no validation split.
+      eval_examples: test images used for the accuracies (0: the full test set).
+      evaluate_test: measure the test accuracies. False for runs that only make a choice on the
+        validation split: the test split is then not read at all.
+      evaluate_teacher: also measure the teacher's test accuracy over gRPC (costs test-set queries,
+        counted in the work dir's query account and budget like every other query).
+      compress: compressed student variants to export and measure besides float32 (see
+        :data:`tfkd.export.VARIANTS`), each in ``export/student_<variant>/<version>/``.
+      verbose: Keras verbosity: 0 silent, 1 progress bars (also for labelling), 2 one line per epoch.
+      outputs: where the exported student, the student's checkpoints and TensorBoard events also
+        or instead go (:class:`tfkd.vertex.OutputDirs`; Vertex AI's ``AIP_*`` directories).
+    """
+
+    workdir: str
+    method: str = "fsbbt"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    images: images_lib.ImageSourceConfig | None = None
+    seed: int = 0
+    num_shots: int | None = None
+    num_validation: int | None = None
+    teacher: teacher_lib.TeacherConfig = teacher_lib.TeacherConfig()
+    teacher_train: TeacherTrainConfig = TeacherTrainConfig()
+    mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
+    cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
+    student: training.StudentConfig = training.StudentConfig()
+    db3kd: boundary.BoundaryConfig = boundary.BoundaryConfig()
+    zsdb3kd: zeroshot.ZeroShotConfig = zeroshot.ZeroShotConfig()
+    zskd: impressions.ImpressionConfig = impressions.ImpressionConfig()
+    zskd_blackbox: impressions.ZerothOrderConfig = impressions.ZerothOrderConfig()
+    teacher_saved_model: str | None = None
+    eval_examples: int = 0
+    evaluate_test: bool = True
+    evaluate_teacher: bool = True
+    compress: tuple = ("float16", "int8")
+    verbose: int | None = None
+    outputs: vertex.OutputDirs = vertex.OutputDirs()
+
+    def resolved(self) -> "DistillConfig":
+        """This config with every setting left unset (None, ``auto``) given its default, the one
+        place those defaults are decided (the launcher passes what the user left out as unset):
+
+        * from the data: ``num_shots`` the paper's N (:data:`tfkd.models.DEFAULT_NUM_SHOTS`; with
+          ``images``, 0: all), ``num_validation`` :data:`NUM_VALIDATION` (0 with ``images``), the
+          paper's teacher and student architectures (:data:`tfkd.models.DEFAULT_PAIRS`;
+          ``mobilenet_v3_small`` for the user's images) and the CVAE's (``mlp`` for 28x28 grey,
+          ``conv`` for CIFAR; with ``images`` it is chosen at their size);
+        * from the method: its student recipe (:attr:`tfkd.methods.Method.student_defaults`, then
+          :data:`tfkd.training.RECIPE`) and its own settings (:meth:`tfkd.methods.Method.resolve`);
+        * ``verbose``: 1 (progress bars) on a terminal, 2 (a line per epoch) otherwise.
+
+        Idempotent. Raises ValueError for an unknown ``dataset`` or ``method``.
+        """
+        method = methods.get(self.method)
+        if self.dataset not in data_lib.SUPPORTED_DATASETS:
+            raise ValueError(f"dataset={self.dataset!r}: expected one of "
+                             f"{data_lib.SUPPORTED_DATASETS}")
+        own = self.images is not None
+        teacher_arch, student_arch = models.DEFAULT_PAIRS[self.dataset]
+        cvae_arch = self.cvae.architecture
+        if cvae_arch == "auto" and not own:
+            cvae_arch = "conv" if self.dataset.startswith("cifar") else "mlp"
+        config = dataclasses.replace(
+            self,
+            num_shots=(self.num_shots if self.num_shots is not None
+                       else 0 if own else models.DEFAULT_NUM_SHOTS[self.dataset]),
+            num_validation=(self.num_validation if self.num_validation is not None
+                            else 0 if own else NUM_VALIDATION),
+            teacher_train=(self.teacher_train if self.teacher_train.architecture != "auto" else
+                           dataclasses.replace(self.teacher_train, architecture=teacher_arch)),
+            cvae=dataclasses.replace(self.cvae, architecture=cvae_arch),
+            student=self.student.resolved({"architecture": "mobilenet_v3_small" if own
+                                           else student_arch, **dict(method.student_defaults)}),
+            verbose=self.verbose if self.verbose is not None else 1 if sys.stdout.isatty() else 2)
+        return method.resolve(config)
+
+    def validate(self) -> None:
+        """Checks every setting that can be checked without data, teacher or training (as
+        :meth:`resolved` fills them).
+
+        Raises:
+          ValueError: naming the first field out of range and what it accepts.
+        """
+        try:
+            self.resolved()._check()
+        except errors.ConfigError:
+            raise
+        except ValueError as e:  # The parts' own checks: one error type for every setting.
+            raise errors.ConfigError(str(e)) from None
+
+    def _check(self) -> None:
+        method = methods.get(self.method)
+        checks = [
+            ("num_shots", self.num_shots, self.num_shots >= (0 if self.images else 1),
+             ">= 1 (0, all, only with images)"),
+            ("num_validation", self.num_validation, self.num_validation >= 0, ">= 0"),
+            ("eval_examples", self.eval_examples, self.eval_examples >= 0, ">= 0"),
+            ("verbose", self.verbose, self.verbose in (0, 1, 2), "0, 1 or 2"),
+            ("compress", self.compress, set(self.compress) <= set(export.VARIANTS[1:]),
+             export.VARIANTS[1:]),
+            ("teacher_train.architecture", self.teacher_train.architecture,
+             self.teacher_train.architecture in models.MODELS, models.MODELS),
+            ("cvae.architecture", self.cvae.architecture,
+             self.cvae.architecture in ("mlp", "conv", "auto"), ("mlp", "conv", "auto")),
+            ("cvae.working_size", self.cvae.working_size, self.cvae.working_size >= 0, ">= 0"),
+            ("method loss", method.loss, method.loss in (None, *training.LOSSES), training.LOSSES),
+        ]
+        for name, value, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}={value!r}: expected {expected}")
+        self.teacher.validate(require_target=False)
+        self.student.validate()
+        self.db3kd.validate()
+        self.zsdb3kd.validate()
+        self.zskd.validate()
+        self.zskd_blackbox.validate()
+        if self.images is not None:
+            self._validate_images(method)
+        if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:
+            raise ValueError(
+                f"method={self.method!r} needs the teacher's weights and gradients, which the "
+                f"endpoint {self.teacher.target} does not give: pass --teacher_saved_model=PATH "
+                f"(the SavedModel its TF Serving base path holds), or use --method="
+                f"{self.method}_blackbox, which needs only the endpoint")
+
+
+    def _validate_images(self, method: methods.Method) -> None:
+        self.images.validate()
+        refusals = [
+            (not self.teacher.target, "needs --teacher=host:port (tfkd trains a teacher only on a "
+             "named dataset)"),
+            (self.num_validation != 0, f"needs num_validation=0, got {self.num_validation} (the "
+             "images have no labels to validate on; --eval_images evaluates)"),
+            (method.reads_true_labels, f"cannot run method={self.method!r}: it reads true labels "
+             "and the images have none"),
+        ]
+        for refused, why in refusals:
+            if refused:
+                raise ValueError(f"images={self.images.path!r}: {why}")
+
+
+NUM_VALIDATION = 5000
+"""The validation split's size on a named dataset (:attr:`DistillConfig.num_validation`)."""

@@ -1,0 +1,72 @@
+"""tfkd's errors: one hierarchy under :class:`TfkdError`.
+
+Every error tfkd raises on purpose is one of these; each message names the setting (a config
+field such as ``teacher.output_key``) or the input, what was expected and what came. A launcher
+maps settings to its flags; the library never names a command-line flag.
+
+::
+
+    TfkdError
+    ├── ConfigError (also ValueError)        a setting out of range or contradictory
+    │   └── ImageSourceError                 images that cannot be read as asked
+    ├── ServingClientError (RuntimeError)    a served model unreachable, erroring, off-contract
+    │   └── TeacherError                     ... the teacher
+    │       └── QueryBudgetExceeded          the next images would exceed the query budget
+    ├── WorkdirError (RuntimeError)          the work dir cannot be used as asked
+    ├── DatasetUnavailableError (RuntimeError)  no source of a dataset can be read
+    └── StudentError (RuntimeError)          the student failed a check a deployable one passes
+
+``ConfigError`` is a ``ValueError`` and the others ``RuntimeError``\\ s, so code written against the
+built-in types keeps working.
+"""
+
+from __future__ import annotations
+
+
+class TfkdError(Exception):
+    """Base of every error tfkd raises on purpose."""
+
+
+class ConfigError(TfkdError, ValueError):
+    """A setting out of range, contradictory, or refused by what the run found (the data, the
+    teacher's signature); nothing was sent or trained because of it."""
+
+
+class ImageSourceError(ConfigError):
+    """An image source that holds no usable image, or labels that cannot be read from it."""
+
+
+class ServingClientError(TfkdError, RuntimeError):
+    """A served model could not be reached, answered an error, or broke its contract.
+
+    The message names the model, its address and what was wrong; ``code`` is the gRPC status code
+    (REST statuses are mapped to theirs) when the server answered one.
+    """
+
+    def __init__(self, message: str, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+class TeacherError(ServingClientError):
+    """The teacher could not be reached, answered an error, or broke its contract."""
+
+
+class QueryBudgetExceeded(TeacherError):
+    """Sending the next images would exceed the query budget; nothing beyond it was sent."""
+
+
+class WorkdirError(TfkdError, RuntimeError):
+    """The work dir cannot be used as asked: busy with another run, or its artifacts were made
+    with other settings. The message names the work dir and what to do."""
+
+
+class DatasetUnavailableError(TfkdError, RuntimeError):
+    """No source of a dataset can be read (no data dir, no Debian package, offline)."""
+
+
+class StudentError(TfkdError, RuntimeError):
+    """The student failed a check that a deployable student passes: its training loss became NaN
+    or infinite, or the exported student disagrees with the teacher far more than it did in
+    training (:func:`tfkd.evaluation.check_served_agreement`). The message is one line naming the
+    figures and the likely causes."""
