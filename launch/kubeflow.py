@@ -3,13 +3,14 @@ evaluate -> deploy. Needs the ``kfp`` extra: ``pip install -e ".[kfp]"``.
 
   python launch/kubeflow.py --output=tfkd_pipeline.yaml     # compile the pipeline to KFP's YAML
 
-Each component is a thin shell: its parameters are the launchers' flags (``distill_flags`` takes any flag
-of ``launch/distill.py``) and its work is one call into :mod:`tfkd.kubeflow` or the distillation
-launcher. Components run in ``--image`` (an image with tfkd installed; KFP's local runner runs
-them in this Python environment instead):
+Each component is a thin shell: its parameters are the library's settings (``settings``: any
+:class:`tfkd.DistillConfig` field by dotted name, as :meth:`~tfkd.DistillConfig.with_settings`
+reads them) and its work is one call into :mod:`tfkd.kubeflow` or :func:`tfkd.distill`.
+Components run in ``--image`` (an image with tfkd installed; KFP's local runner runs them in this
+Python environment instead):
 
 * ``teacher_endpoint``: GetModelMetadata on the teacher; fails the run at once if it is not served.
-* ``distil``: the distillation (``launch/distill.py``) with a work dir that survives retries when
+* ``distil``: the distillation (:func:`tfkd.distill`) with a work dir that survives retries when
   ``workdir`` names one; outputs ``student`` (Model: TF Serving's version layout, the model card
   beside the versions), ``metrics`` (Metrics: the report's figures) and ``report`` (Markdown: the
   model card with the transfer set's image grids).
@@ -35,15 +36,13 @@ IMAGE = os.environ.get("TFKD_IMAGE", "tfkd:0.1.0")  # An image with tfkd install
 
 
 @dsl.component(base_image=IMAGE)
-def teacher_endpoint(teacher: str, teacher_model_name: str, distill_flags: list) -> str:
-    """Checks that ``teacher`` (host:port) serves ``teacher_model_name``, over the channel
-    ``distill_flags`` describe (``--teacher_tls_ca``, ``--teacher_auth_token_file``, ...: what the
-    distil step will use); returns ``teacher``."""
+def teacher_endpoint(teacher: str, teacher_model_name: str, settings: dict) -> str:
+    """Checks that ``teacher`` (host:port or http(s)://host:port) serves ``teacher_model_name``,
+    over the channel ``settings`` describe (``teacher.tls_ca_file``, ``teacher.auth_token_file``,
+    ...: what the distil step will use); returns ``teacher``."""
     from tfkd import kubeflow
-    from tfkd_launch import distill as launcher
 
-    launcher.FLAGS(["tfkd-distill", f"--teacher={teacher}", *distill_flags])
-    config = launcher.teacher_config_from_flags()
+    config = kubeflow.distill_config("", teacher, teacher_model_name, settings).teacher
     found = kubeflow.check_teacher(teacher, teacher_model_name, **{
         f: getattr(config, f) for f in kubeflow.CHANNEL_FIELDS if getattr(config, f)})
     print(f"teacher: {found}")
@@ -51,21 +50,18 @@ def teacher_endpoint(teacher: str, teacher_model_name: str, distill_flags: list)
 
 
 @dsl.component(base_image=IMAGE)
-def distil(teacher: str, teacher_model_name: str, workdir: str, distill_flags: list,
+def distil(teacher: str, teacher_model_name: str, workdir: str, settings: dict,
            student: Output[Model], metrics: Output[Metrics], report: Output[Markdown]):
-    """Runs ``launch/distill.py`` with ``distill_flags`` against ``teacher``; exports its outputs."""
-    import json
+    """``tfkd.distill`` with ``settings`` (:meth:`tfkd.DistillConfig.with_settings`) against
+    ``teacher``; exports its outputs."""
     import os
 
+    import tfkd
     from tfkd import kubeflow
-    from tfkd_launch import distill as launcher
 
     workdir = workdir or os.path.join(os.path.dirname(student.path), "workdir")
-    launcher.FLAGS(["tfkd-distill", f"--workdir={workdir}", f"--teacher={teacher}",
-                    f"--teacher_model_name={teacher_model_name}", *distill_flags])
-    launcher.main(["tfkd-distill"])
-    with open(os.path.join(workdir, "report.json")) as f:
-        result = json.load(f)
+    result = tfkd.distill(kubeflow.distill_config(workdir, teacher, teacher_model_name,
+                                                  settings)).to_dict()
     kubeflow.export_student_artifact(result, student)
     kubeflow.log_report_metrics(result, metrics)
     with open(report.path, "w") as f:
@@ -103,13 +99,14 @@ def deploy(student: Input[Model], serving_base_path: str, accuracy: float,
 @dsl.pipeline(name="tfkd-distill", description="Black-box distillation of a served teacher: "
               "teacher endpoint -> distil -> evaluate -> deploy.")
 def distill_pipeline(teacher: str, serving_base_path: str, teacher_model_name: str = "teacher",
-                     distill_flags: list = [], workdir: str = "", dataset: str = "fashion_mnist",
+                     settings: dict = {}, workdir: str = "", dataset: str = "fashion_mnist",
                      eval_examples: int = 0, min_accuracy: float = 0.0):
-    """The pipeline; ``distill_flags`` are ``launch/distill.py`` flags (e.g. ``["--num_shots=2000"]``)."""
+    """The pipeline; ``settings`` are :class:`tfkd.DistillConfig` fields by dotted name (e.g.
+    ``{"num_shots": 2000, "student.epochs": 25}``); those left out take the library's defaults."""
     endpoint = teacher_endpoint(teacher=teacher, teacher_model_name=teacher_model_name,
-                                distill_flags=distill_flags)
+                                settings=settings)
     distilled = distil(teacher=endpoint.output, teacher_model_name=teacher_model_name,
-                       workdir=workdir, distill_flags=distill_flags)
+                       workdir=workdir, settings=settings)
     evaluated = evaluate(student=distilled.outputs["student"], dataset=dataset,
                          eval_examples=eval_examples)
     deploy(student=distilled.outputs["student"], serving_base_path=serving_base_path,

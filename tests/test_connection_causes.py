@@ -53,7 +53,7 @@ def test_a_ca_file_that_is_not_pem_is_refused_before_connecting(tmp_path):
 def test_the_kubeflow_teacher_check_reaches_a_tls_teacher_with_a_token(teacher_base, tmp_path):
     """Issue 25 §4: the Kubeflow pipeline's first step checked the teacher over a plaintext channel
     without the token, so a teacher behind TLS and an auth check could not be used at all. It now
-    uses the channel the distil step uses (the TLS and token flags of ``distill_flags``)."""
+    uses the channel the distil step uses (the TLS and token settings of ``settings``)."""
     from tfkd import kubeflow
 
     from conftest import RequireToken

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tfkd import config
 from tfkd import data
 from tfkd import methods
@@ -78,3 +80,20 @@ def test_resolution_fills_only_what_was_left_unset_and_is_idempotent():
     assert mine.student.mixup_alpha == 0.0  # The rest of fsbbt's recipe is kept.
     assert pipeline.DistillConfig(workdir="w", method="zskd_blackbox").resolved().zskd.count == \
         12_000
+
+
+def test_settings_by_dotted_name_reach_the_config_as_their_types():
+    """What the Kubeflow components pass: JSON values (KFP's protobuf Struct makes every number a
+    float) by dotted field name."""
+    from tfkd import errors
+
+    config = pipeline.DistillConfig(workdir="w").with_settings(
+        {"num_shots": 500.0, "student.epochs": 3.0, "student.learning_rate": 1.0,
+         "teacher.target": "host:8500", "teacher.class_map": [1.0, 0.0], "compress": ["int8"],
+         "images": {"path": "/data"}})
+    assert (config.num_shots, config.student.epochs, config.teacher.class_map) == (500, 3, (1, 0))
+    assert isinstance(config.num_shots, int) and isinstance(config.student.learning_rate, float)
+    assert config.compress == ("int8",) and config.images.path == "/data"
+    assert config.resolved().student.mixup_alpha == 0.0  # fsbbt's recipe for the rest.
+    with pytest.raises(errors.ConfigError, match=r"settings\['student.epoch'\].*student.epochs"):
+        config.with_settings({"student.epoch": 1})

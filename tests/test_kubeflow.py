@@ -29,7 +29,7 @@ def test_pipeline_compiles_to_yaml_kfp_accepts(tmp_path):
     assert set(tasks) == {"teacher-endpoint", "distil", "evaluate", "deploy"}
     assert tasks["distil"]["dependentTasks"] == ["teacher-endpoint"]
     assert set(spec["root"]["inputDefinitions"]["parameters"]) >= {"teacher", "serving_base_path",
-                                                                    "distill_flags"}
+                                                                    "settings"}
     # KFP reads it back (its own loader validates the pipeline spec).
     from kfp import components
     assert components.load_component_from_file(path).name == "tfkd-distill"
@@ -51,9 +51,9 @@ def test_pipeline_runs_under_kfp_local_runner(server, fashion, tmp_path):
     served = tmp_path / "served" / "student"
     kfp_launch.distill_pipeline(
         teacher=server.target, serving_base_path=str(served), dataset="fashion_mnist",
-        eval_examples=300, distill_flags=[
-            "--num_shots=100", "--num_mixup=100", "--num_cvae=50", "--cvae_epochs=1",
-            "--student_epochs=2", "--eval_examples=300", "--compress=", "--verbose=0"])
+        eval_examples=300, settings={
+            "num_shots": 100, "mixup.num_images": 100, "cvae.num_images": 50, "cvae.epochs": 1,
+            "student.epochs": 2, "eval_examples": 300, "compress": [], "verbose": 0})
     [run] = glob.glob(str(tmp_path / "root" / "tfkd-distill-*"))
 
     def outputs(task):  # What the task handed on: parameters and artifacts (uri, metadata).

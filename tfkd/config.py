@@ -108,6 +108,17 @@ class DistillConfig:
     verbose: int | None = None
     outputs: vertex.OutputDirs = vertex.OutputDirs()
 
+    def with_settings(self, settings: dict) -> "DistillConfig":
+        """This config with ``settings`` applied: ``{"num_shots": 500, "student.epochs": 10,
+        "teacher.target": "host:8500"}`` (dotted names reach the nested configs; JSON values:
+        lists become tuples where the field holds one, objects become the nested config). What
+        Kubeflow components and other JSON-driven callers use (Model Garden's ``params_override``).
+
+        Raises:
+          ConfigError: a name that is no field, naming it and the fields there are.
+        """
+        return override(self, settings)
+
     def resolved(self) -> "DistillConfig":
         """This config with every setting left unset (None, ``auto``) given its default, the one
         place those defaults are decided (the launcher passes what the user left out as unset):
@@ -213,3 +224,63 @@ class DistillConfig:
 
 NUM_VALIDATION = 5000
 """The validation split's size on a named dataset (:attr:`DistillConfig.num_validation`)."""
+
+
+def override(config, settings: dict, prefix: str = ""):
+    """``config`` (a frozen dataclass) with dotted ``settings`` applied (see
+    :meth:`DistillConfig.with_settings`). Raises ConfigError for an unknown name."""
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    names = {f.name for f in dataclasses.fields(config)}
+    changes, nested = {}, {}
+    for key, value in settings.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            raise errors.ConfigError(f"settings[{prefix + key!r}]: no such setting; expected one of "
+                                     f"{sorted(prefix + n for n in names)}")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            changes[head] = _typed(getattr(config, head), hints[head], value, prefix + head)
+    for head, inner in nested.items():
+        changes[head] = _typed(getattr(config, head), hints[head], inner, prefix + head)
+    return dataclasses.replace(config, **changes)
+
+
+def _dataclass_in(hint):
+    """The dataclass type in a field's type hint (``ImageSourceConfig | None`` -> the class)."""
+    import typing
+
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _typed(current, hint, value, name: str):
+    """A JSON value as the field holds it: a tuple for a tuple field, a nested config for an
+    object, else the value."""
+    if isinstance(value, dict):
+        cls = _dataclass_in(hint)
+        if cls is None:
+            raise errors.ConfigError(f"settings[{name!r}]: expected a value, got an object")
+        if current is not None:
+            return override(current, value, f"{name}.")
+        try:
+            return cls(**value)
+        except TypeError as e:
+            raise errors.ConfigError(f"settings[{name!r}]: {e}") from None
+    if isinstance(value, list) and (isinstance(current, tuple) or current is None):
+        return tuple(int(v) if isinstance(v, float) and v.is_integer() and _wants_int(hint)
+                     else v for v in value)
+    if isinstance(value, float) and value.is_integer() and _wants_int(hint):
+        return int(value)  # JSON carriers (KFP's protobuf Struct) turn every number into a float.
+    return value
+
+
+def _wants_int(hint) -> bool:
+    """Whether a field's type hint holds ints (``int``, ``int | None``, ``tuple[int, ...]``)."""
+    import typing
+
+    return hint is int or any(_wants_int(a) for a in typing.get_args(hint) if a is not Ellipsis)

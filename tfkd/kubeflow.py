@@ -29,6 +29,20 @@ CHANNEL_FIELDS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_na
 """The :class:`tfkd.client.ServingConfig` fields that say how to reach a teacher (TLS, a token)."""
 
 
+def distill_config(workdir: str, teacher: str, teacher_model_name: str, settings: dict):
+    """The :class:`tfkd.DistillConfig` a pipeline's parameters describe: ``settings`` (dotted
+    field names, :meth:`tfkd.DistillConfig.with_settings`) with the teacher's address and model
+    name; the rest the library's defaults.
+
+    Raises:
+      tfkd.errors.ConfigError: a setting that is no field.
+    """
+    from tfkd.config import DistillConfig
+
+    return DistillConfig(workdir=workdir).with_settings(
+        {**settings, "teacher.target": teacher, "teacher.model_name": teacher_model_name})
+
+
 def check_teacher(target: str, model_name: str = "teacher", timeout_s: float = 30.0,
                   **channel) -> dict:
     """Asks a TF Serving endpoint for a model's signature (``GetModelMetadata``), through the
