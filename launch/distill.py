@@ -13,7 +13,10 @@ set) receive the exported student, the student's checkpoints and the TensorBoard
 """
 
 import dataclasses
+import importlib
+import json
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
@@ -59,8 +62,14 @@ def _field_default(cls, name: str):
 
 flags.DEFINE_string("workdir", "/tmp/tfkd_fsbbt", "Work dir: ledger, synthetic set, checkpoints, "
                     "exported student, report.json. A rerun on the same dir resumes.")
-flags.DEFINE_enum("method", _CONFIG.method, methods.names(), "; ".join(
-    f"{m}: {methods.get(m).description}" for m in methods.names()) + ".")
+flags.DEFINE_string("method", _CONFIG.method, "A registered method: " + "; ".join(
+    f"{m}: {methods.get(m).description}" for m in methods.names()) + "; or one a --plugins "
+    "module registers.")
+flags.DEFINE_list("plugins", [], "Python modules imported before the run (their import registers "
+                  "methods: tfkd.methods.register); module:function also calls function().")
+flags.DEFINE_string("method_settings", None, "The method's own settings (its config_class) as a "
+                    "JSON object of field values, e.g. '{\"num_noise\": 500}'; default: its "
+                    "defaults.")
 flags.DEFINE_enum("dataset", _CONFIG.dataset, list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files; default: the Debian package, then "
                     "keras.datasets.")
@@ -384,10 +393,41 @@ def config_from_flags() -> pipeline.DistillConfig:
         zskd_blackbox=impressions.ZerothOrderConfig(
             directions=FLAGS.zskd_directions, sigma=FLAGS.zskd_sigma,
             resolution=FLAGS.zskd_resolution),
-        teacher_saved_model=FLAGS.teacher_saved_model,
+        teacher_saved_model=FLAGS.teacher_saved_model, method_config=method_settings_from_flags(),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress), verbose=FLAGS.verbose,
         outputs=vertex.OutputDirs.from_environ(os.environ))  # Vertex AI's AIP_* directories.
+
+
+def method_settings_from_flags() -> dict | None:
+    """--method_settings as a dict (None when not given). Raises ValueError for bad JSON."""
+    if not FLAGS.method_settings:
+        return None
+    try:
+        settings = json.loads(FLAGS.method_settings)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--method_settings: expected a JSON object, got {FLAGS.method_settings!r} "
+                         f"({e})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--method_settings: expected a JSON object, got {FLAGS.method_settings!r}")
+    return settings
+
+
+def import_plugins() -> None:
+    """Imports each --plugins module (``module:function`` also calls ``function()``), so that the
+    methods it registers can be named by --method.
+
+    Raises:
+      ValueError: a module that cannot be imported or a function it does not have.
+    """
+    for plugin in FLAGS.plugins:
+        name, _, function = plugin.partition(":")
+        try:
+            module = importlib.import_module(name)
+            if function:
+                getattr(module, function)()
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"--plugins={plugin}: {type(e).__name__}: {e}") from None
 
 
 def student_config_from_flags() -> training.StudentConfig:
@@ -410,22 +450,45 @@ def flag_values() -> dict:
     return {f.name: f.value for f in FLAGS.get_key_flags_for_module(module)}
 
 
+# The settings the library's messages name, and this command's flag for each: the library names
+# settings (it has no flags), the command shows users the flag beside them.
+SETTING_FLAGS = {
+    "teacher.target": "teacher", "teacher.output_key": "teacher_output_key",
+    "teacher.output_kind": "teacher_output",
+    "teacher.class_map": "teacher_class_map", "teacher_saved_model": "teacher_saved_model",
+    "tls_ca_file": "teacher_tls_ca", "images.eval_path": "eval_images",
+    "images.class_names": "class_names", "images.height": "image_height",
+    "images.width": "image_width", "images.channels": "image_channels",
+    "images.image_key": "image_key", "data_dir": "data_dir", "zskd.final_layer": "zskd_final_layer",
+    "num_validation": "num_validation", "num_shots": "num_shots", "workdir": "workdir",
+}
+
+
+def with_flag_names(message: str) -> str:
+    """A library message with each setting it names followed by this command's flag."""
+    for setting, flag in SETTING_FLAGS.items():
+        message = re.sub(rf"(?<![\w.-]){re.escape(setting)}(?![\w.=])", f"{setting} (--{flag})",
+                         message)
+    return message
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
         strategy = training.make_strategy(FLAGS.strategy,
                                          startup_timeout_s=FLAGS.cluster_startup_timeout)
+        import_plugins()
         config = config_from_flags().resolved()
         config.validate()
     except ValueError as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(with_flag_names(str(e)))
     try:
         report = pipeline.run(config, strategy, flags=flag_values())
     except (errors.TfkdError, ValueError) as e:
         # Expected failures (and settings only the data can refuse, e.g. N not a multiple of the
         # classes) get one clear line, not a traceback from deep inside.
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {with_flag_names(str(e))}")
     logging.info("Report: %s/report.json", config.workdir)
     if report.role == "worker":
         print(f"worker done: trained {report.student_epochs} epochs with the chief", flush=True)

@@ -56,3 +56,27 @@ def test_ruff_is_clean():
                             capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, RUFF_CACHE_DIR=str(pathlib.Path(REPO, ".ruff_cache"))))
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_library_messages_name_settings_not_launcher_flags():
+    """Issue 26 §6: the library has no flags; its messages name the setting (``teacher.class_map``)
+    and ``launch/distill.py`` shows its flag beside it (``with_flag_names``)."""
+    import re
+
+    flags = set(re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', pathlib.Path(
+        REPO, "launch", "distill.py").read_text()))
+    assert len(flags) > 90
+    found = []
+    for path in sorted(pathlib.Path(REPO, "tfkd").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr)
+                      and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings):
+                named = [f for f in re.findall(r"--(\w+)", node.value) if f in flags]
+                if named:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} --{named[0]}")
+    assert not found, found

@@ -165,7 +165,7 @@ def test_images_without_a_teacher_endpoint_stop_with_one_line(tmp_path):
            f"--images={tmp_path}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "needs --teacher=host:port" in result.stderr.strip().splitlines()[-1]
+    assert "needs a teacher.target (--teacher)" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("flags, message", [

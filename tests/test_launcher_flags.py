@@ -18,6 +18,10 @@ NOT_IN_CONFIG = {
                 "MultiWorkerMirroredStrategy must exist before other TensorFlow work) and passes "
                 "it to pipeline.run beside the config",
     "cluster_startup_timeout": "read with --strategy by make_strategy, before the config",
+    "plugins": "main() imports these modules (their import registers methods) before the config "
+               "is built",
+    "method_settings": "parsed as JSON into DistillConfig.method_config, the method's own config "
+                       "(tests/test_plugin_method.py finds a value of it in the run's report)",
 }
 
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfkd import methods
 from tfkd import pipeline
+from tfkd import teacher as tfkd_teacher
 from tfkd import training
 from tfkd.teacher import TeacherConfig
 
@@ -80,7 +81,7 @@ def test_a_method_defined_outside_tfkd_runs_end_to_end(registered, server, fashi
     assert transfer.images.shape == (NUM_NOISE, 28, 28, 1)
     np.testing.assert_allclose(transfer.targets.sum(axis=1), 1.0, rtol=1e-5)
     # The teacher's answers are what the student learnt from: they match the served teacher's.
-    with pipeline.teacher_lib.connect(server.target) as teacher:
+    with tfkd_teacher.connect(server.target) as teacher:
         np.testing.assert_allclose(teacher.soft_labels(transfer.images[:20]), transfer.targets[:20],
                                    atol=1e-6)
     # An exported, served, measured student, and report.json holding the same figures.

@@ -264,7 +264,7 @@ def diagnose_connection(config: "ServingConfig", timeout_s: float = 5.0) -> str:
         return ("the port answers HTTP/1.x, not gRPC: a REST port? (TF Serving serves gRPC on "
                 "--port, 8500 by default, and REST on --rest_api_port, 8501)")
     if head[:1] in (b"\x15", b"\x16") or _speaks_tls(host, int(port), timeout_s):
-        return "the server speaks TLS: give its CA (--teacher_tls_ca)"
+        return "the server speaks TLS: give its CA (tls_ca_file)"
     return "the port accepts TCP connections but no gRPC (HTTP/2) connection was made"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Any
 
 from tfkd import boundary
 from tfkd import data as data_lib
@@ -81,6 +82,9 @@ class DistillConfig:
       verbose: Keras verbosity: 0 silent, 1 progress bars (also for labelling), 2 one line per epoch.
       outputs: where the exported student, the student's checkpoints and TensorBoard events also
         or instead go (:class:`tfkd.vertex.OutputDirs`; Vertex AI's ``AIP_*`` directories).
+      method_config: the method's own settings (:attr:`tfkd.methods.Method.config_class`): an
+        instance, a dict of its fields (JSON; dotted names reach nested ones), or None: its
+        defaults. :meth:`resolved` makes it an instance.
     """
 
     workdir: str
@@ -107,6 +111,7 @@ class DistillConfig:
     compress: tuple = ("float16", "int8")
     verbose: int | None = None
     outputs: vertex.OutputDirs = vertex.OutputDirs()
+    method_config: Any = None
 
     def with_settings(self, settings: dict) -> "DistillConfig":
         """This config with ``settings`` applied: ``{"num_shots": 500, "student.epochs": 10,
@@ -155,7 +160,14 @@ class DistillConfig:
             student=self.student.resolved({"architecture": "mobilenet_v3_small" if own
                                            else student_arch, **dict(method.student_defaults)}),
             verbose=self.verbose if self.verbose is not None else 1 if sys.stdout.isatty() else 2)
-        return method.resolve(config)
+        config = method.resolve(config)
+        own, cls = config.method_config, method.config_class
+        if cls is not None and not isinstance(own, cls):
+            if own is not None and not isinstance(own, dict):
+                raise errors.ConfigError(f"method_config: expected a {cls.__name__} or a dict of "
+                                         f"its fields, got {type(own).__name__}")
+            config = dataclasses.replace(config, method_config=override(cls(), dict(own or {})))
+        return config
 
     def validate(self) -> None:
         """Checks every setting that can be checked without data, teacher or training (as
@@ -173,6 +185,11 @@ class DistillConfig:
 
     def _check(self) -> None:
         method = methods.get(self.method)
+        if method.config_class is None and self.method_config:
+            raise errors.ConfigError(f"method_config={self.method_config!r}: method "
+                                     f"{self.method!r} has no settings of its own")
+        if hasattr(self.method_config, "validate"):
+            self.method_config.validate()
         checks = [
             ("num_shots", self.num_shots, self.num_shots >= (0 if self.images else 1),
              ">= 1 (0, all, only with images)"),
@@ -202,18 +219,18 @@ class DistillConfig:
         if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:
             raise ValueError(
                 f"method={self.method!r} needs the teacher's weights and gradients, which the "
-                f"endpoint {self.teacher.target} does not give: pass --teacher_saved_model=PATH "
-                f"(the SavedModel its TF Serving base path holds), or use --method="
-                f"{self.method}_blackbox, which needs only the endpoint")
+                f"endpoint {self.teacher.target} does not give: set teacher_saved_model (the "
+                f"SavedModel its TF Serving base path holds), or use method="
+                f"'{self.method}_blackbox', which needs only the endpoint")
 
 
     def _validate_images(self, method: methods.Method) -> None:
         self.images.validate()
         refusals = [
-            (not self.teacher.target, "needs --teacher=host:port (tfkd trains a teacher only on a "
-             "named dataset)"),
+            (not self.teacher.target, "needs a teacher.target (host:port or http(s)://host:port: "
+             "tfkd trains a teacher only on a named dataset)"),
             (self.num_validation != 0, f"needs num_validation=0, got {self.num_validation} (the "
-             "images have no labels to validate on; --eval_images evaluates)"),
+             "images have no labels to validate on; images.eval_path evaluates)"),
             (method.reads_true_labels, f"cannot run method={self.method!r}: it reads true labels "
              "and the images have none"),
         ]

@@ -211,7 +211,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
             f"dataset={name!r}: no local copy (data_dir not given"
             f"{', no ' + debian if debian else ''}) and keras.datasets could not download it "
             f"({type(e).__name__}: {str(e)[:200]}). Run on a machine that is online, pass "
-            f"--data_dir with the IDX files{hint}.") from e
+            f"data_dir with the IDX files{hint}.") from e
     arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return _from_uint8(name, arrays, num_classes, source="keras.datasets")
 

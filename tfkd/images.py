@@ -93,7 +93,7 @@ class ImageSourceConfig:
         if min(shape) < 1:
             raise ImageSourceError(
                 f"images: the teacher's input shape {list(teacher_input_shape)} does not say the "
-                f"image size; give it (--image_height, --image_width, --image_channels); got "
+                f"image size; give it (images.height, images.width, images.channels); got "
                 f"{shape}")
         return tuple(int(d) for d in shape)
 
@@ -225,7 +225,7 @@ def _check_image_key(files: list[str], image_key: str) -> None:
             found = ", ".join(f"{k} ({v.WhichOneof('kind')})" for k, v in sorted(feature.items()))
             raise ImageSourceError(f"image_key={image_key!r}: the first record of {files[0]} has "
                                    f"no bytes feature by that name; it has: {found or 'none'} "
-                                   "(--image_key names the encoded image)")
+                                   "(images.image_key names the encoded image)")
 
 
 def _source(path: str, image_key: str) -> tuple[list[str], callable]:
@@ -359,9 +359,9 @@ def class_order(folders: list[str], num_classes: int,
     if len(folders) != num_classes:
         raise ImageSourceError(
             f"eval_images: {len(folders)} sub-folders for a teacher of {num_classes} classes and "
-            "no --class_names file to say which is which; give --class_names (one name per line, "
+            "no class_names file to say which is which; give images.class_names (one name per line, "
             "the teacher's order)")
-    logging.warning("eval_images: no --class_names; taking the sub-folders in sorted order as the "
+    logging.warning("eval_images: no class_names file; taking the sub-folders in sorted order as the "
                     "teacher's classes 0..%d (%s)", num_classes - 1, ", ".join(folders))
     return tuple(folders)
 

@@ -420,7 +420,7 @@ class SavedModelTeacher:
                 raise ValueError(
                     f"{self.version_dir}: {len(candidates)} variables of shape [features, "
                     f"{self.num_classes}] ({candidates}); name the final layer's with "
-                    f"--zskd_final_layer")
+                    f"zskd.final_layer")
             weights = found[candidates[0]].numpy()
         if weights.ndim != 2 or weights.shape[-1] != self.num_classes:
             raise ValueError(f"zskd final layer {variable!r}: shape {weights.shape}, expected "

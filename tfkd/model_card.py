@@ -89,7 +89,7 @@ def build(report: dict, name: str = "student") -> dict:
     export_dir = report.get("student_export_dir") or ""
     variants = report.get("student_variants") or {}
     eval_set = (f"{dataset} test split" if report.get("images") is None
-                else "the --eval_images folder") + f" ({report.get('eval_examples') or 0:,} images)"
+                else "the evaluation images folder") + f" ({report.get('eval_examples') or 0:,} images)"
     metrics = _metrics(variants, eval_set)
     sources = report.get("transfer_set_sources") or {}
     transfer = (f"{sum(sources.values()):,} images ("

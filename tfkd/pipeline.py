@@ -213,11 +213,18 @@ def few_shot(config: DistillConfig,
     return dataset.x_train[indices], dataset.y_train[indices]
 
 
+def artifact_store(config: DistillConfig, link: teacher_setup.TeacherLink) -> workdir_lib.ArtifactStore:
+    """The run's :class:`tfkd.workdir.ArtifactStore`: every artifact's name holds the data (dataset
+    or image source), the seed, N and the teacher's identity and view."""
+    return workdir_lib.ArtifactStore(config.workdir, (
+        config.dataset, config.data_dir, config.seed, config.num_shots,
+        link.client.signature.identity, link.client.label_only,
+        *(() if config.images is None else (config.images,))))
+
+
 def transfer_key(config: DistillConfig, method: methods.Method, link: teacher_setup.TeacherLink) -> tuple:
-    """What a transfer set depends on: its fingerprint's parts."""
-    key = (method.name, config.dataset, config.data_dir, config.seed, config.num_shots,
-           method.fingerprint(config), link.client.signature.identity, link.client.label_only)
-    return key if config.images is None else (*key, config.images)
+    """What a transfer set depends on: the run's inputs, the method and its settings."""
+    return (*artifact_store(config, link).inputs, method.name, method.fingerprint(config))
 
 
 def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
@@ -282,13 +289,13 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         config, shots, dataset.num_classes,
         teacher=None if method.teacher_needs == "none" else link.labeller,
         few_shot_labels=labels if method.reads_true_labels else None, stage=timer,
-        strategy=strategy,
+        strategy=strategy, artifacts=artifact_store(config, link),
+        method_report=method.report_class() if method.report_class else None,
         teacher_saved_model=(teacher_setup.saved_model_dir(config.teacher_saved_model or link.local_base)
                              if method.teacher_needs == "weights" else None))
     path = None  # A set that asked no teacher cost nothing to keep.
     if method.teacher_needs != "none":
-        path = workdir_lib.artifact_path(config.workdir, "transfer_set", ".npz",
-                                         *transfer_key(config, method, link))
+        path = ctx.artifacts.path("transfer_set", ".npz", method.name, method.fingerprint(config))
     report.teacher_query_plan = plan_queries(method, ctx, link, x_eval,
                                              reuse=path is not None and fs.exists(path))
     if path is None:
@@ -298,6 +305,8 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
                                                  lambda t, p: t.save(p), methods.TransferSet.load,
                                                  "Transfer set")
     report.update(**ctx.findings)
+    if ctx.method_report is not None:
+        report.method_report = {"method": method.name, **dataclasses.asdict(ctx.method_report)}
     expected = (dataset.image_shape, dataset.num_classes)
     if (transfer.images.shape[1:], transfer.targets.shape[1]) != expected:
         raise ValueError(f"method {method.name!r}: built images {list(transfer.images.shape)} and "
@@ -318,7 +327,7 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
                   report: Report) -> keras.Model:
     """Trains the student on the transfer set (fingerprint ``transfer_fp``), resuming from the work
     dir's backup; returns the logits model."""
-    student_config = method.student_config(config)
+    student_config, loss = method.student_config(config), method.make_loss(config)
     global_batch = student_config.batch_size * strategy.num_replicas_in_sync
     length = training.training_length(student_config, len(transfer.images), global_batch)
     tensorboard_dir = outputs.tensorboard_root(config)
@@ -333,7 +342,7 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
     with timer("student_training"):
         student, history = training.train_student(
             transfer.images, transfer.targets, student_config, config.seed, backup_dir=backup,
-            strategy=strategy, verbose=config.verbose, callbacks=callbacks)
+            strategy=strategy, verbose=config.verbose, callbacks=callbacks, loss=loss)
     losses = history.get("loss", [])
     agreement = history.get("teacher_agreement", [])
     report.update(
@@ -343,7 +352,9 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
         strategy=("multi_worker" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
                   else "mirrored"),
         replicas=strategy.num_replicas_in_sync, student_architecture=student_config.architecture,
-        student_loss=student_config.loss, student_recipe=dataclasses.asdict(student_config),
+        student_loss=(student_config.loss if loss is None
+                      else f"{method.name}:{type(loss()).__name__}"),
+        student_recipe=dataclasses.asdict(student_config),
         student_epochs=length.epochs,
         student_steps_per_epoch=length.steps_per_epoch, student_steps=length.steps,
         student_epochs_resumed_from=length.epochs - len(losses),

@@ -54,6 +54,9 @@ class Report:
     method_settings: list = dataclasses.field(default_factory=list)
     """The method's settings its transfer set depends on (:meth:`tfkd.methods.Method.fingerprint`,
     dataclasses as dicts): e.g. ``zskd``'s impression count, steps and T."""
+    method_report: dict | None = None
+    """The method's own report fields (its :attr:`tfkd.methods.Method.report_class`, as a dict,
+    with ``method``: its name); null for a method without one."""
     labelled_set: str | None = None
     """Path of the persisted transfer set (``transfer_set-<fp>.npz``); null for a method that asks
     no teacher (nothing paid to keep)."""
@@ -67,7 +70,7 @@ class Report:
     eval_examples: int | None = None
     """Test images the accuracies were measured on (0 when the test split was not read)."""
     images: dict | None = None
-    """The user's own images (``--images``; null for a named dataset): ``path``, ``eval_path``,
+    """The user's own images (``images`` setting; null for a named dataset): ``path``, ``eval_path``,
     ``image_shape`` [H, W, C], ``pool`` (images in the source), ``skipped`` and ``eval_skipped``
     (unreadable files), ``eval_labelled`` (class sub-folders), ``class_names`` (the teacher's order
     used), ``images_per_second`` and ``eval_images_per_second`` (reading, decoding and resizing in

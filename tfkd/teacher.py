@@ -138,7 +138,7 @@ def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
         return np.eye(num_classes, dtype=np.float32)[raw]
     if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
         raise TeacherError(f"{where}: expected numbers, got {raw.dtype} values (is it the right "
-                           "output? --teacher_output_key)")
+                           "output? teacher.output_key)")
     raw = raw.astype(np.float32)
     if raw.ndim != 2 or (num_classes is not None and raw.shape[1] != num_classes):
         raise TeacherError(f"{where}: expected shape [batch, {num_classes}], got {list(raw.shape)}")
@@ -150,7 +150,7 @@ def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
     if raw.size and (raw.min() < -1e-6 or np.max(np.abs(sums - 1.0)) > 1e-3):
         raise TeacherError(f"{where}: not probabilities (min {raw.min():.4g}, row sums in "
                            f"[{sums.min():.4g}, {sums.max():.4g}]); are they logits? "
-                           "(--teacher_output=logits)")
+                           "(teacher.output_kind=logits)")
     clipped = np.clip(raw, 0.0, 1.0)
     return clipped / clipped.sum(axis=1, keepdims=True)
 
@@ -465,7 +465,7 @@ class TeacherClient:
             raise TeacherError(
                 f"{self.name}: its output {self.signature.output_key!r} has {declared} classes but "
                 f"{data} has {num_classes}; say which data class each teacher class is "
-                "(--teacher_class_map) or use a teacher of the data's classes. Nothing was sent.")
+                "(teacher.class_map) or use a teacher of the data's classes. Nothing was sent.")
         elif declared is None:
             self.with_num_classes(num_classes)
         self.num_data_classes = num_classes

@@ -179,7 +179,7 @@ def user_num_classes(config: DistillConfig, client: teacher_lib.TeacherClient) -
     if config.images.class_names:
         return len(images_lib.read_class_names(config.images.class_names))
     raise ValueError(f"images={config.images.path!r}: the teacher's metadata does not say how many "
-                     "classes it has (class ids output); give --class_names (one per line)")
+                     "classes it has (class ids output); set images.class_names (a file, one name per line)")
 
 
 def saved_model_dir(path: str) -> str:

@@ -19,6 +19,7 @@ keyed by a per-batch seed (no per-image Python loop; the same seed gives the sam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -400,7 +401,7 @@ def _restored_manager(checkpoint: tf.train.Checkpoint, backup_dir: str,
 
 
 def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, strategy,
-                 global_batch: int, lr, backup_dir: str | None, verbose: int) -> dict:
+                 global_batch: int, lr, backup_dir: str | None, verbose: int, loss) -> dict:
     """Trains with ``strategy.run`` / ``strategy.reduce``; per-example losses are averaged over the
     *global* batch (``tf.nn.compute_average_loss``), so the update does not depend on the number of
     replicas. The model, optimizer and epoch counter are checkpointed every epoch with
@@ -409,7 +410,7 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
     with strategy.scope():
         optimizer = _optimizer(config, lr)
         optimizer.build(student.trainable_variables)
-        loss_fn = make_loss(config.loss, config.temperature, reduction=None)
+        loss_fn = loss(reduction=None)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=student, optimizer=optimizer, epoch=epoch)
     manager = _restored_manager(checkpoint, backup_dir, strategy) if backup_dir else None
@@ -648,11 +649,10 @@ def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: Studen
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _compile(student: keras.Model, config: StudentConfig, strategy, lr) -> None:
-    """Compiles the student for ``fit``: Adam at ``lr``, the config's loss, teacher agreement."""
+def _compile(student: keras.Model, config: StudentConfig, strategy, lr, loss) -> None:
+    """Compiles the student for ``fit``: Adam at ``lr``, ``loss()``, teacher agreement."""
     with strategy.scope():
-        student.compile(optimizer=_optimizer(config, lr),
-                        loss=make_loss(config.loss, config.temperature),
+        student.compile(optimizer=_optimizer(config, lr), loss=loss(),
                         metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
                         # Keras 3.15's multi-step loop fails under MirroredStrategy with more than
                         # one replica ("You must feed a value for placeholder tensor"): one step.
@@ -676,7 +676,7 @@ def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_b
 
 def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig, seed: int,
                   backup_dir: str | None = None, strategy: tf.distribute.Strategy | None = None,
-                  verbose: int = 1, callbacks=None) -> tuple[keras.Model, dict]:
+                  verbose: int = 1, callbacks=None, loss=None) -> tuple[keras.Model, dict]:
     """Trains a student from scratch on (image, teacher soft label) pairs.
 
     Args:
@@ -689,6 +689,8 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
         rerun resumes from the last checkpoint.
       strategy: default :func:`make_strategy` (``mirrored``).
       callbacks: Keras callbacks for ``fit`` (the custom loop logs its loss with absl instead).
+      loss: ``loss(reduction=...) -> keras.losses.Loss`` (logits [b, K] against targets [b, K]; the
+        custom loop asks for ``reduction=None``); default: :func:`make_loss` of ``config.loss``.
 
     Returns:
       (the trained student, a logits `keras.Model`; the Keras history dict of per-epoch metrics).
@@ -699,6 +701,7 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
       StudentError: the training loss became NaN or infinite.
     """
     strategy, config = strategy or make_strategy(), config.resolved()
+    loss = loss or functools.partial(make_loss, config.loss, config.temperature)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     _check_training_inputs(images, soft_labels, global_batch)
     if config.loop not in LOOPS:
@@ -713,9 +716,9 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     ds = training_dataset(images, soft_labels, config, global_batch, seed, repeat=length.repeat)
     if custom:
         history = _custom_loop(student, ds, config, length, strategy, global_batch, lr,
-                               backup_dir, verbose)
+                               backup_dir, verbose, loss)
     else:
-        _compile(student, config, strategy, lr)
+        _compile(student, config, strategy, lr, loss)
         callbacks = [*(callbacks or []), keras.callbacks.TerminateOnNaN()]
         if backup_dir:
             callbacks.append(keras.callbacks.BackupAndRestore(

@@ -6,8 +6,11 @@ Every stage of :func:`tfkd.pipeline.run` that makes something worth keeping name
 own, and a crash loses nothing already made.
 
 
-Before a run reuses anything, :func:`check` opens every artifact it may read: the ledger's answer
-files, the transfer set, the CVAE weights and the student's training state. A damaged one (truncated
+Artifact names are built by one function, :meth:`ArtifactStore.path` (the run's inputs and the
+maker's settings). Before a run reuses anything, :func:`check` opens every artifact it may read
+(:data:`ARTIFACTS`: the ledger's answer files, the transfer set, the CVAE weights, the DB3KD,
+ZSDB3KD and Data Impression search states, the student's training state and the teacher tfkd
+trained), and :func:`reuse_or_build` sets aside whatever fails to load. A damaged one (truncated
 by a crash of another tool, a full disk, ...) is named in one warning and *set aside* — renamed to
 ``<name>.damaged-<unix time>`` beside it, never deleted — so the run recomputes it from what is still
 sound: a damaged ledger file costs at most its own queries, a damaged transfer set is rebuilt from
@@ -40,6 +43,13 @@ def _check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = (
             f[k]
     if len({len(a) for a in arrays}) != 1:
         raise ValueError(f"arrays {keys} have lengths {[len(a) for a in arrays]}")
+
+
+def _check_readable_npz(path: str) -> None:
+    """Every member of an npz readable (each read checks its CRC): search and synthesis states."""
+    with fs.load_npz(path) as f:
+        for k in f:
+            f[k]
 
 
 def _check_h5(path: str) -> None:
@@ -92,7 +102,7 @@ def _check_answers(path: str, keys: tuple, targets: str, other_keys: tuple = ())
 
 
 # (glob under the work dir, what it is, checker, the path set aside: the file or its directory).
-ARTIFACTS = (
+ARTIFACTS = [
     ("teacher/*/saved_model.pb", "teacher SavedModel", _check_saved_model, "dir"),
     ("teacher/recipe.json", "teacher recipe", _check_json, "file"),
     ("ledger/*.npz", "ledger answers",
@@ -100,13 +110,38 @@ ARTIFACTS = (
     ("transfer_set-*.npz", "transfer set", lambda p: _check_answers(
         p, ("images", "targets", "source"), "targets", ("source_names",)), "file"),
     ("cvae-*.weights.h5", "CVAE weights", _check_h5, "file"),
+    ("boundary_state-*.npz", "DB3KD boundary search state",
+     lambda p: _check_npz(p, ("best", "best_direction")), "file"),
+    ("zsdb3kd_samples-*.npz", "ZSDB3KD pseudo-samples",
+     lambda p: _check_npz(p, ("x", "labels"), ("done",)), "file"),
+    ("impressions-*.npz", "Data Impressions", _check_readable_npz, "file"),
+    ("impressions_blackbox-*.npz", "black-box Data Impressions", _check_readable_npz, "file"),
     ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
     ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),
     ("student_backup-*/checkpoint", "student training state",
      lambda p: _check_checkpoint(os.path.dirname(p)), "dir"),
     ("student_backup-*/*/checkpoint", "student training state (worker)",
      lambda p: _check_checkpoint(os.path.dirname(p)), "dir"),
-)
+]
+
+
+def register_artifact(pattern: str, what: str, checker, scope: str = "file") -> None:
+    """Adds a kind of artifact :func:`check` validates before a run (a method's own state).
+
+    Args:
+      pattern: a glob under the work dir (``<stem>-*<suffix>`` for :meth:`ArtifactStore.path`).
+      what: the kind, in words, for the warning and ``report.json``'s ``damaged_artifacts``.
+      checker: ``checker(path)`` raises if the file cannot be trusted.
+      scope: ``file`` (set the file aside) or ``dir`` (its directory).
+
+    Raises:
+      ValueError: a pattern already registered, or a scope other than ``file``/``dir``.
+    """
+    if scope not in ("file", "dir"):
+        raise ValueError(f"scope={scope!r}: expected 'file' or 'dir'")
+    if any(p == pattern for p, *_ in ARTIFACTS):
+        raise ValueError(f"pattern={pattern!r}: already registered")
+    ARTIFACTS.append((pattern, what, checker, scope))
 
 
 def write_json(path: str, value) -> str:
@@ -208,7 +243,7 @@ def lock(workdir: str):
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise WorkdirError(f"workdir={workdir!r} is in use by another run (pid {holder}); wait "
-                               "for it or use another --workdir") from None
+                               "for it or use another workdir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -225,7 +260,7 @@ def _lock_file(workdir: str):
     if fs.exists(path):
         holder = fs.read_text(path).strip() or "unknown"
         raise WorkdirError(f"workdir={workdir!r} is in use by another run ({holder}); wait for it, "
-                           f"or remove {path} if that run is gone, or use another --workdir")
+                           f"or remove {path} if that run is gone, or use another workdir")
     fs.write_atomic(path, f"pid {os.getpid()} on {socket.gethostname()}")
     try:
         yield
@@ -264,7 +299,7 @@ def check_recipe(path: str, recipe: dict, what: str, assume_if_missing: bool = F
             raise WorkdirError(
                 f"{what} in {os.path.dirname(path)} was made with other settings "
                 f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
-                "use another --workdir, or the same settings to reuse it")
+                "use another workdir, or the same settings to reuse it")
         return recorded
     write_json(path, recipe)
     return recipe
@@ -285,22 +320,56 @@ def artifact_path(workdir: str, stem: str, suffix: str, *parts) -> str:
 
 
 def reuse_or_build(path: str, build, save, load, what: str):
-    """The artifact at ``path``: loaded if it is there, else built and saved.
+    """The artifact at ``path``: loaded if it is there and loads, else built and saved.
 
     Args:
       path: where the artifact lives (see :func:`artifact_path`); :func:`check` has already set a
-        damaged one aside.
-      build: ``build() -> value``, run only when ``path`` is absent.
+        damaged one of a known kind aside.
+      build: ``build() -> value``, run only when ``path`` is absent or does not load.
       save: ``save(value, path)``, atomic (temp name, then rename).
-      load: ``load(path) -> value``.
-      what: the artifact, for the log line.
+      load: ``load(path) -> value``; whatever it raises means the file cannot be trusted: it is
+        set aside (:func:`set_aside`) and the artifact built again.
+      what: the artifact, for the log lines.
 
     Returns:
       (value, reused: bool).
     """
     if fs.exists(path):
-        logging.info("%s: reusing %s", what, path)
-        return load(path), True
+        try:
+            value = load(path)
+            logging.info("%s: reusing %s", what, path)
+            return value, True
+        except Exception as e:  # noqa: BLE001 - any failure to read it back: not to be trusted.
+            moved = set_aside(path)
+            logging.warning("Work dir: %s %s does not load (%s: %s); set aside as %s and rebuilt",
+                            what, path, type(e).__name__, str(e).splitlines()[0][:200] if str(e)
+                            else "", moved)
     value = build()
     save(value, path)
     return value, False
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactStore:
+    """Where a run's artifacts live, and the one function that names them.
+
+    Every artifact of a run depends on the run's inputs (``inputs``: the dataset or image source,
+    the seed, N, the teacher's identity and view) and on the settings of what makes it (``parts``).
+    :meth:`path` fingerprints both, so two image folders, two teachers or two seeds in one work dir
+    never share an artifact, and the same settings always find theirs again.
+
+    Attributes:
+      workdir: the work dir (any ``tf.io.gfile`` path).
+      inputs: JSON-able values every artifact of this run depends on.
+    """
+
+    workdir: str
+    inputs: tuple = ()
+
+    def path(self, stem: str, suffix: str, *parts) -> str:
+        """``<workdir>/<stem>-<fingerprint(inputs, parts)><suffix>``."""
+        return artifact_path(self.workdir, stem, suffix, *self.inputs, *parts)
+
+    def reuse_or_build(self, stem: str, suffix: str, parts: tuple, build, save, load, what: str):
+        """:func:`reuse_or_build` at :meth:`path` ``(stem, suffix, *parts)``: (value, reused)."""
+        return reuse_or_build(self.path(stem, suffix, *parts), build, save, load, what)

@@ -25,6 +25,7 @@ SPECIAL = {
     "teacher": ["127.0.0.1:8512"],
     "teacher_class_map": [["2", "0", "1"]],
     "compress": [["int8"]],
+    "method": ["standard_kd"],
 }
 # Flags that act only beside another (the user's images): parsed with it in both configs.
 WITH_IMAGES = ["--images=/tmp/flag-wiring/images", "--teacher=127.0.0.1:8512"]

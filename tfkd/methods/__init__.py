@@ -128,6 +128,12 @@ class MethodContext:
         spreads over its replicas (``zskd``); None: the default one.
       findings: report fields a method fills while building (:class:`tfkd.report.Report` names,
         e.g. ``cvae``); copied into the report by the pipeline.
+      artifacts: the run's :class:`tfkd.workdir.ArtifactStore`: ``artifacts.path(stem, suffix,
+        *settings)`` names a state the method persists (the run's data, seed, N and teacher are
+        in every name), ``artifacts.reuse_or_build(...)`` reuses it, setting aside one that does
+        not load.
+      method_report: an instance of the method's :attr:`Method.report_class` (None without one):
+        the method's own report fields, written to ``report.json`` under ``method_report``.
     """
 
     config: Any
@@ -140,6 +146,8 @@ class MethodContext:
         lambda name: contextlib.nullcontext()  # noqa: E731
     strategy: Any = None
     findings: dict = dataclasses.field(default_factory=dict)
+    artifacts: Any = None
+    method_report: Any = None
     _memo: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -176,6 +184,12 @@ class Method:
       reads_true_labels: the method reads the few-shot images' labels (a supervised baseline).
       loss: the student's loss, a name in :data:`tfkd.training.LOSSES`; None: the config's.
       description: one line for ``--help``.
+      config_class: the method's own settings, a frozen dataclass (defaults, a ``validate()``
+        method if it checks them, a docstring per field); ``DistillConfig.method_config`` holds an
+        instance (the command: ``--method_settings`` as JSON). None: the method has none.
+      report_class: a dataclass of the method's own report fields; the pipeline hands an instance
+        to :meth:`build` as ``ctx.method_report`` and writes it to ``report.json`` under
+        ``method_report``. None: none.
       student_defaults: ((StudentConfig field, value), ...): this method's student recipe where it
         differs from :data:`tfkd.training.RECIPE` (each chosen on the validation split;
         RESULTS.md), applied to the recipe fields a config leaves unset
@@ -188,6 +202,8 @@ class Method:
     loss: str | None = None
     description: str = ""
     student_defaults: tuple = ()
+    config_class: type | None = None
+    report_class: type | None = None
 
     def resolve(self, config):
         """The run's config with this method's own defaults in the settings left unset (None);
@@ -197,8 +213,17 @@ class Method:
 
     def fingerprint(self, config) -> tuple:
         """JSON-able settings the transfer set depends on besides data, seed, N and the teacher's
-        identity (which the pipeline adds). Default: none."""
-        return ()
+        identity (which the pipeline adds). Default: the method's own settings
+        (``config.method_config``), if it has any."""
+        return () if config.method_config is None else (config.method_config,)
+
+    def make_loss(self, config):
+        """Given the run's :class:`tfkd.config.DistillConfig`, the student's loss as
+        ``loss(reduction=...) -> keras.losses.Loss`` (logits [b, K] against targets [b, K]; a
+        custom training loop asks for ``reduction=None``), or None: the
+        named loss of :meth:`student_config` (:func:`tfkd.training.make_loss`). Override to train
+        with a loss of the method's own (its settings: ``config.method_config``)."""
+        return None
 
     def student_config(self, config):
         """The :class:`tfkd.training.StudentConfig` the student trains with: the run's, with this

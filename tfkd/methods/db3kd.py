@@ -34,7 +34,6 @@ import math
 import numpy as np
 
 from tfkd import boundary
-from tfkd import workdir as workdir_lib
 from tfkd import zeroshot
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
@@ -76,10 +75,8 @@ def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.
     ``temperature`` (T only turns distances into soft labels)."""
     config = ctx.config.db3kd
     part = ctx.teacher.shard(len(images))
-    state = workdir_lib.artifact_path(
-        ctx.workdir, "boundary_state", ".npz", name, ctx.config.dataset, ctx.config.data_dir,
-        ctx.seed, ctx.config.num_shots, search_key(config),
-        ctx.teacher.signature.identity, len(images), part.start, part.stop)
+    state = ctx.artifacts.path("boundary_state", ".npz", name, search_key(config), len(images),
+                               part.start, part.stop)
     with ctx.stage("db3kd_search"):
         mine = boundary.boundary_distances(
             images[part], labels[part], pool, pool_labels, ctx.num_classes, ctx.teacher.top1,
@@ -176,9 +173,7 @@ class ZSDB3KD(_DecisionBased):
 
     def build(self, ctx: MethodContext) -> TransferSet:
         zs = ctx.config.zsdb3kd
-        state = workdir_lib.artifact_path(
-            ctx.workdir, "zsdb3kd_samples", ".npz", ctx.config.dataset, ctx.seed,
-            dataclasses.replace(zs, iterations=0), ctx.teacher.signature.identity)
+        state = ctx.artifacts.path("zsdb3kd_samples", ".npz", dataclasses.replace(zs, iterations=0))
         with ctx.stage("zsdb3kd_samples"):
             images, labels = zeroshot.pseudo_samples(ctx.teacher.top1, ctx.image_shape,
                                                      ctx.num_classes, zs, ctx.seed, state)

@@ -29,7 +29,6 @@ import numpy as np
 from absl import logging
 
 from tfkd import synthesis
-from tfkd import workdir as workdir_lib
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
 from tfkd.methods import TransferSet
@@ -136,12 +135,7 @@ class _Synthetic(Method):
         samples ``config.num_images`` images (float32 [n, H, W, C] in [0, 1]) from it."""
         config, working = synthesis.resolve_cvae(config, ctx.image_shape)
         # The CVAE does not depend on how many images are sampled from it.
-        parts = (ctx.config.dataset, ctx.config.data_dir, ctx.seed, ctx.config.num_shots,
-                 dataclasses.replace(config, num_images=0), ctx.teacher.signature.identity,
-                 ctx.teacher.label_only)
-        if ctx.config.images is not None:
-            parts += (ctx.config.images,)
-        path = workdir_lib.artifact_path(ctx.workdir, "cvae", ".weights.h5", *parts)
+        parts = (dataclasses.replace(config, num_images=0),)
 
         def train():
             keras.utils.set_random_seed(ctx.seed)
@@ -155,8 +149,8 @@ class _Synthetic(Method):
             return cvae
 
         with ctx.stage("cvae_training"):
-            cvae, _ = workdir_lib.reuse_or_build(path, train, lambda m, p: m.save_weights(p), load,
-                                                 "CVAE")
+            cvae, _ = ctx.artifacts.reuse_or_build("cvae", ".weights.h5", parts, train,
+                                                   lambda m, p: m.save_weights(p), load, "CVAE")
         ctx.findings["cvae"] = {"architecture": config.architecture,
                                 "working_shape": list(working), "parameters": cvae.count_params()}
         logging.info("CVAE: %s", ctx.findings["cvae"])

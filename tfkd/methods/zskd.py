@@ -62,8 +62,8 @@ class ZSKD(_Impressions):
             raise ValueError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
                              f"{list(teacher.image_shape)}, expected {list(ctx.image_shape)} (the data's)")
         similarity = impressions.class_similarity(teacher.final_layer_weights(config.final_layer))
-        state = workdir_lib.artifact_path(ctx.workdir, "impressions", ".npz", ctx.seed, config,
-                                          workdir_lib.fingerprint(np.asarray(similarity).tolist()))
+        state = ctx.artifacts.path("impressions", ".npz", config,
+                                   workdir_lib.fingerprint(np.asarray(similarity).tolist()))
         with ctx.stage("impressions"):
             images, targets, _, _ = impressions.synthesize(
                 teacher.logits, ctx.image_shape, similarity, config, ctx.seed, state_path=state,
@@ -93,9 +93,8 @@ class ZSKDBlackBox(_Impressions):
         return (dataclasses.replace(config.zskd, final_layer=None), config.zskd_blackbox)
 
     def _state(self, ctx: MethodContext) -> str:
-        return ctx.memo("zskd_blackbox_state", lambda: workdir_lib.artifact_path(
-            ctx.workdir, "impressions_blackbox", ".npz", ctx.config.dataset, ctx.seed,
-            *self.fingerprint(ctx.config), ctx.teacher.signature.identity))
+        return ctx.memo("zskd_blackbox_state", lambda: ctx.artifacts.path(
+            "impressions_blackbox", ".npz", *self.fingerprint(ctx.config)))
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         probes, labels = impressions.blackbox_queries_left(
