@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from test_pipeline import TINY
 
+from tfkd import boundary
+from tfkd import impressions
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import teacher
+from tfkd import training
+from tfkd import zeroshot
 from tfkd.teacher import TeacherConfig
 
 
@@ -156,3 +160,47 @@ def test_nan_answers_in_a_stored_file_never_reach_the_student(finished, server, 
     rebuilt = methods.TransferSet.load(report["labelled_set"])
     assert np.isfinite(rebuilt.targets).all()
     assert report["student_accuracy"] == pytest.approx(first["student_accuracy"], abs=1e-9)
+
+
+# Issue 26 §3: the search and synthesis states are artifacts like the others: checked before a
+# run, set aside when damaged, and rebuilt. Their probes are not ledgered (each is asked once), so
+# a damaged state costs at most its own search queries again; ledgered answers cost nothing.
+STATES = {
+    "db3kd": ("boundary_state-*.npz", "DB3KD boundary search state", ("db3kd_search",),
+              dict(num_shots=30, db3kd=boundary.BoundaryConfig(num_directions=2, tolerance=1e-3))),
+    "zsdb3kd": ("zsdb3kd_samples-*.npz", "ZSDB3KD pseudo-samples",
+                ("zsdb3kd_samples", "zsdb3kd_noise", "db3kd_search"),
+                dict(zsdb3kd=zeroshot.ZeroShotConfig(per_class=3, iterations=1, queries=30,
+                                                     init_directions=2),
+                     db3kd=boundary.BoundaryConfig(num_directions=1, tolerance=1e-2))),
+    "zskd_blackbox": ("impressions_blackbox-*.npz", "black-box Data Impressions",
+                      ("zskd_probes", "label_impressions"),
+                      dict(zskd=impressions.ImpressionConfig(count=40, batch_size=2, iterations=2),
+                           zskd_blackbox=impressions.ZerothOrderConfig(directions=2))),
+}
+
+
+@pytest.mark.parametrize("method", sorted(STATES))
+def test_a_damaged_search_state_is_set_aside_and_searched_again(server, tmp_path, method):
+    pattern, what, stages, settings = STATES[method]
+    config = pipeline.DistillConfig(
+        workdir=str(tmp_path), method=method, teacher=TeacherConfig(target=server.target),
+        **{**TINY, "num_shots": 30, **settings,
+           "student": training.StudentConfig(epochs=1, batch_size=8)})
+    first = pipeline.run(config)
+    paid = sum(first.teacher_queries_sent_by_stage.get(s, 0) for s in stages)
+    assert paid > 0, first.teacher_queries_sent_by_stage
+    states = glob.glob(str(tmp_path / pattern))
+    assert states, os.listdir(tmp_path)
+    for path in states:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    for path in glob.glob(str(tmp_path / "transfer_set-*.npz")):
+        os.remove(path)  # So that the rerun reads its states back.
+
+    again = pipeline.run(config)
+    assert {d["what"] for d in again.damaged_artifacts} == {what}
+    assert len(again.damaged_artifacts) == len(states)
+    assert 0 < again.teacher_queries_sent <= paid, again.teacher_queries_sent_by_stage
+    assert set(again.teacher_queries_sent_by_stage) <= set(stages)  # Labels: from the ledger.
+    assert again.transfer_set_sources == first.transfer_set_sources

@@ -219,3 +219,26 @@ def test_compressed_variants_keep_the_contract(tmp_path, variant):
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=5e-3)
     with pytest.raises(ValueError, match="variant='int4'"):
         export.export_classifier(model, str(tmp_path / "x"), variant="int4")
+
+
+def test_a_new_export_format_is_one_registry_entry(tmp_path):
+    """Issue 26 §5: the export, the served evaluation's names and the Vertex/Kubeflow layouts
+    all read tfkd.export.FORMATS."""
+    import keras
+
+    from tfkd import export
+
+    fmt = export.register_format(export.ExportFormat("test_halfway", lambda m: m, "identity"))
+    try:
+        assert fmt.servable_name == "student_test_halfway"
+        assert fmt.model_dir_path == "variants/test_halfway"
+        model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(3)])
+        version = export.export_classifier(model, str(tmp_path / "m"), variant="test_halfway")
+        assert os.path.exists(os.path.join(version, "saved_model.pb"))
+        with pytest.raises(ValueError, match="already registered"):
+            export.register_format(fmt)
+    finally:
+        export.FORMATS.pop("test_halfway", None)
+    with pytest.raises(ValueError, match="variant='test_halfway'"):
+        export.compressed_copy(model, "test_halfway")

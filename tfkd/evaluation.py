@@ -66,7 +66,7 @@ def evaluate_students(config: DistillConfig, dataset: data_lib.Dataset,
                       teacher_top1: np.ndarray | None, timer: StageTimer, report: Report) -> None:
     """Serves every exported variant and measures it over gRPC (:func:`measure_variant`; latency
     on the transfer set's first images, agreement on :func:`agreement_sample`)."""
-    names = {v: "student" if v == "float32" else f"student_{v}" for v in variant_dirs}
+    names = {v: export.FORMATS[v].servable_name for v in variant_dirs}
     agreement = agreement_sample(transfer, config.seed)
     with timer("evaluate_student"):
         served = {names[v]: os.path.dirname(d) for v, d in variant_dirs.items()}

@@ -23,18 +23,22 @@ Every export carries TF Serving warmup requests (``assets.extra/tf_serving_warmu
 TFRecord of ``PredictionLog`` records built from real images), which tensorflow_model_server (and
 :mod:`tfkd.serving`) replay at load so that the first client request does not pay for tracing.
 
-Variants (post-training compression): ``float32`` (as trained), ``float16`` (every layer's
-weights and compute in float16; inputs and outputs of the signature stay float32), ``int8`` (Keras 3
-``Model.quantize("int8")``: int8 weights with per-channel scales for the layers Keras supports, here
-the Dense layers; convolutions stay float32).
+Export formats (:data:`FORMATS`, a registry: a new format is one :func:`register_format` call
+that the export, the served evaluation, the model card, the Vertex model dir and the Kubeflow
+artifact all pick up). The registered ones: ``float32`` (as trained), ``float16`` (every layer's
+weights and compute in float16; inputs and outputs of the signature stay float32), ``int8`` (Keras
+3 ``Model.quantize("int8")``: int8 weights with per-channel scales for the layers Keras supports,
+here the Dense layers; convolutions stay float32).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import uuid
+from typing import Callable
 
 import keras
 import numpy as np
@@ -49,10 +53,71 @@ PROBABILITIES_KEY = "probabilities"
 CLASSES_KEY = "classes"
 OUTPUTS = (PROBABILITIES_KEY, CLASSES_KEY)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-VARIANTS = ("float32", "float16", "int8")
 CLASSIFY_SIGNATURE_KEY = "classify"
 CLASSIFY_IMAGE_FEATURE = "image/encoded"
 VOCABULARY_FILE = "labels.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """One kind of exported student: the registry the export, the served evaluation, the model
+    card, the Vertex model dir and the Kubeflow artifact iterate over (:data:`FORMATS`).
+
+    Attributes:
+      name: the variant's name (``compress`` setting, ``report.json``'s ``student_variants`` key).
+      compress: ``compress(model) -> model``: the compressed copy of a freshly rebuilt float32
+        model (float32 [b, H, W, C] in [0, 1] -> logits [b, K] either way).
+      description: one line for docs and the model card.
+    """
+
+    name: str
+    compress: Callable[[keras.Model], keras.Model]
+    description: str = ""
+
+    @property
+    def servable_name(self) -> str:
+        """The model name it is served under and its export directory (``export/<name>/``)."""
+        return "student" if self.name == "float32" else f"student_{self.name}"
+
+    @property
+    def model_dir_path(self) -> str:
+        """Where it goes under a Vertex AI model dir: the root for float32, else ``variants/<name>``."""
+        return "" if self.name == "float32" else os.path.join("variants", self.name)
+
+
+def _float16(model: keras.Model) -> keras.Model:
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":
+            layer["config"]["dtype"] = "float16"
+    copy = model.__class__.from_config(config)
+    copy.set_weights([w.astype(np.float16) if w.dtype == np.float32 else w
+                      for w in model.get_weights()])
+    return copy
+
+
+def _int8(model: keras.Model) -> keras.Model:
+    model.quantize("int8")
+    return model
+
+
+FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_format(fmt: ExportFormat) -> ExportFormat:
+    """Adds an export format (a new one is this call). Raises ValueError for a name taken."""
+    if fmt.name in FORMATS:
+        raise ValueError(f"export format {fmt.name!r} is already registered")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+register_format(ExportFormat("float32", lambda m: m, "as trained"))
+register_format(ExportFormat("float16", _float16, "every layer's weights and compute in float16"))
+register_format(ExportFormat("int8", _int8, "Keras' int8 quantization (Dense layers; "
+                                            "convolutions stay float32)"))
+VARIANTS = tuple(FORMATS)
+"""The registered export formats' names when this module was imported (float32 first)."""
 
 
 class _ClassifierServable(tf.Module):
@@ -130,20 +195,11 @@ def compressed_copy(model: keras.Model, variant: str = "float32") -> keras.Model
     Raises:
       ValueError: unknown variant.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
-    config = model.get_config()
-    weights = model.get_weights()
-    if variant == "float16":
-        for layer in config["layers"]:
-            if layer["class_name"] != "InputLayer":
-                layer["config"]["dtype"] = "float16"
-        weights = [w.astype(np.float16) if w.dtype == np.float32 else w for w in weights]
-    clone = model.__class__.from_config(config)
-    clone.set_weights(weights)
-    if variant == "int8":
-        clone.quantize("int8")
-    return clone
+    if variant not in FORMATS:
+        raise ValueError(f"variant={variant!r}: expected one of {tuple(FORMATS)}")
+    clone = model.__class__.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    return FORMATS[variant].compress(clone)
 
 
 def warmup_records(images: np.ndarray, batch_sizes=(1, 8)) -> list[bytes]:

@@ -73,17 +73,25 @@ def check_teacher(target: str, model_name: str = "teacher", timeout_s: float = 3
 
 def export_student_artifact(report: dict, model) -> dict:
     """Copies the run's exported float32 student into ``model.path`` in TF Serving's version
-    layout (``<path>/<version>/saved_model.pb``), with the model card beside the versions, and
-    fills ``model.metadata``. Returns the metadata."""
+    layout (``<path>/<version>/saved_model.pb``), its other export formats under
+    ``variants/<format>/<version>/`` (:data:`tfkd.export.FORMATS`; TF Serving ignores the
+    non-numeric directory), with the model card beside the versions, and fills
+    ``model.metadata``. Returns the metadata."""
     version_dir = report["student_export_dir"]
     version = os.path.basename(version_dir)
     fs.copy_tree(version_dir, os.path.join(model.path, version))
+    variants = {name: v["export_dir"] for name, v in (report.get("student_variants") or {}).items()
+                if name != "float32" and (v or {}).get("export_dir")}
+    for name, directory in variants.items():
+        fs.copy_tree(directory, os.path.join(model.path, export.FORMATS[name].model_dir_path,
+                                             os.path.basename(directory)))
     for path in (report.get("model_card") or {}).values():
         fs.write_atomic(os.path.join(model.path, os.path.basename(path)), fs.read_bytes(path))
     model.metadata.update({
         "framework": "tensorflow", "layout": "tf_serving_base_path", "version": int(version),
         "signature": "serving_default", "architecture": report.get("student_architecture"),
-        "method": report.get("method"), "accuracy": report.get("student_accuracy")})
+        "method": report.get("method"), "accuracy": report.get("student_accuracy"),
+        "variants": sorted(variants)})
     return dict(model.metadata)
 
 

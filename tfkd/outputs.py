@@ -36,13 +36,10 @@ def export_student(config: DistillConfig, student: keras.Model, warmup_images: n
             "likely a training state restored from a run whose loss diverged; nothing was "
             f"exported (remove the student_backup-* directory of {config.workdir} to train again)")
     with timer("export"):
-        variant_dirs = {"float32": export.export_classifier(
-            student, os.path.join(export_root, "student"), warmup_images=warmup_images,
-            class_names=class_names)}
-        for variant in config.compress:
-            variant_dirs[variant] = export.export_classifier(
-                student, os.path.join(export_root, f"student_{variant}"),
-                warmup_images=warmup_images, variant=variant, class_names=class_names)
+        variant_dirs = {variant: export.export_classifier(
+            student, os.path.join(export_root, export.FORMATS[variant].servable_name),
+            warmup_images=warmup_images, variant=variant, class_names=class_names)
+            for variant in ("float32", *config.compress)}
     student_dir = variant_dirs["float32"]
     version = int(os.path.basename(student_dir))
     report.student_export_dir = fs.abspath(student_dir)
@@ -94,8 +91,8 @@ def copy_to_model_dir(model_dir: str, variant_dirs: dict[str, str], card: dict[s
     variants (``variants/<variant>/``) and its model card into ``model_dir`` (Vertex AI's
     ``AIP_MODEL_DIR``; any ``tf.io.gfile`` file system)."""
     for variant, version_dir in variant_dirs.items():
-        fs.copy_tree(version_dir, model_dir if variant == "float32"
-                     else os.path.join(model_dir, "variants", variant))
+        where = export.FORMATS[variant].model_dir_path
+        fs.copy_tree(version_dir, os.path.join(model_dir, where) if where else model_dir)
     for path in card.values():
         fs.write_atomic(os.path.join(model_dir, os.path.basename(path)), fs.read_bytes(path))
 
