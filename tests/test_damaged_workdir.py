@@ -190,6 +190,10 @@ def test_a_damaged_search_state_is_set_aside_and_searched_again(server, tmp_path
     first = pipeline.run(config)
     paid = sum(first.teacher_queries_sent_by_stage.get(s, 0) for s in stages)
     assert paid > 0, first.teacher_queries_sent_by_stage
+    # The plan the budget is checked against is never below what the searches spent (issue 26 §1:
+    # plans estimated apart from the loops must not undercount).
+    for stage, sent in first.teacher_queries_sent_by_stage.items():
+        assert sent <= first.teacher_query_plan.get(stage, 0), (stage, sent, first.teacher_query_plan)
     states = glob.glob(str(tmp_path / pattern))
     assert states, os.listdir(tmp_path)
     for path in states:

@@ -22,7 +22,8 @@ Work dir layout::
     ledger/queries_sent.log      every image sent to the teacher, charged before it is sent
     few_shot_indices.npy         which images of the pool (training split less the validation
                                  split) are the N shots (their labels are never read)
-    cvae-<fp>.weights.h5         the trained CVAE (FS-BBT family)
+    <state>-<fp>.*               a method's own persisted state (cvae-, boundary_state-,
+                                 zsdb3kd_samples-, impressions-...: tfkd.workdir.ARTIFACTS)
     transfer_set-<fp>.npz        the transfer set: images, targets, sources (persisted once)
     grid_<source>.png            transfer-set images per teacher class, per source
     student_backup-<fp>/         Keras BackupAndRestore state: a rerun resumes training
@@ -244,19 +245,18 @@ def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: dat
     fitted = method.fit_budget(config, budget - reserved, num_real)
     if fitted == config:
         return config
-    student, wanted = config.student, config.mixup.num_images + config.cvae.num_images
+    student, wanted = config.student, method.synthetic_images(config)
     if student.steps == 0:  # The full plan's steps: its epochs over N + the synthetic images asked.
         global_batch = student.batch_size * strategy.num_replicas_in_sync
         steps = student.epochs * ((num_real + wanted) // global_batch)
         fitted = dataclasses.replace(fitted, student=dataclasses.replace(student, steps=steps))
     report.query_plan_fitted = {
         "budget": budget, "reserved": reserved, "num_real": num_real, "wanted": wanted,
-        "num_mixup": fitted.mixup.num_images, "num_cvae": fitted.cvae.num_images,
-        "student_steps": fitted.student.steps}
-    logging.warning("Query budget %d: the plan is cut to %d MixUp + %d CVAE images (%d asked "
-                    "for) beside %d real images and %d for the teacher's evaluation; the student "
-                    "keeps %d training steps", budget, fitted.mixup.num_images,
-                    fitted.cvae.num_images, wanted, num_real, reserved, fitted.student.steps)
+        **method.plan_summary(fitted), "student_steps": fitted.student.steps}
+    logging.warning("Query budget %d: the plan is cut to %s (%d synthetic images asked for) "
+                    "beside %d real images and %d for the teacher's evaluation; the student keeps "
+                    "%d training steps", budget, method.plan_summary(fitted), wanted, num_real,
+                    reserved, fitted.student.steps)
     return fitted
 
 
@@ -315,7 +315,7 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
     settings = [dataclasses.asdict(f) if dataclasses.is_dataclass(f) else f
                 for f in method.fingerprint(config)]
     report.update(labelled_set=path, num_shots=transfer.count("real"), method_settings=settings,
-                  num_mixup=transfer.count("mixup"), num_cvae=transfer.count("cvae"),
+                  **method.transfer_findings(transfer),
                   transfer_set_sources={s: transfer.count(s) for s in transfer.source_names},
                   grids=outputs.write_grids(transfer, config.workdir))
     outputs.write_tensorboard_grids(transfer, os.path.join(outputs.tensorboard_root(config), "synthesis"))

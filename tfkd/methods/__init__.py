@@ -239,6 +239,21 @@ class Method:
         not fit). Must be deterministic: a rerun recomputes it to find its transfer set again."""
         return config
 
+    def synthetic_images(self, config) -> int:
+        """Images this method's plan adds to the N real ones (the student's training length over
+        them is kept when a query budget cuts the plan). Default: 0."""
+        return 0
+
+    def plan_summary(self, config) -> dict:
+        """JSON-able figures of this method's plan for ``report.json``'s ``query_plan_fitted``
+        (after a budget cut: what is left of it). Default: none."""
+        return {}
+
+    def transfer_findings(self, transfer: TransferSet) -> dict:
+        """Report fields (:class:`tfkd.report.Report` names) read off the transfer set, built or
+        reused. Default: none."""
+        return {}
+
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         """Teacher queries this process will send, by stage (less ledger answers), before any is
         sent; the pipeline checks the sum against the query budget. Default: none."""

@@ -35,6 +35,11 @@ from tfkd.methods import TransferSet
 from tfkd.methods import register
 
 
+def family_findings(transfer: TransferSet) -> dict:
+    """The FS-BBT family's report fields: ``num_mixup`` and ``num_cvae`` images in the set."""
+    return {"num_mixup": transfer.count("mixup"), "num_cvae": transfer.count("cvae")}
+
+
 @register
 class StudentAlone(Method):
     """The paper's lower baseline: the N images with their true labels, no teacher."""
@@ -43,6 +48,9 @@ class StudentAlone(Method):
     teacher_needs = "none"
     reads_true_labels = True
     description = "the N images with their TRUE labels, no teacher (the lower baseline)"
+
+    def transfer_findings(self, transfer: TransferSet) -> dict:
+        return family_findings(transfer)
 
     def build(self, ctx: MethodContext) -> TransferSet:
         one_hot = np.eye(ctx.num_classes, dtype=np.float32)[ctx.few_shot_labels]
@@ -77,6 +85,15 @@ class _Synthetic(Method):
 
     def fingerprint(self, config) -> tuple:
         return self.configs(config)
+
+    def synthetic_images(self, config) -> int:
+        return sum(self.counts(config))
+
+    def plan_summary(self, config) -> dict:
+        return {"num_mixup": config.mixup.num_images, "num_cvae": config.cvae.num_images}
+
+    def transfer_findings(self, transfer: TransferSet) -> dict:
+        return family_findings(transfer)
 
     def fit_budget(self, config, queries: int, num_real: int):
         """Shrinks the synthetic budget (MixUp and CVAE images, in their configured ratio) to what
