@@ -416,6 +416,18 @@ class ServingClient:
                                          f"{e.details()}" + (f" (after {attempt + 1} attempts)"
                                                              if attempt else ""), code) from None
 
+    def _counted_call(self, method, request, what: str, n: int, on_attempt=None):
+        """:meth:`_call` of a request of ``n`` images: ``on_attempt(n, retry)`` and the request
+        count before every attempt, the first and each retry."""
+        def attempt(retry: bool):
+            if on_attempt is not None:
+                on_attempt(n, retry)
+            with self._counter_lock:
+                self.requests += 1
+
+        attempt(False)
+        return self._call(method, request, what, before_retry=lambda: attempt(True))
+
     def _signature_def(self):
         """(the SignatureDef asked for, the version the server resolved)."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -539,17 +551,8 @@ class ServingClient:
         self._model_spec(request.model_spec)
         request.inputs[self.signature.input_key].CopyFrom(tf.make_tensor_proto(encoded))
         request.output_filter.append(self.signature.output_key)
-        n = len(encoded)
-
-        def attempt(retry: bool):
-            if on_attempt is not None:
-                on_attempt(n, retry)
-            with self._counter_lock:
-                self.requests += 1
-
-        attempt(False)
-        response = self._call(self._stub.Predict, request, "Predict",
-                              before_retry=lambda: attempt(True))
+        response = self._counted_call(self._stub.Predict, request, "Predict", len(encoded),
+                                      on_attempt)
         if self.signature.output_key not in response.outputs:
             raise ServingClientError(f"{self.name}: the answer has no output "
                                      f"{self.signature.output_key!r}")

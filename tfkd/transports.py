@@ -178,17 +178,9 @@ class RestClient(client_lib.ServingClient):
     def predict_raw(self, encoded: np.ndarray, on_attempt=None) -> np.ndarray:
         body = json.dumps({"signature_name": self.config.signature_name,
                            "inputs": {self.signature.input_key: np.asarray(encoded).tolist()}})
-        n = len(encoded)
-
-        def attempt(retry: bool):
-            if on_attempt is not None:
-                on_attempt(n, retry)
-            with self._counter_lock:
-                self.requests += 1
-
-        attempt(False)
-        answer = self._call(self._http, ("POST", self._path(":predict"), body.encode("utf-8")),
-                            "POST predict", before_retry=lambda: attempt(True))
+        answer = self._counted_call(self._http, ("POST", self._path(":predict"),
+                                                 body.encode("utf-8")), "POST predict",
+                                    len(encoded), on_attempt)
         outputs = answer.get("outputs")
         if isinstance(outputs, dict):
             outputs = outputs.get(self.signature.output_key)
