@@ -96,7 +96,7 @@ flags.DEFINE_integer("num_validation", None, "Training images held out as the va
                      "(the same for every seed and method): not used by the teacher tfkd trains nor "
                      "as few shots; monitoring and choices read it, never the test split. 0: none. "
                      "Default 5000; 0 with --images (no labels).")
-flags.DEFINE_string("teacher", "", "A running TF Serving server: host:port (its gRPC API) or "
+flags.DEFINE_string("teacher", _TEACHER.target, "A running TF Serving server: host:port (its gRPC API) or "
                     "http(s)://host:port (its REST API: Vertex AI, KServe); empty: train a "
                     "teacher into the work dir if none is there and serve it locally.")
 flags.DEFINE_string("teacher_model_name", _TEACHER.model_name, "The teacher's model name (model spec).")
@@ -248,7 +248,7 @@ flags.DEFINE_bool("horizontal_flip", _STUDENT.horizontal_flip, "Mirror training 
 flags.DEFINE_integer("batchnorm_images", _STUDENT.batchnorm_images, "After training, re-estimate "
                      "the student's BatchNorm statistics over up to this many transfer-set images "
                      "(0: keep what training's momentum left).")
-flags.DEFINE_enum("strategy", "mirrored", list(training.STRATEGIES), "mirrored: all local GPUs "
+flags.DEFINE_enum("strategy", training.STRATEGIES[0], list(training.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
 flags.DEFINE_float("cluster_startup_timeout", training.CLUSTER_STARTUP_TIMEOUT_S, "With "

@@ -21,7 +21,7 @@ flags.DEFINE_string("server", None, "host:port of the TF Serving (or tfkd) serve
 flags.DEFINE_string("model_name", "student", "Model name.")
 flags.DEFINE_integer("version", None, "Version number; default: latest.")
 flags.DEFINE_string("version_label", None, "Version label (stable, canary, ...).")
-flags.DEFINE_string("signature", "serving_default", "Signature name.")
+flags.DEFINE_string("signature", client.ServingConfig().signature_name, "Signature name.")
 flags.DEFINE_string("output_key", None, "Output to read; default: probabilities.")
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files (optional).")

@@ -13,19 +13,24 @@ import sys
 from absl import app
 from absl import flags
 
+from tfkd import config
 from tfkd import data
-from tfkd import pipeline
+from tfkd import models
 from tfkd import teacher_setup
+
+_RECIPE = config.TeacherTrainConfig()  # The flags' defaults: the library's, read from one place.
+_RUN = config.DistillConfig(workdir="")
 
 flags.DEFINE_string("export_base", "/tmp/tfkd_models/teacher", "Servable base path; the model goes "
                     "to <export_base>/<next version>/.")
-flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
+flags.DEFINE_enum("dataset", _RUN.dataset, list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Directory of IDX files (optional).")
-flags.DEFINE_enum("architecture", "lenet5", ["lenet5", "lenet5_half"], "Teacher architecture.")
-flags.DEFINE_integer("epochs", 20, "Training epochs.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_enum("architecture", _RECIPE.architecture, ["auto", *models.MODELS], "Teacher "
+                  "architecture; auto: the paper's for the dataset.")
+flags.DEFINE_integer("epochs", _RECIPE.epochs, "Training epochs.")
+flags.DEFINE_integer("batch_size", _RECIPE.batch_size, "Batch size.")
+flags.DEFINE_float("learning_rate", _RECIPE.learning_rate, "Adam learning rate.")
+flags.DEFINE_integer("seed", _RUN.seed, "Seed.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity.")
 
 FLAGS = flags.FLAGS
@@ -41,8 +46,8 @@ def main(argv):
     except data.DatasetUnavailableError as e:
         sys.exit(f"error: {e}")
     result = teacher_setup.train_and_export_teacher(
-        dataset, pipeline.TeacherTrainConfig(FLAGS.architecture, FLAGS.epochs, FLAGS.batch_size,
-                                             FLAGS.learning_rate),
+        dataset, config.TeacherTrainConfig(FLAGS.architecture, FLAGS.epochs, FLAGS.batch_size,
+                                           FLAGS.learning_rate),
         FLAGS.export_base, FLAGS.seed, FLAGS.verbose)
     print(f"test_accuracy={result['test_accuracy']:.4f} export_dir={result['export_dir']}",
           flush=True)

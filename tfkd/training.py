@@ -326,7 +326,7 @@ os.kill(pid, signal.SIGKILL)
 """
 
 
-def make_strategy(kind: str = "mirrored", devices: list[str] | None = None,
+def make_strategy(kind: str = STRATEGIES[0], devices: list[str] | None = None,
                   startup_timeout_s: float = CLUSTER_STARTUP_TIMEOUT_S) -> tf.distribute.Strategy:
     """The training strategy.
 
