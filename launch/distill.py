@@ -67,6 +67,9 @@ flags.DEFINE_string("method", _CONFIG.method, "A registered method: " + "; ".joi
     "module registers.")
 flags.DEFINE_list("plugins", [], "Python modules imported before the run (their import registers "
                   "methods: tfkd.methods.register); module:function also calls function().")
+flags.DEFINE_string("params_override", None, "Any DistillConfig setting by dotted name, as a JSON "
+                    "object applied over the other flags (Model Garden's params_override), e.g. "
+                    "'{\"student.epochs\": 10, \"db3kd.num_directions\": 5}'.")
 flags.DEFINE_string("method_settings", None, "The method's own settings (its config_class) as a "
                     "JSON object of field values, e.g. '{\"num_noise\": 500}'; default: its "
                     "defaults.")
@@ -362,6 +365,10 @@ def config_from_flags() -> pipeline.DistillConfig:
     """The flags as a :class:`tfkd.pipeline.DistillConfig`; a flag left out stays unset (None,
     ``auto``) so that :meth:`~tfkd.pipeline.DistillConfig.resolved` gives it the library's default."""
     check_data_flags()
+    return config_from_named_flags().with_settings(json_flag("params_override") or {})
+
+
+def config_from_named_flags() -> pipeline.DistillConfig:
     return pipeline.DistillConfig(
         workdir=FLAGS.workdir, method=FLAGS.method, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, images=images_config_from_flags(), seed=FLAGS.seed,
@@ -393,24 +400,24 @@ def config_from_flags() -> pipeline.DistillConfig:
         zskd_blackbox=impressions.ZerothOrderConfig(
             directions=FLAGS.zskd_directions, sigma=FLAGS.zskd_sigma,
             resolution=FLAGS.zskd_resolution),
-        teacher_saved_model=FLAGS.teacher_saved_model, method_config=method_settings_from_flags(),
+        teacher_saved_model=FLAGS.teacher_saved_model, method_config=json_flag("method_settings"),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress), verbose=FLAGS.verbose,
         outputs=vertex.OutputDirs.from_environ(os.environ))  # Vertex AI's AIP_* directories.
 
 
-def method_settings_from_flags() -> dict | None:
-    """--method_settings as a dict (None when not given). Raises ValueError for bad JSON."""
-    if not FLAGS.method_settings:
+def json_flag(name: str) -> dict | None:
+    """A flag holding a JSON object, as a dict (None when not given). Raises ValueError."""
+    text = FLAGS[name].value
+    if not text:
         return None
     try:
-        settings = json.loads(FLAGS.method_settings)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--method_settings: expected a JSON object, got {FLAGS.method_settings!r} "
-                         f"({e})") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"--method_settings: expected a JSON object, got {FLAGS.method_settings!r}")
-    return settings
+        raise ValueError(f"--{name}: expected a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name}: expected a JSON object, got {text!r}")
+    return value
 
 
 def import_plugins() -> None:

@@ -31,6 +31,11 @@ for method, dataset in json.loads(sys.argv[1]):
     flags.FLAGS(["x", "--workdir=/tmp/contract", f"--method={method}", f"--dataset={dataset}"])
     out[f"{method}/{dataset}"] = repr(d.config_from_flags().resolved())
 print("CONFIGS " + json.dumps(out))
+flags.FLAGS.unparse_flags()
+flags.FLAGS(["x", "--workdir=/tmp/contract", "--student_epochs=3",
+             '--params_override={"student.epochs": 9, "db3kd.num_directions": 4, "seed": 2}'])
+c = d.config_from_flags().resolved()
+print("OVERRIDE", c.student.epochs, c.db3kd.num_directions, c.seed)
 """
 
 
@@ -53,6 +58,8 @@ def test_the_launcher_with_no_flags_resolves_the_library_default_of_every_method
     line = next(x for x in result.stdout.splitlines() if x.startswith("CONFIGS "))
     launched = json.loads(line[len("CONFIGS "):])
     assert len(launched) == len(cases) > 10
+    # --params_override (any setting by dotted name) wins over the named flags.
+    assert "OVERRIDE 9 4 2" in result.stdout.splitlines()
     for method, dataset in cases:
         library = pipeline.DistillConfig(workdir="/tmp/contract", method=method,
                                          dataset=dataset).resolved()

@@ -20,6 +20,8 @@ NOT_IN_CONFIG = {
     "cluster_startup_timeout": "read with --strategy by make_strategy, before the config",
     "plugins": "main() imports these modules (their import registers methods) before the config "
                "is built",
+    "params_override": "a JSON object of dotted settings applied over the other flags "
+                       "(tests/test_contract.py checks that its values reach the config)",
     "method_settings": "parsed as JSON into DistillConfig.method_config, the method's own config "
                        "(tests/test_plugin_method.py finds a value of it in the run's report)",
 }
