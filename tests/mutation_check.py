@@ -378,6 +378,26 @@ MUTATIONS += [  # Issue 25 §4, the poor classes: one line or a bound, each with
              ("tests/test_classify.py::test_classify_on_bytes_that_are_not_an_image_names_the_cause",)),
 ]
 
+MUTATIONS += [  # One library, one truth (issue 26).
+    Mutation("launcher_restates_a_default", "a launcher flag's default differs from the library's",
+             (("launch/distill.py", 'flags.DEFINE_integer("num_mixup", _MIXUP.num_images,',
+               'flags.DEFINE_integer("num_mixup", 43_000,'),),
+             ("tests/test_contract.py::test_the_launcher_with_no_flags_resolves_the_library_default_of_every_method",)),
+    Mutation("rest_answers_reordered", "the REST teacher returns its answers in another order",
+             (("tfkd/transports.py",
+               "return np.asarray(outputs, dtype=self.signature.output_dtype.as_numpy_dtype)",
+               "return np.asarray(outputs, dtype=self.signature.output_dtype.as_numpy_dtype)[::-1]"),),
+             ("tests/test_rest_teacher.py::test_rest_grpc_and_in_process_teachers_answer_alike",)),
+    Mutation("artifact_key_without_images", "artifact names leave out the image source",
+             (("tfkd/pipeline.py", "*(() if config.images is None else (config.images,))", ""),),
+             ("tests/test_contract.py::test_artifact_names_hold_every_input_of_the_run",)),
+    Mutation("method_report_dropped", "a method's own report fields never reach report.json",
+             (("tfkd/pipeline.py", "report.method_report = {", "_ = {"),),
+             ("tests/test_one_file_method.py::test_a_method_of_one_file_runs_through_the_library",)),
+    Mutation("damaged_state_reused", "a file that does not load is not set aside",
+             (("tfkd/workdir.py", "            moved = set_aside(path)\n", "            raise\n"),),
+             ("tests/test_damaged_workdir.py::test_an_artifact_that_does_not_load_is_set_aside_and_built_again",)),
+]
 MUTATIONS += [  # The docs name what exists (issue 26 §8, begun).
     Mutation("readme_flag_row_dropped", "the README's flag table loses a flag's row",
              (("README.md", "| `--seed` | 0 | one seed for sampling, synthesis and training |\n", ""),),

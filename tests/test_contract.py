@@ -104,3 +104,28 @@ def test_settings_by_dotted_name_reach_the_config_as_their_types():
     assert config.resolved().student.mixup_alpha == 0.0  # fsbbt's recipe for the rest.
     with pytest.raises(errors.ConfigError, match=r"settings\['student.epoch'\].*student.epochs"):
         config.with_settings({"student.epoch": 1})
+
+
+def test_artifact_names_hold_every_input_of_the_run():
+    """Issue 26 §3: two image folders of one size, two seeds, two N or two teachers in one work dir
+    never share a search state (the DB3KD key once left out the image source)."""
+    import types
+
+    from tfkd import images
+
+    def link(identity="saved_model:a"):
+        signature = types.SimpleNamespace(identity=identity)
+        return types.SimpleNamespace(client=types.SimpleNamespace(signature=signature,
+                                                                  label_only=False))
+
+    base = pipeline.DistillConfig(workdir="w", images=images.ImageSourceConfig(path="/a"),
+                                  num_shots=0, num_validation=0)
+    runs = [(base, link()), (dataclasses.replace(base, images=images.ImageSourceConfig("/b")),
+                             link()),
+            (dataclasses.replace(base, seed=1), link()), (dataclasses.replace(base, num_shots=5),
+                                                          link()),
+            (base, link("saved_model:b"))]
+    names = {pipeline.artifact_store(c, t).path("boundary_state", ".npz", "db3kd") for c, t in runs}
+    assert len(names) == len(runs)
+    assert pipeline.artifact_store(base, link()).path("x", ".npz") == \
+        pipeline.artifact_store(base, link()).path("x", ".npz")

@@ -208,3 +208,31 @@ def test_a_damaged_search_state_is_set_aside_and_searched_again(server, tmp_path
     assert 0 < again.teacher_queries_sent <= paid, again.teacher_queries_sent_by_stage
     assert set(again.teacher_queries_sent_by_stage) <= set(stages)  # Labels: from the ledger.
     assert again.transfer_set_sources == first.transfer_set_sources
+
+
+def test_an_artifact_that_does_not_load_is_set_aside_and_built_again(tmp_path):
+    """What no kind's check knows is still validated on reuse: a file that does not load."""
+    from tfkd import fs
+    from tfkd import workdir
+
+    store = workdir.ArtifactStore(str(tmp_path), ("dataset", 0))
+    path = store.path("own_state", ".npz", "settings")
+    with open(path, "wb") as f:
+        f.write(b"not an npz")
+    built = []
+
+    def build():
+        built.append(1)
+        return np.arange(3)
+
+    def load(p):
+        with fs.load_npz(p) as f:
+            return f["a"]
+
+    args = ("own_state", ".npz", ("settings",), build, lambda v, p: fs.save_npz(p, a=v), load,
+            "own state")
+    value, reused = store.reuse_or_build(*args)
+    assert not reused and built == [1] and list(value) == [0, 1, 2]
+    assert len(glob.glob(path + ".damaged-*")) == 1
+    value, reused = store.reuse_or_build(*args)
+    assert reused and built == [1] and list(value) == [0, 1, 2]
