@@ -21,16 +21,18 @@ from absl import logging
 from tfkd import fs
 from tfkd import serving
 
+_SERVER = serving.ServerConfig()  # The library's defaults; port and REST port are TF Serving's.
+
 flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port).")
 flags.DEFINE_integer("rest_api_port", 0, "REST API port; 0: no REST API (as tensorflow_model_server).")
-flags.DEFINE_string("host", "127.0.0.1", "Address to bind; loopback unless told otherwise "
+flags.DEFINE_string("host", _SERVER.host, "Address to bind; loopback unless told otherwise "
                     "(0.0.0.0 for all interfaces).")
 flags.DEFINE_string("model_name", "default", "Model name, with --model_base_path.")
 flags.DEFINE_string("model_base_path", "", "Base path holding numeric version directories.")
 flags.DEFINE_string("model_config_file", "", "A ModelServerConfig text proto (models.config); "
                     "replaces --model_name/--model_base_path.")
-flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "How often to look for new versions; 0: "
-                   "never.")
+flags.DEFINE_float("file_system_poll_wait_seconds", _SERVER.poll_seconds, "How often to look for "
+                   "new versions; 0: never.")
 flags.DEFINE_string("ssl_server_cert", None, "PEM server certificate: serve gRPC over TLS "
                     "(tensorflow_model_server takes these in --ssl_config_file).")
 flags.DEFINE_string("ssl_server_key", None, "PEM server private key.")
