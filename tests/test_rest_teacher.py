@@ -86,3 +86,62 @@ def test_the_launcher_takes_a_rest_teacher(rest_server, tmp_path):
     report = __import__("json").load(open(tmp_path / "report.json"))
     assert report["teacher_queries_sent_by_stage"] == {"label_real": 100, "evaluate_teacher": 200}
     assert report["teacher"]["target"] == rest_url
+
+
+def test_rest_teacher_over_tls_with_a_bearer_token(rest_server, fashion, tmp_path, monkeypatch):
+    """Vertex AI and KServe endpoints sit behind an HTTPS ingress that checks a bearer token. Here
+    that ingress is a small TLS proxy (stdlib http.server + ssl, a self-signed certificate) that
+    answers 401 without the token and forwards to tfkd's REST port otherwise."""
+    import http.client
+    import http.server
+    import ssl
+    import threading
+
+    from test_connection_causes import _certificate
+
+    key, cert = _certificate(tmp_path, "ingress")
+    backend = ("127.0.0.1", rest_server.rest_api_port)
+
+    class Ingress(http.server.BaseHTTPRequestHandler):
+        def _forward(self):
+            if self.headers.get("Authorization") != "Bearer s3cret":
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            upstream = http.client.HTTPConnection(*backend, timeout=30)
+            upstream.request(self.command, self.path, body=body or None,
+                             headers={"Content-Type": "application/json"})
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _forward
+
+        def log_message(self, *args):
+            pass
+
+    ingress = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ingress)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    ingress.socket = context.wrap_socket(ingress.socket, server_side=True)
+    threading.Thread(target=ingress.serve_forever, daemon=True).start()
+    url = f"https://localhost:{ingress.server_address[1]}"
+    try:
+        monkeypatch.setenv("TFKD_TEST_TOKEN", "s3cret")
+        with teacher.connect(url, tls_ca_file=str(cert), auth_token_env="TFKD_TEST_TOKEN") as t:
+            with teacher.connect(rest_server.target) as direct:
+                np.testing.assert_allclose(t.soft_labels(fashion.x_test[:50]),
+                                           direct.soft_labels(fashion.x_test[:50]), atol=1e-6)
+        with pytest.raises(teacher.TeacherError, match="UNAUTHENTICATED.*HTTP 401"):
+            teacher.connect(url, tls_ca_file=str(cert))
+        _, other = _certificate(tmp_path, "other")
+        with pytest.raises(teacher.TeacherError, match="TLS"):
+            teacher.connect(url, tls_ca_file=str(other),
+                            retry=client.RetryPolicy(max_attempts=1))
+    finally:
+        ingress.shutdown()
