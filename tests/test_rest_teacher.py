@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tfkd import client
+from tfkd import cluster
 from tfkd import serving
 from tfkd import teacher
 from tfkd import transports
@@ -41,6 +42,7 @@ def test_rest_grpc_and_in_process_teachers_answer_alike(rest_server, teacher_bas
         account = teacher.QueryAccount(str(tmp_path / name))
         with make(account) as t:
             assert isinstance(t, teacher.Teacher)
+            assert isinstance(cluster.ShardedTeacher(t), teacher.Teacher)
             answers[name] = t.soft_labels(images, stage="label")
             counts[name] = (t.queries, account.total, t.signature.identity)
             if name == "rest":

@@ -33,8 +33,10 @@ def worker_position(strategy: tf.distribute.Strategy | None) -> tuple[int, int]:
 
 
 class ShardedTeacher:
-    """The teacher as one worker of a cluster sees it (a :class:`tfkd.teacher.TeacherClient`'s
-    ``soft_labels``, ``missing`` and ``share``; every other attribute is the client's).
+    """The teacher as one worker of a cluster sees it: a :class:`tfkd.teacher.Teacher` whose
+    :meth:`soft_labels` and :meth:`missing` cover this worker's shard and share the answers, and
+    whose :meth:`probe` and :meth:`top1` (searches that shard their own points with :meth:`shard`)
+    are the client's.
 
     Args:
       teacher: this worker's client (its own ledger and query account: each worker's report counts
@@ -50,8 +52,22 @@ class ShardedTeacher:
         self.strategy = strategy
         self.index, self.count = worker_position(strategy)
 
-    def __getattr__(self, name):
-        return getattr(self.teacher, name)
+    @property
+    def signature(self):
+        """The client's :class:`tfkd.teacher.TeacherSignature`."""
+        return self.teacher.signature
+
+    @property
+    def label_only(self) -> bool:
+        return self.teacher.label_only
+
+    def probe(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
+        """The client's :meth:`tfkd.teacher.TeacherClient.probe` (no sharding)."""
+        return self.teacher.probe(images, stage)
+
+    def top1(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
+        """The client's :meth:`tfkd.teacher.TeacherClient.top1` (no sharding)."""
+        return self.teacher.top1(images, stage)
 
     def shard(self, n: int) -> slice:
         """The rows of ``n`` images this worker asks about."""
