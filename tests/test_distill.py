@@ -137,11 +137,14 @@ def test_random_affine_is_identity_at_zero_and_moves_pixels_otherwise(fashion):
     assert np.abs(moved.mean(axis=(1, 2, 3)) - fashion.x_train[:16].mean(axis=(1, 2, 3))).max() < 0.1
 
 
-def _batchnorm_student(path, input_shape=(28, 28, 1), momentum=0.999) -> str:
-    """A user's own student (``--student_model``) with keras.applications' BatchNorm momentum."""
+def _batchnorm_student(path, input_shape=(28, 28, 1), momentum=0.999,
+                       input_offset: float = 0.0) -> str:
+    """A user's own student (``--student_model``) with keras.applications' BatchNorm momentum;
+    ``input_offset`` is added to the pixels first (a model with its own input normalisation),
+    which moves the first BatchNorm's true mean far from the initial 0."""
     layers = keras.layers
     inputs = keras.Input(input_shape)
-    x = inputs
+    x = inputs if not input_offset else layers.Rescaling(1.0, offset=input_offset)(inputs)
     for width in (16, 32):
         x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
         x = layers.Activation("relu")(layers.BatchNormalization(momentum=momentum)(x))

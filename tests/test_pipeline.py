@@ -381,16 +381,21 @@ def test_launcher_student_regularization_flags_reach_the_config():
 
 @pytest.mark.slow
 def test_a_batchnorm_student_is_served_as_trained_or_the_run_fails(server, tmp_path):
-    """Issue 25 §3: a user's BatchNorm student (momentum 0.999, as keras.applications') on a short
-    schedule (75 steps). By default its statistics are re-estimated after training and the served
-    student keeps at least 80% of its training agreement; with the statistics left as training's
-    momentum left them (--batchnorm_images=0: about 93% still the initial (0, 1)) the run fails with
-    one line, records both figures, and sets the export aside so that nothing serves it."""
+    """Issue 25 §3: a user's BatchNorm student (momentum 0.9999) on a short schedule (300 steps).
+    By default its statistics are re-estimated after training and the served student keeps at
+    least 80% of its training agreement; with the statistics left as training's momentum left them
+    (--batchnorm_images=0: about 97% still the initial (0, 1)) the run fails with one line, records
+    both figures, and sets the export aside so that nothing serves it.
+
+    A stale student predicts nearly one class, so its served agreement is about that class's share
+    of the transfer set (0.13-0.30 seen); the training agreement must stay well above twice that
+    for the 0.5x floor to tell them apart. At momentum 0.999 and 75 steps it was 0.53-0.55 and some
+    full-suite runs (another teacher's float noise, another largest class) passed the stale run."""
     from test_distill import _batchnorm_student
 
-    model = _batchnorm_student(tmp_path / "bn_student.keras")
+    model = _batchnorm_student(tmp_path / "bn_student.keras", momentum=0.9999)
     flags = [f"--teacher={server.target}", f"--student_model={model}", "--num_shots=100",
-             "--num_mixup=1400", "--num_cvae=100", "--student_epochs=3", "--learning_rate=3e-3",
+             "--num_mixup=1400", "--num_cvae=100", "--student_epochs=12", "--learning_rate=3e-3",
              "--num_validation=1000", "--eval_examples=300", "--compress="]
     good = run_launcher(tmp_path / "good", *flags)
     assert good.returncode == 0, good.stderr[-3000:]
