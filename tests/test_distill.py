@@ -206,3 +206,27 @@ def test_a_non_finite_training_loss_stops_training_with_a_clear_error(fashion, t
     soft[5] = np.nan
     with pytest.raises(ValueError, match="soft_labels: expected finite probabilities, got 1 rows"):
         training.train_student(images, soft, config, seed=0, verbose=0)
+
+
+@pytest.mark.parametrize("method", ["zskd", "zskd_blackbox"])
+def test_stored_tempered_targets_are_not_tempered_again(method):
+    """Issue 27: ZSKD stores the teacher's softmax at T = 20 and trained its student with ``kd``,
+    which tempers its targets again (softmax(z_t / 400), nearly uniform). The loss the method trains
+    with must have its minimum where the student's logits equal the teacher's: zero gradient there,
+    where the twice-tempering loss pulls them toward z_t / T."""
+    from tfkd import methods
+    from tfkd import pipeline
+
+    config = pipeline.DistillConfig(workdir="/unused", method=method).resolved()
+    student = methods.get(method).student_config(config)
+    teacher_logits = tf.constant([[6.0, 1.0, -2.0, 0.5], [-1.0, 4.0, 2.0, 0.0]])
+    stored = tf.nn.softmax(teacher_logits / student.temperature)
+
+    def gradient(loss):
+        logits = tf.Variable(teacher_logits)
+        with tf.GradientTape() as tape:
+            value = loss(stored, logits)
+        return float(tf.norm(tape.gradient(value, logits)))
+
+    assert gradient(training.make_loss(student.loss, student.temperature)) < 1e-4
+    assert gradient(training.make_loss("kd", student.temperature)) > 1e-2  # Tempered twice.

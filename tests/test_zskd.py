@@ -30,7 +30,7 @@ def test_zskd_runs_end_to_end_from_the_teacher_saved_model(server, teacher_base,
     result = _zskd(tmp_path, f"--teacher={server.target}", f"--teacher_saved_model={teacher_base}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["method"] == "zskd" and report["student_loss"] == "kd"
+    assert report["method"] == "zskd" and report["student_loss"] == "tempered_kd"
     assert report["transfer_set_sources"] == {"impressions": 80} and report["num_shots"] == 0
     assert report["teacher_queries_sent"] == 0  # White-box: no query at all.
     assert report["stage_seconds"]["impressions"] > 0
@@ -77,7 +77,7 @@ def test_zskd_blackbox_runs_end_to_end_on_a_query_budget(server, tmp_path):
     result = _zskd(tmp_path, *flags, "--query_budget=1040")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["method"] == "zskd_blackbox" and report["student_loss"] == "kd"
+    assert report["method"] == "zskd_blackbox" and report["student_loss"] == "tempered_kd"
     expected = {"zskd_probes": 960, "label_impressions": 80}
     assert report["teacher_queries_sent_by_stage"] == expected
     assert _sent_by_stage(tmp_path) == expected

@@ -7,6 +7,9 @@ Losses (as `keras.losses.Loss` objects, so that they scale correctly under `tf.d
 * ``kd``: Hinton et al. (2015) temperature-scaled distillation: L = T² · CE(p_t^(T), softmax(z_s / T)),
   where p_t^(T) ∝ p_t^(1/T) is the teacher's distribution at temperature T (equal to softmax(z_t / T)
   when the teacher's logits z_t are not available, as for a black box).
+* ``tempered_kd``: the same for soft labels stored already at T (ZSKD's impressions keep the
+  teacher's softmax at T = 20): L = T² · CE(y, softmax(z_s / T)), the targets used as they are
+  (:class:`TemperedTargetKD`; ``kd`` would temper them a second time, to softmax(z_t / T²)).
 * ``db3kd``: DB3KD's CE to the teacher's top-1 class plus T² · KL to the boundary-distance soft
   labels (:class:`DecisionKD`).
 
@@ -34,7 +37,7 @@ from tfkd import errors
 from tfkd import models
 from tfkd import teacher as teacher_lib
 
-LOSSES = ("soft_ce", "kd", "db3kd")
+LOSSES = ("soft_ce", "kd", "tempered_kd", "db3kd")
 STRATEGIES = ("mirrored", "multi_worker")
 LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
@@ -243,6 +246,24 @@ class TemperatureKD(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+class TemperedTargetKD(TemperatureKD):
+    """T² · CE(y, softmax(z_s / T)) for soft labels y stored already at temperature T (ZSKD, Nayak
+    et al. 2019, §3.3: the Data Impressions' targets are the teacher's softmax at T = 20, and the
+    student is trained at the same T; the reference ``train.py`` does the same).
+
+    y_true: float32 [b, K] rows summing to 1, the teacher's softmax at T; y_pred: student logits
+    [b, K]. Per-example loss in nats. Its minimum is at z_s = z_t (up to a constant per row),
+    where :class:`TemperatureKD` on the same targets would pull z_s toward z_t / T.
+    """
+
+    def __init__(self, temperature: float = 20.0, name: str = "tempered_kd", **kwargs):
+        super().__init__(temperature, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        t = self.temperature
+        return -(t ** 2) * tf.reduce_sum(y_true * tf.nn.log_softmax(y_pred / t, axis=-1), axis=-1)
+
+
 class DecisionKD(TemperatureKD):
     """DB3KD's student loss (Wang, ICML 2021, §3.4; reference ``train_model_kd.py``):
     CE(one_hot(argmax p), softmax(z)) + T² · KL(p ‖ softmax(z / T)).
@@ -279,6 +300,8 @@ def make_loss(name: str, temperature: float = 1.0,
                                                     reduction=reduction)
     if name == "kd":
         return TemperatureKD(temperature, reduction=reduction)
+    if name == "tempered_kd":
+        return TemperedTargetKD(temperature, reduction=reduction)
     if name == "db3kd":
         return DecisionKD(temperature, reduction=reduction)
     raise ValueError(f"loss={name!r}: expected one of {LOSSES}")

@@ -5,8 +5,9 @@
 tfkd trained locally). No real image and no query: the class similarity comes from the final
 layer's weights (:func:`tfkd.impressions.class_similarity`), the impressions from gradient descent
 on noise (:func:`tfkd.impressions.synthesize`), and the stored targets are the teacher's softmax at
-T on them. The student trains with T² · KL at the same T (``kd``; the paper's T² · CE differs
-from it by the targets' entropy, a constant: the same gradients).
+T on them. The student trains with T² · CE(stored, softmax(z_s / T)) at the same T
+(``tempered_kd``: the stored targets are used as they are; ``kd``, used before issue 27's fix,
+tempered them a second time, to the nearly uniform softmax(z_t / 400)).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from tfkd.methods import register
 
 class _Impressions(Method):
     """What both ZSKD variants share: the student learns the stored softmax at the search's T with
-    ``kd`` (T² · KL) at that T."""
+    ``tempered_kd`` at that T."""
 
-    loss = "kd"
+    loss = "tempered_kd"
     blackbox = False
 
     def resolve(self, config):
