@@ -486,8 +486,8 @@ def main(argv):
         strategy = training.make_strategy(FLAGS.strategy,
                                          startup_timeout_s=FLAGS.cluster_startup_timeout)
         import_plugins()
-        config = config_from_flags().resolved()
-        config.validate()
+        config = config_from_flags()
+        config.validate()  # Resolves the defaults first; pipeline.run resolves the same way.
     except ValueError as e:
         raise app.UsageError(with_flag_names(str(e)))
     try:

@@ -87,6 +87,10 @@ def test_resolution_fills_only_what_was_left_unset_and_is_idempotent():
     assert mine.student.mixup_alpha == 0.0  # The rest of fsbbt's recipe is kept.
     assert pipeline.DistillConfig(workdir="w", method="zskd_blackbox").resolved().zskd.count == \
         12_000
+    from tfkd import images
+    own = pipeline.DistillConfig(workdir="w", images=images.ImageSourceConfig("/p")).resolved()
+    assert (own.num_shots, own.num_validation, own.student.architecture,
+            own.cvae.architecture) == (0, 0, "mobilenet_v3_small", "auto")
 
 
 def test_settings_by_dotted_name_reach_the_config_as_their_types():

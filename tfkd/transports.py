@@ -19,8 +19,10 @@ ledger, budget and sharding (:class:`tfkd.teacher.TeacherClient`) are the same w
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
+import os
 import socket
 import ssl
 import urllib.parse
@@ -213,8 +215,6 @@ class SavedModelClient(client_lib.ServingClient):
 
     def __init__(self, path: str, config: client_lib.ServingConfig | None = None,
                  role: str = "model"):
-        import dataclasses
-        import os
         self._saved_model = path
         base = config or client_lib.ServingConfig()
         name = os.path.basename(os.path.normpath(path))
