@@ -8,7 +8,8 @@ benchmarks/reports/fashion_mnist_label_only/); a killed run continues where it s
   python benchmarks/label_only_runs.py fsbbt_onehot fsbbt 0 '{"label_only": true}'
   python benchmarks/label_only_runs.py zsdb3kd zsdb3kd 0 '{"zsdb3kd": {"per_class": 240}}'
 
-SETTINGS (JSON): BoundaryConfig fields, plus ``label_only`` (one-hot methods), ``zsdb3kd``
+SETTINGS (JSON): BoundaryConfig fields, plus ``label_only`` (one-hot methods), ``votes``
+(VoteConfig fields: the vote estimator of a label-only teacher), ``zsdb3kd``
 (ZeroShotConfig fields), ``zskd`` (ImpressionConfig fields; the method's defaults for the rest) and
 ``zskd_blackbox`` (ZerothOrderConfig fields), ``student`` (StudentConfig fields over the default).
 ``zskd`` loads the same teacher's SavedModel in-process.
@@ -19,6 +20,7 @@ SETTINGS (JSON): BoundaryConfig fields, plus ``label_only`` (one-hot methods), `
 """
 import dataclasses
 import json
+import os
 import sys
 
 from tfkd import boundary
@@ -27,11 +29,15 @@ from tfkd import pipeline
 from tfkd import serving
 from tfkd import teacher as teacher_lib
 from tfkd import training
+from tfkd import votes
 from tfkd import zeroshot
 
 name, method, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-base = "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/teacher"
+# The grid's teacher; TFKD_TEACHER_BASE: the same recipe trained elsewhere (issue 27's runs: a work
+# dir's teacher, lenet5 seed 0, 90.75%, exported with logits).
+base = os.environ.get("TFKD_TEACHER_BASE",
+                      "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/teacher")
 with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0) as srv:
     config = pipeline.DistillConfig(
         workdir=f"runs/db3kd/{name}-seed{seed}", method=method, seed=seed,
@@ -42,6 +48,7 @@ with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0)
         zskd_blackbox=impressions.ZerothOrderConfig(**extra.pop("zskd_blackbox", {})),
         teacher_saved_model=base if method == "zskd" else None,
         student=dataclasses.replace(training.StudentConfig(), **extra.pop("student", {})),
+        votes=votes.VoteConfig(**extra.pop("votes", {})),
         db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
     r = pipeline.run(config)
 print(json.dumps({"name": name, "seed": seed, "test": r.student_accuracy,

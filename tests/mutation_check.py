@@ -48,9 +48,9 @@ MUTATIONS = [
                "    if True:\n        gfile.rename(source, target)"),),
              ("tests/test_remote_workdir.py",)),
     Mutation("permuted_soft_labels", "the student trains on the soft labels shuffled across images",
-             (("tfkd/pipeline.py", "transfer.images, transfer.targets, student_config,",
-               "transfer.images, transfer.targets[np.random.default_rng(1).permutation("
-               "len(transfer.images))], student_config,"),),
+             (("tfkd/pipeline.py", "            images, targets, student_config, config.seed,",
+               "            images, targets[np.random.default_rng(1).permutation("
+               "len(images))], student_config, config.seed,"),),
              ("tests/test_pipeline.py::test_launch_distill_end_to_end",
               "tests/test_resume.py::test_killed_training_resumes_to_the_same_epochs")),
     Mutation("cvae_on_true_labels", "the CVAE is conditioned on the true labels of the few shots",
@@ -61,10 +61,10 @@ MUTATIONS = [
              ("tests/test_pipeline.py::test_methods_never_see_the_true_labels[cvae]",)),
     Mutation("real_images_on_true_labels",
              "the real images are trained on their true one-hot labels (the stored set unchanged)",
-             (("tfkd/pipeline.py", "    return transfer\n\n\ndef train_student(",
+             (("tfkd/pipeline.py", "    return transfer\n\n\nSELECTION_HOLDOUT",
                "    if method.name != 'student_alone':\n        transfer.targets[:len(shots)] = np.eye("
                "dataset.num_classes, dtype=np.float32)[labels]\n    return transfer\n\n\n"
-               "def train_student("),),
+               "SELECTION_HOLDOUT"),),
              ("tests/test_pipeline.py::test_methods_never_see_the_true_labels[standard_kd]",)),
     Mutation("token_at_info", "the auth token is logged at INFO when read",
              (("tfkd/client.py",
@@ -194,9 +194,9 @@ _BN_RUN = "tests/test_pipeline.py::test_a_batchnorm_student_is_served_as_trained
 MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, and §3's checks.
     Mutation("soft_labels_as_argmax", "the student trains on one-hot argmax targets, not the "
              "teacher's soft labels",
-             (("tfkd/pipeline.py", "transfer.images, transfer.targets, student_config,",
-               "transfer.images, np.eye(transfer.targets.shape[1], dtype=np.float32)["
-               "transfer.targets.argmax(1)], student_config,"),),
+             (("tfkd/pipeline.py", "            images, targets, student_config, config.seed,",
+               "            images, np.eye(targets.shape[1], dtype=np.float32)["
+               "targets.argmax(1)], student_config, config.seed,"),),
              (_AUDIT + "test_the_student_learns_the_teachers_soft_labels_not_their_argmax",)),
     Mutation("validation_in_pool", "the validation images stay in the training pool",
              (("tfkd/data.py", "    keep[held] = False\n", "    keep[held] = True\n"),),
@@ -397,6 +397,37 @@ MUTATIONS += [  # One library, one truth (issue 26).
     Mutation("zskd_targets_tempered_twice", "ZSKD's student tempers its stored tempered targets again",
              (("tfkd/methods/zskd.py", '    loss = "tempered_kd"', '    loss = "kd"'),),
              ("tests/test_distill.py::test_stored_tempered_targets_are_not_tempered_again",)),
+    Mutation("selection_on_test_split", "the student's epoch is selected on test images",
+             (("tfkd/pipeline.py",
+               'return images, targets, dataset.x_val, dataset.y_val, "validation split"',
+               'return images, targets, x_test[:len(dataset.x_val)], y_test[:len(dataset.x_val)], '
+               '"validation split"'),
+              ("tfkd/pipeline.py", "    images, targets = transfer.images, transfer.targets\n",
+               "    images, targets = transfer.images, transfer.targets\n"
+               "    x_test, y_test = dataset.x_test, dataset.y_test\n")),
+             ("tests/test_selection.py::test_the_selected_epoch_is_chosen_on_the_validation_split_and_exported",)),
+    Mutation("view_keeps_stored_target", "an augmented impression keeps its impression's stored target",
+             (("tfkd/methods/zskd.py", """parts.append(("views", views, impressions.label_in_process(
+                    teacher.logits, views, config.temperature)))""",
+               """parts.append(("views", views, np.tile(targets, (config.views, 1))))"""),),
+             ("tests/test_zskd.py::test_zskd_runs_end_to_end_from_the_teacher_saved_model",)),
+    Mutation("vote_reads_true_class", "the few shots' votes include their true class",
+             (("tfkd/pipeline.py", "few_shot_labels=labels if method.reads_true_labels else None",
+               "few_shot_labels=labels"),
+              ("tfkd/methods/fsbbt.py", 'real = self.label(ctx, ctx.few_shot, "label_real")',
+               'real = 0.5 * self.label(ctx, ctx.few_shot, "label_real") + 0.5 * np.eye('
+               'ctx.num_classes, dtype=np.float32)[ctx.few_shot_labels]')),
+             ("tests/test_label_only_soft_labels.py::test_no_label_only_soft_label_reads_the_true_class[fsbbt]",)),
+    Mutation("db3kd_soft_label_reads_true_class", "DB3KD puts the true class into the soft label, as "
+             "the reference code does",
+             (("tfkd/pipeline.py", "few_shot_labels=labels if method.reads_true_labels else None",
+               "few_shot_labels=labels"),
+              ("tfkd/methods/db3kd.py",
+               '        return TransferSet.from_parts([("real", ctx.few_shot, targets)])',
+               '        targets = 0.5 * targets + 0.5 * np.eye(ctx.num_classes, dtype=np.float32)['
+               'ctx.few_shot_labels]\n'
+               '        return TransferSet.from_parts([("real", ctx.few_shot, targets)])')),
+             ("tests/test_label_only_soft_labels.py::test_no_label_only_soft_label_reads_the_true_class[db3kd]",)),
     Mutation("damaged_state_reused", "a file that does not load is not set aside",
              (("tfkd/workdir.py", "            moved = set_aside(path)\n", "            raise\n"),),
              ("tests/test_damaged_workdir.py::test_an_artifact_that_does_not_load_is_set_aside_and_built_again",)),

@@ -27,11 +27,14 @@ def _zskd(workdir, *extra):
 
 @pytest.mark.slow
 def test_zskd_runs_end_to_end_from_the_teacher_saved_model(server, teacher_base, tmp_path):
-    result = _zskd(tmp_path, f"--teacher={server.target}", f"--teacher_saved_model={teacher_base}")
+    views = '--params_override={"zskd.views": 1}'
+    result = _zskd(tmp_path, f"--teacher={server.target}", f"--teacher_saved_model={teacher_base}",
+                   views)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "zskd" and report["student_loss"] == "tempered_kd"
-    assert report["transfer_set_sources"] == {"impressions": 80} and report["num_shots"] == 0
+    assert report["transfer_set_sources"] == {"impressions": 80, "views": 80}
+    assert report["num_shots"] == 0
     assert report["teacher_queries_sent"] == 0  # White-box: no query at all.
     assert report["stage_seconds"]["impressions"] > 0
     transfer = methods.TransferSet.load(report["labelled_set"])
@@ -39,7 +42,16 @@ def test_zskd_runs_end_to_end_from_the_teacher_saved_model(server, teacher_base,
     np.testing.assert_allclose(transfer.targets.sum(axis=1), 1.0, rtol=1e-5)
     # 2 betas x 10 classes x 1 batch of 4: every class drawn 8 times.
     assert 0.0 <= report["student_accuracy"] <= 1.0
-    again = _zskd(tmp_path, f"--teacher={server.target}", f"--teacher_saved_model={teacher_base}")
+    # Each augmented view carries the teacher's answer on the view (softmax at T = 20), not the
+    # stored target of the impression it was made from (issue 27).
+    is_view = transfer.source == transfer.source_names.index("views")
+    teacher = impressions.SavedModelTeacher(os.path.join(teacher_base, "1"))
+    assert teacher.output_key == "logits"  # tfkd's teacher export answers its logits.
+    answers = impressions.label_in_process(teacher.logits, transfer.images[is_view], 20.0)
+    np.testing.assert_allclose(transfer.targets[is_view], answers, atol=1e-5)
+    assert np.abs(transfer.targets[is_view] - transfer.targets[~is_view]).max() > 1e-3
+    again = _zskd(tmp_path, f"--teacher={server.target}", f"--teacher_saved_model={teacher_base}",
+                  views)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "impressions" not in json.loads((tmp_path / "report.json").read_text())["stage_seconds"]
 

@@ -61,6 +61,11 @@ class ShardedTeacher:
     def label_only(self) -> bool:
         return self.teacher.label_only
 
+    @property
+    def decision_only(self) -> bool:
+        """The client's :attr:`tfkd.teacher.TeacherClient.decision_only`."""
+        return self.teacher.decision_only
+
     def probe(self, images: np.ndarray, stage: str = "predict") -> np.ndarray:
         """The client's :meth:`tfkd.teacher.TeacherClient.probe` (no sharding)."""
         return self.teacher.probe(images, stage)

@@ -19,6 +19,7 @@ from tfkd import synthesis
 from tfkd import teacher as teacher_lib
 from tfkd import training
 from tfkd import vertex
+from tfkd import votes as votes_lib
 from tfkd import zeroshot
 
 
@@ -64,6 +65,9 @@ class DistillConfig:
       zsdb3kd: ZSDB3KD's pseudo-sample schedule.
       zskd: ZSKD's Data Impression search (``zskd`` and ``zskd_blackbox``).
       zskd_blackbox: how ``zskd_blackbox`` estimates image gradients from queries.
+      votes: soft labels from a teacher that answers its top-1 class only (the FS-BBT family):
+        the vote over perturbed copies (:mod:`tfkd.votes`); ignored for a teacher that answers
+        probabilities.
       teacher_saved_model: the teacher's SavedModel (a version directory, or a TF Serving base path:
         its newest version), loaded in-process by a method that needs the teacher's weights
         (``zskd``); with a remote ``teacher.target`` it is required for such a method.
@@ -104,6 +108,7 @@ class DistillConfig:
     zsdb3kd: zeroshot.ZeroShotConfig = zeroshot.ZeroShotConfig()
     zskd: impressions.ImpressionConfig = impressions.ImpressionConfig()
     zskd_blackbox: impressions.ZerothOrderConfig = impressions.ZerothOrderConfig()
+    votes: votes_lib.VoteConfig = votes_lib.VoteConfig()
     teacher_saved_model: str | None = None
     eval_examples: int = 0
     evaluate_test: bool = True
@@ -214,6 +219,7 @@ class DistillConfig:
         self.zsdb3kd.validate()
         self.zskd.validate()
         self.zskd_blackbox.validate()
+        self.votes.validate()
         if self.images is not None:
             self._validate_images(method)
         if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:

@@ -3,7 +3,10 @@
 Signature contract (teacher by default, and every student):
   ``serving_default``: input ``images`` float32 [batch, H, W, C] in [0, 1];
   outputs ``probabilities`` float32 [batch, num_classes] (rows sum to 1) and, for the student,
-  ``classes`` int64 [batch] (the argmax).
+  ``classes`` int64 [batch] (the argmax). A teacher tfkd trains also answers ``logits`` float32
+  [batch, num_classes] (:data:`TEACHER_OUTPUTS`): white-box methods (ZSKD's impression search)
+  read them instead of log-probabilities, which float32 floors at about -103 nats and tfkd at
+  -69 (``log(max(p, 1e-30))``), so a confident image keeps its real logit gaps.
 
 With class names, the export also has TF Serving's Classify API signature ``classify`` (method
 ``tensorflow/serving/classify``): input ``inputs`` string [batch] of serialized ``tf.train.Example``
@@ -51,7 +54,11 @@ SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
 PROBABILITIES_KEY = "probabilities"
 CLASSES_KEY = "classes"
+LOGITS_KEY = "logits"
 OUTPUTS = (PROBABILITIES_KEY, CLASSES_KEY)
+"""A student's outputs (the default)."""
+TEACHER_OUTPUTS = (PROBABILITIES_KEY, CLASSES_KEY, LOGITS_KEY)
+"""The outputs of a teacher tfkd trains: the student's and its logits."""
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 CLASSIFY_SIGNATURE_KEY = "classify"
 CLASSIFY_IMAGE_FEATURE = "image/encoded"
@@ -153,7 +160,8 @@ class _ClassifierServable(tf.Module):
     def _serve(self, images):
         logits = tf.cast(self.model(images, training=False), tf.float32)
         outputs = {PROBABILITIES_KEY: tf.nn.softmax(logits, axis=-1),
-                   CLASSES_KEY: tf.argmax(logits, axis=-1, output_type=tf.int64)}
+                   CLASSES_KEY: tf.argmax(logits, axis=-1, output_type=tf.int64),
+                   LOGITS_KEY: logits}
         return {key: outputs[key] for key in self._outputs}
 
 
@@ -228,9 +236,9 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
       model: a built functional Keras model, float32 [b, H, W, C] in [0, 1] -> logits [b, K].
       export_base: the servable's base path (TF Serving's ``model_base_path``).
       version: the version number; default: one more than the newest present (1 for the first).
-      outputs: which of ``probabilities`` float32 [b, K] and ``classes`` int64 [b] the signature
-        returns; ``("classes",)`` makes a label-only (decision-based) servable, as a vendor API
-        that answers class ids only.
+      outputs: which of ``probabilities`` float32 [b, K], ``classes`` int64 [b] and ``logits``
+        float32 [b, K] the signature returns; ``("classes",)`` makes a label-only
+        (decision-based) servable, as a vendor API that answers class ids only.
       warmup_images: float32 [n >= 1, H, W, C] real images for the warmup requests (batch 1 and
         min(8, n)); None writes none.
       variant: one of ``VARIANTS``.
@@ -244,8 +252,8 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
       ValueError: ``version`` not positive or already present; unknown variant or output; class
         names not K distinct one-line names.
     """
-    if not outputs or not set(outputs) <= set(OUTPUTS):
-        raise ValueError(f"outputs={outputs!r}: expected a non-empty subset of {OUTPUTS}")
+    if not outputs or not set(outputs) <= set(TEACHER_OUTPUTS):
+        raise ValueError(f"outputs={outputs!r}: expected a non-empty subset of {TEACHER_OUTPUTS}")
     existing = list_versions(export_base)
     if version is None:
         version = (existing[-1] + 1) if existing else 1

@@ -44,6 +44,7 @@ from absl import logging
 from tfkd import fs
 
 BETAS = (1.0, 0.1)
+PIXEL_RULES = ("clip", "rescale")
 PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
 """The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
@@ -72,6 +73,17 @@ class ImpressionConfig:
       betas: the Dirichlet scales, each given an equal share (1.0 and 0.1).
       final_layer: the name of the final layer's weight variable in the teacher's SavedModel
         (e.g. ``logits/kernel``); None finds the one variable of shape [features, K].
+      pixels: how pixels are kept in [0, 1] after each Adam step: ``clip`` (each pixel, a
+        projected gradient step) or ``rescale`` (each image min-max rescaled to [0, 1]; the
+        reference rescales the whole batch, which couples its images).
+      views: augmented views of each impression added to the transfer set, each labelled by the
+        teacher at T (the reference's ``data_augmentation.py``: scales, shifts, rotations up to
+        ±90°, flips, every view relabelled); 0 adds none. White-box they cost no query;
+        ``zskd_blackbox`` sends each view once (stage ``label_views``, ledgered).
+      view_rotation, view_scale, view_shift: a view's rotation up to ± this many degrees, its
+        central zoom (the fraction of the image kept, drawn in [view_scale, 1]) and its shift up
+        to ± this fraction of the side; each view is also mirrored left-right with probability
+        1/2 (:func:`augmented_views`).
 
     ``count``, ``iterations`` and ``learning_rate`` left None take the method's defaults
     (:meth:`resolved`: the paper's for ``zskd``, :data:`BLACKBOX_DEFAULTS` for ``zskd_blackbox``).
@@ -84,6 +96,11 @@ class ImpressionConfig:
     temperature: float = 20.0
     betas: tuple[float, ...] = BETAS
     final_layer: str | None = None
+    pixels: str = "clip"
+    views: int = 0
+    view_rotation: float = 90.0
+    view_scale: float = 0.6
+    view_shift: float = 0.2
 
     def resolved(self, dataset: str = "", blackbox: bool = False) -> "ImpressionConfig":
         """The fields left None filled: with ``blackbox`` from :data:`BLACKBOX_DEFAULTS`, else the
@@ -93,6 +110,12 @@ class ImpressionConfig:
                 {"count": PAPER_COUNTS.get(dataset, 48_000), **PAPER_SEARCH})
         unset = {k: v for k, v in base.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **unset) if unset else self
+
+    def search(self) -> "ImpressionConfig":
+        """This config less what acts after the search (the views): the key of the persisted
+        impressions, so that runs differing only in their views share one search."""
+        return dataclasses.replace(self, views=0, view_rotation=90.0, view_scale=0.6,
+                                   view_shift=0.2)
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range (None: filled by
@@ -105,6 +128,14 @@ class ImpressionConfig:
                 raise ValueError(f"zskd.{name}={getattr(self, name)}: expected > 0")
         if not self.betas or min(self.betas) <= 0:
             raise ValueError(f"zskd.betas={self.betas}: expected one or more values > 0")
+        if self.pixels not in PIXEL_RULES:
+            raise ValueError(f"zskd.pixels={self.pixels!r}: expected one of {PIXEL_RULES}")
+        if self.views < 0:
+            raise ValueError(f"zskd.views={self.views}: expected >= 0 (0: none)")
+        if not 0 < self.view_scale <= 1 or not 0 <= self.view_shift < 1 or self.view_rotation < 0:
+            raise ValueError(f"zskd.view_scale={self.view_scale}, view_shift={self.view_shift}, "
+                             f"view_rotation={self.view_rotation}: expected scale in (0, 1], "
+                             "shift in [0, 1), rotation >= 0 degrees")
 
 
 def class_similarity(weights: np.ndarray) -> np.ndarray:
@@ -176,17 +207,30 @@ def target_plan(num_classes: int, config: ImpressionConfig) -> list[tuple[int, f
     return [(k, beta) for _ in range(per_cell) for beta in config.betas for k in range(num_classes)]
 
 
-def adam_step(x, m, v, grad, t, learning_rate: float):
+def adam_step(x, m, v, grad, t, learning_rate: float, pixels: str = "clip"):
     """One Adam step (Kingma & Ba 2015, Algorithm 1; ``keras.optimizers.Adam``'s β1 0.9, β2 0.999,
-    ε 1e-7) on pixels, then clipped to [0, 1]: returns (x, m, v). Written with arithmetic only, so
-    the same update runs on tensors inside the white-box search's compiled loop and on NumPy arrays
-    in the black-box one; ``t`` is the step number from 1 (a float or float tensor)."""
+    ε 1e-7) on pixels, then back into [0, 1] by ``pixels`` (``clip`` or per-image ``rescale``,
+    :data:`PIXEL_RULES`): returns (x, m, v). Written with arithmetic only, so the same update runs
+    on tensors inside the white-box search's compiled loop and on NumPy arrays in the black-box
+    one; ``t`` is the step number from 1 (a float or float tensor)."""
     m = 0.9 * m + 0.1 * grad
     v = 0.999 * v + 0.001 * grad * grad
     step = learning_rate * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t)
     x = x - step * m / (v ** 0.5 + 1e-7)
-    return (tf.clip_by_value(x, 0.0, 1.0) if tf.is_tensor(x) else
-            np.clip(x, 0, 1).astype(np.float32)), m, v
+    if tf.is_tensor(x):
+        return (min_max_rescale(x) if pixels == "rescale" else tf.clip_by_value(x, 0.0, 1.0)), m, v
+    x = min_max_rescale(x) if pixels == "rescale" else np.clip(x, 0, 1)
+    return np.asarray(x, np.float32), m, v
+
+
+def min_max_rescale(x):
+    """Each image of float [b, H, W, C] min-max rescaled to [0, 1] (a constant image to 0);
+    tensors or NumPy arrays."""
+    lib = tf if tf.is_tensor(x) else np
+    axes = tuple(range(1, len(x.shape)))
+    low = (tf.reduce_min(x, axes, keepdims=True) if lib is tf else x.min(axes, keepdims=True))
+    high = (tf.reduce_max(x, axes, keepdims=True) if lib is tf else x.max(axes, keepdims=True))
+    return (x - low) / lib.maximum(high - low, 1e-12)
 
 
 def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfig):
@@ -221,7 +265,7 @@ def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfi
         for i in tf.range(config.iterations):
             loss, grad = loss_and_grad(images, targets)
             images, m, v = adam_step(images, m, v, grad, tf.cast(i + 1, tf.float32),
-                                     config.learning_rate)
+                                     config.learning_rate, config.pixels)
             losses = losses.write(i, loss)
         return images, tf.nn.softmax(logits_fn(images) / temperature), losses.stack()
 
@@ -676,8 +720,61 @@ def _blackbox_step(current: _Round, probe, config, zo, seed) -> None:
                                    rng)
     t = int(current.step) + 1
     current.images, current.m, current.v = adam_step(current.images, current.m, current.v, grad,
-                                                     float(t), config.learning_rate)
+                                                     float(t), config.learning_rate, config.pixels)
     if t == 1:
         current.first_loss = loss
     current.loss = loss
     current.step = t
+
+
+# --- Augmented views, each labelled by the teacher (the reference's data_augmentation.py). -------
+
+
+def augmented_views(images: np.ndarray, config: ImpressionConfig, seed: int,
+                    batch_size: int = 4096) -> np.ndarray:
+    """``config.views`` augmented views of every impression, view-major: float32
+    [views x n, H, W, C] in [0, 1], row v·n + i a view of image i.
+
+    Each view is one projective transform (bilinear, edges filled with 0): a rotation up to
+    ± ``view_rotation`` degrees, a central zoom keeping a fraction in [``view_scale``, 1] of the
+    side, a shift up to ± ``view_shift`` of the side, then a left-right mirror with probability
+    1/2; the draws of view v come from (seed, v) alone. The reference (vcl-iisc/ZSKD
+    ``model_training/data_augmentation.py``) makes a fixed grid of such copies (3 zooms, 4 shifts,
+    10 rotations in ±90°, 3 flips and their pairs, about 100 per impression); tfkd draws
+    ``views`` random ones. Their targets are the teacher's answers on them, never the impression's
+    stored target (``tests/test_zskd.py`` checks).
+    """
+    images = np.asarray(images, np.float32)
+    n, (h, w) = len(images), images.shape[1:3]
+    out = np.empty((config.views * n, *images.shape[1:]), np.float32)
+    for v in range(config.views):
+        rng = np.random.default_rng([seed, 104729, v])
+        theta = np.deg2rad(rng.uniform(-config.view_rotation, config.view_rotation, n))
+        zoom = rng.uniform(config.view_scale, 1.0, n)
+        dx, dy = (rng.uniform(-config.view_shift, config.view_shift, (2, n))
+                  * np.array([[w], [h]]))
+        mirror = rng.random(n) < 0.5
+        # Output pixel p samples the input at c + zoom · R(theta) (p - c - d).
+        cos, sin = zoom * np.cos(theta), zoom * np.sin(theta)
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        px, py = cx + dx, cy + dy
+        transforms = np.stack([cos, -sin, cx - cos * px + sin * py,
+                               sin, cos, cy - sin * px - cos * py,
+                               np.zeros(n), np.zeros(n)], axis=1).astype(np.float32)
+        for start in range(0, n, batch_size):
+            part = slice(start, start + batch_size)
+            view = tf.raw_ops.ImageProjectiveTransformV3(
+                images=images[part], transforms=transforms[part], output_shape=[h, w],
+                fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT").numpy()
+            view[mirror[part]] = view[mirror[part], :, ::-1]
+            out[v * n + start: v * n + start + len(view)] = np.clip(view, 0.0, 1.0)
+    return out
+
+
+def label_in_process(logits_fn: Callable, images: np.ndarray, temperature: float,
+                     batch_size: int = 1024) -> np.ndarray:
+    """The teacher's softmax at T, float32 [n, K], on float32 [n, H, W, C] images in [0, 1], from
+    ``logits_fn`` (a white-box teacher in-process: no query)."""
+    parts = [tf.nn.softmax(logits_fn(tf.constant(images[i:i + batch_size])) / temperature).numpy()
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts).astype(np.float32)

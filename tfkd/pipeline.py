@@ -322,30 +322,70 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
     return transfer
 
 
+SELECTION_HOLDOUT = (0.1, 5000)
+"""With ``student.select='validation'`` and no validation split: the fraction of the transfer set
+held out of training to select on, and its most images."""
+
+
+def selection_split(student_config: training.StudentConfig, dataset: data_lib.Dataset,
+                    transfer: methods.TransferSet, seed: int):
+    """What the student selects its epoch on: ``(train images, train targets, selection images,
+    selection labels int [m], what it is)``; selection images and labels None for ``final``.
+
+    The validation split (real labelled images, held out of the teacher's training and the few
+    shots); with none (the user's own images), a held-out slice of the transfer set
+    (:data:`SELECTION_HOLDOUT`, drawn by ``seed``) labelled with the teacher's top-1 answer and
+    left out of training. Never the test split.
+    """
+    images, targets = transfer.images, transfer.targets
+    if student_config.select != "validation":
+        return images, targets, None, None, "final epoch"
+    if dataset.x_val is not None:
+        return images, targets, dataset.x_val, dataset.y_val, "validation split"
+    fraction, most = SELECTION_HOLDOUT
+    m = min(most, int(len(images) * fraction))
+    if m < 1:
+        raise ValueError(f"student.select='validation': no validation split and a transfer set of "
+                         f"{len(images)} images, too few to hold out a slice")
+    order = np.random.default_rng([seed, 7]).permutation(len(images))
+    held, kept = np.sort(order[:m]), np.sort(order[m:])
+    return (images[kept], targets[kept], images[held], targets[held].argmax(axis=1),
+            "held-out transfer set (teacher's top-1)")
+
+
 def train_student(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
                   transfer: methods.TransferSet, transfer_fp: str, strategy, timer: StageTimer,
                   report: Report) -> keras.Model:
     """Trains the student on the transfer set (fingerprint ``transfer_fp``), resuming from the work
-    dir's backup; returns the logits model."""
+    dir's backup, selecting its epoch as ``student.select`` says (:func:`selection_split`);
+    returns the logits model."""
     student_config, loss = method.student_config(config), method.make_loss(config)
+    images, targets, x_sel, y_sel, selection = selection_split(student_config, dataset, transfer,
+                                                               config.seed)
     global_batch = student_config.batch_size * strategy.num_replicas_in_sync
-    length = training.training_length(student_config, len(transfer.images), global_batch)
+    length = training.training_length(student_config, len(images), global_batch)
     tensorboard_dir = outputs.tensorboard_root(config)
     callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
-    if dataset.x_val is not None:  # Monitoring reads the validation split, never the test split.
+    monitor = (x_sel, y_sel) if x_sel is not None else (dataset.x_val, dataset.y_val)
+    if monitor[0] is not None:  # Monitoring and selection never read the test split.
         callbacks.append(training.ValidationAccuracy(
-            dataset.x_val, dataset.y_val, os.path.join(tensorboard_dir, "student", "validation"),
-            every=length.epochs // 50))  # At most about 50 measurements a run.
+            *monitor, os.path.join(tensorboard_dir, "student", "validation"),
+            every=1 if x_sel is not None else length.epochs // 50))  # Else about 50 a run.
     backup = workdir_lib.artifact_path(config.outputs.checkpoint_dir or config.workdir,
                                        "student_backup", "", transfer_fp,
                                        student_config, config.seed)
+    keep_best = (training.KeepBest(os.path.join(backup, "selected_weights.npz"))
+                 if x_sel is not None else None)
     with timer("student_training"):
         student, history = training.train_student(
-            transfer.images, transfer.targets, student_config, config.seed, backup_dir=backup,
-            strategy=strategy, verbose=config.verbose, callbacks=callbacks, loss=loss)
+            images, targets, student_config, config.seed, backup_dir=backup,
+            strategy=strategy, verbose=config.verbose, callbacks=callbacks, loss=loss,
+            keep_best=keep_best)
     losses = history.get("loss", [])
     agreement = history.get("teacher_agreement", [])
     report.update(
+        student_selection=selection, student_selected_epoch=history.get("selected_epoch"),
+        student_selection_scores=keep_best.scores if keep_best else None,
         student_training_agreement=float(agreement[-1]) if agreement else None,
         student_batchnorm_layers=(len(training.batchnorm_layers(student))
                                   if student_config.batchnorm_images else 0),

@@ -150,6 +150,15 @@ class Report:
     """Epochs found done in the work dir when this process started (0: a fresh start)."""
     student_final_loss: float | None = None
     """The training loss of the last epoch this process ran."""
+    student_selection: str | None = None
+    """Which weights were exported (``student.select``): ``final epoch``, or the best epoch on the
+    ``validation split`` or, with none, on a ``held-out transfer set (teacher's top-1)``. Never
+    the test split."""
+    student_selected_epoch: int | None = None
+    """The exported epoch (1-based) when selected; null for the final epoch."""
+    student_selection_scores: dict | None = None
+    """Top-1 accuracy on the selection split after each epoch (epoch -> fraction in [0, 1]): the
+    selected epoch's and the final epoch's are both here."""
     student_export_dir: str | None = None
     """The float32 student's SavedModel version directory."""
     student_accuracy: float | None = None

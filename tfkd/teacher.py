@@ -421,6 +421,13 @@ class TeacherClient:
             output_kind=kind, num_classes=shape[1] if len(shape) == 2 and shape[1] > 0 else None)
 
     label_only = property(lambda self: self.config.label_only)
+
+    @property
+    def decision_only(self) -> bool:
+        """The answers carry the top-1 class only (one-hot): the label-only view, or a teacher
+        that answers class ids."""
+        return self.label_only or self.signature.output_kind == "classes"
+
     name = property(lambda self: self._client.name)
     requests = property(lambda self: self._client.requests, doc="Predict RPCs, retries included.")
     retries = property(lambda self: self._client.retries, doc="Attempts after a retryable error.")

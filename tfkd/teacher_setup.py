@@ -83,7 +83,8 @@ def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConf
 
     test = accuracy(dataset.x_test, dataset.y_test) if evaluate_test else None
     validation = None if dataset.x_val is None else accuracy(dataset.x_val, dataset.y_val)
-    export_dir = export.export_classifier(model, export_base, warmup_images=dataset.x_train[:8])
+    export_dir = export.export_classifier(model, export_base, outputs=export.TEACHER_OUTPUTS,
+                                         warmup_images=dataset.x_train[:8])
     logging.info("Teacher %s: test accuracy %s, validation accuracy %s, exported to %s",
                  config.architecture, test, validation, export_dir)
     return {"export_dir": export_dir, "test_accuracy": test, "validation_accuracy": validation,

@@ -34,6 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfkd import errors
+from tfkd import fs
 from tfkd import models
 from tfkd import teacher as teacher_lib
 
@@ -41,6 +42,7 @@ LOSSES = ("soft_ce", "kd", "tempered_kd", "db3kd")
 STRATEGIES = ("mirrored", "multi_worker")
 LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
+SELECTIONS = ("final", "validation")
 
 
 StudentError = errors.StudentError
@@ -114,6 +116,10 @@ class StudentConfig:
       loop: ``fit`` (Keras ``fit``, with callbacks), ``custom`` (``strategy.run`` and
         ``strategy.reduce`` with ``tf.train.CheckpointManager``), or ``auto``: custom under
         MultiWorkerMirroredStrategy (Keras 3 ``fit`` has open issues there), else fit.
+      select: which weights are exported: ``final`` (the last epoch's) or ``validation`` (the
+        epoch of best accuracy on the selection split, :class:`KeepBest`: the validation split, or
+        with none a held-out slice of the transfer set scored against the teacher's top-1). Never
+        the test split. A recipe field (``None``: the method's, else ``final``).
       batchnorm_images: after training, the moving mean and variance of every BatchNormalization
         layer of the student are re-estimated over up to this many transfer-set images
         (:func:`reestimate_batchnorm`), whatever the number of optimizer steps; 0 keeps the
@@ -140,6 +146,7 @@ class StudentConfig:
     checkpoint_steps: int = 0
     loop: str = "auto"
     batchnorm_images: int = 8192
+    select: str | None = None
 
     def resolved(self, recipe: dict | None = None) -> "StudentConfig":
         """This config with the recipe fields left unset taken from ``recipe`` (a method's, the
@@ -169,6 +176,9 @@ class StudentConfig:
             ("checkpoint_steps", config.checkpoint_steps >= 0, ">= 0"),
             ("loop", config.loop in LOOPS, LOOPS),
             ("batchnorm_images", config.batchnorm_images >= 0, ">= 0 (0 disables)"),
+            ("select", config.select in SELECTIONS, SELECTIONS),
+            ("select", config.select == "final" or config.loop != "custom",
+             "'final' with loop 'custom' (the custom loop runs no callback)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -176,9 +186,10 @@ class StudentConfig:
 
 
 RECIPE = {"architecture": "lenet5_half", "epochs": 50, "mixup_alpha": 1.0,
-          "rotation_degrees": 10.0, "shift_fraction": 0.1}
+          "rotation_degrees": 10.0, "shift_fraction": 0.1, "select": "final"}
 """The student recipe of a method that names none (:meth:`StudentConfig.resolved`): LeNet-5-half,
-50 epochs, training-time MixUp (α = 1), ±10° rotations and ±10% shifts."""
+50 epochs, training-time MixUp (α = 1), ±10° rotations and ±10% shifts, the final epoch's
+weights."""
 
 MAX_CHUNKS = 50
 """A step-counted run (``StudentConfig.steps``) is cut into at most this many Keras epochs."""
@@ -624,7 +635,8 @@ class ValidationAccuracy(keras.callbacks.Callback):
     """Logs top-1 accuracy on the validation split after each epoch, to TensorBoard
     (``validation_accuracy``, and ``learning_rate``) and to the Keras logs (``val_accuracy``).
 
-    For monitoring: no checkpoint is selected on it, and it never reads the test split. Images
+    For monitoring, and for :class:`KeepBest` (``select='validation'``), which reads its
+    ``val_accuracy`` in the same epoch; it never reads the test split. Images
     float32 [n, H, W, C] in [0, 1], labels int [n]. ``every``: measure after every this many epochs
     (and the last): a long run of short epochs (a baseline on N images) otherwise spends more time
     here than training.
@@ -649,6 +661,54 @@ class ValidationAccuracy(keras.callbacks.Callback):
         self.writer.flush()
         if logs is not None:
             logs["val_accuracy"] = accuracy
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best selection accuracy, for ``select='validation'``.
+
+    Reads ``logs[monitor]`` (top-1 accuracy in [0, 1], written earlier in the same epoch by
+    :class:`ValidationAccuracy`; an epoch without it is skipped). The best weights go to ``path``
+    (an ``.npz`` of the model's weights, written atomically) and the best epoch and score to
+    ``<path>.json``, so a resumed run (``BackupAndRestore``) keeps comparing with the best of the
+    epochs before it was killed: ``keras.callbacks.ModelCheckpoint(save_best_only=True)`` starts
+    from -inf again after a restart and would overwrite a better epoch.
+
+    The selection split is the caller's: the validation split, or a held-out slice of the
+    transfer set (never the test split; ``tests/test_selection.py`` fails a run that reads the
+    test split while training).
+    """
+
+    def __init__(self, path: str, monitor: str = "val_accuracy"):
+        super().__init__()
+        self.path, self.monitor = path, monitor
+        self.best_epoch, self.best, self.scores = None, -np.inf, {}
+        if fs.exists(path + ".json") and fs.exists(path):
+            saved = json.loads(fs.read_text(path + ".json"))
+            self.best_epoch, self.best = int(saved["epoch"]), float(saved["score"])
+            self.scores = {int(k): v for k, v in saved.get("scores", {}).items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(self.monitor)
+        if score is None:
+            return
+        self.scores[epoch + 1] = float(score)
+        if score > self.best:
+            self.best_epoch, self.best = epoch + 1, float(score)
+            fs.makedirs(os.path.dirname(self.path) or ".")
+            fs.save_npz(self.path, **{f"w{i}": w for i, w in enumerate(self.model.get_weights())})
+        fs.write_atomic(self.path + ".json", json.dumps(
+            {"epoch": self.best_epoch, "score": self.best, "scores": self.scores}))
+
+    def restore(self, model: keras.Model) -> int | None:
+        """Loads the best epoch's weights into ``model``; returns that epoch (1-based), or None
+        when no epoch was scored (the final weights stay)."""
+        if self.best_epoch is None:
+            return None
+        with fs.load_npz(self.path) as f:
+            model.set_weights([f[f"w{i}"] for i in range(len(f.files))])
+        logging.info("Student: selected epoch %d (%s %.4f; last epoch %s)", self.best_epoch,
+                     self.monitor, self.best, self.scores.get(max(self.scores)))
+        return self.best_epoch
 
 
 def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig,
@@ -699,7 +759,8 @@ def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_b
 
 def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig, seed: int,
                   backup_dir: str | None = None, strategy: tf.distribute.Strategy | None = None,
-                  verbose: int = 1, callbacks=None, loss=None) -> tuple[keras.Model, dict]:
+                  verbose: int = 1, callbacks=None, loss=None,
+                  keep_best: KeepBest | None = None) -> tuple[keras.Model, dict]:
     """Trains a student from scratch on (image, teacher soft label) pairs.
 
     Args:
@@ -714,6 +775,9 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
       callbacks: Keras callbacks for ``fit`` (the custom loop logs its loss with absl instead).
       loss: ``loss(reduction=...) -> keras.losses.Loss`` (logits [b, K] against targets [b, K]; the
         custom loop asks for ``reduction=None``); default: :func:`make_loss` of ``config.loss``.
+      keep_best: with ``config.select == 'validation'``, the :class:`KeepBest` run after
+        ``callbacks``; its best epoch's weights are loaded when training ends (before the
+        BatchNorm re-estimation). Required then; ignored for ``final``.
 
     Returns:
       (the trained student, a logits `keras.Model`; the Keras history dict of per-epoch metrics).
@@ -724,6 +788,8 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
       StudentError: the training loss became NaN or infinite.
     """
     strategy, config = strategy or make_strategy(), config.resolved()
+    if config.select == "validation" and keep_best is None:
+        raise ValueError("student.select='validation': expected a selection split (keep_best)")
     loss = loss or functools.partial(make_loss, config.loss, config.temperature)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     _check_training_inputs(images, soft_labels, global_batch)
@@ -743,6 +809,8 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     else:
         _compile(student, config, strategy, lr, loss)
         callbacks = [*(callbacks or []), keras.callbacks.TerminateOnNaN()]
+        if config.select == "validation":
+            callbacks.append(keep_best)
         if backup_dir:
             callbacks.append(keras.callbacks.BackupAndRestore(
                 backup_dir, save_freq=config.checkpoint_steps or "epoch",
@@ -751,6 +819,8 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
                               steps_per_epoch=length.steps_per_epoch if length.repeat
                               else None).history
     check_finite_loss(history)
+    if config.select == "validation":
+        history["selected_epoch"] = keep_best.restore(student)
     if config.batchnorm_images:  # After EMA weights are swapped in: statistics of the exported weights.
         with strategy.scope():
             reestimate_batchnorm(student, images, config.batchnorm_images, seed=seed)

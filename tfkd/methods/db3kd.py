@@ -133,6 +133,9 @@ class FSBBTDB3KD(_DecisionBased, fsbbt._Synthetic):
     def fingerprint(self, config) -> tuple:
         return (*fsbbt._Synthetic.fingerprint(self, config), config.db3kd)
 
+    def votes(self, ctx: MethodContext) -> bool:
+        return False  # Its soft labels are the boundary distances', not votes.
+
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         plan = fsbbt._Synthetic.plan(self, ctx)
         total = len(ctx.few_shot) + sum(self.counts(ctx.config))

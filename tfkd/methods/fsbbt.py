@@ -29,6 +29,7 @@ import numpy as np
 from absl import logging
 
 from tfkd import synthesis
+from tfkd import votes
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
 from tfkd.methods import TransferSet
@@ -84,7 +85,7 @@ class _Synthetic(Method):
                 dataclasses.replace(config.cvae, num_images=num_cvae))
 
     def fingerprint(self, config) -> tuple:
-        return self.configs(config)
+        return (*self.configs(config), config.votes)
 
     def synthetic_images(self, config) -> int:
         return sum(self.counts(config))
@@ -124,26 +125,43 @@ class _Synthetic(Method):
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         mixed = self.mixup(ctx)
-        return {"label_real": ctx.teacher.missing(ctx.few_shot),
+        plan = {"label_real": ctx.teacher.missing(ctx.few_shot),
                 "label_mixup": 0 if mixed is None else ctx.teacher.missing(mixed),
                 # Unknown before the CVAE is trained: every CVAE image counts.
                 "label_cvae": ctx.teacher.share(self.counts(ctx.config)[1])}
+        if self.votes(ctx):  # An upper bound: the ledger may know some copies.
+            images = len(ctx.few_shot) + (0 if mixed is None else len(mixed)) + self.counts(
+                ctx.config)[1]
+            plan["label_votes"] = ctx.teacher.share(images) * ctx.config.votes.votes
+        return plan
+
+    def votes(self, ctx: MethodContext) -> bool:
+        """Whether the soft labels are votes (:mod:`tfkd.votes`): a teacher that answers its top-1
+        class only, and ``votes.votes`` > 0."""
+        return ctx.config.votes.votes > 0 and ctx.teacher.decision_only
+
+    def label(self, ctx: MethodContext, images: np.ndarray, stage: str) -> np.ndarray:
+        """The teacher's soft labels float32 [n, K] of ``images`` (charged to ``stage``); from a
+        label-only teacher, the vote of its answers over perturbed copies
+        (:func:`tfkd.votes.vote_soft_labels`, charged to ``label_votes``)."""
+        with ctx.stage(stage):
+            answers = ctx.teacher.soft_labels(images, progress=ctx.progress, stage=stage)
+        if not self.votes(ctx):
+            return answers
+        with ctx.stage("label_votes"):
+            return votes.vote_soft_labels(ctx.teacher.soft_labels, images, answers,
+                                          ctx.config.votes, ctx.seed)
 
     def build(self, ctx: MethodContext) -> TransferSet:
-        with ctx.stage("label_real"):
-            real = ctx.teacher.soft_labels(ctx.few_shot, progress=ctx.progress, stage="label_real")
+        real = self.label(ctx, ctx.few_shot, "label_real")
         parts = [("real", ctx.few_shot, real)]
         mixed = self.mixup(ctx)
         if mixed is not None:
-            with ctx.stage("label_mixup"):
-                parts.append(("mixup", mixed, ctx.teacher.soft_labels(
-                    mixed, progress=ctx.progress, stage="label_mixup")))
+            parts.append(("mixup", mixed, self.label(ctx, mixed, "label_mixup")))
         cvae_config = self.configs(ctx.config)[1]
         if cvae_config.num_images > 0:
             generated = self.cvae_images(ctx, real.argmax(axis=1), cvae_config)
-            with ctx.stage("label_cvae"):
-                parts.append(("cvae", generated, ctx.teacher.soft_labels(
-                    generated, progress=ctx.progress, stage="label_cvae")))
+            parts.append(("cvae", generated, self.label(ctx, generated, "label_cvae")))
         return TransferSet.from_parts(parts)
 
     def cvae_images(self, ctx: MethodContext, classes: np.ndarray,

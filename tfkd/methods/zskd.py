@@ -5,9 +5,11 @@
 tfkd trained locally). No real image and no query: the class similarity comes from the final
 layer's weights (:func:`tfkd.impressions.class_similarity`), the impressions from gradient descent
 on noise (:func:`tfkd.impressions.synthesize`), and the stored targets are the teacher's softmax at
-T on them. The student trains with T² · CE(stored, softmax(z_s / T)) at the same T
-(``tempered_kd``: the stored targets are used as they are; ``kd``, used before issue 27's fix,
-tempered them a second time, to the nearly uniform softmax(z_t / 400)).
+T on them; with ``zskd.views``, augmented views of each impression are added, each labelled by the
+teacher at T (:func:`tfkd.impressions.augmented_views`). The student trains with
+T² · CE(stored, softmax(z_s / T)) at the same T (``tempered_kd``: the stored targets are used as
+they are; ``kd``, used before issue 27's fix, tempered them a second time, to the nearly uniform
+softmax(z_t / 400)).
 """
 
 from __future__ import annotations
@@ -63,13 +65,19 @@ class ZSKD(_Impressions):
             raise ValueError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
                              f"{list(teacher.image_shape)}, expected {list(ctx.image_shape)} (the data's)")
         similarity = impressions.class_similarity(teacher.final_layer_weights(config.final_layer))
-        state = ctx.artifacts.path("impressions", ".npz", config,
+        state = ctx.artifacts.path("impressions", ".npz", config.search(),
                                    workdir_lib.fingerprint(np.asarray(similarity).tolist()))
         with ctx.stage("impressions"):
             images, targets, _, _ = impressions.synthesize(
                 teacher.logits, ctx.image_shape, similarity, config, ctx.seed, state_path=state,
                 progress=ctx.progress, strategy=ctx.strategy)
-        return TransferSet.from_parts([("impressions", images, targets)])
+        parts = [("impressions", images, targets)]
+        if config.views:
+            with ctx.stage("views"):
+                views = impressions.augmented_views(images, config, ctx.seed)
+                parts.append(("views", views, impressions.label_in_process(
+                    teacher.logits, views, config.temperature)))
+        return TransferSet.from_parts(parts)
 
 
 @register
@@ -79,7 +87,8 @@ class ZSKDBlackBox(_Impressions):
     image gradient from antithetic probes (:func:`tfkd.impressions.synthesize_blackbox`).
 
     Queries: ``zskd_probes`` (2q per impression and step, sent every time, charged in the work dir's
-    ``queries_sent.log``) and ``label_impressions`` (the final images, ledgered). Under
+    ``queries_sent.log``), ``label_impressions`` (the final images, ledgered) and ``label_views``
+    (``zskd.views`` augmented views of each, ledgered). Under
     MultiWorkerMirroredStrategy every worker makes every impression (not sharded yet: each worker's
     probes are charged to its own account).
     """
@@ -94,13 +103,16 @@ class ZSKDBlackBox(_Impressions):
         return (dataclasses.replace(config.zskd, final_layer=None), config.zskd_blackbox)
 
     def _state(self, ctx: MethodContext) -> str:
+        config = ctx.config
         return ctx.memo("zskd_blackbox_state", lambda: ctx.artifacts.path(
-            "impressions_blackbox", ".npz", *self.fingerprint(ctx.config)))
+            "impressions_blackbox", ".npz", dataclasses.replace(config.zskd.search(), final_layer=None),
+            config.zskd_blackbox))
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         probes, labels = impressions.blackbox_queries_left(
             ctx.num_classes, ctx.config.zskd, ctx.config.zskd_blackbox, self._state(ctx))
-        return {"zskd_probes": probes, "label_impressions": labels}
+        return {"zskd_probes": probes, "label_impressions": labels,
+                "label_views": labels * ctx.config.zskd.views}
 
     def build(self, ctx: MethodContext) -> TransferSet:
         with ctx.stage("impressions"):
@@ -109,4 +121,11 @@ class ZSKDBlackBox(_Impressions):
                 lambda x: ctx.teacher.soft_labels(x, stage="label_impressions"),
                 ctx.image_shape, ctx.num_classes, ctx.config.zskd, ctx.config.zskd_blackbox,
                 ctx.seed, state_path=self._state(ctx), progress=ctx.progress)
-        return TransferSet.from_parts([("impressions", images, targets)])
+        parts = [("impressions", images, targets)]
+        if ctx.config.zskd.views:  # Each view one query, ledgered: a rerun asks none again.
+            with ctx.stage("views"):
+                views = impressions.augmented_views(images, ctx.config.zskd, ctx.seed)
+                answers = ctx.teacher.soft_labels(views, stage="label_views")
+                parts.append(("views", views, impressions.tempered(answers,
+                                                                   ctx.config.zskd.temperature)))
+        return TransferSet.from_parts(parts)
