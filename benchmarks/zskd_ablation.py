@@ -40,6 +40,9 @@ ROWS = {
                 {"zskd.pixels": "rescale"}, "logits"),
     "dirichlet_1_1": ("logits", "base, both Dirichlet halves at beta 1.0 (what the reference "
                       "samples)", {"zskd.betas": [1.0, 1.0]}, "logits"),
+    "kd_loss": ("logits", "base, the kd loss of before issue 27 (targets tempered twice: "
+                "softmax(z_t / 400)); method zskd_kd of benchmarks/zskd_kd_plugin.py",
+                {}, "logits"),
     "views4": ("logits", "base, 4 augmented views per impression, each relabelled by the teacher",
                {"zskd.views": 4}, "logits"),
     "select": ("logits", "base, the epoch of best validation accuracy exported",
@@ -74,11 +77,15 @@ def run_row(name: str, seed: int) -> None:
     workdir = _workdir(f"{group}-seed{seed}")
     args = [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
             f"--seed={seed}", *SIZE, f"--params_override={json.dumps(override)}"]
+    if name == "kd_loss":
+        args += ["--plugins=zskd_kd_plugin", "--method=zskd_kd"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.join(REPO, "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     if export == "probabilities":
         args.append(f"--teacher_saved_model={FLAGS.probabilities_teacher}")
     print(f"{name} seed {seed}: {' '.join(args[2:])}", flush=True)
     with open(os.path.join(workdir, f"{name}.log"), "w") as log:
-        subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     report = json.load(open(os.path.join(workdir, "report.json")))
     report["ablation"] = {"row": name, "what": what, "params_override": override,
                           "teacher_output": export, "size": SIZE}

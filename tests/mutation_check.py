@@ -417,7 +417,7 @@ MUTATIONS += [  # One library, one truth (issue 26).
               ("tfkd/methods/fsbbt.py", 'real = self.label(ctx, ctx.few_shot, "label_real")',
                'real = 0.5 * self.label(ctx, ctx.few_shot, "label_real") + 0.5 * np.eye('
                'ctx.num_classes, dtype=np.float32)[ctx.few_shot_labels]')),
-             ("tests/test_label_only_soft_labels.py::test_no_label_only_soft_label_reads_the_true_class[fsbbt]",)),
+             ("tests/test_label_only_soft_labels.py::test_votes_are_the_teachers_answers_over_noisy_copies_and_never_read_the_true_class",)),
     Mutation("db3kd_soft_label_reads_true_class", "DB3KD puts the true class into the soft label, as "
              "the reference code does",
              (("tfkd/pipeline.py", "few_shot_labels=labels if method.reads_true_labels else None",
@@ -427,7 +427,7 @@ MUTATIONS += [  # One library, one truth (issue 26).
                '        targets = 0.5 * targets + 0.5 * np.eye(ctx.num_classes, dtype=np.float32)['
                'ctx.few_shot_labels]\n'
                '        return TransferSet.from_parts([("real", ctx.few_shot, targets)])')),
-             ("tests/test_label_only_soft_labels.py::test_no_label_only_soft_label_reads_the_true_class[db3kd]",)),
+             ("tests/test_label_only_soft_labels.py::test_db3kd_soft_labels_never_read_the_true_class",)),
     Mutation("damaged_state_reused", "a file that does not load is not set aside",
              (("tfkd/workdir.py", "            moved = set_aside(path)\n", "            raise\n"),),
              ("tests/test_damaged_workdir.py::test_an_artifact_that_does_not_load_is_set_aside_and_built_again",)),

@@ -743,6 +743,18 @@ def _compile(student: keras.Model, config: StudentConfig, strategy, lr, loss) ->
                                              if strategy.num_replicas_in_sync == 1 else 1))
 
 
+def _fit(student: keras.Model, ds, config: StudentConfig, length: TrainingLength,
+         backup_dir: str | None, verbose: int, callbacks: list) -> dict:
+    """Keras ``fit`` of the compiled student with ``callbacks``, stopping on a NaN loss and, with
+    a backup dir, resuming from and saving to it (``BackupAndRestore``); returns the history."""
+    callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
+    if backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(
+            backup_dir, save_freq=config.checkpoint_steps or "epoch", delete_checkpoint=False))
+    return student.fit(ds, epochs=length.epochs, verbose=verbose, callbacks=callbacks,
+                       steps_per_epoch=length.steps_per_epoch if length.repeat else None).history
+
+
 def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_batch: int) -> None:
     """Raises ValueError naming ``images`` or ``soft_labels`` unless they pair up (one row each),
     the images are finite, the soft labels are distributions, and there is a global batch."""
@@ -808,16 +820,8 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
                                backup_dir, verbose, loss)
     else:
         _compile(student, config, strategy, lr, loss)
-        callbacks = [*(callbacks or []), keras.callbacks.TerminateOnNaN()]
-        if config.select == "validation":
-            callbacks.append(keep_best)
-        if backup_dir:
-            callbacks.append(keras.callbacks.BackupAndRestore(
-                backup_dir, save_freq=config.checkpoint_steps or "epoch",
-                delete_checkpoint=False))
-        history = student.fit(ds, epochs=length.epochs, verbose=verbose, callbacks=callbacks,
-                              steps_per_epoch=length.steps_per_epoch if length.repeat
-                              else None).history
+        history = _fit(student, ds, config, length, backup_dir, verbose,
+                       [*(callbacks or []), *([keep_best] if config.select == "validation" else [])])
     check_finite_loss(history)
     if config.select == "validation":
         history["selected_epoch"] = keep_best.restore(student)
