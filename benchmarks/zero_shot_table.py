@@ -109,6 +109,37 @@ def plot(rows: list[dict], path: str, few_shot: list[tuple[str, float, int]]) ->
         legend=dict(fontsize=7, loc="center left"))
 
 
+ABLATION = os.path.join(REPORTS, "ablation")
+
+
+def ablation_lines(results_md: str) -> list[str]:
+    """The ablation table (benchmarks/zskd_ablation.py): one line per row and seed, validation
+    first (what the choices are made on), the test figure beside it; the epoch selected on the
+    validation split where the row selects (its final epoch's validation figure beside it)."""
+    runs = label_only_table.load(ABLATION)
+    if not runs:
+        return []
+    lines = ["| row | change (alone, over `base` unless said) | seed | transfer images | "
+             "validation acc. | selected epoch (final epoch's validation) | test acc. | "
+             "search s | student s | report |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    for name in sorted(runs, key=lambda n: (n != "base", n)):
+        for seed, r in sorted(runs[name].items()):
+            scores = r.get("student_selection_scores") or {}
+            selected = r.get("student_selected_epoch")
+            sel = (f"{selected} ({100 * scores[str(max(map(int, scores)))]:.2f})"
+                   if selected and scores else "final")
+            stages = r["stage_seconds"]
+            lines.append(
+                f"| {name} | {r['ablation']['what']} | {seed} | "
+                f"{sum(r['transfer_set_sources'].values()):,} | "
+                f"{100 * r['student_validation_accuracy']:.2f} | {sel} | "
+                f"{100 * r['student_accuracy']:.2f} | {stages.get('impressions', 0):.0f} | "
+                f"{stages.get('student_training', 0):.0f} | "
+                f"[json]({os.path.relpath(r['path'], os.path.dirname(results_md))}) |")
+    return lines
+
+
 def section(results_md: str, few_shot: list[tuple[str, float, int]] = ()) -> list[str]:
     """RESULTS.md's zero-shot section; [] without reports. ``few_shot``: (what, accuracy %,
     queries) of few-shot rows to show beside."""
@@ -145,6 +176,15 @@ def section(results_md: str, few_shot: list[tuple[str, float, int]] = ()) -> lis
     if picture:
         lines += ["", f"![zero-shot accuracy vs queries]"
                       f"({os.path.relpath(picture, os.path.dirname(results_md))})"]
+    ablation = ablation_lines(results_md)
+    if ablation:
+        lines += ["", "### ZSKD ablations (issue 27): each change alone, on the validation split",
+                  "", "`python benchmarks/zskd_ablation.py` (seed 0; the 2-core development "
+                  "machine, other runs sharing it part of the time): 12,000 impressions, 100 Adam "
+                  "steps at 0.01, the same teacher (90.75%, exported with logits), LeNet-5-half "
+                  "50 epochs; `base` is issue 27's code with every new option off. Search seconds "
+                  "0: the impressions were reused from the row's group (same search settings).",
+                  "", *ablation]
     notes = os.path.join(REPO, "benchmarks", "ZERO_SHOT_NOTES.md")
     if os.path.exists(notes):
         with open(notes) as f:

@@ -39,6 +39,7 @@ from tfkd import synthesis
 from tfkd import teacher
 from tfkd import training
 from tfkd import vertex
+from tfkd import votes
 from tfkd import zeroshot
 
 # Every default below is read from the library's config dataclasses (one place); a flag whose
@@ -50,6 +51,7 @@ _BOUNDARY = boundary.BoundaryConfig()
 _ZERO_SHOT = zeroshot.ZeroShotConfig()
 _ZSKD = impressions.ImpressionConfig()
 _ZO = impressions.ZerothOrderConfig()
+_VOTES = votes.VoteConfig()
 _MIXUP = synthesis.MixUpConfig()
 _CVAE = synthesis.CVAEConfig()
 _STUDENT = training.StudentConfig()
@@ -195,6 +197,13 @@ flags.DEFINE_float("zskd_temperature", _ZSKD.temperature,
                    "ZSKD: T of the impression search, targets and student.")
 flags.DEFINE_string("zskd_final_layer", None, "ZSKD: the final layer's weight variable in the "
                     "SavedModel (e.g. logits/kernel); default: the one of shape [features, K].")
+flags.DEFINE_integer("zskd_views", _ZSKD.views, "ZSKD: augmented views of each impression "
+                     "(rotation, zoom, shift, mirror), each labelled by the teacher at T; 0: none.")
+flags.DEFINE_integer("votes", _VOTES.votes, "A label-only teacher (FS-BBT family): noisy copies of "
+                     "each image asked, its soft label the vote of the answers (k queries per "
+                     "image); 0: one-hot labels.")
+flags.DEFINE_float("vote_sigma", _VOTES.sigma, "The vote's Gaussian noise in pixel units "
+                   "(pixels in [0, 1]).")
 flags.DEFINE_integer("zskd_directions", _ZO.directions, "zskd_blackbox: antithetic direction pairs per "
                      "impression and step (2x this many queries each).")
 flags.DEFINE_float("zskd_sigma", _ZO.sigma, "zskd_blackbox: probe radius in pixel units (pixels in "
@@ -248,6 +257,10 @@ flags.DEFINE_float("shift_fraction", None, "Training-time random shifts up to ±
                    f"height and width; 0 disables (default: {_method_defaults('shift_fraction')}).")
 flags.DEFINE_bool("horizontal_flip", _STUDENT.horizontal_flip, "Mirror training images left-right "
                   "at random (clothing and natural images; not digits).")
+flags.DEFINE_enum("select", None, list(training.SELECTIONS), "Which student weights are exported: "
+                  "final (the last epoch's) or validation (the epoch of best accuracy on the "
+                  "validation split; with none, a held-out slice of the transfer set); never the "
+                  f"test split (default: {_method_defaults('select')}).")
 flags.DEFINE_integer("batchnorm_images", _STUDENT.batchnorm_images, "After training, re-estimate "
                      "the student's BatchNorm statistics over up to this many transfer-set images "
                      "(0: keep what training's momentum left).")
@@ -287,8 +300,8 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0,
-             "batchnorm_images": 0}
-_POSITIVE = ("cluster_startup_timeout", "zskd_learning_rate", "zskd_temperature", "zskd_sigma",
+             "batchnorm_images": 0, "zskd_views": 0, "votes": 0}
+_POSITIVE = ("cluster_startup_timeout", "zskd_learning_rate", "vote_sigma", "zskd_temperature", "zskd_sigma",
              "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
 _NOTES = {"num_shots": " (0: all, with --images)"}
@@ -396,10 +409,12 @@ def config_from_named_flags() -> pipeline.DistillConfig:
         zskd=impressions.ImpressionConfig(
             count=FLAGS.zskd_count, iterations=FLAGS.zskd_iterations,
             batch_size=FLAGS.zskd_batch_size, learning_rate=FLAGS.zskd_learning_rate,
-            temperature=FLAGS.zskd_temperature, final_layer=FLAGS.zskd_final_layer),
+            temperature=FLAGS.zskd_temperature, final_layer=FLAGS.zskd_final_layer,
+            views=FLAGS.zskd_views),
         zskd_blackbox=impressions.ZerothOrderConfig(
             directions=FLAGS.zskd_directions, sigma=FLAGS.zskd_sigma,
             resolution=FLAGS.zskd_resolution),
+        votes=votes.VoteConfig(votes=FLAGS.votes, sigma=FLAGS.vote_sigma),
         teacher_saved_model=FLAGS.teacher_saved_model, method_config=json_flag("method_settings"),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress), verbose=FLAGS.verbose,
@@ -447,7 +462,7 @@ def student_config_from_flags() -> training.StudentConfig:
         horizontal_flip=FLAGS.horizontal_flip, weight_decay=FLAGS.weight_decay,
         ema_momentum=FLAGS.ema_momentum, checkpoint_steps=FLAGS.checkpoint_steps,
         loop=FLAGS.training_loop, steps_per_execution=FLAGS.steps_per_execution,
-        batchnorm_images=FLAGS.batchnorm_images)
+        batchnorm_images=FLAGS.batchnorm_images, select=FLAGS.select)
 
 
 def flag_values() -> dict:
