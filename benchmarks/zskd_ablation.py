@@ -43,6 +43,9 @@ ROWS = {
     "kd_loss": ("logits", "base, the kd loss of before issue 27 (targets tempered twice: "
                 "softmax(z_t / 400)); method zskd_kd of benchmarks/zskd_kd_plugin.py",
                 {}, "logits"),
+    "student_T1": ("logits", "base, the student's softmax at τ = 1 on the stored T = 20 targets "
+                   "(tempered once; minimum at z_s = z_t / 20, where kd_loss's also is)",
+                   {"zskd.student_temperature": 1.0}, "logits"),
     "views4": ("logits", "base, 4 augmented views per impression, each relabelled by the teacher",
                {"zskd.views": 4}, "logits"),
     "select": ("logits", "base, the epoch of best validation accuracy exported",

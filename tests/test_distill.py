@@ -209,24 +209,33 @@ def test_a_non_finite_training_loss_stops_training_with_a_clear_error(fashion, t
 
 
 @pytest.mark.parametrize("method", ["zskd", "zskd_blackbox"])
-def test_stored_tempered_targets_are_not_tempered_again(method):
+@pytest.mark.parametrize("student_temperature", [None, 1.0])
+def test_stored_tempered_targets_are_not_tempered_again(method, student_temperature):
     """Issue 27: ZSKD stores the teacher's softmax at T = 20 and trained its student with ``kd``,
     which tempers its targets again (softmax(z_t / 400), nearly uniform). The loss the method trains
-    with must have its minimum where the student's logits equal the teacher's: zero gradient there,
-    where the twice-tempering loss pulls them toward z_t / T."""
+    with must use the stored targets as they are: its minimum where the student's softmax at its
+    own temperature τ equals them (z_s = (τ / T) z_t; τ = T, the default: the teacher's logits),
+    zero gradient there, where the twice-tempering loss pulls elsewhere."""
+    from tfkd import impressions
     from tfkd import methods
     from tfkd import pipeline
 
-    config = pipeline.DistillConfig(workdir="/unused", method=method).resolved()
+    config = pipeline.DistillConfig(
+        workdir="/unused", method=method,
+        zskd=impressions.ImpressionConfig(student_temperature=student_temperature)).resolved()
     student = methods.get(method).student_config(config)
+    tau = student_temperature or config.zskd.temperature
+    assert student.temperature == tau
     teacher_logits = tf.constant([[6.0, 1.0, -2.0, 0.5], [-1.0, 4.0, 2.0, 0.0]])
-    stored = tf.nn.softmax(teacher_logits / student.temperature)
+    stored = tf.nn.softmax(teacher_logits / config.zskd.temperature)
 
     def gradient(loss):
-        logits = tf.Variable(teacher_logits)
+        logits = tf.Variable(teacher_logits * tau / config.zskd.temperature)
         with tf.GradientTape() as tape:
             value = loss(stored, logits)
         return float(tf.norm(tape.gradient(value, logits)))
 
     assert gradient(training.make_loss(student.loss, student.temperature)) < 1e-4
-    assert gradient(training.make_loss("kd", student.temperature)) > 1e-2  # Tempered twice.
+    if tau > 1:  # At τ = 1 kd tempers nothing: the same loss.
+        assert gradient(training.make_loss("kd", student.temperature)) > 1e-2  # Tempered twice.
+

@@ -73,6 +73,10 @@ class ImpressionConfig:
       betas: the Dirichlet scales, each given an equal share (1.0 and 0.1).
       final_layer: the name of the final layer's weight variable in the teacher's SavedModel
         (e.g. ``logits/kernel``); None finds the one variable of shape [features, K].
+      student_temperature: τ, the temperature of the student's softmax in its loss
+        τ² · CE(stored, softmax(z_s / τ)) (``tempered_kd``: the stored targets used as they are,
+        its minimum where softmax(z_s / τ) equals them, z_s = (τ / T) z_t); None: T (the
+        reference's, z_s = z_t).
       pixels: how pixels are kept in [0, 1] after each Adam step: ``clip`` (each pixel, a
         projected gradient step) or ``rescale`` (each image min-max rescaled to [0, 1]; the
         reference rescales the whole batch, which couples its images).
@@ -96,6 +100,7 @@ class ImpressionConfig:
     temperature: float = 20.0
     betas: tuple[float, ...] = BETAS
     final_layer: str | None = None
+    student_temperature: float | None = None
     pixels: str = "clip"
     views: int = 0
     view_rotation: float = 90.0
@@ -115,7 +120,7 @@ class ImpressionConfig:
         """This config less what acts after the search (the views): the key of the persisted
         impressions, so that runs differing only in their views share one search."""
         return dataclasses.replace(self, views=0, view_rotation=90.0, view_scale=0.6,
-                                   view_shift=0.2)
+                                   view_shift=0.2, student_temperature=None)
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range (None: filled by
@@ -123,7 +128,7 @@ class ImpressionConfig:
         for name in ("count", "iterations", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"zskd.{name}={getattr(self, name)}: expected >= 1")
-        for name in ("learning_rate", "temperature"):
+        for name in ("learning_rate", "temperature", "student_temperature"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"zskd.{name}={getattr(self, name)}: expected > 0")
         if not self.betas or min(self.betas) <= 0:

@@ -39,8 +39,9 @@ class _Impressions(Method):
         return dataclasses.replace(config, zskd=config.zskd.resolved(config.dataset, self.blackbox))
 
     def student_config(self, config):
+        zskd = config.zskd
         return dataclasses.replace(super().student_config(config),
-                                   temperature=config.zskd.temperature)
+                                   temperature=zskd.student_temperature or zskd.temperature)
 
 
 @register
