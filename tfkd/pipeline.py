@@ -233,7 +233,8 @@ def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: dat
                      report: Report) -> DistillConfig:
     """The run's config with the method's plan cut to the query budget (:meth:`Method.fit_budget`):
     what the budget leaves after the teacher's evaluation (``num_eval`` images when the teacher is
-    evaluated) and the N real images goes to synthetic images. The student keeps the training
+    evaluated) and the N real images goes to synthetic images, each image costing
+    :meth:`Method.queries_per_image` queries. The student keeps the training
     length (optimizer steps) the full plan would have had, unless ``student.steps`` is set. The
     config is unchanged without a budget, or when the plan fits.
     """
@@ -242,7 +243,8 @@ def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: dat
         return config
     reserved = num_eval if link.eval_client is not None else 0
     num_real = config.num_shots if dataset.y_train is not None else len(dataset.x_train)
-    fitted = method.fit_budget(config, budget - reserved, num_real)
+    per_image = method.queries_per_image(config, link.labeller)  # Votes: 1 + k.
+    fitted = method.fit_budget(config, (budget - reserved) // per_image, num_real)
     if fitted == config:
         return config
     student, wanted = config.student, method.synthetic_images(config)

@@ -349,7 +349,9 @@ class Teacher(typing.Protocol):
     Attributes:
       signature: the :class:`TeacherSignature` read from the model's metadata; its ``identity``
         keys the ledger's answers.
-      label_only: answers are one-hot top-1 labels (a decision-based teacher).
+      label_only: the label-only view of a probability teacher was asked for.
+      decision_only: answers are one-hot top-1 labels (the label-only view, or a teacher that
+        answers class ids).
 
     Every image sent is charged to one query account (budget, ``queries_sent.log``) before it is
     sent; answers the ledger knows are not sent again.
@@ -357,6 +359,7 @@ class Teacher(typing.Protocol):
 
     signature: "TeacherSignature"
     label_only: bool
+    decision_only: bool
 
     def soft_labels(self, images: np.ndarray, progress: bool = False,
                     stage: str = "predict") -> np.ndarray:

@@ -239,6 +239,11 @@ class Method:
         not fit). Must be deterministic: a rerun recomputes it to find its transfer set again."""
         return config
 
+    def queries_per_image(self, config, teacher) -> int:
+        """Teacher queries each transfer-set image costs with this ``teacher`` (a
+        :class:`tfkd.teacher.Teacher`): what :meth:`fit_budget` divides a budget by. Default 1."""
+        return 1
+
     def synthetic_images(self, config) -> int:
         """Images this method's plan adds to the N real ones (the student's training length over
         them is kept when a query budget cuts the plan). Default: 0."""

@@ -136,6 +136,9 @@ class FSBBTDB3KD(_DecisionBased, fsbbt._Synthetic):
     def votes(self, ctx: MethodContext) -> bool:
         return False  # Its soft labels are the boundary distances', not votes.
 
+    def queries_per_image(self, config, teacher) -> int:
+        return 1  # The search's queries are its own plan's, not a share of the budget.
+
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         plan = fsbbt._Synthetic.plan(self, ctx)
         total = len(ctx.few_shot) + sum(self.counts(ctx.config))

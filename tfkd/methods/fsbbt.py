@@ -135,6 +135,10 @@ class _Synthetic(Method):
             plan["label_votes"] = ctx.teacher.share(images) * ctx.config.votes.votes
         return plan
 
+    def queries_per_image(self, config, teacher) -> int:
+        """1, or 1 + k with votes from a label-only teacher."""
+        return 1 + (config.votes.votes if teacher.decision_only else 0)
+
     def votes(self, ctx: MethodContext) -> bool:
         """Whether the soft labels are votes (:mod:`tfkd.votes`): a teacher that answers its top-1
         class only, and ``votes.votes`` > 0."""
