@@ -45,6 +45,7 @@ from tfkd import fs
 
 BETAS = (1.0, 0.1)
 PIXEL_RULES = ("clip", "rescale")
+VIEW_KINDS = ("affine", "mixup")
 PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
 """The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
@@ -84,10 +85,12 @@ class ImpressionConfig:
         teacher at T (the reference's ``data_augmentation.py``: scales, shifts, rotations up to
         ±90°, flips, every view relabelled); 0 adds none. White-box they cost no query;
         ``zskd_blackbox`` sends each view once (stage ``label_views``, ledgered).
-      view_rotation, view_scale, view_shift: a view's rotation up to ± this many degrees, its
-        central zoom (the fraction of the image kept, drawn in [view_scale, 1]) and its shift up
-        to ± this fraction of the side; each view is also mirrored left-right with probability
-        1/2 (:func:`augmented_views`).
+      view_kind: ``affine`` (a random rotation, zoom, shift and mirror of the impression) or
+        ``mixup`` (the impression mixed with another, λ ~ U(0, 1), as FS-BBT's MixUp images).
+      view_rotation, view_scale, view_shift: an ``affine`` view's rotation up to ± this many
+        degrees, its central zoom (the fraction of the image kept, drawn in [view_scale, 1]) and
+        its shift up to ± this fraction of the side; each is also mirrored left-right with
+        probability 1/2 (:func:`augmented_views`).
 
     ``count``, ``iterations`` and ``learning_rate`` left None take the method's defaults
     (:meth:`resolved`: the paper's for ``zskd``, :data:`BLACKBOX_DEFAULTS` for ``zskd_blackbox``).
@@ -103,6 +106,7 @@ class ImpressionConfig:
     student_temperature: float | None = None
     pixels: str = "clip"
     views: int = 0
+    view_kind: str = "affine"
     view_rotation: float = 90.0
     view_scale: float = 0.6
     view_shift: float = 0.2
@@ -119,7 +123,8 @@ class ImpressionConfig:
     def search(self) -> "ImpressionConfig":
         """This config less what acts after the search (the views): the key of the persisted
         impressions, so that runs differing only in their views share one search."""
-        return dataclasses.replace(self, views=0, view_rotation=90.0, view_scale=0.6,
+        return dataclasses.replace(self, views=0, view_kind="affine", view_rotation=90.0,
+                                   view_scale=0.6,
                                    view_shift=0.2, student_temperature=None)
 
     def validate(self) -> None:
@@ -135,6 +140,8 @@ class ImpressionConfig:
             raise ValueError(f"zskd.betas={self.betas}: expected one or more values > 0")
         if self.pixels not in PIXEL_RULES:
             raise ValueError(f"zskd.pixels={self.pixels!r}: expected one of {PIXEL_RULES}")
+        if self.view_kind not in VIEW_KINDS:
+            raise ValueError(f"zskd.view_kind={self.view_kind!r}: expected one of {VIEW_KINDS}")
         if self.views < 0:
             raise ValueError(f"zskd.views={self.views}: expected >= 0 (0: none)")
         if not 0 < self.view_scale <= 1 or not 0 <= self.view_shift < 1 or self.view_rotation < 0:
@@ -740,7 +747,8 @@ def augmented_views(images: np.ndarray, config: ImpressionConfig, seed: int,
     """``config.views`` augmented views of every impression, view-major: float32
     [views x n, H, W, C] in [0, 1], row v·n + i a view of image i.
 
-    Each view is one projective transform (bilinear, edges filled with 0): a rotation up to
+    ``mixup`` views: image i mixed with a random other, λ ~ U(0, 1) (FS-BBT's MixUp, §3.2, on
+    impressions). ``affine`` views: one projective transform (bilinear, edges filled with 0): a rotation up to
     ± ``view_rotation`` degrees, a central zoom keeping a fraction in [``view_scale``, 1] of the
     side, a shift up to ± ``view_shift`` of the side, then a left-right mirror with probability
     1/2; the draws of view v come from (seed, v) alone. The reference (vcl-iisc/ZSKD
@@ -754,6 +762,10 @@ def augmented_views(images: np.ndarray, config: ImpressionConfig, seed: int,
     out = np.empty((config.views * n, *images.shape[1:]), np.float32)
     for v in range(config.views):
         rng = np.random.default_rng([seed, 104729, v])
+        if config.view_kind == "mixup":  # Each impression with a random other, λ ~ U(0, 1).
+            lam = rng.random(n).astype(np.float32).reshape(-1, *[1] * (images.ndim - 1))
+            out[v * n:(v + 1) * n] = lam * images + (1 - lam) * images[rng.permutation(n)]
+            continue
         theta = np.deg2rad(rng.uniform(-config.view_rotation, config.view_rotation, n))
         zoom = rng.uniform(config.view_scale, 1.0, n)
         dx, dy = (rng.uniform(-config.view_shift, config.view_shift, (2, n))
