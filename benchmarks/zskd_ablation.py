@@ -48,6 +48,13 @@ ROWS = {
                    {"zskd.student_temperature": 1.0}, "logits"),
     "views4": ("logits", "base, 4 augmented views per impression, each relabelled by the teacher",
                {"zskd.views": 4}, "logits"),
+    "views4_mixup": ("logits", "base, 4 MixUp views per impression (mixed with another, "
+                     "λ ~ U(0, 1)), each relabelled by the teacher",
+                     {"zskd.views": 4, "zskd.view_kind": "mixup"}, "logits"),
+    "views4_gentle": ("logits", "base, 4 gentler affine views (±15°, zoom 0.85-1, shift ±10%), "
+                      "each relabelled by the teacher",
+                      {"zskd.views": 4, "zskd.view_rotation": 15.0, "zskd.view_scale": 0.85,
+                       "zskd.view_shift": 0.1}, "logits"),
     "select": ("logits", "base, the epoch of best validation accuracy exported",
                {"student.select": "validation"}, "logits"),
     "e200_select": ("logits", "base, 200 epochs, the epoch of best validation accuracy exported",
