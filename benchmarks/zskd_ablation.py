@@ -57,6 +57,10 @@ ROWS = {
                        "zskd.view_shift": 0.1}, "logits"),
     "T1_select": ("logits", "student_T1, the epoch of best validation accuracy exported",
                   {"zskd.student_temperature": 1.0, "student.select": "validation"}, "logits"),
+    "T1_e200_select": ("logits", "student_T1, 200 epochs, the epoch of best validation "
+                       "accuracy exported",
+                       {"zskd.student_temperature": 1.0, "student.epochs": 200,
+                        "student.select": "validation"}, "logits"),
     "T1_views4_mixup": ("logits", "student_T1 and views4_mixup",
                         {"zskd.student_temperature": 1.0, "zskd.views": 4,
                          "zskd.view_kind": "mixup"}, "logits"),
