@@ -57,6 +57,11 @@ ROWS = {
                        "zskd.view_shift": 0.1}, "logits"),
     "T1_select": ("logits", "student_T1, the epoch of best validation accuracy exported",
                   {"zskd.student_temperature": 1.0, "student.select": "validation"}, "logits"),
+    "T1_views4_mixup_select": ("logits", "student_T1, views4_mixup and the epoch of best "
+                               "validation accuracy exported: zskd's defaults since issue 27",
+                               {"zskd.student_temperature": 1.0, "zskd.views": 4,
+                                "zskd.view_kind": "mixup", "student.select": "validation"},
+                               "logits"),
     "T1_e200_select": ("logits", "student_T1, 200 epochs, the epoch of best validation "
                        "accuracy exported",
                        {"zskd.student_temperature": 1.0, "student.epochs": 200,

@@ -209,7 +209,7 @@ def test_a_non_finite_training_loss_stops_training_with_a_clear_error(fashion, t
 
 
 @pytest.mark.parametrize("method", ["zskd", "zskd_blackbox"])
-@pytest.mark.parametrize("student_temperature", [None, 1.0])
+@pytest.mark.parametrize("student_temperature", [None, 1.0, 20.0])
 def test_stored_tempered_targets_are_not_tempered_again(method, student_temperature):
     """Issue 27: ZSKD stores the teacher's softmax at T = 20 and trained its student with ``kd``,
     which tempers its targets again (softmax(z_t / 400), nearly uniform). The loss the method trains
@@ -224,8 +224,8 @@ def test_stored_tempered_targets_are_not_tempered_again(method, student_temperat
         workdir="/unused", method=method,
         zskd=impressions.ImpressionConfig(student_temperature=student_temperature)).resolved()
     student = methods.get(method).student_config(config)
-    tau = student_temperature or config.zskd.temperature
-    assert student.temperature == tau
+    tau = config.zskd.student_temperature
+    assert student.temperature == tau == (student_temperature or tau)
     teacher_logits = tf.constant([[6.0, 1.0, -2.0, 0.5], [-1.0, 4.0, 2.0, 0.0]])
     stored = tf.nn.softmax(teacher_logits / config.zskd.temperature)
 

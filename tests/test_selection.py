@@ -42,7 +42,7 @@ def _distill(workdir, server, teacher_base, num_validation):
         teacher_saved_model=teacher_base, num_validation=num_validation, eval_examples=300,
         evaluate_teacher=False, compress=(), verbose=0,
         zskd=impressions.ImpressionConfig(count=200, batch_size=10, iterations=20,
-                                          learning_rate=0.05),
+                                          learning_rate=0.05, views=0),
         student=tfkd.StudentConfig(epochs=4, batch_size=16, select="validation"))
 
 

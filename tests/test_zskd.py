@@ -130,7 +130,8 @@ def test_zskd_configurations_on_random_tensors(tmp_path, dataset, side, channels
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert (report["teacher_architecture"], report["student_architecture"]) == (teacher, student)
-    assert report["transfer_set_sources"] == {"impressions": 40}
+    # The defaults: 4 MixUp views of each impression, relabelled by the teacher.
+    assert report["transfer_set_sources"] == {"impressions": 40, "views": 160}
     assert report["method_settings"][0]["count"] == 40
     assert report["method_settings"][0]["iterations"] == 3
     transfer = methods.TransferSet.load(report["labelled_set"]) if report["labelled_set"] else None

@@ -32,6 +32,9 @@ class _Impressions(Method):
 
     loss = "tempered_kd"
     blackbox = False
+    # Chosen on the validation split (issue 27): exported at the epoch of best validation
+    # accuracy (RESULTS.md, "ZSKD ablations"); never the test split.
+    student_defaults = (("select", "validation"),)
 
     def resolve(self, config):
         """The search's settings left unset: the paper's for the dataset (``zskd``), or the black-box
@@ -39,9 +42,8 @@ class _Impressions(Method):
         return dataclasses.replace(config, zskd=config.zskd.resolved(config.dataset, self.blackbox))
 
     def student_config(self, config):
-        zskd = config.zskd
         return dataclasses.replace(super().student_config(config),
-                                   temperature=zskd.student_temperature or zskd.temperature)
+                                   temperature=config.zskd.student_temperature)
 
 
 @register
