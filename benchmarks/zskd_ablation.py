@@ -62,6 +62,10 @@ ROWS = {
                                {"zskd.student_temperature": 1.0, "zskd.views": 4,
                                 "zskd.view_kind": "mixup", "student.select": "validation"},
                                "logits"),
+    "T1_views8_mixup_select": ("logits", "as T1_views4_mixup_select, 8 MixUp views",
+                               {"zskd.student_temperature": 1.0, "zskd.views": 8,
+                                "zskd.view_kind": "mixup", "student.select": "validation"},
+                               "logits"),
     "T1_e200_select": ("logits", "student_T1, 200 epochs, the epoch of best validation "
                        "accuracy exported",
                        {"zskd.student_temperature": 1.0, "student.epochs": 200,
