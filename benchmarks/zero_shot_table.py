@@ -21,6 +21,10 @@ REPORTS = os.path.join(REPO, "benchmarks", "reports", "fashion_mnist_zero_shot")
 ROWS = {
     "zskd": ("zskd", "white-box: the teacher's SavedModel in-process; 48,000 impressions, 1,500 "
                      "Adam steps (the paper's)"),
+    "zskd_issue27": ("zskd", "white-box, issue 27's defaults at the ablation size: 12,000 "
+                             "impressions, 100 Adam steps at 0.01; student at τ = 1, 4 MixUp views "
+                             "of each relabelled by the teacher (60,000 images), the epoch of "
+                             "best validation accuracy exported"),
     "zskd_e200": ("zskd", "try: the paper's impressions (seed 0's, reused), student 200 epochs "
                           "instead of 50"),
     "zskd_e15": ("zskd", "try: the same impressions, student 15 epochs"),
@@ -68,12 +72,19 @@ def markdown(rows: list[dict], results_md: str) -> list[str]:
 
 
 def goals(rows: list[dict]) -> list[str]:
-    by = {r["method"]: r for r in rows if not r["what"].startswith("try")}
+    by = {}
+    for r in rows:  # Per method, the best row that is not a try (3 seeds before fewer).
+        best = by.get(r["method"])
+        if not r["what"].startswith("try") and (
+                best is None or (len(r["seeds"]) >= 3, r["test_mean"])
+                > (len(best["seeds"]) >= 3, best["test_mean"])):
+            by[r["method"]] = r
     lines = []
     if "zskd" in by:
         z = by["zskd"]
         lines.append(f"- Goal: `zskd` at or above {GOAL_ZSKD:.0f}% mean over 3 seeds: "
-                     f"{z['test_mean']:.2f}% over {len(z['seeds'])} seed(s) "
+                     f"{z['test_mean']:.2f}% over {len(z['seeds'])} seed(s), row "
+                     f"`{z['name']}`, {GOAL_ZSKD - z['test_mean']:.2f} points short "
                      f"({'met' if z['test_mean'] >= GOAL_ZSKD and len(z['seeds']) >= 3 else 'not met'}).")
     if "zskd_blackbox" in by and "zsdb3kd" in by:
         b, d = by["zskd_blackbox"], by["zsdb3kd"]
@@ -159,9 +170,11 @@ def section(results_md: str, few_shot: list[tuple[str, float, int]] = ()) -> lis
              "(probabilities),",
              "`zsdb3kd` through its label-only view. Student: LeNet-5-half, 50 epochs, batch 64, Adam "
              "1e-3 with",
-             "cosine decay, `kd` at T = 20 for the ZSKD rows (DecisionKD at T = 20 for zsdb3kd), "
+             "cosine decay, `kd` at T = 20 for the ZSKD rows before issue 27 (targets tempered "
+             "twice), `tempered_kd` at τ = 1 for `zskd_issue27` (DecisionKD at T = 20 for zsdb3kd); "
              "final-epoch",
-             "weights, full test set. Synthesis: the impression search's wall time on 2 CPU cores "
+             "weights, but the epoch of best validation accuracy for `zskd_issue27`; full test set. "
+             "Synthesis: the impression search's wall time on 2 CPU cores "
              "(and per 1,000 images).", ""]
     lines += markdown(rows, results_md)
     for what, acc, queries in few_shot:
