@@ -60,11 +60,11 @@ def test_output_filter(stub, fashion):
     request = predict_request(fashion.x_test[:2])
     request.output_filter.append("probabilities")
     assert list(stub.Predict(request, timeout=30).outputs) == ["probabilities"]
-    request.output_filter[:] = ["logits"]
+    request.output_filter[:] = ["scores"]
     with pytest.raises(grpc.RpcError) as e:
         stub.Predict(request, timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "output tensor alias not found in signature: logits" in e.value.details()
+    assert "output tensor alias not found in signature: scores" in e.value.details()
 
 
 @pytest.mark.parametrize("kwargs,code,message", [
@@ -103,7 +103,7 @@ def test_metadata(stub):
     assert list(signature.inputs) == ["images"]
     assert signature.inputs["images"].dtype == tf.float32.as_datatype_enum
     assert [d.size for d in signature.inputs["images"].tensor_shape.dim] == [-1, 28, 28, 1]
-    assert sorted(signature.outputs) == ["classes", "probabilities"]
+    assert sorted(signature.outputs) == ["classes", "logits", "probabilities"]  # A tfkd teacher.
     request.metadata_field[:] = ["graph"]
     with pytest.raises(grpc.RpcError) as e:
         stub.GetModelMetadata(request, timeout=30)
