@@ -93,11 +93,15 @@ flags.DEFINE_list("seeds", ["0"], "Seeds.")
 FLAGS = flags.FLAGS
 
 
+TEACHER_TARGET = []  # The teacher served over gRPC for seeds other than 0 (main).
+
+
 def _workdir(group: str) -> str:
-    """The group's work dir, with the teacher copied in once."""
+    """The group's work dir, with the teacher copied in once (seed 0's groups: the pipeline
+    serves it from there; the others are given it, served by this script)."""
     workdir = os.path.join(RUNS, group)
-    if not os.path.isdir(os.path.join(workdir, "teacher")):
-        os.makedirs(workdir, exist_ok=True)
+    os.makedirs(workdir, exist_ok=True)
+    if not os.path.isdir(os.path.join(workdir, "teacher")) and group.endswith("seed0"):
         shutil.copytree(os.path.join(FLAGS.teacher_workdir, "teacher"),
                         os.path.join(workdir, "teacher"))
     return workdir
@@ -111,6 +115,9 @@ def run_row(name: str, seed: int) -> None:
     workdir = _workdir(f"{group}-seed{seed}")
     args = [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
             f"--seed={seed}", *SIZE, f"--params_override={json.dumps(override)}"]
+    if seed != 0:  # The work dir's own teacher is trained with the run's seed: serve seed 0's.
+        args += [f"--teacher={TEACHER_TARGET[0]}",
+                 f"--teacher_saved_model={os.path.join(FLAGS.teacher_workdir, 'teacher')}"]
     if name == "kd_loss":
         args += ["--plugins=zskd_kd_plugin", "--method=zskd_kd"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -133,9 +140,14 @@ def run_row(name: str, seed: int) -> None:
 
 def main(argv):
     del argv
-    for seed in FLAGS.seeds:
-        for name in FLAGS.rows:
-            run_row(name, int(seed))
+    from tfkd import serving
+
+    base = os.path.join(FLAGS.teacher_workdir, "teacher")
+    with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0) as server:
+        TEACHER_TARGET.append(server.target)
+        for seed in FLAGS.seeds:
+            for name in FLAGS.rows:
+                run_row(name, int(seed))
 
 
 if __name__ == "__main__":
