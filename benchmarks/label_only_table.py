@@ -34,6 +34,8 @@ ROWS = {
     "db3kd_d5": ("db3kd", "bd, 5 directions"),
     "db3kd_d20": ("db3kd", "bd, 20 directions"),
     "db3kd": ("db3kd", "bd, 200 directions (the reference's)"),
+    "db3kd_e200": ("db3kd", "bd, 200 directions, student 200 epochs (the tuned student-alone "
+                            "recipe; issue 27)"),
     "db3kd_mbd_q500": ("db3kd", "mbd: bd 200 directions + Sign-OPT, 500 queries per pair"),
     "fsbbt_db3kd_d5": ("fsbbt_db3kd", "bd, 5 directions, T = 20 (the reference's T)"),
     "fsbbt_db3kd_d5_T2": ("fsbbt_db3kd", "bd, 5 directions, T = 2"),
