@@ -30,10 +30,6 @@ ROWS = {
     "zskd_e15": ("zskd", "try: the same impressions, student 15 epochs"),
     "zskd_blackbox": ("zskd_blackbox", "black-box: gRPC answers only; 12,000 impressions, 100 "
                                        "steps, Adam 0.01, 2 x 10 probes per step"),
-    "zskd_blackbox_issue27": ("zskd_blackbox", "try: as above with zskd's issue-27 choices: "
-                                               "student at τ = 1, 4 MixUp views relabelled "
-                                               "(one query each), the epoch of best validation "
-                                               "accuracy"),
     "zskd_blackbox_lr05": ("zskd_blackbox", "try: as above, Adam 0.05 (the first default)"),
     "zskd_short": ("zskd", "try: white-box at the black-box's size: 12,000 impressions, 100 "
                            "steps, Adam 0.05"),
