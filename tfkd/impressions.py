@@ -46,6 +46,9 @@ from tfkd import fs
 BETAS = (1.0, 0.1)
 PIXEL_RULES = ("clip", "rescale")
 VIEW_KINDS = ("affine", "mixup")
+AFTER_SEARCH = ("student_temperature", "views", "view_kind", "view_rotation", "view_scale",
+                "view_shift")
+"""The :class:`ImpressionConfig` fields that act after the search (not in its persisted key)."""
 PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
 """The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
@@ -132,11 +135,11 @@ class ImpressionConfig:
         return dataclasses.replace(self, **unset) if unset else self
 
     def search(self) -> "ImpressionConfig":
-        """This config less what acts after the search (the views): the key of the persisted
-        impressions, so that runs differing only in their views share one search."""
-        return dataclasses.replace(self, views=None, view_kind=None, view_rotation=90.0,
-                                   view_scale=0.6,
-                                   view_shift=0.2, student_temperature=None)
+        """This config less what acts after the search (:data:`AFTER_SEARCH`, reset to their
+        defaults): the key of the persisted impressions, so that runs differing only in their
+        views or the student's temperature share one search."""
+        return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
+                                            if f.name in AFTER_SEARCH})
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range (None: filled by

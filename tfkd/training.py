@@ -674,8 +674,8 @@ class KeepBest(keras.callbacks.Callback):
     from -inf again after a restart and would overwrite a better epoch.
 
     The selection split is the caller's: the validation split, or a held-out slice of the
-    transfer set (never the test split; ``tests/test_selection.py`` fails a run that reads the
-    test split while training).
+    transfer set (never the test split; ``tests/test_selection.py`` fails when any test image is
+    scored).
     """
 
     def __init__(self, path: str, monitor: str = "val_accuracy"):
@@ -755,6 +755,18 @@ def _fit(student: keras.Model, ds, config: StudentConfig, length: TrainingLength
                        steps_per_epoch=length.steps_per_epoch if length.repeat else None).history
 
 
+def _custom_loop_chosen(config: StudentConfig, strategy) -> bool:
+    """Whether the custom loop trains (``loop`` ``custom``, or ``auto`` under
+    MultiWorkerMirroredStrategy). Raises ValueError for ``select='validation'`` there: the custom
+    loop runs no callback, so no epoch could be selected."""
+    custom = config.loop == "custom" or (
+        config.loop == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
+    if custom and config.select == "validation":
+        raise ValueError("student.select='validation': needs Keras fit (loop 'fit'); the custom "
+                         "loop (MultiWorkerMirroredStrategy's) runs no callback")
+    return custom
+
+
 def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_batch: int) -> None:
     """Raises ValueError naming ``images`` or ``soft_labels`` unless they pair up (one row each),
     the images are finite, the soft labels are distributions, and there is a global batch."""
@@ -807,8 +819,7 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     _check_training_inputs(images, soft_labels, global_batch)
     if config.loop not in LOOPS:
         raise ValueError(f"loop={config.loop!r}: expected one of {LOOPS}")
-    custom = config.loop == "custom" or (
-        config.loop == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
+    custom = _custom_loop_chosen(config, strategy)
     keras.utils.set_random_seed(seed)
     length = training_length(config, len(images), global_batch)
     lr = learning_rate(config.learning_rate, config.lr_schedule, length.steps)
