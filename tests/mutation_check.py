@@ -219,9 +219,10 @@ MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, 
              (("tfkd/methods/db3kd.py", "                                   temperature=config.db3kd."
                "temperature)", "                                   temperature=1.0)"),),
              (_AUDIT + "test_methods_train_their_student_at_their_own_temperature",)),
-    Mutation("zskd_student_at_t1", "ZSKD's student trains at T = 1",
+    Mutation("zskd_student_at_t1", "ZSKD's student trains at T = 1 whatever zskd.student_temperature "
+             "says (zskd_blackbox's is T = 20)",
              (("tfkd/methods/zskd.py", "                                   temperature=config.zskd."
-               "temperature)", "                                   temperature=1.0)"),),
+               "student_temperature)", "                                   temperature=1.0)"),),
              (_AUDIT + "test_methods_train_their_student_at_their_own_temperature",)),
     Mutation("chief_shares_worker0_shard", "with a chief task, the chief and worker 0 label the "
              "same shard",
