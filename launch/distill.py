@@ -179,10 +179,20 @@ flags.DEFINE_integer("zsdb3kd_iterations", _ZERO_SHOT.iterations,
 flags.DEFINE_float("zsdb3kd_step", _ZERO_SHOT.step,
                    "ZSDB3KD: first step of each push (halved while the label "
                    "flips).")
+flags.DEFINE_enum("zsdb3kd_search", _ZERO_SHOT.search, zeroshot.SEARCHES,
+                  "ZSDB3KD: how each push finds the nearest boundary: hopskipjump (HSJA's "
+                  "normal estimate, warm-started from the last push) or sign_opt (the reference's).")
+flags.DEFINE_integer("zsdb3kd_gradient_queries", _ZERO_SHOT.gradient_queries,
+                     "ZSDB3KD hopskipjump: probes of the first normal estimate per sample (B0).")
+flags.DEFINE_integer("zsdb3kd_search_iterations", _ZERO_SHOT.search_iterations,
+                     "ZSDB3KD hopskipjump: HSJA iterations per push.")
+flags.DEFINE_integer("zsdb3kd_fill_from", _ZERO_SHOT.fill_from,
+                     "ZSDB3KD: noise samples a class needs before the rest of it is filled with "
+                     "perturbed mixtures of its samples (0: noise only).")
 flags.DEFINE_integer("zsdb3kd_queries", _ZERO_SHOT.queries,
-                     "ZSDB3KD: Sign-OPT queries per sample and iteration.")
+                     "ZSDB3KD sign_opt: Sign-OPT queries per sample and iteration.")
 flags.DEFINE_integer("zsdb3kd_init_directions", _ZERO_SHOT.init_directions,
-                     "ZSDB3KD: random initial directions per sample.")
+                     "ZSDB3KD sign_opt: random initial directions per sample.")
 flags.DEFINE_string("teacher_saved_model", None, "The teacher's SavedModel (a version directory or "
                     "a TF Serving base path), loaded in-process by --method=zskd.")
 flags.DEFINE_integer("zskd_count", None, "ZSKD: Data Impressions in all; default: the paper's for "
@@ -294,7 +304,9 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
              "db3kd_mbd_directions": 1,
              "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 1, "zsdb3kd_queries": 1,
-             "zsdb3kd_init_directions": 1, "num_shots": 0, "num_validation": 0, "image_height": 1,
+             "zsdb3kd_init_directions": 1, "zsdb3kd_gradient_queries": 1,
+             "zsdb3kd_search_iterations": 1, "zsdb3kd_fill_from": 0, "num_shots": 0,
+             "num_validation": 0, "image_height": 1,
              "image_width": 1, "cvae_working_size": 0, "teacher_version": 1,
              "teacher_max_in_flight": 1, "teacher_max_attempts": 1, "query_budget": 0,
              "teacher_epochs": 1, "num_mixup": 0,
@@ -404,8 +416,10 @@ def config_from_named_flags() -> pipeline.DistillConfig:
                                       chunk_pairs=FLAGS.db3kd_chunk_pairs),
         zsdb3kd=zeroshot.ZeroShotConfig(
             per_class=FLAGS.zsdb3kd_per_class, iterations=FLAGS.zsdb3kd_iterations,
-            step=FLAGS.zsdb3kd_step, queries=FLAGS.zsdb3kd_queries,
-            init_directions=FLAGS.zsdb3kd_init_directions),
+            step=FLAGS.zsdb3kd_step, search=FLAGS.zsdb3kd_search,
+            gradient_queries=FLAGS.zsdb3kd_gradient_queries,
+            search_iterations=FLAGS.zsdb3kd_search_iterations, fill_from=FLAGS.zsdb3kd_fill_from,
+            queries=FLAGS.zsdb3kd_queries, init_directions=FLAGS.zsdb3kd_init_directions),
         zskd=impressions.ImpressionConfig(
             count=FLAGS.zskd_count, iterations=FLAGS.zskd_iterations,
             batch_size=FLAGS.zskd_batch_size, learning_rate=FLAGS.zskd_learning_rate,

@@ -8,19 +8,36 @@ real images (:func:`tfkd.boundary.boundary_distances`).
 
 * :func:`noise_samples`: x = clip((U[0,1] + 0.2)·s1 + N(0,1)·s2) with s1, s2 ~ U[0,1] per sample,
   kept once the teacher gives the wanted class (drawn in batched rounds, all classes together).
-* :func:`untargeted_distances`: the distance and direction of each sample to its nearest boundary
-  (any other class): random initial directions (each sample's own, scaled until its label flips),
-  a binary search along each, then the Sign-OPT refinement (:func:`tfkd.boundary.refine_distances`
-  with the untargeted predicate).
+  Noise rarely lands in some classes (on the Fashion-MNIST LeNet-5 teacher, 3 and 4 in 20,000 for
+  sneaker and ankle boot): once each class has ``fill_from`` noise samples, the rest of a short class
+  is filled with perturbed mixtures of its own samples, kept when the teacher still gives the class.
+* The search for each sample's nearest boundary (any other class), by ``config.search``:
+
+  - ``hopskipjump`` (default; HopSkipJumpAttack, Chen, Jordan and Wainwright, IEEE S&P 2020, Alg. 1
+    and §4 for the ℓ2 case): from a point the teacher gives another class, a bisection on the
+    segment to the sample (threshold θ = d^{-3/2}), then per iteration t a Monte-Carlo estimate of
+    the boundary's normal from B_t = B0·sqrt(t) probes at radius δ = sqrt(d)·θ·dist (baseline
+    subtracted, their Eq. 16), a geometric step of dist/sqrt(t) along it (halved until the point is
+    across the boundary), and a bisection back. Each push starts from the previous push's boundary
+    point (the teacher does not move, so it is still across): a push costs about
+    2 × 15 + B0 + a few queries instead of the reference's fresh search.
+  - ``sign_opt`` (the reference code's): ``init_directions`` random initial directions (each
+    sample's own, scaled until its label flips), a binary search along each, then the Sign-OPT
+    refinement (:func:`tfkd.boundary.refine_distances` with the untargeted predicate) within
+    ``queries`` per sample and push.
+
 * :func:`push_away`: x <- clip(x - step · direction), the step halved for a sample whose label flips.
 
 Departures from the reference code: each sample has its own initial random directions (the reference
-draws one per batch and assumes one label per batch); nothing is reshuffled per minibatch.
+draws one per batch and assumes one label per batch); nothing is reshuffled per minibatch; the
+class fill and the HopSkipJump search are tfkd's (the reference spends about 5,300 queries a push,
+out of reach here: issue 27).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import numpy as np
@@ -29,40 +46,91 @@ from absl import logging
 from tfkd import boundary
 from tfkd import fs
 
+SEARCHES = ("hopskipjump", "sign_opt")
+_STEP_HALVINGS = 20  # HopSkipJump's geometric step: halvings tried before an iteration gives up.
+_PUSH_HALVINGS = 11  # push_away: 0.5 · 2^-11 < 1e-3, where a push gives up.
+
 
 @dataclasses.dataclass(frozen=True)
 class ZeroShotConfig:
-    """Pseudo-sample schedule (defaults: the reference code's).
+    """Pseudo-sample schedule (defaults: the reference code's, but for the search and the fill).
 
     Attributes:
       per_class: pseudo-samples per class (the reference keeps 200 per class and round; the paper
         uses 24,000 for MNIST in all).
       iterations: pushes away from the boundary (the reference: 40).
-      step: the push's first step λ (halved while the label flips; the reference: 0.5).
-      queries: the Sign-OPT budget per sample and iteration (the reference: 5,000).
-      init_directions: random initial directions per sample (the reference: 20).
-      max_noise_rounds: noise batches drawn before giving up on a class the teacher rarely gives.
+      step: the push's first step λ, pixel-scale L2 (halved while the label flips; the reference:
+        0.5).
+      search: one of ``SEARCHES``: how each push finds the nearest boundary (module docstring).
+      gradient_queries: ``hopskipjump``'s B0, probes of its first normal estimate per sample
+        (B_t = B0·sqrt(t) at iteration t; HSJA's default: 100).
+      search_iterations: ``hopskipjump`` iterations per push (the warm start carries the search
+        from one push to the next).
+      queries: ``sign_opt``'s budget per sample and push (the reference: 5,000).
+      init_directions: ``sign_opt``'s random initial directions per sample (the reference: 20).
+      max_noise_rounds: noise and fill rounds drawn before giving up on a class the teacher rarely
+        gives (each round asks for per_class × K images).
+      fill_from: once every class has this many noise samples, short classes are filled with
+        perturbed mixtures of their own samples (0: noise only, the reference's).
     """
 
     per_class: int = 2400
     iterations: int = 40
     step: float = 0.5
+    search: str = "hopskipjump"
+    gradient_queries: int = 100
+    search_iterations: int = 1
     queries: int = 5000
     init_directions: int = 20
     max_noise_rounds: int = 200
+    fill_from: int = 20
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
-        for name in ("per_class", "iterations", "queries", "init_directions", "max_noise_rounds"):
+        for name in ("per_class", "iterations", "queries", "init_directions", "max_noise_rounds",
+                     "gradient_queries", "search_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 1")
         if self.step <= 0:
             raise ValueError(f"zsdb3kd.step={self.step}: expected > 0")
+        if self.fill_from < 0:
+            raise ValueError(f"zsdb3kd.fill_from={self.fill_from}: expected >= 0")
+        if self.search not in SEARCHES:
+            raise ValueError(f"zsdb3kd.search={self.search!r}: expected one of {SEARCHES}")
+
+    def query_plan(self, num_classes: int, pixels: int) -> int:
+        """An upper bound on :func:`pseudo_samples`' queries for K = ``num_classes`` and d =
+        ``pixels`` (values per image): every noise or fill round, and per sample and push the
+        search (``hopskipjump``: the first bisection, then per iteration B_t probes, the step's
+        halvings and a bisection; ``sign_opt``: at most 50 scale draws and a bisection per initial
+        direction, the Sign-OPT budget and its last iteration's overshoot) and the push's
+        halvings."""
+        samples = self.per_class * num_classes
+        if self.search == "hopskipjump":
+            bisection = _bisection_steps(pixels)
+            per_push = bisection + sum(math.ceil(self.gradient_queries * math.sqrt(t))
+                                       + _STEP_HALVINGS + bisection
+                                       for t in range(1, self.search_iterations + 1))
+        else:
+            per_push = self.init_directions * (50 + 32) + self.queries + 200 + 30 * 1030
+        return samples * (self.max_noise_rounds + self.iterations * (per_push + _PUSH_HALVINGS + 1))
+
+
+def _bisection_steps(pixels: int) -> int:
+    """Queries of one HopSkipJump bisection: log2(1 / θ), θ = d^{-3/2}."""
+    return math.ceil(1.5 * math.log2(pixels)) + 1
 
 
 def noise_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroShotConfig,
                   rng: np.random.Generator, stage: str = "zsdb3kd_noise") -> tuple[np.ndarray, np.ndarray]:
-    """Noise images the teacher gives each class, up to ``per_class`` each.
+    """Noise images the teacher gives each class, up to ``per_class`` each, in rounds (at most
+    ``max_noise_rounds``): a noise batch of per_class × K images while some class has fewer than
+    ``fill_from`` (all of them with ``fill_from`` = 0), plus fill candidates (:func:`_fill_round`)
+    for the short classes that have ``fill_from`` (from half the rounds on: any sample).
+
+    Args:
+      top1: ``top1(images float32 [b, *shape], stage) -> int [b]``, the teacher's classes.
+      shape: one image's shape, e.g. (28, 28, 1).
 
     Returns:
       (float32 [n, *shape] in [0, 1], int64 [n] teacher classes), classes in order; a class the
@@ -70,12 +138,22 @@ def noise_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroSh
     """
     kept = [[] for _ in range(num_classes)]
     batch = config.per_class * num_classes
-    for _ in range(config.max_noise_rounds):
-        if min(len(k) for k in kept) >= config.per_class:
+    enough = min(config.fill_from, config.per_class) if config.fill_from else config.per_class
+    for round_ in range(config.max_noise_rounds):
+        counts = np.array([len(k) for k in kept])
+        if counts.min() >= config.per_class:
             break
-        s1, s2 = rng.uniform(size=(2, batch) + (1,) * len(shape))
-        x = np.clip((rng.uniform(size=(batch, *shape)) + 0.2) * s1
-                    + rng.standard_normal((batch, *shape)) * s2, 0, 1).astype(np.float32)
+        parts = []
+        if counts.min() < enough:
+            s1, s2 = rng.uniform(size=(2, batch) + (1,) * len(shape))
+            parts.append(np.clip((rng.uniform(size=(batch, *shape)) + 0.2) * s1
+                                 + rng.standard_normal((batch, *shape)) * s2, 0, 1))
+        if config.fill_from:
+            # Classes with enough noise samples are filled now; by half the rounds, any with one.
+            ready = counts >= (enough if round_ < config.max_noise_rounds // 2 else 1)
+            parts.append(_fill_round([k if r else [] for k, r in zip(kept, ready)],
+                                     config.per_class, shape, rng))
+        x = np.concatenate(parts).astype(np.float32)
         labels = np.asarray(top1(x, stage))
         for c in range(num_classes):
             kept[c].extend(x[labels == c][:config.per_class - len(kept[c])])
@@ -86,6 +164,23 @@ def noise_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroSh
     images = np.stack([x for k in kept for x in k]).astype(np.float32)
     labels = np.concatenate([np.full(len(k), c, np.int64) for c, k in enumerate(kept)])
     return images, labels
+
+
+def _fill_round(kept: list, per_class: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Candidates for the short classes (twice each one's shortfall): clip(α·a + (1 - α)·b + σ·n)
+    with a, b two of the class's kept samples, α ~ U(0, 1), σ ~ U(0, 0.3), n ~ N(0, 1) per pixel."""
+    parts = [np.zeros((0, *shape), np.float32)]
+    for members in kept:
+        want = 2 * (per_class - len(members))
+        if want <= 0 or not members:
+            continue
+        pool = np.stack(members)
+        a, b = pool[rng.integers(len(pool), size=want)], pool[rng.integers(len(pool), size=want)]
+        alpha = rng.uniform(size=(want,) + (1,) * len(shape))
+        sigma = rng.uniform(0, 0.3, size=(want,) + (1,) * len(shape))
+        parts.append(np.clip(alpha * a + (1 - alpha) * b
+                             + sigma * rng.standard_normal((want, *shape)), 0, 1))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _initial_directions(top1, x, labels, config, rng, stage) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +219,123 @@ def untargeted_distances(top1: Callable, x: np.ndarray, labels: np.ndarray, conf
     return boundary.refine_distances(x, -1 - labels, u, g, top1, refine, seed, stage)
 
 
+def nearest_boundary(top1: Callable, x: np.ndarray, labels: np.ndarray, across: np.ndarray,
+                     config: ZeroShotConfig, rng: np.random.Generator,
+                     stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HopSkipJump's search (Chen et al. 2020, Alg. 1, ℓ2) for each sample's nearest decision
+    boundary toward any other class, every sample together (each step one batched call).
+
+    Args:
+      top1: ``top1(flat float32 [b, D], stage) -> int [b]``, the teacher's classes.
+      x: float32 [n, D] flattened samples in [0, 1]; labels: int [n], the teacher's classes of x.
+      across: float32 [n, D] in [0, 1], points the teacher gives another class than ``labels``
+        (the previous push's boundary points, or :func:`starting_points`).
+      config: ``gradient_queries`` (B0) and ``search_iterations``.
+
+    Returns:
+      (float64 [n] L2 distances, float32 [n, D] unit directions from x toward its boundary point,
+      float32 [n, D] the boundary points, each on the other class's side within θ = d^{-3/2} of
+      the segment's crossing).
+    """
+    theta = x.shape[1] ** -1.5
+    target = -1 - np.asarray(labels)
+    point = _bisect(top1, x, across, target, theta, stage)
+    for t in range(1, config.search_iterations + 1):
+        point = _hopskipjump_iteration(top1, x, point, target, t, config.gradient_queries, theta,
+                                       rng, stage)
+    gap = point - x
+    dist = np.linalg.norm(gap, axis=1).astype(np.float64)
+    return dist, (gap / np.maximum(dist, 1e-12)[:, None]).astype(np.float32), point
+
+
+def starting_points(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                    candidates: int = 20) -> np.ndarray:
+    """Per sample, the nearest (L2) of ``candidates`` random samples the teacher gives another
+    class: a point across some boundary at no query. x: float32 [n, D]; labels: int [n], at
+    least two classes. Returns float32 [n, D]."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("labels: expected samples of at least two classes, got one")
+    best = np.full(len(x), np.inf)
+    start = np.zeros_like(x)
+    for _ in range(candidates):
+        pick = rng.integers(len(x), size=len(x))
+        other = labels[pick] != labels
+        dist = np.where(other, np.linalg.norm(x[pick] - x, axis=1), np.inf)
+        closer = dist < best
+        best[closer], start[closer] = dist[closer], x[pick[closer]]
+    missing = np.flatnonzero(~np.isfinite(best))
+    for i in missing:  # Rare: no candidate of another class was drawn.
+        start[i] = x[rng.choice(np.flatnonzero(labels != labels[i]))]
+    return start
+
+
+def _bisect(top1, x, across, target, theta, stage) -> np.ndarray:
+    """HSJA's binary search on the blend (1 - λ)·x + λ·across, λ in [0, 1] (x on its own side,
+    ``across`` past the boundary), to λ's threshold θ; returns the points at the upper λ (the
+    other class's side)."""
+    lo, hi = np.zeros(len(x)), np.ones(len(x))
+    active = np.arange(len(x))
+    while len(active):
+        mid = (lo[active] + hi[active]) / 2
+        probes = ((1 - mid)[:, None] * x[active] + mid[:, None] * across[active]).astype(np.float32)
+        hit = boundary.reached(top1(probes, stage), target[active])
+        hi[active[hit]], lo[active[~hit]] = mid[hit], mid[~hit]
+        active = active[hi[active] - lo[active] > theta]
+    return ((1 - hi)[:, None] * x + hi[:, None] * across).astype(np.float32)
+
+
+def _normal_estimate(top1, point, target, delta, count, rng, stage) -> np.ndarray:
+    """HSJA's Monte-Carlo estimate of the boundary's normal at ``point`` (toward the other class;
+    their Eq. 16): the mean of (φ - mean φ)·u over ``count`` unit probes u at radius ``delta``
+    (φ = +1 past the boundary, -1 not), the mean of φ·u where all probes agree. Unit rows."""
+    sum_phi_u = np.zeros_like(point)
+    sum_u = np.zeros_like(point)
+    sum_phi = np.zeros(len(point))
+    for _ in range(count):
+        u = rng.standard_normal(point.shape, dtype=np.float32)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        probe = np.clip(point + delta[:, None] * u, 0, 1)
+        u = (probe - point) / delta[:, None]
+        phi = np.where(boundary.reached(top1(probe, stage), target), 1.0, -1.0).astype(np.float32)
+        sum_phi_u += phi[:, None] * u
+        sum_u += u
+        sum_phi += phi
+    mean_phi = (sum_phi / count).astype(np.float32)
+    agree = np.abs(mean_phi) == 1
+    grad = sum_phi_u - np.where(agree, 0.0, mean_phi)[:, None] * sum_u
+    return grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
+
+
+def _hopskipjump_iteration(top1, x, point, target, t, b0, theta, rng, stage) -> np.ndarray:
+    """One HSJA iteration t >= 1: the normal at the boundary point (B0·sqrt(t) probes at radius
+    δ = sqrt(d)·θ·dist), a geometric step of dist/sqrt(t) along it, halved until the teacher gives
+    another class (up to ``_STEP_HALVINGS`` times), then a bisection back toward x. A sample keeps
+    its point where the step failed or the new point is no nearer."""
+    dist = np.linalg.norm(point - x, axis=1)
+    delta = np.sqrt(x.shape[1]) * theta * dist
+    grad = _normal_estimate(top1, point, target, np.maximum(delta, 1e-6),
+                            math.ceil(b0 * math.sqrt(t)), rng, stage)
+    xi = dist / math.sqrt(t)
+    stepped = point.copy()
+    pending, moved = np.arange(len(x)), np.zeros(len(x), bool)
+    for _ in range(_STEP_HALVINGS):
+        if not len(pending):
+            break
+        trial = np.clip(point[pending] + xi[pending, None] * grad[pending], 0, 1)
+        ok = boundary.reached(top1(trial, stage), target[pending])
+        stepped[pending[ok]], moved[pending[ok]] = trial[ok], True
+        xi[pending[~ok]] /= 2
+        pending = pending[~ok]
+    rows = np.flatnonzero(moved)
+    new = point.copy()
+    if len(rows):
+        found = _bisect(top1, x[rows], stepped[rows], target[rows], theta, stage)
+        nearer = np.linalg.norm(found - x[rows], axis=1) < dist[rows]
+        new[rows[nearer]] = found[nearer]
+    return new
+
+
 def push_away(top1: Callable, x: np.ndarray, labels: np.ndarray, directions: np.ndarray,
               step: float, stage: str) -> np.ndarray:
     """x - λ · direction, clipped to [0, 1], λ = ``step`` halved for each sample whose label flips
@@ -144,19 +356,24 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
                    seed: int = 0, state_path: str | None = None,
                    stage: str = "zsdb3kd_samples") -> tuple[np.ndarray, np.ndarray]:
     """ZSDB3KD's pseudo-samples: noise the teacher gives each class, pushed away from the nearest
-    boundary ``iterations`` times. The samples are persisted after every iteration (resumed from
-    ``state_path`` if there).
+    boundary ``iterations`` times. The samples (and ``hopskipjump``'s boundary points) are persisted
+    after every push (resumed from ``state_path`` if there): a killed run loses at most one push.
 
     Args:
       top1: ``top1(images [b, *shape], stage) -> int [b]``, the teacher's classes.
+      shape: one image's shape; num_classes: K.
+      config: the schedule and the search (:class:`ZeroShotConfig`).
+      seed: the noise, the fill and the searches' random directions.
 
     Returns:
       (float32 [n, *shape] in [0, 1], int64 [n] teacher classes).
     """
     rng = np.random.default_rng([seed, 72])
+    across = None
     if state_path and fs.exists(state_path):
         with fs.load_npz(state_path) as f:
             x, labels, done = f["x"], f["labels"], int(f["done"])
+            across = f["across"] if "across" in f else None
         rng = np.random.default_rng([seed, 72, done])
     else:
         images, labels = noise_samples(top1, shape, num_classes, config, rng, stage)
@@ -166,9 +383,16 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
         return top1(flat.reshape(-1, *shape), name)
 
     for it in range(done, config.iterations):
-        _, directions = untargeted_distances(flat_top1, x, labels, config, rng, seed + it, stage)
+        if config.search == "hopskipjump":
+            if across is None:
+                across = starting_points(x, labels, rng)
+            _, directions, across = nearest_boundary(flat_top1, x, labels, across, config, rng,
+                                                     stage)
+        else:
+            _, directions = untargeted_distances(flat_top1, x, labels, config, rng, seed + it, stage)
         x = push_away(flat_top1, x, labels, directions, config.step, stage)
         if state_path:
-            fs.save_npz(state_path, x=x, labels=labels, done=it + 1)
+            extra = {} if across is None else {"across": across}
+            fs.save_npz(state_path, x=x, labels=labels, done=it + 1, **extra)
         rng = np.random.default_rng([seed, 72, it + 1])
     return x.reshape(-1, *shape).astype(np.float32), labels

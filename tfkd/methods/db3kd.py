@@ -168,13 +168,11 @@ class ZSDB3KD(_DecisionBased):
         return (config.db3kd, config.zsdb3kd)
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
-        """A loose upper bound: every noise round, and per sample and iteration the initial
-        directions (at most 50 scale draws and a bisection each), the Sign-OPT budget and its last
-        iteration's overshoot, and the push (at most 11 halvings); then the search."""
+        """A loose upper bound: the pseudo-samples' (:meth:`tfkd.zeroshot.ZeroShotConfig.query_plan`),
+        then the search."""
         zs = ctx.config.zsdb3kd
         samples = zs.per_class * ctx.num_classes
-        per_iteration = zs.init_directions * (50 + 32) + zs.queries + 200 + 30 * 1030 + 11
-        return {"zsdb3kd_samples": samples * (zs.max_noise_rounds + zs.iterations * per_iteration),
+        return {"zsdb3kd_samples": zs.query_plan(ctx.num_classes, int(np.prod(ctx.image_shape))),
                 "db3kd_search": search_plan(ctx, samples)}
 
     def build(self, ctx: MethodContext) -> TransferSet:
