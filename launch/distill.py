@@ -303,7 +303,7 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "zskd_resolution": 1,
              "db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
              "db3kd_mbd_directions": 1,
-             "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 1, "zsdb3kd_queries": 1,
+             "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 0, "zsdb3kd_queries": 1,
              "zsdb3kd_init_directions": 1, "zsdb3kd_gradient_queries": 1,
              "zsdb3kd_search_iterations": 1, "zsdb3kd_fill_from": 0, "num_shots": 0,
              "num_validation": 0, "image_height": 1,

@@ -234,8 +234,8 @@ def test_hopskipjump_finds_the_perpendicular_distance_within_its_query_count(two
     start = zeroshot.starting_points(x, labels, rng)
     assert np.all(top1(start, "test") != labels)
     first, _, _ = zeroshot.nearest_boundary(top1, x, labels, start,
-                                            zeroshot.ZeroShotConfig(gradient_queries=1), rng, "t")
-    config = zeroshot.ZeroShotConfig(search_iterations=12, gradient_queries=50)
+                                            zeroshot.ZeroShotConfig(gradient_queries=1, probe_resolution=0), rng, "t")
+    config = zeroshot.ZeroShotConfig(search_iterations=12, gradient_queries=50, probe_resolution=0)
     spent[0] = 0
     dist, direction, point = zeroshot.nearest_boundary(top1, x, labels, start, config, rng, "t")
     assert np.all(top1(point, "test") != labels)  # Every boundary point is across.
@@ -246,6 +246,8 @@ def test_hopskipjump_finds_the_perpendicular_distance_within_its_query_count(two
           f"12 iterations B0 = 50: {excess.mean():.3f}; queries per sample {spent[0] / len(x):.0f}")
     assert excess.min() > -1e-3 and excess.mean() < 0.10
     assert np.mean(first / perpendicular - 1) > 0.5
+    with pytest.raises(ValueError, match="shape: expected the \\(H, W, C\\) of 64-value images"):
+        zeroshot.nearest_boundary(top1, x, labels, start, zeroshot.ZeroShotConfig(), rng, "t")
     per_push = config.query_plan(1, x.shape[1]) // config.iterations - 12 - config.max_noise_rounds
     assert spent[0] <= len(x) * per_push
 
@@ -278,7 +280,7 @@ def test_zero_shot_pseudo_samples_move_away_from_the_boundary(linear_teacher, se
         g, _ = zeroshot.untargeted_distances(flat_top1, flat, labels, config, rng, 0, "test")
     else:
         g = zeroshot.nearest_boundary(flat_top1, flat, labels, zeroshot.starting_points(
-            flat, labels, rng), config, rng, "test")[0]
+            flat, labels, rng), config, rng, "test", SHAPE)[0]
     assert np.all(g >= nearest(flat) - 1e-3)
     pushed, kept = zeroshot.pseudo_samples(client.top1, SHAPE, K, config, seed=0)
     assert np.all(client.top1(pushed, "test") == kept)
@@ -296,11 +298,12 @@ def test_a_class_noise_rarely_gives_is_filled_from_its_own_samples(linear_teache
     client, w, b = linear_teacher
     shares = np.bincount(zeroshot.noise_samples(
         client.top1, SHAPE, K, zeroshot.ZeroShotConfig(per_class=200, max_noise_rounds=1,
-                                                       fill_from=0), np.random.default_rng(0))[1],
+                                                       fill_from=0, noise="uniform"),
+        np.random.default_rng(0))[1],
         minlength=K)
     rare = int(np.argmin(shares))
     assert shares[rare] < 200 / 2, shares  # The noise alone leaves this class short in a round.
-    config = zeroshot.ZeroShotConfig(per_class=200, max_noise_rounds=6, fill_from=2)
+    config = zeroshot.ZeroShotConfig(per_class=200, max_noise_rounds=6, fill_from=2, noise="uniform")
     images, labels = zeroshot.noise_samples(client.top1, SHAPE, K, config, np.random.default_rng(1))
     assert np.all(np.bincount(labels, minlength=K) == 200)
     assert np.all(client.top1(images, "test") == labels)

@@ -47,6 +47,8 @@ from tfkd import boundary
 from tfkd import fs
 
 SEARCHES = ("hopskipjump", "sign_opt")
+NOISES = ("smooth", "uniform")
+_SMOOTH_SIZES = (3, 4, 5, 7)  # smooth noise: each sample's grid, bilinearly upsampled.
 _STEP_HALVINGS = 20  # HopSkipJump's geometric step: halvings tried before an iteration gives up.
 _PUSH_HALVINGS = 11  # push_away: 0.5 · 2^-11 < 1e-3, where a push gives up.
 
@@ -58,7 +60,8 @@ class ZeroShotConfig:
     Attributes:
       per_class: pseudo-samples per class (the reference keeps 200 per class and round; the paper
         uses 24,000 for MNIST in all).
-      iterations: pushes away from the boundary (the reference: 40).
+      iterations: pushes away from the boundary (the reference: 40; 0: the noise samples as
+        they are).
       step: the push's first step λ, pixel-scale L2 (halved while the label flips; the reference:
         0.5).
       search: one of ``SEARCHES``: how each push finds the nearest boundary (module docstring).
@@ -68,6 +71,11 @@ class ZeroShotConfig:
         from one push to the next).
       queries: ``sign_opt``'s budget per sample and push (the reference: 5,000).
       init_directions: ``sign_opt``'s random initial directions per sample (the reference: 20).
+      noise: one of ``NOISES``: ``uniform``, the reference's per-pixel noise; ``smooth``, a random
+        3x3 to 7x7 grid bilinearly upsampled plus a little per-pixel noise (:func:`smooth_noise`).
+      probe_resolution: ``hopskipjump``'s probes drawn on a grid of this size per side and channel,
+        bilinearly upsampled (the low-frequency subspace of QEBA, Li et al., CVPR 2020); 0: every
+        pixel independently (HSJA's own).
       max_noise_rounds: noise and fill rounds drawn before giving up on a class the teacher rarely
         gives (each round asks for per_class × K images).
       fill_from: once every class has this many noise samples, short classes are filled with
@@ -84,17 +92,22 @@ class ZeroShotConfig:
     init_directions: int = 20
     max_noise_rounds: int = 200
     fill_from: int = 20
+    noise: str = "smooth"
+    probe_resolution: int = 7
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
-        for name in ("per_class", "iterations", "queries", "init_directions", "max_noise_rounds",
+        for name in ("per_class", "queries", "init_directions", "max_noise_rounds",
                      "gradient_queries", "search_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 1")
         if self.step <= 0:
             raise ValueError(f"zsdb3kd.step={self.step}: expected > 0")
-        if self.fill_from < 0:
-            raise ValueError(f"zsdb3kd.fill_from={self.fill_from}: expected >= 0")
+        for name in ("iterations", "fill_from", "probe_resolution"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 0")
+        if self.noise not in NOISES:
+            raise ValueError(f"zsdb3kd.noise={self.noise!r}: expected one of {NOISES}")
         if self.search not in SEARCHES:
             raise ValueError(f"zsdb3kd.search={self.search!r}: expected one of {SEARCHES}")
 
@@ -145,9 +158,8 @@ def noise_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroSh
             break
         parts = []
         if counts.min() < enough:
-            s1, s2 = rng.uniform(size=(2, batch) + (1,) * len(shape))
-            parts.append(np.clip((rng.uniform(size=(batch, *shape)) + 0.2) * s1
-                                 + rng.standard_normal((batch, *shape)) * s2, 0, 1))
+            parts.append(smooth_noise(batch, shape, rng) if config.noise == "smooth"
+                         else uniform_noise(batch, shape, rng))
         if config.fill_from:
             # Classes with enough noise samples are filled now; by half the rounds, any with one.
             ready = counts >= (enough if round_ < config.max_noise_rounds // 2 else 1)
@@ -164,6 +176,48 @@ def noise_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroSh
     images = np.stack([x for k in kept for x in k]).astype(np.float32)
     labels = np.concatenate([np.full(len(k), c, np.int64) for c, k in enumerate(kept)])
     return images, labels
+
+
+def uniform_noise(n: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """The reference's noise: clip((U[0,1] + 0.2)·s1 + N(0,1)·s2, 0, 1), s1, s2 ~ U[0,1] per
+    sample. float32 [n, *shape]."""
+    s1, s2 = rng.uniform(size=(2, n) + (1,) * len(shape))
+    return np.clip((rng.uniform(size=(n, *shape)) + 0.2) * s1
+                   + rng.standard_normal((n, *shape)) * s2, 0, 1).astype(np.float32)
+
+
+def smooth_noise(n: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Low-frequency noise: per sample a grid of r x r x C values U[0,1]·s (r from 3, 4, 5, 7;
+    s ~ U[0.3, 1.5]) bilinearly upsampled to ``shape`` (H, W, C), plus N(0,1)·σ per pixel
+    (σ ~ U[0, 0.2]), clipped to [0, 1]. On the Fashion-MNIST LeNet-5 teacher it reaches every class
+    (rarest about 0.4%, where the uniform noise gives 0.015%). float32 [n, H, W, C]."""
+    out = np.zeros((n, *shape), np.float32)
+    sizes = rng.choice(_SMOOTH_SIZES, size=n)
+    for r in np.unique(sizes):
+        rows = np.flatnonzero(sizes == r)
+        grid = rng.uniform(size=(len(rows), r, r, shape[2])) * rng.uniform(
+            0.3, 1.5, size=(len(rows), 1, 1, 1))
+        out[rows] = upsample(grid, shape[:2])
+    sigma = rng.uniform(0, 0.2, size=(n, 1, 1, 1))
+    return np.clip(out + sigma * rng.standard_normal(out.shape), 0, 1).astype(np.float32)
+
+
+def upsample(grid: np.ndarray, size: tuple) -> np.ndarray:
+    """Bilinear upsampling (half-pixel centres, as ``tf.image.resize``) of float [n, h, w, C] to
+    [n, *size, C], as two interpolation matrices."""
+    rows, cols = _interpolation(grid.shape[1], size[0]), _interpolation(grid.shape[2], size[1])
+    return np.einsum("Hh,nhwc,Ww->nHWc", rows, grid, cols).astype(np.float32)
+
+
+def _interpolation(size: int, out: int) -> np.ndarray:
+    """float64 [out, size]: the bilinear weights of each output position on the input grid."""
+    centre = np.clip((np.arange(out) + 0.5) * size / out - 0.5, 0, size - 1)
+    low = np.floor(centre).astype(int)
+    high = np.minimum(low + 1, size - 1)
+    weights = np.zeros((out, size))
+    weights[np.arange(out), low] += 1 - (centre - low)
+    weights[np.arange(out), high] += centre - low
+    return weights
 
 
 def _fill_round(kept: list, per_class: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
@@ -220,8 +274,8 @@ def untargeted_distances(top1: Callable, x: np.ndarray, labels: np.ndarray, conf
 
 
 def nearest_boundary(top1: Callable, x: np.ndarray, labels: np.ndarray, across: np.ndarray,
-                     config: ZeroShotConfig, rng: np.random.Generator,
-                     stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     config: ZeroShotConfig, rng: np.random.Generator, stage: str,
+                     shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """HopSkipJump's search (Chen et al. 2020, Alg. 1, ℓ2) for each sample's nearest decision
     boundary toward any other class, every sample together (each step one batched call).
 
@@ -230,7 +284,8 @@ def nearest_boundary(top1: Callable, x: np.ndarray, labels: np.ndarray, across: 
       x: float32 [n, D] flattened samples in [0, 1]; labels: int [n], the teacher's classes of x.
       across: float32 [n, D] in [0, 1], points the teacher gives another class than ``labels``
         (the previous push's boundary points, or :func:`starting_points`).
-      config: ``gradient_queries`` (B0) and ``search_iterations``.
+      config: ``gradient_queries`` (B0), ``search_iterations`` and ``probe_resolution``.
+      shape: one image's (H, W, C), needed when ``config.probe_resolution`` > 0.
 
     Returns:
       (float64 [n] L2 distances, float32 [n, D] unit directions from x toward its boundary point,
@@ -239,10 +294,11 @@ def nearest_boundary(top1: Callable, x: np.ndarray, labels: np.ndarray, across: 
     """
     theta = x.shape[1] ** -1.5
     target = -1 - np.asarray(labels)
+    draw = _probe_directions(x.shape[1], config.probe_resolution, shape, rng)
     point = _bisect(top1, x, across, target, theta, stage)
     for t in range(1, config.search_iterations + 1):
         point = _hopskipjump_iteration(top1, x, point, target, t, config.gradient_queries, theta,
-                                       rng, stage)
+                                       draw, stage)
     gap = point - x
     dist = np.linalg.norm(gap, axis=1).astype(np.float64)
     return dist, (gap / np.maximum(dist, 1e-12)[:, None]).astype(np.float32), point
@@ -285,15 +341,29 @@ def _bisect(top1, x, across, target, theta, stage) -> np.ndarray:
     return ((1 - hi)[:, None] * x + hi[:, None] * across).astype(np.float32)
 
 
-def _normal_estimate(top1, point, target, delta, count, rng, stage) -> np.ndarray:
+def _probe_directions(pixels: int, resolution: int, shape: tuple | None,
+                      rng: np.random.Generator) -> Callable[[int], np.ndarray]:
+    """``draw(n) -> float32 [n, pixels]`` Gaussian probe directions: per pixel (resolution 0), or
+    on a resolution x resolution x C grid bilinearly upsampled to ``shape``."""
+    if not resolution:
+        return lambda n: rng.standard_normal((n, pixels), dtype=np.float32)
+    if shape is None or int(np.prod(shape)) != pixels:
+        raise ValueError(f"shape: expected the (H, W, C) of {pixels}-value images for "
+                         f"probe_resolution={resolution}, got {shape}")
+    return lambda n: upsample(rng.standard_normal((n, resolution, resolution, shape[2])),
+                              shape[:2]).reshape(n, pixels)
+
+
+def _normal_estimate(top1, point, target, delta, count, draw, stage) -> np.ndarray:
     """HSJA's Monte-Carlo estimate of the boundary's normal at ``point`` (toward the other class;
     their Eq. 16): the mean of (φ - mean φ)·u over ``count`` unit probes u at radius ``delta``
-    (φ = +1 past the boundary, -1 not), the mean of φ·u where all probes agree. Unit rows."""
+    (φ = +1 past the boundary, -1 not), the mean of φ·u where all probes agree; u are ``draw``'s
+    directions normalized. Unit rows."""
     sum_phi_u = np.zeros_like(point)
     sum_u = np.zeros_like(point)
     sum_phi = np.zeros(len(point))
     for _ in range(count):
-        u = rng.standard_normal(point.shape, dtype=np.float32)
+        u = draw(len(point))
         u /= np.linalg.norm(u, axis=1, keepdims=True)
         probe = np.clip(point + delta[:, None] * u, 0, 1)
         u = (probe - point) / delta[:, None]
@@ -307,7 +377,7 @@ def _normal_estimate(top1, point, target, delta, count, rng, stage) -> np.ndarra
     return grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
 
 
-def _hopskipjump_iteration(top1, x, point, target, t, b0, theta, rng, stage) -> np.ndarray:
+def _hopskipjump_iteration(top1, x, point, target, t, b0, theta, draw, stage) -> np.ndarray:
     """One HSJA iteration t >= 1: the normal at the boundary point (B0·sqrt(t) probes at radius
     δ = sqrt(d)·θ·dist), a geometric step of dist/sqrt(t) along it, halved until the teacher gives
     another class (up to ``_STEP_HALVINGS`` times), then a bisection back toward x. A sample keeps
@@ -315,7 +385,7 @@ def _hopskipjump_iteration(top1, x, point, target, t, b0, theta, rng, stage) -> 
     dist = np.linalg.norm(point - x, axis=1)
     delta = np.sqrt(x.shape[1]) * theta * dist
     grad = _normal_estimate(top1, point, target, np.maximum(delta, 1e-6),
-                            math.ceil(b0 * math.sqrt(t)), rng, stage)
+                            math.ceil(b0 * math.sqrt(t)), draw, stage)
     xi = dist / math.sqrt(t)
     stepped = point.copy()
     pending, moved = np.arange(len(x)), np.zeros(len(x), bool)
@@ -387,7 +457,7 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
             if across is None:
                 across = starting_points(x, labels, rng)
             _, directions, across = nearest_boundary(flat_top1, x, labels, across, config, rng,
-                                                     stage)
+                                                     stage, shape)
         else:
             _, directions = untargeted_distances(flat_top1, x, labels, config, rng, seed + it, stage)
         x = push_away(flat_top1, x, labels, directions, config.step, stage)
