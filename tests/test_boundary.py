@@ -233,8 +233,8 @@ def test_hopskipjump_finds_the_perpendicular_distance_within_its_query_count(two
 
     start = zeroshot.starting_points(x, labels, rng)
     assert np.all(top1(start, "test") != labels)
-    first, _, _ = zeroshot.nearest_boundary(top1, x, labels, start,
-                                            zeroshot.ZeroShotConfig(gradient_queries=1, probe_resolution=0), rng, "t")
+    rough = zeroshot.ZeroShotConfig(gradient_queries=1, probe_resolution=0)
+    first, _, _ = zeroshot.nearest_boundary(top1, x, labels, start, rough, rng, "t")
     config = zeroshot.ZeroShotConfig(search_iterations=12, gradient_queries=50, probe_resolution=0)
     spent[0] = 0
     dist, direction, point = zeroshot.nearest_boundary(top1, x, labels, start, config, rng, "t")
