@@ -36,6 +36,11 @@ ROWS = {
     "db3kd": ("db3kd", "bd, 200 directions (the reference's)"),
     "db3kd_e200": ("db3kd", "bd, 200 directions, student 200 epochs (the tuned student-alone "
                             "recipe; issue 27)"),
+    "db3kd_e200_T5": ("db3kd", "bd, 200 directions, student 200 epochs, T = 5 (issue 27: T on "
+                               "the validation split)"),
+    "db3kd_e200_T1": ("db3kd", "bd, 200 directions, student 200 epochs, T = 1 (chosen on the "
+                               "validation split)"),
+    "db3kd_e200_T0.25": ("db3kd", "bd, 200 directions, student 200 epochs, T = 0.25"),
     "db3kd_mbd_q500": ("db3kd", "mbd: bd 200 directions + Sign-OPT, 500 queries per pair"),
     "fsbbt_db3kd_d5": ("fsbbt_db3kd", "bd, 5 directions, T = 20 (the reference's T)"),
     "fsbbt_db3kd_d5_T2": ("fsbbt_db3kd", "bd, 5 directions, T = 2"),
@@ -43,9 +48,14 @@ ROWS = {
     "fsbbt_db3kd_d5_T10": ("fsbbt_db3kd", "bd, 5 directions, T = 10"),
     "zsdb3kd_p100_i10_q500": ("zsdb3kd", "zero-shot: 100 samples per class, 10 pushes, 500 "
                                          "Sign-OPT queries per push; bd 200 directions"),
+    "zsdb3kd_b1e7": ("zsdb3kd", "zero-shot, issue 27's search: 2,400 smooth-noise samples per "
+                                "class, 1 HopSkipJump push; bd 10 directions"),
+    "zsdb3kd_b1e8": ("zsdb3kd", "zero-shot, issue 27's search: the same, 20 pushes; bd 100 "
+                                "directions"),
 }
 SEARCH_FROM = {"fsbbt_db3kd_d5_T2": "fsbbt_db3kd_d5", "fsbbt_db3kd_d5_T5": "fsbbt_db3kd_d5",
-               "fsbbt_db3kd_d5_T10": "fsbbt_db3kd_d5"}
+               "fsbbt_db3kd_d5_T10": "fsbbt_db3kd_d5", "db3kd_e200_T5": "db3kd_e200",
+               "db3kd_e200_T1": "db3kd_e200", "db3kd_e200_T0.25": "db3kd_e200"}
 PUBLISHED = {"fsbbt_soft": "84.73 (FS-BBT)", "zsdb3kd_p100_i10_q500": "72.31 (ZSDB3KD, full budget)"}
 SEARCH_STAGES = ("db3kd_search", "zsdb3kd_samples")
 

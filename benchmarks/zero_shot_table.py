@@ -35,10 +35,18 @@ ROWS = {
                            "steps, Adam 0.05"),
     "zskd_short_lr01": ("zskd", "try: the same, Adam 0.01"),
     "zskd_short_lr003": ("zskd", "try: the same, Adam 0.003"),
-    "zsdb3kd_p100_i10_q500": ("zsdb3kd", "label-only: 100 pseudo-samples per class asked, 10 "
-                                         "pushes of 500 Sign-OPT queries; bd 200 directions"),
+    "zsdb3kd_p100_i10_q500": ("zsdb3kd", "label-only, before issue 27's search: 100 uniform-noise "
+                                         "pseudo-samples per class asked, 10 pushes of 500 "
+                                         "Sign-OPT queries; bd 200 directions"),
+    "zsdb3kd_b1e7": ("zsdb3kd", "label-only, budget about 10^7: 2,400 smooth-noise pseudo-samples "
+                                "per class, 1 push (HopSkipJump, B0 = 100, 7x7 probes); bd 10 "
+                                "directions"),
+    "zsdb3kd_b1e8": ("zsdb3kd", "label-only, budget about 10^8: the same samples, 20 pushes; bd "
+                                "100 directions"),
 }
-PUBLISHED = {"zskd": "79.62 (ZSKD)", "zsdb3kd_p100_i10_q500": "72.31 (ZSDB3KD, full budget)"}
+PUBLISHED = {"zskd": "79.62 (ZSKD)", "zsdb3kd_p100_i10_q500": "72.31 (ZSDB3KD, full budget)",
+             "zsdb3kd_b1e8": "72.31 (ZSDB3KD, about 6 x 10^9 queries)"}
+GOAL_ZSDB3KD = (60.0, 2e8)  # Issue 27: accuracy % at a budget of at most this many queries.
 GOAL_ZSKD = 80.0
 SYNTHESIS_STAGES = ("impressions", "zsdb3kd_samples")
 
@@ -96,11 +104,14 @@ def goals(rows: list[dict]) -> list[str]:
         lines.append(f"- Goal (issue 27): `zskd_blackbox` at or above 75%: {b['test_mean']:.2f}% "
                      f"(row `{b['name']}`; not re-measured with issue 27's choices; "
                      f"{'met' if b['test_mean'] >= 75 else 'not met'}).")
-    if "zsdb3kd" in by:
-        d = by["zsdb3kd"]
-        lines.append(f"- Goal (issue 27): `zsdb3kd` at or above 60% with at most 2 x 10^8 queries: "
-                     f"{d['test_mean']:.2f}% with {d['queries']:,} (not met: the query-efficient "
-                     "boundary search and its budget curve were not built).")
+    within = [r for r in rows if r["method"] == "zsdb3kd" and r["queries"] <= GOAL_ZSDB3KD[1]]
+    if within:
+        d = max(within, key=lambda r: (len(r["seeds"]) >= 3, r["test_mean"]))
+        met = d["test_mean"] >= GOAL_ZSDB3KD[0] and len(d["seeds"]) >= 3
+        lines.append(f"- Goal (issue 27): `zsdb3kd` at or above {GOAL_ZSDB3KD[0]:.0f}% with at most "
+                     f"2 x 10^8 queries, 3 seeds: {d['test_mean']:.2f}% over {len(d['seeds'])} "
+                     f"seed(s) with {d['queries']:,} queries, row `{d['name']}` "
+                     f"({'met' if met else 'not met'}).")
     return lines
 
 

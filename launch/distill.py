@@ -164,7 +164,7 @@ flags.DEFINE_integer("db3kd_mbd_directions", _BOUNDARY.mbd_directions,
                      "DB3KD mbd: random directions per sign-gradient "
                      "estimate (one query each).")
 flags.DEFINE_integer("db3kd_directions", _BOUNDARY.num_directions,
-                     "DB3KD: directions tried per (image, class) pair.")
+                     "DB3KD: directions tried per (image, class) pair; 0: no search, one-hot top-1 labels.")
 flags.DEFINE_float("db3kd_tolerance", _BOUNDARY.tolerance,
                    "DB3KD: binary-search tolerance on the boundary distance "
                    "(pixel scale [0, 1]).")
@@ -301,7 +301,7 @@ FLAGS = flags.FLAGS
 # data is read, teacher queried or model trained, and prints one line naming flag, value and bound.
 _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_directions": 1,
              "zskd_resolution": 1,
-             "db3kd_directions": 1, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
+             "db3kd_directions": 0, "db3kd_chunk_pairs": 1, "db3kd_mbd_queries": 1,
              "db3kd_mbd_directions": 1,
              "zsdb3kd_per_class": 1, "zsdb3kd_iterations": 0, "zsdb3kd_queries": 1,
              "zsdb3kd_init_directions": 1, "zsdb3kd_gradient_queries": 1,

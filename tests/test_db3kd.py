@@ -100,7 +100,8 @@ def test_db3kd_mbd_refines_every_pair_end_to_end(label_only_server, tmp_path):
 @pytest.mark.slow
 def test_zsdb3kd_runs_end_to_end_without_real_images(label_only_server, tmp_path):
     """Zero-shot: pseudo-samples from noise and the label-only teacher alone; no real image enters
-    the transfer set. A rerun reuses the persisted samples and search: nothing is asked again."""
+    the transfer set. A rerun reuses the persisted samples and search: nothing is asked again; one
+    without the search (0 directions) trains on the same samples' one-hot answers."""
     extra = ["--method=zsdb3kd", "--zsdb3kd_per_class=3", "--zsdb3kd_iterations=1",
              "--zsdb3kd_queries=30", "--zsdb3kd_init_directions=2", "--db3kd_directions=1",
              "--db3kd_tolerance=1e-2", "--batch_size=8"]
@@ -115,6 +116,14 @@ def test_zsdb3kd_runs_end_to_end_without_real_images(label_only_server, tmp_path
     again = _db3kd(tmp_path, label_only_server, *extra)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent"] == 0
+    # No search (--db3kd_directions=0): the same samples with one-hot top-1 targets, no query.
+    before = set(glob.glob(str(tmp_path / "transfer_set-*.npz")))
+    plain = _db3kd(tmp_path, label_only_server, *extra[:-3], "--db3kd_directions=0", "--batch_size=8")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent"] == 0
+    (new,) = set(glob.glob(str(tmp_path / "transfer_set-*.npz"))) - before
+    with np.load(new) as f:
+        assert np.all(np.sort(f["targets"], axis=1)[:, -2:] == [0.0, 1.0])
 
 
 def _search_state(workdir):

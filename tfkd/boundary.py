@@ -47,7 +47,9 @@ class BoundaryConfig:
     Attributes:
       search: one of ``SEARCHES``: ``bd``, binary searches along directions toward teacher-labelled
         images; ``mbd``, ``bd`` then the Sign-OPT refinement (:func:`refine_distances`).
-      num_directions: directions tried per (image, class) pair (the reference: about 200).
+      num_directions: directions tried per (image, class) pair (the reference: about 200); 0: no
+        search, the soft labels are the teacher's top-1 one-hot (the loss is then CE to it, plus
+        T² times the same CE at temperature T).
       mbd_queries: the refinement's query budget per pair (the reference: 20,000).
       mbd_directions: random directions per sign-gradient estimate, one query each (the
         reference: k = 200).
@@ -70,7 +72,7 @@ class BoundaryConfig:
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
         checks = [("search", self.search in SEARCHES, SEARCHES),
-                  ("num_directions", self.num_directions >= 1, ">= 1"),
+                  ("num_directions", self.num_directions >= 0, ">= 0"),
                   ("tolerance", self.tolerance > 0, "> 0"),
                   ("mbd_queries", self.mbd_queries >= 1, ">= 1"),
                   ("mbd_directions", self.mbd_directions >= 1, ">= 1"),

@@ -72,8 +72,11 @@ def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.
     toward ``pool`` images (teacher top-1 ``pool_labels``). Each worker of a cluster searches its
     shard of the images and every worker gets every distance (:mod:`tfkd.cluster`). The search state
     is persisted under a fingerprint without ``num_directions`` (more directions continue it) or
-    ``temperature`` (T only turns distances into soft labels)."""
+    ``temperature`` (T only turns distances into soft labels). ``num_directions`` 0: one-hot
+    ``labels``, no query."""
     config = ctx.config.db3kd
+    if config.num_directions == 0:  # No search: the top-1 answers as they are.
+        return np.eye(ctx.num_classes, dtype=np.float32)[np.asarray(labels)]
     part = ctx.teacher.shard(len(images))
     state = ctx.artifacts.path("boundary_state", ".npz", name, search_key(config), len(images),
                                part.start, part.stop)
