@@ -38,9 +38,9 @@ ROWS = {
                             "recipe; issue 27)"),
     "db3kd_e200_T5": ("db3kd", "bd, 200 directions, student 200 epochs, T = 5 (issue 27: T on "
                                "the validation split)"),
-    "db3kd_e200_T1": ("db3kd", "bd, 200 directions, student 200 epochs, T = 1 (chosen on the "
-                               "validation split)"),
-    "db3kd_e200_T0.25": ("db3kd", "bd, 200 directions, student 200 epochs, T = 0.25"),
+    "db3kd_e200_T1": ("db3kd", "bd, 200 directions, student 200 epochs, T = 1"),
+    "db3kd_e200_T0.25": ("db3kd", "bd, 200 directions, student 200 epochs, T = 0.25 (chosen on "
+                                  "the validation split)"),
     "db3kd_mbd_q500": ("db3kd", "mbd: bd 200 directions + Sign-OPT, 500 queries per pair"),
     "fsbbt_db3kd_d5": ("fsbbt_db3kd", "bd, 5 directions, T = 20 (the reference's T)"),
     "fsbbt_db3kd_d5_T2": ("fsbbt_db3kd", "bd, 5 directions, T = 2"),
@@ -48,10 +48,14 @@ ROWS = {
     "fsbbt_db3kd_d5_T10": ("fsbbt_db3kd", "bd, 5 directions, T = 10"),
     "zsdb3kd_p100_i10_q500": ("zsdb3kd", "zero-shot: 100 samples per class, 10 pushes, 500 "
                                          "Sign-OPT queries per push; bd 200 directions"),
-    "zsdb3kd_b1e7": ("zsdb3kd", "zero-shot, issue 27's search: 2,400 smooth-noise samples per "
-                                "class, 1 HopSkipJump push; bd 10 directions"),
-    "zsdb3kd_b1e8": ("zsdb3kd", "zero-shot, issue 27's search: the same, 20 pushes; bd 100 "
-                                "directions"),
+    "zsdb3kd_b1e7": ("zsdb3kd", "issue 27's search: 2,400 smooth-noise samples per class, 1 "
+                                "HopSkipJump push (B0 = 100, 7x7 probes); bd 10 directions, T = 20"),
+    "zsdb3kd_n100k_onehot": ("zsdb3kd", "10,000 smooth-noise samples per class, no push, no bd "
+                                        "search (one-hot top-1 targets); student 20 epochs"),
+    "zsdb3kd_n100k_d1_T1": ("zsdb3kd", "the same samples, bd 1 direction, T = 1; student 20 "
+                                       "epochs"),
+    "zsdb3kd_n100k_i7_onehot": ("zsdb3kd", "the same samples, 7 HopSkipJump pushes, one-hot; "
+                                           "student 20 epochs"),
 }
 SEARCH_FROM = {"fsbbt_db3kd_d5_T2": "fsbbt_db3kd_d5", "fsbbt_db3kd_d5_T5": "fsbbt_db3kd_d5",
                "fsbbt_db3kd_d5_T10": "fsbbt_db3kd_d5", "db3kd_e200_T5": "db3kd_e200",

@@ -426,8 +426,9 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
                    seed: int = 0, state_path: str | None = None,
                    stage: str = "zsdb3kd_samples") -> tuple[np.ndarray, np.ndarray]:
     """ZSDB3KD's pseudo-samples: noise the teacher gives each class, pushed away from the nearest
-    boundary ``iterations`` times. The samples (and ``hopskipjump``'s boundary points) are persisted
-    after every push (resumed from ``state_path`` if there): a killed run loses at most one push.
+    boundary ``iterations`` times. The samples are persisted once drawn and after every push, with
+    ``hopskipjump``'s boundary points (resumed from ``state_path`` if there): a killed run loses at
+    most one push.
 
     Args:
       top1: ``top1(images [b, *shape], stage) -> int [b]``, the teacher's classes.
@@ -448,6 +449,9 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
     else:
         images, labels = noise_samples(top1, shape, num_classes, config, rng, stage)
         x, done = images.reshape(len(images), -1), 0
+        if state_path:  # The noise's queries are kept before the first push.
+            fs.save_npz(state_path, x=x, labels=labels, done=0)
+        rng = np.random.default_rng([seed, 72, 0])  # As a run resumed here draws.
 
     def flat_top1(flat, name):
         return top1(flat.reshape(-1, *shape), name)
