@@ -49,17 +49,22 @@ ROWS = {
     "zsdb3kd_p100_i10_q500": ("zsdb3kd", "zero-shot: 100 samples per class, 10 pushes, 500 "
                                          "Sign-OPT queries per push; bd 200 directions"),
     "zsdb3kd_b1e7": ("zsdb3kd", "issue 27's search: 2,400 smooth-noise samples per class, 1 "
-                                "HopSkipJump push (B0 = 100, 7x7 probes); bd 10 directions, T = 20"),
+                                "HopSkipJump push (B0 = 100, 7x7 probes); bd 10 directions, T = 20; "
+                                "student with the recipe's MixUp, rotations and shifts"),
     "zsdb3kd_n100k_onehot": ("zsdb3kd", "10,000 smooth-noise samples per class, no push, no bd "
-                                        "search (one-hot top-1 targets); student 20 epochs"),
+                                        "search (one-hot top-1 targets); student 20 epochs with "
+                                        "the recipe's MixUp, rotations and shifts"),
+    "zsdb3kd_n100k_onehot_noaug": ("zsdb3kd", "the same, student 20 epochs without training-time "
+                                              "augmentation (zsdb3kd's default since issue 27)"),
     "zsdb3kd_n100k_d1_T1": ("zsdb3kd", "the same samples, bd 1 direction, T = 1; student 20 "
-                                       "epochs"),
-    "zsdb3kd_n100k_i7_onehot": ("zsdb3kd", "the same samples, 7 HopSkipJump pushes, one-hot; "
-                                           "student 20 epochs"),
+                                       "epochs, no augmentation"),
+    "zsdb3kd_n100k_i7_noaug": ("zsdb3kd", "the same samples, 7 HopSkipJump pushes, one-hot; "
+                                          "student 20 epochs, no augmentation"),
 }
 SEARCH_FROM = {"fsbbt_db3kd_d5_T2": "fsbbt_db3kd_d5", "fsbbt_db3kd_d5_T5": "fsbbt_db3kd_d5",
                "fsbbt_db3kd_d5_T10": "fsbbt_db3kd_d5", "db3kd_e200_T5": "db3kd_e200",
-               "db3kd_e200_T1": "db3kd_e200", "db3kd_e200_T0.25": "db3kd_e200"}
+               "db3kd_e200_T1": "db3kd_e200", "db3kd_e200_T0.25": "db3kd_e200",
+               "zsdb3kd_n100k_onehot_noaug": "zsdb3kd_n100k_onehot"}
 PUBLISHED = {"fsbbt_soft": "84.73 (FS-BBT)", "zsdb3kd_p100_i10_q500": "72.31 (ZSDB3KD, full budget)"}
 SEARCH_STAGES = ("db3kd_search", "zsdb3kd_samples")
 
