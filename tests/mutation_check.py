@@ -444,6 +444,25 @@ MUTATIONS += [  # The docs name what exists (issue 26 §8, begun).
 ]
 
 
+_HSJA = "tests/test_boundary.py::test_hopskipjump_finds_the_perpendicular_distance_within_its_query_count"
+MUTATIONS += [  # Issue 27 (continued): ZSDB3KD's HopSkipJump search and the class fill.
+    Mutation("hsja_normal_flipped", "HopSkipJump's normal estimate points back into the sample's "
+             "class", (("tfkd/zeroshot.py", "    return grad / np.maximum(np.linalg.norm(grad, axis=1, "
+                        "keepdims=True), 1e-12)", "    return -grad / np.maximum(np.linalg.norm(grad, "
+                        "axis=1, keepdims=True), 1e-12)"),),
+             (_HSJA,)),
+    Mutation("hsja_bisection_keeps_near_side", "the bisection returns the sample's side of the "
+             "boundary, not the other class's",
+             (("tfkd/zeroshot.py", "    return ((1 - hi)[:, None] * x + hi[:, None] * across)",
+               "    return ((1 - lo)[:, None] * x + lo[:, None] * across)"),),
+             (_HSJA,)),
+    Mutation("fill_exact_copies", "a short class is filled with copies of its samples",
+             (("tfkd/zeroshot.py", "        parts.append(np.clip(alpha * a + (1 - alpha) * b\n",
+               "        parts.append(a + 0 * np.clip(alpha * a + (1 - alpha) * b\n"),),
+             ("tests/test_boundary.py::test_a_class_noise_rarely_gives_is_filled_from_its_own_samples",)),
+]
+
+
 def tracked_copy(destination: str) -> None:
     files = subprocess.run(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"],
                            capture_output=True, text=True, check=True).stdout.split()
