@@ -46,6 +46,8 @@ ROWS = {
                                         "the recipe's MixUp, rotations and shifts"),
     "zsdb3kd_n100k_onehot_noaug": ("zsdb3kd", "the same, student 20 epochs without training-time "
                                               "augmentation (zsdb3kd's default since issue 27)"),
+    "zsdb3kd_n400k_noaug": ("zsdb3kd", "40,000 smooth-noise samples per class, no push, one-hot; "
+                                       "student 20 epochs, no augmentation"),
     "zsdb3kd_n100k_d1_T1": ("zsdb3kd", "the same samples, bd 1 direction, T = 1; student 20 "
                                        "epochs, no augmentation"),
     "zsdb3kd_n100k_i7_noaug": ("zsdb3kd", "the same samples, 7 HopSkipJump pushes, one-hot; "
