@@ -30,6 +30,10 @@ ROWS = {
     "zskd_e15": ("zskd", "try: the same impressions, student 15 epochs"),
     "zskd_blackbox": ("zskd_blackbox", "black-box: gRPC answers only; 12,000 impressions, 100 "
                                        "steps, Adam 0.01, 2 x 10 probes per step"),
+    "zskd_blackbox_issue27": ("zskd_blackbox", "black-box with issue 27's white-box choices: the "
+                                               "same impressions' search, student at τ = 1, 4 "
+                                               "MixUp views of each labelled by queries, the "
+                                               "epoch of best validation accuracy"),
     "zskd_blackbox_lr05": ("zskd_blackbox", "try: as above, Adam 0.05 (the first default)"),
     "zskd_short": ("zskd", "try: white-box at the black-box's size: 12,000 impressions, 100 "
                            "steps, Adam 0.05"),
@@ -110,9 +114,13 @@ def goals(rows: list[dict]) -> list[str]:
                      f"{d['queries']:,} ({'met' if b['test_mean'] > d['test_mean'] else 'not met'}).")
     if "zskd_blackbox" in by:
         b = by["zskd_blackbox"]
+        tried = next((r for r in rows if r["name"] == "zskd_blackbox_issue27"), None)
         lines.append(f"- Goal (issue 27): `zskd_blackbox` at or above 75%: {b['test_mean']:.2f}% "
-                     f"(row `{b['name']}`; not re-measured with issue 27's choices; "
-                     f"{'met' if b['test_mean'] >= 75 else 'not met'}).")
+                     f"over {len(b['seeds'])} seed(s) (row `{b['name']}`"
+                     + (f"; issue 27's choices: {tried['test_mean']:.2f}% over "
+                        f"{len(tried['seeds'])} seed(s)" if tried else
+                        "; not re-measured with issue 27's choices")
+                     + f"; {'met' if b['test_mean'] >= 75 else 'not met'}).")
     within = [r for r in rows if r["method"] == "zsdb3kd" and r["queries"] <= GOAL_ZSDB3KD[1]]
     if within:
         d = max(within, key=lambda r: (len(r["seeds"]) >= 3, r["test_mean"]))
