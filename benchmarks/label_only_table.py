@@ -60,7 +60,7 @@ ROWS = {
                                        "student 20 epochs, no augmentation"),
     "zsdb3kd_n100k_d1_T1": ("zsdb3kd", "the same samples, bd 1 direction, T = 1; student 20 "
                                        "epochs, no augmentation"),
-    "zsdb3kd_n100k_i7_noaug": ("zsdb3kd", "the same samples, 7 HopSkipJump pushes, one-hot; "
+    "zsdb3kd_n100k_i5_noaug": ("zsdb3kd", "the same samples, 5 HopSkipJump pushes, one-hot; "
                                           "student 20 epochs, no augmentation"),
 }
 SEARCH_FROM = {"fsbbt_db3kd_d5_T2": "fsbbt_db3kd_d5", "fsbbt_db3kd_d5_T5": "fsbbt_db3kd_d5",

@@ -54,7 +54,7 @@ ROWS = {
                                        "student 20 epochs, no augmentation"),
     "zsdb3kd_n100k_d1_T1": ("zsdb3kd", "the same samples, bd 1 direction, T = 1; student 20 "
                                        "epochs, no augmentation"),
-    "zsdb3kd_n100k_i7_noaug": ("zsdb3kd", "the same samples, 7 HopSkipJump pushes, one-hot; "
+    "zsdb3kd_n100k_i5_noaug": ("zsdb3kd", "the same samples, 5 HopSkipJump pushes, one-hot; "
                                           "student 20 epochs, no augmentation"),
 }
 PUBLISHED = {"zskd": "79.62 (ZSKD)", "zsdb3kd_p100_i10_q500": "72.31 (ZSDB3KD, full budget)",
