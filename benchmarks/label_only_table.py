@@ -46,8 +46,9 @@ ROWS = {
     "fsbbt_db3kd_d5_T2": ("fsbbt_db3kd", "bd, 5 directions, T = 2"),
     "fsbbt_db3kd_d5_T5": ("fsbbt_db3kd", "bd, 5 directions, T = 5"),
     "fsbbt_db3kd_d5_T10": ("fsbbt_db3kd", "bd, 5 directions, T = 10"),
-    "zsdb3kd_p100_i10_q500": ("zsdb3kd", "zero-shot: 100 samples per class, 10 pushes, 500 "
-                                         "Sign-OPT queries per push; bd 200 directions"),
+    "zsdb3kd_p100_i10_q500": ("zsdb3kd", "zero-shot, before issue 27's search: 100 uniform-noise "
+                                         "samples per class asked, 10 pushes of 500 Sign-OPT "
+                                         "queries; bd 200 directions"),
     "zsdb3kd_b1e7": ("zsdb3kd", "issue 27's search: 2,400 smooth-noise samples per class, 1 "
                                 "HopSkipJump push (B0 = 100, 7x7 probes); bd 10 directions, T = 20; "
                                 "student with the recipe's MixUp, rotations and shifts"),
@@ -56,12 +57,10 @@ ROWS = {
                                         "the recipe's MixUp, rotations and shifts"),
     "zsdb3kd_n100k_onehot_noaug": ("zsdb3kd", "the same, student 20 epochs without training-time "
                                               "augmentation (zsdb3kd's default since issue 27)"),
+    "zsdb3kd_n100k_i5_noaug": ("zsdb3kd", "the 100,000 samples, 5 HopSkipJump pushes, one-hot; "
+                                          "student 20 epochs, no augmentation"),
     "zsdb3kd_n400k_noaug": ("zsdb3kd", "40,000 smooth-noise samples per class, no push, one-hot; "
                                        "student 20 epochs, no augmentation"),
-    "zsdb3kd_n100k_d1_T1": ("zsdb3kd", "the same samples, bd 1 direction, T = 1; student 20 "
-                                       "epochs, no augmentation"),
-    "zsdb3kd_n100k_i5_noaug": ("zsdb3kd", "the same samples, 5 HopSkipJump pushes, one-hot; "
-                                          "student 20 epochs, no augmentation"),
 }
 SEARCH_FROM = {"fsbbt_db3kd_d5_T2": "fsbbt_db3kd_d5", "fsbbt_db3kd_d5_T5": "fsbbt_db3kd_d5",
                "fsbbt_db3kd_d5_T10": "fsbbt_db3kd_d5", "db3kd_e200_T5": "db3kd_e200",

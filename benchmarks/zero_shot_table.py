@@ -39,24 +39,9 @@ ROWS = {
                            "steps, Adam 0.05"),
     "zskd_short_lr01": ("zskd", "try: the same, Adam 0.01"),
     "zskd_short_lr003": ("zskd", "try: the same, Adam 0.003"),
-    "zsdb3kd_p100_i10_q500": ("zsdb3kd", "label-only, before issue 27's search: 100 uniform-noise "
-                                         "pseudo-samples per class asked, 10 pushes of 500 "
-                                         "Sign-OPT queries; bd 200 directions"),
-    "zsdb3kd_b1e7": ("zsdb3kd", "issue 27's search: 2,400 smooth-noise samples per class, 1 "
-                                "HopSkipJump push (B0 = 100, 7x7 probes); bd 10 directions, T = 20; "
-                                "student with the recipe's MixUp, rotations and shifts"),
-    "zsdb3kd_n100k_onehot": ("zsdb3kd", "10,000 smooth-noise samples per class, no push, no bd "
-                                        "search (one-hot top-1 targets); student 20 epochs with "
-                                        "the recipe's MixUp, rotations and shifts"),
-    "zsdb3kd_n100k_onehot_noaug": ("zsdb3kd", "the same, student 20 epochs without training-time "
-                                              "augmentation (zsdb3kd's default since issue 27)"),
-    "zsdb3kd_n400k_noaug": ("zsdb3kd", "40,000 smooth-noise samples per class, no push, one-hot; "
-                                       "student 20 epochs, no augmentation"),
-    "zsdb3kd_n100k_d1_T1": ("zsdb3kd", "the same samples, bd 1 direction, T = 1; student 20 "
-                                       "epochs, no augmentation"),
-    "zsdb3kd_n100k_i5_noaug": ("zsdb3kd", "the same samples, 5 HopSkipJump pushes, one-hot; "
-                                          "student 20 epochs, no augmentation"),
 }
+# The zsdb3kd rows (label-only reports) are the label-only table's.
+ROWS.update({k: v for k, v in label_only_table.ROWS.items() if v[0] == "zsdb3kd"})
 PUBLISHED = {"zskd": "79.62 (ZSKD)", "zsdb3kd_p100_i10_q500": "72.31 (ZSDB3KD, full budget)",
              "zsdb3kd_n400k_noaug": "72.31 (ZSDB3KD, about 6 x 10^9 queries)"}
 GOAL_ZSDB3KD = (60.0, 2e8)  # Issue 27: accuracy % at a budget of at most this many queries.
