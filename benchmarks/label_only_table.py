@@ -236,7 +236,8 @@ def section(results_md: str, soft_reference: tuple[str, float] | None = None,
              "N = 2000 real images (0 for zsdb3kd). Queries: every",
              "image sent to the teacher (labels, boundary search, pseudo-samples); wall time: every",
              "stage on 2 CPU cores. † search reused from the T = 20 run of the same seed (T acts only",
-             "after the search): its queries and seconds are charged here.", ""]
+             "after the search), or for `zsdb3kd_n100k_onehot_noaug` seed 0 the pseudo-samples of",
+             "`zsdb3kd_n100k_onehot` seed 0: that run's queries and seconds are charged here.", ""]
     lines += markdown(summary, results_md) + [""] + _goals(summary, soft_reference)
     if picture:
         lines += ["", f"![label-only accuracy vs queries]"
