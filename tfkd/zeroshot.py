@@ -113,20 +113,25 @@ class ZeroShotConfig:
 
     def query_plan(self, num_classes: int, pixels: int) -> int:
         """An upper bound on :func:`pseudo_samples`' queries for K = ``num_classes`` and d =
-        ``pixels`` (values per image): every noise or fill round, and per sample and push the
-        search (``hopskipjump``: the first bisection, then per iteration B_t probes, the step's
-        halvings and a bisection; ``sign_opt``: at most 50 scale draws and a bisection per initial
-        direction, the Sign-OPT budget and its last iteration's overshoot) and the push's
-        halvings."""
+        ``pixels`` (values per image): every noise and fill round (a round asks for per_class × K
+        noise images and up to twice each class's shortfall), and per sample and push
+        :meth:`push_queries`."""
         samples = self.per_class * num_classes
+        return samples * (3 * self.max_noise_rounds + self.iterations * self.push_queries(pixels))
+
+    def push_queries(self, pixels: int) -> int:
+        """An upper bound on one push's queries per sample: the search (``hopskipjump``: the first
+        bisection, then per iteration B_t probes, the step's halvings and a bisection;
+        ``sign_opt``: at most 50 scale draws and a bisection per initial direction, the Sign-OPT
+        budget and its last iteration's overshoot), then the push's halvings."""
         if self.search == "hopskipjump":
             bisection = _bisection_steps(pixels)
-            per_push = bisection + sum(math.ceil(self.gradient_queries * math.sqrt(t))
-                                       + _STEP_HALVINGS + bisection
-                                       for t in range(1, self.search_iterations + 1))
+            search = bisection + sum(math.ceil(self.gradient_queries * math.sqrt(t))
+                                     + _STEP_HALVINGS + bisection
+                                     for t in range(1, self.search_iterations + 1))
         else:
-            per_push = self.init_directions * (50 + 32) + self.queries + 200 + 30 * 1030
-        return samples * (self.max_noise_rounds + self.iterations * (per_push + _PUSH_HALVINGS + 1))
+            search = self.init_directions * (50 + 32) + self.queries + 200 + 30 * 1030
+        return search + _PUSH_HALVINGS + 1
 
 
 def _bisection_steps(pixels: int) -> int:
