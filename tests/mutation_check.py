@@ -453,9 +453,13 @@ MUTATIONS += [  # Issue 27 (continued): ZSDB3KD's HopSkipJump search and the cla
              (_HSJA,)),
     Mutation("hsja_bisection_keeps_near_side", "the bisection returns the sample's side of the "
              "boundary, not the other class's",
-             (("tfkd/zeroshot.py", "    return ((1 - hi)[:, None] * x + hi[:, None] * across)",
-               "    return ((1 - lo)[:, None] * x + lo[:, None] * across)"),),
+             (("tfkd/zeroshot.py", "    return (x + dist[:, None] * u).astype(np.float32)",
+               "    return (x + (dist - theta * length)[:, None] * u).astype(np.float32)"),),
              (_HSJA,)),
+    Mutation("zsdb3kd_noise_augmented", "zsdb3kd's student augments noise with stored targets",
+             (("tfkd/methods/db3kd.py", '    student_defaults = (("mixup_alpha", 0.0), '
+               '("rotation_degrees", 0.0), ("shift_fraction", 0.0))', "    student_defaults = ()"),),
+             ("tests/test_db3kd.py::test_zsdb3kd_runs_end_to_end_without_real_images",)),
     Mutation("fill_exact_copies", "a short class is filled with copies of its samples",
              (("tfkd/zeroshot.py", "        parts.append(np.clip(alpha * a + (1 - alpha) * b\n",
                "        parts.append(a + 0 * np.clip(alpha * a + (1 - alpha) * b\n"),),

@@ -113,6 +113,8 @@ def test_zsdb3kd_runs_end_to_end_without_real_images(label_only_server, tmp_path
     sent = report["teacher_queries_sent_by_stage"]
     assert "label_real" not in sent and sent["zsdb3kd_samples"] > 0 and sent["db3kd_search"] > 0
     assert sent["zsdb3kd_samples"] <= report["teacher_query_plan"]["zsdb3kd_samples"]
+    recipe = report["student_recipe"]  # Noise is not augmented with its stored target.
+    assert (recipe["mixup_alpha"], recipe["rotation_degrees"], recipe["shift_fraction"]) == (0, 0, 0)
     again = _db3kd(tmp_path, label_only_server, *extra)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "report.json").read_text())["teacher_queries_sent"] == 0

@@ -187,13 +187,15 @@ def _pairs(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _line_search(top1: Callable, x: np.ndarray, u: np.ndarray, target: np.ndarray,
-                 hi: np.ndarray, tolerance: float, stage: str,
+                 hi: np.ndarray, tolerance, stage: str,
                  spent: np.ndarray | None = None) -> np.ndarray:
     """Binary search of every pair together for the first point x + λ u labelled ``target`` with
-    λ in [0, hi] (the teacher labels x + hi u as target). Returns hi, within ``tolerance``; adds
-    each pair's queries to ``spent`` (int64 [len(x)]) when given."""
+    λ in [0, hi] (the teacher labels x + hi u as target). Returns hi, within ``tolerance`` (a float,
+    or float [P], one per pair); adds each pair's queries to ``spent`` (int64 [len(x)]) when
+    given."""
     lo = np.zeros_like(hi)
     hi = hi.copy()
+    tolerance = np.broadcast_to(tolerance, hi.shape)
     active = np.flatnonzero(hi - lo > tolerance)
     while len(active):
         mid = (lo[active] + hi[active]) / 2
@@ -203,7 +205,7 @@ def _line_search(top1: Callable, x: np.ndarray, u: np.ndarray, target: np.ndarra
             spent[active] += 1
         hi[active[hit]] = mid[hit]
         lo[active[~hit]] = mid[~hit]
-        active = active[hi[active] - lo[active] > tolerance]
+        active = active[hi[active] - lo[active] > tolerance[active]]
     return hi
 
 

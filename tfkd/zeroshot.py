@@ -41,10 +41,12 @@ import math
 from typing import Callable
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from tfkd import boundary
 from tfkd import fs
+from tfkd import impressions
 
 SEARCHES = ("hopskipjump", "sign_opt")
 NOISES = ("smooth", "uniform")
@@ -195,34 +197,17 @@ def smooth_noise(n: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
     """Low-frequency noise: per sample a grid of r x r x C values U[0,1]·s (r from 3, 4, 5, 7;
     s ~ U[0.3, 1.5]) bilinearly upsampled to ``shape`` (H, W, C), plus N(0,1)·σ per pixel
     (σ ~ U[0, 0.2]), clipped to [0, 1]. On the Fashion-MNIST LeNet-5 teacher it reaches every class
-    (rarest about 0.4%, where the uniform noise gives 0.015%). float32 [n, H, W, C]."""
+    (a 4x4 grid reached the rarest at 0.4% where the uniform noise gives 0.015%:
+    benchmarks/reports/probes/zsdb3kd_prototype.txt). float32 [n, H, W, C]."""
     out = np.zeros((n, *shape), np.float32)
     sizes = rng.choice(_SMOOTH_SIZES, size=n)
     for r in np.unique(sizes):
         rows = np.flatnonzero(sizes == r)
         grid = rng.uniform(size=(len(rows), r, r, shape[2])) * rng.uniform(
             0.3, 1.5, size=(len(rows), 1, 1, 1))
-        out[rows] = upsample(grid, shape[:2])
+        out[rows] = tf.image.resize(grid.astype(np.float32), shape[:2], method="bilinear").numpy()
     sigma = rng.uniform(0, 0.2, size=(n, 1, 1, 1))
     return np.clip(out + sigma * rng.standard_normal(out.shape), 0, 1).astype(np.float32)
-
-
-def upsample(grid: np.ndarray, size: tuple) -> np.ndarray:
-    """Bilinear upsampling (half-pixel centres, as ``tf.image.resize``) of float [n, h, w, C] to
-    [n, *size, C], as two interpolation matrices."""
-    rows, cols = _interpolation(grid.shape[1], size[0]), _interpolation(grid.shape[2], size[1])
-    return np.einsum("Hh,nhwc,Ww->nHWc", rows, grid, cols).astype(np.float32)
-
-
-def _interpolation(size: int, out: int) -> np.ndarray:
-    """float64 [out, size]: the bilinear weights of each output position on the input grid."""
-    centre = np.clip((np.arange(out) + 0.5) * size / out - 0.5, 0, size - 1)
-    low = np.floor(centre).astype(int)
-    high = np.minimum(low + 1, size - 1)
-    weights = np.zeros((out, size))
-    weights[np.arange(out), low] += 1 - (centre - low)
-    weights[np.arange(out), high] += centre - low
-    return weights
 
 
 def _fill_round(kept: list, per_class: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
@@ -332,18 +317,14 @@ def starting_points(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
 
 
 def _bisect(top1, x, across, target, theta, stage) -> np.ndarray:
-    """HSJA's binary search on the blend (1 - λ)·x + λ·across, λ in [0, 1] (x on its own side,
-    ``across`` past the boundary), to λ's threshold θ; returns the points at the upper λ (the
-    other class's side)."""
-    lo, hi = np.zeros(len(x)), np.ones(len(x))
-    active = np.arange(len(x))
-    while len(active):
-        mid = (lo[active] + hi[active]) / 2
-        probes = ((1 - mid)[:, None] * x[active] + mid[:, None] * across[active]).astype(np.float32)
-        hit = boundary.reached(top1(probes, stage), target[active])
-        hi[active[hit]], lo[active[~hit]] = mid[hit], mid[~hit]
-        active = active[hi[active] - lo[active] > theta]
-    return ((1 - hi)[:, None] * x + hi[:, None] * across).astype(np.float32)
+    """HSJA's binary search on the segment from x (its own side) to ``across`` (past the boundary)
+    to θ of the segment's length (:func:`tfkd.boundary._line_search`); returns the points on the
+    other class's side."""
+    gap = across - x
+    length = np.linalg.norm(gap, axis=1)
+    u = gap / length[:, None]
+    dist = boundary._line_search(top1, x, u, target, length, theta * length, stage)
+    return (x + dist[:, None] * u).astype(np.float32)
 
 
 def _probe_directions(pixels: int, resolution: int, shape: tuple | None,
@@ -355,8 +336,7 @@ def _probe_directions(pixels: int, resolution: int, shape: tuple | None,
     if shape is None or int(np.prod(shape)) != pixels:
         raise ValueError(f"shape: expected the (H, W, C) of {pixels}-value images for "
                          f"probe_resolution={resolution}, got {shape}")
-    return lambda n: upsample(rng.standard_normal((n, resolution, resolution, shape[2])),
-                              shape[:2]).reshape(n, pixels)
+    return lambda n: impressions.coarse_directions(rng, (n,), shape, resolution).reshape(n, pixels)
 
 
 def _normal_estimate(top1, point, target, delta, count, draw, stage) -> np.ndarray:
