@@ -194,12 +194,15 @@ class Row:
       what: the row's description in RESULTS.md.
       student: StudentConfig fields over the launcher's default (``training.StudentConfig()``).
       query_budget: the run's ``--query_budget`` (None: the full plan, 50,000 queries).
+      settings: other DistillConfig settings by dotted name (``DistillConfig.with_settings``),
+        e.g. ``(("active.rounds", 0),)``.
     """
 
     method: str
     what: str
     student: tuple = ()
     query_budget: int | None = None
+    settings: tuple = ()
 
 
 # The baselines' recipe, fixed in advance from the tries below (validation split): the paper's
@@ -242,6 +245,22 @@ ROWS = {
     "fsbbt_e25_no_augment": Row("fsbbt", "FS-BBT, 25 epochs, no training-time augmentation: "
                                 "fsbbt's launcher default since this row (rule in the notes)",
                                 (("epochs", 25), *_NO_AUGMENT)),
+    # Issue 28: the query curve of the default recipe (25 epochs, no augmentation): the budget
+    # cuts the plan (active.rounds 0, the behaviour before issue 28) or buys the pool's images
+    # chosen in rounds (tfkd.active).
+    "fsbbt_q5000_cut": Row("fsbbt", "FS-BBT default recipe, plan cut to 5,000 queries",
+                           query_budget=5_000, settings=(("active.rounds", 0),)),
+    "fsbbt_q10000_cut": Row("fsbbt", "FS-BBT default recipe, plan cut to 10,000 queries",
+                            query_budget=10_000, settings=(("active.rounds", 0),)),
+    "fsbbt_q5000_active": Row("fsbbt", "FS-BBT default recipe, 5,000 queries chosen in 4 "
+                              "active rounds (margin) from the 48,000-image pool",
+                              query_budget=5_000),
+    "fsbbt_q10000_active": Row("fsbbt", "FS-BBT default recipe, 10,000 queries chosen in 4 "
+                               "active rounds (margin) from the 48,000-image pool",
+                               query_budget=10_000),
+    "fsbbt_q10000_random": Row("fsbbt", "FS-BBT default recipe, 10,000 queries drawn at random "
+                               "in 4 rounds from the pool (active querying's control)",
+                               query_budget=10_000, settings=(("active.selection", "random"),)),
 }
 # Published figures for the tuned table (same setting: LeNet-5 teacher, N = 2000).
 _SAME_SIZE = (("FS-BBT*", 86.53), ("DivBFKD", 87.65))
@@ -305,7 +324,8 @@ def measure_teacher(root: str, teacher_base: str, dataset: data.Dataset, target:
 
 
 def run_cell(workdir: str, target: str, method: str, seed: int, student=None,
-             evaluate_test: bool = True, query_budget: int | None = None) -> str:
+             evaluate_test: bool = True, query_budget: int | None = None,
+             settings: tuple = ()) -> str:
     path = os.path.join(workdir, "report.json")
     if not os.path.exists(path):
         logging.info("Running %s seed %d in %s", method, seed, workdir)
@@ -315,7 +335,7 @@ def run_cell(workdir: str, target: str, method: str, seed: int, student=None,
             num_validation=FLAGS.num_validation,
             teacher=teacher_lib.TeacherConfig(target=target, query_budget=query_budget),
             student=student or PAPER_STUDENT, evaluate_test=evaluate_test,
-            evaluate_teacher=False, compress=(), verbose=0))
+            evaluate_teacher=False, compress=(), verbose=0).with_settings(dict(settings)))
         logging.info("%s seed %d: %.0f s", method, seed, time.perf_counter() - start)
         keras.backend.clear_session()  # Runs slowed down 50% over a grid without it.
     return path
@@ -345,7 +365,7 @@ def run_all(methods, seeds) -> None:
                 path = run_cell(os.path.join(root, "rows", name, f"seed{seed}"), srv.target,
                                 row.method, seed,
                                 dataclasses.replace(training.StudentConfig(), **dict(row.student)),
-                                query_budget=row.query_budget)
+                                query_budget=row.query_budget, settings=row.settings)
                 report = json.load(open(path))
                 report.update(kind="row", row=name)
                 workdir_lib.write_json(path, report)

@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfkd import active
 from tfkd import boundary
 from tfkd import client
 from tfkd import data
@@ -52,6 +53,7 @@ _ZERO_SHOT = zeroshot.ZeroShotConfig()
 _ZSKD = impressions.ImpressionConfig()
 _ZO = impressions.ZerothOrderConfig()
 _VOTES = votes.VoteConfig()
+_ACTIVE = active.ActiveConfig()
 _MIXUP = synthesis.MixUpConfig()
 _CVAE = synthesis.CVAEConfig()
 _STUDENT = training.StudentConfig()
@@ -154,6 +156,15 @@ flags.DEFINE_integer("cvae_working_size", _CVAE.working_size,
                      "are resized up; 0: the image size up to 32, else 32.")
 flags.DEFINE_enum("cvae_architecture", _CVAE.architecture, ["auto", "mlp", "conv"], "CVAE: mlp (28x28 grey), "
                   "conv (CIFAR); auto picks by dataset.")
+flags.DEFINE_integer("active_rounds", _ACTIVE.rounds, "Under a --query_budget smaller than the "
+                     "plan (FS-BBT family): rounds in which a proxy student chooses which pool "
+                     "images the teacher is asked about; 0: cut the plan to the budget instead.")
+flags.DEFINE_enum("active_selection", _ACTIVE.selection, list(active.SELECTIONS), "Active "
+                  "querying's choice: margin (class-balanced lowest proxy margin) or random.")
+flags.DEFINE_integer("active_proxy_epochs", _ACTIVE.proxy_epochs, "Epochs of the proxy student "
+                     "before each active round.")
+flags.DEFINE_integer("active_labelled_images", _ACTIVE.labelled_images, "Synthetic images to "
+                     "label, chosen in rounds from the pool (0: what --query_budget leaves).")
 flags.DEFINE_enum("db3kd_search", _BOUNDARY.search,
                   list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
                   "searches along directions toward teacher-labelled images; mbd, bd then the "
@@ -312,7 +323,8 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "teacher_epochs": 1, "num_mixup": 0,
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0,
-             "batchnorm_images": 0, "zskd_views": 0, "votes": 0}
+             "batchnorm_images": 0, "zskd_views": 0, "votes": 0, "active_rounds": 0,
+             "active_proxy_epochs": 1, "active_labelled_images": 0}
 _POSITIVE = ("cluster_startup_timeout", "zskd_learning_rate", "vote_sigma", "zskd_temperature", "zskd_sigma",
              "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
@@ -429,6 +441,9 @@ def config_from_named_flags() -> pipeline.DistillConfig:
             directions=FLAGS.zskd_directions, sigma=FLAGS.zskd_sigma,
             resolution=FLAGS.zskd_resolution),
         votes=votes.VoteConfig(votes=FLAGS.votes, sigma=FLAGS.vote_sigma),
+        active=active.ActiveConfig(rounds=FLAGS.active_rounds, selection=FLAGS.active_selection,
+                                   proxy_epochs=FLAGS.active_proxy_epochs,
+                                   labelled_images=FLAGS.active_labelled_images),
         teacher_saved_model=FLAGS.teacher_saved_model, method_config=json_flag("method_settings"),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress), verbose=FLAGS.verbose,
@@ -497,6 +512,8 @@ SETTING_FLAGS = {
     "images.width": "image_width", "images.channels": "image_channels",
     "images.image_key": "image_key", "data_dir": "data_dir", "zskd.final_layer": "zskd_final_layer",
     "num_validation": "num_validation", "num_shots": "num_shots", "workdir": "workdir",
+    "teacher.query_budget": "query_budget", "evaluate_teacher": "evaluate_teacher",
+    "eval_examples": "eval_examples",
 }
 
 

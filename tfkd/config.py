@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from tfkd import active as active_lib
 from tfkd import boundary
 from tfkd import data as data_lib
 from tfkd import errors
@@ -61,6 +62,9 @@ class DistillConfig:
         port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
       teacher_train: used only when tfkd trains the teacher.
       mixup, cvae: the FS-BBT family's synthesis (their ``num_images`` are its synthetic budget).
+      active: how the FS-BBT family spends a query budget smaller than its plan
+        (:class:`tfkd.active.ActiveConfig`: the whole plan is made as a pool and the teacher is asked
+        about the images chosen in rounds; ``rounds`` 0: the plan is cut instead).
       db3kd: the DB3KD family's boundary search and soft-label temperature.
       zsdb3kd: ZSDB3KD's pseudo-sample schedule.
       zskd: ZSKD's Data Impression search (``zskd`` and ``zskd_blackbox``).
@@ -103,6 +107,7 @@ class DistillConfig:
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
     mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
     cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
+    active: active_lib.ActiveConfig = active_lib.ActiveConfig()
     student: training.StudentConfig = training.StudentConfig()
     db3kd: boundary.BoundaryConfig = boundary.BoundaryConfig()
     zsdb3kd: zeroshot.ZeroShotConfig = zeroshot.ZeroShotConfig()
@@ -220,6 +225,7 @@ class DistillConfig:
         self.zskd.validate()
         self.zskd_blackbox.validate()
         self.votes.validate()
+        self.active.validate()
         if self.images is not None:
             self._validate_images(method)
         if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:

@@ -54,6 +54,7 @@ from tfkd import fs
 from tfkd import images as images_lib
 from tfkd import methods
 from tfkd import outputs
+from tfkd import teacher as teacher_lib
 from tfkd import teacher_setup
 from tfkd import training
 from tfkd import workdir as workdir_lib
@@ -244,6 +245,13 @@ def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: dat
     reserved = num_eval if link.eval_client is not None else 0
     num_real = config.num_shots if dataset.y_train is not None else len(dataset.x_train)
     per_image = method.queries_per_image(config, link.labeller)  # Votes: 1 + k.
+    if reserved and budget - reserved < num_real * per_image:
+        raise teacher_lib.QueryBudgetExceeded(
+            f"teacher.query_budget={budget}: the teacher's evaluation takes {reserved} of it "
+            f"(its test accuracy over {reserved} test images) and the {num_real} real images "
+            f"{num_real * per_image}, which leaves nothing to distil with; set "
+            "evaluate_teacher=False (the budget then buys the student only) or fewer "
+            "eval_examples, or raise the budget; nothing was sent")
     fitted = method.fit_budget(config, (budget - reserved) // per_image, num_real)
     if fitted == config:
         return config

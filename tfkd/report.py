@@ -65,6 +65,11 @@ class Report:
     [h, w, C] (the resolution it models; its samples are resized to the image size), ``parameters``;
     its seconds are ``stage_seconds`` ``cvae_training`` and ``cvae_sampling``. Null when the transfer
     set was reused whole."""
+    active_rounds: list | None = None
+    """Active querying's rounds (:mod:`tfkd.active`; FS-BBT family under a query budget): one
+    record per round, ``round``, ``selection`` (``random`` or ``margin``), ``images`` (labelled in
+    it), ``labelled`` (synthetic images labelled after it), ``resumed`` (its choice read back from
+    an earlier process). Null when every image of the plan was labelled, or the plan was cut."""
     grids: dict = dataclasses.field(default_factory=dict)
     """PNG grids of the transfer set's images per teacher class, by source: name -> path."""
     eval_examples: int | None = None

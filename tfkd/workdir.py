@@ -115,6 +115,7 @@ ARTIFACTS = [
     ("zsdb3kd_samples-*.npz", "ZSDB3KD pseudo-samples",
      lambda p: _check_npz(p, ("x", "labels"), ("done",)), "file"),
     ("impressions-*.npz", "Data Impressions", _check_readable_npz, "file"),
+    ("active_rounds-*.npz", "active querying rounds", _check_readable_npz, "file"),
     ("impressions_blackbox-*.npz", "black-box Data Impressions", _check_readable_npz, "file"),
     ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
     ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),

@@ -18,6 +18,10 @@ fsbbt          N + num_mixup MixUp + num_cvae CVAE images              N + synth
 ``mixup`` and ``cvae`` get the whole synthetic budget, so that every synthetic method costs the same
 number of teacher queries. Queries are charged under the stages ``label_real``, ``label_mixup``,
 ``label_cvae``. Only ``student_alone`` reads labels; the others see images only.
+
+Under a query budget smaller than the plan, the synthetic methods make the whole plan as a pool
+and ask the teacher about the images chosen in rounds by a proxy student (:mod:`tfkd.active`;
+queries charged under ``label_active``); ``active.rounds`` 0 cuts the plan to the budget instead.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import dataclasses
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
+from tfkd import active
 from tfkd import synthesis
+from tfkd import training
 from tfkd import votes
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
@@ -85,25 +92,41 @@ class _Synthetic(Method):
                 dataclasses.replace(config.cvae, num_images=num_cvae))
 
     def fingerprint(self, config) -> tuple:
-        return (*self.configs(config), config.votes)
+        # The active settings only when they choose: unbudgeted runs keep their transfer sets.
+        return (*self.configs(config), config.votes,
+                *((config.active,) if self.active(config) else ()))
+
+    def active(self, config) -> bool:
+        """Whether a share of the pool is chosen in rounds (:mod:`tfkd.active`): ``active.rounds``
+        > 0 and ``active.labelled_images`` fewer than the pool's images (and more than 0)."""
+        return config.active.rounds > 0 and 0 < config.active.labelled_images < sum(
+            self.counts(config))
 
     def synthetic_images(self, config) -> int:
         return sum(self.counts(config))
 
     def plan_summary(self, config) -> dict:
-        return {"num_mixup": config.mixup.num_images, "num_cvae": config.cvae.num_images}
+        return {"num_mixup": config.mixup.num_images, "num_cvae": config.cvae.num_images,
+                "active_labelled_images": (config.active.labelled_images if self.active(config)
+                                           else None)}
 
     def transfer_findings(self, transfer: TransferSet) -> dict:
         return family_findings(transfer)
 
     def fit_budget(self, config, queries: int, num_real: int):
-        """Shrinks the synthetic budget (MixUp and CVAE images, in their configured ratio) to what
-        ``queries`` leaves after the ``num_real`` real images; unchanged when the plan fits. A
+        """What ``queries`` leaves after the ``num_real`` real images buys: with ``active.rounds``
+        > 0 that many images of the whole plan's pool, chosen in rounds
+        (``active.labelled_images``, :mod:`tfkd.active`); with 0 the synthetic budget (MixUp and
+        CVAE images, in their configured ratio) shrunk to it. Unchanged when the plan fits. A
         budget below ``num_real`` is left to the pipeline's check (which refuses it)."""
         wanted = config.mixup.num_images + config.cvae.num_images
         room = max(0, queries - num_real)
         if self.counts(config) == (0, 0) or wanted <= room:
             return config
+        if config.active.rounds > 0 and room > 0:
+            chosen = min(room, config.active.labelled_images or room)
+            return dataclasses.replace(config, active=dataclasses.replace(
+                config.active, labelled_images=chosen))
         num_mixup = int(config.mixup.num_images * room // wanted)
         return dataclasses.replace(
             config, mixup=dataclasses.replace(config.mixup, num_images=num_mixup),
@@ -125,6 +148,17 @@ class _Synthetic(Method):
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         mixed = self.mixup(ctx)
+        if self.active(ctx.config):  # The rounds chosen by an earlier process: what the ledger lacks.
+            labelled = ctx.config.active.labelled_images
+            state = active.RoundState.load(self.state_path(ctx))
+            chosen = np.concatenate(state.images) if state.images else ctx.few_shot[:0]
+            plan = {"label_real": ctx.teacher.missing(ctx.few_shot),
+                    "label_active": (ctx.teacher.missing(chosen)
+                                     + ctx.teacher.share(labelled - len(chosen)))}
+            if self.votes(ctx):
+                plan["label_votes"] = ctx.teacher.share(len(ctx.few_shot) + labelled) * \
+                    ctx.config.votes.votes
+            return plan
         plan = {"label_real": ctx.teacher.missing(ctx.few_shot),
                 "label_mixup": 0 if mixed is None else ctx.teacher.missing(mixed),
                 # Unknown before the CVAE is trained: every CVAE image counts.
@@ -159,14 +193,56 @@ class _Synthetic(Method):
     def build(self, ctx: MethodContext) -> TransferSet:
         real = self.label(ctx, ctx.few_shot, "label_real")
         parts = [("real", ctx.few_shot, real)]
+        pool = []
         mixed = self.mixup(ctx)
         if mixed is not None:
-            parts.append(("mixup", mixed, self.label(ctx, mixed, "label_mixup")))
+            pool.append(("mixup", mixed))
         cvae_config = self.configs(ctx.config)[1]
         if cvae_config.num_images > 0:
-            generated = self.cvae_images(ctx, real.argmax(axis=1), cvae_config)
-            parts.append(("cvae", generated, self.label(ctx, generated, "label_cvae")))
+            pool.append(("cvae", self.cvae_images(ctx, real.argmax(axis=1), cvae_config)))
+        if self.active(ctx.config):
+            return TransferSet.from_parts(parts + self.chosen_parts(ctx, real, pool))
+        for name, images in pool:
+            parts.append((name, images, self.label(ctx, images, f"label_{name}")))
         return TransferSet.from_parts(parts)
+
+    def chosen_parts(self, ctx: MethodContext, real: np.ndarray,
+                     pool: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The pool's images chosen in rounds (:func:`tfkd.active.run_rounds`) with their soft
+        labels, as transfer-set parts by source; the rounds go to the report's
+        ``active_rounds``."""
+        images = np.concatenate([p[1] for p in pool])
+        source = np.concatenate([np.full(len(p[1]), i) for i, p in enumerate(pool)])
+        state = self.state_path(ctx)
+        chosen, chosen_images, answers, records = active.run_rounds(
+            images, ctx.few_shot, real, ctx.config.active.labelled_images, ctx.config.active,
+            state, ctx.seed, label=lambda x, r: self.label(ctx, x, "label_active"),
+            train_proxy=lambda x, y: self.proxy(ctx, x, y))
+        ctx.findings["active_rounds"] = records
+        return [(name, chosen_images[source[chosen] == i], answers[source[chosen] == i])
+                for i, (name, _) in enumerate(pool)]
+
+    def state_path(self, ctx: MethodContext) -> str:
+        """Where the active rounds' choices are persisted (:class:`tfkd.active.RoundState`)."""
+        return ctx.artifacts.path("active_rounds", ".npz", self.name, self.fingerprint(ctx.config))
+
+    def proxy(self, ctx: MethodContext, images: np.ndarray, targets: np.ndarray):
+        """A proxy student trained ``active.proxy_epochs`` on ``images`` float32 [n, H, W, C] and
+        their soft labels [n, K] (the run's student recipe otherwise, in this process, not
+        distributed); returns its softmax ``probabilities(images) -> float32 [m, K]``."""
+        config = dataclasses.replace(self.student_config(ctx.config),
+                                     epochs=ctx.config.active.proxy_epochs, steps=0,
+                                     select="final", loop="fit")
+        with ctx.stage("active_proxy"):
+            student, _ = training.train_student(images, targets, config, ctx.seed,
+                                                strategy=tf.distribute.get_strategy(), verbose=0,
+                                                loss=self.make_loss(ctx.config))
+
+        def probabilities(x: np.ndarray) -> np.ndarray:
+            with ctx.stage("active_proxy"):
+                logits = student.predict(x, batch_size=1024, verbose=0)
+            return tf.nn.softmax(logits).numpy()
+        return probabilities
 
     def cvae_images(self, ctx: MethodContext, classes: np.ndarray,
                     config: synthesis.CVAEConfig) -> np.ndarray:

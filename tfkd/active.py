@@ -1,0 +1,213 @@
+"""Active querying: which synthetic images a query budget pays the teacher for, chosen in rounds.
+
+With a query budget smaller than its plan, a synthetic method makes its whole pool of synthetic
+images (the plan's MixUp and CVAE images: more than the budget buys) and asks the teacher about
+the images a student learns most from, in rounds (pool-based active learning; Settles 2009,
+"Active Learning Literature Survey", §3.1 uncertainty sampling):
+
+1. round 1 labels a uniform draw of the round's quota (nothing is known yet);
+2. each later round trains a *proxy student* (the run's student architecture, ``proxy_epochs``
+   over what is labelled so far), scores every unlabelled pool image by the proxy's margin
+   p_(1) - p_(2) between its two most probable classes, and labels the quota of lowest margin,
+   filled round-robin over the proxy's predicted classes so that one confusable pair of classes
+   cannot take the whole quota (class-balanced uncertainty). This is Active MixUp's rule (Wang et
+   al., "Neural Networks Are More Productive Teachers Than Human Raters: Active Mixup for
+   Data-Efficient Knowledge Distillation From a Blackbox Model", CVPR 2020, §3.2: query the
+   synthetic images the student is least confident about), with the margin as the confidence
+   (Scheffer et al. 2001) and the class balance added here.
+
+Every round's choice is persisted (:class:`RoundState`, ``active_rounds-<fp>.npz`` in the work dir)
+*before* its images are sent, and every answer is kept by the teacher's ledger as it arrives, so a
+killed run resumes at the round it was in and pays no query twice: earlier rounds' images are
+answered from the ledger, the interrupted round's choice is read back (not recomputed) and only its
+unanswered images are sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+from absl import logging
+
+from tfkd import fs
+
+SELECTIONS = ("margin", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveConfig:
+    """How a query budget is spent on a synthetic method's pool (the FS-BBT family).
+
+    Attributes:
+      rounds: labelling rounds when the budget buys fewer images than the pool holds (>= 1); 0
+        turns active querying off: the budget then cuts the plan (MixUp and CVAE images in their
+        ratio, every image made is sent).
+      selection: ``margin`` (class-balanced lowest proxy margin, the module docstring) or
+        ``random`` (a uniform draw each round: the control).
+      proxy_epochs: epochs the proxy student trains on the labelled images before a round scores
+        the pool (>= 1).
+      labelled_images: synthetic images to label, at most the pool; 0: set from the query budget
+        (what it leaves after the real images and the teacher's evaluation), or all of the pool
+        without a budget. Part of the transfer set's fingerprint.
+    """
+
+    rounds: int = 4
+    selection: str = "margin"
+    proxy_epochs: int = 10
+    labelled_images: int = 0
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first field out of range."""
+        checks = [("rounds", self.rounds >= 0, ">= 0 (0: off)"),
+                  ("selection", self.selection in SELECTIONS, SELECTIONS),
+                  ("proxy_epochs", self.proxy_epochs >= 1, ">= 1"),
+                  ("labelled_images", self.labelled_images >= 0, ">= 0 (0: the budget's)")]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"active.{name}={getattr(self, name)!r}: expected {expected}")
+
+
+def quotas(total: int, rounds: int) -> list[int]:
+    """Images each round labels: ``total`` split over ``rounds`` as evenly as integers allow (the
+    first rounds take the remainder). Raises ValueError for rounds < 1 or total < 0."""
+    if rounds < 1 or total < 0:
+        raise ValueError(f"rounds={rounds}, total={total}: expected rounds >= 1 and total >= 0")
+    base, extra = divmod(total, rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+def margins(probabilities: np.ndarray) -> np.ndarray:
+    """p_(1) - p_(2) per row of ``probabilities`` float [n, K] (K >= 2): float32 [n] in [0, 1];
+    small: the proxy hesitates between two classes."""
+    top2 = -np.partition(-np.asarray(probabilities, np.float32), 1, axis=1)[:, :2]
+    return (top2[:, 0] - top2[:, 1]).astype(np.float32)
+
+
+def balanced_lowest(scores: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """Indices of ``k`` rows of lowest ``scores`` float [n], taken round-robin over ``groups``
+    int [n] (each group's lowest first; a group that runs out leaves its turns to the others).
+
+    Returns int64 [min(k, n)], in the order taken. Raises ValueError for mismatched lengths.
+    """
+    scores, groups = np.asarray(scores), np.asarray(groups)
+    if scores.shape != groups.shape:
+        raise ValueError(f"scores {scores.shape} and groups {groups.shape}: expected one per row")
+    order = np.lexsort((scores, groups))  # By group, then score ascending.
+    sorted_groups = groups[order]
+    starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
+    rank = np.arange(len(order)) - starts  # Place of each row within its group.
+    # Round r takes every group's r-th lowest; within a round, lower scores first.
+    taken = order[np.lexsort((scores[order], rank))]
+    return taken[:k].astype(np.int64)
+
+
+def choose(k: int, unlabelled: np.ndarray, config: ActiveConfig, rng: np.random.Generator,
+           probabilities: np.ndarray | None) -> np.ndarray:
+    """The ``k`` pool indices a round labels, from ``unlabelled`` int64 [m] (pool indices).
+
+    ``probabilities`` float [m, K]: the proxy student's softmax on those images (None in round 1
+    or for ``random``: a uniform draw). Returns sorted int64 [min(k, m)].
+    """
+    k = min(k, len(unlabelled))
+    if probabilities is None or config.selection == "random":
+        return np.sort(rng.choice(unlabelled, k, replace=False)).astype(np.int64)
+    picked = balanced_lowest(margins(probabilities), np.argmax(probabilities, axis=1), k)
+    return np.sort(unlabelled[picked]).astype(np.int64)
+
+
+@dataclasses.dataclass
+class RoundState:
+    """The rounds chosen so far, persisted before their images are sent: ``chosen[r]`` int64 pool
+    indices of round r and ``images[r]`` float32 [q_r, H, W, C] those images, for a pool of
+    ``pool_size``. A resumed run labels the images read back, not the pool recomputed, so its
+    ledger answers them whether or not synthesis is bit-for-bit repeatable."""
+
+    pool_size: int
+    chosen: list
+    images: list
+
+    def save(self, path: str) -> None:
+        """Writes ``.npz`` atomically (temp name, then rename)."""
+        fs.save_npz(path, pool_size=np.asarray(self.pool_size),
+                    lengths=np.asarray([len(c) for c in self.chosen], np.int64),
+                    indices=np.concatenate(self.chosen), images=np.concatenate(self.images))
+
+    @classmethod
+    def load(cls, path: str, pool_size: int | None = None) -> "RoundState":
+        """The state at ``path``, or an empty one when there is none.
+
+        Raises:
+          ValueError: the stored state is of another ``pool_size`` (the fingerprint should
+            prevent it).
+        """
+        if not fs.exists(path):
+            return cls(pool_size or 0, [], [])
+        with fs.load_npz(path) as f:
+            stored, lengths, flat, images = (int(f["pool_size"]), f["lengths"], f["indices"],
+                                             f["images"])
+        if pool_size is not None and stored != pool_size:
+            raise ValueError(f"{path}: rounds chosen from a pool of {stored} images, expected "
+                             f"{pool_size}")
+        cuts = np.cumsum(lengths)[:-1]
+        return cls(stored, [a.astype(np.int64) for a in np.split(flat, cuts)],
+                   list(np.split(images, cuts)))
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Every pool index chosen so far, sorted int64."""
+        return np.sort(np.concatenate(self.chosen)) if self.chosen else np.zeros(0, np.int64)
+
+
+def run_rounds(pool: np.ndarray, known_images: np.ndarray, known_targets: np.ndarray,
+               total: int, config: ActiveConfig, state_path: str, seed: int,
+               label: Callable[[np.ndarray, int], np.ndarray],
+               train_proxy: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]],
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """Labels ``total`` images of ``pool`` in ``config.rounds`` rounds (module docstring).
+
+    Args:
+      pool: float32 [P, H, W, C] in [0, 1], the synthetic images to choose from.
+      known_images, known_targets: float32 [n, H, W, C] and [n, K]: what is labelled before the
+        rounds (the real images and their soft labels); the proxy learns from them too.
+      total: pool images to label, at most P.
+      state_path: where the rounds' choices are persisted (:class:`RoundState`).
+      label: ``label(images [q, H, W, C], round number)`` -> soft labels float32 [q, K]: the
+        teacher (its ledger answers what an earlier process already paid for).
+      train_proxy: ``train_proxy(images, targets)`` -> ``probabilities(images) -> float [m, K]``.
+
+    Returns:
+      (chosen pool indices int64 [total], their images float32 [total, H, W, C] and soft labels
+      float32 [total, K], in the order chosen; one record per round: ``round``, ``selection``,
+      ``images``, ``labelled`` (after it), ``resumed``).
+
+    Raises:
+      ValueError: ``total`` outside [0, P]; what ``label`` raises (QueryBudgetExceeded, TeacherError).
+    """
+    if not 0 <= total <= len(pool):
+        raise ValueError(f"total={total}: expected at most the pool's {len(pool)} images")
+    state = RoundState.load(state_path, len(pool))
+    images, targets, records = known_images, known_targets, []
+    for r, quota in enumerate(quotas(total, config.rounds)):
+        resumed = r < len(state.chosen)
+        if not resumed:
+            unlabelled = np.setdiff1d(np.arange(len(pool)), state.labelled)
+            probabilities = None
+            if r > 0 and config.selection == "margin":
+                probabilities = train_proxy(images, targets)(pool[unlabelled])
+            rng = np.random.default_rng([seed, 2020, r])  # Per round: a resume draws the same.
+            state.chosen.append(choose(quota, unlabelled, config, rng, probabilities))
+            state.images.append(pool[state.chosen[-1]])
+            state.save(state_path)  # Before any of the round's images is sent.
+        answers = label(state.images[r], r + 1)
+        images = np.concatenate([images, state.images[r]])
+        targets = np.concatenate([targets, answers])
+        records.append({"round": r + 1, "selection": "random" if r == 0 else config.selection,
+                        "images": len(state.chosen[r]), "labelled": len(images) - len(known_images),
+                        "resumed": resumed})
+        logging.info("Active round %d/%d: %d images (%s%s)", r + 1, config.rounds,
+                     len(state.chosen[r]), records[-1]["selection"],
+                     ", choice read back" if resumed else "")
+    n = len(known_images)
+    return np.concatenate(state.chosen), images[n:], targets[n:], records
