@@ -285,6 +285,16 @@ flags.DEFINE_enum("select", None, list(training.SELECTIONS), "Which student weig
 flags.DEFINE_integer("batchnorm_images", _STUDENT.batchnorm_images, "After training, re-estimate "
                      "the student's BatchNorm statistics over up to this many transfer-set images "
                      "(0: keep what training's momentum left).")
+flags.DEFINE_enum("mixed_precision", _STUDENT.mixed_precision, list(training.PRECISIONS),
+                  "Student dtype policy: float32, or mixed_float16 (GPUs; with loss scaling) / "
+                  "mixed_bfloat16 (TPUs, recent GPUs and CPUs): float32 logits and variables; the "
+                  "exported student is float32.")
+flags.DEFINE_bool("jit_compile", _STUDENT.jit_compile, "Compile the student's training step with "
+                  "XLA; default: Keras' auto (on a GPU or TPU, not on a CPU-only machine).")
+flags.DEFINE_enum("lr_scaling", _STUDENT.lr_scaling, list(training.LR_SCALINGS), "How "
+                  f"--learning_rate (meant for a global batch of {training.LR_REFERENCE_BATCH}) "
+                  "follows the global batch (--batch_size x replicas): sqrt (Adam's square-root "
+                  "rule), linear, or none.")
 flags.DEFINE_enum("strategy", training.STRATEGIES[0], list(training.STRATEGIES), "mirrored: all local GPUs "
                   "(one CPU replica without); multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
@@ -491,7 +501,9 @@ def student_config_from_flags() -> training.StudentConfig:
         horizontal_flip=FLAGS.horizontal_flip, weight_decay=FLAGS.weight_decay,
         ema_momentum=FLAGS.ema_momentum, checkpoint_steps=FLAGS.checkpoint_steps,
         loop=FLAGS.training_loop, steps_per_execution=FLAGS.steps_per_execution,
-        batchnorm_images=FLAGS.batchnorm_images, select=FLAGS.select)
+        batchnorm_images=FLAGS.batchnorm_images, select=FLAGS.select,
+        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
+        lr_scaling=FLAGS.lr_scaling)
 
 
 def flag_values() -> dict:

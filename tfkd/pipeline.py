@@ -405,7 +405,9 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
         student_loss=(student_config.loss if loss is None
                       else f"{method.name}:{type(loss()).__name__}"),
         student_recipe=dataclasses.asdict(student_config),
-        student_epochs=length.epochs,
+        student_epochs=length.epochs, student_global_batch=global_batch,
+        student_learning_rate=training.scaled_learning_rate(student_config,
+                                                            strategy.num_replicas_in_sync),
         student_steps_per_epoch=length.steps_per_epoch, student_steps=length.steps,
         student_epochs_resumed_from=length.epochs - len(losses),
         student_final_loss=float(losses[-1]) if losses else None)

@@ -144,6 +144,11 @@ class Report:
     student_recipe: dict | None = None
     """Every field of the :class:`tfkd.training.StudentConfig` the student trained with (batch,
     rate, schedule, augmentation, ...)."""
+    student_learning_rate: float | None = None
+    """The learning rate the student trained at (its peak, under a schedule): ``learning_rate``
+    scaled to the global batch by ``lr_scaling`` (:func:`tfkd.training.scaled_learning_rate`)."""
+    student_global_batch: int | None = None
+    """Images per optimizer step over every replica (``batch_size`` x replicas)."""
     student_epochs: int | None = None
     """Keras epochs the student trained for in all: passes over the transfer set, or chunks of its
     endless stream when the training length is set in steps (:func:`tfkd.training.training_length`)."""

@@ -43,6 +43,8 @@ STRATEGIES = ("mirrored", "multi_worker")
 LOOPS = ("auto", "fit", "custom")
 LR_SCHEDULES = ("constant", "cosine")
 SELECTIONS = ("final", "validation")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+LR_SCALINGS = ("sqrt", "linear", "none")
 
 
 StudentError = errors.StudentError
@@ -126,6 +128,21 @@ class StudentConfig:
         statistics training's momentum left (``keras.applications`` models use 0.999: after a
         few hundred steps those are still mostly their initial values). Students without
         BatchNormalization are unchanged.
+      mixed_precision: the Keras dtype policy the student trains under: ``float32``, or
+        ``mixed_float16`` / ``mixed_bfloat16`` (float16/bfloat16 computations, float32 variables;
+        Micikevicius et al. 2018): the logits are cast to float32 by a last float32 layer, so the
+        loss and its softmax are float32, and ``mixed_float16`` trains with dynamic loss scaling
+        (``keras.optimizers.LossScaleOptimizer``; bfloat16 has float32's range and needs none).
+        The exported student is float32 (the trained variables in a float32 copy). A user's
+        ``.keras`` model keeps the dtype policy it was saved with.
+      jit_compile: compile training steps with XLA: True, False, or None (Keras' ``auto``: XLA on
+        a GPU or TPU, not on a CPU-only machine).
+      lr_scaling: how ``learning_rate`` follows the global batch (``batch_size`` x replicas):
+        it is the rate for a global batch of :data:`LR_REFERENCE_BATCH`, scaled by
+        sqrt(global / reference) (``sqrt``: the square-root rule for Adam, Malladi et al., "On the
+        SDEs and Scaling Rules for Adaptive Gradient Algorithms", NeurIPS 2022), by global /
+        reference (``linear``: Goyal et al. 2017, for SGD) or not at all (``none``). One replica
+        at batch 64 (the default) trains at ``learning_rate`` as given. :func:`scaled_learning_rate`.
     """
 
     architecture: str = "auto"
@@ -147,6 +164,9 @@ class StudentConfig:
     loop: str = "auto"
     batchnorm_images: int = 8192
     select: str | None = None
+    mixed_precision: str = "float32"
+    jit_compile: bool | None = None
+    lr_scaling: str = "sqrt"
 
     def resolved(self, recipe: dict | None = None) -> "StudentConfig":
         """This config with the recipe fields left unset taken from ``recipe`` (a method's, the
@@ -179,6 +199,9 @@ class StudentConfig:
             ("select", config.select in SELECTIONS, SELECTIONS),
             ("select", config.select == "final" or config.loop != "custom",
              "'final' with loop 'custom' (the custom loop runs no callback)"),
+            ("mixed_precision", config.mixed_precision in PRECISIONS, PRECISIONS),
+            ("jit_compile", config.jit_compile in (None, True, False), "True, False or None"),
+            ("lr_scaling", config.lr_scaling in LR_SCALINGS, LR_SCALINGS),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -190,6 +213,52 @@ RECIPE = {"architecture": "lenet5_half", "epochs": 50, "mixup_alpha": 1.0,
 """The student recipe of a method that names none (:meth:`StudentConfig.resolved`): LeNet-5-half,
 50 epochs, training-time MixUp (α = 1), ±10° rotations and ±10% shifts, the final epoch's
 weights."""
+
+LR_REFERENCE_BATCH = 64
+"""The global batch at which ``StudentConfig.learning_rate`` is meant (the FS-BBT paper's batch, at
+which tfkd's recipes were tuned on one device)."""
+
+
+def scaled_learning_rate(config: StudentConfig, replicas: int) -> float:
+    """``config.learning_rate`` scaled to the global batch ``batch_size`` x ``replicas`` by
+    ``config.lr_scaling`` (see :class:`StudentConfig`). Raises ValueError for replicas < 1 or an
+    unknown rule."""
+    if replicas < 1:
+        raise ValueError(f"replicas={replicas}: expected >= 1")
+    ratio = config.batch_size * replicas / LR_REFERENCE_BATCH
+    factors = {"sqrt": ratio ** 0.5, "linear": ratio, "none": 1.0}
+    if config.lr_scaling not in factors:
+        raise ValueError(f"lr_scaling={config.lr_scaling!r}: expected one of {LR_SCALINGS}")
+    return config.learning_rate * factors[config.lr_scaling]
+
+
+def build_student(config: StudentConfig, input_shape: tuple, num_classes: int) -> keras.Model:
+    """The student ``config.architecture`` under ``config.mixed_precision``: images float32
+    [b, H, W, C] -> logits float32 [b, K] (under a mixed policy the layers compute in
+    float16/bfloat16 and a last float32 ``Activation`` casts the logits back, as the Keras mixed
+    precision guide prescribes for outputs). Build it inside the strategy's scope."""
+    if config.mixed_precision == "float32":
+        return models.build_model(config.architecture, input_shape, num_classes)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.mixed_precision)
+    try:
+        model = models.build_model(config.architecture, input_shape, num_classes)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(model.output)
+    return keras.Model(model.inputs, logits, name=model.name)
+
+
+def float32_student(student: keras.Model, config: StudentConfig, input_shape: tuple,
+                    num_classes: int) -> keras.Model:
+    """A float32 copy of a mixed-precision ``student`` (its variables are float32 already; the
+    copy computes in float32 too), what is exported; ``student`` itself when it is float32."""
+    if config.mixed_precision == "float32":
+        return student
+    copy = models.build_model(config.architecture, input_shape, num_classes)
+    copy.set_weights(student.get_weights())
+    return copy
+
 
 MAX_CHUNKS = 50
 """A step-counted run (``StudentConfig.steps``) is cut into at most this many Keras epochs."""
@@ -411,11 +480,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
 
 
-def _optimizer(config: StudentConfig, lr) -> keras.optimizers.Adam:
-    """The student's Adam at ``lr``, with the config's weight decay and weight averaging."""
-    return keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None,
+def _optimizer(config: StudentConfig, lr) -> keras.optimizers.Optimizer:
+    """The student's Adam at ``lr``, with the config's weight decay and weight averaging; under
+    ``mixed_float16`` wrapped in a dynamic ``LossScaleOptimizer`` (float16 gradients underflow
+    without it)."""
+    adam = keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None,
                                  use_ema=config.ema_momentum > 0,
                                  ema_momentum=config.ema_momentum or 0.99)
+    if config.mixed_precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(adam)
+    return adam
 
 
 def _restored_manager(checkpoint: tf.train.Checkpoint, backup_dir: str,
@@ -454,10 +528,14 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
             logits = student(images, training=True)
             loss = tf.nn.compute_average_loss(loss_fn(targets, logits),
                                               global_batch_size=global_batch)
-        grads = tape.gradient(loss, student.trainable_variables)
-        optimizer.apply_gradients(zip(grads, student.trainable_variables))
+            scaled = optimizer.scale_loss(loss)  # Loss scaling under mixed_float16, else loss.
+        grads = tape.gradient(scaled, student.trainable_variables)
+        optimizer.apply_gradients(zip(grads, student.trainable_variables))  # Unscales.
         agree = tf.cast(tf.argmax(logits, -1) == tf.argmax(targets, -1), tf.float32)
         return loss, tf.reduce_sum(agree) / global_batch
+
+    if config.jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
 
     @tf.function
     def train_step(images, targets):
@@ -737,6 +815,7 @@ def _compile(student: keras.Model, config: StudentConfig, strategy, lr, loss) ->
     with strategy.scope():
         student.compile(optimizer=_optimizer(config, lr), loss=loss(),
                         metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
+                        jit_compile="auto" if config.jit_compile is None else config.jit_compile,
                         # Keras 3.15's multi-step loop fails under MirroredStrategy with more than
                         # one replica ("You must feed a value for placeholder tensor"): one step.
                         steps_per_execution=(config.steps_per_execution
@@ -765,6 +844,20 @@ def _custom_loop_chosen(config: StudentConfig, strategy) -> bool:
         raise ValueError("student.select='validation': needs Keras fit (loop 'fit'); the custom "
                          "loop (MultiWorkerMirroredStrategy's) runs no callback")
     return custom
+
+
+def _check_jit(config: StudentConfig, strategy) -> None:
+    """Raises ValueError for ``jit_compile=True`` with more than one replica on CPU devices: XLA
+    then compiles each replica's step for the first device and cannot reach the other replicas'
+    variables (TensorFlow's known XLA issue "tf.Variable on a different device"; on GPUs each
+    replica compiles on its own device)."""
+    devices = getattr(strategy.extended, "worker_devices", ())
+    if (config.jit_compile and strategy.num_replicas_in_sync > 1
+            and all("CPU" in d.upper() for d in devices)):
+        raise ValueError(f"student.jit_compile=True: MirroredStrategy over {len(devices)} CPU "
+                         "devices cannot run XLA-compiled steps (each replica's variables live on "
+                         "its own CPU device); leave jit_compile unset (Keras' auto: off on CPUs) "
+                         "or train on one device")
 
 
 def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_batch: int) -> None:
@@ -820,11 +913,13 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     if config.loop not in LOOPS:
         raise ValueError(f"loop={config.loop!r}: expected one of {LOOPS}")
     custom = _custom_loop_chosen(config, strategy)
+    _check_jit(config, strategy)
     keras.utils.set_random_seed(seed)
     length = training_length(config, len(images), global_batch)
-    lr = learning_rate(config.learning_rate, config.lr_schedule, length.steps)
+    lr = learning_rate(scaled_learning_rate(config, strategy.num_replicas_in_sync),
+                       config.lr_schedule, length.steps)
     with strategy.scope():
-        student = models.build_model(config.architecture, images.shape[1:], soft_labels.shape[1])
+        student = build_student(config, images.shape[1:], soft_labels.shape[1])
     ds = training_dataset(images, soft_labels, config, global_batch, seed, repeat=length.repeat)
     if custom:
         history = _custom_loop(student, ds, config, length, strategy, global_batch, lr,
@@ -836,6 +931,8 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     check_finite_loss(history)
     if config.select == "validation":
         history["selected_epoch"] = keep_best.restore(student)
+    with strategy.scope():
+        student = float32_student(student, config, images.shape[1:], soft_labels.shape[1])
     if config.batchnorm_images:  # After EMA weights are swapped in: statistics of the exported weights.
         with strategy.scope():
             reestimate_batchnorm(student, images, config.batchnorm_images, seed=seed)
