@@ -45,4 +45,5 @@ print(json.dumps({
     "variable_dtypes": sorted({w.dtype for w in student.weights}),
     "compute_dtypes": sorted({layer.compute_dtype for layer in student.layers}),
     "output_dtype": str(logits.dtype), "accuracy": float(np.mean(logits.argmax(1) == labels)),
-    "refusal": refusal, "learning_rate": training.scaled_learning_rate(config, strategy.num_replicas_in_sync)}))
+    "refusal": refusal,
+    "learning_rate": training.scaled_learning_rate(config, strategy.num_replicas_in_sync)}))
