@@ -65,9 +65,10 @@ def label_only_server(teacher_base, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def real_model_server(model_name: str, base_path: str, rest: bool = False):
-    """A real tensorflow_model_server serving ``base_path`` as ``model_name``; yields its gRPC
-    target (and REST port with ``rest``). Skips the test when the binary is not on PATH.
+def real_model_server(model_name: str, base_path: str, rest: bool = False, extra_args=()):
+    """A real tensorflow_model_server serving ``base_path`` as ``model_name`` (with
+    ``extra_args``, e.g. ``--prefer_tflite_model=true``); yields its gRPC target (and REST port
+    with ``rest``). Skips the test when the binary is not on PATH.
 
     tensorflow_model_server is not installable on the machines tfkd is developed on (not on PyPI or
     in Debian, no Docker engine), so this skips there; elsewhere it holds tfkd's server and client
@@ -91,7 +92,7 @@ def real_model_server(model_name: str, base_path: str, rest: bool = False):
     port, rest_port = free_port(), free_port()
     proc = subprocess.Popen([binary, f"--port={port}", f"--model_name={model_name}",
                              f"--model_base_path={base_path}"]
-                            + ([f"--rest_api_port={rest_port}"] if rest else []),
+                            + ([f"--rest_api_port={rest_port}"] if rest else []) + list(extra_args),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -13,6 +13,7 @@ from tfkd import client as client_lib
 from tfkd import data as data_lib
 from tfkd import export
 from tfkd import fs
+from tfkd import litert
 from tfkd import methods
 from tfkd import teacher_setup
 from tfkd import training
@@ -139,8 +140,13 @@ def check_served_agreement(config: DistillConfig, variant_dirs: dict[str, str], 
 
 def cpu_latency_ms(version_dir: str, images: np.ndarray, batch_sizes=(1, 64),
                    repeats: int = 30) -> dict[str, float]:
-    """Median in-process CPU latency (ms) of a SavedModel's ``serving_default`` per batch size."""
-    fn = tf.saved_model.load(version_dir).signatures[export.SIGNATURE_KEY]
+    """Median in-process CPU latency (ms) of a version's ``serving_default`` (its SavedModel, or
+    its LiteRT model: :class:`tfkd.litert.LiteRTModel`) per batch size."""
+    if fs.exists(os.path.join(version_dir, litert.FILE)):
+        fn = litert.LiteRTModel(os.path.join(version_dir, litert.FILE)).signatures[
+            export.SIGNATURE_KEY]
+    else:
+        fn = tf.saved_model.load(version_dir).signatures[export.SIGNATURE_KEY]
     result = {}
     for b in batch_sizes:
         batch = tf.constant(images[:b])

@@ -29,9 +29,11 @@ TFRecord of ``PredictionLog`` records built from real images), which tensorflow_
 Export formats (:data:`FORMATS`, a registry: a new format is one :func:`register_format` call
 that the export, the served evaluation, the model card, the Vertex model dir and the Kubeflow
 artifact all pick up). The registered ones: ``float32`` (as trained), ``float16`` (every layer's
-weights and compute in float16; inputs and outputs of the signature stay float32), ``int8`` (Keras
-3 ``Model.quantize("int8")``: int8 weights with per-channel scales for the layers Keras supports,
-here the Dense layers; convolutions stay float32).
+weights and compute in float16; inputs and outputs of the signature stay float32), ``int8`` (a
+LiteRT full-integer model, :mod:`tfkd.litert`: every operator int8, convolutions included,
+calibrated on the transfer set; written as ``model.tflite``, the file TF Serving reads with
+``--prefer_tflite_model=true``, and the version holds no SavedModel; ``classify`` is answered by
+tfkd's server from ``assets/labels.txt``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import tensorflow as tf
 
 from tfkd import fs
 from tfkd import images as images_lib
+from tfkd import litert
 
 SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
@@ -75,11 +78,15 @@ class ExportFormat:
       compress: ``compress(model) -> model``: the compressed copy of a freshly rebuilt float32
         model (float32 [b, H, W, C] in [0, 1] -> logits [b, K] either way).
       description: one line for docs and the model card.
+      writer: ``writer(serve, version_dir, calibration)`` writes the variant instead of a
+        SavedModel (``serve``: the float32 serving concrete function; ``calibration``: float32
+        real images [n, H, W, C] or None); None: a SavedModel of ``compress(model)``.
     """
 
     name: str
     compress: Callable[[keras.Model], keras.Model]
     description: str = ""
+    writer: Callable | None = None
 
     @property
     def servable_name(self) -> str:
@@ -103,9 +110,11 @@ def _float16(model: keras.Model) -> keras.Model:
     return copy
 
 
-def _int8(model: keras.Model) -> keras.Model:
-    model.quantize("int8")
-    return model
+def _litert_int8(serve, version_dir: str, calibration: np.ndarray | None) -> None:
+    if calibration is None:
+        raise ValueError("variant='int8': expected calibration_images (real inputs, e.g. the "
+                         "transfer set) to calibrate its int8 ranges on")
+    litert.write_int8(serve, calibration, version_dir)
 
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -121,8 +130,9 @@ def register_format(fmt: ExportFormat) -> ExportFormat:
 
 register_format(ExportFormat("float32", lambda m: m, "as trained"))
 register_format(ExportFormat("float16", _float16, "every layer's weights and compute in float16"))
-register_format(ExportFormat("int8", _int8, "Keras' int8 quantization (Dense layers; "
-                                            "convolutions stay float32)"))
+register_format(ExportFormat("int8", lambda m: m, "LiteRT full-integer model (every operator "
+                                                  "int8, calibrated on the transfer set)",
+                             writer=_litert_int8))
 VARIANTS = tuple(FORMATS)
 """The registered export formats' names when this module was imported (float32 first)."""
 
@@ -184,8 +194,8 @@ def list_versions(export_base: str) -> list[int]:
     """Numeric version directories under ``export_base`` (ascending); [] if none or no such dir."""
     if not fs.isdir(export_base):
         return []
-    return sorted(int(d) for d in fs.listdir(export_base)
-                  if d.isdigit() and fs.exists(os.path.join(export_base, d, "saved_model.pb")))
+    return sorted(int(d) for d in fs.listdir(export_base) if d.isdigit() and any(
+        fs.exists(os.path.join(export_base, d, f)) for f in ("saved_model.pb", litert.FILE)))
 
 
 def latest_version_dir(export_base: str) -> str | None:
@@ -229,7 +239,8 @@ def warmup_records(images: np.ndarray, batch_sizes=(1, 8)) -> list[bytes]:
 
 def export_classifier(model: keras.Model, export_base: str, version: int | None = None,
                       outputs: tuple[str, ...] = OUTPUTS, warmup_images: np.ndarray | None = None,
-                      variant: str = "float32", class_names: tuple[str, ...] | None = None) -> str:
+                      variant: str = "float32", class_names: tuple[str, ...] | None = None,
+                      calibration_images: np.ndarray | None = None) -> str:
     """Exports a logits classifier as a TF Serving servable version.
 
     Args:
@@ -244,6 +255,8 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
       variant: one of ``VARIANTS``.
       class_names: K names in class order: adds the ``classify`` signature (module docstring)
         with them as its label vocabulary; None: ``serving_default`` only.
+      calibration_images: float32 [n, H, W, C] in [0, 1], real inputs (the transfer set) a
+        quantized variant (``int8``) calibrates its ranges on; required for it.
 
     Returns:
       The version directory written, ``<export_base>/<version>``.
@@ -269,6 +282,14 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
         signatures[CLASSIFY_SIGNATURE_KEY] = servable.classify
 
     def write(tmp_dir):
+        if FORMATS[variant].writer is not None:
+            FORMATS[variant].writer(servable.serve.get_concrete_function(), tmp_dir,
+                                    calibration_images)
+            if vocabulary:
+                fs.makedirs(os.path.join(tmp_dir, "assets"))
+                with open(vocabulary, "rb") as f:
+                    fs.write_atomic(os.path.join(tmp_dir, "assets", VOCABULARY_FILE), f.read())
+            return
         tf.saved_model.save(servable, tmp_dir, signatures=signatures)
         if servable.classify is not None:
             _set_method_name(tmp_dir, CLASSIFY_SIGNATURE_KEY, tf.saved_model.CLASSIFY_METHOD_NAME)

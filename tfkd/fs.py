@@ -176,15 +176,20 @@ def walk_files(directory: str) -> list[str]:
     return sorted(files)
 
 
-def move_dir(source: str, target: str, last: str = "saved_model.pb") -> None:
+LAST_FILES = ("saved_model.pb", "model.tflite")
+"""The files whose presence makes a model version complete (SavedModel, LiteRT): copied last."""
+
+
+def move_dir(source: str, target: str, last: tuple = LAST_FILES) -> None:
     """Moves a directory tree to ``target`` (which must not exist). A rename on a local disk; on
     other file systems (whose directory renames do not carry the contents: ``ram://``, object
-    stores) a copy of every file, the file named ``last`` copied last (a SavedModel is complete
-    once its ``saved_model.pb`` appears), then the source removed."""
+    stores) a copy of every file, the files named in ``last`` copied last (a SavedModel is complete
+    once its ``saved_model.pb`` appears, a LiteRT version once its ``model.tflite`` does), then the
+    source removed."""
     if is_local(source):
         os.rename(source, target)
         return
-    files = sorted(walk_files(source), key=lambda p: os.path.basename(p) == last)
+    files = sorted(walk_files(source), key=lambda p: os.path.basename(p) in last)
     for path in files:
         destination = os.path.join(target, os.path.relpath(path, source))
         gfile.makedirs(os.path.dirname(destination))
@@ -192,10 +197,10 @@ def move_dir(source: str, target: str, last: str = "saved_model.pb") -> None:
     rmtree(source)
 
 
-def copy_tree(source: str, target: str, last: str = "saved_model.pb") -> None:
+def copy_tree(source: str, target: str, last: tuple = LAST_FILES) -> None:
     """Copies every file under ``source`` to the same place under ``target`` (overwriting), the
     files named ``last`` last (a reader polling for a SavedModel sees it once it is complete)."""
-    for path in sorted(walk_files(source), key=lambda p: os.path.basename(p) == last):
+    for path in sorted(walk_files(source), key=lambda p: os.path.basename(p) in last):
         destination = os.path.join(target, os.path.relpath(path, source))
         gfile.makedirs(os.path.dirname(destination))
         gfile.copy(path, destination, overwrite=True)

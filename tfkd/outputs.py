@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfkd import export
 from tfkd import fs
+from tfkd import litert
 from tfkd import methods
 from tfkd import model_card
 from tfkd import models
@@ -22,12 +23,15 @@ from tfkd.report import Report
 from tfkd.report import StageTimer
 
 
-def export_student(config: DistillConfig, student: keras.Model, warmup_images: np.ndarray,
+def export_student(config: DistillConfig, student: keras.Model, images: np.ndarray,
                    teacher_base: str | None, class_names: tuple[str, ...], timer: StageTimer,
                    report: Report) -> dict[str, str]:
-    """Exports the student and its compressed variants (TF Serving layout, warmup requests,
-    ``serving_default`` and ``classify`` with ``class_names`` as its label vocabulary) and writes
-    the serving configs. Returns variant -> version directory."""
+    """Exports the student and its compressed variants (TF Serving layout, warmup requests of
+    ``images``' first 8, ``serving_default`` and ``classify`` with ``class_names`` as its label
+    vocabulary; ``int8`` calibrated on a seeded draw of ``images``, float32 [n, H, W, C]: the
+    transfer set) and writes the serving configs. Returns variant -> version directory."""
+    draw = np.random.default_rng(config.seed).permutation(len(images))[:litert.CALIBRATION_IMAGES]
+    calibration = images[np.sort(draw)]
     export_root = os.path.join(config.workdir, "export")
     broken = [w.path for w in student.weights if not np.all(np.isfinite(w.numpy()))]
     if broken:  # Never a new version, never a canary: a NaN student answers class 0 for all.
@@ -38,7 +42,8 @@ def export_student(config: DistillConfig, student: keras.Model, warmup_images: n
     with timer("export"):
         variant_dirs = {variant: export.export_classifier(
             student, os.path.join(export_root, export.FORMATS[variant].servable_name),
-            warmup_images=warmup_images, variant=variant, class_names=class_names)
+            warmup_images=images[:8], variant=variant, class_names=class_names,
+            calibration_images=calibration)
             for variant in ("float32", *config.compress)}
     student_dir = variant_dirs["float32"]
     version = int(os.path.basename(student_dir))

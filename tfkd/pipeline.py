@@ -129,7 +129,7 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
             report.write(os.path.join(config.workdir, "report.json"))
             return report
         report.role = "chief"
-        variant_dirs = outputs.export_student(config, student, transfer.images[:8],
+        variant_dirs = outputs.export_student(config, student, transfer.images,
                                               link.local_base, dataset.class_names, timer, report)
         teacher_top1 = teacher_setup.evaluate_teacher(config, link, x_eval, y_eval, timer, report)
         report.update(**teacher_setup.query_figures(link))

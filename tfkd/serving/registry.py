@@ -20,6 +20,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from tfkd import export
 from tfkd import fs
+from tfkd import litert
 from tfkd.serving.errors import ServingError
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -53,6 +54,9 @@ class Servable:
 
     @classmethod
     def load(cls, name: str, version: int, path: str) -> "Servable":
+        if not fs.exists(os.path.join(path, "saved_model.pb")) and fs.exists(
+                os.path.join(path, litert.FILE)):
+            return cls.load_litert(name, version, path)
         proto = saved_model_pb2.SavedModel()
         proto.ParseFromString(fs.read_bytes(os.path.join(path, "saved_model.pb")))
         meta_graph = next((m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags),
@@ -64,6 +68,27 @@ class Servable:
                        fingerprint=saved_model_fingerprint(path))
         servable.warmup()
         return servable
+
+    @classmethod
+    def load_litert(cls, name: str, version: int, path: str) -> "Servable":
+        """A version holding a LiteRT model (``model.tflite``, no SavedModel: tfkd's int8 variant),
+        served as TF Serving serves it with ``--prefer_tflite_model``: its signatures' inputs and
+        outputs as SignatureDefs; with ``assets/labels.txt`` also a ``classify`` signature
+        (Classify API), which decodes each Example's ``image/encoded`` as the SavedModel's does."""
+        import hashlib
+
+        model = litert.LiteRTModel(os.path.join(path, litert.FILE))
+        signature_defs = {key: _signature_def(*model.details[key]) for key in model.signatures}
+        labels = os.path.join(path, "assets", export.VOCABULARY_FILE)
+        if DEFAULT_SIGNATURE in model.signatures and fs.exists(labels):
+            names = [n for n in fs.read_text(labels).split("\n") if n]
+            inputs = model.details[DEFAULT_SIGNATURE][0]
+            shape = next(iter(inputs.values()))[1][1:]
+            model.signatures[export.CLASSIFY_SIGNATURE_KEY] = _litert_classify(
+                model.signatures[DEFAULT_SIGNATURE], shape, names)
+            signature_defs[export.CLASSIFY_SIGNATURE_KEY] = _classify_signature_def(len(names))
+        digest = hashlib.sha256(fs.read_bytes(os.path.join(path, litert.FILE))).hexdigest()
+        return cls(name, version, path, signature_defs, model, fingerprint="sha256:" + digest)
 
     def warmup(self) -> int:
         """Replays ``assets.extra/tf_serving_warmup_requests`` (Predict records), as TF Serving does.
@@ -95,6 +120,50 @@ class Servable:
         logging.info("Servable %s version %d: %d warmup requests replayed", self.name,
                      self.version, count)
         return count
+
+
+def _tensor_info(dtype, shape):
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    info = meta_graph_pb2.TensorInfo(dtype=tf.as_dtype(dtype).as_datatype_enum)
+    for d in shape:
+        info.tensor_shape.dim.add(size=int(d))
+    return info
+
+
+def _signature_def(inputs: dict, outputs: dict, method: str = tf.saved_model.PREDICT_METHOD_NAME):
+    """A SignatureDef of a LiteRT signature's (dtype, shape) inputs and outputs."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    proto = meta_graph_pb2.SignatureDef(method_name=method)
+    for target, part in ((proto.inputs, inputs), (proto.outputs, outputs)):
+        for key, (dtype, shape) in part.items():
+            target[key].CopyFrom(_tensor_info(dtype, shape))
+    return proto
+
+
+def _classify_signature_def(num_classes: int):
+    return _signature_def({tf.saved_model.CLASSIFY_INPUTS: (tf.string, [-1])},
+                          {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: (tf.string, [-1, num_classes]),
+                           tf.saved_model.CLASSIFY_OUTPUT_SCORES: (tf.float32, [-1, num_classes])},
+                          tf.saved_model.CLASSIFY_METHOD_NAME)
+
+
+def _litert_classify(predict, image_shape, names: list[str]):
+    """The Classify signature of a LiteRT servable: Examples -> decoded images (as the SavedModel's
+    ``classify``: :func:`tfkd.images.decode`) -> ``predict`` -> classes and scores [n, K]."""
+    from tfkd import images as images_lib
+
+    def classify(inputs):
+        features = tf.io.parse_example(inputs, {export.CLASSIFY_IMAGE_FEATURE:
+                                                tf.io.FixedLenFeature([], tf.string)})
+        pixels = tf.stack([images_lib.decode(b, tuple(image_shape))
+                           for b in features[export.CLASSIFY_IMAGE_FEATURE]])
+        scores = predict(images=pixels.numpy())[export.PROBABILITIES_KEY]
+        classes = tf.tile(tf.constant(names)[None], [tf.shape(scores)[0], 1])
+        return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
+                tf.saved_model.CLASSIFY_OUTPUT_SCORES: scores}
+    return classify
 
 
 MAX_SHOWN_NAME = 256
@@ -212,7 +281,9 @@ class ModelRegistry:
         path = os.path.join(config.base_path, str(version))
         key = (config.name, version)
         try:
-            stat = os.stat(os.path.join(path, "saved_model.pb")) if fs.is_local(path) else None
+            marker = next((os.path.join(path, f) for f in fs.LAST_FILES
+                           if os.path.exists(os.path.join(path, f))), os.path.join(path, "x"))
+            stat = os.stat(marker) if fs.is_local(path) else None
             stamp = None if stat is None else (stat.st_size, stat.st_mtime_ns)
         except OSError:
             stamp = None

@@ -1,0 +1,127 @@
+"""The int8 student as a LiteRT (TensorFlow Lite) full-integer model, and its runtime.
+
+:func:`convert_int8` turns a logits classifier into a full-integer LiteRT flatbuffer: post-training
+quantization (Jacob et al., "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", CVPR 2018) with activation ranges calibrated on real inputs
+(the transfer set), every operator restricted to TFLite's int8 builtins
+(``OpsSet.TFLITE_BUILTINS_INT8``: convolutions included; the conversion fails rather than leave a
+float operator), int8 weights with per-channel scales. The signature keeps tfkd's contract: input
+``images`` float32 [b, H, W, C] in [0, 1] (quantized by the model's first operator), outputs
+``probabilities`` float32 [b, K] and ``classes`` int64 [b].
+
+It is written as ``model.tflite`` in a version directory: the file TensorFlow Serving reads
+instead of a SavedModel when started with ``--prefer_tflite_model=true``; tfkd's server loads it
+whenever a version holds no ``saved_model.pb`` (:class:`LiteRTModel`).
+
+TF 2.21's ``tf.lite`` converter and interpreter are used (the tested stack); LiteRT's own package
+(``ai_edge_litert``) has the same interpreter API.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from tfkd import fs
+
+FILE = "model.tflite"
+"""The LiteRT model's file name in a version directory (TF Serving's ``--prefer_tflite_model``)."""
+CALIBRATION_IMAGES = 500
+"""Real images the activation ranges are calibrated on (at most; each fed as one batch of 1)."""
+
+
+def convert_int8(serve: tf.types.experimental.ConcreteFunction, calibration: np.ndarray) -> bytes:
+    """A full-integer LiteRT model of a serving function.
+
+    Args:
+      serve: the float32 serving function (``images`` float32 [None, H, W, C] -> a dict of named
+        outputs), e.g. ``tfkd.export._ClassifierServable.serve.get_concrete_function()``.
+      calibration: float32 [n >= 1, H, W, C] in [0, 1], real inputs (the transfer set); the first
+        :data:`CALIBRATION_IMAGES` are used.
+
+    Returns:
+      the flatbuffer bytes.
+
+    Raises:
+      ValueError: no calibration images; an operator TFLite cannot run in int8 (the converter's
+        message).
+    """
+    from tensorflow.python.framework import convert_to_constants
+
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("calibration: expected at least one real image to calibrate the int8 "
+                         "ranges on, got none")
+    names = sorted(serve.structured_outputs)
+    frozen = convert_to_constants.convert_variables_to_constants_v2(serve)
+    spec = tf.nest.flatten(serve.structured_input_signature)[0]
+    module = tf.Module()  # Keras 3 variables are not frozen by the converter: freeze them first.
+    module.serve = tf.function(lambda images: dict(zip(names, frozen(images))),
+                               input_signature=[tf.TensorSpec(spec.shape, spec.dtype, "images")])
+    staging = tempfile.mkdtemp(prefix="tfkd-litert-")
+    try:
+        tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(staging, ["serving_default"])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        sample = np.asarray(calibration[:CALIBRATION_IMAGES], np.float32)
+        converter.representative_dataset = lambda: ({"images": x[None]} for x in sample)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        try:
+            return converter.convert()
+        except Exception as e:  # noqa: BLE001 - the converter raises many types.
+            raise ValueError(f"int8 LiteRT conversion failed: {str(e).splitlines()[0][:300]}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_int8(serve, calibration: np.ndarray, version_dir: str) -> str:
+    """Converts (:func:`convert_int8`) and writes ``<version_dir>/model.tflite``; returns its path."""
+    path = os.path.join(version_dir, FILE)
+    fs.write_atomic(path, convert_int8(serve, calibration))
+    return path
+
+
+class LiteRTModel:
+    """A ``model.tflite`` served: its signatures as callables, thread-safe (one interpreter, one
+    call at a time: a LiteRT interpreter is not safe to share between threads).
+
+    Attributes:
+      signatures: signature key -> ``fn(**inputs)`` -> dict of output name -> ``tf.Tensor`` (as
+        ``tf.saved_model.load(...).signatures`` gives).
+      details: signature key -> (inputs, outputs): name -> (numpy dtype, shape signature with -1
+        for the batch).
+
+    Raises:
+      ValueError: the file is not a LiteRT model.
+    """
+
+    def __init__(self, path: str, num_threads: int | None = None):
+        content = fs.read_bytes(path)
+        with warnings.catch_warnings():  # tf.lite.Interpreter's notice pointing at ai_edge_litert.
+            warnings.simplefilter("ignore")
+            try:
+                self._interpreter = tf.lite.Interpreter(model_content=content,
+                                                        num_threads=num_threads)
+            except ValueError as e:
+                raise ValueError(f"{path}: not a LiteRT model ({e})") from None
+        self._lock = threading.Lock()
+        self.signatures, self.details = {}, {}
+        for key in self._interpreter.get_signature_list():
+            runner = self._interpreter.get_signature_runner(key)
+            self.details[key] = tuple(
+                {name: (d["dtype"], [int(s) for s in d["shape_signature"]])
+                 for name, d in part.items()}
+                for part in (runner.get_input_details(), runner.get_output_details()))
+            self.signatures[key] = self._callable(runner)
+
+    def _callable(self, runner):
+        def call(**inputs):
+            with self._lock:
+                out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
+            return {k: tf.constant(v) for k, v in out.items()}
+        return call
