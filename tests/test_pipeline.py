@@ -258,8 +258,9 @@ class CountingTokenCheck(RequireToken):
 def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, tmp_path):
     """The plan of a run is 100 real + 400 MixUp + 100 CVAE + 500 test images = 1,100 queries: a
     budget of 599 (one short of the real and test images) stops the run before one Predict reaches
-    the server; 899 runs it to the end with the synthetic images cut from 500 to 299 in their
-    ratio, and the student keeps the full plan's steps.
+    the server; 899 with active querying off (``--active_rounds=0``; the default's rounds are
+    tests/test_active.py's) runs it to the end with the synthetic images cut from 500 to 299 in
+    their ratio, and the student keeps the full plan's steps.
     The teacher needs a bearer token; with every log level on, the token is in no stdout or stderr
     line and in no file the run writes."""
     secret = "tfkd-s3cret-7f1c2e"
@@ -272,12 +273,14 @@ def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, 
                  "--verbosity=2", "--alsologtostderr", "--verbose=1"]
         short = run_launcher(tmp_path / "short", *flags, "--query_budget=599", env=env)
         assert short.returncode == 1, short.stderr[-3000:]
-        assert "needs 600 more teacher queries, but the query budget of 599 leaves 599" in \
-            short.stderr and "Traceback" not in short.stderr
+        assert ("the teacher's evaluation takes 500 of it (its test accuracy over 500 test images) "
+                "and the 100 real images 100, which leaves nothing to distil with" in short.stderr
+                and "Traceback" not in short.stderr)
         assert interceptor.predict_calls == 0  # Refused before sending anything.
         assert teacher.QueryAccount(str(tmp_path / "short" / "ledger")).total == 0
 
-        exact = run_launcher(tmp_path / "exact", *flags, "--query_budget=899", env=env)
+        exact = run_launcher(tmp_path / "exact", *flags, "--query_budget=899", "--active_rounds=0",
+                             env=env)
         assert exact.returncode == 0, exact.stderr[-3000:]
         assert interceptor.predict_calls > 0
     report = json.loads((tmp_path / "exact" / "report.json").read_text())
