@@ -562,7 +562,11 @@ class ServingClient:
                 convert: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                 on_attempt: Callable[[int, bool], None] | None = None,
                 progress: bool = False) -> np.ndarray:
-        """Predicts ``encoded[rows]`` in requests under the message limit, ``max_in_flight`` at once.
+        """Predicts ``encoded[rows]`` in requests under the message limit, ``max_in_flight`` at once:
+        the rows are split evenly over at least ``max_in_flight`` requests (a batch of 1,024 with
+        4 in flight goes as 4 concurrent requests of 256), each at most
+        :attr:`images_per_request`. Every request's images go as one ``tensor_content`` buffer
+        (``tf.make_tensor_proto``), sliced without a copy when the rows are contiguous.
 
         Args:
           encoded: the signature's input for n images (see :meth:`encode`).
@@ -580,7 +584,9 @@ class ServingClient:
           are cancelled).
         """
         rows = np.arange(len(encoded)) if rows is None else np.asarray(rows, np.int64)
-        step = self.images_per_request
+        # Split evenly over the requests in flight (each under the message limit): one large
+        # batch becomes concurrent requests, which a batching server merges again.
+        step = min(self.images_per_request, max(1, -(-len(rows) // self.config.max_in_flight)))
         chunks = [rows[s:s + step] for s in range(0, len(rows), step)]
         convert = convert or (lambda idx, raw: np.asarray(raw, np.float32))
         bar = None

@@ -84,6 +84,10 @@ def tensor_from_proto(alias: str, proto, max_bytes: int = DEFAULT_MAX_TENSOR_BYT
             refuse(f"shape {dims} declares {count} values but {field} holds "
                    f"{carried // per_value}")
     try:
+        if proto.tensor_content and dtype.is_numpy_compatible:
+            # The bytes as an array without a copy (tf.make_ndarray copies them; read-only here,
+            # and the model call converts it to a tensor anyway).
+            return np.frombuffer(proto.tensor_content, dtype.as_numpy_dtype).reshape(dims)
         return tf.make_ndarray(proto)
     except Exception as e:  # A malformed proto that passed the size checks.
         refuse(f"{type(e).__name__}: {str(e)[:200]}")
