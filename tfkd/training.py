@@ -434,8 +434,8 @@ def make_strategy(kind: str = STRATEGIES[0], devices: list[str] | None = None,
     """The training strategy.
 
     Args:
-      kind: ``mirrored``: `tf.distribute.MirroredStrategy` over ``devices`` (default: all local GPUs,
-        one CPU replica when there are none); ``multi_worker``:
+      kind: ``mirrored``: `tf.distribute.MirroredStrategy` over ``devices`` (default: all local
+        GPUs; with one GPU or none, TensorFlow's default strategy: one replica on that device); ``multi_worker``:
         `tf.distribute.MultiWorkerMirroredStrategy` from the ``TF_CONFIG`` environment variable. A
         multi-worker strategy must be made at program start, before other TensorFlow work.
       startup_timeout_s: ``multi_worker`` only: if the cluster's other tasks have not all connected
@@ -446,6 +446,11 @@ def make_strategy(kind: str = STRATEGIES[0], devices: list[str] | None = None,
       ValueError: unknown kind, or ``multi_worker`` without a usable ``TF_CONFIG``.
     """
     if kind == "mirrored":
+        if devices is None and len(tf.config.list_logical_devices("GPU")) <= 1:
+            # One device: TensorFlow's default strategy (the same training, without the
+            # distributed iterator and cross-device machinery a one-replica MirroredStrategy
+            # still runs; benchmarks/engine_speed.py measures both).
+            return tf.distribute.get_strategy()
         return tf.distribute.MirroredStrategy(devices=devices)
     if kind == "multi_worker":
         tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
@@ -793,21 +798,38 @@ def training_dataset(images: np.ndarray, soft_labels: np.ndarray, config: Studen
                      global_batch_size: int, seed: int, repeat: bool = False) -> tf.data.Dataset:
     """Shuffled, augmented, MixUp-ed batches of (images float32 [b, H, W, C], soft labels [b, K]).
 
-    Each pass reshuffles and draws new augmentation; the last partial batch is dropped so that
-    every replica gets equal work (with ``repeat``, the passes form one endless stream and batches
-    run across them). The same ``seed`` gives the same batches and augmentation, whatever the
-    parallelism of the pipeline.
+    The transfer set is held once as two tensors (cached in memory); what is shuffled is the row
+    order, and each batch is one gather of its rows, so the pipeline does per-batch work only (an
+    element-wise ``shuffle`` of 50,000 images copied every image through a 50,000-slot buffer each
+    pass). Batches are prefetched (under a ``tf.distribute`` strategy the distributed iterator
+    also prefetches each replica's share onto its device). Each pass reshuffles and draws new
+    augmentation; the last partial batch is dropped so that every replica gets equal work (with
+    ``repeat``, the passes form one endless stream and batches run across them). The same ``seed``
+    gives the same batches and augmentation, whatever the parallelism of the pipeline. Without
+    augmentation no per-batch map runs at all.
     """
     config = config.resolved()
-    ds = tf.data.Dataset.from_tensor_slices((images, soft_labels.astype(np.float32)))
-    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    x = tf.constant(np.asarray(images, np.float32))
+    y = tf.constant(np.asarray(soft_labels, np.float32))
+    ds = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed,
+                                                    reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(global_batch_size, drop_remainder=True)
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip(ds, batch_seeds)
-    ds = ds.map(_augment_fn(config), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    augmented = (config.rotation_degrees or config.shift_fraction or config.horizontal_flip
+                 or config.mixup_alpha)
+    if augmented:
+        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        augment = _augment_fn(config)
+        ds = tf.data.Dataset.zip(ds, batch_seeds).map(
+            lambda rows, s: augment((tf.gather(x, rows), tf.gather(y, rows)), s),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda rows: (tf.gather(x, rows), tf.gather(y, rows)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()  # Each worker of a cluster takes its share of every batch.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def _compile(student: keras.Model, config: StudentConfig, strategy, lr, loss) -> None:
@@ -851,9 +873,10 @@ def _check_jit(config: StudentConfig, strategy) -> None:
     then compiles each replica's step for the first device and cannot reach the other replicas'
     variables (TensorFlow's known XLA issue "tf.Variable on a different device"; on GPUs each
     replica compiles on its own device)."""
-    devices = getattr(strategy.extended, "worker_devices", ())
-    if (config.jit_compile and strategy.num_replicas_in_sync > 1
-            and all("CPU" in d.upper() for d in devices)):
+    if not config.jit_compile or strategy.num_replicas_in_sync == 1:
+        return
+    devices = strategy.extended.worker_devices
+    if all("CPU" in d.upper() for d in devices):
         raise ValueError(f"student.jit_compile=True: MirroredStrategy over {len(devices)} CPU "
                          "devices cannot run XLA-compiled steps (each replica's variables live on "
                          "its own CPU device); leave jit_compile unset (Keras' auto: off on CPUs) "
