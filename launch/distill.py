@@ -296,7 +296,8 @@ flags.DEFINE_enum("lr_scaling", _STUDENT.lr_scaling, list(training.LR_SCALINGS),
                   "follows the global batch (--batch_size x replicas): sqrt (Adam's square-root "
                   "rule), linear, or none.")
 flags.DEFINE_enum("strategy", training.STRATEGIES[0], list(training.STRATEGIES), "mirrored: all local GPUs "
-                  "(one replica: TensorFlow's default strategy, with one GPU or none); multi_worker: MultiWorkerMirroredStrategy from "
+                  "(one replica: TensorFlow's default strategy, with one GPU or none); multi_worker: "
+                  "MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker; the chief exports).")
 flags.DEFINE_float("cluster_startup_timeout", training.CLUSTER_STARTUP_TIMEOUT_S, "With "
                    "--strategy=multi_worker: fail with one line if the cluster's other tasks have "
