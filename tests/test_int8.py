@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+from test_classify import _example
 
 from tfkd import client as client_lib
 from tfkd import data
@@ -20,7 +21,6 @@ from tfkd import serving
 from tfkd import training
 
 from conftest import real_model_server
-from test_classify import _example
 
 NAMES = data.CLASS_NAMES["fashion_mnist"]
 
