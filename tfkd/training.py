@@ -437,7 +437,8 @@ def make_strategy(kind: str = STRATEGIES[0], devices: list[str] | None = None,
       kind: ``mirrored``: `tf.distribute.MirroredStrategy` over ``devices`` (default: all local
         GPUs; with one GPU or none, TensorFlow's default strategy: one replica on that device);
         ``multi_worker``: `tf.distribute.MultiWorkerMirroredStrategy` from the ``TF_CONFIG``
-        environment variable. A multi-worker strategy must be made at program start, before other TensorFlow work.
+        environment variable. A multi-worker strategy must be made at program start, before
+        other TensorFlow work.
       startup_timeout_s: ``multi_worker`` only: if the cluster's other tasks have not all connected
         within this many seconds, a watchdog process writes one line naming them to stderr and
         kills this process (SIGKILL: TF's wait cannot be interrupted from inside).
