@@ -45,6 +45,8 @@ flags.DEFINE_integer("epochs", 3, "Epochs per run (the first is not timed).")
 flags.DEFINE_integer("repeats", 2, "Runs of each kind, interleaved.")
 flags.DEFINE_list("recipes", ["default", "augmented"], "Recipes to measure.")
 flags.DEFINE_integer("images", 48_000, "Training images.")
+flags.DEFINE_list("variants", [], "More tfkd kinds: PRECISION[+xla] (e.g. mixed_float16+xla, "
+                  "mixed_bfloat16, float32+xla): --mixed_precision and --jit_compile.")
 FLAGS = flags.FLAGS
 BATCH = 64
 AUGMENTED = {"mixup_alpha": 1.0, "rotation_degrees": 10.0, "shift_fraction": 0.1}
@@ -68,8 +70,10 @@ def images_per_second(timer: EpochTimer, n: int) -> float:
     return (n // BATCH) * BATCH * len(timer.seconds[1:]) / sum(timer.seconds[1:])
 
 
-def tfkd_run(x, y, recipe: str, strategy=None) -> float:
+def tfkd_run(x, y, recipe: str, strategy=None, variant: str = "float32") -> float:
+    precision, _, xla = variant.partition("+")
     config = training.StudentConfig(epochs=FLAGS.epochs, batch_size=BATCH, architecture="lenet5_half",
+                                    mixed_precision=precision, jit_compile=True if xla else None,
                                     **(AUGMENTED if recipe == "augmented" else PLAIN))
     timer = EpochTimer()
     training.train_student(x, y, config, seed=0, verbose=0, callbacks=[timer], strategy=strategy)
@@ -114,6 +118,8 @@ def main(argv):
     kinds = {"tfkd train_student": tfkd_run,
              "tfkd, MirroredStrategy over the one device":
                  lambda a, b, r: tfkd_run(a, b, r, tf.distribute.MirroredStrategy()),
+             **{f"tfkd, {v}": (lambda a, b, r, v=v: tfkd_run(a, b, r, variant=v))
+                for v in FLAGS.variants},
              "plain Keras fit": plain_run,
              "plain Keras fit, steps_per_execution=32":
                  lambda a, b, r: plain_run(a, b, r, steps_per_execution=32)}
@@ -134,6 +140,10 @@ def main(argv):
         ours = max(results[(recipe, "tfkd train_student")])
         for name in list(kinds)[1:]:
             print(f"{recipe}: tfkd / {name}: {ours / max(results[(recipe, name)]):.2f}")
+        plain = max(results[(recipe, "plain Keras fit")])
+        for v in FLAGS.variants:
+            print(f"{recipe}: tfkd {v} / plain Keras fit: "
+                  f"{max(results[(recipe, f'tfkd, {v}')]) / plain:.2f}")
 
 
 if __name__ == "__main__":
