@@ -165,6 +165,11 @@ flags.DEFINE_integer("active_proxy_epochs", _ACTIVE.proxy_epochs, "Epochs of the
                      "before each active round.")
 flags.DEFINE_integer("active_labelled_images", _ACTIVE.labelled_images, "Synthetic images to "
                      "label, chosen in rounds from the pool (0: what --query_budget leaves).")
+flags.DEFINE_string("active_assistant", _ACTIVE.assistant, "Under a --query_budget: a larger "
+                    "architecture (e.g. lenet5) trained on the teacher-labelled images labels the "
+                    "rest of the pool for the student, at no query; empty: the rest is not used.")
+flags.DEFINE_integer("active_assistant_epochs", _ACTIVE.assistant_epochs, "Epochs of the "
+                     "teacher assistant.")
 flags.DEFINE_enum("db3kd_search", _BOUNDARY.search,
                   list(boundary.SEARCHES), "DB3KD boundary search: bd, binary "
                   "searches along directions toward teacher-labelled images; mbd, bd then the "
@@ -335,7 +340,8 @@ _AT_LEAST = {"zskd_count": 1, "zskd_iterations": 1, "zskd_batch_size": 1, "zskd_
              "num_cvae": 0, "cvae_epochs": 1, "cvae_latent_dim": 1, "student_epochs": 1,
              "batch_size": 1, "steps_per_execution": 1, "checkpoint_steps": 0, "eval_examples": 0,
              "batchnorm_images": 0, "zskd_views": 0, "votes": 0, "active_rounds": 0,
-             "active_proxy_epochs": 1, "active_labelled_images": 0}
+             "active_proxy_epochs": 1, "active_labelled_images": 0,
+             "active_assistant_epochs": 1}
 _POSITIVE = ("cluster_startup_timeout", "zskd_learning_rate", "vote_sigma", "zskd_temperature", "zskd_sigma",
              "zsdb3kd_step", "db3kd_tolerance", "db3kd_temperature", "teacher_input_scale", "teacher_timeout",
              "mixup_alpha", "learning_rate", "temperature")
@@ -454,7 +460,9 @@ def config_from_named_flags() -> pipeline.DistillConfig:
         votes=votes.VoteConfig(votes=FLAGS.votes, sigma=FLAGS.vote_sigma),
         active=active.ActiveConfig(rounds=FLAGS.active_rounds, selection=FLAGS.active_selection,
                                    proxy_epochs=FLAGS.active_proxy_epochs,
-                                   labelled_images=FLAGS.active_labelled_images),
+                                   labelled_images=FLAGS.active_labelled_images,
+                                   assistant=FLAGS.active_assistant,
+                                   assistant_epochs=FLAGS.active_assistant_epochs),
         teacher_saved_model=FLAGS.teacher_saved_model, method_config=json_flag("method_settings"),
         eval_examples=FLAGS.eval_examples, evaluate_teacher=FLAGS.evaluate_teacher,
         compress=tuple(FLAGS.compress), verbose=FLAGS.verbose,

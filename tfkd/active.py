@@ -21,6 +21,12 @@ Every round's choice is persisted (:class:`RoundState`, ``active_rounds-<fp>.npz
 killed run resumes at the round it was in and pays no query twice: earlier rounds' images are
 answered from the ledger, the interrupted round's choice is read back (not recomputed) and only its
 unanswered images are sent.
+
+With ``assistant`` set, the pool images the budget did not buy are not thrown away: a *teacher
+assistant* (a larger model, e.g. the teacher's own architecture; Mirzadeh et al., "Improved
+Knowledge Distillation via Teacher Assistant", AAAI 2020) is trained on every teacher-labelled
+image and gives the rest of the pool its soft labels, at no query; the student then learns from
+both (the transfer set's source ``assistant``).
 """
 
 from __future__ import annotations
@@ -51,22 +57,36 @@ class ActiveConfig:
       labelled_images: synthetic images to label, at most the pool; 0: set from the query budget
         (what it leaves after the real images and the teacher's evaluation), or all of the pool
         without a budget. Part of the transfer set's fingerprint.
+      assistant: an architecture (:data:`tfkd.models.MODELS`) trained ``assistant_epochs`` on
+        the teacher-labelled images to label the rest of the pool (module docstring); empty: the
+        rest of the pool is not used.
+      assistant_epochs: the assistant's epochs (>= 1).
     """
 
     rounds: int = 4
     selection: str = "margin"
     proxy_epochs: int = 10
     labelled_images: int = 0
+    assistant: str = ""
+    assistant_epochs: int = 30
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
         checks = [("rounds", self.rounds >= 0, ">= 0 (0: off)"),
                   ("selection", self.selection in SELECTIONS, SELECTIONS),
                   ("proxy_epochs", self.proxy_epochs >= 1, ">= 1"),
-                  ("labelled_images", self.labelled_images >= 0, ">= 0 (0: the budget's)")]
+                  ("labelled_images", self.labelled_images >= 0, ">= 0 (0: the budget's)"),
+                  ("assistant", self.assistant == "" or self.assistant in _models().MODELS,
+                   f"'' or one of {sorted(_models().MODELS)}"),
+                  ("assistant_epochs", self.assistant_epochs >= 1, ">= 1")]
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"active.{name}={getattr(self, name)!r}: expected {expected}")
+
+
+def _models():
+    from tfkd import models
+    return models
 
 
 def quotas(total: int, rounds: int) -> list[int]:

@@ -219,27 +219,45 @@ class _Synthetic(Method):
             state, ctx.seed, label=lambda x, r: self.label(ctx, x, "label_active"),
             train_proxy=lambda x, y: self.proxy(ctx, x, y))
         ctx.findings["active_rounds"] = records
-        return [(name, chosen_images[source[chosen] == i], answers[source[chosen] == i])
-                for i, (name, _) in enumerate(pool)]
+        parts = [(name, chosen_images[source[chosen] == i], answers[source[chosen] == i])
+                 for i, (name, _) in enumerate(pool)]
+        if ctx.config.active.assistant:
+            rest = np.setdiff1d(np.arange(len(images)), chosen)
+            known = np.concatenate([ctx.few_shot, chosen_images])
+            labels = self.assistant(ctx, known, np.concatenate([real, answers]))(images[rest])
+            parts.append(("assistant", images[rest], labels))
+        return parts
+
+    def assistant(self, ctx: MethodContext, images: np.ndarray, targets: np.ndarray):
+        """The teacher assistant (:mod:`tfkd.active`): ``active.assistant`` trained
+        ``active.assistant_epochs`` on the teacher-labelled ``images`` [n, H, W, C] and soft labels
+        [n, K] (the student's recipe otherwise, in this process); returns its softmax
+        ``probabilities(images) -> float32 [m, K]``."""
+        config = dataclasses.replace(self.student_config(ctx.config),
+                                     architecture=ctx.config.active.assistant,
+                                     epochs=ctx.config.active.assistant_epochs, steps=0,
+                                     select="final", loop="fit")
+        return self.proxy(ctx, images, targets, config, "active_assistant")
 
     def state_path(self, ctx: MethodContext) -> str:
         """Where the active rounds' choices are persisted (:class:`tfkd.active.RoundState`)."""
         return ctx.artifacts.path("active_rounds", ".npz", self.name, self.fingerprint(ctx.config))
 
-    def proxy(self, ctx: MethodContext, images: np.ndarray, targets: np.ndarray):
+    def proxy(self, ctx: MethodContext, images: np.ndarray, targets: np.ndarray, config=None,
+              stage: str = "active_proxy"):
         """A proxy student trained ``active.proxy_epochs`` on ``images`` float32 [n, H, W, C] and
-        their soft labels [n, K] (the run's student recipe otherwise, in this process, not
-        distributed); returns its softmax ``probabilities(images) -> float32 [m, K]``."""
-        config = dataclasses.replace(self.student_config(ctx.config),
-                                     epochs=ctx.config.active.proxy_epochs, steps=0,
-                                     select="final", loop="fit")
-        with ctx.stage("active_proxy"):
+        their soft labels [n, K] (the run's student recipe otherwise, or ``config``; in this
+        process, one replica); returns its softmax ``probabilities(images) -> float32 [m, K]``."""
+        config = config or dataclasses.replace(self.student_config(ctx.config),
+                                               epochs=ctx.config.active.proxy_epochs, steps=0,
+                                               select="final", loop="fit")
+        with ctx.stage(stage):
             student, _ = training.train_student(images, targets, config, ctx.seed,
                                                 strategy=tf.distribute.get_strategy(), verbose=0,
                                                 loss=self.make_loss(ctx.config))
 
         def probabilities(x: np.ndarray) -> np.ndarray:
-            with ctx.stage("active_proxy"):
+            with ctx.stage(stage):
                 logits = student.predict(x, batch_size=1024, verbose=0)
             return tf.nn.softmax(logits).numpy()
         return probabilities
