@@ -1,5 +1,6 @@
 """Active querying (tfkd.active): the rounds' choice, and a killed run that resumes without asking
-the teacher again about any image it already had an answer for."""
+the teacher again about any image it already had an answer for (and labels the rest of the pool
+with a teacher assistant)."""
 
 import glob
 import json
@@ -51,7 +52,7 @@ def command(workdir, target):
             "--cvae_epochs=2", "--student_epochs=2", "--eval_examples=300", "--active_rounds=3",
             # Room for a round's images in flight at the kill: charged, unanswered, sent again.
             "--query_budget=1300", "--active_labelled_images=600", "--active_proxy_epochs=3",
-            "--compress=", "--verbose=0"]
+            "--active_assistant=lenet5", "--active_assistant_epochs=1", "--compress=", "--verbose=0"]
 
 
 def rounds_chosen(workdir) -> int:
@@ -83,7 +84,11 @@ def test_killed_active_run_resumes_and_pays_no_answered_query_again(tmp_path, se
     assert [r["resumed"] for r in report["active_rounds"]] == [True, True, False]
     assert [r["images"] for r in report["active_rounds"]] == [200, 200, 200]
     assert report["transfer_set_sources"]["real"] == 100
-    assert sum(report["transfer_set_sources"].values()) == 700
+    # The 600 chosen images with the teacher's answers, the other 1,500 of the pool (2,000 MixUp
+    # + 100 CVAE) with the teacher assistant's, which cost no query.
+    assert sum(report["transfer_set_sources"].values()) - 100 == 2100
+    assert report["transfer_set_sources"]["assistant"] == 1500
+    assert "active_assistant" in report["stage_seconds"]
     # Every query the second process sent got an answer the ledger did not have: nothing already
     # answered was asked again (only images in flight at the kill could be, and were, re-sent).
     answered_after = len(teacher_lib.QueryLedger(ledger))
