@@ -30,6 +30,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import cost_table  # noqa: E402  (benchmarks/, beside this script)
 import images_vs_idx  # noqa: E402
 import keras  # noqa: E402
 import label_only_table  # noqa: E402  (benchmarks/, beside this script)
@@ -469,9 +470,20 @@ def write_query_curve(tuned: list[dict], path: str) -> str | None:
         return None
     curve.sort(key=lambda r: r["teacher_queries"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar([r["teacher_queries"] for r in curve], [r["accuracy_mean"] for r in curve],
-                yerr=[r["accuracy_std"] or 0 for r in curve], fmt="o-", capsize=3,
-                label="tfkd FS-BBT, default recipe")
+    by_name = {r["row"]: r for r in tuned}
+    old = [r for r in curve if not r["row"].endswith(tuple(cost_table.KINDS))]
+    ax.errorbar([r["teacher_queries"] for r in old], [r["accuracy_mean"] for r in old],
+                yerr=[r["accuracy_std"] or 0 for r in old], fmt="o:", capsize=3, alpha=0.6,
+                label="FS-BBT, 50 augmented epochs (plan cut), before issue 28")
+    for kind, what in cost_table.KINDS.items():  # Issue 28: the default recipe under a budget.
+        series = [by_name[n] for n in (f"fsbbt_q{b}_{kind}" for b in cost_table.BUDGETS)
+                  if n in by_name] + ([by_name[cost_table.FULL_PLAN]]
+                                      if cost_table.FULL_PLAN in by_name else [])
+        if len(series) > 1:
+            ax.errorbar([r["teacher_queries"] for r in series],
+                        [r["accuracy_mean"] for r in series],
+                        yerr=[r["accuracy_std"] or 0 for r in series], fmt="o-", capsize=3,
+                        label=f"default recipe: {what}")
     for r in tuned:
         if r["method"] in ("student_alone", "standard_kd"):
             ax.errorbar(r["teacher_queries"], r["accuracy_mean"], yerr=r["accuracy_std"] or 0,
@@ -675,7 +687,8 @@ def write_results() -> None:
             shutil.copyfile(src, dst)
             grids[name] = dst
     write_markdown(rows, reports, FLAGS.results_md, plot, grids,
-                   tuned_section(tuned, FLAGS.results_md, curve))
+                   tuned_section(tuned, FLAGS.results_md, curve)
+                   + ["", *cost_table.section(FLAGS.results_md, tuned)])
     for r in rows:
         std = "-" if r["accuracy_std"] is None else f"{r['accuracy_std']:.2f}"
         print(f"{r['method']:>14}: {r['accuracy_mean']:.2f} ± {std} (validation "

@@ -22,13 +22,15 @@ Work dir layout::
     ledger/queries_sent.log      every image sent to the teacher, charged before it is sent
     few_shot_indices.npy         which images of the pool (training split less the validation
                                  split) are the N shots (their labels are never read)
-    <state>-<fp>.*               a method's own persisted state (cvae-, boundary_state-,
-                                 zsdb3kd_samples-, impressions-...: tfkd.workdir.ARTIFACTS)
+    <state>-<fp>.*               a method's own persisted state (cvae-, active_rounds-,
+                                 boundary_state-, zsdb3kd_samples-, impressions-...:
+                                 tfkd.workdir.ARTIFACTS)
     transfer_set-<fp>.npz        the transfer set: images, targets, sources (persisted once)
     grid_<source>.png            transfer-set images per teacher class, per source
     student_backup-<fp>/         Keras BackupAndRestore state: a rerun resumes training
     tensorboard/                 student losses, learning rate, validation accuracy; image grids
-    export/student/<version>/    the student SavedModel, TF Serving layout (student_<variant>/ too)
+    export/student/<version>/    the student SavedModel, TF Serving layout (student_<variant>/ too;
+                                 student_int8/ holds a LiteRT model.tflite)
     serving/                     models.config (stable/canary labels), batching, monitoring configs
     report.json                  :class:`tfkd.report.Report`
     *.damaged-<time>             artifacts found damaged and set aside (see :mod:`tfkd.workdir`)
