@@ -125,6 +125,43 @@ MUTATIONS = [
     Mutation("weight_decay_dropped", "the student's Adam ignores weight_decay",
              (("tfkd/training.py", "weight_decay=config.weight_decay or None,", "weight_decay=None,"),),
              (_AVERAGING + "[fit]",)),
+    # Issue 28.
+    Mutation("active_choice_not_read_back", "a resumed run chooses its rounds again instead of "
+             "reading the persisted choice",
+             (("tfkd/active.py", "        resumed = r < len(state.chosen)\n",
+               "        resumed = False\n        del state.chosen[r:], state.images[r:]\n"),),
+             ("tests/test_active.py::test_killed_active_run_resumes_and_pays_no_answered_query_again",)),
+    Mutation("active_plan_counts_answered", "the plan counts every chosen image again, answered "
+             "or not",
+             (("tfkd/methods/fsbbt.py", '"label_active": (ctx.teacher.missing(chosen)',
+               '"label_active": (len(chosen)'),),
+             ("tests/test_active.py::test_killed_active_run_resumes_and_pays_no_answered_query_again",)),
+    Mutation("active_margin_inverted", "the rounds ask about the images the proxy is surest of",
+             (("tfkd/active.py", "picked = balanced_lowest(margins(probabilities),",
+               "picked = balanced_lowest(-margins(probabilities),"),),
+             ("tests/test_active.py::test_choice_is_the_proxys_least_certain_images_not_a_random_draw",)),
+    Mutation("int8_not_quantized", "the int8 variant is a float LiteRT model",
+             (("tfkd/litert.py", "        converter.optimizations = [tf.lite.Optimize.DEFAULT]\n", ""),
+              ("tfkd/litert.py", "        converter.target_spec.supported_ops = "
+               "[tf.lite.OpsSet.TFLITE_BUILTINS_INT8]\n", "")),
+             ("tests/test_int8.py::test_int8_is_a_full_integer_model_over_three_times_smaller",)),
+    Mutation("litert_classify_names_reversed", "the int8 servable's Classify names the classes in "
+             "reverse",
+             (("tfkd/serving/registry.py", "classes = tf.tile(tf.constant(names)[None],",
+               "classes = tf.tile(tf.constant(names[::-1])[None],"),),
+             ("tests/test_int8.py::test_tfkd_server_answers_predict_and_classify_from_the_int8_student",)),
+    Mutation("no_loss_scaling", "mixed_float16 trains without loss scaling",
+             (("tfkd/training.py", '    if config.mixed_precision == "mixed_float16":\n        return '
+               'keras.optimizers.LossScaleOptimizer(adam)\n', ""),),
+             ("tests/test_precision.py::test_mixed_float16_computes_in_float16_scales_the_loss_and_exports_float32",)),
+    Mutation("mixed_student_exported", "the mixed-precision model itself is exported (float16 "
+             "compute in the served student)",
+             (("tfkd/training.py", '    if config.mixed_precision == "float32":\n        return student\n'
+               '    copy =', '    if True:\n        return student\n    copy ='),),
+             ("tests/test_precision.py::test_mixed_float16_computes_in_float16_scales_the_loss_and_exports_float32",)),
+    Mutation("lr_scaled_linearly", "the square-root rule scales the rate linearly",
+             (("tfkd/training.py", 'factors = {"sqrt": ratio ** 0.5,', 'factors = {"sqrt": ratio,'),),
+             ("tests/test_precision.py::test_learning_rate_follows_the_global_batch_by_the_stated_rule",)),
 ]
 
 
