@@ -20,7 +20,8 @@ STORED = os.path.join(_REPO, "benchmarks", "reports", "issue28")
 # (budget, kind) -> row name; kind: how the budget is spent.
 KINDS = {"cut": "plan cut to the budget (active_rounds 0)",
          "active": "4 active rounds, margin (the default)",
-         "assistant": "random draw + LeNet-5 teacher assistant"}
+         "assistant": "random draw + LeNet-5 teacher assistant",
+         "active_assistant": "4 active rounds (margin) + LeNet-5 teacher assistant"}
 BUDGETS = (5_000, 10_000)
 FULL_PLAN = "fsbbt_e25_no_augment"
 GOALS = {5_000: 86.0, 10_000: 87.0}
