@@ -290,21 +290,28 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
                 with open(vocabulary, "rb") as f:
                     fs.write_atomic(os.path.join(tmp_dir, "assets", VOCABULARY_FILE), f.read())
             return
-        tf.saved_model.save(servable, tmp_dir, signatures=signatures)
-        if servable.classify is not None:
-            _set_method_name(tmp_dir, CLASSIFY_SIGNATURE_KEY, tf.saved_model.CLASSIFY_METHOD_NAME)
-        if warmup_images is not None and len(warmup_images):
-            fs.makedirs(os.path.join(tmp_dir, "assets.extra"))
-            sizes = sorted({1, min(8, len(warmup_images))})
-            with tf.io.TFRecordWriter(os.path.join(tmp_dir, WARMUP_FILE)) as writer:
-                for record in warmup_records(warmup_images, sizes):
-                    writer.write(record)
+        _write_saved_model(servable, signatures, tmp_dir, warmup_images)
 
     try:
         return _write_version(export_base, version, write)
     finally:
         if vocabulary_dir:
             shutil.rmtree(vocabulary_dir, ignore_errors=True)
+
+
+def _write_saved_model(servable: _ClassifierServable, signatures: dict, tmp_dir: str,
+                       warmup_images: np.ndarray | None) -> None:
+    """The servable as a SavedModel in ``tmp_dir``, its ``classify`` method name set and its
+    warmup requests (batch 1 and min(8, n)) written."""
+    tf.saved_model.save(servable, tmp_dir, signatures=signatures)
+    if servable.classify is not None:
+        _set_method_name(tmp_dir, CLASSIFY_SIGNATURE_KEY, tf.saved_model.CLASSIFY_METHOD_NAME)
+    if warmup_images is not None and len(warmup_images):
+        fs.makedirs(os.path.join(tmp_dir, "assets.extra"))
+        sizes = sorted({1, min(8, len(warmup_images))})
+        with tf.io.TFRecordWriter(os.path.join(tmp_dir, WARMUP_FILE)) as writer:
+            for record in warmup_records(warmup_images, sizes):
+                writer.write(record)
 
 
 def _write_vocabulary(class_names, num_classes: int, directory: str) -> str:

@@ -955,9 +955,16 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
     check_finite_loss(history)
     if config.select == "validation":
         history["selected_epoch"] = keep_best.restore(student)
+    return _exported(student, config, strategy, images, soft_labels.shape[1], seed), history
+
+
+def _exported(student: keras.Model, config: StudentConfig, strategy, images: np.ndarray,
+              num_classes: int, seed: int) -> keras.Model:
+    """The trained student as exported: a float32 copy under mixed precision, its BatchNorm
+    statistics re-estimated over ``images`` (after EMA weights are swapped in: statistics of the
+    exported weights)."""
     with strategy.scope():
-        student = float32_student(student, config, images.shape[1:], soft_labels.shape[1])
-    if config.batchnorm_images:  # After EMA weights are swapped in: statistics of the exported weights.
-        with strategy.scope():
+        student = float32_student(student, config, images.shape[1:], num_classes)
+        if config.batchnorm_images:
             reestimate_batchnorm(student, images, config.batchnorm_images, seed=seed)
-    return student, history
+    return student
