@@ -64,7 +64,16 @@ def queries(tuned: list[dict], results_md: str) -> list[str]:
         cells = [_cell(by_name.get(_row_name(budget, k)), results_md) for k in KINDS]
         lines.append(f"| {budget:,} | " + " | ".join(cells) + f" | {GOALS[budget]:.1f} |")
     if full:
-        lines.append(f"| 50,000 (full plan) | {_cell(full, results_md)} | | | - |")
+        lines.append(f"| 50,000 (full plan) | {_cell(full, results_md)} |" + " |" * len(KINDS))
+    lines.append("")
+    for budget in BUDGETS:
+        measured = [(by_name[_row_name(budget, k)]["accuracy_mean"], KINDS[k]) for k in KINDS
+                    if _row_name(budget, k) in by_name]
+        if measured:
+            best, what = max(measured)
+            verdict = "met" if best >= GOALS[budget] else f"not met, {GOALS[budget] - best:.2f} short"
+            lines.append(f"- Goal >= {GOALS[budget]:.1f}% with <= {budget:,} queries: best "
+                         f"{best:.2f}% ({what}): **{verdict}**.")
     return lines
 
 
