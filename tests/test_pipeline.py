@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfkd import evaluation
+from tfkd import active
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
@@ -316,10 +317,16 @@ def test_methods_share_the_synthetic_budget():
 
 
 def test_a_query_budget_cuts_the_synthetic_images_in_their_ratio():
-    """Issue 13: the FS-BBT family fits its plan to the budget instead of refusing it."""
+    """Issue 13: the FS-BBT family fits its plan to the budget instead of refusing it: with
+    active querying off it cuts MixUp and CVAE in their ratio; on (the default, issue 28) it keeps
+    the whole plan as the pool and buys what the budget leaves."""
     config = pipeline.DistillConfig(workdir="unused", mixup=synthesis.MixUpConfig(num_images=43200),
-                                    cvae=synthesis.CVAEConfig(num_images=4800))
+                                    cvae=synthesis.CVAEConfig(num_images=4800),
+                                    active=active.ActiveConfig(rounds=0))
     fsbbt = methods.get("fsbbt")
+    chosen = fsbbt.fit_budget(dataclasses.replace(config, active=active.ActiveConfig()), 25_000, 2000)
+    assert (chosen.mixup.num_images, chosen.cvae.num_images) == (43_200, 4_800)
+    assert chosen.active.labelled_images == 23_000 and fsbbt.active(chosen)
     fitted = fsbbt.fit_budget(config, 25_000, 2000)
     assert (fitted.mixup.num_images, fitted.cvae.num_images) == (20_700, 2_300)
     assert methods.get("mixup").counts(fitted) == (23_000, 0)  # The whole cut budget to MixUp.

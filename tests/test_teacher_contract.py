@@ -75,9 +75,11 @@ def test_query_budget_is_never_exceeded(server, fashion, tmp_path):
         teacher=teacher.TeacherConfig(target=server.target, query_budget=249),
         mixup=synthesis.MixUpConfig(num_images=200), cvae=synthesis.CVAEConfig(num_images=40),
         student=training.StudentConfig(epochs=1), eval_examples=200, verbose=0)
-    # The plan is cut to the budget (no MixUp, no CVAE image left) and still needs 50 real and 200
-    # test images: refused.
-    with pytest.raises(teacher.QueryBudgetExceeded, match="needs 250 more .* leaves 249"):
+    # The teacher's evaluation (200) and the 50 real images leave nothing to distil with: refused,
+    # naming what to change.
+    with pytest.raises(teacher.QueryBudgetExceeded,
+                       match="query_budget=249: the teacher's evaluation takes 200 of it .* "
+                             "leaves nothing to distil with; set evaluate_teacher=False"):
         pipeline.run(config)
     assert len(teacher.QueryLedger(str(tmp_path / "run" / "ledger"))) == 0
     assert teacher.QueryAccount(str(tmp_path / "run" / "ledger")).total == 0

@@ -99,11 +99,18 @@ class ExportFormat:
         return "" if self.name == "float32" else os.path.join("variants", self.name)
 
 
+def _float16_layers(config: dict) -> None:
+    """Sets every layer of a functional model's config to float16, nested models' layers too (a
+    ``keras.applications`` backbone inside tfkd's model kept float32 before)."""
+    for layer in config.get("layers", ()):
+        if layer["class_name"] != "InputLayer" and "dtype" in layer.get("config", {}):
+            layer["config"]["dtype"] = "float16"
+        _float16_layers(layer.get("config", {}))
+
+
 def _float16(model: keras.Model) -> keras.Model:
     config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer":
-            layer["config"]["dtype"] = "float16"
+    _float16_layers(config)
     copy = model.__class__.from_config(config)
     copy.set_weights([w.astype(np.float16) if w.dtype == np.float32 else w
                       for w in model.get_weights()])
@@ -424,7 +431,8 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
     without a restart.
 
     Args:
-      version_dir: a SavedModel directory (holding ``saved_model.pb``).
+      version_dir: a SavedModel directory (holding ``saved_model.pb``), or a LiteRT version
+        (``model.tflite``: the int8 student).
       model_base_path: the served base path.
       version: default: one more than the newest there.
       allow_older: accept a ``version`` below the newest there. Off by default: a server with
@@ -437,9 +445,9 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
       ValueError: ``version_dir`` is not a SavedModel, ``model_base_path`` is a file, the version
         exists, or it is below the newest without ``allow_older``.
     """
-    if not fs.exists(os.path.join(version_dir, "saved_model.pb")):
+    if not any(fs.exists(os.path.join(version_dir, f)) for f in fs.LAST_FILES):
         raise ValueError(f"version_dir={version_dir!r}: expected a SavedModel directory "
-                         "(with saved_model.pb)")
+                         f"(with saved_model.pb) or a LiteRT version (with {litert.FILE})")
     if fs.exists(model_base_path) and not fs.isdir(model_base_path):
         raise ValueError(f"model_base_path={model_base_path!r}: is a file; expected the directory "
                          "of numeric versions a server watches")
