@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import evaluation
 from tfkd import active
+from tfkd import evaluation
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
