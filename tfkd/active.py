@@ -58,7 +58,9 @@ class ActiveConfig:
         (what it leaves after the real images and the teacher's evaluation), or all of the pool
         without a budget. Part of the transfer set's fingerprint.
       assistant: an architecture (:data:`tfkd.models.MODELS`) trained ``assistant_epochs`` on
-        the teacher-labelled images to label the rest of the pool (module docstring); empty: the
+        the teacher-labelled images to label the rest of the pool (module docstring); ``auto``:
+        the dataset's teacher architecture (:data:`tfkd.models.DEFAULT_PAIRS`; none for the
+        user's own images), resolved by :meth:`tfkd.config.DistillConfig.resolved`; empty: the
         rest of the pool is not used.
       assistant_epochs: the assistant's epochs (>= 1).
     """
@@ -76,8 +78,8 @@ class ActiveConfig:
                   ("selection", self.selection in SELECTIONS, SELECTIONS),
                   ("proxy_epochs", self.proxy_epochs >= 1, ">= 1"),
                   ("labelled_images", self.labelled_images >= 0, ">= 0 (0: the budget's)"),
-                  ("assistant", self.assistant == "" or self.assistant in _models().MODELS,
-                   f"'' or one of {sorted(_models().MODELS)}"),
+                  ("assistant", self.assistant in ("", "auto") or self.assistant in _models().MODELS,
+                   f"'', 'auto' or one of {sorted(_models().MODELS)}"),
                   ("assistant_epochs", self.assistant_epochs >= 1, ">= 1")]
         for name, ok, expected in checks:
             if not ok:

@@ -140,7 +140,8 @@ class DistillConfig:
 
         * from the data: ``num_shots`` the paper's N (:data:`tfkd.models.DEFAULT_NUM_SHOTS`; with
           ``images``, 0: all), ``num_validation`` :data:`NUM_VALIDATION` (0 with ``images``), the
-          paper's teacher and student architectures (:data:`tfkd.models.DEFAULT_PAIRS`;
+          paper's teacher and student architectures (:data:`tfkd.models.DEFAULT_PAIRS`; the
+          teacher's is also ``active.assistant``'s ``auto``, none with ``images``;
           ``mobilenet_v3_small`` for the user's images) and the CVAE's (``mlp`` for 28x28 grey,
           ``conv`` for CIFAR; with ``images`` it is chosen at their size);
         * from the method: its student recipe (:attr:`tfkd.methods.Method.student_defaults`, then
@@ -167,6 +168,8 @@ class DistillConfig:
             teacher_train=(self.teacher_train if self.teacher_train.architecture != "auto" else
                            dataclasses.replace(self.teacher_train, architecture=teacher_arch)),
             cvae=dataclasses.replace(self.cvae, architecture=cvae_arch),
+            active=(self.active if self.active.assistant != "auto" else dataclasses.replace(
+                self.active, assistant="" if own else teacher_arch)),
             student=self.student.resolved({"architecture": "mobilenet_v3_small" if own
                                            else student_arch, **dict(method.student_defaults)}),
             verbose=self.verbose if self.verbose is not None else 1 if sys.stdout.isatty() else 2)
