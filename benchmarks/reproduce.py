@@ -274,6 +274,11 @@ ROWS = {
                                          "assistant labels the other 38,000 pool images",
                                          query_budget=10_000,
                                          settings=(("active.assistant", "lenet5"),)),
+    "fsbbt_q5000_active_assistant": Row("fsbbt", "FS-BBT default recipe, 5,000 queries chosen "
+                                        "in 4 active rounds (margin); a LeNet-5 teacher "
+                                        "assistant labels the other 45,000 pool images",
+                                        query_budget=5_000,
+                                        settings=(("active.assistant", "lenet5"),)),
     "fsbbt_q5000_assistant": Row("fsbbt", "FS-BBT default recipe, 5,000 queries drawn at random "
                                  "from the pool; a LeNet-5 teacher assistant labels the other "
                                  "45,000", query_budget=5_000,
