@@ -166,8 +166,9 @@ flags.DEFINE_integer("active_proxy_epochs", _ACTIVE.proxy_epochs, "Epochs of the
 flags.DEFINE_integer("active_labelled_images", _ACTIVE.labelled_images, "Synthetic images to "
                      "label, chosen in rounds from the pool (0: what --query_budget leaves).")
 flags.DEFINE_string("active_assistant", _ACTIVE.assistant, "Under a --query_budget: a larger "
-                    "architecture (e.g. lenet5) trained on the teacher-labelled images labels the "
-                    "rest of the pool for the student, at no query; empty: the rest is not used.")
+                    "architecture trained on the teacher-labelled images labels the rest of the "
+                    "pool for the student, at no query; auto: the dataset's teacher architecture "
+                    "(none with --images); empty: the rest is not used.")
 flags.DEFINE_integer("active_assistant_epochs", _ACTIVE.assistant_epochs, "Epochs of the "
                      "teacher assistant.")
 flags.DEFINE_enum("db3kd_search", _BOUNDARY.search,

@@ -22,11 +22,12 @@ killed run resumes at the round it was in and pays no query twice: earlier round
 answered from the ledger, the interrupted round's choice is read back (not recomputed) and only its
 unanswered images are sent.
 
-With ``assistant`` set, the pool images the budget did not buy are not thrown away: a *teacher
-assistant* (a larger model, e.g. the teacher's own architecture; Mirzadeh et al., "Improved
-Knowledge Distillation via Teacher Assistant", AAAI 2020) is trained on every teacher-labelled
-image and gives the rest of the pool its soft labels, at no query; the student then learns from
-both (the transfer set's source ``assistant``).
+The pool images the budget did not buy are not thrown away (``assistant``, by default the
+dataset's teacher architecture): a *teacher assistant* (Mirzadeh et al., "Improved Knowledge
+Distillation via Teacher Assistant", AAAI 2020) is trained on every teacher-labelled image and gives
+the rest of the pool its soft labels, at no query; the student then learns from both (the transfer
+set's source ``assistant``). Chosen on the validation split (RESULTS.md, "Accuracy against teacher
+queries": 10,000 queries, validation 87.76% with it against 87.15% without).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class ActiveConfig:
     selection: str = "margin"
     proxy_epochs: int = 10
     labelled_images: int = 0
-    assistant: str = ""
+    assistant: str = "auto"
     assistant_epochs: int = 30
 
     def validate(self) -> None:
