@@ -284,6 +284,11 @@ ROWS = {
                                       query_budget=10_000,
                                       settings=(("active.assistant", "lenet5"),
                                                 ("active.assistant_epochs", 60))),
+    "fsbbt_q5000_assistant_e60": Row("fsbbt", "FS-BBT default recipe (margin rounds + teacher "
+                                     "assistant), the assistant trained 60 epochs instead of 30",
+                                     query_budget=5_000,
+                                     settings=(("active.assistant", "lenet5"),
+                                               ("active.assistant_epochs", 60))),
     "fsbbt_q5000_assistant": Row("fsbbt", "FS-BBT default recipe, 5,000 queries drawn at random "
                                  "from the pool; a LeNet-5 teacher assistant labels the other "
                                  "45,000", query_budget=5_000,
