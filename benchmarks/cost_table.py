@@ -21,7 +21,9 @@ STORED = os.path.join(_REPO, "benchmarks", "reports", "issue28")
 KINDS = {"cut": "plan cut to the budget (active_rounds 0)",
          "active": "4 active rounds, margin",
          "assistant": "random draw + LeNet-5 teacher assistant",
-         "active_assistant": "4 active rounds (margin) + LeNet-5 teacher assistant (the default)"}
+         "active_assistant": "4 active rounds (margin) + LeNet-5 teacher assistant, 30 epochs",
+         "assistant_e60": "4 active rounds (margin) + LeNet-5 teacher assistant, 60 epochs (the "
+                          "default)"}
 BUDGETS = (5_000, 10_000)
 FULL_PLAN = "fsbbt_e25_no_augment"
 GOALS = {5_000: 86.0, 10_000: 87.0}
@@ -67,13 +69,15 @@ def queries(tuned: list[dict], results_md: str) -> list[str]:
         lines.append(f"| 50,000 (full plan) | {_cell(full, results_md)} |" + " |" * len(KINDS))
     lines.append("")
     for budget in BUDGETS:
-        measured = [(by_name[_row_name(budget, k)]["accuracy_mean"], KINDS[k]) for k in KINDS
+        # The mean of the stored per-seed figures, unrounded: a goal is met or not to the digit.
+        measured = [(sum(by_name[_row_name(budget, k)]["accuracies"])
+                     / len(by_name[_row_name(budget, k)]["accuracies"]), KINDS[k]) for k in KINDS
                     if _row_name(budget, k) in by_name]
         if measured:
             best, what = max(measured)
-            verdict = "met" if best >= GOALS[budget] else f"not met, {GOALS[budget] - best:.2f} short"
+            verdict = "met" if best >= GOALS[budget] else f"not met, {GOALS[budget] - best:.3f} short"
             lines.append(f"- Goal >= {GOALS[budget]:.1f}% with <= {budget:,} queries: best "
-                         f"{best:.2f}% ({what}): **{verdict}**.")
+                         f"{best:.3f}% ({what}): **{verdict}**.")
     return lines
 
 
