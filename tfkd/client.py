@@ -565,12 +565,9 @@ class ServingClient:
                 convert: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                 on_attempt: Callable[[int, bool], None] | None = None,
                 progress: bool = False) -> np.ndarray:
-        """Predicts ``encoded[rows]`` in requests under the message limit, ``max_in_flight`` at once:
-        the rows are split evenly over ``max_in_flight`` requests (4,000 images with 4 in flight go
-        as 4 concurrent requests, not 3 full ones and a short one), each at most
-        :attr:`images_per_request` and at least :data:`SPLIT_FLOOR` images. Every request's images
-        go as one ``tensor_content`` buffer (``tf.make_tensor_proto``), sliced without a copy when
-        the rows are contiguous.
+        """Predicts ``encoded[rows]`` split evenly over ``max_in_flight`` concurrent requests, each
+        under the message limit (:attr:`images_per_request`) and of at least :data:`SPLIT_FLOOR`
+        images, as one ``tensor_content`` buffer (rows sliced without a copy when contiguous).
 
         Args:
           encoded: the signature's input for n images (see :meth:`encode`).
