@@ -259,9 +259,6 @@ ROWS = {
     "fsbbt_q10000_active": Row("fsbbt", "FS-BBT default recipe, 10,000 queries chosen in 4 "
                                "active rounds (margin) from the 48,000-image pool",
                                query_budget=10_000),
-    "fsbbt_q10000_random": Row("fsbbt", "FS-BBT default recipe, 10,000 queries drawn at random "
-                               "in 4 rounds from the pool (active querying's control)",
-                               query_budget=10_000, settings=(("active.selection", "random"),)),
     # The probe (validation, seed 0): 87.08 -> 87.64 with a LeNet-5 assistant labelling the rest.
     "fsbbt_q10000_assistant": Row("fsbbt", "FS-BBT default recipe, 10,000 queries drawn at random "
                                   "from the pool; a LeNet-5 teacher assistant (30 epochs on them) "

@@ -157,8 +157,8 @@ def _litert_classify(predict, image_shape, names: list[str]):
     def classify(inputs):
         features = tf.io.parse_example(inputs, {export.CLASSIFY_IMAGE_FEATURE:
                                                 tf.io.FixedLenFeature([], tf.string)})
-        pixels = tf.stack([images_lib.decode(b, tuple(image_shape))
-                           for b in features[export.CLASSIFY_IMAGE_FEATURE]])
+        pixels = tf.map_fn(lambda b: images_lib.decode(b, tuple(image_shape)),
+                           features[export.CLASSIFY_IMAGE_FEATURE], fn_output_signature=tf.float32)
         scores = predict(images=pixels.numpy())[export.PROBABILITIES_KEY]
         classes = tf.tile(tf.constant(names)[None], [tf.shape(scores)[0], 1])
         return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
