@@ -22,6 +22,14 @@ killed run resumes at the round it was in and pays no query twice: earlier round
 answered from the ledger, the interrupted round's choice is read back (not recomputed) and only its
 unanswered images are sent.
 
+An answer paid for is used, whatever chose it. The state is keyed by the pool alone (the method and
+its MixUp and CVAE settings, beside the run's inputs), not by the settings that choose or cost
+nothing: a rerun with another number of rounds, another selection, other proxy or assistant epochs
+or fewer ``labelled_images`` starts from every round stored, and a raised budget adds rounds after
+them. Pool images the ledger answers that no stored round holds (a state set aside as damaged,
+rounds of an earlier process that did not persist) are taken first, as a round of selection
+``ledger``, at no query. Only the images still to buy are chosen and counted against the budget.
+
 The pool images the budget did not buy are not thrown away (``assistant``, by default the
 dataset's teacher architecture): a *teacher assistant* (Mirzadeh et al., "Improved Knowledge
 Distillation via Teacher Assistant", AAAI 2020) is trained on every teacher-labelled image and gives
@@ -39,6 +47,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
+from tfkd import errors
 from tfkd import fs
 
 SELECTIONS = ("margin", "random")
@@ -144,39 +153,72 @@ def choose(k: int, unlabelled: np.ndarray, config: ActiveConfig, rng: np.random.
 @dataclasses.dataclass
 class RoundState:
     """The rounds chosen so far, persisted before their images are sent: ``chosen[r]`` int64 pool
-    indices of round r and ``images[r]`` float32 [q_r, H, W, C] those images, for a pool of
-    ``pool_size``. A resumed run labels the images read back, not the pool recomputed, so its
-    ledger answers them whether or not synthesis is bit-for-bit repeatable."""
+    indices of round r, ``images[r]`` float32 [q_r, H, W, C] those images and ``selections[r]``
+    what chose them (``random``, ``margin``, ``ledger``: answers found in the ledger; ``stored``:
+    a state written before the selection was kept), for a pool of ``pool_size``. A resumed run
+    labels the images read back, not the pool recomputed, so its ledger answers them whether or
+    not synthesis is bit-for-bit repeatable."""
 
     pool_size: int
     chosen: list
     images: list
+    selections: list = dataclasses.field(default_factory=list)
+
+    def append(self, indices: np.ndarray, images: np.ndarray, selection: str) -> None:
+        """Adds a round: int64 pool ``indices`` [q], their ``images`` [q, H, W, C]."""
+        self.chosen.append(np.asarray(indices, np.int64))
+        self.images.append(images)
+        self.selections.append(selection)
 
     def save(self, path: str) -> None:
         """Writes ``.npz`` atomically (temp name, then rename)."""
         fs.save_npz(path, pool_size=np.asarray(self.pool_size),
                     lengths=np.asarray([len(c) for c in self.chosen], np.int64),
-                    indices=np.concatenate(self.chosen), images=np.concatenate(self.images))
+                    indices=np.concatenate(self.chosen), images=np.concatenate(self.images),
+                    selections=np.asarray(self.selections, dtype=str))
 
     @classmethod
     def load(cls, path: str, pool_size: int | None = None) -> "RoundState":
         """The state at ``path``, or an empty one when there is none.
 
         Raises:
-          ValueError: the stored state is of another ``pool_size`` (the fingerprint should
-            prevent it).
+          tfkd.errors.WorkdirError: a state that reads back but does not hold together (lengths
+            that do not add up to the indices or images stored, an index chosen twice or outside
+            the pool, a negative length), or one of another ``pool_size`` than asked (the
+            fingerprint should prevent it). :func:`tfkd.workdir.check` sets such a file aside.
         """
         if not fs.exists(path):
-            return cls(pool_size or 0, [], [])
+            return cls(pool_size or 0, [], [], [])
         with fs.load_npz(path) as f:
             stored, lengths, flat, images = (int(f["pool_size"]), f["lengths"], f["indices"],
                                              f["images"])
-        if pool_size is not None and stored != pool_size:
-            raise ValueError(f"{path}: rounds chosen from a pool of {stored} images, expected "
-                             f"{pool_size}")
+            selections = ([str(s) for s in f["selections"]] if "selections" in f.files
+                          else ["stored"] * len(lengths))
+        problem = cls._inconsistency(stored, lengths, flat, images, selections)
+        if problem is None and pool_size is not None and stored != pool_size:
+            problem = f"rounds chosen from a pool of {stored} images, expected {pool_size}"
+        if problem is not None:
+            raise errors.WorkdirError(f"{path}: active rounds state {problem}")
         cuts = np.cumsum(lengths)[:-1]
         return cls(stored, [a.astype(np.int64) for a in np.split(flat, cuts)],
-                   list(np.split(images, cuts)))
+                   list(np.split(images, cuts)), selections)
+
+    @staticmethod
+    def _inconsistency(pool_size, lengths, flat, images, selections) -> str | None:
+        """What makes a stored state unusable, in words, or None."""
+        if lengths.ndim != 1 or (lengths < 0).any():
+            return f"has round lengths {lengths.tolist()}; expected one count >= 0 per round"
+        if not int(lengths.sum()) == len(flat) == len(images):
+            return (f"has round lengths adding up to {int(lengths.sum())}, {len(flat)} indices "
+                    f"and {len(images)} images; expected the same count")
+        if len(selections) != len(lengths):
+            return f"names {len(selections)} selections for {len(lengths)} rounds"
+        if len(flat) and (flat.min() < 0 or flat.max() >= pool_size):
+            return (f"has indices in [{flat.min()}, {flat.max()}]; expected [0, {pool_size}) "
+                    "(the pool's)")
+        if len(np.unique(flat)) != len(flat):
+            return "chooses an image twice"
+        return None
 
     @property
     def labelled(self) -> np.ndarray:
@@ -184,54 +226,92 @@ class RoundState:
         return np.sort(np.concatenate(self.chosen)) if self.chosen else np.zeros(0, np.int64)
 
 
+def new_images(total: int, chosen: int) -> int:
+    """Pool images still to buy when ``chosen`` are in stored rounds (or answered by the ledger)
+    and ``total`` are to be labelled: ``max(0, total - chosen)``."""
+    return max(0, total - chosen)
+
+
+def recover_answered(state: RoundState, pool: np.ndarray,
+                     answered: Callable[[np.ndarray], np.ndarray] | None) -> int:
+    """Appends to ``state`` a round of selection ``ledger``: the pool images ``answered(pool)``
+    (bool [P]: the ledger has the teacher's answer) says are paid for and no stored round holds.
+    Returns how many (0: nothing appended)."""
+    if answered is None:
+        return 0
+    paid = np.setdiff1d(np.flatnonzero(np.asarray(answered(pool), bool)), state.labelled)
+    if len(paid):
+        state.append(paid, pool[paid], "ledger")
+    return len(paid)
+
+
 def run_rounds(pool: np.ndarray, known_images: np.ndarray, known_targets: np.ndarray,
                total: int, config: ActiveConfig, state_path: str, seed: int,
                label: Callable[[np.ndarray, int], np.ndarray],
                train_proxy: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]],
+               answered: Callable[[np.ndarray], np.ndarray] | None = None,
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-    """Labels ``total`` images of ``pool`` in ``config.rounds`` rounds (module docstring).
+    """Labels ``total`` images of ``pool`` in rounds (module docstring), after every image already
+    paid for: the stored rounds first (``resumed``), then the ledger's other answers of pool images
+    (one round, ``ledger``), then the images still to buy (:func:`new_images`) in what is left of
+    ``config.rounds`` (at least one round, none empty).
 
     Args:
       pool: float32 [P, H, W, C] in [0, 1], the synthetic images to choose from.
       known_images, known_targets: float32 [n, H, W, C] and [n, K]: what is labelled before the
         rounds (the real images and their soft labels); the proxy learns from them too.
-      total: pool images to label, at most P.
+      total: pool images to label, at most P (more are labelled when more were paid for).
       state_path: where the rounds' choices are persisted (:class:`RoundState`).
       label: ``label(images [q, H, W, C], round number)`` -> soft labels float32 [q, K]: the
         teacher (its ledger answers what an earlier process already paid for).
       train_proxy: ``train_proxy(images, targets)`` -> ``probabilities(images) -> float [m, K]``.
+      answered: ``answered(images [m, H, W, C])`` -> bool [m], the images the teacher's ledger
+        answers (None: none are looked for).
 
     Returns:
-      (chosen pool indices int64 [total], their images float32 [total, H, W, C] and soft labels
-      float32 [total, K], in the order chosen; one record per round: ``round``, ``selection``,
-      ``images``, ``labelled`` (after it), ``resumed``).
+      (chosen pool indices int64 [L], their images float32 [L, H, W, C] and soft labels float32
+      [L, K], in the order chosen, L >= ``total`` when the pool holds them; one record per round:
+      ``round``, ``selection``, ``images``, ``labelled`` (after it), ``resumed``).
 
     Raises:
-      ValueError: ``total`` outside [0, P]; what ``label`` raises (QueryBudgetExceeded, TeacherError).
+      ValueError: ``total`` outside [0, P]; tfkd.errors.WorkdirError: an unusable state; what
+      ``label`` raises (QueryBudgetExceeded, TeacherError).
     """
     if not 0 <= total <= len(pool):
         raise ValueError(f"total={total}: expected at most the pool's {len(pool)} images")
     state = RoundState.load(state_path, len(pool))
+    stored = len(state.chosen)  # Rounds read back: resumed.
+    if recover_answered(state, pool, answered):
+        state.save(state_path)
+    to_buy = new_images(total, len(state.labelled))
+    paid = len(state.chosen)
+    new_quotas = quotas(to_buy, min(to_buy, max(1, config.rounds - paid))) if to_buy else []
     images, targets, records = known_images, known_targets, []
-    for r, quota in enumerate(quotas(total, config.rounds)):
-        resumed = r < len(state.chosen)
-        if not resumed:
-            unlabelled = np.setdiff1d(np.arange(len(pool)), state.labelled)
-            probabilities = None
-            if r > 0 and config.selection == "margin":
-                probabilities = train_proxy(images, targets)(pool[unlabelled])
-            rng = np.random.default_rng([seed, 2020, r])  # Per round: a resume draws the same.
-            state.chosen.append(choose(quota, unlabelled, config, rng, probabilities))
-            state.images.append(pool[state.chosen[-1]])
+    for r in range(paid + len(new_quotas)):
+        if r >= paid:
+            state.append(*_choose_round(pool, state, new_quotas[r - paid], r, config, seed,
+                                        lambda: train_proxy(images, targets)))
             state.save(state_path)  # Before any of the round's images is sent.
         answers = label(state.images[r], r + 1)
         images = np.concatenate([images, state.images[r]])
         targets = np.concatenate([targets, answers])
-        records.append({"round": r + 1, "selection": "random" if r == 0 else config.selection,
+        records.append({"round": r + 1, "selection": state.selections[r],
                         "images": len(state.chosen[r]), "labelled": len(images) - len(known_images),
-                        "resumed": resumed})
-        logging.info("Active round %d/%d: %d images (%s%s)", r + 1, config.rounds,
-                     len(state.chosen[r]), records[-1]["selection"],
-                     ", choice read back" if resumed else "")
+                        "resumed": r < stored})
+        logging.info("Active round %d/%d: %d images (%s%s)", r + 1, paid + len(new_quotas),
+                     len(state.chosen[r]), state.selections[r],
+                     ", choice read back" if r < stored else "")
     n = len(known_images)
     return np.concatenate(state.chosen), images[n:], targets[n:], records
+
+
+def _choose_round(pool: np.ndarray, state: RoundState, quota: int, r: int, config: ActiveConfig,
+                  seed: int, proxy: Callable[[], Callable[[np.ndarray], np.ndarray]]):
+    """Round ``r``'s (pool indices, images, selection): a uniform draw in the first round, else
+    ``config.selection`` scored by ``proxy()`` (trained on what is labelled so far)."""
+    unlabelled = np.setdiff1d(np.arange(len(pool)), state.labelled)
+    selection = "random" if r == 0 else config.selection
+    probabilities = proxy()(pool[unlabelled]) if selection == "margin" else None
+    rng = np.random.default_rng([seed, 2020, r])  # Per round: a resume draws the same.
+    chosen = choose(quota, unlabelled, config, rng, probabilities)
+    return chosen, pool[chosen], selection

@@ -87,6 +87,11 @@ class ShardedTeacher:
         """Images of this worker's shard that its ledger cannot answer."""
         return self.teacher.missing(images[self.shard(len(images))])
 
+    def answered(self, images: np.ndarray) -> np.ndarray:
+        """bool [n] on every worker: which images some worker's ledger answers for its shard."""
+        mine = self.teacher.answered(images[self.shard(len(images))]).astype(np.float32)
+        return self.gather_rows(mine[:, None], len(images))[:, 0] > 0.5
+
     def soft_labels(self, images: np.ndarray, progress: bool = False,
                     stage: str = "predict") -> np.ndarray:
         """Soft labels float32 [n, K] of all ``images``; this worker asks about its shard only."""

@@ -374,6 +374,9 @@ class Teacher(typing.Protocol):
     def missing(self, images: np.ndarray) -> int:
         """How many distinct images :meth:`soft_labels` would send."""
 
+    def answered(self, images: np.ndarray) -> np.ndarray:
+        """bool [n]: which images the ledger answers (sent by no :meth:`soft_labels`)."""
+
 
 class TeacherClient:
     """A served classifier seen as a black-box teacher: the :class:`Teacher` every method asks.
@@ -513,6 +516,14 @@ class TeacherClient:
         :meth:`soft_labels` would send: an image that occurs twice is sent once)."""
         keys = QueryLedger.keys(self.encode(images), self.signature.identity)
         return len({k for k in keys if self.ledger is None or self.ledger.get(k) is None})
+
+    def answered(self, images: np.ndarray) -> np.ndarray:
+        """bool [n]: which of ``images`` float32 [n, H, W, C] the ledger answers (what
+        :meth:`soft_labels` would not send); all False without a ledger."""
+        if self.ledger is None:
+            return np.zeros(len(images), bool)
+        keys = QueryLedger.keys(self.encode(images), self.signature.identity)
+        return np.fromiter((self.ledger.get(k) is not None for k in keys), bool, len(keys))
 
     def _convert(self, keys):
         def convert(idx: np.ndarray, raw: np.ndarray) -> np.ndarray:

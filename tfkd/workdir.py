@@ -101,6 +101,14 @@ def _check_answers(path: str, keys: tuple, targets: str, other_keys: tuple = ())
         teacher.check_soft_labels(f[targets], targets)
 
 
+def _check_rounds(path: str) -> None:
+    """Active querying rounds: readable, and consistent (:meth:`tfkd.active.RoundState.load`)."""
+    from tfkd import active
+
+    _check_readable_npz(path)
+    active.RoundState.load(path)
+
+
 # (glob under the work dir, what it is, checker, the path set aside: the file or its directory).
 ARTIFACTS = [
     ("teacher/*/saved_model.pb", "teacher SavedModel", _check_saved_model, "dir"),
@@ -115,7 +123,7 @@ ARTIFACTS = [
     ("zsdb3kd_samples-*.npz", "ZSDB3KD pseudo-samples",
      lambda p: _check_npz(p, ("x", "labels"), ("done",)), "file"),
     ("impressions-*.npz", "Data Impressions", _check_readable_npz, "file"),
-    ("active_rounds-*.npz", "active querying rounds", _check_readable_npz, "file"),
+    ("active_rounds-*.npz", "active querying rounds", _check_rounds, "file"),
     ("impressions_blackbox-*.npz", "black-box Data Impressions", _check_readable_npz, "file"),
     ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
     ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),

@@ -65,6 +65,15 @@ class StudentAlone(Method):
         return TransferSet.from_parts([("real", ctx.few_shot, one_hot)])
 
 
+def plan_free(ctx: MethodContext) -> bool:
+    """Whether a plan may label the real images (and so make the CVAE pool) without a query: every
+    real image is in the ledger, one worker asks about all of them (several workers would have to
+    agree to ask), and no votes are due (their copies may not be)."""
+    return (ctx.teacher.share(len(ctx.few_shot)) == len(ctx.few_shot)
+            and ctx.teacher.missing(ctx.few_shot) == 0
+            and not (ctx.config.votes.votes > 0 and ctx.teacher.decision_only))
+
+
 class _Synthetic(Method):
     """N real images and a share of the synthetic budget (MixUp, CVAE), all labelled by the teacher.
 
@@ -148,16 +157,12 @@ class _Synthetic(Method):
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         mixed = self.mixup(ctx)
-        if self.active(ctx.config):  # The rounds chosen by an earlier process: what the ledger lacks.
-            labelled = ctx.config.active.labelled_images
-            state = active.RoundState.load(self.state_path(ctx))
-            chosen = np.concatenate(state.images) if state.images else ctx.few_shot[:0]
+        if self.active(ctx.config):
             plan = {"label_real": ctx.teacher.missing(ctx.few_shot),
-                    "label_active": (ctx.teacher.missing(chosen)
-                                     + ctx.teacher.share(labelled - len(chosen)))}
+                    "label_active": self.active_plan(ctx, free=plan_free(ctx))}
             if self.votes(ctx):
-                plan["label_votes"] = ctx.teacher.share(len(ctx.few_shot) + labelled) * \
-                    ctx.config.votes.votes
+                plan["label_votes"] = ctx.teacher.share(
+                    len(ctx.few_shot) + ctx.config.active.labelled_images) * ctx.config.votes.votes
             return plan
         plan = {"label_real": ctx.teacher.missing(ctx.few_shot),
                 "label_mixup": 0 if mixed is None else ctx.teacher.missing(mixed),
@@ -168,6 +173,25 @@ class _Synthetic(Method):
                 ctx.config)[1]
             plan["label_votes"] = ctx.teacher.share(images) * ctx.config.votes.votes
         return plan
+
+    def active_plan(self, ctx: MethodContext, free: bool) -> int:
+        """Queries the active rounds send (:func:`tfkd.active.run_rounds`): the stored rounds'
+        images the ledger lacks, and the images still to buy after every pool image already paid
+        for. The pool is made here when that is free (``free``: the real images' answers, which
+        the CVAE is conditioned on, are all in the ledger, so a rerun counts the ledger's answers
+        of CVAE images too); otherwise only the stored rounds and the MixUp images are looked up."""
+        state = active.RoundState.load(self.state_path(ctx))
+        stored = np.concatenate(state.images) if state.images else ctx.few_shot[:0]
+        if free:
+            pool = np.concatenate([p[1] for p in self.pool(ctx, self.real_labels(ctx))])
+            state = active.RoundState.load(self.state_path(ctx), len(pool))
+            paid = len(state.labelled) + active.recover_answered(state, pool, ctx.teacher.answered)
+        else:
+            mixed = self.mixup(ctx)
+            paid = len(state.labelled) + (0 if mixed is None else int(
+                ctx.teacher.answered(mixed).sum()))
+        return ctx.teacher.missing(stored) + ctx.teacher.share(
+            active.new_images(ctx.config.active.labelled_images, paid))
 
     def queries_per_image(self, config, teacher) -> int:
         """1, or 1 + k with votes from a label-only teacher."""
@@ -190,16 +214,29 @@ class _Synthetic(Method):
             return votes.vote_soft_labels(ctx.teacher.soft_labels, images, answers,
                                           ctx.config.votes, ctx.seed)
 
+    def real_labels(self, ctx: MethodContext) -> np.ndarray:
+        """The teacher's soft labels float32 [N, K] of the N real images, once per run."""
+        return ctx.memo("real_labels", lambda: self.label(ctx, ctx.few_shot, "label_real"))
+
+    def pool(self, ctx: MethodContext, real: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The synthetic images by source, once per run: ``[("mixup", [M, H, W, C]), ("cvae",
+        [C, H, W, C])]`` (a source this method makes none of left out); the CVAE is conditioned
+        on the teacher's top-1 classes of the real images (``real`` soft labels [N, K])."""
+        def make():
+            pool = []
+            mixed = self.mixup(ctx)
+            if mixed is not None:
+                pool.append(("mixup", mixed))
+            cvae_config = self.configs(ctx.config)[1]
+            if cvae_config.num_images > 0:
+                pool.append(("cvae", self.cvae_images(ctx, real.argmax(axis=1), cvae_config)))
+            return pool
+        return ctx.memo("pool", make)
+
     def build(self, ctx: MethodContext) -> TransferSet:
-        real = self.label(ctx, ctx.few_shot, "label_real")
+        real = self.real_labels(ctx)
         parts = [("real", ctx.few_shot, real)]
-        pool = []
-        mixed = self.mixup(ctx)
-        if mixed is not None:
-            pool.append(("mixup", mixed))
-        cvae_config = self.configs(ctx.config)[1]
-        if cvae_config.num_images > 0:
-            pool.append(("cvae", self.cvae_images(ctx, real.argmax(axis=1), cvae_config)))
+        pool = self.pool(ctx, real)
         if self.active(ctx.config):
             return TransferSet.from_parts(parts + self.chosen_parts(ctx, real, pool))
         for name, images in pool:
@@ -217,7 +254,7 @@ class _Synthetic(Method):
         chosen, chosen_images, answers, records = active.run_rounds(
             images, ctx.few_shot, real, ctx.config.active.labelled_images, ctx.config.active,
             state, ctx.seed, label=lambda x, r: self.label(ctx, x, "label_active"),
-            train_proxy=lambda x, y: self.proxy(ctx, x, y))
+            train_proxy=lambda x, y: self.proxy(ctx, x, y), answered=ctx.teacher.answered)
         ctx.findings["active_rounds"] = records
         parts = [(name, chosen_images[source[chosen] == i], answers[source[chosen] == i])
                  for i, (name, _) in enumerate(pool)]
@@ -240,8 +277,10 @@ class _Synthetic(Method):
         return self.proxy(ctx, images, targets, config, "active_assistant")
 
     def state_path(self, ctx: MethodContext) -> str:
-        """Where the active rounds' choices are persisted (:class:`tfkd.active.RoundState`)."""
-        return ctx.artifacts.path("active_rounds", ".npz", self.name, self.fingerprint(ctx.config))
+        """Where the active rounds' choices are persisted (:class:`tfkd.active.RoundState`): keyed
+        by the pool (the method and its MixUp and CVAE settings), not by the active settings, so
+        that every round paid for is used whatever chooses the next (:mod:`tfkd.active`)."""
+        return ctx.artifacts.path("active_rounds", ".npz", self.name, *self.configs(ctx.config))
 
     def proxy(self, ctx: MethodContext, images: np.ndarray, targets: np.ndarray, config=None,
               stage: str = "active_proxy"):
