@@ -9,6 +9,7 @@ more teacher queries, but the query budget of 600 leaves 200"), the damaged stat
 likewise, and a state of more rounds than images trained a proxy for each empty round."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -19,6 +20,7 @@ from tfkd import active
 from tfkd import synthesis
 from tfkd import teacher as teacher_lib
 from tfkd import workdir as workdir_lib
+from tfkd.methods import fsbbt
 
 REAL = 100  # --num_shots: the real images, labelled first (evaluate_teacher off: no test images).
 POOL = 500 + 100  # 500 MixUp + 100 CVAE images: the pool the rounds choose from.
@@ -72,16 +74,32 @@ def test_a_raised_budget_extends_the_earlier_rounds_and_pays_only_the_new_images
     rounds = report.active_rounds
     assert [r["resumed"] for r in rounds[:2]] == [True, True] and not rounds[-1]["resumed"]
     assert sum(r["images"] for r in rounds) == 500
+    # Its own transfer set: the active settings (the 500 images) are in the set's fingerprint.
+    with open(os.path.join(first, "report.json")) as f:
+        earlier = json.load(f)["labelled_set"]
+    assert os.path.basename(report.labelled_set) != os.path.basename(earlier)
 
 
 @pytest.mark.parametrize("change", [{"assistant_epochs": 2}, {"rounds": 3},
                                     {"selection": "random"}])
 def test_a_rerun_with_settings_that_choose_or_cost_nothing_pays_no_query_again(
-        first, server, tmp_path, change):
+        first, server, tmp_path, change, monkeypatch, fashion):
     workdir = _copy(first, tmp_path / "rerun")
+    taught = []
+    assistant = fsbbt._Synthetic.assistant
+
+    def spy(self, ctx, images, targets):
+        taught.append((images, targets, ctx.few_shot))
+        return assistant(self, ctx, images, targets)
+
+    monkeypatch.setattr(fsbbt._Synthetic, "assistant", spy)
     report = _run(workdir, server, 400, **change)
     assert report.teacher_queries_sent == 0
     assert _labelled_by_teacher(report) == 300  # Every paid answer is in the transfer set.
+    # The teacher assistant learns from every teacher-labelled image: the 100 real ones too.
+    ((images, targets, shots),) = taught
+    assert len(images) == len(targets) == REAL + 300
+    assert np.array_equal(images[:REAL], shots)
 
 
 def test_fewer_labelled_images_than_were_paid_for_strands_no_answer(first, server, tmp_path):
