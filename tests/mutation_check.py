@@ -504,6 +504,98 @@ MUTATIONS += [  # Issue 27 (continued): ZSDB3KD's HopSkipJump search and the cla
 ]
 
 
+_I35 = "tests/test_issue35_mutations.py::"
+MUTATIONS += [  # Issue 35: the audit's breakages of the new code that the suite let through.
+    Mutation("assistant_auto_is_students", "active.assistant='auto' resolves to the student's "
+             "architecture, not the dataset's teacher's",
+             (("tfkd/config.py", '                self.active, assistant="" if own else teacher_arch)),',
+               '                self.active, assistant="" if own else student_arch)),'),),
+             (_I35 + "test_the_auto_assistant_is_the_datasets_teacher_architecture_not_the_students",)),
+    Mutation("rest_version_dropped", "the REST client drops teacher.version (the latest version "
+             "answers and is recorded)",
+             (("tfkd/transports.py", "self._model_path(self.config.version if pinned is None else "
+               "pinned,", "self._model_path(None if pinned is None else pinned,"),),
+             (_I35 + "test_the_rest_teacher_asks_the_version_it_is_given_not_the_latest",)),
+    Mutation("rest_503_not_retried", "the REST client no longer retries HTTP 503",
+             (("tfkd/transports.py", "503: grpc.StatusCode.UNAVAILABLE,",
+               "503: grpc.StatusCode.INTERNAL,"),),
+             (_I35 + "test_a_rest_503_is_retried_and_the_call_succeeds",)),
+    Mutation("artifact_key_without_label_only", "artifact names leave out the label-only view (a "
+             "label-only run reuses a soft-label transfer set)",
+             (("tfkd/pipeline.py", "        link.client.signature.identity, link.client.label_only,",
+               "        link.client.signature.identity,"),),
+             (_I35 + "test_a_label_only_run_never_reuses_a_soft_label_transfer_set",)),
+    Mutation("rejected_float32_only", "a failed served-agreement check sets aside the float32 "
+             "export only (float16 and int8 stay servable)",
+             (("tfkd/evaluation.py", "    rejected = [fs.reject_version(d) for d in variant_dirs.values()]",
+               '    rejected = [fs.reject_version(variant_dirs["float32"])]'),),
+             (_I35 + "test_a_failed_served_agreement_check_sets_every_exported_variant_aside",)),
+    Mutation("hsja_warm_start_dropped", "each HopSkipJump push restarts its search instead of "
+             "carrying the previous push's boundary points",
+             (("tfkd/zeroshot.py", "            if across is None:\n                across = "
+               "starting_points(x, labels, rng)", "            if True:\n                across = "
+               "starting_points(x, labels, rng)"),),
+             (_I35 + "test_hopskipjump_pushes_carry_their_boundary_points_and_get_further_for_the_"
+              "same_queries",)),
+    Mutation("jit_compile_not_passed", "StudentConfig.jit_compile never reaches Keras' compile",
+             (("tfkd/training.py",
+               'jit_compile="auto" if config.jit_compile is None else config.jit_compile,',
+               'jit_compile="auto",'),),
+             (_I35 + "test_student_jit_compile_is_what_keras_compiles_with",)),
+    Mutation("method_loss_dropped", "the method's make_loss is not trained with while the report "
+             "still names its loss",
+             (("tfkd/pipeline.py",
+               "strategy=strategy, verbose=config.verbose, callbacks=callbacks, loss=loss,",
+               "strategy=strategy, verbose=config.verbose, callbacks=callbacks,"),),
+             (_I35 + "test_a_plugin_methods_own_loss_is_what_the_student_learns",)),
+    Mutation("kfp_model_name_dropped", "the Kubeflow distil step's config drops teacher_model_name",
+             (("tfkd/kubeflow.py", '{**settings, "teacher.target": teacher, "teacher.model_name": '
+               'teacher_model_name})', '{**settings, "teacher.target": teacher})'),),
+             (_I35 + "test_the_kubeflow_components_reach_the_teacher_by_its_model_name",)),
+    Mutation("kfp_distil_model_name_dropped", "the Kubeflow distil component passes the default "
+             "model name, not teacher_model_name",
+             (("launch/kubeflow.py", "    result = tfkd.distill(kubeflow.distill_config(workdir, "
+               "teacher, teacher_model_name,", "    result = tfkd.distill(kubeflow.distill_config("
+               "workdir, teacher, 'teacher',"),),
+             (_I35 + "test_the_kubeflow_components_reach_the_teacher_by_its_model_name",)),
+    Mutation("kfp_endpoint_model_name_dropped", "the Kubeflow teacher_endpoint component checks the "
+             "default model name, not teacher_model_name",
+             (("launch/kubeflow.py", "    found = kubeflow.check_teacher(teacher, teacher_model_name, "
+               "**{", "    found = kubeflow.check_teacher(teacher, **{"),),
+             (_I35 + "test_the_kubeflow_components_reach_the_teacher_by_its_model_name",)),
+]
+
+_BUDGET = "tests/test_active_budget.py"
+MUTATIONS += [  # Issue 35, finding 2: active querying uses every answer paid for.
+    Mutation("proxy_on_real_images_only", "each active round's proxy learns from the real images "
+             "only, never from the earlier rounds' answers",
+             (("tfkd/active.py", "lambda: train_proxy(images, targets)",
+               "lambda: train_proxy(known_images, known_targets)"),),
+             (f"{_BUDGET}::test_the_proxy_learns_from_every_earlier_round_and_the_real_images",)),
+    Mutation("assistant_without_real_images", "the teacher assistant trains without the N real "
+             "images", (("tfkd/methods/fsbbt.py",
+                         "labels = self.assistant(ctx, known, np.concatenate([real, answers]))",
+                         "labels = self.assistant(ctx, chosen_images, answers)"),),
+             (f"{_BUDGET}::test_a_rerun_with_settings_that_choose_or_cost_nothing_pays_no_query_again",)),
+    Mutation("active_settings_not_in_fingerprint", "the active settings dropped from the transfer "
+             "set's fingerprint (a budgeted and an unbudgeted run share one transfer set)",
+             (("tfkd/methods/fsbbt.py", "*((config.active,) if self.active(config) else ())",
+               "*()"),),
+             (f"{_BUDGET}::test_a_raised_budget_extends_the_earlier_rounds_and_pays_only_the_new_images",)),
+    Mutation("plan_counts_ledger_answers", "the budget pre-check counts the stored rounds' ledger "
+             "answers as new (a rerun of a run that spent its budget is refused)",
+             (("tfkd/active.py", "    to_buy = new_images(total, len(state.labelled))",
+               "    to_buy = total"),
+              ("tfkd/methods/fsbbt.py", "        return ctx.teacher.missing(stored) + ctx.teacher.share(",
+               "        return len(stored) + ctx.teacher.share(")),
+             (f"{_BUDGET}::test_a_rerun_with_settings_that_choose_or_cost_nothing_pays_no_query_again",)),
+    Mutation("ledger_pool_answers_ignored", "pool images the ledger answers outside the stored rounds "
+             "are bought again (a damaged state's recompute)",
+             (("tfkd/active.py", "    if answered is None:\n        return 0",
+               "    if True:\n        return 0"),),
+             (f"{_BUDGET}::test_a_damaged_rounds_state_is_recovered_from_the_ledger_with_no_query",)),
+]
+
 def tracked_copy(destination: str) -> None:
     files = subprocess.run(["git", "-C", REPO, "ls-files", "-co", "--exclude-standard"],
                            capture_output=True, text=True, check=True).stdout.split()
