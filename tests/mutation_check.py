@@ -128,13 +128,14 @@ MUTATIONS = [
     # Issue 28.
     Mutation("active_choice_not_read_back", "a resumed run chooses its rounds again instead of "
              "reading the persisted choice",
-             (("tfkd/active.py", "        resumed = r < len(state.chosen)\n",
-               "        resumed = False\n        del state.chosen[r:], state.images[r:]\n"),),
+             (("tfkd/active.py", "    stored = len(state.chosen)  # Rounds read back: resumed.\n",
+               "    stored = len(state.chosen)  # Rounds read back: resumed.\n"
+               "    del state.chosen[:], state.images[:], state.selections[:]\n"),),
              ("tests/test_active.py::test_killed_active_run_resumes_and_pays_no_answered_query_again",)),
     Mutation("active_plan_counts_answered", "the plan counts every chosen image again, answered "
              "or not",
-             (("tfkd/methods/fsbbt.py", '"label_active": (ctx.teacher.missing(chosen)',
-               '"label_active": (len(chosen)'),),
+             (("tfkd/methods/fsbbt.py", "        return ctx.teacher.missing(stored) + ctx.teacher.share(",
+               "        return len(stored) + ctx.teacher.share("),),
              ("tests/test_active.py::test_killed_active_run_resumes_and_pays_no_answered_query_again",)),
     Mutation("active_margin_inverted", "the rounds ask about the images the proxy is surest of",
              (("tfkd/active.py", "picked = balanced_lowest(margins(probabilities),",
@@ -452,9 +453,9 @@ MUTATIONS += [  # One library, one truth (issue 26).
     Mutation("vote_reads_true_class", "the few shots' votes include their true class",
              (("tfkd/pipeline.py", "few_shot_labels=labels if method.reads_true_labels else None",
                "few_shot_labels=labels"),
-              ("tfkd/methods/fsbbt.py", 'real = self.label(ctx, ctx.few_shot, "label_real")',
-               'real = 0.5 * self.label(ctx, ctx.few_shot, "label_real") + 0.5 * np.eye('
-               'ctx.num_classes, dtype=np.float32)[ctx.few_shot_labels]')),
+              ("tfkd/methods/fsbbt.py", 'lambda: self.label(ctx, ctx.few_shot, "label_real"))',
+               'lambda: 0.5 * self.label(ctx, ctx.few_shot, "label_real") + 0.5 * np.eye('
+               'ctx.num_classes, dtype=np.float32)[ctx.few_shot_labels])')),
              ("tests/test_label_only_soft_labels.py::test_votes_are_the_teachers_answers_over_noisy_copies_and_never_read_the_true_class",)),
     Mutation("db3kd_soft_label_reads_true_class", "DB3KD puts the true class into the soft label, as "
              "the reference code does",

@@ -10,8 +10,12 @@ evaluation of exported students use. It speaks ``PredictionService.GetModelMetad
   float32 or uint8 input with a scale (the value that pixel intensity 1.0 maps to), images with or
   without a channel axis.
 * Requests stay under gRPC's 4 MB default, several are in flight at once, each has a deadline;
-  UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried with exponential backoff and
-  full jitter, other errors stop with the server's message (:class:`ServingClientError`).
+  answers are capped at :data:`MAX_ANSWER_BYTES`; UNAVAILABLE, DEADLINE_EXCEEDED and
+  RESOURCE_EXHAUSTED are retried with exponential backoff and full jitter, other errors stop with
+  the server's message (:class:`ServingClientError`).
+* The version the server resolves at connect (``signature.version``) is pinned in every later
+  request and checked in every answer: a version deployed under a run, or the pinned one taken
+  away, stops the run with one line instead of mixing two models' answers under one identity.
 * TLS channels and per-call metadata (an ``authorization`` header read from a file or an
   environment variable, never printed or logged).
 
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
+import numbers
 import os
 import random
 import threading
@@ -41,6 +47,12 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tfkd import errors
 
 GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""The largest answer taken, in bytes: the gRPC channel's receive limit, and a REST answer's body
+(:class:`tfkd.transports.RestClient`)."""
+REQUEST_OVERHEAD_BYTES = 64 * 1024
+"""Bytes of a request kept for what is not the images (the envelope: model spec, keys, shape);
+``max_request_bytes`` must exceed it."""
 SPLIT_FLOOR = 1024
 """A labelling call is split over the requests in flight down to this many images a request, not
 below (smaller requests pay more for the transport than concurrency gives back)."""
@@ -50,6 +62,7 @@ RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 
 
 ServingClientError = errors.ServingClientError
+ConfigError = errors.ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +95,11 @@ class ServingConfig:
       input_key, input_dtype ("float32" | "uint8"), input_scale (the value pixel intensity 1.0 maps to:
         1 or 255): default from the metadata (scale 255 for uint8, else 1).
       output_key: default ``probabilities`` if present, else the only output.
-      timeout_s: per-request deadline, seconds; connect_timeout_s: how long to wait for the server.
+      timeout_s: per-request deadline, seconds (> 0: the whole exchange, each attempt);
+        connect_timeout_s: how long to wait for the server, seconds (> 0).
       max_in_flight: Predict requests in flight at once.
-      max_request_bytes: requests are split to stay under this many bytes.
+      max_request_bytes: requests are split to stay under this many bytes (an integer above
+        :data:`REQUEST_OVERHEAD_BYTES`).
       retry: the :class:`RetryPolicy` for UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED.
       tls_ca_file, tls_cert_file, tls_key_file, tls_server_name: a TLS channel (CA bundle, optional
         client certificate and key, optional name override) instead of an insecure one.
@@ -116,23 +131,38 @@ class ServingConfig:
     auth_scheme: str = "Bearer"
 
     def validate(self, require_target: bool = True) -> None:
-        """Raises ValueError naming the first contradictory or out-of-range field (an empty
-        ``target`` passes when not ``require_target``)."""
+        """Raises :class:`tfkd.errors.ConfigError` (a ValueError) naming the first contradictory
+        or out-of-range field (an empty ``target`` passes when not ``require_target``)."""
         if self.target or require_target:
             check_target(self.target)
         if self.version is not None and self.version_label:
-            raise ValueError(f"version={self.version} and version_label={self.version_label!r}: "
-                             "give one")
+            raise ConfigError(f"version={self.version} and version_label={self.version_label!r}: "
+                              "give one")
         if self.input_dtype is not None and self.input_dtype not in INPUT_DTYPES:
-            raise ValueError(f"input_dtype={self.input_dtype!r}: expected one of {INPUT_DTYPES}")
+            raise ConfigError(f"input_dtype={self.input_dtype!r}: expected one of {INPUT_DTYPES}")
         if self.input_scale is not None and self.input_scale <= 0:
-            raise ValueError(f"input_scale={self.input_scale}: expected > 0 (1 or 255)")
+            raise ConfigError(f"input_scale={self.input_scale}: expected > 0 (1 or 255)")
         if self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight={self.max_in_flight}: expected >= 1")
+            raise ConfigError(f"max_in_flight={self.max_in_flight}: expected >= 1")
+        self._validate_limits()
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("tls_cert_file and tls_key_file: give both or neither")
+            raise ConfigError("tls_cert_file and tls_key_file: give both or neither")
         if self.auth_token_file and self.auth_token_env:
-            raise ValueError("auth_token_file and auth_token_env: give one, not both")
+            raise ConfigError("auth_token_file and auth_token_env: give one, not both")
+
+    def _validate_limits(self) -> None:
+        """The deadlines (finite seconds > 0: a deadline of 0 fails every request, and each
+        failure is a retry charged) and the request size (above the envelope's bytes)."""
+        for name in ("timeout_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                    or not 0 < value < math.inf):
+                raise ConfigError(f"{name}={value!r}: expected a finite number of seconds > 0")
+        value = self.max_request_bytes
+        if not isinstance(value, numbers.Integral) or value <= REQUEST_OVERHEAD_BYTES:
+            raise ConfigError(f"max_request_bytes={value!r}: expected an integer > "
+                              f"{REQUEST_OVERHEAD_BYTES} (the bytes a request's envelope takes "
+                              "beside the images)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +170,8 @@ class ServingSignature:
     """A served signature as read (metadata plus overrides).
 
     Attributes:
-      model_name, version, signature_name: the servable answering (version as resolved by the server).
+      model_name, version, signature_name: the servable answering (version as resolved by the server
+        at connect, and pinned in every later request).
       input_key; input_dtype: numpy dtype; input_shape: with -1 for unknown dimensions, batch first
         (rank 4: NHWC; rank 3: no channel axis; () if the metadata does not say); input_scale: the
         value of pixel intensity 1.0.
@@ -175,8 +206,8 @@ def check_target(target: str) -> str:
     ``http(s)://host[:port][/path prefix]``. Returns it unchanged.
 
     Raises:
-      ValueError: naming the address and what is expected (so that a typo fails at once instead
-        of waiting for the connection deadline).
+      tfkd.errors.ConfigError (a ValueError): naming the address and what is expected (so that
+        a typo fails at once instead of waiting for the connection deadline).
     """
     if target.startswith("unix:") and len(target) > 5:
         return target
@@ -186,17 +217,19 @@ def check_target(target: str) -> str:
             url = urllib.parse.urlsplit(target)
             port = url.port
         except ValueError as e:
-            raise ValueError(f"target={target!r}: expected http(s)://host[:port] ({e})") from None
+            raise ConfigError(f"target={target!r}: expected http(s)://host[:port] "
+                              f"({e})") from None
         if not url.hostname or (port is not None and not 1 <= port <= 65535) or url.query:
-            raise ValueError(f"target={target!r}: expected http(s)://host[:port][/path prefix]")
+            raise ConfigError(f"target={target!r}: expected "
+                              "http(s)://host[:port][/path prefix]")
         return target
     if "://" in target:
-        raise ValueError(f"target={target!r}: expected host:port (gRPC) or http(s)://host:port "
-                         "(REST)")
+        raise ConfigError(f"target={target!r}: expected host:port (gRPC) or "
+                          "http(s)://host:port (REST)")
     host, _, port = (target or "").rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"target={target!r}: expected host:port with a port in 1..65535, or "
-                         "http(s)://host:port for a REST API")
+        raise ConfigError(f"target={target!r}: expected host:port with a port in 1..65535, "
+                          "or http(s)://host:port for a REST API")
     return target
 
 
@@ -312,7 +345,7 @@ def _shape(info) -> tuple:
 
 
 def _open_channel(config: ServingConfig) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    options = [("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
     if not (config.tls_ca_file or config.tls_cert_file or config.tls_key_file):
         return grpc.insecure_channel(config.target, options=options)
     credentials = grpc.ssl_channel_credentials(
@@ -331,6 +364,11 @@ class ServingClient:
       config: the :class:`ServingConfig`.
       role: how the model is named in messages ("teacher", "student", "model").
 
+    The version the server resolves at connect (:attr:`ServingSignature.version`) is pinned: every
+    later request names it, and an answer from another version, or NOT_FOUND once it is no longer
+    served (a new version deployed under the run), stops the call with one line
+    (:class:`ServingClientError`, not retried) rather than mixing two models' answers.
+
     Raises:
       ServingClientError: the server is unreachable within ``connect_timeout_s`` (the message names
         the address); it answered an error (``code`` set: NOT_FOUND for an unknown model, ...); or
@@ -348,6 +386,7 @@ class ServingClient:
         self.retries = 0  # Attempts after a retryable error.
         self._counter_lock = threading.Lock()
         self._rng = random.Random()
+        self._pinned_version: int | None = None  # Set once the server has resolved it.
         self._token = _read_secret(config.auth_token_file, config.auth_token_env)
         self._call_metadata = (((config.auth_header.lower(),
                                  f"{config.auth_scheme} {self._token}".strip()),)
@@ -386,10 +425,14 @@ class ServingClient:
         return f"ServingClient({self.config.target!r}, {self.config.model_name!r})"
 
     def _model_spec(self, spec, with_signature: bool = True) -> None:
+        """Fills a ModelSpec: the name, the signature, and the version resolved at connect, else
+        (while connecting) the configured version or label (none: the server's latest)."""
         spec.name = self.config.model_name
         if with_signature:
             spec.signature_name = self.config.signature_name
-        if self.config.version is not None:
+        if self._pinned_version is not None:
+            spec.version.value = self._pinned_version
+        elif self.config.version is not None:
             spec.version.value = self.config.version
         elif self.config.version_label:
             spec.version_label = self.config.version_label
@@ -431,6 +474,37 @@ class ServingClient:
         attempt(False)
         return self._call(method, request, what, before_retry=lambda: attempt(True))
 
+    def _pinned_call(self, method, request, what: str, n: int, on_attempt=None):
+        """:meth:`_counted_call` of a request that names the pinned version: NOT_FOUND then means
+        the version is no longer served, and says so (with the version served now)."""
+        try:
+            return self._counted_call(method, request, what, n, on_attempt)
+        except ServingClientError as e:
+            if e.code != grpc.StatusCode.NOT_FOUND or self._pinned_version is None:
+                raise
+            served = self._served_version()
+            now = (f"version {served} was deployed under the run? rerun to label with it"
+                   if served not in (None, self._pinned_version) else
+                   "the server names no other version now; rerun once it serves one")
+            raise ServingClientError(
+                f"{self.role} {self.config.model_name!r} version {self._pinned_version} is no "
+                f"longer served at {self.config.target} ({what}: NOT_FOUND); {now}",
+                grpc.StatusCode.NOT_FOUND) from None
+
+    def _served_version(self) -> int | None:
+        """The version the server resolves now for the configured label, else its latest (one
+        metadata request, not retried), or None when it cannot say."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = self.config.model_name
+        if self.config.version_label:
+            request.model_spec.version_label = self.config.version_label
+        try:
+            response = self._stub.GetModelMetadata(request, timeout=self.config.timeout_s,
+                                                   metadata=self._call_metadata)
+        except grpc.RpcError:
+            return None
+        return int(response.model_spec.version.value) or None
+
     def _signature_def(self):
         """(the SignatureDef asked for, the version the server resolved)."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -465,6 +539,7 @@ class ServingClient:
 
     def _read_signature(self) -> ServingSignature:
         signature, version = self._signature_def()
+        self._pinned_version = version or None  # 0: the server does not say; nothing to pin.
         config = self.config
         input_key = self._pick(signature.inputs, config.input_key, "input")
         output_key = self._pick(signature.outputs, config.output_key, "output", "probabilities")
@@ -508,7 +583,7 @@ class ServingClient:
         """Images per Predict request so that the request stays under ``max_request_bytes``."""
         per_image = int(np.prod([d for d in self.signature.input_shape[1:] if d > 0] or [1]))
         per_image *= np.dtype(self.signature.input_dtype).itemsize
-        return max(1, (self.config.max_request_bytes - 64 * 1024) // per_image)
+        return max(1, (self.config.max_request_bytes - REQUEST_OVERHEAD_BYTES) // per_image)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """float32 [n, H, W, C] in [0, 1] -> the signature's input (dtype, scale, layout).
@@ -548,14 +623,24 @@ class ServingClient:
           the raw output array of ``output_key``.
 
         Raises:
-          ServingClientError: the server's error, or an answer without the output.
+          ServingClientError: the server's error; an answer without the output; an answer from
+            another version than the pinned one (FAILED_PRECONDITION) or the pinned version no
+            longer served (NOT_FOUND), neither retried.
         """
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec)
         request.inputs[self.signature.input_key].CopyFrom(tf.make_tensor_proto(encoded))
         request.output_filter.append(self.signature.output_key)
-        response = self._counted_call(self._stub.Predict, request, "Predict", len(encoded),
-                                      on_attempt)
+        response = self._pinned_call(self._stub.Predict, request, "Predict", len(encoded),
+                                     on_attempt)
+        answered = (response.model_spec.version.value
+                    if response.model_spec.HasField("version") else None)
+        if None not in (answered, self._pinned_version) and answered != self._pinned_version:
+            raise ServingClientError(
+                f"{self.role} {self.config.model_name!r} at {self.config.target}: answered by "
+                f"version {answered}, but this run labels with version {self._pinned_version} "
+                f"(resolved at connect); was version {answered} deployed under the run? rerun "
+                "to label with it", grpc.StatusCode.FAILED_PRECONDITION)
         if self.signature.output_key not in response.outputs:
             raise ServingClientError(f"{self.name}: the answer has no output "
                                      f"{self.signature.output_key!r}")

@@ -36,6 +36,13 @@ from tfkd import fs
 from tfkd import transports
 
 OUTPUT_KINDS = ("probabilities", "logits", "classes")
+SUM_TOLERANCE = 1e-3
+"""How far a row of float probabilities may sum from 1 (float rounding)."""
+QUANTIZATION_STEP = 1 / 256
+"""The step of an 8-bit probability output (TFLite's int8 and uint8 softmax, tfkd's int8 student:
+scale 1/256). Answers all on this grid may sum as far as K steps from 1, at most
+:data:`MAX_QUANTIZED_SUM_TOLERANCE` (each of K values is off by up to a step)."""
+MAX_QUANTIZED_SUM_TOLERANCE = 0.5
 
 TeacherError = errors.TeacherError
 QueryBudgetExceeded = errors.QueryBudgetExceeded
@@ -67,17 +74,19 @@ class TeacherConfig(client_lib.ServingConfig):
     query_budget: int | None = None
 
     def validate(self, require_target: bool = True) -> None:
-        """Raises ValueError naming the first contradictory or out-of-range field (an empty
-        ``target`` passes when not ``require_target``)."""
+        """Raises :class:`tfkd.errors.ConfigError` (a ValueError) naming the first contradictory
+        or out-of-range field (an empty ``target`` passes when not ``require_target``)."""
         super().validate(require_target)
         if self.output_kind is not None and self.output_kind not in OUTPUT_KINDS:
-            raise ValueError(f"output_kind={self.output_kind!r}: expected one of {OUTPUT_KINDS}")
+            raise errors.ConfigError(f"output_kind={self.output_kind!r}: expected one of "
+                                     f"{OUTPUT_KINDS}")
         if self.query_budget is not None and self.query_budget < 0:
-            raise ValueError(f"query_budget={self.query_budget}: expected >= 0")
+            raise errors.ConfigError(f"query_budget={self.query_budget}: expected >= 0")
         if self.class_map is not None and len(set(self.class_map)) != len(self.class_map):
-            raise ValueError(f"class_map={','.join(map(str, self.class_map))}: expected a distinct "
-                             "data class for each teacher class (two teacher classes sent to one "
-                             "data class would make their answers indistinguishable)")
+            raise errors.ConfigError(f"class_map={','.join(map(str, self.class_map))}: expected "
+                                     "a distinct data class for each teacher class (two teacher "
+                                     "classes sent to one data class would make their answers "
+                                     "indistinguishable)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,14 +116,17 @@ def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
     """Turns a teacher answer into soft labels, checking the contract.
 
     Args:
-      raw: probabilities float [b, K] (rows sum to 1), logits float [b, K], or class ids int [b]
-        (or [b, 1]).
+      raw: probabilities float [b, K] (values >= -1e-6, rows summing to 1 within
+        :data:`SUM_TOLERANCE`; an 8-bit output, every value a multiple of
+        :data:`QUANTIZATION_STEP`, within K steps, at most :data:`MAX_QUANTIZED_SUM_TOLERANCE`),
+        logits float [b, K], or class ids int [b] (or [b, 1]).
       output_kind: one of ``OUTPUT_KINDS``.
       num_classes: K; required for class ids.
       teacher, output_key: named in error messages.
 
     Returns:
-      float32 [b, K] rows summing to 1 (softmax of logits; one-hot of class ids).
+      float32 [b, K] rows summing to 1 (probabilities renormalised; softmax of logits; one-hot of
+      class ids).
 
     Raises:
       TeacherError: wrong shape, non-finite values, probabilities off the simplex, or a class id out
@@ -147,12 +159,23 @@ def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
     if output_kind == "logits":
         return tf.nn.softmax(raw, axis=-1).numpy()
     sums = raw.sum(axis=1)
-    if raw.size and (raw.min() < -1e-6 or np.max(np.abs(sums - 1.0)) > 1e-3):
+    tolerance = _sum_tolerance(raw)
+    if raw.size and (raw.min() < -1e-6 or np.max(np.abs(sums - 1.0)) > tolerance):
         raise TeacherError(f"{where}: not probabilities (min {raw.min():.4g}, row sums in "
-                           f"[{sums.min():.4g}, {sums.max():.4g}]); are they logits? "
-                           "(teacher.output_kind=logits)")
+                           f"[{sums.min():.4g}, {sums.max():.4g}], expected 1 within "
+                           f"{tolerance:.3g}); are they logits? (teacher.output_kind=logits)")
     clipped = np.clip(raw, 0.0, 1.0)
     return clipped / clipped.sum(axis=1, keepdims=True)
+
+
+def _sum_tolerance(raw: np.ndarray) -> float:
+    """How far rows of ``raw`` float32 [b, K] may sum from 1: :data:`SUM_TOLERANCE`, or when every
+    value is on an 8-bit output's grid (a multiple of :data:`QUANTIZATION_STEP`, as an int8
+    teacher answers), K steps, at most :data:`MAX_QUANTIZED_SUM_TOLERANCE`."""
+    steps = raw.astype(np.float64) / QUANTIZATION_STEP  # Exact: the step is a power of 2.
+    if np.all(steps == np.round(steps)):
+        return min(MAX_QUANTIZED_SUM_TOLERANCE, raw.shape[1] * QUANTIZATION_STEP)
+    return SUM_TOLERANCE
 
 
 class QueryAccount:
