@@ -1,7 +1,11 @@
-r"""Deploys a student SavedModel as the next version of a base path that a running server watches.
+r"""Deploys a student version (a SavedModel, or the int8 LiteRT ``model.tflite``) as the next
+version of a base path that a running server watches.
 
 TF Serving (and tfkd's launch/serve.py) poll the base path and load the new version without a
-restart; the copy is renamed into place, so the server never sees half a model.
+restart; the copy is renamed into place, so the server never sees half a model. The version is
+loaded first, as a server would load it (a SavedModel with its warmup requests, a LiteRT model
+test-run); a damaged one, an export the served-agreement check set aside (``<n>.rejected``), or a
+base path inside the version itself is refused with one line and nothing is copied.
 
   python launch/deploy.py --export_dir=/tmp/tfkd_fsbbt/export/student/1 \
       --model_base_path=/srv/models/student
@@ -17,7 +21,9 @@ from absl import flags
 
 from tfkd import export
 
-flags.DEFINE_string("export_dir", None, "The SavedModel version directory to deploy.", required=True)
+flags.DEFINE_string("export_dir", None, "The version directory to deploy: a SavedModel, or an "
+                    "int8 LiteRT version (model.tflite). Loaded first; a broken one is refused.",
+                    required=True)
 flags.DEFINE_string("model_base_path", None, "The served base path.", required=True)
 flags.DEFINE_integer("version", None, "Version number; default: one more than the newest there.")
 flags.DEFINE_bool("allow_older_version", False, "Accept a --version below the newest there (a "

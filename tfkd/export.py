@@ -49,6 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkd import errors
 from tfkd import fs
 from tfkd import images as images_lib
 from tfkd import litert
@@ -422,13 +423,22 @@ def saved_model_parameters(path: str) -> int:
                    if name != "_CHECKPOINTABLE_OBJECT_GRAPH"))
 
 
+REJECTED_SUFFIX = ".rejected"
+"""The name ending of an export the served-agreement check set aside (``<version>.rejected``:
+:func:`tfkd.evaluation.check_served_agreement`, :func:`tfkd.fs.reject_version`)."""
+
+
 def deploy_version(version_dir: str, model_base_path: str, version: int | None = None,
                    allow_older: bool = False) -> str:
-    """Copies a SavedModel version into a served base path as its next version, atomically.
+    """Loads a model version as a server would, then copies it into a served base path as its
+    next version, atomically.
 
-    The copy goes to a hidden temporary directory inside ``model_base_path`` and is renamed into
-    place, so a server polling the base path (TF Serving, or :mod:`tfkd.serving`) loads it whole,
-    without a restart.
+    The version is loaded first (:meth:`tfkd.serving.Servable.load`: a SavedModel loaded and its
+    warmup requests replayed, a LiteRT model test-run), so a damaged one is refused here rather
+    than dropped in front of a server. The copy goes to a hidden temporary directory inside
+    ``model_base_path`` and is renamed into place, so a server polling the base path (TF Serving,
+    or :mod:`tfkd.serving`) loads it whole, without a restart. Deploying a version into the base
+    path it sits in (a rollback: the same model as the next version) is allowed.
 
     Args:
       version_dir: a SavedModel directory (holding ``saved_model.pb``), or a LiteRT version
@@ -444,10 +454,23 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
     Raises:
       ValueError: ``version_dir`` is not a SavedModel, ``model_base_path`` is a file, the version
         exists, or it is below the newest without ``allow_older``.
+      tfkd.errors.ConfigError (a ValueError): ``version_dir`` is an export the served-agreement
+        check set aside (``<n>.rejected``), ``model_base_path`` is ``version_dir`` or inside it
+        (the copy would nest), or the version fails to load; nothing is copied.
     """
     if not any(fs.exists(os.path.join(version_dir, f)) for f in fs.LAST_FILES):
         raise ValueError(f"version_dir={version_dir!r}: expected a SavedModel directory "
                          f"(with saved_model.pb) or a LiteRT version (with {litert.FILE})")
+    if os.path.basename(version_dir.rstrip("/")).endswith(REJECTED_SUFFIX):
+        raise errors.ConfigError(
+            f"version_dir={version_dir!r}: an export the served-agreement check set aside (the "
+            "student disagreed with the teacher far more than in training; see report.json's "
+            "student_check); not deployed")
+    if _within(model_base_path, version_dir):
+        raise errors.ConfigError(
+            f"model_base_path={model_base_path!r}: inside the version being deployed "
+            f"({version_dir}), which would nest a copy in it; expected the directory of numeric "
+            "versions a server watches")
     if fs.exists(model_base_path) and not fs.isdir(model_base_path):
         raise ValueError(f"model_base_path={model_base_path!r}: is a file; expected the directory "
                          "of numeric versions a server watches")
@@ -457,5 +480,28 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
                          "which a server serving the latest version keeps serving; omit the "
                          f"version (next: {existing[-1] + 1}) or allow an older one explicitly")
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
+    _check_loads(version_dir, os.path.basename(model_base_path.rstrip("/")), version)
     return _write_version(model_base_path, version,
                           lambda tmp_dir: fs.copy_tree(version_dir, tmp_dir))
+
+
+def _within(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or under it (local paths resolved: relative, ``..``,
+    symbolic links; others compared as written, less trailing slashes)."""
+    if fs.is_local(path) and fs.is_local(directory):
+        path, directory = os.path.realpath(path), os.path.realpath(directory)
+    path, directory = path.rstrip("/"), directory.rstrip("/")
+    return path == directory or path.startswith(directory + "/")
+
+
+def _check_loads(version_dir: str, name: str, version: int) -> None:
+    """Loads ``version_dir`` as tfkd's server would serve it (as ``name`` version ``version``).
+    Raises ConfigError (one line) if it fails."""
+    from tfkd.serving import registry  # tfkd.serving imports this module.
+
+    try:
+        registry.Servable.load(name, version, version_dir)
+    except Exception as e:  # noqa: BLE001 - whatever the load raises, the version is not deployed.
+        reason = " ".join(str(e).split())[:500]
+        raise errors.ConfigError(f"version_dir={version_dir!r}: does not load as a server would "
+                                 f"load it ({type(e).__name__}: {reason}); not deployed") from None

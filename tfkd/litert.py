@@ -86,21 +86,39 @@ def write_int8(serve, calibration: np.ndarray, version_dir: str) -> str:
     return path
 
 
-class LiteRTModel:
-    """A ``model.tflite`` served: its signatures as callables, thread-safe (one interpreter, one
-    call at a time: a LiteRT interpreter is not safe to share between threads).
+class InterpreterError(RuntimeError):
+    """The LiteRT interpreter failed to run a model on inputs its signature accepts: the model is
+    at fault (a damaged ``model.tflite``), not the inputs.
 
     Attributes:
+      reason: the interpreter's message, on one line (without the model's path).
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class LiteRTModel:
+    """A ``model.tflite`` served: its signatures as callables, thread-safe (one interpreter, one
+    call at a time: a LiteRT interpreter is not safe to share between threads). Every signature is
+    test-run once when the model is loaded (:meth:`check`).
+
+    Attributes:
+      path: the file.
       signatures: signature key -> ``fn(**inputs)`` -> dict of output name -> ``tf.Tensor`` (as
-        ``tf.saved_model.load(...).signatures`` gives).
+        ``tf.saved_model.load(...).signatures`` gives). ``fn`` raises TypeError for input names
+        other than the signature's, :class:`InterpreterError` when the interpreter fails.
       details: signature key -> (inputs, outputs): name -> (numpy dtype, shape signature with -1
         for the batch).
 
     Raises:
-      ValueError: the file is not a LiteRT model.
+      ValueError: the file is not a LiteRT model, or it is one that fails its test run (a damaged
+        file TFLite reads but cannot run).
     """
 
     def __init__(self, path: str, num_threads: int | None = None):
+        self.path = path
         content = fs.read_bytes(path)
         with warnings.catch_warnings():  # tf.lite.Interpreter's notice pointing at ai_edge_litert.
             warnings.simplefilter("ignore")
@@ -117,11 +135,39 @@ class LiteRTModel:
                 {name: (d["dtype"], [int(s) for s in d["shape_signature"]])
                  for name, d in part.items()}
                 for part in (runner.get_input_details(), runner.get_output_details()))
-            self.signatures[key] = self._callable(runner)
+            self.signatures[key] = self._callable(runner, sorted(self.details[key][0]))
+        self.check()
 
-    def _callable(self, runner):
+    def check(self) -> None:
+        """Runs every signature once on zeros of its inputs (batch 1, each unknown dimension 1),
+        as a server does before it serves a version: a damaged file that TFLite reads but cannot
+        run (an out-of-range quantization parameter, a wrong tensor index) fails here, not on a
+        client's request.
+
+        Raises:
+          ValueError: one line naming the file, the signature and the interpreter's reason.
+        """
+        for key, (inputs, _) in self.details.items():
+            feeds = {name: np.zeros([abs(s) for s in shape], dtype)  # An unknown (-1) is 1.
+                     for name, (dtype, shape) in inputs.items()}
+            try:
+                self.signatures[key](**feeds)
+            except InterpreterError as e:
+                raise ValueError(f"{self.path}: a damaged LiteRT model: signature {key!r} fails "
+                                 f"its test run on zeros: {e.reason}") from None
+
+    def _callable(self, runner, names: list[str]):
         def call(**inputs):
+            if sorted(inputs) != names:
+                raise TypeError(f"{self.path}: expected the inputs {names}, got {sorted(inputs)}")
+            feeds = {k: np.asarray(v) for k, v in inputs.items()}
             with self._lock:
-                out = runner(**{k: np.asarray(v) for k, v in inputs.items()})
+                try:
+                    out = runner(**feeds)
+                except (RuntimeError, ValueError) as e:
+                    reason = " ".join(str(e).split())
+                    shapes = {k: list(v.shape) for k, v in feeds.items()}
+                    raise InterpreterError(f"{self.path}: the LiteRT interpreter failed on "
+                                           f"{shapes}: {reason}", reason) from None
             return {k: tf.constant(v) for k, v in out.items()}
         return call

@@ -91,15 +91,44 @@ def tensorboard_root(config: DistillConfig) -> str:
     return config.outputs.tensorboard_dir or os.path.join(config.workdir, "tensorboard")
 
 
+MODEL_DIR_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets", "assets.extra",
+                     litert.FILE, "variants", "model_card.json", "model_card.md")
+"""What tfkd writes at a model dir's root: of these, what a run did not write is an earlier
+student's, and is removed (:func:`copy_to_model_dir`)."""
+
+
 def copy_to_model_dir(model_dir: str, variant_dirs: dict[str, str], card: dict[str, str]) -> None:
     """Copies the float32 student (a plain SavedModel at ``model_dir``'s root), its compressed
     variants (``variants/<variant>/``) and its model card into ``model_dir`` (Vertex AI's
-    ``AIP_MODEL_DIR``; any ``tf.io.gfile`` file system)."""
+    ``AIP_MODEL_DIR``; any ``tf.io.gfile`` file system).
+
+    A reused ``model_dir`` keeps no file of an earlier student: once the new files are in place,
+    every file under :data:`MODEL_DIR_ENTRIES` that this copy did not write (a variant this run
+    does not export, a SavedModel file the new student has not) is removed. Other files are
+    left."""
+    written = set()
     for variant, version_dir in variant_dirs.items():
         where = export.FORMATS[variant].model_dir_path
-        fs.copy_tree(version_dir, os.path.join(model_dir, where) if where else model_dir)
+        target = os.path.join(model_dir, where) if where else model_dir
+        fs.copy_tree(version_dir, target)
+        written.update(os.path.join(target, os.path.relpath(p, version_dir))
+                       for p in fs.walk_files(version_dir))
     for path in card.values():
-        fs.write_atomic(os.path.join(model_dir, os.path.basename(path)), fs.read_bytes(path))
+        written.add(fs.write_atomic(os.path.join(model_dir, os.path.basename(path)),
+                                    fs.read_bytes(path)))
+    _remove_unwritten(model_dir, [n for n in fs.listdir(model_dir) if n in MODEL_DIR_ENTRIES],
+                      written)
+
+
+def _remove_unwritten(directory: str, names: list[str], written: set[str]) -> None:
+    """Removes, of the entries ``names`` of ``directory``, the files not in ``written``; an entry
+    with nothing written under it goes whole."""
+    for name in names:
+        path = os.path.join(directory, name)
+        if any(p.startswith(path + "/") for p in written):
+            _remove_unwritten(path, fs.listdir(path), written)
+        elif path not in written:
+            (fs.rmtree if fs.isdir(path) else fs.remove)(path)
 
 
 def write_tensorboard_grids(transfer: methods.TransferSet, log_dir: str) -> None:

@@ -74,7 +74,11 @@ class Servable:
         """A version holding a LiteRT model (``model.tflite``, no SavedModel: tfkd's int8 variant),
         served as TF Serving serves it with ``--prefer_tflite_model``: its signatures' inputs and
         outputs as SignatureDefs; with ``assets/labels.txt`` also a ``classify`` signature
-        (Classify API), which decodes each Example's ``image/encoded`` as the SavedModel's does."""
+        (Classify API), which decodes each Example's ``image/encoded`` as the SavedModel's does.
+
+        The model is test-run at load (:meth:`tfkd.litert.LiteRTModel.check`: a damaged file
+        raises ValueError and the version is not served); an interpreter that fails on a request
+        answers INTERNAL naming the model, the version and the interpreter's reason."""
         import hashlib
 
         model = litert.LiteRTModel(os.path.join(path, litert.FILE))
@@ -87,6 +91,8 @@ class Servable:
             model.signatures[export.CLASSIFY_SIGNATURE_KEY] = _litert_classify(
                 model.signatures[DEFAULT_SIGNATURE], shape, names)
             signature_defs[export.CLASSIFY_SIGNATURE_KEY] = _classify_signature_def(len(names))
+        model.signatures = {key: _internal_on_failure(fn, name, version)
+                            for key, fn in model.signatures.items()}
         digest = hashlib.sha256(fs.read_bytes(os.path.join(path, litert.FILE))).hexdigest()
         return cls(name, version, path, signature_defs, model, fingerprint="sha256:" + digest)
 
@@ -120,6 +126,20 @@ class Servable:
         logging.info("Servable %s version %d: %d warmup requests replayed", self.name,
                      self.version, count)
         return count
+
+
+def _internal_on_failure(fn, name: str, version: int):
+    """A LiteRT signature whose interpreter failures (:class:`tfkd.litert.InterpreterError`: the
+    request matched the signature, so the model is at fault) answer INTERNAL, in one line naming
+    the model, the version and the interpreter's reason (not the server's file path)."""
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except litert.InterpreterError as e:
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               f"{shown_name(name)} version {version}: its LiteRT model "
+                               f"({litert.FILE}) failed to run: {e.reason}") from None
+    return call
 
 
 def _tensor_info(dtype, shape):
@@ -259,7 +279,9 @@ class ModelRegistry:
         """Loads the versions each policy wants and unloads the others, preserving availability as
         TF Serving's default policy does: while a wanted version fails to load, the versions it
         would replace stay served (a damaged new version never takes a healthy model offline).
-        A failed load is logged once and tried again only when its ``saved_model.pb`` changes."""
+        A failed load (an unreadable SavedModel, a failing warmup request, a LiteRT model that
+        fails its test run) is logged once and tried again only when its ``saved_model.pb`` (or
+        ``model.tflite``) changes."""
         with self._lock:
             configs = list(self._configs.values())
         for config in configs:
@@ -280,9 +302,9 @@ class ModelRegistry:
         """Loads one version into ``loaded``; False when it failed (now or, unchanged, before)."""
         path = os.path.join(config.base_path, str(version))
         key = (config.name, version)
+        present = next((f for f in fs.LAST_FILES if os.path.exists(os.path.join(path, f))), None)
+        marker = os.path.join(path, present or "x")
         try:
-            marker = next((os.path.join(path, f) for f in fs.LAST_FILES
-                           if os.path.exists(os.path.join(path, f))), os.path.join(path, "x"))
             stat = os.stat(marker) if fs.is_local(path) else None
             stamp = None if stat is None else (stat.st_size, stat.st_mtime_ns)
         except OSError:
@@ -294,8 +316,8 @@ class ModelRegistry:
         except Exception as e:  # A bad version must not take the server down.
             self._failed[key] = stamp
             logging.error("Failed to load servable %s version %d from %s (not retried until its "
-                          "saved_model.pb changes; the versions it would replace stay served): %s",
-                          config.name, version, path, str(e)[:500])
+                          "%s changes; the versions it would replace stay served): %s",
+                          config.name, version, path, present or "model file", str(e)[:500])
             return False
         self._failed.pop(key, None)
         logging.info("Serving %s version %d from %s", config.name, version, path)
