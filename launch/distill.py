@@ -13,7 +13,6 @@ set) receive the exported student, the student's checkpoints and the TensorBoard
 """
 
 import dataclasses
-import importlib
 import json
 import os
 import re
@@ -270,7 +269,8 @@ flags.DEFINE_enum("lr_schedule", _STUDENT.lr_schedule, list(training.LR_SCHEDULE
 flags.DEFINE_float("weight_decay", _STUDENT.weight_decay, "Student Adam's decoupled weight decay "
                    "(0 disables).")
 flags.DEFINE_float("ema_momentum", _STUDENT.ema_momentum, "Export an exponential moving average of "
-                   "the student's weights with this momentum (0 disables).")
+                   "the student's weights with this momentum, warmed up over the first steps (0 "
+                   "disables; only with --select=final).")
 flags.DEFINE_enum("loss", _STUDENT.loss, list(training.LOSSES), "soft_ce: cross-entropy to the "
                   "teacher's probabilities (FS-BBT); kd: temperature-scaled KD.")
 flags.DEFINE_float("temperature", _STUDENT.temperature, "Temperature for --loss=kd.")
@@ -289,8 +289,9 @@ flags.DEFINE_enum("select", None, list(training.SELECTIONS), "Which student weig
                   "validation split; with none, a held-out slice of the transfer set); never the "
                   f"test split (default: {_method_defaults('select')}).")
 flags.DEFINE_integer("batchnorm_images", _STUDENT.batchnorm_images, "After training, re-estimate "
-                     "the student's BatchNorm statistics over up to this many transfer-set images "
-                     "(0: keep what training's momentum left).")
+                     "the student's BatchNorm statistics over up to this many transfer-set images: "
+                     f"0 (keep what training's momentum left) or at least "
+                     f"{training.BATCHNORM_MIN_IMAGES}.")
 flags.DEFINE_enum("mixed_precision", _STUDENT.mixed_precision, list(training.PRECISIONS),
                   "Student dtype policy: float32, or mixed_float16 (GPUs; with loss scaling) / "
                   "mixed_bfloat16 (TPUs, recent GPUs and CPUs): float32 logits and variables; the "
@@ -484,23 +485,6 @@ def json_flag(name: str) -> dict | None:
     return value
 
 
-def import_plugins() -> None:
-    """Imports each --plugins module (``module:function`` also calls ``function()``), so that the
-    methods it registers can be named by --method.
-
-    Raises:
-      ValueError: a module that cannot be imported or a function it does not have.
-    """
-    for plugin in FLAGS.plugins:
-        name, _, function = plugin.partition(":")
-        try:
-            module = importlib.import_module(name)
-            if function:
-                getattr(module, function)()
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"--plugins={plugin}: {type(e).__name__}: {e}") from None
-
-
 def student_config_from_flags() -> training.StudentConfig:
     return training.StudentConfig(
         architecture=FLAGS.student_model or FLAGS.student_architecture, steps=FLAGS.student_steps,
@@ -540,10 +524,11 @@ SETTING_FLAGS = {
 
 
 def with_flag_names(message: str) -> str:
-    """A library message with each setting it names followed by this command's flag."""
+    """A library message with each setting it names followed by this command's flag (not a
+    ``settings['...']`` key: that one came from --params_override)."""
     for setting, flag in SETTING_FLAGS.items():
-        message = re.sub(rf"(?<![\w.-]){re.escape(setting)}(?![\w.=])", f"{setting} (--{flag})",
-                         message)
+        message = re.sub(rf"(?<![\w.-])(?<!\['){re.escape(setting)}(?![\w.=])",
+                         f"{setting} (--{flag})", message)
     return message
 
 
@@ -553,11 +538,11 @@ def main(argv):
     try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
         strategy = training.make_strategy(FLAGS.strategy,
                                          startup_timeout_s=FLAGS.cluster_startup_timeout)
-        import_plugins()
+        methods.load_plugins(FLAGS.plugins)  # Their methods can then be named by --method.
         config = config_from_flags()
         config.validate()  # Resolves the defaults first; pipeline.run resolves the same way.
-    except ValueError as e:
-        raise app.UsageError(with_flag_names(str(e)))
+    except ValueError as e:  # ConfigError included: one line, before anything is read or sent.
+        sys.exit(f"error: {with_flag_names(str(e))}")
     try:
         report = pipeline.run(config, strategy, flags=flag_values())
     except (errors.TfkdError, ValueError) as e:

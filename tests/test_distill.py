@@ -79,8 +79,9 @@ def test_student_trains_and_resumes(fashion, tmp_path):
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashion, loop):
-    """ema_momentum: the exported weights are the average, so after 20 steps at momentum 0.99 they
-    have moved from the initial weights far less than the trained ones; weight_decay shrinks them."""
+    """ema_momentum: the exported weights are the average (warmed up: training.EMA_WARMUP), so
+    after 20 steps at momentum 0.99 they lag the trained ones: they differ from them and have moved
+    less from the initial weights; weight_decay shrinks them."""
     images = fashion.x_train[:1280]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:1280]]
     plain = dict(epochs=1, mixup_alpha=0, rotation_degrees=0, shift_fraction=0, loop=loop,
@@ -96,7 +97,8 @@ def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashi
         "lenet5_half", images.shape[1:], 10).get_weights()])
     trained, averaged = weights(), weights(ema_momentum=0.99)
     moved, moved_average = np.linalg.norm(trained - initial), np.linalg.norm(averaged - initial)
-    assert moved > 0 and moved_average < 0.5 * moved, (moved, moved_average)
+    assert moved > 0 and moved_average < moved, (moved, moved_average)
+    assert np.linalg.norm(averaged - trained) > 0.05 * moved
     assert np.linalg.norm(weights(weight_decay=20.0)) < 0.9 * np.linalg.norm(trained)
     with pytest.raises(ValueError, match="ema_momentum=1"):
         training.StudentConfig(ema_momentum=1).validate()

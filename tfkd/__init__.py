@@ -54,7 +54,9 @@ def distill(config: DistillConfig | None = None, *, strategy=None, **fields) -> 
 
     Args:
       config: a :class:`DistillConfig`; or give its fields as keywords (``workdir=`` at least),
-        which also override those of ``config``. Settings left unset take the library's defaults
+        which also override those of ``config``, each checked against its field's type
+        (:meth:`DistillConfig.with_settings`: a nested config as an instance or a dict of its
+        fields, applied over the one there). Settings left unset take the library's defaults
         (:meth:`DistillConfig.resolved`: the dataset's and the method's), the same as
         ``tfkd-distill`` with no flag.
       strategy: the ``tf.distribute`` strategy the student trains under; default: mirrored over
@@ -65,15 +67,15 @@ def distill(config: DistillConfig | None = None, *, strategy=None, **fields) -> 
       queries sent by stage, the exported student's directories, stage times in seconds.
 
     Raises:
-      ConfigError: a setting out of range (before anything is read or sent); TeacherError
+      ConfigError: a setting of the wrong type or out of range, no config and no ``workdir``
+        (before anything is read or sent); TeacherError
       (QueryBudgetExceeded included), WorkdirError, and the other :class:`TfkdError` s.
     """
-    import dataclasses
-
     from tfkd import pipeline
 
     if config is None:
-        config = DistillConfig(**fields)
-    elif fields:
-        config = dataclasses.replace(config, **fields)
-    return pipeline.run(config, strategy)
+        if "workdir" not in fields:
+            raise ConfigError("workdir: expected a work dir (distill(workdir=...) or a "
+                              "DistillConfig), got neither")
+        config = DistillConfig(workdir="")  # Replaced by fields["workdir"], checked.
+    return pipeline.run(config.with_settings(fields), strategy)

@@ -4,8 +4,14 @@ the one place its defaults are resolved (:meth:`DistillConfig.resolved`)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+import types
+import typing
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from tfkd import active as active_lib
 from tfkd import boundary
@@ -126,11 +132,16 @@ class DistillConfig:
     def with_settings(self, settings: dict) -> "DistillConfig":
         """This config with ``settings`` applied: ``{"num_shots": 500, "student.epochs": 10,
         "teacher.target": "host:8500"}`` (dotted names reach the nested configs; JSON values:
-        lists become tuples where the field holds one, objects become the nested config). What
-        Kubeflow components and other JSON-driven callers use (Model Garden's ``params_override``).
+        lists become tuples where the field holds one, objects are applied over the nested config,
+        integral floats become ints and ints floats where the field says so). Every value is
+        checked against its field's type annotation (:func:`override`). What ``tfkd.distill``'s
+        keywords, ``--params_override``, Kubeflow components and other JSON-driven callers use
+        (Model Garden's ``params_override``).
 
         Raises:
-          ConfigError: a name that is no field, naming it and the fields there are.
+          ConfigError: one line naming the setting, what was expected and what came: a name that
+            is no field (with the fields there are), an empty or partial name, a value of
+            another type (bool for an int, a str for a list, a non-mapping for a nested config).
         """
         return override(self, settings)
 
@@ -179,16 +190,20 @@ class DistillConfig:
             if own is not None and not isinstance(own, dict):
                 raise errors.ConfigError(f"method_config: expected a {cls.__name__} or a dict of "
                                          f"its fields, got {type(own).__name__}")
-            config = dataclasses.replace(config, method_config=override(cls(), dict(own or {})))
+            config = dataclasses.replace(config, method_config=override(
+                cls(), dict(own or {}), "method_config."))
         return config
 
     def validate(self) -> None:
-        """Checks every setting that can be checked without data, teacher or training (as
-        :meth:`resolved` fills them).
+        """Checks every setting that can be checked without data, teacher or training: first each
+        field's type (:func:`check_types`: nested configs included; bool is not an int, a str
+        is not a tuple), then each value as :meth:`resolved` fills them.
 
         Raises:
-          ValueError: naming the first field out of range and what it accepts.
+          ConfigError (a ValueError): naming the first field of the wrong type or out of range,
+          and what it accepts.
         """
+        check_types(self)
         try:
             self.resolved()._check()
         except errors.ConfigError:
@@ -260,59 +275,189 @@ NUM_VALIDATION = 5000
 
 def override(config, settings: dict, prefix: str = ""):
     """``config`` (a frozen dataclass) with dotted ``settings`` applied (see
-    :meth:`DistillConfig.with_settings`). Raises ConfigError for an unknown name."""
-    import typing
+    :meth:`DistillConfig.with_settings`), every value checked against its field's type annotation
+    (:func:`conform`). A whole nested config (``{"student": {...}}``) applies before the dotted
+    names inside it (``{"student.epochs": 3}``). ``prefix``: the dotted name of ``config`` itself
+    in the messages (``"student."``).
 
-    hints = typing.get_type_hints(type(config))
+    Raises:
+      ConfigError: one line naming the setting (``settings['teacher.query_budget']``), what was
+        expected and what came: a name that is no field (with the fields there are), an empty or
+        partial name (``student.``), a value of another type.
+    """
+    if not isinstance(settings, Mapping):
+        raise errors.ConfigError(f"settings: expected a mapping of setting names to values, got "
+                                 f"{_shown(settings)}")
+    hints = _hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}
     changes, nested = {}, {}
     for key, value in settings.items():
+        if not isinstance(key, str) or not all(key.split(".")):
+            shown = prefix + key if isinstance(key, str) else key
+            raise errors.ConfigError(f"settings[{shown!r}]: expected a dotted setting name such "
+                                     "as 'student.epochs' (a str, no empty part)")
         head, _, rest = key.partition(".")
         if head not in names:
-            raise errors.ConfigError(f"settings[{prefix + key!r}]: no such setting; expected one of "
-                                     f"{sorted(prefix + n for n in names)}")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
+            raise errors.ConfigError(f"settings[{prefix + key!r}]: no such setting; expected one "
+                                     f"of {sorted(prefix + n for n in names)}")
+        if not rest:
+            changes[head] = conform(hints[head], value, prefix + head, getattr(config, head))
+        elif _dataclass_in(hints[head]) is None and hints[head] is not Any:
+            raise errors.ConfigError(f"settings[{prefix + key!r}]: {prefix + head!r} holds a "
+                                     "value, not settings")
         else:
-            changes[head] = _typed(getattr(config, head), hints[head], value, prefix + head)
+            nested.setdefault(head, {})[rest] = value
     for head, inner in nested.items():
-        changes[head] = _typed(getattr(config, head), hints[head], inner, prefix + head)
+        changes[head] = conform(hints[head], inner, prefix + head,
+                                changes.get(head, getattr(config, head)))
     return dataclasses.replace(config, **changes)
+
+
+def check_types(config, prefix: str = "") -> None:
+    """Checks every field of ``config`` (a dataclass, nested ones included) against its type
+    annotation as :func:`conform` does for a setting given by name, except that a nested config
+    must be an instance (a dataclass field holds no mapping).
+
+    Raises:
+      ConfigError: ``name=value: expected <type>, got <type of value>`` for the first field that
+        does not match.
+    """
+    hints = _hints(type(config))
+    for field in dataclasses.fields(config):
+        name, value, hint = prefix + field.name, getattr(config, field.name), hints[field.name]
+        if dataclasses.is_dataclass(value) and (
+                hint is Any or isinstance(value, _dataclass_in(hint) or ())):
+            check_types(value, name + ".")
+            continue
+        try:
+            conform(hint, value, name, mappings=False)
+        except errors.ConfigError:
+            raise errors.ConfigError(f"{name}={_cut(repr(value))}: expected "
+                                     f"{_describe(hint, mappings=False)}, got "
+                                     f"{type(value).__name__}") from None
+
+
+def _hints(cls) -> dict:
+    """A dataclass's field types; ``Any`` (unchecked) for all of a class whose annotations do not
+    resolve (a plug-in's settings naming a type its module imports only for type checkers)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # NameError, TypeError: what typing raises for an annotation it cannot read.
+        return {f.name: Any for f in dataclasses.fields(cls)}
 
 
 def _dataclass_in(hint):
     """The dataclass type in a field's type hint (``ImageSourceConfig | None`` -> the class)."""
-    import typing
-
     for candidate in (hint, *typing.get_args(hint)):
         if dataclasses.is_dataclass(candidate):
             return candidate
     return None
 
 
-def _typed(current, hint, value, name: str):
-    """A JSON value as the field holds it: a tuple for a tuple field, a nested config for an
-    object, else the value."""
-    if isinstance(value, dict):
-        cls = _dataclass_in(hint)
-        if cls is None:
-            raise errors.ConfigError(f"settings[{name!r}]: expected a value, got an object")
-        if current is not None:
-            return override(current, value, f"{name}.")
-        try:
-            return cls(**value)
-        except TypeError as e:
-            raise errors.ConfigError(f"settings[{name!r}]: {e}") from None
-    if isinstance(value, list) and (isinstance(current, tuple) or current is None):
-        return tuple(int(v) if isinstance(v, float) and v.is_integer() and _wants_int(hint)
-                     else v for v in value)
-    if isinstance(value, float) and value.is_integer() and _wants_int(hint):
-        return int(value)  # JSON carriers (KFP's protobuf Struct) turn every number into a float.
-    return value
+def conform(hint, value, name: str, current=None, mappings: bool = True):
+    """``value`` as a field of type ``hint`` (dotted name ``name``, now ``current``) holds it.
+
+    bool is not an int; an int is a float (returned as one); a float with an integral value is an
+    int (JSON carriers such as KFP's protobuf Struct make every number a float); a path object
+    (``os.PathLike``) is a str (its path); a list or tuple
+    (never a str) is a tuple, element by element; None only where the hint allows it; a nested
+    config (a dataclass) is an instance of it or, with ``mappings``, a mapping of its fields
+    applied over ``current`` (with none, over the fields' defaults); ``Any`` takes anything (a
+    mapping over a current config or mapping is applied over it).
+
+    Raises:
+      ConfigError: ``settings['<name>']: expected <type>, got <type> <value>``.
+    """
+    if hint is Any:
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
+            return override(current, value, name + ".")
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            return {**current, **value}
+        return value
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        converted = _as(option, value, name, current, mappings)
+        if converted is not _REFUSED:
+            return converted
+    raise errors.ConfigError(f"settings[{name!r}]: expected {_describe(hint, mappings)}, got "
+                             f"{_shown(value)}")
 
 
-def _wants_int(hint) -> bool:
-    """Whether a field's type hint holds ints (``int``, ``int | None``, ``tuple[int, ...]``)."""
-    import typing
+_REFUSED = object()
 
-    return hint is int or any(_wants_int(a) for a in typing.get_args(hint) if a is not Ellipsis)
+
+def _as(hint, value, name: str, current, mappings: bool):
+    """``value`` as one type of a union (see :func:`conform`), or ``_REFUSED``."""
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        return _nested(hint, value, name, current) if mappings and isinstance(value, Mapping) \
+            else _REFUSED
+    if hint is bool:
+        return value if isinstance(value, bool) else _REFUSED
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return int(value) if _is_int(value) else _REFUSED
+    if hint is float:
+        return float(value) if _is_int(value) or isinstance(value, (float, np.floating)) \
+            else _REFUSED
+    if hint is str:  # A path object is its path (os.fspath), as for every path field.
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        return value if isinstance(value, str) else _REFUSED
+    if (typing.get_origin(hint) or hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _REFUSED
+        inner = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return tuple(value) if not inner else tuple(
+            conform(inner[0], v, f"{name}[{i}]", mappings=mappings) for i, v in enumerate(value))
+    return _REFUSED if hint is type(None) else value  # A hint not known here: as given.
+
+
+def _nested(cls, value: Mapping, name: str, current):
+    """A nested config ``cls`` from a mapping of its fields: over ``current``, or with none built
+    from its required fields first."""
+    if current is not None:
+        return override(current, value, name + ".")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if not set(required) <= set(value):
+        raise errors.ConfigError(f"settings[{name!r}]: expected a mapping of {cls.__name__} fields "
+                                 f"with {', '.join(required)}, got {_shown(dict(value))}")
+    hints = _hints(cls)
+    base = cls(**{r: conform(hints[r], value[r], f"{name}.{r}") for r in required})
+    return override(base, {k: v for k, v in value.items() if k not in required}, name + ".")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_union(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _describe(hint, mappings: bool = True) -> str:
+    """A type hint in words: ``int or None``, ``list of int``, ``a mapping of StudentConfig
+    fields`` (``StudentConfig`` without ``mappings``)."""
+    if _is_union(hint):
+        return " or ".join(_describe(a, mappings) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {hint.__name__} fields" if mappings else hint.__name__
+    if (typing.get_origin(hint) or hint) is tuple:
+        inner = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"list of {_describe(inner[0], mappings)}" if inner else "list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _shown(value) -> str:
+    """What came: its type and (shortened) value."""
+    return f"{type(value).__name__} {_cut(repr(value))}"
+
+
+def _cut(text: str, most: int = 80) -> str:
+    return text if len(text) <= most else text[:most - 3] + "..."

@@ -115,7 +115,8 @@ def check_served_agreement(config: DistillConfig, variant_dirs: dict[str, str], 
     ``tfkd-deploy`` picks them up.
 
     Raises:
-      tfkd.training.StudentError: one line with both figures and the likely causes.
+      tfkd.training.StudentError: one line with both figures and the likely causes
+        (:func:`likely_causes`: BatchNorm statistics named only for a student with BatchNorm).
     """
     trained, served = report.student_training_agreement, report.student_served_agreement
     measurable = (trained is not None and served is not None
@@ -126,16 +127,43 @@ def check_served_agreement(config: DistillConfig, variant_dirs: dict[str, str], 
                             "floor": SERVED_AGREEMENT_FLOOR, "passed": passed}
     if passed is not False:
         return
+    causes = likely_causes(config, variant_dirs["float32"])
     rejected = [fs.reject_version(d) for d in variant_dirs.values()]
     report.student_check["rejected_exports"] = rejected
     report.write(os.path.join(config.workdir, "report.json"))
     raise training.StudentError(
         f"the exported student agrees with the teacher on {served:.1%} of transfer-set images, "
         f"against {trained:.1%} in training (below {SERVED_AGREEMENT_FLOOR:g}x): likely "
-        "BatchNormalization statistics that do not match the trained weights (student."
-        "batchnorm_images=0, or a custom layer that keeps its own), a student whose training and "
-        "inference paths differ, or a broken export; the export was set aside as "
-        f"{', '.join(rejected)}")
+        f"{causes}; the export was set aside as {', '.join(rejected)}")
+
+
+def likely_causes(config: DistillConfig, version_dir: str) -> str:
+    """What may make the exported student (``version_dir``, a SavedModel) answer far from its
+    training, in words: BatchNorm statistics only for a student that has BatchNorm layers
+    (:func:`has_batchnorm`), averaged weights only with ``student.ema_momentum``, then the causes
+    any student may have."""
+    causes = []
+    if has_batchnorm(version_dir):
+        causes.append("BatchNormalization statistics that do not match the trained weights (" + (
+            "student.batchnorm_images=0: not re-estimated" if config.student.batchnorm_images == 0
+            else "a layer that keeps its own") + ")")
+    if config.student.ema_momentum > 0:
+        causes.append(f"averaged weights (student.ema_momentum={config.student.ema_momentum:g}) "
+                      "far from the trained ones")
+    causes.append("a student whose training and inference paths differ (dropout, a layer that "
+                  "acts on training=True)")
+    return ", ".join(causes) + ", or a broken export"
+
+
+def has_batchnorm(version_dir: str) -> bool:
+    """Whether a SavedModel holds BatchNormalization moving statistics (variables named
+    ``moving_mean`` or ``moving_variance``, as Keras' BatchNormalization names them); False for
+    one without variables (a LiteRT version)."""
+    index = os.path.join(version_dir, "variables", "variables.index")
+    if not fs.exists(index):
+        return False
+    names = [name for name, _ in tf.train.list_variables(index[:-len(".index")])]
+    return any(part in ("moving_mean", "moving_variance") for n in names for part in n.split("/"))
 
 
 def cpu_latency_ms(version_dir: str, images: np.ndarray, batch_sizes=(1, 64),

@@ -316,6 +316,31 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def load_plugins(plugins) -> None:
+    """Imports each plug-in, ``module`` or ``module:function`` (which also calls ``function()``),
+    in order, so that the methods they register can be named (``tfkd-distill --plugins``).
+
+    Raises:
+      tfkd.errors.ConfigError: one line naming the plug-in and what it raised (on import, or
+        from its function; a module that is not there; a function it does not have).
+    """
+    import importlib
+
+    from tfkd import errors
+
+    for plugin in plugins:
+        name, _, function = plugin.partition(":")
+        if not name or (":" in plugin and not function.isidentifier()):
+            raise errors.ConfigError(f"plugin {plugin!r}: expected module or module:function")
+        try:
+            module = importlib.import_module(name)
+            if function:
+                getattr(module, function)()
+        except Exception as e:  # Whatever a plug-in raises, one line naming it.
+            detail = " ".join(str(e).split())
+            raise errors.ConfigError(f"plugin {plugin!r}: {type(e).__name__}: {detail}") from None
+
+
 from tfkd.methods import fsbbt  # noqa: E402,F401  (registers the FS-BBT family)
 
 # isort: split
