@@ -287,7 +287,8 @@ MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, 
              ("tests/test_launcher_flags.py::test_every_distill_flag_reaches_the_config",)),
     Mutation("batchnorm_not_reestimated", "the student's BatchNorm statistics are left as "
              "training's momentum left them",
-             (("tfkd/training.py", "    if config.batchnorm_images:  #", "    if False:  #"),),
+             (("tfkd/training.py", "        if config.batchnorm_images:\n            reestimate_batchnorm(",
+               "        if False:\n            reestimate_batchnorm("),),
              ("tests/test_distill.py::test_a_short_schedule_batchnorm_student_serves_what_it_learned",
               _BN_RUN)),
     Mutation("served_agreement_unchecked", "a run whose exported student disagrees with its "
