@@ -30,6 +30,7 @@ Departures from the reference code: the search runs over all (image, class) pair
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import numpy as np
@@ -38,6 +39,13 @@ from absl import logging
 from tfkd import fs
 
 SEARCHES = ("bd", "mbd")
+# The Sign-OPT refinement's constants (the reference code's, but for the cap on a local search's
+# steps), each spent where it is named and counted by refine_queries.
+_STEP_TRIALS = 15  # Line-search trials per direction of the step (doubling, then quartering).
+_LOCAL_STEPS = 1000  # A local search's 1% grows or shrinks before it gives up.
+_GIVE_UP_DISTANCE = 100.0  # A local search that grows past this gives up (inf).
+_MIN_BETA = 1e-8  # A pair whose smoothing beta falls below this stops.
+_BETA_TOLERANCE = 500  # A local search's bisection tolerance is beta / this.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,19 +393,25 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def _local_search(top1, x, theta, target, start, tolerance, stage) -> tuple[np.ndarray, np.ndarray]:
     """The distance along unit ``theta`` to the first point labelled ``target``, searched near
     ``start`` (the reference's ``fine_grained_binary_search_local_targeted``): grow by 1% until the
-    label is target (given up past 100: inf), or shrink by 1% while it is, then bisect to
-    ``tolerance``. Returns (distances, queries per pair)."""
+    label is target (given up past ``_GIVE_UP_DISTANCE`` or after ``_LOCAL_STEPS`` grows: inf), or
+    shrink by 1% while it is (at most ``_LOCAL_STEPS`` times), then bisect to ``tolerance``.
+    Returns (distances, queries per pair)."""
     queries = np.ones(len(x), np.int64)
     hit = reached(_probe(top1, x, theta, start, stage), target)
     hi, lo = start.copy(), start.copy()
     grow, shrink = np.flatnonzero(~hit), np.flatnonzero(hit)
-    while len(grow):
+    for _ in range(_LOCAL_STEPS):
+        if not len(grow):
+            break
         hi[grow] *= 1.01
         queries[grow] += 1
         done = reached(_probe(top1, x[grow], theta[grow], hi[grow], stage), target[grow])
-        hi[grow[(~done) & (hi[grow] > 100)]] = np.inf
+        hi[grow[(~done) & (hi[grow] > _GIVE_UP_DISTANCE)]] = np.inf
         grow = grow[(~done) & np.isfinite(hi[grow])]
-    while len(shrink):
+    hi[grow] = np.inf  # Still not across after every grow.
+    for _ in range(_LOCAL_STEPS):
+        if not len(shrink):
+            break
         lo[shrink] *= 0.99
         queries[shrink] += 1
         still = reached(_probe(top1, x[shrink], theta[shrink], lo[shrink], stage), target[shrink])
@@ -434,7 +448,7 @@ def _sign_opt_step(top1, x, theta, g, target, state, config, rng, stage):
     grad = _sign_gradient(top1, x, theta, g, target, beta, config.mbd_directions, rng, stage)
     queries += config.mbd_directions
     improved = np.zeros(len(x), bool)
-    for factor, trials in ((2.0, 15), (0.25, 15)):
+    for factor, trials in ((2.0, _STEP_TRIALS), (0.25, _STEP_TRIALS)):
         trying = np.flatnonzero(~improved) if factor < 1 else np.arange(len(x))
         for _ in range(trials):
             if not len(trying):
@@ -443,7 +457,7 @@ def _sign_opt_step(top1, x, theta, g, target, state, config, rng, stage):
                 alpha[trying] *= factor
             new_theta = _unit(theta[trying] - alpha[trying, None] * grad[trying])
             new_g, spent = _local_search(top1, x[trying], new_theta, target[trying], g[trying],
-                                         beta[trying] / 500, stage)
+                                         beta[trying] / _BETA_TOLERANCE, stage)
             queries[trying] += spent
             better = new_g < g[trying]
             theta[trying[better]], g[trying[better]] = new_theta[better], new_g[better]
@@ -490,7 +504,20 @@ def refine_distances(images: np.ndarray, targets: np.ndarray, directions: np.nda
         for k in state:
             state[k][active] = sub[k]
         active = active[(state["queries"][active] < config.mbd_queries)
-                        & (state["beta"][active] >= 1e-8)]
+                        & (state["beta"][active] >= _MIN_BETA)]
     if spent is not None:
         spent += state["queries"]
     return g, theta
+
+
+def refine_queries(config: BoundaryConfig) -> int:
+    """An upper bound on one pair's :func:`refine_distances` queries: ``mbd_queries``, and the
+    last iteration's overshoot (it starts below the budget): ``mbd_directions`` probes and up to
+    2 × ``_STEP_TRIALS`` local searches, each one probe, ``_LOCAL_STEPS`` grows or shrinks and a
+    bisection to beta / ``_BETA_TOLERANCE`` (beta >= ``_MIN_BETA``) of an interval under 1.01 ×
+    ``_GIVE_UP_DISTANCE`` (a shrink's is 1% of its start distance, below that for any start
+    under 10^4)."""
+    interval = 1.01 * _GIVE_UP_DISTANCE
+    bisection = math.ceil(math.log2(interval * _BETA_TOLERANCE / _MIN_BETA)) + 1
+    local = 1 + _LOCAL_STEPS + bisection
+    return config.mbd_queries + config.mbd_directions + 2 * _STEP_TRIALS * local

@@ -11,6 +11,9 @@ real images (:func:`tfkd.boundary.boundary_distances`).
   Noise rarely lands in some classes (on the Fashion-MNIST LeNet-5 teacher, 3 and 4 in 20,000 for
   sneaker and ankle boot): once each class has ``fill_from`` noise samples, the rest of a short class
   is filled with perturbed mixtures of its own samples, kept when the teacher still gives the class.
+  The rounds ask at most ``noise_queries_per_sample`` images per sample wanted (the plan's bound),
+  stop after ``noise_patience`` rounds that add nothing, never seek a class the teacher cannot give
+  (``teacher.class_map``), and refuse a teacher that gives one class with one line.
 * The search for each sample's nearest boundary (any other class), by ``config.search``:
 
   - ``hopskipjump`` (default; HopSkipJumpAttack, Chen, Jordan and Wainwright, IEEE S&P 2020, Alg. 1
@@ -30,8 +33,8 @@ real images (:func:`tfkd.boundary.boundary_distances`).
 
 Departures from the reference code: each sample has its own initial random directions (the reference
 draws one per batch and assumes one label per batch); nothing is reshuffled per minibatch; the
-class fill and the HopSkipJump search are tfkd's (the reference spends about 5,300 queries a push,
-out of reach here: issue 27).
+class fill, the rounds' allowance and patience, and the HopSkipJump search are tfkd's (the reference
+spends about 5,300 queries a push, out of reach here: issue 27).
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Callable
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tfkd import boundary
+from tfkd import errors
 from tfkd import fs
 from tfkd import impressions
 
@@ -52,7 +57,10 @@ SEARCHES = ("hopskipjump", "sign_opt")
 NOISES = ("smooth", "uniform")
 _SMOOTH_SIZES = (3, 4, 5, 7)  # smooth noise: each sample's grid, bilinearly upsampled.
 _STEP_HALVINGS = 20  # HopSkipJump's geometric step: halvings tried before an iteration gives up.
-_PUSH_HALVINGS = 11  # push_away: 0.5 · 2^-11 < 1e-3, where a push gives up.
+_PUSH_MIN_STEP = 1e-3  # push_away: a sample whose step would fall below this stays.
+_SCALE_DRAWS = 50  # sign_opt: scale draws per initial direction before it gives up.
+_MAX_SCALE = 4.0  # sign_opt: an initial direction's draw is N(0, 1)^d times U(0, this).
+_INIT_TOLERANCE = 1e-3  # sign_opt: the initial directions' binary-search tolerance.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +86,21 @@ class ZeroShotConfig:
       probe_resolution: ``hopskipjump``'s probes drawn on a grid of this size per side and channel,
         bilinearly upsampled (the low-frequency subspace of QEBA, Li et al., CVPR 2020); 0: every
         pixel independently (HSJA's own).
-      max_noise_rounds: noise and fill rounds drawn before giving up on a class the teacher rarely
-        gives (each round asks for per_class × K images).
+      max_noise_rounds: noise and fill rounds drawn at most (a noise round asks for per_class × K
+        images, a fill round for twice the short classes' shortfall).
       fill_from: once every class has this many noise samples, short classes are filled with
-        perturbed mixtures of their own samples (0: noise only, the reference's).
+        perturbed mixtures of their own samples; once half of ``noise_queries_per_sample``'s
+        allowance is spent or the rounds stall (``noise_patience``), from any one sample (0: noise
+        only, the reference's).
+      noise_queries_per_sample: the noise and fill rounds ask at most this many images per
+        pseudo-sample wanted (per_class × the classes the teacher can give), rounded up: the
+        stage's whole cost, and :meth:`query_plan`'s bound for it. On the Fashion-MNIST LeNet-5
+        teacher they ask about 2.2 per sample (RESULTS.md, rows ``zsdb3kd_n100k_onehot*`` and
+        ``zsdb3kd_n400k_noaug``); a class still short when it is spent is left short (a warning
+        names it).
+      noise_patience: rounds in a row that add no sample to any short class before the rounds
+        stop (after one more round filling from any sample, where that can help): a teacher that
+        never gives a class costs at most this many rounds more than one that gives it.
     """
 
     per_class: int = 2400
@@ -96,15 +115,20 @@ class ZeroShotConfig:
     fill_from: int = 20
     noise: str = "smooth"
     probe_resolution: int = 7
+    noise_queries_per_sample: float = 4.0
+    noise_patience: int = 10
 
     def validate(self) -> None:
         """Raises ValueError naming the first field out of range."""
         for name in ("per_class", "queries", "init_directions", "max_noise_rounds",
-                     "gradient_queries", "search_iterations"):
+                     "gradient_queries", "search_iterations", "noise_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 1")
         if self.step <= 0:
             raise ValueError(f"zsdb3kd.step={self.step}: expected > 0")
+        if not self.noise_queries_per_sample >= 1:
+            raise ValueError(f"zsdb3kd.noise_queries_per_sample={self.noise_queries_per_sample}: "
+                             "expected >= 1 (a pseudo-sample costs at least its own query)")
         for name in ("iterations", "fill_from", "probe_resolution"):
             if getattr(self, name) < 0:
                 raise ValueError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 0")
@@ -113,27 +137,39 @@ class ZeroShotConfig:
         if self.search not in SEARCHES:
             raise ValueError(f"zsdb3kd.search={self.search!r}: expected one of {SEARCHES}")
 
+    def sample_queries(self, num_classes: int) -> int:
+        """The noise and fill rounds' allowance for K = ``num_classes`` classes the teacher can
+        give: ceil(noise_queries_per_sample × per_class × K) images (:func:`noise_samples` asks no
+        more)."""
+        return math.ceil(self.noise_queries_per_sample * self.per_class * num_classes)
+
     def query_plan(self, num_classes: int, pixels: int) -> int:
-        """An upper bound on :func:`pseudo_samples`' queries for K = ``num_classes`` and d =
-        ``pixels`` (values per image): every noise and fill round (a round asks for per_class × K
-        noise images and up to twice each class's shortfall), and per sample and push
-        :meth:`push_queries`."""
+        """An upper bound on :func:`pseudo_samples`' queries for K = ``num_classes`` classes the
+        teacher can give and d = ``pixels`` (values per image): the noise and fill rounds'
+        allowance (:meth:`sample_queries`), then per sample and push :meth:`push_queries`."""
         samples = self.per_class * num_classes
-        return samples * (3 * self.max_noise_rounds + self.iterations * self.push_queries(pixels))
+        return self.sample_queries(num_classes) + samples * self.iterations * self.push_queries(pixels)
 
     def push_queries(self, pixels: int) -> int:
         """An upper bound on one push's queries per sample: the search (``hopskipjump``: the first
         bisection, then per iteration B_t probes, the step's halvings and a bisection;
-        ``sign_opt``: at most 50 scale draws and a bisection per initial direction, the Sign-OPT
-        budget and its last iteration's overshoot), then the push's halvings."""
+        ``sign_opt``: per initial direction its scale draws and a bisection, then the Sign-OPT
+        refinement's bound, :func:`tfkd.boundary.refine_queries`), then the push's tries
+        (:func:`_push_tries`)."""
         if self.search == "hopskipjump":
             bisection = _bisection_steps(pixels)
             search = bisection + sum(math.ceil(self.gradient_queries * math.sqrt(t))
                                      + _STEP_HALVINGS + bisection
                                      for t in range(1, self.search_iterations + 1))
         else:
-            search = self.init_directions * (50 + 32) + self.queries + 200 + 30 * 1030
-        return search + _PUSH_HALVINGS + 1
+            search = (self.init_directions * (_SCALE_DRAWS + _initial_search_steps(pixels))
+                      + boundary.refine_queries(self._refine_config()))
+        return search + _push_tries(self.step)
+
+    def _refine_config(self) -> boundary.BoundaryConfig:
+        """``sign_opt``'s refinement: the Sign-OPT search of :mod:`tfkd.boundary` within
+        ``queries`` per sample and push."""
+        return boundary.BoundaryConfig(mbd_queries=self.queries)
 
 
 def _bisection_steps(pixels: int) -> int:
@@ -141,45 +177,127 @@ def _bisection_steps(pixels: int) -> int:
     return math.ceil(1.5 * math.log2(pixels)) + 1
 
 
+def _initial_search_steps(pixels: int) -> int:
+    """Queries of one ``sign_opt`` initial direction's binary search: from the length of its
+    random draw (N(0, 1)^d scaled by at most ``_MAX_SCALE``: below 2·sqrt(d)·_MAX_SCALE but with a
+    vanishing chance) down to ``_INIT_TOLERANCE``."""
+    return math.ceil(math.log2(2 * math.sqrt(pixels) * _MAX_SCALE / _INIT_TOLERANCE)) + 1
+
+
+def _push_tries(step: float) -> int:
+    """Queries of one push per sample (:func:`push_away`): the first ``step``, then one per
+    halving while the step is at least ``_PUSH_MIN_STEP`` (float32, as the push halves it)."""
+    lam, tries = np.float32(step), 1
+    while (lam := lam / np.float32(2)) >= _PUSH_MIN_STEP:
+        tries += 1
+    return tries
+
+
 def noise_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroShotConfig,
-                  rng: np.random.Generator, stage: str = "zsdb3kd_noise") -> tuple[np.ndarray, np.ndarray]:
-    """Noise images the teacher gives each class, up to ``per_class`` each, in rounds (at most
-    ``max_noise_rounds``): a noise batch of per_class × K images while some class has fewer than
-    ``fill_from`` (all of them with ``fill_from`` = 0), plus fill candidates (:func:`_fill_round`)
-    for the short classes that have ``fill_from`` (from half the rounds on: any sample).
+                  rng: np.random.Generator, stage: str = "zsdb3kd_noise",
+                  classes: Sequence[int] | None = None,
+                  teacher: str = "the teacher") -> tuple[np.ndarray, np.ndarray]:
+    """Noise images the teacher gives each class, up to ``per_class`` each, in rounds: a noise
+    batch of per_class × K' images (K': the classes the teacher can give) while one of them has
+    fewer than ``fill_from`` (all of them with ``fill_from`` = 0), plus fill candidates
+    (:func:`_fill_round`) for the short classes that have ``fill_from`` (any sample once half the
+    allowance is spent or the rounds stall). The rounds stop when every class is full, after
+    ``max_noise_rounds``, when ``sample_queries(K')`` images were asked (the last round cut to
+    it), or after ``noise_patience`` rounds in a row that add no sample to a short class (and,
+    where a short class has samples not yet filled from, one more filling from any sample).
 
     Args:
       top1: ``top1(images float32 [b, *shape], stage) -> int [b]``, the teacher's classes.
       shape: one image's shape, e.g. (28, 28, 1).
+      classes: the classes the teacher can give (a class map onto some of the data's classes);
+        None: all ``num_classes``. The others are never sought (logged once).
+      teacher: the teacher's name, for the error.
 
     Returns:
       (float32 [n, *shape] in [0, 1], int64 [n] teacher classes), classes in order; a class the
-      teacher never gave within ``max_noise_rounds`` rounds has fewer (a warning names it).
+      teacher gave too rarely has fewer (a warning names it).
+
+    Raises:
+      ConfigError: ``classes`` has fewer than two classes (nothing is sent).
+      TeacherError: the teacher answered one class for every image asked.
     """
+    reachable = _reachable(num_classes, classes)
     kept = [[] for _ in range(num_classes)]
-    batch = config.per_class * num_classes
-    enough = min(config.fill_from, config.per_class) if config.fill_from else config.per_class
-    for round_ in range(config.max_noise_rounds):
+    allowance = config.sample_queries(int(reachable.sum()))
+    asked, stalled, fill_any = 0, 0, False
+    for _ in range(config.max_noise_rounds):
         counts = np.array([len(k) for k in kept])
-        if counts.min() >= config.per_class:
+        short = reachable & (counts < config.per_class)
+        stall = stalled >= config.noise_patience
+        if not short.any() or asked >= allowance or stall and (
+                fill_any or not (config.fill_from and (short & (counts > 0)).any())):
             break
-        parts = []
-        if counts.min() < enough:
-            parts.append(smooth_noise(batch, shape, rng) if config.noise == "smooth"
-                         else uniform_noise(batch, shape, rng))
-        if config.fill_from:
-            # Classes with enough noise samples are filled now; by half the rounds, any with one.
-            ready = counts >= (enough if round_ < config.max_noise_rounds // 2 else 1)
-            parts.append(_fill_round([k if r else [] for k, r in zip(kept, ready)],
-                                     config.per_class, shape, rng))
-        x = np.concatenate(parts).astype(np.float32)
+        # Once half the allowance is spent or the rounds stall, fill from any sample (one try).
+        fill_any = fill_any or stall or 2 * asked >= allowance
+        noise, fill = _round_images(kept, counts, reachable, config, fill_any, shape, rng)
+        fill = fill[:allowance - asked]  # A round cut to the allowance keeps its fill first.
+        x = np.concatenate([noise[:allowance - asked - len(fill)], fill])
+        asked += len(x)
         labels = np.asarray(top1(x, stage))
+        before = sum(counts)
         for c in range(num_classes):
             kept[c].extend(x[labels == c][:config.per_class - len(kept[c])])
-    short = [c for c in range(num_classes) if len(kept[c]) < config.per_class]
+        stalled = 0 if sum(len(k) for k in kept) > before else stalled + 1
+    return _noise_result(kept, reachable, asked, config, teacher)
+
+
+def _reachable(num_classes: int, classes: Sequence[int] | None) -> np.ndarray:
+    """bool [K]: the classes the teacher can give; the others are logged.
+
+    Raises:
+      ConfigError: fewer than two."""
+    reachable = np.zeros(num_classes, bool)
+    reachable[np.arange(num_classes) if classes is None else np.asarray(classes, np.int64)] = True
+    never = np.flatnonzero(~reachable).tolist()
+    if reachable.sum() < 2:
+        raise errors.ConfigError(f"teacher.class_map: reaches classes "
+                                 f"{np.flatnonzero(reachable).tolist()} of {num_classes}; ZSDB3KD "
+                                 "needs a teacher that can give at least two")
+    if never:
+        logging.warning("ZSDB3KD: the teacher can never give classes %s (teacher.class_map maps "
+                        "none of its classes to them): no pseudo-sample is sought for them", never)
+    return reachable
+
+
+def _round_images(kept, counts, reachable, config, fill_any, shape, rng) -> tuple[np.ndarray,
+                                                                                  np.ndarray]:
+    """One round's images (float32, in the order drawn): a noise batch of per_class × K' while a
+    class the teacher can give has fewer than ``fill_from`` (``per_class`` with ``fill_from`` = 0),
+    else none; then fill candidates for the short classes ready to be filled (from ``fill_from``
+    samples, or from one with ``fill_any``)."""
+    enough = min(config.fill_from, config.per_class) if config.fill_from else config.per_class
+    noise = np.zeros((0, *shape), np.float32)
+    if counts[reachable].min() < enough:
+        batch = config.per_class * int(reachable.sum())
+        noise = (smooth_noise(batch, shape, rng) if config.noise == "smooth"
+                 else uniform_noise(batch, shape, rng))
+    fill = np.zeros((0, *shape), np.float32)
+    if config.fill_from:
+        ready = reachable & (counts >= (1 if fill_any else enough))
+        fill = _fill_round([k if r else [] for k, r in zip(kept, ready)], config.per_class, shape,
+                           rng)
+    return noise.astype(np.float32), fill
+
+
+def _noise_result(kept, reachable, asked, config, teacher) -> tuple[np.ndarray, np.ndarray]:
+    """The kept samples as (images, labels), after the checks :func:`noise_samples` names."""
+    given = [c for c, k in enumerate(kept) if k]
+    if len(given) < 2:
+        raise errors.TeacherError(
+            f"{teacher}: answered class {' '.join(map(str, given))} for all {asked:,} noise "
+            "images; ZSDB3KD needs a teacher that gives at least two classes (its samples are "
+            "pushed away from the boundaries between them); if it gives another only rarely, "
+            "raise zsdb3kd.noise_patience or zsdb3kd.noise_queries_per_sample")
+    short = [c for c in np.flatnonzero(reachable) if len(kept[c]) < config.per_class]
     if short:
         logging.warning("ZSDB3KD: the teacher gave classes %s fewer than %d noise images in %d "
-                        "rounds", short, config.per_class, config.max_noise_rounds)
+                        "queries (zsdb3kd.noise_queries_per_sample, max_noise_rounds, "
+                        "noise_patience)", [int(c) for c in short], config.per_class, asked)
     images = np.stack([x for k in kept for x in k]).astype(np.float32)
     labels = np.concatenate([np.full(len(k), c, np.int64) for c, k in enumerate(kept)])
     return images, labels
@@ -236,11 +354,11 @@ def _initial_directions(top1, x, labels, config, rng, stage) -> tuple[np.ndarray
     for _ in range(config.init_directions):
         theta = np.zeros_like(x)
         need = np.arange(len(x))
-        for _ in range(50):
+        for _ in range(_SCALE_DRAWS):
             if not len(need):
                 break
             trial = rng.standard_normal(x[need].shape).astype(np.float32) * rng.uniform(
-                0, 4, (len(need), 1)).astype(np.float32)
+                0, _MAX_SCALE, (len(need), 1)).astype(np.float32)
             flipped = boundary.reached(top1(np.clip(x[need] + trial, 0, 1), stage), target[need])
             theta[need[flipped]] = trial[flipped]
             need = need[~flipped]
@@ -248,7 +366,8 @@ def _initial_directions(top1, x, labels, config, rng, stage) -> tuple[np.ndarray
         length = np.linalg.norm(theta[found], axis=1)
         u = theta[found] / length[:, None]
         g = boundary._line_search(lambda p, s: top1(np.clip(p, 0, 1), s), x[found], u,
-                                  target[found], np.minimum(length, best[found]), 1e-3, stage)
+                                  target[found], np.minimum(length, best[found]), _INIT_TOLERANCE,
+                                  stage)
         better = g < best[found]
         best[found[better]], best_u[found[better]] = g[better], u[better]
     return best, best_u
@@ -259,7 +378,7 @@ def untargeted_distances(top1: Callable, x: np.ndarray, labels: np.ndarray, conf
     """(distance float64 [n], unit direction float32 [n, D]) of each flattened sample to its nearest
     decision boundary (any class but its own), refined by Sign-OPT within ``queries``."""
     g, u = _initial_directions(top1, x, labels, config, rng, stage)
-    refine = boundary.BoundaryConfig(mbd_queries=config.queries)
+    refine = config._refine_config()
     return boundary.refine_distances(x, -1 - labels, u, g, top1, refine, seed, stage)
 
 
@@ -394,7 +513,7 @@ def _hopskipjump_iteration(top1, x, point, target, t, b0, theta, draw, stage) ->
 def push_away(top1: Callable, x: np.ndarray, labels: np.ndarray, directions: np.ndarray,
               step: float, stage: str) -> np.ndarray:
     """x - λ · direction, clipped to [0, 1], λ = ``step`` halved for each sample whose label flips
-    (a sample that flips even at λ < 1e-3 stays where it was)."""
+    (a sample that flips even at λ < ``_PUSH_MIN_STEP`` = 1e-3 stays where it was)."""
     lam = np.full(len(x), step, np.float32)
     moved = x.copy()
     pending = np.arange(len(x))
@@ -403,13 +522,14 @@ def push_away(top1: Callable, x: np.ndarray, labels: np.ndarray, directions: np.
         same = np.asarray(top1(trial, stage)) == labels[pending]
         moved[pending[same]] = trial[same]
         lam[pending[~same]] /= 2
-        pending = pending[(~same) & (lam[pending] >= 1e-3)]
+        pending = pending[(~same) & (lam[pending] >= _PUSH_MIN_STEP)]
     return moved
 
 
 def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroShotConfig,
                    seed: int = 0, state_path: str | None = None,
-                   stage: str = "zsdb3kd_samples") -> tuple[np.ndarray, np.ndarray]:
+                   stage: str = "zsdb3kd_samples", classes: Sequence[int] | None = None,
+                   teacher: str = "the teacher") -> tuple[np.ndarray, np.ndarray]:
     """ZSDB3KD's pseudo-samples: noise the teacher gives each class, pushed away from the nearest
     boundary ``iterations`` times. The samples are persisted once drawn and after every push, with
     ``hopskipjump``'s boundary points (resumed from ``state_path`` if there): a killed run loses at
@@ -420,9 +540,13 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
       shape: one image's shape; num_classes: K.
       config: the schedule and the search (:class:`ZeroShotConfig`).
       seed: the noise, the fill and the searches' random directions.
+      classes, teacher: the classes the teacher can give and its name (:func:`noise_samples`).
 
     Returns:
       (float32 [n, *shape] in [0, 1], int64 [n] teacher classes).
+
+    Raises:
+      ConfigError, TeacherError: as :func:`noise_samples` (before any push).
     """
     rng = np.random.default_rng([seed, 72])
     across = None
@@ -432,7 +556,8 @@ def pseudo_samples(top1: Callable, shape: tuple, num_classes: int, config: ZeroS
             across = f["across"] if "across" in f else None
         rng = np.random.default_rng([seed, 72, done])
     else:
-        images, labels = noise_samples(top1, shape, num_classes, config, rng, stage)
+        images, labels = noise_samples(top1, shape, num_classes, config, rng, stage, classes,
+                                       teacher)
         x, done = images.reshape(len(images), -1), 0
         if state_path:  # The noise's queries are kept before the first push.
             fs.save_npz(state_path, x=x, labels=labels, done=0)

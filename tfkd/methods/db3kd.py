@@ -20,6 +20,11 @@ search state is persisted under a fingerprint that leaves out ``num_directions``
 so a rerun with more directions continues the search instead of starting again, and one with
 another T (which shapes the soft labels, not the search) asks nothing again.
 
+A teacher that gives one class for every image of the transfer set is refused before the search
+(:class:`tfkd.errors.TeacherError`, one line naming it and the class): there is no boundary to
+measure and nothing a student could learn. ``zsdb3kd`` refuses it in its noise rounds
+(:func:`tfkd.zeroshot.noise_samples`) and never seeks a class ``teacher.class_map`` cannot give.
+
 ``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. ``--db3kd_search=mbd``
 adds the Sign-OPT refinement to either. Under MultiWorkerMirroredStrategy each worker searches its
 shard of the images (each pair is searched once in the cluster); ``zsdb3kd``'s pseudo-samples are
@@ -34,6 +39,7 @@ import math
 import numpy as np
 
 from tfkd import boundary
+from tfkd import errors
 from tfkd import zeroshot
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
@@ -45,15 +51,27 @@ from tfkd.methods import register
 def search_plan(ctx: MethodContext, num_images: int) -> int:
     """An upper bound on the search's queries for ``num_images`` images: per pair and direction,
     one pruning probe and a full binary search from the longest possible segment (the diagonal of
-    the [0, 1] pixel cube) down to the tolerance; with ``mbd``, the refinement's budget per pair
-    and one more iteration's worth (its last iteration may overshoot the budget: k probes and at
-    most 30 local searches of at most 1,000 growing or shrinking probes and a bisection)."""
+    the [0, 1] pixel cube) down to the tolerance; with ``mbd``, the refinement's bound per pair
+    (:func:`tfkd.boundary.refine_queries`)."""
     config = ctx.config.db3kd
     steps = 1 + math.ceil(math.log2(math.sqrt(np.prod(ctx.image_shape)) / config.tolerance))
     per_pair = config.num_directions * steps
     if config.search == "mbd":
-        per_pair += config.mbd_queries + config.mbd_directions + 30 * (1000 + steps)
+        per_pair += boundary.refine_queries(config)
     return ctx.teacher.share(num_images) * (ctx.num_classes - 1) * per_pair
+
+
+def teacher_name(ctx: MethodContext) -> str:
+    """The teacher as its client names it (``teacher 'name' at host:port``), for messages."""
+    client = getattr(ctx.teacher, "teacher", ctx.teacher)  # A worker's view wraps the client.
+    return getattr(client, "name", "the teacher")
+
+
+def reachable_classes(ctx: MethodContext) -> list[int]:
+    """The data's classes the teacher can give: those its ``teacher.class_map`` maps a class to
+    (all K without one)."""
+    class_map = ctx.config.teacher.class_map
+    return list(range(ctx.num_classes)) if class_map is None else sorted(set(class_map))
 
 
 def search_key(config: boundary.BoundaryConfig) -> dict:
@@ -73,8 +91,19 @@ def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.
     shard of the images and every worker gets every distance (:mod:`tfkd.cluster`). The search state
     is persisted under a fingerprint without ``num_directions`` (more directions continue it) or
     ``temperature`` (T only turns distances into soft labels). ``num_directions`` 0: one-hot
-    ``labels``, no query."""
+    ``labels``, no query.
+
+    Raises:
+      TeacherError: ``labels`` hold one class: the teacher answered it for every image (no
+        boundary to measure, nothing a student could learn); nothing more is asked.
+    """
     config = ctx.config.db3kd
+    given = np.unique(labels)
+    if len(given) < 2:
+        raise errors.TeacherError(
+            f"{teacher_name(ctx)}: answered class {' '.join(map(str, given))} for all "
+            f"{len(labels):,} images of the transfer set; {name} needs a teacher that gives at "
+            "least two classes (its soft labels are distances to the boundaries between them)")
     if config.num_directions == 0:  # No search: the top-1 answers as they are.
         return np.eye(ctx.num_classes, dtype=np.float32)[np.asarray(labels)]
     part = ctx.teacher.shard(len(images))
@@ -176,18 +205,20 @@ class ZSDB3KD(_DecisionBased):
         return (config.db3kd, config.zsdb3kd)
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
-        """A loose upper bound: the pseudo-samples' (:meth:`tfkd.zeroshot.ZeroShotConfig.query_plan`),
-        then the search."""
+        """An upper bound: the pseudo-samples' (:meth:`tfkd.zeroshot.ZeroShotConfig.query_plan`,
+        which the sampling never passes), then the search, for the classes the teacher can
+        give."""
         zs = ctx.config.zsdb3kd
-        samples = zs.per_class * ctx.num_classes
-        return {"zsdb3kd_samples": zs.query_plan(ctx.num_classes, int(np.prod(ctx.image_shape))),
-                "db3kd_search": search_plan(ctx, samples)}
+        reachable = len(reachable_classes(ctx))
+        return {"zsdb3kd_samples": zs.query_plan(reachable, int(np.prod(ctx.image_shape))),
+                "db3kd_search": search_plan(ctx, zs.per_class * reachable)}
 
     def build(self, ctx: MethodContext) -> TransferSet:
         zs = ctx.config.zsdb3kd
         state = ctx.artifacts.path("zsdb3kd_samples", ".npz", dataclasses.replace(zs, iterations=0))
         with ctx.stage("zsdb3kd_samples"):
-            images, labels = zeroshot.pseudo_samples(ctx.teacher.top1, ctx.image_shape,
-                                                     ctx.num_classes, zs, ctx.seed, state)
+            images, labels = zeroshot.pseudo_samples(
+                ctx.teacher.top1, ctx.image_shape, ctx.num_classes, zs, ctx.seed, state,
+                classes=reachable_classes(ctx), teacher=teacher_name(ctx))
         targets = db3kd_targets(ctx, self.name, images, labels, images, labels)
         return TransferSet.from_parts([("pseudo", images, targets)])
