@@ -80,8 +80,7 @@ def test_a_raised_budget_extends_the_earlier_rounds_and_pays_only_the_new_images
     assert os.path.basename(report.labelled_set) != os.path.basename(earlier)
 
 
-@pytest.mark.parametrize("change", [{"assistant_epochs": 2}, {"rounds": 3},
-                                    {"selection": "random"}])
+@pytest.mark.parametrize("change", [{"assistant_epochs": 2}, {"rounds": 3, "selection": "random"}])
 def test_a_rerun_with_settings_that_choose_or_cost_nothing_pays_no_query_again(
         first, server, tmp_path, change, monkeypatch, fashion):
     workdir = _copy(first, tmp_path / "rerun")
