@@ -43,6 +43,13 @@ flags.DEFINE_integer("max_tensor_bytes", serving.DEFAULT_MAX_TENSOR_BYTES, "tfkd
                      "does not match the declared shape, are refused (INVALID_ARGUMENT).")
 flags.DEFINE_integer("rest_max_body_bytes", serving.DEFAULT_REST_MAX_BODY_BYTES, "tfkd only: the "
                      "largest REST request body (HTTP 413 above it).")
+flags.DEFINE_float("rest_timeout_s", _SERVER.rest_timeout_s, "tfkd only: seconds a REST "
+                   "request's line and headers may take from its first byte, and the longest "
+                   "silence of a client (HTTP 408 and the connection closed after).")
+flags.DEFINE_float("rest_min_body_bytes_per_s", _SERVER.rest_min_body_bytes_per_s, "tfkd only: the "
+                   "least average rate of a REST body: it must be in within --rest_timeout_s plus "
+                   "its size at this rate (else HTTP 408), so a client that drips its body cannot "
+                   "hold the server.")
 flags.DEFINE_integer("grpc_max_threads", 4 * (os.cpu_count() or 1), "Threads answering gRPC "
                      "requests concurrently (at most this many requests wait in a batch at once).")
 flags.DEFINE_bool("enable_batching", False, "Merge concurrent Predict requests into batched model "
@@ -110,7 +117,9 @@ def server_config_from_flags() -> serving.ServerConfig:
         poll_seconds=FLAGS.file_system_poll_wait_seconds, max_workers=FLAGS.grpc_max_threads,
         ssl_server_cert=_pem("ssl_server_cert"), ssl_server_key=_pem("ssl_server_key"),
         ssl_custom_ca=_pem("ssl_custom_ca"), max_tensor_bytes=FLAGS.max_tensor_bytes,
-        rest_max_body_bytes=FLAGS.rest_max_body_bytes, batching=batching, monitoring=monitoring,
+        rest_max_body_bytes=FLAGS.rest_max_body_bytes, rest_timeout_s=FLAGS.rest_timeout_s,
+        rest_min_body_bytes_per_s=FLAGS.rest_min_body_bytes_per_s, batching=batching,
+        monitoring=monitoring,
         allow_reload_config=not FLAGS.disable_reload_config)
 
 

@@ -157,7 +157,7 @@ def test_pathological_rest_requests_get_400_not_500(guarded, fashion, body, path
 
 def test_large_rest_bodies_are_answered_a_few_at_a_time(teacher_base, fashion):
     """Issue 25 §4: concurrent large REST bodies had no bound. With every slot for large bodies
-    taken (held here, as concurrent slow requests would hold them), one more waits for the REST
+    taken (held here, as large bodies being decoded would hold them), one more waits for the REST
     timeout and gets 503; a small body is still answered; freed slots serve large bodies again."""
     from tfkd.serving import rest
 
@@ -168,14 +168,9 @@ def test_large_rest_bodies_are_answered_a_few_at_a_time(teacher_base, fashion):
         slots = srv._http.large_bodies
         for _ in range(rest.MAX_LARGE_BODIES):
             assert slots.acquire(timeout=5)
-        # The answer comes before the body is read (it is refused unread): headers only.
-        conn = http.client.HTTPConnection(srv.host, srv.rest_api_port, timeout=30)
-        conn.putrequest("POST", "/v1/models/teacher:predict")
-        conn.putheader("Content-Length", str(len(large)))
-        conn.endheaders()
-        response = conn.getresponse()
-        code, answer = response.status, json.loads(response.read())
-        conn.close()
+        # The body is read first (a slot is taken only by a body that has arrived), then it
+        # waits for a slot and gets 503.
+        code, answer = _rest(srv, large)
         assert code == 503 and "busy" in answer["error"], (code, answer)
         small = json.dumps({"instances": fashion.x_test[:2].tolist()}).encode()
         assert _rest(srv, small)[0] == 200

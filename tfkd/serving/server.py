@@ -25,6 +25,7 @@ from tfkd.serving.monitoring import ServerMetrics
 from tfkd.serving.registry import ModelConfig
 from tfkd.serving.registry import ModelRegistry
 from tfkd.serving.rest import DEFAULT_REST_MAX_BODY_BYTES
+from tfkd.serving.rest import DEFAULT_REST_MIN_BODY_BYTES_PER_S
 from tfkd.serving.rest import RestServer
 from tfkd.serving.signatures import DEFAULT_MAX_TENSOR_BYTES
 
@@ -49,7 +50,11 @@ class ServerConfig:
         whose declared shape exceeds it, or whose content does not match its shape, is refused with
         INVALID_ARGUMENT before anything is allocated (:func:`tfkd.serving.tensor_from_proto`).
       rest_max_body_bytes: the largest REST request body (413 above it).
-      rest_timeout_s: a REST client that stops sending is answered 408 after this many seconds.
+      rest_timeout_s: seconds a REST request's line and headers may take from its first byte, and
+        the longest silence of a client; later: HTTP 408 and the connection closed.
+      rest_min_body_bytes_per_s: the least average rate of a REST body: a request must be in
+        within ``rest_timeout_s`` plus its Content-Length at this rate (else 408), so a client that
+        drips its body holds no server resource for long (:class:`tfkd.serving.rest.RestServer`).
       batching: :class:`~tfkd.serving.batching.BatchingParameters`: merge concurrent Predict
         requests (gRPC and REST) into batched model calls, as ``--enable_batching
         --batching_parameters_file``; None: every request calls the model itself.
@@ -72,6 +77,7 @@ class ServerConfig:
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES
     rest_timeout_s: float = 30.0
+    rest_min_body_bytes_per_s: float = DEFAULT_REST_MIN_BODY_BYTES_PER_S
     batching: BatchingParameters | None = None
     monitoring: MonitoringConfig | None = None
     allow_reload_config: bool = True
@@ -81,7 +87,8 @@ class ServerConfig:
         range, or Prometheus metrics without a REST port to serve them on."""
         if bool(self.ssl_server_cert) != bool(self.ssl_server_key):
             raise ValueError("ssl_server_cert and ssl_server_key: give both or neither")
-        for name in ("max_tensor_bytes", "rest_max_body_bytes", "rest_timeout_s", "max_workers"):
+        for name in ("max_tensor_bytes", "rest_max_body_bytes", "rest_timeout_s",
+                     "rest_min_body_bytes_per_s", "max_workers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected > 0")
         if self.batching is not None:
@@ -165,7 +172,8 @@ class ModelServer:
         if self.rest_api_port is not None:
             self._http = RestServer((self.config.host, self.rest_api_port), self.registry,
                                     self.config.rest_max_body_bytes, self.config.rest_timeout_s,
-                                    self.batcher, self.metrics, self.config.metrics_path)
+                                    self.batcher, self.metrics, self.config.metrics_path,
+                                    min_body_bytes_per_s=self.config.rest_min_body_bytes_per_s)
             self.rest_api_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "tfkd-rest")
         if self.config.poll_seconds > 0:
