@@ -79,6 +79,16 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
     multiplier: float = 2.0
 
+    def validate(self) -> None:
+        """Raises ConfigError naming the first field out of range (``teacher.retry.<field>``)."""
+        errors.check_settings("retry.", self, [
+            ("max_attempts", self.max_attempts >= 1, ">= 1 (1: no retry)"),
+            ("initial_backoff_s", self.initial_backoff_s >= 0, ">= 0 seconds"),
+            ("max_backoff_s", self.max_backoff_s >= self.initial_backoff_s,
+             f">= initial_backoff_s={self.initial_backoff_s} seconds"),
+            ("multiplier", self.multiplier >= 1, ">= 1"),
+        ])
+
     def backoff(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0.0, min(self.max_backoff_s,
                                     self.initial_backoff_s * self.multiplier ** attempt))
@@ -149,6 +159,7 @@ class ServingConfig:
             raise ConfigError("tls_cert_file and tls_key_file: give both or neither")
         if self.auth_token_file and self.auth_token_env:
             raise ConfigError("auth_token_file and auth_token_env: give one, not both")
+        self.retry.validate()
 
     def _validate_limits(self) -> None:
         """The deadlines (finite seconds > 0: a deadline of 0 fails every request, and each

@@ -46,6 +46,17 @@ class TeacherTrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
 
+    def validate(self) -> None:
+        """Raises ConfigError naming the first field out of range (``teacher_train.<field>``)."""
+        errors.check_settings("teacher_train.", self, [
+            ("architecture", self.architecture == "auto" or self.architecture in models.MODELS,
+             f"'auto' or one of {sorted(models.MODELS)}"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("lr_schedule", self.lr_schedule in training.LR_SCHEDULES, training.LR_SCHEDULES),
+        ])
+
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
@@ -226,17 +237,16 @@ class DistillConfig:
             ("verbose", self.verbose, self.verbose in (0, 1, 2), "0, 1 or 2"),
             ("compress", self.compress, set(self.compress) <= set(export.FORMATS) - {"float32"},
              tuple(sorted(set(export.FORMATS) - {"float32"}))),
-            ("teacher_train.architecture", self.teacher_train.architecture,
-             self.teacher_train.architecture in models.MODELS, models.MODELS),
-            ("cvae.architecture", self.cvae.architecture,
-             self.cvae.architecture in ("mlp", "conv", "auto"), ("mlp", "conv", "auto")),
-            ("cvae.working_size", self.cvae.working_size, self.cvae.working_size >= 0, ">= 0"),
             ("method loss", method.loss, method.loss in (None, *training.LOSSES), training.LOSSES),
         ]
         for name, value, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{name}={value!r}: expected {expected}")
         self.teacher.validate(require_target=False)
+        self.teacher_train.validate()
+        self.mixup.validate()
+        self.cvae.validate()
+        self.outputs.validate()
         self.student.validate()
         self.db3kd.validate()
         self.zsdb3kd.validate()

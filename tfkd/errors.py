@@ -70,3 +70,21 @@ class StudentError(TfkdError, RuntimeError):
     or infinite, or the exported student disagrees with the teacher far more than it did in
     training (:func:`tfkd.evaluation.check_served_agreement`). The message is one line naming the
     figures and the likely causes."""
+
+
+def check_settings(prefix: str, config, checks) -> None:
+    """The one way a config class's ``validate()`` refuses a value.
+
+    Args:
+      prefix: the config's dotted place in :class:`tfkd.DistillConfig` (``"mixup."``), put before
+        each field's name in the message.
+      config: the config instance whose fields are named.
+      checks: ``(field, ok, expected)`` triples, in the order they are checked; ``expected`` says
+        in words (or as the tuple of choices) what the field accepts.
+
+    Raises:
+      ConfigError: ``<prefix><field>=<value>: expected <expected>`` for the first check not ok.
+    """
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{prefix}{name}={getattr(config, name)!r}: expected {expected}")

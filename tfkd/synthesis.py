@@ -16,6 +16,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from keras import layers
 
+from tfkd import errors
+
 tfd = tfp.distributions
 
 
@@ -37,6 +39,21 @@ class MixUpConfig:
     high: float = 0.95
     decimals: int | None = 2
 
+    def validate(self) -> None:
+        """Raises ConfigError naming the first field out of range (``mixup.<field>``): λ's Beta
+        needs alpha > 0, and the kept interval (low, high) must hold a λ at ``decimals``'
+        rounding, else no pair is ever kept."""
+        rounding = 10.0 ** (self.decimals if self.decimals is not None else 12)
+        first_kept = (np.floor(self.low * rounding) + 1) / rounding  # The least rounded λ > low.
+        errors.check_settings("mixup.", self, [
+            ("num_images", self.num_images >= 0, ">= 0"),
+            ("alpha", self.alpha > 0, "> 0 (λ ~ Beta(alpha, alpha))"),
+            ("low", 0.0 <= self.low < self.high, f"in [0, high={self.high})"),
+            ("high", self.high <= 1.0, "<= 1"),
+            ("decimals", self.decimals is None or (self.decimals >= 0 and first_kept < self.high),
+             f"None or >= 0, leaving a rounded λ in (low={self.low}, high={self.high})"),
+        ])
+
 
 _MIXUP_ROUND = 4096
 
@@ -57,13 +74,13 @@ def mixup_images(images: np.ndarray, config: MixUpConfig, seed: int) -> tuple[np
       teacher answers in the ledger are reused.
 
     Raises:
-      ValueError: fewer than 2 images, or low >= high.
+      ValueError: fewer than 2 images; ConfigError (a ValueError): ``config`` out of range
+        (:meth:`MixUpConfig.validate`).
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or len(images) < 2:
         raise ValueError(f"images: expected float32 [N >= 2, H, W, C], got shape {list(images.shape)}")
-    if not 0.0 <= config.low < config.high <= 1.0:
-        raise ValueError(f"MixUpConfig: expected 0 <= low < high <= 1, got {config.low}, {config.high}")
+    config.validate()
     rng = np.random.default_rng(seed)
     n, want = len(images), config.num_images
     pairs = np.zeros((0, 2), np.int64)
@@ -115,6 +132,26 @@ class CVAEConfig:
     num_images: int = 4_800
     uniform_bound: float = 3.0
     working_size: int = 0
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the first field out of range (``cvae.<field>``)."""
+        errors.check_settings("cvae.", self, [
+            ("latent_dim", self.latent_dim >= 1, ">= 1"),
+            ("architecture", self.architecture in ARCHITECTURES, ARCHITECTURES),
+            ("hidden", len(self.hidden) >= 1 and all(
+                isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.hidden),
+             "one or more widths, each an int >= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("num_images", self.num_images >= 0, ">= 0"),
+            ("uniform_bound", self.uniform_bound > 0, "> 0"),
+            ("working_size", self.working_size >= 0, ">= 0 (0: auto)"),
+        ])
+
+
+ARCHITECTURES = ("auto", "mlp", "conv")
+""":attr:`CVAEConfig.architecture`'s choices."""
 
 
 def resolve_cvae(config: CVAEConfig, image_shape: tuple) -> tuple[CVAEConfig, tuple]:

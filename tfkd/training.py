@@ -183,8 +183,8 @@ class StudentConfig:
         return dataclasses.replace(self, **unset) if unset else self
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range and what it accepts (the recipe
-        fields as :meth:`resolved` fills them)."""
+        """Raises ConfigError (a ValueError) naming the first field out of range and what it
+        accepts (the recipe fields as :meth:`resolved` fills them)."""
         config = self.resolved()
         checks = [
             ("architecture", config.architecture in models.MODELS
@@ -201,6 +201,8 @@ class StudentConfig:
              "weights, not their average); or select 'final'"),
             ("loss", config.loss in LOSSES, LOSSES), ("temperature", config.temperature > 0, "> 0"),
             ("mixup_alpha", config.mixup_alpha >= 0, ">= 0 (0 disables)"),
+            ("rotation_degrees", 0 <= config.rotation_degrees <= 180, "in [0, 180] (0 disables)"),
+            ("shift_fraction", 0 <= config.shift_fraction < 1, "in [0, 1) (0 disables)"),
             ("steps_per_execution", config.steps_per_execution >= 1, ">= 1"),
             ("checkpoint_steps", config.checkpoint_steps >= 0, ">= 0"),
             ("loop", config.loop in LOOPS, LOOPS),
@@ -214,9 +216,7 @@ class StudentConfig:
             ("jit_compile", config.jit_compile in (None, True, False), "True, False or None"),
             ("lr_scaling", config.lr_scaling in LR_SCALINGS, LR_SCALINGS),
         ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"student.{name}={getattr(config, name)!r}: expected {expected}")
+        errors.check_settings("student.", config, checks)
 
 
 RECIPE = {"architecture": "lenet5_half", "epochs": 50, "mixup_alpha": 1.0,

@@ -14,6 +14,8 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from tfkd import errors
+
 ENVIRONMENT = {"model_dir": "AIP_MODEL_DIR", "checkpoint_dir": "AIP_CHECKPOINT_DIR",
                "tensorboard_dir": "AIP_TENSORBOARD_LOG_DIR"}
 
@@ -36,6 +38,13 @@ class OutputDirs:
     model_dir: str | None = None
     checkpoint_dir: str | None = None
     tensorboard_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the first directory given as an empty path
+        (``outputs.<field>``; None, not "", means the work dir only)."""
+        errors.check_settings("outputs.", self, [
+            (name, value is None or bool(value), "None or a directory path")
+            for name, value in dataclasses.asdict(self).items()])
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "OutputDirs":
