@@ -326,7 +326,7 @@ MUTATIONS += [  # Issue 25 §2: the audit's breakages the suite did not notice, 
              (_AUDIT + "test_unserved_model_names_share_one_metric_series_and_are_not_echoed_whole",)),
     Mutation("error_echoes_whole_name", "a NOT_FOUND answer echoes the whole model name",
              (("tfkd/serving/registry.py", "    if len(name) <= MAX_SHOWN_NAME:", "    if True:"),
-              ("tfkd/serving/errors.py", "        if len(message) > MAX_MESSAGE_CHARS:",
+              ("tfkd/errors.py", "        if len(message) > MAX_MESSAGE_CHARS:",
                "        if False:")),
              (_AUDIT + "test_unserved_model_names_share_one_metric_series_and_are_not_echoed_whole",)),
     Mutation("ci_on_machine_python", "CI runs the suite with the machine's python3, not its own "

@@ -12,6 +12,7 @@ maps settings to its flags; the library never names a command-line flag.
     ├── ServingClientError (RuntimeError)    a served model unreachable, erroring, off-contract
     │   └── TeacherError                     ... the teacher
     │       └── QueryBudgetExceeded          the next images would exceed the query budget
+    ├── ServingError                         tfkd-serve's answer to a client: a gRPC status code
     ├── WorkdirError (RuntimeError)          the work dir cannot be used as asked
     ├── DatasetUnavailableError (RuntimeError)  no source of a dataset can be read
     └── StudentError (RuntimeError)          the student failed a check a deployable one passes
@@ -54,6 +55,29 @@ class TeacherError(ServingClientError):
 
 class QueryBudgetExceeded(TeacherError):
     """Sending the next images would exceed the query budget; nothing beyond it was sent."""
+
+
+MAX_MESSAGE_CHARS = 2000
+"""Characters of a :class:`ServingError` message sent back to a client. Messages echo what the
+client sent (a model name, a tensor alias); a megabyte-long name echoed whole would trip the
+client's metadata limit, and the client would retry it."""
+
+
+class ServingError(TfkdError):
+    """An error tfkd's model server (:mod:`tfkd.serving`) answers a client with, with the gRPC
+    status code TF Serving would use (the REST API maps it to an HTTP status).
+
+    Attributes:
+      code: the ``grpc.StatusCode``; message: TF Serving's wording where it has one, cut to
+        :data:`MAX_MESSAGE_CHARS` characters.
+    """
+
+    def __init__(self, code, message: str):
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message)} characters)"
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class WorkdirError(TfkdError, RuntimeError):

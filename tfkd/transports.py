@@ -421,8 +421,8 @@ class SavedModelClient(client_lib.ServingClient):
         return f"saved_model:{self._servable.fingerprint}"
 
     def predict_raw(self, encoded: np.ndarray, on_attempt=None) -> np.ndarray:
+        from tfkd.errors import ServingError
         from tfkd.serving import signatures
-        from tfkd.serving.errors import ServingError
         if on_attempt is not None:
             on_attempt(len(encoded), False)
         with self._counter_lock:

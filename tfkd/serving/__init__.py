@@ -23,7 +23,7 @@ the configs tfkd writes beside an export: request batching with TF Serving's bat
 
 Clients (:class:`tfkd.client.ServingClient`) work unchanged against the real server.
 
-Modules, each readable on its own: :mod:`~tfkd.serving.errors` (the status-coded error),
+Modules, each readable on its own: :class:`tfkd.errors.ServingError` (the status-coded error),
 :mod:`~tfkd.serving.registry` (servables, version policies, the registry),
 :mod:`~tfkd.serving.signatures` (request tensors and signature runs, validated),
 :mod:`~tfkd.serving.grpc_api` (the servicers), :mod:`~tfkd.serving.rest` (the REST API),
@@ -31,12 +31,12 @@ Modules, each readable on its own: :mod:`~tfkd.serving.errors` (the status-coded
 (:class:`ModelServer`), :mod:`~tfkd.serving.batching`, :mod:`~tfkd.serving.monitoring`.
 """
 
+from tfkd.errors import ServingError
 from tfkd.serving.batching import BatchingParameters
 from tfkd.serving.config import model_configs_from_proto
 from tfkd.serving.config import model_configs_to_proto
 from tfkd.serving.config import parse_model_config_file
 from tfkd.serving.config import write_model_config_file
-from tfkd.serving.errors import ServingError
 from tfkd.serving.monitoring import MonitoringConfig
 from tfkd.serving.registry import DEFAULT_SIGNATURE
 from tfkd.serving.registry import ModelConfig

@@ -36,7 +36,7 @@ from google.protobuf import text_format
 from google.protobuf import wrappers_pb2
 
 from tfkd import fs
-from tfkd.serving.errors import ServingError
+from tfkd.errors import ServingError
 
 _INT64 = ".google.protobuf.Int64Value"
 # TF Serving's BatchingParameters (tensorflow_serving/servables/tensorflow/session_bundle_config.proto),

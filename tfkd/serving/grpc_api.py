@@ -14,8 +14,8 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from tfkd.errors import ServingError
 from tfkd.serving.config import model_configs_from_proto
-from tfkd.serving.errors import ServingError
 from tfkd.serving.monitoring import ServerMetrics
 from tfkd.serving.registry import DEFAULT_SIGNATURE
 from tfkd.serving.registry import ModelRegistry

@@ -21,7 +21,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tfkd import export
 from tfkd import fs
 from tfkd import litert
-from tfkd.serving.errors import ServingError
+from tfkd.errors import ServingError
 
 DEFAULT_SIGNATURE = "serving_default"
 

@@ -31,7 +31,7 @@ from absl import logging
 from google.protobuf import json_format
 from tensorflow_serving.apis import predict_pb2
 
-from tfkd.serving.errors import ServingError
+from tfkd.errors import ServingError
 from tfkd.serving.grpc_api import metadata_response
 from tfkd.serving.grpc_api import status_response
 from tfkd.serving.monitoring import ServerMetrics

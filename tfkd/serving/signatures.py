@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from tfkd.serving.errors import ServingError
+from tfkd.errors import ServingError
 
 if TYPE_CHECKING:
     from tfkd.serving.registry import Servable
