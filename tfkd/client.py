@@ -214,7 +214,8 @@ def is_rest(target: str) -> bool:
 def check_target(target: str) -> str:
     """Checks a teacher's or model's address: a gRPC ``host:port`` with a port in 1..65535
     (``[v6]:port`` too) or ``unix:`` socket path, or TF Serving's REST API as
-    ``http(s)://host[:port][/path prefix]``. Returns it unchanged.
+    ``http(s)://host[:port][/path prefix]``, or ``<scheme>://...`` for a transport registered with
+    :func:`tfkd.transports.register_transport`. Returns it unchanged.
 
     Raises:
       tfkd.errors.ConfigError (a ValueError): naming the address and what is expected (so that
@@ -235,8 +236,11 @@ def check_target(target: str) -> str:
                               "http(s)://host[:port][/path prefix]")
         return target
     if "://" in target:
-        raise ConfigError(f"target={target!r}: expected host:port (gRPC) or "
-                          "http(s)://host:port (REST)")
+        from tfkd import transports
+        if transports.scheme(target) in transports.TRANSPORTS and target.partition("://")[2]:
+            return target  # A registered transport's own address; it reads the rest.
+        raise ConfigError(f"target={target!r}: expected host:port (gRPC), http(s)://host:port "
+                          f"(REST) or a registered scheme {sorted(transports.TRANSPORTS)}")
     host, _, port = (target or "").rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"target={target!r}: expected host:port with a port in 1..65535, "
@@ -731,8 +735,13 @@ class ServingClient:
 
 def connect(target: str, model_name: str = "model", role: str = "model",
             **fields) -> ServingClient:
-    """``ServingClient(ServingConfig(target=target, model_name=model_name, **fields), role)``."""
-    return ServingClient(ServingConfig(target=target, model_name=model_name, **fields), role)
+    """The client of the model ``model_name`` at ``target``, opened by the transport its scheme
+    names (:func:`tfkd.transports.open_client`: ``http(s)://`` REST, ``host:port`` gRPC) with
+    ``ServingConfig(target=target, model_name=model_name, **fields)``; ``role`` names it in
+    messages. Raises as :class:`ServingClient`."""
+    from tfkd import transports
+    return transports.open_client(ServingConfig(target=target, model_name=model_name, **fields),
+                                  role)
 
 
 def top1(client: ServingClient, images: np.ndarray, progress: bool = False) -> np.ndarray:

@@ -13,6 +13,7 @@ import os
 
 from tfkd import client as client_lib
 from tfkd import data as data_lib
+from tfkd import errors
 from tfkd import export
 from tfkd import fs
 from tfkd import model_card
@@ -53,20 +54,20 @@ def check_teacher(target: str, model_name: str = "teacher", timeout_s: float = 3
     Returns:
       {"target", "model_name", "version", "signatures": [the signature read]}.
 
+    ``target`` is any address the distillation takes: ``host:port`` (gRPC) or
+    ``http(s)://host:port`` (REST), opened by the same factory (:func:`tfkd.transports.open_client`).
+
     Raises:
-      RuntimeError: the endpoint does not answer (the cause named), or does not serve
-        ``model_name``; ValueError: a ``channel`` field that is not one of :data:`CHANNEL_FIELDS`,
-        or a TLS or token file that cannot be read.
+      ServingClientError (a RuntimeError): the endpoint does not answer (the cause named), or does
+        not serve ``model_name``; ConfigError (a ValueError): a ``channel`` field that is not one of
+        :data:`CHANNEL_FIELDS`, or a TLS or token file that cannot be read.
     """
     unknown = set(channel) - set(CHANNEL_FIELDS)
     if unknown:
-        raise ValueError(f"channel: {sorted(unknown)} are not among {CHANNEL_FIELDS}")
-    try:
-        with client_lib.connect(target, model_name, role="teacher", timeout_s=timeout_s,
-                                connect_timeout_s=timeout_s, **channel) as client:
-            signature = client.signature
-    except client_lib.ServingClientError as e:
-        raise RuntimeError(str(e)) from None
+        raise errors.ConfigError(f"channel: {sorted(unknown)} are not among {CHANNEL_FIELDS}")
+    with client_lib.connect(target, model_name, role="teacher", timeout_s=timeout_s,
+                            connect_timeout_s=timeout_s, **channel) as client:
+        signature = client.signature
     return {"target": target, "model_name": model_name, "version": signature.version,
             "signatures": [signature.signature_name]}
 
@@ -125,13 +126,13 @@ def evaluate_served(model_path: str, dataset: str, eval_examples: int = 0,
       {"accuracy" in [0, 1], "examples", "version"}.
 
     Raises:
-      ValueError: no numeric version directory under ``model_path``.
+      ConfigError: no numeric version directory under ``model_path``.
       tfkd.data.DatasetUnavailableError: the dataset cannot be loaded here.
     """
     versions = export.list_versions(model_path)
     if not versions:
-        raise ValueError(f"model_path={model_path!r}: no numeric version directory (expected TF "
-                         "Serving's layout, <path>/<version>/saved_model.pb)")
+        raise errors.ConfigError(f"model_path={model_path!r}: no numeric version directory "
+                                 "(expected TF Serving's layout, <path>/<version>/saved_model.pb)")
     test = data_lib.load_dataset(dataset, data_dir)
     x, y = test.x_test, test.y_test
     if eval_examples:

@@ -19,7 +19,8 @@ ledger, budget and sharding (:class:`tfkd.teacher.TeacherClient`) are the same w
 * :class:`SavedModelClient`: a SavedModel version directory loaded in this process and run by the
   same code as tfkd's server (:mod:`tfkd.serving`): no network, for white-box methods and tests.
 
-:func:`open_client` picks by the target: ``http(s)://`` REST, else gRPC.
+:func:`open_client` picks by the target's URL scheme (:data:`TRANSPORTS`, :func:`register_transport`):
+``http(s)://`` REST, none gRPC; every target tfkd opens goes through it.
 """
 
 from __future__ import annotations
@@ -440,17 +441,52 @@ class SavedModelClient(client_lib.ServingClient):
         pass
 
 
-def open_client(config: client_lib.ServingConfig, role: str = "model",
-                saved_model: str | None = None) -> client_lib.ServingClient:
-    """The client ``config.target`` calls for: :class:`RestClient` for ``http(s)://``, else gRPC
-    (:class:`tfkd.client.ServingClient`); with ``saved_model`` (a version directory) the
-    in-process :class:`SavedModelClient` instead.
+TRANSPORTS: dict = {}
+"""URL scheme -> the client class (a :class:`tfkd.client.ServingClient` subclass, called as
+``cls(config, role)``) for targets ``<scheme>://...``: ``http`` and ``https`` :class:`RestClient`;
+a target without a scheme (``host:port``, ``unix:path``) is gRPC. :func:`register_transport` adds
+one; :func:`open_client` is the one place a target is turned into a client."""
+
+
+def register_transport(scheme: str, cls) -> None:
+    """Makes ``<scheme>://...`` targets open with ``cls(config, role)`` wherever a target is
+    opened (:func:`open_client`: the teacher, ``tfkd.connect``, :func:`tfkd.client.connect`, the
+    Kubeflow teacher check, student measurement).
 
     Raises:
-      ServingClientError, ValueError: as the client's constructor.
+      ConfigError: ``scheme`` is not a URL scheme (letters, digits, ``+-.``, a letter first) or is
+        already registered to another class.
+    """
+    if not (scheme[:1].isalpha() and all(c.isalnum() or c in "+-." for c in scheme)):
+        raise client_lib.ConfigError(f"scheme={scheme!r}: expected a URL scheme (a letter, then "
+                                     "letters, digits, '+', '-' or '.')")
+    if TRANSPORTS.get(scheme, cls) is not cls:
+        raise client_lib.ConfigError(f"scheme={scheme!r}: already registered to "
+                                     f"{TRANSPORTS[scheme].__name__}")
+    TRANSPORTS[scheme] = cls
+
+
+def scheme(target: str) -> str:
+    """The URL scheme of ``target`` (``"http"`` of ``http://host:8501``), "" for gRPC's
+    ``host:port`` and ``unix:path``."""
+    head, sep, _ = target.partition("://")
+    return head.lower() if sep else ""
+
+
+def open_client(config: client_lib.ServingConfig, role: str = "model",
+                saved_model: str | None = None) -> client_lib.ServingClient:
+    """The client ``config.target`` calls for, by its scheme (:data:`TRANSPORTS`):
+    :class:`RestClient` for ``http(s)://``, else gRPC (:class:`tfkd.client.ServingClient`); with
+    ``saved_model`` (a version directory) the in-process :class:`SavedModelClient` instead.
+
+    Raises:
+      ServingClientError, ConfigError: as the client's constructor.
     """
     if saved_model is not None:
         return SavedModelClient(saved_model, config, role)
-    if client_lib.is_rest(config.target):
-        return RestClient(config, role)
-    return client_lib.ServingClient(config, role)
+    cls = TRANSPORTS.get(scheme(config.target), client_lib.ServingClient)
+    return cls(config, role)
+
+
+register_transport("http", RestClient)
+register_transport("https", RestClient)
