@@ -254,20 +254,20 @@ def _read_secret(path: str | None, env: str | None) -> str | None:
             with open(path) as f:
                 token = f.read().strip()
         except OSError as e:
-            raise ValueError(f"auth_token_file={path!r}: cannot read it ({e.strerror})") from None
+            raise ConfigError(f"auth_token_file={path!r}: cannot read it ({e.strerror})") from None
         if not token:
-            raise ValueError(f"auth_token_file={path!r}: the file is empty")
+            raise ConfigError(f"auth_token_file={path!r}: the file is empty")
         return token
     if env:
         token = os.environ.get(env, "").strip()
         if not token:
-            raise ValueError(f"auth_token_env={env!r}: the environment variable is unset or empty")
+            raise ConfigError(f"auth_token_env={env!r}: the environment variable is unset or empty")
         return token
     return None
 
 
 def _read_file(path: str | None, what: str) -> bytes | None:
-    """A TLS file's PEM bytes (None when unset). Raises ValueError naming ``what`` and the path
+    """A TLS file's PEM bytes (None when unset). Raises ConfigError naming ``what`` and the path
     when it cannot be read or holds no PEM block (gRPC would only fail to connect, silently)."""
     if not path:
         return None
@@ -275,9 +275,9 @@ def _read_file(path: str | None, what: str) -> bytes | None:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"{what}={path!r}: cannot read it ({e.strerror})") from None
+        raise ConfigError(f"{what}={path!r}: cannot read it ({e.strerror})") from None
     if b"-----BEGIN " not in data:
-        raise ValueError(f"{what}={path!r}: not a PEM file (no '-----BEGIN' line)")
+        raise ConfigError(f"{what}={path!r}: not a PEM file (no '-----BEGIN' line)")
     return data
 
 
@@ -388,7 +388,8 @@ class ServingClient:
       ServingClientError: the server is unreachable within ``connect_timeout_s`` (the message names
         the address); it answered an error (``code`` set: NOT_FOUND for an unknown model, ...); or
         the signature has no input or output usable as images in, one tensor out.
-      ValueError: contradictory or unreadable settings (both version and label, a missing TLS file).
+      ConfigError: contradictory or unreadable settings (both version and label, a missing TLS
+        file, an unreadable token file).
     """
 
     _needs_target = True  # An in-process transport (tfkd.transports.SavedModelClient) has none.
@@ -604,20 +605,20 @@ class ServingClient:
         """float32 [n, H, W, C] in [0, 1] -> the signature's input (dtype, scale, layout).
 
         Raises:
-          ValueError: images that do not fit the signature's shape, naming both.
+          ConfigError: images that do not fit the signature's shape, naming both.
         """
         images = np.asarray(images)
         expected = self.signature.input_shape
         if images.ndim != 4:
-            raise ValueError(f"images: expected float32 [n, H, W, C] in [0, 1], got shape "
+            raise ConfigError(f"images: expected float32 [n, H, W, C] in [0, 1], got shape "
                              f"{list(images.shape)}")
         if len(expected) == 3:  # The model takes [batch, H, W]: drop a single channel.
             if images.shape[-1] != 1:
-                raise ValueError(f"images: {self.name} takes [batch, H, W] (one channel), got "
+                raise ConfigError(f"images: {self.name} takes [batch, H, W] (one channel), got "
                                  f"{list(images.shape)}")
             images = images[..., 0]
         if expected and any(e > 0 and e != s for e, s in zip(expected[1:], images.shape[1:])):
-            raise ValueError(f"images: expected shape {list(expected)} (-1: any) for {self.name}, "
+            raise ConfigError(f"images: expected shape {list(expected)} (-1: any) for {self.name}, "
                              f"got {list(images.shape)}")
         scale = np.float32(self.signature.input_scale)
         if self.signature.input_dtype == np.uint8:

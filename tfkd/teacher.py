@@ -134,7 +134,7 @@ def to_soft_labels(raw: np.ndarray, output_kind: str, num_classes: int | None,
     """
     where = f"teacher {teacher!r}, output {output_key!r} ({output_kind})"
     if output_kind not in OUTPUT_KINDS:
-        raise ValueError(f"output_kind={output_kind!r}: expected one of {OUTPUT_KINDS}")
+        raise errors.ConfigError(f"output_kind={output_kind!r}: expected one of {OUTPUT_KINDS}")
     raw = np.asarray(raw)
     if output_kind == "classes":
         if raw.ndim == 2 and raw.shape[1] == 1:
@@ -195,7 +195,7 @@ class QueryAccount:
         queries included.
 
     Raises:
-      ValueError: a negative budget. (A damaged log line is skipped with one warning naming the
+      ConfigError: a negative budget. (A damaged log line is skipped with one warning naming the
         file and line: it cannot be counted.)
     """
 
@@ -203,7 +203,7 @@ class QueryAccount:
 
     def __init__(self, directory: str | None = None, budget: int | None = None):
         if budget is not None and budget < 0:
-            raise ValueError(f"query_budget={budget}: expected >= 0")
+            raise errors.ConfigError(f"query_budget={budget}: expected >= 0")
         self.budget = budget
         self.path = None if directory is None else os.path.join(directory, self.FILE)
         self._lock = threading.Lock()
@@ -224,7 +224,7 @@ class QueryAccount:
                 try:
                     stage, kind, n = fields[0], fields[1], int(fields[2])
                     if n < 0 or kind not in ("first", "retry"):
-                        raise ValueError
+                        raise ValueError  # Programming error: jumps to the except below.
                 except (IndexError, ValueError):
                     damaged.append(number)
                     continue
@@ -271,10 +271,10 @@ class QueryAccount:
 
         Raises:
           QueryBudgetExceeded: the budget would be exceeded; nothing was charged (do not send).
-          ValueError: a stage name with whitespace.
+          ConfigError: a stage name with whitespace.
         """
         if not stage or any(c.isspace() for c in stage):
-            raise ValueError(f"stage={stage!r}: expected a name without whitespace")
+            raise errors.ConfigError(f"stage={stage!r}: expected a name without whitespace")
         with self._lock:
             self._check(n, f"{stage} ({'retry' if retry else 'request'} of {n} images)")
             if self.path is not None:
@@ -286,21 +286,21 @@ class QueryAccount:
 
 
 def check_soft_labels(soft_labels: np.ndarray, name: str, tolerance: float = 1e-3) -> None:
-    """Raises ValueError (naming ``name``) unless ``soft_labels`` float [n, K] are distributions:
+    """Raises ConfigError (a ValueError, naming ``name``) unless ``soft_labels`` float [n, K] are distributions:
     every value finite and in [0, 1], every row summing to 1 within ``tolerance``. (A NaN row
     passes ``abs(sum - 1) > tol`` unnoticed, since every comparison with NaN is false.)"""
     values = np.asarray(soft_labels)
     finite = np.isfinite(values)
     if not finite.all():
         rows = int(np.sum(~finite.all(axis=-1)))
-        raise ValueError(f"{name}: expected finite probabilities, got {rows} rows with NaN or "
+        raise errors.ConfigError(f"{name}: expected finite probabilities, got {rows} rows with NaN or "
                          "infinite values")
     if values.size and (values.min() < 0 or values.max() > 1 + tolerance):
-        raise ValueError(f"{name}: expected probabilities in [0, 1], got values in "
+        raise errors.ConfigError(f"{name}: expected probabilities in [0, 1], got values in "
                          f"[{values.min():.4g}, {values.max():.4g}]")
     sums = values.sum(axis=-1)
     if values.size and np.any(np.abs(sums - 1) > tolerance):
-        raise ValueError(f"{name}: expected rows summing to 1, got sums in "
+        raise errors.ConfigError(f"{name}: expected rows summing to 1, got sums in "
                          f"[{sums.min():.4f}, {sums.max():.4f}]")
 
 
@@ -417,7 +417,7 @@ class TeacherClient:
       TeacherError: the server is unreachable within ``connect_timeout_s`` (the message names the
         address); it answered an error (``code`` set: NOT_FOUND for an unknown model, ...); or the
         signature has no input or output usable as the contract requires.
-      ValueError: contradictory or unreadable settings (both version and label, a missing TLS file,
+      ConfigError: contradictory or unreadable settings (both version and label, a missing TLS file,
         a budget other than the account's).
     """
 
@@ -428,7 +428,7 @@ class TeacherClient:
         if account is None:
             account = QueryAccount(budget=config.query_budget)
         elif config.query_budget != account.budget:
-            raise ValueError(f"query_budget={config.query_budget}: the query account's budget is "
+            raise errors.ConfigError(f"query_budget={config.query_budget}: the query account's budget is "
                              f"{account.budget}; give one budget")
         self.config = config
         self.account = account
@@ -509,7 +509,7 @@ class TeacherClient:
     def with_num_classes(self, num_classes: int) -> None:
         """Sets K where the metadata cannot say it (class-id teachers)."""
         if self.signature.num_classes not in (None, num_classes):
-            raise ValueError(f"num_classes={num_classes}: the teacher's signature says "
+            raise errors.ConfigError(f"num_classes={num_classes}: the teacher's signature says "
                              f"{self.signature.num_classes}")
         self.signature = dataclasses.replace(self.signature, num_classes=int(num_classes))
 
@@ -576,7 +576,7 @@ class TeacherClient:
           a class-id teacher).
 
         Raises:
-          ValueError: images of the wrong shape for the signature.
+          ConfigError: images of the wrong shape for the signature.
           QueryBudgetExceeded: the images to send would exceed the budget (checked before sending).
           TeacherError: an answer breaking the contract, or the server's error.
         """
@@ -622,7 +622,7 @@ class TeacherClient:
 
         Raises:
           QueryBudgetExceeded: the images would exceed the budget (checked before sending).
-          TeacherError, ValueError: as :meth:`soft_labels`.
+          TeacherError, ConfigError: as :meth:`soft_labels`.
         """
         encoded = self.encode(images)
         try:
