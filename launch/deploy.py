@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is impor
 from absl import app
 from absl import flags
 
+from tfkd import errors
 from tfkd import export
 
 flags.DEFINE_string("export_dir", None, "The version directory to deploy: a SavedModel, or an "
@@ -40,7 +41,7 @@ def main(argv):
     try:
         path = export.deploy_version(FLAGS.export_dir, FLAGS.model_base_path, FLAGS.version,
                                      allow_older=FLAGS.allow_older_version)
-    except (ValueError, OSError) as e:
+    except errors.TfkdError as e:
         sys.exit(f"error: {e}")
     print(f"deployed {FLAGS.export_dir} as {path}", flush=True)
 

@@ -19,6 +19,7 @@ from absl import logging
 
 from tfkd import client
 from tfkd import data
+from tfkd import errors
 from tfkd import transports
 
 flags.DEFINE_string("server", None, "The TF Serving (or tfkd) server: host:port (its gRPC API) or "
@@ -58,7 +59,7 @@ def main(argv):
             accuracy = client.accuracy(model, dataset.x_test[:n], dataset.y_test[:n])
             result = {"model_name": FLAGS.model_name, "version": model.signature.version,
                       "dataset": FLAGS.dataset, "examples": n, "accuracy": accuracy}
-    except (data.DatasetUnavailableError, client.ServingClientError, ValueError) as e:
+    except errors.TfkdError as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result), flush=True)
 

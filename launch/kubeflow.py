@@ -6,8 +6,8 @@ evaluate -> deploy. Needs the ``kfp`` extra: ``pip install -e ".[kfp]"``.
 Each component is a thin shell: its parameters are the library's settings (``settings``: any
 :class:`tfkd.DistillConfig` field by dotted name, as :meth:`~tfkd.DistillConfig.with_settings`
 reads them) and its work is one call into :mod:`tfkd.kubeflow` or :func:`tfkd.distill`.
-Components run in ``--image`` (an image with tfkd installed; KFP's local runner runs them in this
-Python environment instead):
+Components run in the image ``$TFKD_IMAGE`` names (one with tfkd installed; default ``tfkd:0.1.0``;
+KFP's local runner runs them in this Python environment instead):
 
 * ``teacher_endpoint``: GetModelMetadata on the teacher; fails the run at once if it is not served.
 * ``distil``: the distillation (:func:`tfkd.distill`) with a work dir that survives retries when

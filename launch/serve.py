@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfkd import errors
 from tfkd import fs
 from tfkd import serving
 
@@ -69,7 +70,7 @@ def _read(flag: str):
     """The bytes of the file a flag names (None when unset).
 
     Raises:
-      ValueError: naming the flag and path when the file cannot be read.
+      ConfigError: naming the flag and path when the file cannot be read.
     """
     path = getattr(FLAGS, flag)
     if not path:
@@ -77,24 +78,24 @@ def _read(flag: str):
     try:
         return fs.read_bytes(path)
     except Exception as e:  # noqa: BLE001 - OSError, or tf.errors.NotFoundError from gfile.
-        raise ValueError(f"--{flag}={path!r}: cannot read it "
-                         f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
+        raise errors.ConfigError(f"--{flag}={path!r}: cannot read it "
+                                 f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
 
 
 def _pem(flag: str):
-    """A PEM file's bytes (None when unset). Raises ValueError when it holds no PEM block."""
+    """A PEM file's bytes (None when unset). Raises ConfigError when it holds no PEM block."""
     data = _read(flag)
     if data is not None and b"-----BEGIN " not in data:
-        raise ValueError(f"--{flag}={getattr(FLAGS, flag)!r}: not a PEM file (no '-----BEGIN' "
-                         "line)")
+        raise errors.ConfigError(f"--{flag}={getattr(FLAGS, flag)!r}: not a PEM file (no "
+                                 "'-----BEGIN' line)")
     return data
 
 
 def _existing(flag: str) -> str:
-    """The path a flag names. Raises ValueError when no file is there."""
+    """The path a flag names. Raises ConfigError when no file is there."""
     path = getattr(FLAGS, flag)
     if not fs.exists(path) or fs.isdir(path):
-        raise ValueError(f"--{flag}={path!r}: no such file")
+        raise errors.ConfigError(f"--{flag}={path!r}: no such file")
     return path
 
 
@@ -102,14 +103,14 @@ def server_config_from_flags() -> serving.ServerConfig:
     """The server's config from the flags.
 
     Raises:
-      ValueError: a batching or monitoring file that does not parse, or is out of range.
+      ConfigError: a batching or monitoring file that does not parse, or is out of range.
     """
     batching = None
     if FLAGS.enable_batching:
         batching = (serving.BatchingParameters.from_file(_existing("batching_parameters_file"))
                     if FLAGS.batching_parameters_file else serving.BatchingParameters())
     elif FLAGS.batching_parameters_file:
-        raise ValueError("--batching_parameters_file is read only with --enable_batching")
+        raise errors.ConfigError("--batching_parameters_file is read only with --enable_batching")
     monitoring = (serving.MonitoringConfig.from_file(_existing("monitoring_config_file"))
                   if FLAGS.monitoring_config_file else None)
     return serving.ServerConfig(
@@ -135,13 +136,13 @@ def main(argv):
                   if FLAGS.model_base_path else serving.parse_model_config_file(
                       _existing("model_config_file")))
         server = serving.ModelServer(models, server_config_from_flags())
-    except ValueError as e:  # Every file a flag names is read here: one line, before serving.
+    except errors.TfkdError as e:  # Every file a flag names is read here: one line, first.
         sys.exit(f"error: {e}")
     if FLAGS.model_base_path and not fs.isdir(FLAGS.model_base_path):
         sys.exit(f"error: --model_base_path={FLAGS.model_base_path!r}: no such directory")
     try:
         server.start()
-    except RuntimeError as e:
+    except errors.TfkdError as e:
         sys.exit(f"error: {e}")
     rest = f", REST on {server.config.host}:{server.rest_api_port}" if FLAGS.rest_api_port else ""
     print(f"Serving {[m.name for m in models]} on {server.target}{rest}", flush=True)

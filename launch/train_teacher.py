@@ -15,6 +15,7 @@ from absl import flags
 
 from tfkd import config
 from tfkd import data
+from tfkd import errors
 from tfkd import models
 from tfkd import teacher_setup
 
@@ -39,16 +40,15 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if FLAGS.epochs <= 0:
-        raise app.UsageError(f"--epochs must be positive, got {FLAGS.epochs}")
+    recipe = config.TeacherTrainConfig(FLAGS.architecture, FLAGS.epochs, FLAGS.batch_size,
+                                       FLAGS.learning_rate)
     try:
+        recipe.validate()
         dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
-    except data.DatasetUnavailableError as e:
+    except errors.TfkdError as e:
         sys.exit(f"error: {e}")
-    result = teacher_setup.train_and_export_teacher(
-        dataset, config.TeacherTrainConfig(FLAGS.architecture, FLAGS.epochs, FLAGS.batch_size,
-                                           FLAGS.learning_rate),
-        FLAGS.export_base, FLAGS.seed, FLAGS.verbose)
+    result = teacher_setup.train_and_export_teacher(dataset, recipe, FLAGS.export_base,
+                                                    FLAGS.seed, FLAGS.verbose)
     print(f"test_accuracy={result['test_accuracy']:.4f} export_dir={result['export_dir']}",
           flush=True)
 

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfkd import boundary
+from tfkd import errors
 from tfkd import serving
 from tfkd import teacher
 
@@ -332,8 +333,8 @@ def test_a_state_file_of_another_search_is_refused(tmp_path):
     resumed silently: the error names the file and what to do."""
     path = str(tmp_path / "state.npz")
     np.savez(path, best=np.ones(5), best_direction=np.zeros(5, np.int64), next_direction=3)
-    with pytest.raises(ValueError, match="state.npz: not the state of this search \\(6 pairs"):
+    with pytest.raises(errors.WorkdirError, match="state.npz: not the state of this search \\(6 pairs"):
         boundary._State.load(path, 6)
     np.savez(path, best=np.ones(6), next_direction=3)  # No best directions.
-    with pytest.raises(ValueError, match="move it aside"):
+    with pytest.raises(errors.WorkdirError, match="move it aside"):
         boundary._State.load(path, 6)

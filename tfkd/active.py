@@ -84,7 +84,7 @@ class ActiveConfig:
     assistant_epochs: int = 60
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range."""
         checks = [("rounds", self.rounds >= 0, ">= 0 (0: off)"),
                   ("selection", self.selection in SELECTIONS, SELECTIONS),
                   ("proxy_epochs", self.proxy_epochs >= 1, ">= 1"),
@@ -92,9 +92,7 @@ class ActiveConfig:
                   ("assistant", self.assistant in ("", "auto") or self.assistant in _models().MODELS,
                    f"'', 'auto' or one of {sorted(_models().MODELS)}"),
                   ("assistant_epochs", self.assistant_epochs >= 1, ">= 1")]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"active.{name}={getattr(self, name)!r}: expected {expected}")
+        errors.check_settings("active.", self, checks)
 
 
 def _models():
@@ -104,9 +102,11 @@ def _models():
 
 def quotas(total: int, rounds: int) -> list[int]:
     """Images each round labels: ``total`` split over ``rounds`` as evenly as integers allow (the
-    first rounds take the remainder). Raises ValueError for rounds < 1 or total < 0."""
+    first rounds take the remainder). Raises ValueError for rounds < 1 or total < 0 (the caller's
+    bug: :func:`run_rounds` asks for at least one image in at least one round)."""
     if rounds < 1 or total < 0:
-        raise ValueError(f"rounds={rounds}, total={total}: expected rounds >= 1 and total >= 0")
+        raise ValueError(  # Programming error: run_rounds passes total >= 1, rounds >= 1.
+            f"rounds={rounds}, total={total}: expected rounds >= 1 and total >= 0")
     base, extra = divmod(total, rounds)
     return [base + (1 if r < extra else 0) for r in range(rounds)]
 
@@ -122,11 +122,13 @@ def balanced_lowest(scores: np.ndarray, groups: np.ndarray, k: int) -> np.ndarra
     """Indices of ``k`` rows of lowest ``scores`` float [n], taken round-robin over ``groups``
     int [n] (each group's lowest first; a group that runs out leaves its turns to the others).
 
-    Returns int64 [min(k, n)], in the order taken. Raises ValueError for mismatched lengths.
+    Returns int64 [min(k, n)], in the order taken. Raises ValueError for mismatched lengths (the
+    caller's bug).
     """
     scores, groups = np.asarray(scores), np.asarray(groups)
     if scores.shape != groups.shape:
-        raise ValueError(f"scores {scores.shape} and groups {groups.shape}: expected one per row")
+        raise ValueError(  # Programming error: callers score and group the same rows.
+            f"scores {scores.shape} and groups {groups.shape}: expected one per row")
     order = np.lexsort((scores, groups))  # By group, then score ascending.
     sorted_groups = groups[order]
     starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
@@ -274,11 +276,13 @@ def run_rounds(pool: np.ndarray, known_images: np.ndarray, known_targets: np.nda
       ``round``, ``selection``, ``images``, ``labelled`` (after it), ``resumed``).
 
     Raises:
-      ValueError: ``total`` outside [0, P]; tfkd.errors.WorkdirError: an unusable state; what
-      ``label`` raises (QueryBudgetExceeded, TeacherError).
+      tfkd.errors.WorkdirError: an unusable state; what ``label`` raises (QueryBudgetExceeded,
+      TeacherError); ValueError: ``total`` outside [0, P] (the caller's bug: the FS-BBT method
+      runs rounds only for fewer ``active.labelled_images`` than the pool holds).
     """
     if not 0 <= total <= len(pool):
-        raise ValueError(f"total={total}: expected at most the pool's {len(pool)} images")
+        raise ValueError(  # Programming error: FSBBT.active() keeps total below the pool's size.
+            f"total={total}: expected at most the pool's {len(pool)} images")
     state = RoundState.load(state_path, len(pool))
     stored = len(state.chosen)  # Rounds read back: resumed.
     if recover_answered(state, pool, answered):

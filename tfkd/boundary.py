@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
+from tfkd import errors
 from tfkd import fs
 
 SEARCHES = ("bd", "mbd")
@@ -78,7 +79,7 @@ class BoundaryConfig:
     chunk_pairs: int = 4096
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range."""
         checks = [("search", self.search in SEARCHES, SEARCHES),
                   ("num_directions", self.num_directions >= 0, ">= 0"),
                   ("tolerance", self.tolerance > 0, "> 0"),
@@ -86,9 +87,7 @@ class BoundaryConfig:
                   ("mbd_directions", self.mbd_directions >= 1, ">= 1"),
                   ("temperature", self.temperature > 0, "> 0"),
                   ("chunk_pairs", self.chunk_pairs >= 1, ">= 1")]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"db3kd.{name}={getattr(self, name)!r}: expected {expected}")
+        errors.check_settings("db3kd.", self, checks)
 
 
 def soft_labels_from_distances(distances: np.ndarray, labels: np.ndarray,
@@ -107,17 +106,20 @@ def soft_labels_from_distances(distances: np.ndarray, labels: np.ndarray,
       logit_t = 1 / d_t and logit_y = sum_{t != y} 1 / d_t.
 
     Raises:
-      ValueError: shapes that do not match, or a non-positive distance.
+      ValueError: shapes that do not match, or a non-positive distance (the caller's bug: the
+        search measures one positive distance per image and class).
     """
     distances = np.asarray(distances, np.float64)
     labels = np.asarray(labels).reshape(-1)
     if distances.ndim != 2 or len(distances) != len(labels):
-        raise ValueError(f"distances: expected [n, K] with n = {len(labels)} labels, got "
-                         f"{list(distances.shape)}")
+        raise ValueError(  # Programming error: boundary_distances gives [n, K] for n labels.
+            f"distances: expected [n, K] with n = {len(labels)} labels, got "
+            f"{list(distances.shape)}")
     others = np.ones(distances.shape, bool)
     others[np.arange(len(labels)), labels] = False
     if np.any(distances[others] <= 0):
-        raise ValueError("distances: expected > 0 toward every other class")
+        raise ValueError(  # Programming error: a boundary is never at the image (its own class).
+            "distances: expected > 0 toward every other class")
     logits = np.where(others, 1.0 / np.where(others, distances, 1.0), 0.0)
     logits[np.arange(len(labels)), labels] = logits.sum(axis=1)
     scaled = logits / temperature
@@ -151,7 +153,7 @@ class _State:
         """The state persisted at ``path``, or a fresh one.
 
         Raises:
-          ValueError: the file is not this search's state (see :meth:`load`).
+          tfkd.errors.WorkdirError: the file is not this search's state (see :meth:`load`).
         """
         if not (path and fs.exists(path)):
             return cls.fresh(num_pairs)
@@ -166,14 +168,15 @@ class _State:
         or query counts: those read as not refined and 0).
 
         Raises:
-          ValueError: not a search state of ``num_pairs`` pairs with best distances and directions.
+          tfkd.errors.WorkdirError: not a search state of ``num_pairs`` pairs with best distances
+            and directions.
         """
         fresh = cls.fresh(num_pairs)
         with fs.load_npz(path) as f:
             if "best_direction" not in f or f["best"].shape != (num_pairs,):
-                raise ValueError(f"{path}: not the state of this search ({num_pairs} pairs, with "
-                                 f"best distances and their directions); move it aside to search "
-                                 f"again")
+                raise errors.WorkdirError(f"{path}: not the state of this search ({num_pairs} "
+                                          "pairs, with best distances and their directions); "
+                                          "move it aside to search again")
             fields = {k: np.broadcast_to(f[k], (num_pairs,)).copy() if k in f else getattr(fresh, k)
                       for k in ("best", "best_direction", "next_direction", "refined", "queries")}
         return cls(**fields)

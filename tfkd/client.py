@@ -102,11 +102,12 @@ class ServingConfig:
       target: ``host:port`` (or ``unix:path``) of the gRPC API.
       model_name, version, version_label, signature_name: the model spec (version and version_label
         are exclusive; neither: the server's latest).
-      input_key, input_dtype ("float32" | "uint8"), input_scale (the value pixel intensity 1.0 maps to:
-        1 or 255): default from the metadata (scale 255 for uint8, else 1).
+      input_key: the image input's name; default: the signature's only input.
+      input_dtype: ``float32`` or ``uint8``; default: from the metadata.
+      input_scale: the value pixel intensity 1.0 maps to (1 or 255); default: 255 for uint8, else 1.
       output_key: default ``probabilities`` if present, else the only output.
-      timeout_s: per-request deadline, seconds (> 0: the whole exchange, each attempt);
-        connect_timeout_s: how long to wait for the server, seconds (> 0).
+      timeout_s: per-request deadline, seconds (> 0: the whole exchange, each attempt).
+      connect_timeout_s: how long to wait for the server, seconds (> 0).
       max_in_flight: Predict requests in flight at once.
       max_request_bytes: requests are split to stay under this many bytes (an integer above
         :data:`REQUEST_OVERHEAD_BYTES`).
@@ -115,6 +116,7 @@ class ServingConfig:
         client certificate and key, optional name override) instead of an insecure one.
       auth_token_file, auth_token_env: where to read a secret sent as ``auth_header: auth_scheme
         <token>`` on every call (never printed or logged).
+      auth_header, auth_scheme: the metadata key (HTTP header) and scheme of that secret.
     """
 
     target: str = ""
@@ -540,13 +542,13 @@ class ServingClient:
 
     def _pick(self, tensors, key: str | None, what: str, preferred: str | None = None) -> str:
         """The input or output alias to use: ``key`` if given, else ``preferred``, else the only one."""
-        flag = f"--{self.role}_{what}_key" if self.role == "teacher" else f"{what}_key"
+        setting = f"teacher.{what}_key" if self.role == "teacher" else f"{what}_key"
         if key is None:
             if preferred is not None and preferred in tensors:
                 return preferred
             if len(tensors) != 1:
                 raise ServingClientError(f"{self.name}: several {what}s {sorted(tensors)}; name the "
-                                         f"one to use ({flag})")
+                                         f"one to use ({setting})")
             return next(iter(tensors))
         if key not in tensors:
             raise ServingClientError(f"{self.name}: {what}_key={key!r} not in {what}s "

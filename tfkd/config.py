@@ -32,12 +32,15 @@ from tfkd import zeroshot
 
 @dataclasses.dataclass(frozen=True)
 class TeacherTrainConfig:
-    """Training of a teacher on the training split (what its owner would have done).
+    """Training of a teacher on the training split (what its owner would have done), when the run
+    has no teacher target.
 
-    ``architecture`` ``auto``: the paper's teacher for the dataset (:data:`tfkd.models.DEFAULT_PAIRS`).
-
-    Adam with cosine decay of the learning rate to 0 (a constant rate leaves LeNet-5 below 89% on
-    Fashion-MNIST after 20 epochs; see BUILD_NOTES.md).
+    Attributes:
+      architecture: a name in :data:`tfkd.models.MODELS`; ``auto``: the paper's teacher for the
+        dataset (:data:`tfkd.models.DEFAULT_PAIRS`).
+      epochs, batch_size, learning_rate: Adam training.
+      lr_schedule: ``cosine`` decay to 0 (a constant rate leaves LeNet-5 below 89% on
+        Fashion-MNIST after 20 epochs) or ``constant``.
     """
 
     architecture: str = "auto"
@@ -100,7 +103,7 @@ class DistillConfig:
       eval_examples: test images used for the accuracies (0: the full test set).
       evaluate_test: measure the test accuracies. False for runs that only make a choice on the
         validation split: the test split is then not read at all.
-      evaluate_teacher: also measure the teacher's test accuracy over gRPC (costs test-set queries,
+      evaluate_teacher: also measure the teacher's test accuracy through its endpoint (costs test-set queries,
         counted in the work dir's query account and budget like every other query).
       compress: compressed student variants to export and measure besides float32 (see
         :data:`tfkd.export.VARIANTS`), each in ``export/student_<variant>/<version>/``.
@@ -170,12 +173,13 @@ class DistillConfig:
           :data:`tfkd.training.RECIPE`) and its own settings (:meth:`tfkd.methods.Method.resolve`);
         * ``verbose``: 1 (progress bars) on a terminal, 2 (a line per epoch) otherwise.
 
-        Idempotent. Raises ValueError for an unknown ``dataset`` or ``method``.
+        Idempotent. Raises :class:`tfkd.errors.ConfigError` for an unknown ``dataset`` or
+        ``method``.
         """
         method = methods.get(self.method)
         if self.dataset not in data_lib.SUPPORTED_DATASETS:
-            raise ValueError(f"dataset={self.dataset!r}: expected one of "
-                             f"{data_lib.SUPPORTED_DATASETS}")
+            raise errors.ConfigError(f"dataset={self.dataset!r}: expected one of "
+                                     f"{data_lib.SUPPORTED_DATASETS}")
         own = self.images is not None
         teacher_arch, student_arch = models.DEFAULT_PAIRS[self.dataset]
         cvae_arch = self.cvae.architecture
@@ -215,12 +219,7 @@ class DistillConfig:
           and what it accepts.
         """
         check_types(self)
-        try:
-            self.resolved()._check()
-        except errors.ConfigError:
-            raise
-        except ValueError as e:  # The parts' own checks: one error type for every setting.
-            raise errors.ConfigError(str(e)) from None
+        self.resolved()._check()
 
     def _check(self) -> None:
         method = methods.get(self.method)
@@ -228,7 +227,12 @@ class DistillConfig:
             raise errors.ConfigError(f"method_config={self.method_config!r}: method "
                                      f"{self.method!r} has no settings of its own")
         if hasattr(self.method_config, "validate"):
-            self.method_config.validate()
+            try:
+                self.method_config.validate()
+            except errors.ConfigError:
+                raise
+            except ValueError as e:  # A plug-in's own check: one error type for every setting.
+                raise errors.ConfigError(str(e)) from None
         checks = [
             ("num_shots", self.num_shots, self.num_shots >= (0 if self.images else 1),
              ">= 1 (0, all, only with images)"),
@@ -241,7 +245,7 @@ class DistillConfig:
         ]
         for name, value, ok, expected in checks:
             if not ok:
-                raise ValueError(f"{name}={value!r}: expected {expected}")
+                raise errors.ConfigError(f"{name}={value!r}: expected {expected}")
         self.teacher.validate(require_target=False)
         self.teacher_train.validate()
         self.mixup.validate()
@@ -257,7 +261,7 @@ class DistillConfig:
         if self.images is not None:
             self._validate_images(method)
         if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"method={self.method!r} needs the teacher's weights and gradients, which the "
                 f"endpoint {self.teacher.target} does not give: set teacher_saved_model (the "
                 f"SavedModel its TF Serving base path holds), or use method="
@@ -276,7 +280,7 @@ class DistillConfig:
         ]
         for refused, why in refusals:
             if refused:
-                raise ValueError(f"images={self.images.path!r}: {why}")
+                raise errors.ConfigError(f"images={self.images.path!r}: {why}")
 
 
 NUM_VALIDATION = 5000

@@ -98,12 +98,14 @@ def _read_idx(path: str) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
-        raise DatasetUnavailableError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+        raise DatasetUnavailableError(f"{path}: cannot read it ({type(e).__name__}: "
+                                      f"{' '.join(str(e).split())})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DatasetUnavailableError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
     type_code, ndim = raw[2], raw[3]
     if type_code != 0x08:
-        raise ValueError(f"{path}: expected unsigned-byte IDX data (type 0x08), got type {type_code:#x}")
+        raise DatasetUnavailableError(f"{path}: expected unsigned-byte IDX data (type 0x08), got "
+                                      f"type {type_code:#x}")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -191,12 +193,13 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
       A :class:`Dataset` with float32 images in [0, 1], NHWC, and int64 labels.
 
     Raises:
-      ValueError: unknown ``name``.
-      DatasetUnavailableError: ``data_dir`` was given but lacks the files, or no source could be read
-        (for example offline, with no local copy).
+      tfkd.errors.ConfigError: unknown ``name``.
+      DatasetUnavailableError: ``data_dir`` was given but lacks the files or holds files that are
+        not MNIST-layout IDX data, or no source could be read (for example offline, with no local
+        copy).
     """
     if name not in SUPPORTED_DATASETS:
-        raise ValueError(f"dataset={name!r}: expected one of {SUPPORTED_DATASETS}")
+        raise errors.ConfigError(f"dataset={name!r}: expected one of {SUPPORTED_DATASETS}")
     num_classes = _NUM_CLASSES[name]
     if data_dir:
         return _from_uint8(name, load_idx_dir(data_dir), num_classes, source=data_dir)
@@ -210,7 +213,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         raise DatasetUnavailableError(
             f"dataset={name!r}: no local copy (data_dir not given"
             f"{', no ' + debian if debian else ''}) and keras.datasets could not download it "
-            f"({type(e).__name__}: {str(e)[:200]}). Run on a machine that is online, pass "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). Run on a machine that is online, pass "
             f"data_dir with the IDX files{hint}.") from e
     arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return _from_uint8(name, arrays, num_classes, source="keras.datasets")
@@ -236,19 +239,19 @@ def few_shot_indices(labels: np.ndarray, num_shots: int, num_classes: int, seed:
       int64 [N] indices into the pool, sorted.
 
     Raises:
-      ValueError: N not positive, not divisible by ``num_classes`` when balanced, or a class with too
-        few images.
+      tfkd.errors.ConfigError: N not positive, not divisible by ``num_classes`` when balanced, or a
+        class with too few images.
     """
     labels = np.asarray(labels).reshape(-1)
     if num_shots <= 0 or num_shots > labels.size:
-        raise ValueError(f"num_shots={num_shots}: expected 1..{labels.size} (the pool size)")
+        raise errors.ConfigError(f"num_shots={num_shots}: expected 1..{labels.size} (the pool size)")
     rng = np.random.default_rng(seed)
     order = rng.permutation(labels.size)
     if not balanced:
         return np.sort(order[:num_shots]).astype(np.int64)
     if num_shots % num_classes:
-        raise ValueError(f"num_shots={num_shots}: expected a multiple of num_classes={num_classes} "
-                         "for a balanced sample (or pass balanced=False)")
+        raise errors.ConfigError(f"num_shots={num_shots}: expected a multiple of num_classes="
+                                 f"{num_classes} for a balanced sample (or pass balanced=False)")
     per_class = num_shots // num_classes
     ordered = labels[order]
     # Rank of each image within its class, in permutation order (vectorised cumcount).
@@ -260,8 +263,8 @@ def few_shot_indices(labels: np.ndarray, num_shots: int, num_classes: int, seed:
     keep = order[rank < per_class]
     counts = np.bincount(labels[keep], minlength=num_classes)
     if keep.size != num_shots:
-        raise ValueError(f"num_shots={num_shots}: the pool has too few images of some class "
-                         f"(picked per class: {counts.tolist()})")
+        raise errors.ConfigError(f"num_shots={num_shots}: the pool has too few images of some "
+                                 f"class (picked per class: {counts.tolist()})")
     return np.sort(keep).astype(np.int64)
 
 
@@ -286,11 +289,11 @@ def validation_indices(num_train: int, num_validation: int,
       int64 [num_validation] sorted indices into the training split.
 
     Raises:
-      ValueError: num_validation out of range.
+      tfkd.errors.ConfigError: num_validation out of range.
     """
     if not 0 <= num_validation < num_train:
-        raise ValueError(f"num_validation={num_validation}: expected 0 <= num_validation < "
-                         f"{num_train} (the training split's size)")
+        raise errors.ConfigError(f"num_validation={num_validation}: expected 0 <= num_validation "
+                                 f"< {num_train} (the training split's size)")
     order = np.random.default_rng(seed).permutation(num_train)
     return np.sort(order[:num_validation]).astype(np.int64)
 
@@ -313,10 +316,12 @@ def with_validation_split(dataset: Dataset, num_validation: int,
       the :class:`Dataset` with the validation split held out.
 
     Raises:
-      ValueError: num_validation out of range, or the dataset already has a validation split.
+      tfkd.errors.ConfigError: num_validation out of range.
+      ValueError: the dataset already has a validation split (the caller's bug).
     """
     if dataset.x_val is not None:
-        raise ValueError(f"dataset {dataset.name!r} already has a validation split")
+        raise ValueError(  # Programming error: the pipeline holds the split out once.
+            f"dataset {dataset.name!r} already has a validation split")
     if num_validation == 0:
         return dataset
     held = validation_indices(len(dataset.x_train), num_validation, seed)

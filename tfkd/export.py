@@ -120,8 +120,8 @@ def _float16(model: keras.Model) -> keras.Model:
 
 def _litert_int8(serve, version_dir: str, calibration: np.ndarray | None) -> None:
     if calibration is None:
-        raise ValueError("variant='int8': expected calibration_images (real inputs, e.g. the "
-                         "transfer set) to calibrate its int8 ranges on")
+        raise errors.ConfigError("variant='int8': expected calibration_images (real inputs, e.g. "
+                                 "the transfer set) to calibrate its int8 ranges on")
     litert.write_int8(serve, calibration, version_dir)
 
 
@@ -129,9 +129,10 @@ FORMATS: dict[str, ExportFormat] = {}
 
 
 def register_format(fmt: ExportFormat) -> ExportFormat:
-    """Adds an export format (a new one is this call). Raises ValueError for a name taken."""
+    """Adds an export format (a new one is this call). Raises :class:`tfkd.errors.ConfigError`
+    for a name taken."""
     if fmt.name in FORMATS:
-        raise ValueError(f"export format {fmt.name!r} is already registered")
+        raise errors.ConfigError(f"export format {fmt.name!r} is already registered")
     FORMATS[fmt.name] = fmt
     return fmt
 
@@ -219,10 +220,10 @@ def compressed_copy(model: keras.Model, variant: str = "float32") -> keras.Model
     optimizer into the SavedModel).
 
     Raises:
-      ValueError: unknown variant.
+      tfkd.errors.ConfigError: unknown variant.
     """
     if variant not in FORMATS:
-        raise ValueError(f"variant={variant!r}: expected one of {tuple(FORMATS)}")
+        raise errors.ConfigError(f"variant={variant!r}: expected one of {tuple(FORMATS)}")
     clone = model.__class__.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     return FORMATS[variant].compress(clone)
@@ -270,16 +271,16 @@ def export_classifier(model: keras.Model, export_base: str, version: int | None 
       The version directory written, ``<export_base>/<version>``.
 
     Raises:
-      ValueError: ``version`` not positive or already present; unknown variant or output; class
-        names not K distinct one-line names.
+      tfkd.errors.ConfigError: ``version`` not positive or already present; unknown variant or
+        output; class names not K distinct one-line names; ``int8`` without calibration images.
     """
     if not outputs or not set(outputs) <= set(TEACHER_OUTPUTS):
-        raise ValueError(f"outputs={outputs!r}: expected a non-empty subset of {TEACHER_OUTPUTS}")
+        raise errors.ConfigError(f"outputs={outputs!r}: expected a non-empty subset of {TEACHER_OUTPUTS}")
     existing = list_versions(export_base)
     if version is None:
         version = (existing[-1] + 1) if existing else 1
     if version <= 0:
-        raise ValueError(f"version={version}: expected a positive integer")
+        raise errors.ConfigError(f"version={version}: expected a positive integer")
     clone = compressed_copy(model, variant)
     vocabulary_dir = tempfile.mkdtemp(prefix="tfkd-labels-") if class_names else None
     vocabulary = (None if vocabulary_dir is None else
@@ -326,8 +327,8 @@ def _write_vocabulary(class_names, num_classes: int, directory: str) -> str:
     names = [str(n) for n in class_names]
     if len(names) != num_classes or len(set(names)) != len(names) or any(
             not n or "\n" in n or "\r" in n for n in names):
-        raise ValueError(f"class_names={names!r}: expected {num_classes} distinct non-empty "
-                         "one-line names (the label vocabulary)")
+        raise errors.ConfigError(f"class_names={names!r}: expected {num_classes} distinct "
+                                 "non-empty one-line names (the label vocabulary)")
     path = os.path.join(directory, VOCABULARY_FILE)
     with open(path, "w") as f:
         f.write("\n".join(names) + "\n")
@@ -353,11 +354,12 @@ def _write_version(export_base: str, version: int, write) -> str:
     ``<export_base>/<version>`` once complete (removed if ``write`` fails).
 
     Raises:
-      ValueError: the version is already there (versions only increase).
+      tfkd.errors.ConfigError: the version is already there (versions only increase).
     """
     final_dir = os.path.join(export_base, str(version))
     if fs.exists(final_dir):
-        raise ValueError(f"version={version}: {final_dir} already exists; versions only increase")
+        raise errors.ConfigError(f"version={version}: {final_dir} already exists; versions only "
+                                 "increase")
     fs.makedirs(export_base)
     tmp_dir = _staging_dir(export_base, version)
     try:
@@ -375,12 +377,21 @@ class _LabelOnly(tf.Module):
 
     def __init__(self, version_dir: str):
         super().__init__(name="label_only")
-        self.source = tf.saved_model.load(version_dir)
-        signature = self.source.signatures[SIGNATURE_KEY]
-        spec = signature.structured_input_signature[1][INPUT_KEY]
-        if CLASSES_KEY not in signature.structured_outputs:
-            raise ValueError(f"{version_dir}: the {SIGNATURE_KEY!r} signature has no "
-                             f"{CLASSES_KEY!r} output (outputs: {sorted(signature.structured_outputs)})")
+        try:
+            self.source = tf.saved_model.load(version_dir)
+        except Exception as e:  # noqa: BLE001 - OSError, a parse error, a missing op: not loaded.
+            reason = " ".join(str(e).split())[:300]
+            raise errors.ConfigError(f"version_dir={version_dir!r}: does not load as a SavedModel "
+                                     f"({type(e).__name__}: {reason})") from None
+        signature = self.source.signatures.get(SIGNATURE_KEY)
+        inputs = {} if signature is None else signature.structured_input_signature[1]
+        outputs = {} if signature is None else signature.structured_outputs
+        if INPUT_KEY not in inputs or CLASSES_KEY not in outputs:
+            raise errors.ConfigError(
+                f"version_dir={version_dir!r}: expected a {SIGNATURE_KEY!r} signature of input "
+                f"{INPUT_KEY!r} and a {CLASSES_KEY!r} output; it has inputs {sorted(inputs)}, "
+                f"outputs {sorted(outputs)}")
+        spec = inputs[INPUT_KEY]
         self.serve = tf.function(lambda images: {CLASSES_KEY: signature(images=images)[CLASSES_KEY]},
                                  input_signature=[tf.TensorSpec(spec.shape, spec.dtype, INPUT_KEY)])
 
@@ -399,7 +410,8 @@ def export_label_only(version_dir: str, export_base: str, version: int = 1) -> s
       The version directory written.
 
     Raises:
-      ValueError: no ``classes`` output; the version is already there.
+      tfkd.errors.ConfigError: ``version_dir`` does not load, or has no such signature, input or
+        ``classes`` output; the version is already there.
     """
     module = _LabelOnly(version_dir)
     return _write_version(export_base, version, lambda tmp_dir: tf.saved_model.save(
@@ -452,15 +464,15 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
       the new version directory.
 
     Raises:
-      ValueError: ``version_dir`` is not a SavedModel, ``model_base_path`` is a file, the version
-        exists, or it is below the newest without ``allow_older``.
-      tfkd.errors.ConfigError (a ValueError): ``version_dir`` is an export the served-agreement
-        check set aside (``<n>.rejected``), ``model_base_path`` is ``version_dir`` or inside it
-        (the copy would nest), or the version fails to load; nothing is copied.
+      tfkd.errors.ConfigError (a ValueError): one line, nothing copied: ``version_dir`` is not a
+        SavedModel or LiteRT version, or an export the served-agreement check set aside
+        (``<n>.rejected``), or fails to load; ``model_base_path`` is a file, is ``version_dir`` or
+        inside it (the copy would nest), or cannot be written; the version exists, or it is
+        below the newest without ``allow_older``.
     """
     if not any(fs.exists(os.path.join(version_dir, f)) for f in fs.LAST_FILES):
-        raise ValueError(f"version_dir={version_dir!r}: expected a SavedModel directory "
-                         f"(with saved_model.pb) or a LiteRT version (with {litert.FILE})")
+        raise errors.ConfigError(f"version_dir={version_dir!r}: expected a SavedModel directory "
+                                 f"(with saved_model.pb) or a LiteRT version (with {litert.FILE})")
     if os.path.basename(version_dir.rstrip("/")).endswith(REJECTED_SUFFIX):
         raise errors.ConfigError(
             f"version_dir={version_dir!r}: an export the served-agreement check set aside (the "
@@ -472,17 +484,29 @@ def deploy_version(version_dir: str, model_base_path: str, version: int | None =
             f"({version_dir}), which would nest a copy in it; expected the directory of numeric "
             "versions a server watches")
     if fs.exists(model_base_path) and not fs.isdir(model_base_path):
-        raise ValueError(f"model_base_path={model_base_path!r}: is a file; expected the directory "
-                         "of numeric versions a server watches")
+        raise errors.ConfigError(f"model_base_path={model_base_path!r}: is a file; expected the "
+                                 "directory of numeric versions a server watches")
     existing = list_versions(model_base_path)
     if version is not None and existing and version < existing[-1] and not allow_older:
-        raise ValueError(f"version={version}: below the newest version there ({existing[-1]}), "
-                         "which a server serving the latest version keeps serving; omit the "
-                         f"version (next: {existing[-1] + 1}) or allow an older one explicitly")
+        raise errors.ConfigError(f"version={version}: below the newest version there "
+                                 f"({existing[-1]}), which a server serving the latest version "
+                                 f"keeps serving; omit the version (next: {existing[-1] + 1}) or "
+                                 "allow an older one explicitly")
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
     _check_loads(version_dir, os.path.basename(model_base_path.rstrip("/")), version)
-    return _write_version(model_base_path, version,
-                          lambda tmp_dir: fs.copy_tree(version_dir, tmp_dir))
+    return _copy_version(version_dir, model_base_path, version)
+
+
+def _copy_version(version_dir: str, model_base_path: str, version: int) -> str:
+    """``version_dir`` copied in as ``<model_base_path>/<version>`` (:func:`_write_version`).
+    Raises ConfigError (one line) if the base path cannot be written."""
+    try:
+        return _write_version(model_base_path, version,
+                              lambda tmp_dir: fs.copy_tree(version_dir, tmp_dir))
+    except (OSError, tf.errors.OpError) as e:  # A read-only mount, a full disk, /proc, ...
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise errors.ConfigError(f"model_base_path={model_base_path!r}: cannot write there "
+                                 f"({' '.join(str(reason).split())[:200]}); not deployed") from None
 
 
 def _within(path: str, directory: str) -> bool:

@@ -1,6 +1,8 @@
 """File access on any file system TensorFlow reads: every read and write of a work dir, ledger,
-export, image source or config goes through here (``tf.io.gfile``), so a ``gs://``, ``s3://`` or
-``hdfs://`` work dir works as it does for the rest of TensorFlow. Tested on TensorFlow's in-memory
+export, image source or config goes through here (``tf.io.gfile``), so a ``gs://`` work dir (or
+one of a scheme a file-system plug-in registers, such as tensorflow-io's ``s3://``; TensorFlow
+2.21 itself has no ``s3://`` or ``hdfs://``) works as it does for the rest of TensorFlow. Tested on
+TensorFlow's in-memory
 ``ram://`` file system and on local disks.
 
 Atomic writes (temp name, then rename) hold where the file system's rename does (local disks,
@@ -16,6 +18,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
+
+from tfkd import errors
 
 gfile = tf.io.gfile
 
@@ -96,14 +100,15 @@ def read_text(path: str) -> str:
     """The UTF-8 text of a file.
 
     Raises:
-      ValueError: naming the path, when the bytes are not UTF-8 text (a binary file given for a
-        config); OSError / ``tf.errors.NotFoundError`` when it cannot be read.
+      tfkd.errors.ConfigError (a ValueError): naming the path, when the bytes are not UTF-8 text
+        (a binary file given for a config); OSError / ``tf.errors.NotFoundError`` when it cannot
+        be read.
     """
     data = read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise errors.ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def write_atomic(path: str, data: bytes | str) -> str:

@@ -67,18 +67,20 @@ class ImageSourceConfig:
     class_names: str | None = None
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range
+        (:class:`ImageSourceError` for a class-name file that is not there)."""
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"images.{name}={value!r}: expected >= 1")
+                raise errors.ConfigError(f"images.{name}={value!r}: expected >= 1")
         if self.channels not in (None, 1, 3):
-            raise ValueError(f"images.channels={self.channels!r}: expected 1 or 3")
+            raise errors.ConfigError(f"images.channels={self.channels!r}: expected 1 or 3")
         if not self.path:
-            raise ValueError("images.path='': expected a directory, pattern or TFRecord path")
+            raise errors.ConfigError("images.path='': expected a directory, pattern or TFRecord "
+                                     "path")
         if self.class_names and not tf.io.gfile.exists(self.class_names):
-            raise ValueError(f"class_names={self.class_names!r}: no such file (expected one class "
-                             "name per line, in the teacher's order)")
+            raise ImageSourceError(f"class_names={self.class_names!r}: no such file (expected one "
+                                   "class name per line, in the teacher's order)")
 
     def image_shape(self, teacher_input_shape: tuple) -> tuple[int, int, int]:
         """(H, W, C) the images become: this config's overrides, else the teacher's input shape
@@ -273,12 +275,13 @@ def load_images(path: str, image_shape: tuple, image_key: str = DEFAULT_IMAGE_KE
 
     Raises:
       ImageSourceError: nothing matched, or no image of the source could be decoded.
-      ValueError: ``image_shape`` not (H, W, 1 or 3) with H, W >= 1.
+      tfkd.errors.ConfigError: ``image_shape`` not (H, W, 1 or 3) with H, W >= 1 (the teacher's
+        input shape, or the images.height/width/channels settings).
     """
     start = time.perf_counter()
     shape = tuple(int(d) for d in image_shape)
     if len(shape) != 3 or min(shape[:2]) < 1 or shape[2] not in (1, 3):
-        raise ValueError(f"image_shape={image_shape!r}: expected (H, W, C) with C 1 or 3")
+        raise errors.ConfigError(f"image_shape={image_shape!r}: expected (H, W, C) with C 1 or 3")
     names, make = _source(path, image_key)
     if callable(select):
         select = select(len(names))

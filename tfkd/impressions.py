@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfkd import errors
 from tfkd import fs
 
 BETAS = (1.0, 0.1)
@@ -142,26 +143,28 @@ class ImpressionConfig:
                                             if f.name in AFTER_SEARCH})
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range (None: filled by
-        :meth:`resolved`)."""
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range (None:
+        filled by :meth:`resolved`)."""
         for name in ("count", "iterations", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"zskd.{name}={getattr(self, name)}: expected >= 1")
+                raise errors.ConfigError(f"zskd.{name}={getattr(self, name)}: expected >= 1")
         for name in ("learning_rate", "temperature", "student_temperature"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"zskd.{name}={getattr(self, name)}: expected > 0")
+                raise errors.ConfigError(f"zskd.{name}={getattr(self, name)}: expected > 0")
         if not self.betas or min(self.betas) <= 0:
-            raise ValueError(f"zskd.betas={self.betas}: expected one or more values > 0")
+            raise errors.ConfigError(f"zskd.betas={self.betas}: expected one or more values > 0")
         if self.pixels not in PIXEL_RULES:
-            raise ValueError(f"zskd.pixels={self.pixels!r}: expected one of {PIXEL_RULES}")
+            raise errors.ConfigError(f"zskd.pixels={self.pixels!r}: expected one of {PIXEL_RULES}")
         if self.view_kind is not None and self.view_kind not in VIEW_KINDS:
-            raise ValueError(f"zskd.view_kind={self.view_kind!r}: expected one of {VIEW_KINDS}")
+            raise errors.ConfigError(f"zskd.view_kind={self.view_kind!r}: expected one of "
+                                     f"{VIEW_KINDS}")
         if self.views is not None and self.views < 0:
-            raise ValueError(f"zskd.views={self.views}: expected >= 0 (0: none)")
+            raise errors.ConfigError(f"zskd.views={self.views}: expected >= 0 (0: none)")
         if not 0 < self.view_scale <= 1 or not 0 <= self.view_shift < 1 or self.view_rotation < 0:
-            raise ValueError(f"zskd.view_scale={self.view_scale}, view_shift={self.view_shift}, "
-                             f"view_rotation={self.view_rotation}: expected scale in (0, 1], "
-                             "shift in [0, 1), rotation >= 0 degrees")
+            raise errors.ConfigError(f"zskd.view_scale={self.view_scale}, view_shift="
+                                     f"{self.view_shift}, view_rotation={self.view_rotation}: "
+                                     "expected scale in (0, 1], shift in [0, 1), rotation >= 0 "
+                                     "degrees")
 
 
 def class_similarity(weights: np.ndarray) -> np.ndarray:
@@ -175,15 +178,18 @@ def class_similarity(weights: np.ndarray) -> np.ndarray:
       each class with itself, is 1).
 
     Raises:
-      ValueError: not a 2-D matrix with at least 2 columns, or a column of zeros.
+      tfkd.errors.ConfigError: not a 2-D matrix with at least 2 columns, or a column of zeros (the
+        teacher's final layer: a one-class or untrained teacher).
     """
     w = np.asarray(weights, np.float64)
     if w.ndim != 2 or w.shape[1] < 2:
-        raise ValueError(f"weights: expected [features, classes >= 2], got shape {w.shape}")
+        raise errors.ConfigError(f"weights (the teacher's final layer): expected [features, "
+                                 f"classes >= 2], got shape {w.shape}")
     norms = np.linalg.norm(w, axis=0)
     if (norms == 0).any():
-        raise ValueError(f"weights: class columns {np.flatnonzero(norms == 0).tolist()} are all "
-                         f"zeros; expected the trained final layer")
+        raise errors.ConfigError(f"weights (the teacher's final layer): class columns "
+                                 f"{np.flatnonzero(norms == 0).tolist()} are all zeros; expected "
+                                 "the trained final layer")
     unit = w / norms
     similarity = unit.T @ unit
     low, high = similarity.min(), similarity.max()
@@ -204,15 +210,17 @@ def dirichlet_targets(similarity: np.ndarray, classes: np.ndarray, beta: float,
       float32 [n, K], rows on the simplex (sum 1); a smaller β gives sparser rows.
 
     Raises:
-      ValueError: a class out of range, or β <= 0.
+      ValueError: a class out of range, or β <= 0 (the caller's bug: the plan's classes are in
+        range and ``zskd.betas`` are checked by :meth:`ImpressionConfig.validate`).
     """
     similarity = np.asarray(similarity, np.float64)
     classes = np.asarray(classes)
     k = similarity.shape[0]
     if classes.size and (classes.min() < 0 or classes.max() >= k):
-        raise ValueError(f"classes: expected ids in [0, {k}), got {classes.min()}..{classes.max()}")
+        raise ValueError(  # Programming error: callers draw classes from target_plan's [0, K).
+            f"classes: expected ids in [0, {k}), got {classes.min()}..{classes.max()}")
     if beta <= 0:
-        raise ValueError(f"beta={beta}: expected > 0")
+        raise ValueError(f"beta={beta}: expected > 0")  # Programming error: zskd.betas validated.
     low = similarity.min(axis=1, keepdims=True)
     span = np.maximum(similarity.max(axis=1, keepdims=True) - low, 1e-12)
     concentration = beta * (similarity - low) / span + 1e-4
@@ -227,9 +235,9 @@ def target_plan(num_classes: int, config: ImpressionConfig) -> list[tuple[int, f
     config = config.resolved()
     per_cell = config.count // (num_classes * len(config.betas) * config.batch_size)
     if per_cell < 1:
-        raise ValueError(f"zskd.count={config.count}: expected at least one batch of "
-                         f"{config.batch_size} per class and beta "
-                         f"({num_classes * len(config.betas) * config.batch_size})")
+        raise errors.ConfigError(f"zskd.count={config.count}: expected at least one batch of "
+                                 f"{config.batch_size} per class and beta "
+                                 f"({num_classes * len(config.betas) * config.batch_size})")
     return [(k, beta) for _ in range(per_cell) for beta in config.betas for k in range(num_classes)]
 
 
@@ -437,28 +445,36 @@ class SavedModelTeacher:
     (log-probabilities differ from the logits by a per-row constant, so softmax(· / T) is the same).
 
     Raises:
-      ValueError: no such signature or input, or neither output (the message names what is there).
+      tfkd.errors.ConfigError: the directory does not load as a SavedModel, or has no such
+        signature or input, or neither output (the message names what is there).
     """
 
     def __init__(self, version_dir: str, signature: str = "serving_default",
                  input_key: str = "images"):
         self.version_dir = version_dir
-        self._loaded = tf.saved_model.load(version_dir)
+        try:
+            self._loaded = tf.saved_model.load(version_dir)
+        except Exception as e:  # noqa: BLE001 - OSError, a parse error, a missing op: not loaded.
+            reason = " ".join(str(e).split())[:300]
+            raise errors.ConfigError(f"teacher_saved_model={version_dir!r}: does not load as a "
+                                     f"SavedModel ({type(e).__name__}: {reason})") from None
         if signature not in self._loaded.signatures:
-            raise ValueError(f"{version_dir}: no signature {signature!r} "
-                             f"(has {sorted(self._loaded.signatures)})")
+            raise errors.ConfigError(f"teacher_saved_model={version_dir!r}: no signature "
+                                     f"{signature!r} (has {sorted(self._loaded.signatures)})")
         self._fn = self._loaded.signatures[signature]
         inputs = self._fn.structured_input_signature[1]
         if input_key not in inputs:
-            raise ValueError(f"{version_dir}: signature {signature!r} has no input {input_key!r} "
-                             f"(has {sorted(inputs)})")
+            raise errors.ConfigError(f"teacher_saved_model={version_dir!r}: signature "
+                                     f"{signature!r} has no input {input_key!r} (has "
+                                     f"{sorted(inputs)})")
         self.input_key = input_key
         self.image_shape = tuple(inputs[input_key].shape[1:])
         outputs = self._fn.structured_outputs
         self.output_key = next((k for k in ("logits", "probabilities") if k in outputs), None)
         if self.output_key is None:
-            raise ValueError(f"{version_dir}: signature {signature!r} has neither a 'logits' nor a "
-                             f"'probabilities' output (has {sorted(outputs)})")
+            raise errors.ConfigError(f"teacher_saved_model={version_dir!r}: signature "
+                                     f"{signature!r} has neither a 'logits' nor a 'probabilities' "
+                                     f"output (has {sorted(outputs)})")
         self.num_classes = int(outputs[self.output_key].shape[-1])
 
     def logits(self, images: tf.Tensor) -> tf.Tensor:
@@ -474,27 +490,27 @@ class SavedModelTeacher:
         signature uses, or the one named ``variable`` (``--zskd_final_layer``).
 
         Raises:
-          ValueError: no such variable, none of shape [*, K], or several (the message lists them
-            and names the flag).
+          tfkd.errors.ConfigError: no such variable, none of shape [*, K], or several (the message
+            lists them and names the setting).
         """
         found = {v.name.split(":")[0]: v for v in self._fn.variables}
         if variable is not None:
             if variable.split(":")[0] not in found:
-                raise ValueError(f"zskd final layer {variable!r}: not a variable of "
-                                 f"{self.version_dir} (has {sorted(found)})")
+                raise errors.ConfigError(f"zskd.final_layer={variable!r}: not a variable of "
+                                         f"{self.version_dir} (has {sorted(found)})")
             weights = found[variable.split(":")[0]].numpy()
         else:
             candidates = [n for n, v in found.items()
                           if len(v.shape) == 2 and v.shape[-1] == self.num_classes]
             if len(candidates) != 1:
-                raise ValueError(
+                raise errors.ConfigError(
                     f"{self.version_dir}: {len(candidates)} variables of shape [features, "
                     f"{self.num_classes}] ({candidates}); name the final layer's with "
                     f"zskd.final_layer")
             weights = found[candidates[0]].numpy()
         if weights.ndim != 2 or weights.shape[-1] != self.num_classes:
-            raise ValueError(f"zskd final layer {variable!r}: shape {weights.shape}, expected "
-                             f"[features, {self.num_classes}]")
+            raise errors.ConfigError(f"zskd.final_layer={variable!r}: shape {weights.shape}, "
+                                     f"expected [features, {self.num_classes}]")
         return weights.astype(np.float32)
 
 
@@ -527,12 +543,14 @@ class ZerothOrderConfig:
     resolution: int = 14
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range."""
         for name in ("directions", "resolution"):
             if getattr(self, name) < 1:
-                raise ValueError(f"zskd_blackbox.{name}={getattr(self, name)}: expected >= 1")
+                raise errors.ConfigError(f"zskd_blackbox.{name}={getattr(self, name)}: "
+                                         "expected >= 1")
         if not 0 < self.sigma <= 1:
-            raise ValueError(f"zskd_blackbox.sigma={self.sigma}: expected in (0, 1] (pixel units)")
+            raise errors.ConfigError(f"zskd_blackbox.sigma={self.sigma}: expected in (0, 1] "
+                                     "(pixel units)")
 
     @property
     def probes_per_step(self) -> int:

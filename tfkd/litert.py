@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tfkd import errors
 from tfkd import fs
 
 FILE = "model.tflite"
@@ -49,14 +50,14 @@ def convert_int8(serve: tf.types.experimental.ConcreteFunction, calibration: np.
       the flatbuffer bytes.
 
     Raises:
-      ValueError: no calibration images; an operator TFLite cannot run in int8 (the converter's
-        message).
+      tfkd.errors.ConfigError: no calibration images; an operator TFLite cannot run in int8 (the
+        converter's message).
     """
     from tensorflow.python.framework import convert_to_constants
 
     if calibration is None or len(calibration) == 0:
-        raise ValueError("calibration: expected at least one real image to calibrate the int8 "
-                         "ranges on, got none")
+        raise errors.ConfigError("calibration: expected at least one real image to calibrate the "
+                                 "int8 ranges on, got none")
     names = sorted(serve.structured_outputs)
     frozen = convert_to_constants.convert_variables_to_constants_v2(serve)
     spec = tf.nest.flatten(serve.structured_input_signature)[0]
@@ -74,7 +75,8 @@ def convert_int8(serve: tf.types.experimental.ConcreteFunction, calibration: np.
         try:
             return converter.convert()
         except Exception as e:  # noqa: BLE001 - the converter raises many types.
-            raise ValueError(f"int8 LiteRT conversion failed: {str(e).splitlines()[0][:300]}") from None
+            first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+            raise errors.ConfigError(f"variant='int8': the LiteRT conversion failed: {first}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -113,8 +115,8 @@ class LiteRTModel:
         for the batch).
 
     Raises:
-      ValueError: the file is not a LiteRT model, or it is one that fails its test run (a damaged
-        file TFLite reads but cannot run).
+      tfkd.errors.ConfigError: the file is not a LiteRT model, or it is one that fails its test
+        run (a damaged file TFLite reads but cannot run).
     """
 
     def __init__(self, path: str, num_threads: int | None = None):
@@ -126,7 +128,8 @@ class LiteRTModel:
                 self._interpreter = tf.lite.Interpreter(model_content=content,
                                                         num_threads=num_threads)
             except ValueError as e:
-                raise ValueError(f"{path}: not a LiteRT model ({e})") from None
+                raise errors.ConfigError(f"{path}: not a LiteRT model "
+                                         f"({' '.join(str(e).split())[:300]})") from None
         self._lock = threading.Lock()
         self.signatures, self.details = {}, {}
         for key in self._interpreter.get_signature_list():
@@ -145,7 +148,8 @@ class LiteRTModel:
         client's request.
 
         Raises:
-          ValueError: one line naming the file, the signature and the interpreter's reason.
+          tfkd.errors.ConfigError: one line naming the file, the signature and the interpreter's
+            reason.
         """
         for key, (inputs, _) in self.details.items():
             feeds = {name: np.zeros([abs(s) for s in shape], dtype)  # An unknown (-1) is 1.
@@ -153,13 +157,14 @@ class LiteRTModel:
             try:
                 self.signatures[key](**feeds)
             except InterpreterError as e:
-                raise ValueError(f"{self.path}: a damaged LiteRT model: signature {key!r} fails "
-                                 f"its test run on zeros: {e.reason}") from None
+                raise errors.ConfigError(f"{self.path}: a damaged LiteRT model: signature {key!r} "
+                                         f"fails its test run on zeros: {e.reason}") from None
 
     def _callable(self, runner, names: list[str]):
         def call(**inputs):
             if sorted(inputs) != names:
-                raise TypeError(f"{self.path}: expected the inputs {names}, got {sorted(inputs)}")
+                raise TypeError(  # Programming error: as a SavedModel signature, on other names.
+                    f"{self.path}: expected the inputs {names}, got {sorted(inputs)}")
             feeds = {k: np.asarray(v) for k, v in inputs.items()}
             with self._lock:
                 try:

@@ -13,6 +13,8 @@ from typing import Callable
 import keras
 from keras import layers
 
+from tfkd import errors
+
 
 def _lenet(name: str, conv_filters: tuple[int, int], dense_units: tuple[int, int],
            input_shape: tuple[int, int, int], num_classes: int,
@@ -96,7 +98,8 @@ def alexnet_half(input_shape=(32, 32, 3), num_classes: int = 10) -> keras.Model:
 
 def _resnet_cifar(name: str, depth: int, input_shape, num_classes: int) -> keras.Model:
     if (depth - 2) % 6:
-        raise ValueError(f"depth={depth}: a CIFAR ResNet has depth 6n + 2 (20, 32, 56, ...)")
+        raise ValueError(  # Programming error: MODELS names only depths 6n + 2.
+            f"depth={depth}: a CIFAR ResNet has depth 6n + 2 (20, 32, 56, ...)")
     blocks = (depth - 2) // 6
     inputs = keras.Input(shape=input_shape, name="images")
     x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
@@ -198,21 +201,21 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
       num_classes: number of classes (width of the logits).
 
     Raises:
-      ValueError: unknown name, an input too small for the architecture, or a user's model whose
-        input or output shape does not fit.
+      tfkd.errors.ConfigError: unknown name, an input too small for the architecture, or a user's
+        model that does not load or whose input or output shape does not fit.
     """
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape={input_shape}: expected (H, W, C)")
+        raise errors.ConfigError(f"input_shape={input_shape}: expected (H, W, C)")
     shape = tuple(int(d) for d in input_shape)
     if is_user_model(name):
         return load_user_model(name, shape, int(num_classes))
     if name not in MODELS:
-        raise ValueError(f"model={name!r}: expected one of {sorted(MODELS)} or a path ending in "
-                         f"{USER_MODEL_SUFFIX}")
+        raise errors.ConfigError(f"model={name!r}: expected one of {sorted(MODELS)} or a path "
+                                 f"ending in {USER_MODEL_SUFFIX}")
     if name.startswith("lenet") and min(shape[:2]) < 12:
-        raise ValueError(f"input_shape={input_shape}: LeNet-5 needs H, W >= 12")
+        raise errors.ConfigError(f"input_shape={input_shape}: LeNet-5 needs H, W >= 12")
     if name in APPLICATIONS and min(shape[:2]) < 32:
-        raise ValueError(f"input_shape={input_shape}: {name} needs H, W >= 32")
+        raise errors.ConfigError(f"input_shape={input_shape}: {name} needs H, W >= 32")
     return MODELS[name](shape, int(num_classes))
 
 
@@ -222,29 +225,35 @@ def is_user_model(name: str) -> bool:
 
 
 def load_user_model(path: str, input_shape: tuple, num_classes: int) -> keras.Model:
-    """A user's own Keras model (``--student_model=PATH.keras``), loaded uncompiled.
+    """A user's own Keras model (``StudentConfig.architecture`` = ``PATH.keras``), loaded
+    uncompiled.
 
     Raises:
-      ValueError: no such file, or its input is not [None, *input_shape] or its output not
-        [None, num_classes].
+      tfkd.errors.ConfigError: no such file, a file Keras cannot load, or its input is not
+        [None, *input_shape] or its output not [None, num_classes].
     """
     import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
-        raise ValueError(f"student_model={path!r}: no such file")
+        raise errors.ConfigError(f"student.architecture={path!r}: no such file")
     local = path
     if "://" in path:  # keras.saving reads local files: copy a remote one next to the caller.
         import tempfile
 
         local = os.path.join(tempfile.mkdtemp(prefix="tfkd-student-"), os.path.basename(path))
         tf.io.gfile.copy(path, local)
-    model = keras.saving.load_model(local, compile=False)
+    try:
+        model = keras.saving.load_model(local, compile=False)
+    except Exception as e:  # noqa: BLE001 - a zip error, a missing custom object, a bad config.
+        reason = " ".join(str(e).split())[:300]
+        raise errors.ConfigError(f"student.architecture={path!r}: not a Keras model file Keras "
+                                 f"loads ({type(e).__name__}: {reason})") from None
     got_in = tuple(model.inputs[0].shape[1:]) if model.inputs else None
     got_out = tuple(model.outputs[0].shape[1:]) if model.outputs else None
     if got_in != tuple(input_shape) or got_out != (num_classes,):
-        raise ValueError(f"student_model={path!r}: expected a model of input [None, "
-                         f"{', '.join(map(str, input_shape))}] and logits [None, {num_classes}]; "
-                         f"it has input {got_in} and output {got_out}")
+        raise errors.ConfigError(f"student.architecture={path!r}: expected a model of input "
+                                 f"[None, {', '.join(map(str, input_shape))}] and logits [None, "
+                                 f"{num_classes}]; it has input {got_in} and output {got_out}")
     return model
 
 

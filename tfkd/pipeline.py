@@ -51,6 +51,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfkd import data as data_lib
+from tfkd import errors
 from tfkd import evaluation
 from tfkd import fs
 from tfkd import images as images_lib
@@ -84,7 +85,8 @@ def run(config: DistillConfig, strategy: tf.distribute.Strategy | None = None,
       the :class:`tfkd.report.Report`.
 
     Raises:
-      ValueError: a setting out of range (before anything is read or sent).
+      tfkd.errors.ConfigError: a setting out of range (before anything is read or sent), or one
+        only the data, the images or the teacher can refuse (e.g. N not a multiple of the classes).
       tfkd.workdir.WorkdirError: the work dir (or an output dir) cannot be written, another run
         holds the work dir, or its teacher was trained with other settings.
       tfkd.data.DatasetUnavailableError, tfkd.teacher.TeacherError (QueryBudgetExceeded included).
@@ -157,7 +159,7 @@ def load_images(config: DistillConfig, link: teacher_setup.TeacherLink, timer: S
 
     Raises:
       tfkd.images.ImageSourceError: no image, more shots asked than there are, or labels that
-        cannot be read; ValueError: an image size the teacher does not give.
+        cannot be read; tfkd.errors.ConfigError: an image size the teacher does not give.
     """
     source = config.images
     shape = source.image_shape(link.client.signature.input_shape)
@@ -293,7 +295,7 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
     """The method's transfer set, built once and persisted (reused by fingerprint after).
 
     Raises:
-      ValueError: the method built a set of the wrong image shape or class count.
+      tfkd.errors.ConfigError: the method built a set of the wrong image shape or class count.
       tfkd.teacher.QueryBudgetExceeded, tfkd.teacher.TeacherError.
     """
     shots, labels = few_shot(config, dataset)
@@ -321,9 +323,11 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         report.method_report = {"method": method.name, **dataclasses.asdict(ctx.method_report)}
     expected = (dataset.image_shape, dataset.num_classes)
     if (transfer.images.shape[1:], transfer.targets.shape[1]) != expected:
-        raise ValueError(f"method {method.name!r}: built images {list(transfer.images.shape)} and "
-                         f"targets {list(transfer.targets.shape)}; expected [n, "
-                         f"{', '.join(map(str, dataset.image_shape))}] and [n, {dataset.num_classes}]")
+        raise errors.ConfigError(f"method={method.name!r}: built images "
+                                 f"{list(transfer.images.shape)} and targets "
+                                 f"{list(transfer.targets.shape)}; expected [n, "
+                                 f"{', '.join(map(str, dataset.image_shape))}] and "
+                                 f"[n, {dataset.num_classes}]")
     settings = [dataclasses.asdict(f) if dataclasses.is_dataclass(f) else f
                 for f in method.fingerprint(config)]
     report.update(labelled_set=path, num_shots=transfer.count("real"), method_settings=settings,
@@ -357,8 +361,9 @@ def selection_split(student_config: training.StudentConfig, dataset: data_lib.Da
     fraction, most = SELECTION_HOLDOUT
     m = min(most, int(len(images) * fraction))
     if m < 1:
-        raise ValueError(f"student.select='validation': no validation split and a transfer set of "
-                         f"{len(images)} images, too few to hold out a slice")
+        raise errors.ConfigError(f"student.select='validation': no validation split and a "
+                                 f"transfer set of {len(images)} images, too few to hold out a "
+                                 "slice")
     order = np.random.default_rng([seed, 7]).permutation(len(images))
     held, kept = np.sort(order[:m]), np.sort(order[m:])
     return (images[kept], targets[kept], images[held], targets[held].argmax(axis=1),

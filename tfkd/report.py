@@ -221,17 +221,18 @@ class Report:
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.keys():
-            raise KeyError(key)
+            raise KeyError(key)  # Programming error: a mapping's answer to a name it lacks.
         return getattr(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default) if key in self.keys() else default
 
     def update(self, **fields) -> None:
-        """Sets fields by name. Raises KeyError for a name that is not a field (a typo)."""
+        """Sets fields by name. Raises KeyError for a name that is not a field (a typo in the
+        calling code)."""
         unknown = set(fields) - set(self.keys())
         if unknown:
-            raise KeyError(f"not report fields: {sorted(unknown)}")
+            raise KeyError(f"not report fields: {sorted(unknown)}")  # Programming error: a typo.
         for key, value in fields.items():
             setattr(self, key, value)
 

@@ -74,12 +74,13 @@ def mixup_images(images: np.ndarray, config: MixUpConfig, seed: int) -> tuple[np
       teacher answers in the ledger are reused.
 
     Raises:
-      ValueError: fewer than 2 images; ConfigError (a ValueError): ``config`` out of range
+      tfkd.errors.ConfigError: fewer than 2 images (``num_shots``), or ``config`` out of range
         (:meth:`MixUpConfig.validate`).
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or len(images) < 2:
-        raise ValueError(f"images: expected float32 [N >= 2, H, W, C], got shape {list(images.shape)}")
+        raise errors.ConfigError(f"images: expected float32 [N >= 2, H, W, C] (num_shots >= 2 to "
+                                 f"pair), got shape {list(images.shape)}")
     config.validate()
     rng = np.random.default_rng(seed)
     n, want = len(images), config.num_images
@@ -207,8 +208,8 @@ class CVAE(keras.Model):
                 + [layers.Dense(num_pixels), layers.Reshape(self.image_shape)], name="decoder")
         elif architecture == "conv":
             if h % 4 or w % 4:
-                raise ValueError(f"image_shape={self.image_shape}: the conv CVAE needs H and W "
-                                 "divisible by 4")
+                raise errors.ConfigError(f"cvae.architecture='conv': needs image H and W "
+                                         f"divisible by 4, got image shape {self.image_shape}")
             self.image_encoder = keras.Sequential([
                 layers.Conv2D(32, 4, strides=2, padding="same", activation="relu"),
                 layers.Conv2D(64, 4, strides=2, padding="same", activation="relu"),
@@ -221,7 +222,8 @@ class CVAE(keras.Model):
                    layers.Conv2DTranspose(32, 4, strides=2, padding="same", activation="relu"),
                    layers.Conv2D(c, 3, padding="same")], name="decoder")
         else:
-            raise ValueError(f"architecture={architecture!r}: expected 'mlp' or 'conv'")
+            raise errors.ConfigError(f"cvae.architecture={architecture!r}: expected 'mlp' or "
+                                     "'conv'")
         self.encoder = keras.Sequential(
             [layers.Dense(u, activation="relu") for u in hidden] + [layers.Dense(2 * latent_dim)],
             name="encoder")
@@ -301,15 +303,18 @@ def train_cvae(images: np.ndarray, classes: np.ndarray, num_classes: int, config
       (the trained CVAE, Keras history dict of per-epoch loss / reconstruction / kl in nats).
 
     Raises:
-      ValueError: images and classes of different lengths, or classes out of range.
+      ValueError: images and classes of different lengths, or classes out of range (the caller's
+        bug: the classes are the teacher's argmax over K, one per image).
     """
     images = np.asarray(images, np.float32)
     classes = np.asarray(classes).reshape(-1)
     if len(images) != len(classes):
-        raise ValueError(f"classes: expected {len(images)} (one per image), got {len(classes)}")
+        raise ValueError(  # Programming error: callers pass the teacher's argmax of each image.
+            f"classes: expected {len(images)} (one per image), got {len(classes)}")
     if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
-        raise ValueError(f"classes: expected values in [0, {num_classes}), got "
-                         f"[{classes.min()}, {classes.max()}]")
+        raise ValueError(  # Programming error: an argmax over K answers is in [0, K).
+            f"classes: expected values in [0, {num_classes}), got [{classes.min()}, "
+            f"{classes.max()}]")
     cvae = build_cvae(images.shape[1:], num_classes, config)
     conditions = np.eye(num_classes, dtype=np.float32)[classes]
     ds = (tf.data.Dataset.from_tensor_slices((images, conditions))

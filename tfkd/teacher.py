@@ -53,8 +53,9 @@ class TeacherConfig(client_lib.ServingConfig):
     """How to reach and read a served teacher: :class:`tfkd.client.ServingConfig`'s fields, and
 
     Attributes:
-      target: ``host:port``; "" lets the pipeline train and serve one locally
-        (:func:`tfkd.pipeline.run`).
+      target: ``host:port`` (TF Serving's gRPC API), ``http(s)://host:port`` (its REST API) or a
+        registered transport's ``<scheme>://...`` (:func:`tfkd.transports.open_client`); ""
+        lets the pipeline train and serve one locally (:func:`tfkd.pipeline.run`).
       output_kind: one of ``OUTPUT_KINDS``; default ``classes`` for an integer output of rank <= 1,
         else ``probabilities``.
       class_map: ``class_map[t]`` is the data's class for the teacher's class t (a teacher whose
@@ -286,8 +287,8 @@ class QueryAccount:
 
 
 def check_soft_labels(soft_labels: np.ndarray, name: str, tolerance: float = 1e-3) -> None:
-    """Raises ConfigError (a ValueError, naming ``name``) unless ``soft_labels`` float [n, K] are distributions:
-    every value finite and in [0, 1], every row summing to 1 within ``tolerance``. (A NaN row
+    """Raises ConfigError (a ValueError, naming ``name``) unless ``soft_labels`` float [n, K] are
+    distributions: every value finite and in [0, 1], every row summing to 1 within ``tolerance``. (A NaN row
     passes ``abs(sum - 1) > tol`` unnoticed, since every comparison with NaN is false.)"""
     values = np.asarray(soft_labels)
     finite = np.isfinite(values)

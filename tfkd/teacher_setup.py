@@ -14,6 +14,7 @@ from absl import logging
 
 from tfkd import cluster
 from tfkd import data as data_lib
+from tfkd import errors
 from tfkd import export
 from tfkd import fs
 from tfkd import images as images_lib
@@ -171,7 +172,7 @@ def user_num_classes(config: DistillConfig, client: teacher_lib.TeacherClient) -
     names in the class-name file.
 
     Raises:
-      ValueError: neither says.
+      tfkd.errors.ImageSourceError: neither says.
     """
     if client.class_map is not None:
         return max(client.class_map) + 1
@@ -179,8 +180,9 @@ def user_num_classes(config: DistillConfig, client: teacher_lib.TeacherClient) -
         return client.signature.num_classes
     if config.images.class_names:
         return len(images_lib.read_class_names(config.images.class_names))
-    raise ValueError(f"images={config.images.path!r}: the teacher's metadata does not say how many "
-                     "classes it has (class ids output); set images.class_names (a file, one name per line)")
+    raise errors.ImageSourceError(f"images={config.images.path!r}: the teacher's metadata does not "
+                                  "say how many classes it has (class ids output); set "
+                                  "images.class_names (a file, one name per line)")
 
 
 def saved_model_dir(path: str) -> str:
@@ -188,14 +190,15 @@ def saved_model_dir(path: str) -> str:
     newest numeric version under it (a TF Serving base path).
 
     Raises:
-      ValueError: neither.
+      tfkd.errors.ConfigError: neither (a missing or empty directory included).
     """
     if fs.exists(os.path.join(path, "saved_model.pb")):
         return path
     newest = export.latest_version_dir(path)
     if newest is None:
-        raise ValueError(f"teacher_saved_model={path!r}: expected a SavedModel directory "
-                         f"(saved_model.pb) or a base path of numeric versions; found neither")
+        raise errors.ConfigError(f"teacher_saved_model={path!r}: expected a SavedModel directory "
+                                 "(saved_model.pb) or a base path of numeric versions; found "
+                                 f"{'no such directory' if not fs.isdir(path) else 'neither'}")
     return newest
 
 

@@ -66,15 +66,15 @@ def learning_rate(base: float, schedule: str, total_steps: int):
     """Adam's learning rate: ``constant`` (FS-BBT), or ``cosine`` decay to 0 over ``total_steps``.
 
     Raises:
-      ValueError: unknown schedule, or base not positive.
+      tfkd.errors.ConfigError: unknown schedule, or base not positive.
     """
     if base <= 0:
-        raise ValueError(f"learning_rate={base}: expected > 0")
+        raise errors.ConfigError(f"learning_rate={base}: expected > 0")
     if schedule == "constant":
         return base
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(base, decay_steps=max(1, total_steps))
-    raise ValueError(f"lr_schedule={schedule!r}: expected one of {LR_SCHEDULES}")
+    raise errors.ConfigError(f"lr_schedule={schedule!r}: expected one of {LR_SCHEDULES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,8 @@ class StudentConfig:
         The momentum warms up as TensorFlow's ``ExponentialMovingAverage(num_updates=...)``
         does (:data:`EMA_WARMUP`), so that a run shorter than the average's horizon
         1 / (1 - ema_momentum) steps does not export mostly its initial weights.
-      loss: one of ``LOSSES``; temperature: T for ``kd`` (ignored by ``soft_ce``).
+      loss: one of ``LOSSES``.
+      temperature: T for ``kd`` (ignored by ``soft_ce``).
       mixup_alpha: training-time MixUp λ ~ Beta(α, α) per example; 0 disables.
       rotation_degrees: random rotation up to ± this many degrees; 0 disables.
       shift_fraction: random shifts up to ± this fraction of height and width; 0 disables.
@@ -141,8 +142,10 @@ class StudentConfig:
         (``keras.optimizers.LossScaleOptimizer``; bfloat16 has float32's range and needs none).
         The exported student is float32 (the trained variables in a float32 copy). A user's
         ``.keras`` model keeps the dtype policy it was saved with.
-      jit_compile: compile training steps with XLA: True, False, or None (Keras' ``auto``: XLA on
-        a GPU or TPU, not on a CPU-only machine).
+      jit_compile: compile training steps with XLA: True, False, or None (Keras' ``auto``: XLA
+        only where Keras' auto turns it on: with one GPU or TPU and no distribution strategy; off
+        on a CPU-only machine, under a strategy with more than one replica, and in the custom
+        loop).
       lr_scaling: how ``learning_rate`` follows the global batch (``batch_size`` x replicas):
         it is the rate for a global batch of :data:`LR_REFERENCE_BATCH`, scaled by
         sqrt(global / reference) (``sqrt``: the square-root rule for Adam, Malladi et al., "On the
@@ -232,14 +235,15 @@ which tfkd's recipes were tuned on one device)."""
 
 def scaled_learning_rate(config: StudentConfig, replicas: int) -> float:
     """``config.learning_rate`` scaled to the global batch ``batch_size`` x ``replicas`` by
-    ``config.lr_scaling`` (see :class:`StudentConfig`). Raises ValueError for replicas < 1 or an
-    unknown rule."""
+    ``config.lr_scaling`` (see :class:`StudentConfig`). Raises ConfigError for an unknown rule
+    (ValueError for replicas < 1: a strategy has at least one)."""
     if replicas < 1:
-        raise ValueError(f"replicas={replicas}: expected >= 1")
+        raise ValueError(f"replicas={replicas}: expected >= 1")  # Programming error: num_replicas.
     ratio = config.batch_size * replicas / LR_REFERENCE_BATCH
     factors = {"sqrt": ratio ** 0.5, "linear": ratio, "none": 1.0}
     if config.lr_scaling not in factors:
-        raise ValueError(f"lr_scaling={config.lr_scaling!r}: expected one of {LR_SCALINGS}")
+        raise errors.ConfigError(f"lr_scaling={config.lr_scaling!r}: expected one of "
+                                 f"{LR_SCALINGS}")
     return config.learning_rate * factors[config.lr_scaling]
 
 
@@ -323,7 +327,7 @@ class TemperatureKD(keras.losses.Loss):
 
     def __init__(self, temperature: float = 4.0, name: str = "temperature_kd", **kwargs):
         if temperature <= 0:
-            raise ValueError(f"temperature={temperature}: expected > 0")
+            raise errors.ConfigError(f"temperature={temperature}: expected > 0")
         super().__init__(name=name, **kwargs)
         self.temperature = float(temperature)
 
@@ -384,7 +388,7 @@ def make_loss(name: str, temperature: float = 1.0,
     losses [b] (for a custom loop's ``tf.nn.compute_average_loss``).
 
     Raises:
-      ValueError: unknown name.
+      tfkd.errors.ConfigError: unknown name.
     """
     if name == "soft_ce":
         return keras.losses.CategoricalCrossentropy(from_logits=True, name="soft_ce",
@@ -395,7 +399,7 @@ def make_loss(name: str, temperature: float = 1.0,
         return TemperedTargetKD(temperature, reduction=reduction)
     if name == "db3kd":
         return DecisionKD(temperature, reduction=reduction)
-    raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
+    raise errors.ConfigError(f"loss={name!r}: expected one of {LOSSES}")
 
 
 def parse_tf_config(text: str | None) -> dict:
@@ -403,25 +407,26 @@ def parse_tf_config(text: str | None) -> dict:
     ``host:port``) and ``task`` (``type``, ``index``) naming one of the cluster's tasks.
 
     Raises:
-      ValueError: one line naming ``TF_CONFIG`` and what is wrong (unset, not JSON, a task that is
-        not in the cluster).
+      tfkd.errors.ConfigError: one line naming ``TF_CONFIG`` and what is wrong (unset, not JSON, a
+        task that is not in the cluster).
     """
     if not text:
-        raise ValueError("strategy='multi_worker': the TF_CONFIG environment variable is not set "
-                         "(it names the cluster and this task)")
+        raise errors.ConfigError("strategy='multi_worker': the TF_CONFIG environment variable is "
+                                 "not set (it names the cluster and this task)")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG: not JSON ({e.msg} at character {e.pos}): {text[:80]!r}") from None
+        raise errors.ConfigError(f"TF_CONFIG: not JSON ({e.msg} at character {e.pos}): "
+                                 f"{text[:80]!r}") from None
     cluster, task = (value.get("cluster"), value.get("task")) if isinstance(value, dict) else (None, None)
     if not isinstance(cluster, dict) or not isinstance(task, dict):
-        raise ValueError('TF_CONFIG: expected {"cluster": {type: [host:port, ...]}, "task": '
-                         f'{{"type": ..., "index": ...}}}}, got {text[:120]!r}')
+        raise errors.ConfigError('TF_CONFIG: expected {"cluster": {type: [host:port, ...]}, '
+                                 f'"task": {{"type": ..., "index": ...}}}}, got {text[:120]!r}')
     addresses = cluster.get(task.get("type"))
     index = task.get("index", 0)
     if not isinstance(addresses, list) or not isinstance(index, int) or not 0 <= index < len(addresses):
-        raise ValueError(f"TF_CONFIG: task {task} is not one of the cluster's tasks "
-                         f"{ {k: len(v) for k, v in cluster.items() if isinstance(v, list)} }")
+        raise errors.ConfigError(f"TF_CONFIG: task {task} is not one of the cluster's tasks "
+                                 f"{ {k: len(v) for k, v in cluster.items() if isinstance(v, list)} }")
     return value
 
 
@@ -455,7 +460,7 @@ def make_strategy(kind: str = STRATEGIES[0], devices: list[str] | None = None,
         kills this process (SIGKILL: TF's wait cannot be interrupted from inside).
 
     Raises:
-      ValueError: unknown kind, or ``multi_worker`` without a usable ``TF_CONFIG``.
+      tfkd.errors.ConfigError: unknown kind, or ``multi_worker`` without a usable ``TF_CONFIG``.
     """
     if kind == "mirrored":
         if devices is None and len(tf.config.list_logical_devices("GPU")) <= 1:
@@ -483,7 +488,7 @@ def make_strategy(kind: str = STRATEGIES[0], devices: list[str] | None = None,
         finally:
             watchdog.kill()
             watchdog.wait()
-    raise ValueError(f"strategy={kind!r}: expected one of {STRATEGIES}")
+    raise errors.ConfigError(f"strategy={kind!r}: expected one of {STRATEGIES}")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -661,13 +666,15 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, max_images: int
       the number of BatchNormalization layers re-estimated (0: the model has none; nothing ran).
 
     Raises:
-      ValueError: ``images`` is empty, or ``max_images`` < 1.
+      ValueError: ``images`` is empty, or ``max_images`` < 1 (the caller's bug: the transfer set
+        holds a global batch, and ``student.batchnorm_images`` 0 skips this call).
     """
     layers = batchnorm_layers(model)
     if not layers:
         return 0
     if len(images) == 0 or max_images < 1:
-        raise ValueError(f"images: expected at least one image (max_images={max_images}), got "
+        raise ValueError(  # Programming error: callers skip batchnorm_images=0 and empty sets.
+            f"images: expected at least one image (max_images={max_images}), got "
                          f"{len(images)}")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(images), min(len(images), max_images), replace=False))
@@ -900,18 +907,18 @@ def _fit(student: keras.Model, ds, config: StudentConfig, length: TrainingLength
 
 def _custom_loop_chosen(config: StudentConfig, strategy) -> bool:
     """Whether the custom loop trains (``loop`` ``custom``, or ``auto`` under
-    MultiWorkerMirroredStrategy). Raises ValueError for ``select='validation'`` there: the custom
-    loop runs no callback, so no epoch could be selected."""
+    MultiWorkerMirroredStrategy). Raises ConfigError for ``select='validation'`` there: the
+    custom loop runs no callback, so no epoch could be selected."""
     custom = config.loop == "custom" or (
         config.loop == "auto" and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
     if custom and config.select == "validation":
-        raise ValueError("student.select='validation': needs Keras fit (loop 'fit'); the custom "
-                         "loop (MultiWorkerMirroredStrategy's) runs no callback")
+        raise errors.ConfigError("student.select='validation': needs Keras fit (loop 'fit'); the "
+                                 "custom loop (MultiWorkerMirroredStrategy's) runs no callback")
     return custom
 
 
 def _check_jit(config: StudentConfig, strategy) -> None:
-    """Raises ValueError for ``jit_compile=True`` with more than one replica on CPU devices: XLA
+    """Raises ConfigError for ``jit_compile=True`` with more than one replica on CPU devices: XLA
     then compiles each replica's step for the first device and cannot reach the other replicas'
     variables (TensorFlow's known XLA issue "tf.Variable on a different device"; on GPUs each
     replica compiles on its own device)."""
@@ -919,24 +926,26 @@ def _check_jit(config: StudentConfig, strategy) -> None:
         return
     devices = strategy.extended.worker_devices
     if all("CPU" in d.upper() for d in devices):
-        raise ValueError(f"student.jit_compile=True: MirroredStrategy over {len(devices)} CPU "
-                         "devices cannot run XLA-compiled steps (each replica's variables live on "
-                         "its own CPU device); leave jit_compile unset (Keras' auto: off on CPUs) "
-                         "or train on one device")
+        raise errors.ConfigError(f"student.jit_compile=True: MirroredStrategy over "
+                                 f"{len(devices)} CPU devices cannot run XLA-compiled steps (each "
+                                 "replica's variables live on its own CPU device); leave "
+                                 "jit_compile unset (Keras' auto: off on CPUs) or train on one "
+                                 "device")
 
 
 def _check_training_inputs(images: np.ndarray, soft_labels: np.ndarray, global_batch: int) -> None:
-    """Raises ValueError naming ``images`` or ``soft_labels`` unless they pair up (one row each),
+    """Raises ConfigError naming ``images`` or ``soft_labels`` unless they pair up (one row each),
     the images are finite, the soft labels are distributions, and there is a global batch."""
     if len(images) != len(soft_labels):
-        raise ValueError(f"soft_labels: expected {len(images)} rows (one per image), got "
-                         f"{len(soft_labels)}")
+        raise errors.ConfigError(f"soft_labels: expected {len(images)} rows (one per image), got "
+                                 f"{len(soft_labels)}")
     teacher_lib.check_soft_labels(soft_labels, "soft_labels")
     if not np.all(np.isfinite(images)):
-        raise ValueError(f"images: expected finite pixels, got {int(np.sum(~np.isfinite(images)))} "
-                         "NaN or infinite values")
+        raise errors.ConfigError(f"images: expected finite pixels, got "
+                                 f"{int(np.sum(~np.isfinite(images)))} NaN or infinite values")
     if len(images) < global_batch:
-        raise ValueError(f"images: {len(images)} is fewer than one global batch ({global_batch})")
+        raise errors.ConfigError(f"images: {len(images)} is fewer than one global batch "
+                                 f"({global_batch}: student.batch_size x replicas)")
 
 
 def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentConfig, seed: int,
@@ -965,18 +974,20 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
       (the trained student, a logits `keras.Model`; the Keras history dict of per-epoch metrics).
 
     Raises:
-      ValueError: mismatched lengths, or soft labels that are not distributions (non-finite,
-        outside [0, 1], or rows not summing to 1).
+      tfkd.errors.ConfigError: mismatched lengths, non-finite images, fewer images than one global
+        batch, soft labels that are not distributions (non-finite, outside [0, 1], or rows not
+        summing to 1), or settings that cannot train together (see :meth:`StudentConfig.validate`).
       StudentError: the training loss became NaN or infinite.
     """
     strategy, config = strategy or make_strategy(), config.resolved()
     if config.select == "validation" and keep_best is None:
-        raise ValueError("student.select='validation': expected a selection split (keep_best)")
+        raise errors.ConfigError("student.select='validation': expected a selection split "
+                                 "(keep_best)")
     loss = loss or functools.partial(make_loss, config.loss, config.temperature)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     _check_training_inputs(images, soft_labels, global_batch)
     if config.loop not in LOOPS:
-        raise ValueError(f"loop={config.loop!r}: expected one of {LOOPS}")
+        raise errors.ConfigError(f"student.loop={config.loop!r}: expected one of {LOOPS}")
     custom = _custom_loop_chosen(config, strategy)
     _check_jit(config, strategy)
     keras.utils.set_random_seed(seed)

@@ -5,8 +5,10 @@ All three transports are :class:`tfkd.client.ServingClient`: the same signature 
 retries with backoff and per-attempt ``on_attempt`` hook, so that the teacher's query account,
 ledger, budget and sharding (:class:`tfkd.teacher.TeacherClient`) are the same whatever answers.
 
-* :class:`RestClient`: TF Serving's REST API (``tensorflow_model_server --rest_api_port``, what
-  Vertex AI and KServe's v1 protocol speak): ``GET /v1/models/NAME[/versions/N|/labels/L]/metadata``
+* :class:`RestClient`: TF Serving's REST API (``tensorflow_model_server --rest_api_port``; a
+  KServe v1 endpoint only when KServe runs TF Serving, since the client needs the metadata path;
+  not a Vertex AI endpoint's ``projects/.../endpoints/E:predict``):
+  ``GET /v1/models/NAME[/versions/N|/labels/L]/metadata``
   and ``POST ...:predict`` with a columnar JSON body (``{"signature_name", "inputs"}``), answered
   ``{"outputs": ...}``. TLS (a CA bundle, optional client certificate, server-name override) and
   the bearer token as an ``Authorization`` header (a warning, once, when it would go over plain

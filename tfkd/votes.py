@@ -26,6 +26,8 @@ import hashlib
 
 import numpy as np
 
+from tfkd import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class VoteConfig:
@@ -43,13 +45,12 @@ class VoteConfig:
     chunk: int = 2048
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
-        if self.votes < 0:
-            raise ValueError(f"votes.votes={self.votes}: expected >= 0 (0: one-hot labels)")
-        if not 0 < self.sigma <= 1:
-            raise ValueError(f"votes.sigma={self.sigma}: expected in (0, 1] (pixel units)")
-        if self.chunk < 1:
-            raise ValueError(f"votes.chunk={self.chunk}: expected >= 1")
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range."""
+        errors.check_settings("votes.", self, [
+            ("votes", self.votes >= 0, ">= 0 (0: one-hot labels)"),
+            ("sigma", 0 < self.sigma <= 1, "in (0, 1] (pixel units)"),
+            ("chunk", self.chunk >= 1, ">= 1"),
+        ])
 
 
 def perturbed_copies(images: np.ndarray, config: VoteConfig, seed: int) -> np.ndarray:

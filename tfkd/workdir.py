@@ -42,7 +42,8 @@ def _check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = (
         for k in other_keys:
             f[k]
     if len({len(a) for a in arrays}) != 1:
-        raise ValueError(f"arrays {keys} have lengths {[len(a) for a in arrays]}")
+        raise errors.WorkdirError(f"{path}: arrays {keys} have lengths {[len(a) for a in arrays]}; "
+                                  "expected one length (one row per image)")
 
 
 def _check_readable_npz(path: str) -> None:
@@ -76,7 +77,7 @@ def _check_checkpoint(directory: str) -> None:
 
     latest = tf.train.latest_checkpoint(directory)
     if latest is None:
-        raise ValueError("a checkpoint file names no readable checkpoint")
+        raise errors.WorkdirError(f"{directory}: its checkpoint file names no readable checkpoint")
     _read_every_tensor(latest)
 
 
@@ -144,12 +145,13 @@ def register_artifact(pattern: str, what: str, checker, scope: str = "file") -> 
       scope: ``file`` (set the file aside) or ``dir`` (its directory).
 
     Raises:
-      ValueError: a pattern already registered, or a scope other than ``file``/``dir``.
+      tfkd.errors.ConfigError: a pattern already registered, or a scope other than
+        ``file``/``dir``.
     """
     if scope not in ("file", "dir"):
-        raise ValueError(f"scope={scope!r}: expected 'file' or 'dir'")
+        raise errors.ConfigError(f"scope={scope!r}: expected 'file' or 'dir'")
     if any(p == pattern for p, *_ in ARTIFACTS):
-        raise ValueError(f"pattern={pattern!r}: already registered")
+        raise errors.ConfigError(f"pattern={pattern!r}: already registered")
     ARTIFACTS.append((pattern, what, checker, scope))
 
 

@@ -119,23 +119,25 @@ class ZeroShotConfig:
     noise_patience: int = 10
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range."""
         for name in ("per_class", "queries", "init_directions", "max_noise_rounds",
                      "gradient_queries", "search_iterations", "noise_patience"):
             if getattr(self, name) < 1:
-                raise ValueError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 1")
+                raise errors.ConfigError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 1")
         if self.step <= 0:
-            raise ValueError(f"zsdb3kd.step={self.step}: expected > 0")
+            raise errors.ConfigError(f"zsdb3kd.step={self.step}: expected > 0")
         if not self.noise_queries_per_sample >= 1:
-            raise ValueError(f"zsdb3kd.noise_queries_per_sample={self.noise_queries_per_sample}: "
-                             "expected >= 1 (a pseudo-sample costs at least its own query)")
+            raise errors.ConfigError(f"zsdb3kd.noise_queries_per_sample="
+                                     f"{self.noise_queries_per_sample}: expected >= 1 (a "
+                                     "pseudo-sample costs at least its own query)")
         for name in ("iterations", "fill_from", "probe_resolution"):
             if getattr(self, name) < 0:
-                raise ValueError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 0")
+                raise errors.ConfigError(f"zsdb3kd.{name}={getattr(self, name)}: expected >= 0")
         if self.noise not in NOISES:
-            raise ValueError(f"zsdb3kd.noise={self.noise!r}: expected one of {NOISES}")
+            raise errors.ConfigError(f"zsdb3kd.noise={self.noise!r}: expected one of {NOISES}")
         if self.search not in SEARCHES:
-            raise ValueError(f"zsdb3kd.search={self.search!r}: expected one of {SEARCHES}")
+            raise errors.ConfigError(f"zsdb3kd.search={self.search!r}: expected one of "
+                                     f"{SEARCHES}")
 
     def sample_queries(self, num_classes: int) -> int:
         """The noise and fill rounds' allowance for K = ``num_classes`` classes the teacher can
@@ -420,7 +422,8 @@ def starting_points(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     least two classes. Returns float32 [n, D]."""
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
-        raise ValueError("labels: expected samples of at least two classes, got one")
+        raise ValueError(  # Programming error: noise_samples keeps two classes or raises.
+            "labels: expected samples of at least two classes, got one")
     best = np.full(len(x), np.inf)
     start = np.zeros_like(x)
     for _ in range(candidates):
@@ -453,8 +456,9 @@ def _probe_directions(pixels: int, resolution: int, shape: tuple | None,
     if not resolution:
         return lambda n: rng.standard_normal((n, pixels), dtype=np.float32)
     if shape is None or int(np.prod(shape)) != pixels:
-        raise ValueError(f"shape: expected the (H, W, C) of {pixels}-value images for "
-                         f"probe_resolution={resolution}, got {shape}")
+        raise ValueError(  # Programming error: callers pass the samples' own (H, W, C).
+            f"shape: expected the (H, W, C) of {pixels}-value images for "
+            f"probe_resolution={resolution}, got {shape}")
     return lambda n: impressions.coarse_directions(rng, (n,), shape, resolution).reshape(n, pixels)
 
 

@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from tfkd import errors
 from tfkd import fs
 
 TEACHER_NEEDS = ("soft_labels", "top1_labels", "weights", "none")
@@ -71,13 +72,16 @@ class TransferSet:
         """Concatenates ``(source name, images [n_i, H, W, C], targets [n_i, K])`` parts in order.
 
         Raises:
-          ValueError: no parts, or a part whose images and targets differ in length.
+          ValueError: no parts, or a part whose images and targets differ in length (a method's
+            bug: its :meth:`Method.build` makes the parts).
         """
         if not parts:
-            raise ValueError("parts: expected at least one (name, images, targets) part")
+            raise ValueError(  # Programming error: a method's build() passes its parts.
+                "parts: expected at least one (name, images, targets) part")
         for name, images, targets in parts:
             if len(images) != len(targets):
-                raise ValueError(f"part {name!r}: {len(images)} images but {len(targets)} targets")
+                raise ValueError(  # Programming error: a method's build() pairs images, targets.
+                    f"part {name!r}: {len(images)} images but {len(targets)} targets")
         names = tuple(dict.fromkeys(name for name, _, _ in parts))
         return cls(np.concatenate([p[1] for p in parts]).astype(np.float32),
                    np.concatenate([p[2] for p in parts]).astype(np.float32),
@@ -281,21 +285,22 @@ def register(method: Method | type, replace: bool = False):
     Usable as a class decorator. Returns what it was given.
 
     Raises:
-      ValueError: no name, a name taken (unless ``replace``), or ``teacher_needs`` not one of
-        ``TEACHER_NEEDS``.
-      TypeError: not a :class:`Method`.
+      tfkd.errors.ConfigError: no name, a name taken (unless ``replace``: two plug-ins of one
+        name), or ``teacher_needs`` not one of ``TEACHER_NEEDS``.
+      TypeError: not a :class:`Method` (the caller's bug).
     """
     instance = method() if isinstance(method, type) else method
     if not isinstance(instance, Method):
-        raise TypeError(f"method: expected a tfkd.methods.Method, got {type(instance).__name__}")
+        raise TypeError(  # Programming error: the caller registers an object, not a Method.
+            f"method: expected a tfkd.methods.Method, got {type(instance).__name__}")
     if not instance.name or not instance.name.isidentifier():
-        raise ValueError(f"method.name={instance.name!r}: expected a non-empty identifier")
+        raise errors.ConfigError(f"method.name={instance.name!r}: expected a non-empty identifier")
     if instance.teacher_needs not in TEACHER_NEEDS:
-        raise ValueError(f"method {instance.name!r}: teacher_needs={instance.teacher_needs!r}: "
-                         f"expected one of {TEACHER_NEEDS}")
+        raise errors.ConfigError(f"method {instance.name!r}: teacher_needs="
+                                 f"{instance.teacher_needs!r}: expected one of {TEACHER_NEEDS}")
     if instance.name in _REGISTRY and not replace:
-        raise ValueError(f"method {instance.name!r} is already registered "
-                         f"({_REGISTRY[instance.name]!r}); pass replace=True to replace it")
+        raise errors.ConfigError(f"method {instance.name!r} is already registered "
+                                 f"({_REGISTRY[instance.name]!r}); pass replace=True to replace it")
     _REGISTRY[instance.name] = instance
     return method
 
@@ -304,10 +309,10 @@ def get(name: str) -> Method:
     """The method registered as ``name``.
 
     Raises:
-      ValueError: no such method (the registered names are listed).
+      tfkd.errors.ConfigError: no such method (the registered names are listed).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"method={name!r}: expected one of {names()}")
+        raise errors.ConfigError(f"method={name!r}: expected one of {names()}")
     return _REGISTRY[name]
 
 
@@ -325,8 +330,6 @@ def load_plugins(plugins) -> None:
         from its function; a module that is not there; a function it does not have).
     """
     import importlib
-
-    from tfkd import errors
 
     for plugin in plugins:
         name, _, function = plugin.partition(":")

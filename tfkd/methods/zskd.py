@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 
+from tfkd import errors
 from tfkd import impressions
 from tfkd import workdir as workdir_lib
 from tfkd.methods import Method
@@ -65,8 +66,9 @@ class ZSKD(_Impressions):
         config = ctx.config.zskd
         teacher = impressions.SavedModelTeacher(ctx.teacher_saved_model)
         if teacher.image_shape != ctx.image_shape:
-            raise ValueError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
-                             f"{list(teacher.image_shape)}, expected {list(ctx.image_shape)} (the data's)")
+            raise errors.ConfigError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
+                                     f"{list(teacher.image_shape)}, expected "
+                                     f"{list(ctx.image_shape)} (the data's)")
         similarity = impressions.class_similarity(teacher.final_layer_weights(config.final_layer))
         state = ctx.artifacts.path("impressions", ".npz", config.search(),
                                    workdir_lib.fingerprint(np.asarray(similarity).tolist()))

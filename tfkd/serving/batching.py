@@ -36,6 +36,7 @@ from google.protobuf import text_format
 from google.protobuf import wrappers_pb2
 
 from tfkd import fs
+from tfkd.errors import ConfigError
 from tfkd.errors import ServingError
 
 _INT64 = ".google.protobuf.Int64Value"
@@ -93,13 +94,14 @@ class BatchingParameters:
     max_enqueued_batches: int = 10
 
     def validate(self) -> None:
-        """Raises ValueError naming the first field out of range."""
+        """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range."""
         for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
             if getattr(self, name) < 1:
-                raise ValueError(f"batching parameters: {name}={getattr(self, name)}, expected >= 1")
+                raise ConfigError(f"batching parameters: {name}={getattr(self, name)}, "
+                                  "expected >= 1")
         if self.batch_timeout_micros < 0:
-            raise ValueError(f"batching parameters: batch_timeout_micros="
-                             f"{self.batch_timeout_micros}, expected >= 0")
+            raise ConfigError(f"batching parameters: batch_timeout_micros="
+                              f"{self.batch_timeout_micros}, expected >= 0")
 
     @classmethod
     def from_text(cls, text: str, source: str = "batching parameters") -> "BatchingParameters":
@@ -111,13 +113,15 @@ class BatchingParameters:
         TF Serving.
 
         Raises:
-          ValueError: a malformed text proto (naming ``source``), or a value out of range.
+          tfkd.errors.ConfigError: a malformed text proto (naming ``source``), or a value out of
+            range.
         """
         proto = BatchingParametersProto()
         try:
             text_format.Parse(text, proto)
         except text_format.ParseError as e:
-            raise ValueError(f"{source}: not a BatchingParameters text proto ({e})") from None
+            raise ConfigError(f"{source}: not a BatchingParameters text proto "
+                              f"({' '.join(str(e).split())})") from None
         used = {f.name for f in dataclasses.fields(cls)}
         ignored = [f.name for f, _ in proto.ListFields() if f.name not in used]
         if ignored:

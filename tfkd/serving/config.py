@@ -13,6 +13,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfkd import fs
+from tfkd.errors import ConfigError
 from tfkd.serving.registry import ModelConfig
 
 
@@ -20,10 +21,10 @@ def model_configs_from_proto(config, base_dir: str = ".") -> list[ModelConfig]:
     """:class:`ModelConfig` entries of a ``ModelServerConfig`` proto (relative paths from base_dir).
 
     Raises:
-      ValueError: no ``model_config_list``.
+      tfkd.ConfigError: no ``model_config_list``.
     """
     if not config.HasField("model_config_list"):
-        raise ValueError("expected a ModelServerConfig with a model_config_list")
+        raise ConfigError("config: expected a ModelServerConfig with a model_config_list")
     models = []
     for c in config.model_config_list.config:
         policy = c.model_version_policy
@@ -64,19 +65,30 @@ def parse_model_config_file(path: str) -> list[ModelConfig]:
     Relative base paths are taken from the file's directory.
 
     Raises:
-      ValueError: the file is not a ``ModelServerConfig`` with a ``model_config_list``.
+      tfkd.ConfigError: the file cannot be read, or is not a ``ModelServerConfig`` with a
+        ``model_config_list``.
     """
-    text = fs.read_text(path)
+    import tensorflow as tf
+
+    try:
+        text = fs.read_text(path)
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise ConfigError(f"model_config_file={path!r}: cannot read it "
+                                 f"({' '.join(str(reason).split())[:200]})") from None
+    except ConfigError as e:  # Not UTF-8.
+        raise ConfigError(f"model_config_file={path!r}: {e}") from None
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as e:
-        raise ValueError(f"model_config_file={path!r}: not a ModelServerConfig text proto: {e}") from e
+        raise ConfigError(f"model_config_file={path!r}: not a ModelServerConfig text proto: "
+                                 f"{' '.join(str(e).split())}") from None
     try:
         return model_configs_from_proto(
             config, os.path.dirname(os.path.abspath(path) if fs.is_local(path) else path))
-    except ValueError as e:
-        raise ValueError(f"model_config_file={path!r}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"model_config_file={path!r}: {e}") from None
 
 
 def write_model_config_file(path: str, models: list[ModelConfig]) -> str:

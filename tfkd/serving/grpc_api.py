@@ -14,6 +14,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from tfkd.errors import ConfigError
 from tfkd.errors import ServingError
 from tfkd.serving.config import model_configs_from_proto
 from tfkd.serving.monitoring import ServerMetrics
@@ -179,7 +180,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self._registry.configure(model_configs_from_proto(request.config))
-        except ValueError as e:
+        except ConfigError as e:
             response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
             response.status.error_message = str(e)
             return response

@@ -37,6 +37,7 @@ from google.protobuf import text_format
 from prometheus_client.core import Metric
 
 from tfkd import fs
+from tfkd.errors import ConfigError
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
@@ -87,17 +88,19 @@ class MonitoringConfig:
         }``).
 
         Raises:
-          ValueError: a malformed text proto, or a path not starting with ``/`` (naming ``source``).
+          tfkd.errors.ConfigError: a malformed text proto, or a path not starting with ``/``
+            (naming ``source``).
         """
         proto = MonitoringConfigProto()
         try:
             text_format.Parse(text, proto)
         except text_format.ParseError as e:
-            raise ValueError(f"{source}: not a MonitoringConfig text proto ({e})") from None
+            raise ConfigError(f"{source}: not a MonitoringConfig text proto "
+                              f"({' '.join(str(e).split())})") from None
         path = proto.prometheus_config.path or DEFAULT_METRICS_PATH
         if not path.startswith("/"):
-            raise ValueError(f"{source}: prometheus_config.path={path!r}, expected a path starting "
-                             "with '/'")
+            raise ConfigError(f"{source}: prometheus_config.path={path!r}, expected a path "
+                              "starting with '/'")
         return cls(prometheus_enable=proto.prometheus_config.enable, prometheus_path=path)
 
     @classmethod

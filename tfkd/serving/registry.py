@@ -21,6 +21,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tfkd import export
 from tfkd import fs
 from tfkd import litert
+from tfkd.errors import ConfigError
 from tfkd.errors import ServingError
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -77,7 +78,7 @@ class Servable:
         (Classify API), which decodes each Example's ``image/encoded`` as the SavedModel's does.
 
         The model is test-run at load (:meth:`tfkd.litert.LiteRTModel.check`: a damaged file
-        raises ValueError and the version is not served); an interpreter that fails on a request
+        raises ConfigError and the version is not served); an interpreter that fails on a request
         answers INTERNAL naming the model, the version and the interpreter's reason."""
         import hashlib
 
@@ -257,15 +258,15 @@ class ModelRegistry:
         """Replaces the set of models (``HandleReloadConfigRequest``); call :meth:`refresh` after.
 
         Raises:
-          ValueError: duplicate names, or an unknown version policy.
+          ConfigError: duplicate names, or an unknown version policy.
         """
         names = [m.name for m in models]
         if len(set(names)) != len(names):
-            raise ValueError(f"models: duplicate model names in {names}")
+            raise ConfigError(f"models: duplicate model names in {names}")
         for m in models:
             if m.version_policy not in ("latest", "all", "specific"):
-                raise ValueError(f"model {m.name!r}: version_policy={m.version_policy!r}: expected "
-                                 "latest, all or specific")
+                raise ConfigError(f"model {m.name!r}: version_policy={m.version_policy!r}: "
+                                  "expected latest, all or specific")
         with self._lock:
             self._configs = {m.name: m for m in models}
             self._servables = {m.name: self._servables.get(m.name, {}) for m in models}

@@ -16,6 +16,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfkd import export
 from tfkd import fs
+from tfkd.errors import ConfigError
 from tfkd.serving.batching import BatchingParameters
 from tfkd.serving.batching import BatchScheduler
 from tfkd.serving.grpc_api import ModelServicer
@@ -83,19 +84,20 @@ class ServerConfig:
     allow_reload_config: bool = True
 
     def validate(self) -> None:
-        """Raises ValueError for half a TLS pair, a non-positive limit, batching parameters out of
-        range, or Prometheus metrics without a REST port to serve them on."""
+        """Raises :class:`tfkd.errors.ConfigError` for half a TLS pair, a non-positive limit,
+        batching parameters out of range, or Prometheus metrics without a REST port to serve them
+        on."""
         if bool(self.ssl_server_cert) != bool(self.ssl_server_key):
-            raise ValueError("ssl_server_cert and ssl_server_key: give both or neither")
+            raise ConfigError("ssl_server_cert and ssl_server_key: give both or neither")
         for name in ("max_tensor_bytes", "rest_max_body_bytes", "rest_timeout_s",
                      "rest_min_body_bytes_per_s", "max_workers"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)}: expected > 0")
+                raise ConfigError(f"{name}={getattr(self, name)}: expected > 0")
         if self.batching is not None:
             self.batching.validate()
         if self.metrics_path is not None and self.rest_api_port is None:
-            raise ValueError("monitoring: Prometheus metrics are served on the REST port; set "
-                             "rest_api_port (0: a free one)")
+            raise ConfigError("monitoring: Prometheus metrics are served on the REST port; set "
+                              "rest_api_port (0: a free one)")
 
     @property
     def metrics_path(self) -> str | None:
@@ -123,12 +125,13 @@ class ModelServer:
         (its ``calls`` and ``examples`` count the model calls made), else None.
 
     Raises:
-      ValueError: what :meth:`ServerConfig.validate` raises.
+      tfkd.errors.ConfigError: what :meth:`ServerConfig.validate` and
+        :meth:`~tfkd.serving.registry.ModelRegistry.configure` raise; both a config and fields.
     """
 
     def __init__(self, models: list[ModelConfig], config: ServerConfig | None = None, **fields):
         if config is not None and fields:
-            raise ValueError(f"config and {sorted(fields)}: give the config or its fields")
+            raise ConfigError(f"config and {sorted(fields)}: give the config or its fields")
         self.config = config or ServerConfig(**fields)
         self.config.validate()
         self.registry = ModelRegistry(models)
@@ -156,7 +159,8 @@ class ModelServer:
         """Loads the models and starts answering.
 
         Raises:
-          RuntimeError: a port cannot be bound.
+          tfkd.errors.ConfigError: a port cannot be bound (in use, or not an address of this
+            machine); nothing is left serving.
         """
         self.registry.refresh()
         for config in self.registry.model_configs():
@@ -168,12 +172,14 @@ class ModelServer:
             self.batcher = BatchScheduler(
                 self.config.batching,
                 on_batch=lambda key, size: self.metrics.record_batch(key[0], key[2], size))
-        self._start_grpc()
-        if self.rest_api_port is not None:
-            self._http = RestServer((self.config.host, self.rest_api_port), self.registry,
-                                    self.config.rest_max_body_bytes, self.config.rest_timeout_s,
-                                    self.batcher, self.metrics, self.config.metrics_path,
-                                    min_body_bytes_per_s=self.config.rest_min_body_bytes_per_s)
+        try:
+            self._start_grpc()
+            if self.rest_api_port is not None:
+                self._http = self._rest_server()
+        except ConfigError:
+            self.stop(0)
+            raise
+        if self._http is not None:
             self.rest_api_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "tfkd-rest")
         if self.config.poll_seconds > 0:
@@ -181,6 +187,17 @@ class ModelServer:
         logging.info("Model server listening on %s (gRPC%s)", self.target,
                      f", REST on {self.rest_api_port}" if self._http else "")
         return self
+
+    def _rest_server(self) -> RestServer:
+        address = (self.config.host, self.rest_api_port)
+        try:
+            return RestServer(address, self.registry, self.config.rest_max_body_bytes,
+                              self.config.rest_timeout_s, self.batcher, self.metrics,
+                              self.config.metrics_path,
+                              min_body_bytes_per_s=self.config.rest_min_body_bytes_per_s)
+        except OSError as e:  # EADDRINUSE, EADDRNOTAVAIL, EACCES for a port below 1024.
+            raise ConfigError(f"rest_api_port={self.rest_api_port}: cannot bind "
+                              f"{address[0]}:{address[1]} ({e.strerror or e})") from None
 
     def _start_grpc(self) -> None:
         """Builds the gRPC server with the services, binds the port, starts it.
@@ -214,8 +231,8 @@ class ModelServer:
             bound = 0
         if bound == 0:
             self._server.stop(0)
-            raise RuntimeError(f"port={self.port}: cannot bind {address} (in use, or not an "
-                               "address of this machine)")
+            raise ConfigError(f"port={self.port}: cannot bind {address} (in use, or not an "
+                              "address of this machine)")
         self.port = bound
         self._server.start()
         for service in ("", "tensorflow.serving.PredictionService",
