@@ -169,8 +169,9 @@ def test_images_without_a_teacher_endpoint_stop_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--num_shots=0"], "--num_shots=0 (all images) needs --images"),
-    (["--eval_images=/tmp"], "--eval_images needs --images"),
+    (["--num_shots=0"], "error: num_shots=0: expected >= 1 (0, all, only with images)"),
+    (["--eval_images=/tmp"], "error: settings['images']: expected a mapping of ImageSourceConfig "
+                             "fields with path, got dict {'eval_path': '/tmp'}"),
 ])
 def test_image_flags_without_images_stop_with_one_line(tmp_path, flags, message):
     cmd = [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={tmp_path}",

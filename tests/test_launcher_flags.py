@@ -1,40 +1,146 @@
-"""Issue 25 §2: every flag of ``launch/distill.py`` reaches the config the run is built from. An
-audit found ``--mixup_alpha`` parsed and validated but never passed on; this holds every flag to it.
+"""Issue 36, finding 2: ``launch/distill.py``'s flags are generated from the config dataclasses
+(:mod:`tfkd.settings`): every setting is a flag whose value reaches that setting, the short names
+users type are aliases of them, a plug-in method's own settings are flags after ``--plugins``
+(listed by ``--help``), and ``--config_file`` (YAML or JSON) applies under the flags. Parsed in
+child processes (absl's FLAGS are process-global).
 
-``tests/helpers/flag_wiring.py`` parses each flag, one at a time, to a value other than its default
-(in a child process: absl's FLAGS are process-global) and looks for that value among the fields of
-``config_from_flags()`` that changed."""
+Before the fix: about 110 flags were defined and mapped to fields by hand (an audit found
+``--mixup_alpha`` parsed and never passed on), 45 settings had no flag (``mixup.low``,
+``teacher.retry.initial_backoff_s``, ...), a plug-in's settings were only reachable as JSON, and
+there was no ``--config_file``.
+"""
 
 import json
 import os
 import subprocess
 import sys
 
+from tfkd import pipeline
+from tfkd import settings
+
 from conftest import REPO
 
-# Flags read outside the config, each with where it goes instead.
-NOT_IN_CONFIG = {
-    "strategy": "main() builds the tf.distribute strategy from it before anything else (a "
-                "MultiWorkerMirroredStrategy must exist before other TensorFlow work) and passes "
-                "it to pipeline.run beside the config",
-    "cluster_startup_timeout": "read with --strategy by make_strategy, before the config",
-    "plugins": "main() imports these modules (their import registers methods) before the config "
-               "is built",
-    "params_override": "a JSON object of dotted settings applied over the other flags "
-                       "(tests/test_contract.py checks that its values reach the config)",
-    "method_settings": "parsed as JSON into DistillConfig.method_config, the method's own config "
-                       "(tests/test_plugin_method.py finds a value of it in the run's report)",
-}
+EVERY_FLAG = r"""
+import json
+from absl import flags
+from launch import distill as d
+FLAGS, out = flags.FLAGS, {}
+def value(s):  # A value other than the default, of the flag's kind.
+    if s.kind == "bool": return [not s.default]
+    if s.kind == "int": return [(s.default or 0) + 3]
+    if s.kind == "float": return [(s.default or 0.25) * 1.5]
+    if s.kind == "list": return [["7", "9"] if s.item in ("int", "float") else ["a", "b"]]
+    return ["/tmp/x-" + s.name]
+for name, s in d.SETTINGS.items():
+    args = ["--images=/tmp/imgs"] if name.startswith("images_") and name != "images_path" else []
+    v = value(s)[0]
+    arg = f"--{name}" if v is True else f"--no{name}" if v is False else (
+        f"--{name}={','.join(v)}" if isinstance(v, list) else f"--{name}={v}")
+    FLAGS.unparse_flags(); FLAGS(["x", "--workdir=/tmp/w", *args, arg])
+    config = d.config_from_flags()
+    got = config
+    for part in s.name.split("."): got = getattr(got, part)
+    want = tuple(s.items(v)) if isinstance(v, list) else v
+    out[name] = got == want or repr((got, want))
+print("WIRING " + json.dumps(out))
+"""
 
 
-def test_every_distill_flag_reaches_the_config():
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "helpers",
-                                                          "flag_wiring.py"), "distill"],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
+def _python(script, *args):
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO})
     assert result.returncode == 0, result.stderr[-3000:]
-    wiring = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(wiring) >= 90 and "mixup_alpha" in wiring  # Every flag was tried.
-    broken = {name: why for name, why in wiring.items()
-              if why != "ok" and name not in NOT_IN_CONFIG}
-    assert not broken, broken
-    assert all(wiring[name] != "ok" for name in NOT_IN_CONFIG), "no longer outside the config"
+    return result.stdout
+
+
+def test_every_setting_is_a_flag_whose_value_reaches_it():
+    out = _python(EVERY_FLAG)
+    wiring = json.loads(next(x for x in out.splitlines() if x.startswith("WIRING "))[7:])
+    every = {s.name.replace(".", "_") for s in settings.settings(pipeline.DistillConfig)}
+    assert set(wiring) == every and len(every) > 130
+    assert {n: w for n, w in wiring.items() if w is not True} == {}
+
+
+ALIASES = r"""
+from absl import flags
+from launch import distill as d
+flags.FLAGS(["x", "--workdir=/tmp/w", "--num_mixup=7", "--teacher=h:1", "--query_budget=9",
+             "--train_mixup_alpha=0.5", "--batch_size=16", "--teacher_max_attempts=2",
+             "--student_model=/tmp/m.keras", "--votes=3", "--eval_images=/tmp/e", "--images=/tmp/i"])
+c = d.config_from_flags()
+print("ALIASES", c.mixup.num_images, c.teacher.target, c.teacher.query_budget, c.student.mixup_alpha,
+      c.student.batch_size, c.teacher.retry.max_attempts, c.student.architecture, c.votes.votes,
+      c.images.eval_path, c.images.path)
+"""
+
+
+def test_the_short_names_users_type_still_set_their_settings():
+    out = _python(ALIASES)
+    assert next(x for x in out.splitlines() if x.startswith("ALIASES")).split()[1:] == [
+        "7", "h:1", "9", "0.5", "16", "2", "/tmp/m.keras", "3", "/tmp/e", "/tmp/i"]
+
+
+LAYERS = r"""
+import sys
+from absl import flags
+from launch import distill as d
+flags.FLAGS(["x", "--workdir=/tmp/w", f"--config_file={sys.argv[1]}", "--student_epochs=4",
+             '--params_override={"seed": 5}'])
+c = d.config_from_flags()
+print("LAYERS", c.student.epochs, c.mixup.num_images, c.seed, c.teacher.query_budget)
+"""
+
+
+def test_a_config_file_applies_under_the_flags_and_params_override_over_them(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("student:\n  epochs: 30\nmixup.num_images: 800\nseed: 1\n"
+                    "teacher:\n  query_budget: 1000\n")
+    out = _python(LAYERS, str(path))
+    assert next(x for x in out.splitlines() if x.startswith("LAYERS")).split()[1:] == [
+        "4", "800", "5", "1000"]
+    json_path = tmp_path / "run.json"
+    json_path.write_text(json.dumps({"mixup": {"num_images": 900}}))
+    out = _python(LAYERS, str(json_path))
+    assert next(x for x in out.splitlines() if x.startswith("LAYERS")).split()[1:3] == ["4", "900"]
+
+
+def _launch(*flags):
+    return subprocess.run([sys.executable, os.path.join(REPO, "launch", "distill.py"), *flags],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": os.path.join(REPO, "tests")})
+
+
+def test_a_bad_config_file_or_a_bad_list_item_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    for flags, expected in [
+            ([f"--config_file={bad}"], f"error: config_file={str(bad)!r}: expected a mapping of "
+                                       "settings, got list"),
+            ([f"--config_file={tmp_path / 'none.yaml'}"], "error: config_file="),
+            (["--teacher_class_map=2,x"], "error: teacher.class_map=2,x: expected "
+                                          "comma-separated ints")]:
+        result = _launch(f"--workdir={tmp_path / 'w'}", *flags)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-500:]
+
+
+def test_a_plugins_settings_are_flags_listed_by_help_and_reach_its_config(tmp_path):
+    # tests/test_one_file_method.py's register() adds a method with a config class (NoiseConfig).
+    listed = _launch("--plugins=test_one_file_method:register", "--helpfull")
+    assert listed.returncode in (0, 1), listed.stderr[-2000:]
+    assert "--test_one_file_noise_num_noise" in listed.stdout + listed.stderr
+    script = ("from absl import flags\nfrom launch import distill as d\nfrom tfkd import methods\n"
+              "methods.load_plugins(['test_one_file_method:register']); d.method_flags()\n"
+              "flags.FLAGS(['x', '--workdir=/tmp/w', '--method=test_one_file_noise',"
+              " '--test_one_file_noise_num_noise=33'])\n"
+              "print('OWN', d.config_from_flags().resolved().method_config)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO}/tests"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "num_noise=33" in next(x for x in result.stdout.splitlines() if x.startswith("OWN"))
+    other = _launch("--plugins=test_one_file_method:register", f"--workdir={tmp_path / 'w'}",
+                    "--test_one_file_noise_num_noise=33")
+    assert other.stderr.strip().splitlines()[-1] == (
+        "error: --test_one_file_noise_num_noise: a setting of method 'test_one_file_noise', not of "
+        "--method=fsbbt")

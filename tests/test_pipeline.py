@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfkd import active
+from tfkd import errors
 from tfkd import evaluation
 from tfkd import methods
 from tfkd import pipeline
@@ -169,45 +170,50 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
 
 
 @pytest.fixture(scope="module")
-def distill_flags():
-    """launch/distill.py's flags, defined in this process (its module is imported, not run)."""
+def distill_launcher():
+    """launch/distill.py as a module of this process (imported, not run): its flags are defined."""
     import importlib.util
 
     from absl import flags
 
-    sys.path.insert(0, os.path.join(REPO, "launch"))
     spec = importlib.util.spec_from_file_location("tfkd_launch_distill",
                                                   os.path.join(REPO, "launch", "distill.py"))
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    yield flags.FLAGS
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
     flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("bad,message", [
-    ("--num_shots=-1", "--num_shots must be >= 0"),  # Used to mean the default, 2000.
-    ("--eval_examples=-1", "--eval_examples must be >= 0"),  # Used to evaluate 9,999 images.
-    ("--temperature=0", "--temperature must be > 0"),  # These three failed after paying the
-    ("--batch_size=0", "--batch_size must be >= 1"),  # teacher, with tracebacks.
-    ("--mixup_alpha=0", "--mixup_alpha must be > 0"),
-    ("--teacher=host:notaport", "--teacher must be host:port"),  # Used to wait 30 s.
-    ("--query_budget=-1", "--query_budget must be >= 0"),
-    ("--ema_momentum=1", r"--ema_momentum must be in \[0, 1\)"),  # Keras would average nothing.
-    ("--weight_decay=-1e-4", "--weight_decay must be >= 0"),
+    # The bounds are the library's (issue 36: the launcher has none of its own), checked before
+    # anything is read or sent.
+    ("--num_shots=-1", "num_shots=-1: expected >= 1"),  # Used to mean the default, 2000.
+    ("--eval_examples=-1", "eval_examples=-1: expected >= 0"),  # Used to evaluate 9,999 images.
+    ("--temperature=0", "student.temperature=0.0: expected > 0"),  # These three failed after
+    ("--batch_size=0", "student.batch_size=0: expected >= 1"),  # paying the teacher.
+    ("--mixup_alpha=0", r"mixup.alpha=0.0: expected > 0"),
+    ("--teacher=host:notaport", "target='host:notaport': expected host:port"),  # Waited 30 s.
+    ("--query_budget=-1", "query_budget=-1: expected >= 0"),
+    ("--ema_momentum=1", r"student.ema_momentum=1.0: expected in \[0, 1\)"),
+    ("--weight_decay=-1e-4", "student.weight_decay=-0.0001: expected >= 0"),
 ])
-def test_flags_are_validated_when_parsed(distill_flags, bad, message):
+def test_flags_out_of_range_are_refused_by_the_library_before_anything_runs(distill_launcher,
+                                                                            bad, message):
     from absl import flags
 
-    distill_flags.unparse_flags()
-    with pytest.raises(flags.IllegalFlagValueError, match=message):
-        distill_flags(["distill.py", bad])
-    distill_flags.unparse_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["distill.py", bad])
+    with pytest.raises(errors.ConfigError, match="^" + message):
+        distill_launcher.config_from_flags().validate()
+    flags.FLAGS.unparse_flags()
 
 
 def test_launcher_rejects_bad_flags_and_missing_data(tmp_path):
     bad = run_launcher(tmp_path / "bad", "--num_shots=-5")
-    assert bad.returncode != 0
-    assert "flag --num_shots=-5: --num_shots must be >= 0 (0: all, with --images)" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: num_shots=-5: expected >= 1 (0, all, only with images)")
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
     missing = run_launcher(tmp_path / "missing", f"--data_dir={tmp_path / 'nothing'}")
     assert missing.returncode == 1
     assert "error: data_dir=" in missing.stderr and "Traceback" not in missing.stderr
