@@ -136,7 +136,7 @@ MUTATIONS = [
              "or not",
              (("tfkd/methods/fsbbt.py", "        return ctx.teacher.missing(stored) + ctx.teacher.share(",
                "        return len(stored) + ctx.teacher.share("),),
-             ("tests/test_active.py::test_killed_active_run_resumes_and_pays_no_answered_query_again",)),
+             ("tests/test_active_budget.py::test_a_rerun_with_settings_that_choose_or_cost_nothing_pays_no_query_again",)),
     Mutation("active_margin_inverted", "the rounds ask about the images the proxy is surest of",
              (("tfkd/active.py", "picked = balanced_lowest(margins(probabilities),",
                "picked = balanced_lowest(-margins(probabilities),"),),
@@ -219,7 +219,7 @@ MUTATIONS += [  # Issue 13.
     Mutation("card_metrics_of_float32", "the model card gives every variant the float32 figures",
              (("tfkd/model_card.py", "metrics = _metrics(variants, eval_set)",
                "metrics = _metrics({k: variants['float32'] for k in variants}, eval_set)"),),
-             ("tests/test_pipeline.py::test_launch_distill_end_to_end",)),
+             ("tests/test_model_card.py::test_each_variants_card_figures_are_its_own",)),
     Mutation("kfp_evaluate_unserved", "the KFP evaluate step reports the artifact's metadata, not a "
              "served measurement",
              (("tfkd/kubeflow.py", "            accuracy = client_lib.accuracy(client, x, y)",
@@ -473,9 +473,10 @@ MUTATIONS += [  # One library, one truth (issue 26).
              ("tests/test_damaged_workdir.py::test_an_artifact_that_does_not_load_is_set_aside_and_built_again",)),
 ]
 MUTATIONS += [  # The docs name what exists (issue 26 §8, begun).
-    Mutation("readme_flag_row_dropped", "the README's flag table loses a flag's row",
-             (("README.md", "| `--seed` | 0 | one seed for sampling, synthesis and training |\n", ""),),
-             ("tests/test_docs.py::test_the_readme_flag_table_lists_exactly_the_launchers_flags",)),
+    Mutation("readme_flag_row_dropped", "the generated flag reference loses a flag's row",
+             (("docs/flags.md",
+               "| `--seed` | `0` | one seed for sampling, synthesis and training. [seed] |\n", ""),),
+             ("tests/test_docs.py::test_the_flag_reference_is_current",)),
     Mutation("docs_name_a_gone_function", "the docs name a function that no longer exists",
              (("BUILD_NOTES.md", "(`teacher.check_soft_labels`, the one definition)",
                "(`tfkd.training.epochs_for`, the one definition)"),),

@@ -291,7 +291,7 @@ import numpy as np
 from absl import flags
 from launch import distill as d
 from tfkd import cluster, methods
-text = open("README.md").read()
+text = open("docs/methods.md").read()
 command = re.search(r"tfkd-distill (--teacher=\\S+ --method=zsdb3kd .*?)# ", text, re.S).group(1)
 flags.FLAGS(["x"] + command.replace("\\\\", " ").split())
 config = d.config_from_flags().resolved()

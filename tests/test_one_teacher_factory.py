@@ -74,3 +74,22 @@ def test_a_registered_transport_is_used_by_every_factory(teacher_base, fashion):
         tfkd.connect(target)
     with pytest.raises(tfkd.ConfigError, match=r"^scheme='1x': expected a URL scheme"):
         transports.register_transport("1x", _InProcess)
+
+
+def test_a_rest_client_reaches_the_version_a_label_names(teacher_base, tmp_path):
+    # Found by issue 35's mutation sample: the REST path of a version label was built by no test
+    # (``path - "/labels/..."`` survived); over gRPC test_server_fidelity covers labels.
+    import shutil
+    base = tmp_path / "teacher"
+    for version in ("1", "2"):
+        shutil.copytree(f"{teacher_base}/1", base / version)
+    config = serving.ModelConfig("teacher", str(base), version_policy="all",
+                                 version_labels={"stable": 1, "canary": 2})
+    with serving.ModelServer([config], poll_seconds=0, rest_api_port=0) as srv:
+        rest = f"http://127.0.0.1:{srv.rest_api_port}"
+        for label, version in (("stable", 1), ("canary", 2)):
+            with client_lib.connect(rest, "teacher", version_label=label) as model:
+                assert model.signature.version == version
+        with pytest.raises(tfkd.errors.ServingClientError, match="NOT_FOUND"):
+            client_lib.connect(rest, "teacher", version_label="beta", timeout_s=5,
+                               retry=client_lib.RetryPolicy(max_attempts=1))
