@@ -87,3 +87,13 @@ def test_to_soft_labels_kinds_and_contract():
         teacher.to_soft_labels(np.array([[np.nan, 1.0]]), "probabilities", 2, "t", "probs")
     with pytest.raises(teacher.TeacherError, match=r"expected shape \[batch, 3\]"):
         teacher.to_soft_labels(np.ones((2, 2)) / 2, "probabilities", 3)
+
+
+def test_a_small_request_limit_splits_into_whole_images_per_request(server, fashion):
+    # Found by issue 35's mutation sample: images_per_request as a true division (a float step)
+    # survived, since every test's step was the in-flight split, an int. 10 images fit here.
+    limit = client_lib.REQUEST_OVERHEAD_BYTES + 10 * 28 * 28 * 4 + 100
+    with teacher.connect(server.target, max_request_bytes=limit, max_in_flight=1) as small:
+        assert small.images_per_request == 10 and isinstance(small.images_per_request, int)
+        labels = small.soft_labels(fashion.x_test[:25])
+        assert labels.shape == (25, 10) and small.requests == 3 and small.queries == 25
