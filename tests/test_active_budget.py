@@ -74,6 +74,9 @@ def test_a_raised_budget_extends_the_earlier_rounds_and_pays_only_the_new_images
     rounds = report.active_rounds
     assert [r["resumed"] for r in rounds[:2]] == [True, True] and not rounds[-1]["resumed"]
     assert sum(r["images"] for r in rounds) == 500
+    # The configured rounds are spent: the new images are one round of their own, not two (a
+    # survivor of issue 35's mutation sample: max(2, rounds - paid) passed every test).
+    assert len(rounds) == 3 and rounds[-1]["images"] == 200
     # Its own transfer set: the active settings (the 500 images) are in the set's fingerprint.
     with open(os.path.join(first, "report.json")) as f:
         earlier = json.load(f)["labelled_set"]
