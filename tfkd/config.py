@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import types
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +27,8 @@ from tfkd import training
 from tfkd import vertex
 from tfkd import votes as votes_lib
 from tfkd import zeroshot
+from tfkd.settings import dataclass_in as _dataclass_in
+from tfkd.settings import is_union as _is_union
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,14 +361,6 @@ def _hints(cls) -> dict:
         return {f.name: Any for f in dataclasses.fields(cls)}
 
 
-def _dataclass_in(hint):
-    """The dataclass type in a field's type hint (``ImageSourceConfig | None`` -> the class)."""
-    for candidate in (hint, *typing.get_args(hint)):
-        if dataclasses.is_dataclass(candidate):
-            return candidate
-    return None
-
-
 def conform(hint, value, name: str, current=None, mappings: bool = True):
     """``value`` as a field of type ``hint`` (dotted name ``name``, now ``current``) holds it.
 
@@ -447,10 +440,6 @@ def _nested(cls, value: Mapping, name: str, current):
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_union(hint) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 def _describe(hint, mappings: bool = True) -> str:

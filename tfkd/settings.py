@@ -81,7 +81,7 @@ def settings(cls, prefix: str = "", default=dataclasses.MISSING) -> list[Setting
         hint, name = hints[field.name], prefix + field.name
         value = (_default(field) if default is dataclasses.MISSING or default is None
                  else getattr(default, field.name))
-        nested = _dataclass_in(hint)
+        nested = dataclass_in(hint)
         if nested is not None:
             found += settings(nested, name + ".", value)
             continue
@@ -134,17 +134,24 @@ def _default(field):
     return None  # A required field (``images.path``): unset until given.
 
 
-def _dataclass_in(hint):
+def dataclass_in(hint):
+    """The dataclass type in a field's type hint (``ImageSourceConfig | None`` -> the class), or
+    None."""
     for candidate in (hint, *typing.get_args(hint)):
         if dataclasses.is_dataclass(candidate):
             return candidate
     return None
 
 
+def is_union(hint) -> bool:
+    """Whether a type hint is a union (``int | None``, ``Optional[int]``)."""
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
 def _kind(hint) -> tuple[str | None, str]:
     """(kind, item kind) of a field's type hint; (None, "") for one no command line spells."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = [a for a in (typing.get_args(hint) if union else (hint,)) if a is not type(None)]
+    options = [a for a in (typing.get_args(hint) if is_union(hint) else (hint,))
+               if a is not type(None)]
     if len(options) != 1:
         return None, ""
     option = options[0]
