@@ -377,12 +377,7 @@ class _LabelOnly(tf.Module):
 
     def __init__(self, version_dir: str):
         super().__init__(name="label_only")
-        try:
-            self.source = tf.saved_model.load(version_dir)
-        except Exception as e:  # noqa: BLE001 - OSError, a parse error, a missing op: not loaded.
-            reason = " ".join(str(e).split())[:300]
-            raise errors.ConfigError(f"version_dir={version_dir!r}: does not load as a SavedModel "
-                                     f"({type(e).__name__}: {reason})") from None
+        self.source = fs.load_saved_model(version_dir, "version_dir")
         signature = self.source.signatures.get(SIGNATURE_KEY)
         inputs = {} if signature is None else signature.structured_input_signature[1]
         outputs = {} if signature is None else signature.structured_outputs

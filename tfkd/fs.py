@@ -225,3 +225,19 @@ def reject_version(version_dir: str) -> str:
         rmtree(target)
     move_dir(version_dir, target)
     return target
+
+
+def load_saved_model(path: str, setting: str):
+    """``tf.saved_model.load(path)``, a SavedModel the user named (``setting``, e.g.
+    ``teacher_saved_model``).
+
+    Raises:
+      ConfigError: ``<setting>='<path>': does not load as a SavedModel (<why>)``, one line, for
+        whatever TensorFlow raises (a missing or damaged file, a parse error, a missing op).
+    """
+    try:
+        return tf.saved_model.load(path)
+    except Exception as e:  # noqa: BLE001 - OSError, a parse error, a missing op: not loaded.
+        reason = " ".join(str(e).split())[:300]
+        raise errors.ConfigError(f"{setting}={path!r}: does not load as a SavedModel "
+                                 f"({type(e).__name__}: {reason})") from None

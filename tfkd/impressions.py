@@ -452,12 +452,7 @@ class SavedModelTeacher:
     def __init__(self, version_dir: str, signature: str = "serving_default",
                  input_key: str = "images"):
         self.version_dir = version_dir
-        try:
-            self._loaded = tf.saved_model.load(version_dir)
-        except Exception as e:  # noqa: BLE001 - OSError, a parse error, a missing op: not loaded.
-            reason = " ".join(str(e).split())[:300]
-            raise errors.ConfigError(f"teacher_saved_model={version_dir!r}: does not load as a "
-                                     f"SavedModel ({type(e).__name__}: {reason})") from None
+        self._loaded = fs.load_saved_model(version_dir, "teacher_saved_model")
         if signature not in self._loaded.signatures:
             raise errors.ConfigError(f"teacher_saved_model={version_dir!r}: no signature "
                                      f"{signature!r} (has {sorted(self._loaded.signatures)})")
