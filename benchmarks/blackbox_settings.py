@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfkd import impressions  # noqa: E402
+from tfkd.methods.zskd import impressions  # noqa: E402
 
 TEACHER = "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/teacher/1"
 SETTINGS = [(0.003, 7), (0.01, 7), (0.03, 7), (0.01, 14), (0.03, 14), (0.05, 14), (0.1, 14),

@@ -1,7 +1,7 @@
 r"""Throughput of DB3KD's boundary search against a teacher served over gRPC.
 
 Serves a teacher SavedModel with tfkd's server on a loopback port, reads it through its label-only
-view, and runs the ``bd`` search (:func:`tfkd.boundary.boundary_distances`) of N few-shot images
+view, and runs the ``bd`` search (:func:`tfkd.methods.db3kd.boundary.boundary_distances`) of N few-shot images
 toward each other; prints the teacher queries, the seconds and the queries per second.
 
   python benchmarks/boundary_search.py \
@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app
 from absl import flags
 
-from tfkd import boundary
+from tfkd.methods.db3kd import boundary
 from tfkd import data
 from tfkd import serving
 from tfkd import teacher

@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfkd import impressions  # noqa: E402
+from tfkd.methods.zskd import impressions  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
 from tfkd import teacher_setup  # noqa: E402

@@ -23,14 +23,14 @@ import json
 import os
 import sys
 
-from tfkd import boundary
-from tfkd import impressions
 from tfkd import pipeline
 from tfkd import serving
+from tfkd import student as student_lib
 from tfkd import teacher as teacher_lib
-from tfkd import training
-from tfkd import votes
-from tfkd import zeroshot
+from tfkd.methods.db3kd import boundary
+from tfkd.methods.db3kd import zeroshot
+from tfkd.methods.fsbbt import votes
+from tfkd.methods.zskd import impressions
 
 name, method, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
@@ -47,7 +47,7 @@ with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0)
                                     **extra.pop("zskd", {})),
         zskd_blackbox=impressions.ZerothOrderConfig(**extra.pop("zskd_blackbox", {})),
         teacher_saved_model=base if method == "zskd" else None,
-        student=dataclasses.replace(training.StudentConfig(), **extra.pop("student", {})),
+        student=dataclasses.replace(student_lib.StudentConfig(), **extra.pop("student", {})),
         votes=votes.VoteConfig(**extra.pop("votes", {})),
         db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
     r = pipeline.run(config)

@@ -41,14 +41,14 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from tfkd import client as client_lib  # noqa: E402
+from tfkd.teacher import client as client_lib  # noqa: E402
 from tfkd import data  # noqa: E402
 from tfkd import outputs  # noqa: E402
 from tfkd import pipeline  # noqa: E402
 from tfkd import serving  # noqa: E402
+from tfkd import student as student_lib  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
 from tfkd import teacher_setup  # noqa: E402
-from tfkd import training  # noqa: E402
 from tfkd import workdir as workdir_lib  # noqa: E402
 from tfkd.methods import fsbbt as fsbbt_methods  # noqa: E402
 
@@ -95,7 +95,7 @@ TEACHER_TRIES = {
 }
 # The grid's student recipe for every method: the paper's, fixed in advance (the launcher's default
 # differs where a try below was adopted).
-PAPER_STUDENT = training.StudentConfig(lr_schedule="constant")
+PAPER_STUDENT = student_lib.StudentConfig(lr_schedule="constant")
 
 # Student recipes tried against the method's cell of the same seed, on the validation split only
 # (name -> (method, StudentConfig fields, what, seed)).
@@ -193,7 +193,7 @@ class Row:
     Attributes:
       method: a name of ``fsbbt_methods.METHODS``.
       what: the row's description in RESULTS.md.
-      student: StudentConfig fields over the launcher's default (``training.StudentConfig()``).
+      student: StudentConfig fields over the launcher's default (``student_lib.StudentConfig()``).
       query_budget: the run's ``--query_budget`` (None: the full plan, 50,000 queries).
       settings: other DistillConfig settings by dotted name (``DistillConfig.with_settings``),
         e.g. ``(("active.rounds", 0),)``.
@@ -248,7 +248,7 @@ ROWS = {
                                 (("epochs", 25), *_NO_AUGMENT)),
     # Issue 28: the query curve of the default recipe (25 epochs, no augmentation): the budget
     # cuts the plan (active.rounds 0, the behaviour before issue 28) or buys the pool's images
-    # chosen in rounds (tfkd.active).
+    # chosen in rounds (tfkd.methods.fsbbt.active).
     "fsbbt_q5000_cut": Row("fsbbt", "FS-BBT default recipe, plan cut to 5,000 queries",
                            query_budget=5_000, settings=(("active.rounds", 0),)),
     "fsbbt_q10000_cut": Row("fsbbt", "FS-BBT default recipe, plan cut to 10,000 queries",
@@ -394,7 +394,7 @@ def run_all(methods, seeds) -> None:
             for seed in seeds:
                 path = run_cell(os.path.join(root, "rows", name, f"seed{seed}"), srv.target,
                                 row.method, seed,
-                                dataclasses.replace(training.StudentConfig(), **dict(row.student)),
+                                dataclasses.replace(student_lib.StudentConfig(), **dict(row.student)),
                                 query_budget=row.query_budget, settings=row.settings)
                 report = json.load(open(path))
                 report.update(kind="row", row=name)

@@ -59,7 +59,7 @@ ALIASES = {  # The short names users type, each an alias of a generated flag.
 
 LAUNCHER_DEFAULTS = {"workdir": "/tmp/tfkd_fsbbt"}  # The library has no default work dir.
 SETTINGS = {}  # Flag name -> the tfkd.settings.Setting it sets (dotted name, kind, default).
-METHOD_SETTINGS = {}  # Flag name -> (method, the method_config field it sets), see method_flags.
+METHOD_SETTINGS = {}  # Flag name -> (its Setting in method_config, the methods it is one of).
 _DEFINE = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer, "float": flags.DEFINE_float,
            "str": flags.DEFINE_string, "list": flags.DEFINE_list}
 
@@ -72,8 +72,6 @@ def define(setting: settings_lib.Setting, name: str) -> None:
 for _setting in settings_lib.settings(pipeline.DistillConfig):
     SETTINGS[_setting.name.replace(".", "_")] = _setting
     define(_setting, _setting.name.replace(".", "_"))
-for _alias, _name in ALIASES.items():
-    flags.DEFINE_alias(_alias, _name)
 flags.DEFINE_string("config_file", None, "A YAML or JSON file of settings by dotted name or nested "
                     "mappings (as DistillConfig.with_settings takes), applied under the flags.")
 flags.DEFINE_string("params_override", None, "Settings by dotted name as a JSON object, applied "
@@ -92,15 +90,23 @@ FLAGS = flags.FLAGS
 
 
 def method_flags() -> None:
-    """Defines ``--<method>_<field>`` for every field of each registered method's own config class
-    (``Method.config_class``, a plug-in's included) not yet defined; they set ``method_config``."""
+    """Defines a flag for every field of each registered method's own settings
+    (``Method.config_class``, a plug-in's included): its ``flag_prefix`` (default ``<method>_``)
+    and dotted name (``--mixup_alpha``, ``--uniform_noise_count``); methods sharing a setting share
+    its flag. Then the short names of :data:`ALIASES`."""
     for name in methods.names():
-        cls = methods.get(name).config_class
+        method = methods.get(name)
+        prefix = f"{name}_" if method.flag_prefix is None else method.flag_prefix
+        cls = method.config_class
         for setting in settings_lib.settings(cls) if cls is not None else ():
-            flag = f"{name}_{setting.name.replace('.', '_')}"
+            flag = prefix + setting.name.replace(".", "_")
             if flag not in FLAGS:
-                METHOD_SETTINGS[flag] = (name, setting)
                 define(setting, flag)
+            if flag not in SETTINGS:
+                METHOD_SETTINGS.setdefault(flag, (setting, set()))[1].add(name)
+    for alias, flag in ALIASES.items():
+        if alias not in FLAGS and flag in FLAGS:
+            flags.DEFINE_alias(alias, flag)
 
 
 method_flags()
@@ -127,11 +133,12 @@ def config_from_flags() -> pipeline.DistillConfig:
     """The flags as a :class:`tfkd.pipeline.DistillConfig`: only the settings given are set; the
     rest stay unset for :meth:`~tfkd.pipeline.DistillConfig.resolved` (the library's defaults)."""
     given = {s.name: _value(n, s) for n, s in SETTINGS.items() if FLAGS[n].present}
-    own = {f"method_config.{s.name}": _value(n, s) for n, (m, s) in METHOD_SETTINGS.items()
+    own = {f"method_config.{s.name}": _value(n, s) for n, (s, _) in METHOD_SETTINGS.items()
            if FLAGS[n].present}
-    for name in (n for n, (m, _) in METHOD_SETTINGS.items() if FLAGS[n].present and m != FLAGS.method):
-        raise errors.ConfigError(f"--{name}: a setting of method {METHOD_SETTINGS[name][0]!r}, not "
-                                 f"of --method={FLAGS.method}")
+    for name, (_, owners) in METHOD_SETTINGS.items():
+        if FLAGS[name].present and FLAGS.method not in owners:
+            raise errors.ConfigError(f"--{name}: a setting of method {', '.join(sorted(owners))}, "
+                                     f"not of --method={FLAGS.method}")
     layers = [{"outputs": vertex.OutputDirs.from_environ(os.environ).to_dict()},
               settings_lib.read_file(FLAGS.config_file) if FLAGS.config_file else {}, given,
               {"method_config": json_flag("method_settings")} if FLAGS.method_settings else {},
@@ -153,7 +160,8 @@ def with_flag_names(message: str) -> str:
     """A library message with each setting it names (dotted or multi-word) followed by its flag (the
     alias users type where there is one), unless given as ``setting=value`` or ``settings['...']``."""
     short = {v: k for k, v in ALIASES.items()}
-    for name, setting in SETTINGS.items():
+    named = {**SETTINGS, **{n: s for n, (s, _) in METHOD_SETTINGS.items()}}
+    for name, setting in named.items():
         if "." in setting.name or "_" in setting.name:  # Not a plain word ("method", "seed").
             message = re.sub(rf"(?<![\w.-])(?<!\['){re.escape(setting.name)}(?![\w.=])",
                              f"{setting.name} (--{short.get(name, name)})", message)

@@ -252,3 +252,12 @@ def kill_when(process, ready, what: str, seconds: float = 300) -> None:
         if process.poll() is None:
             process.kill()
 
+
+
+def config_of(**settings):
+    """A :class:`tfkd.DistillConfig` from settings by name, as ``tfkd.distill`` takes them
+    (:meth:`~tfkd.DistillConfig.with_settings`: a method's own settings, ``mixup=``, ``db3kd=``,
+    included)."""
+    from tfkd import config
+
+    return config.DistillConfig(workdir=str(settings.pop("workdir"))).with_settings(settings)

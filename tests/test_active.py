@@ -1,4 +1,4 @@
-"""Active querying (tfkd.active): the rounds' choice, and a killed run that resumes without asking
+"""Active querying (tfkd.methods.fsbbt.active): the rounds' choice, and a killed run that resumes without asking
 the teacher again about any image it already had an answer for (and labels the rest of the pool
 with a teacher assistant)."""
 
@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tfkd import active
 from tfkd import teacher as teacher_lib
+from tfkd.methods.fsbbt import active
 
 from conftest import REPO
 from conftest import kill_when
@@ -81,7 +81,7 @@ def test_killed_active_run_resumes_and_pays_no_answered_query_again(tmp_path, se
                             timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     report = json.loads(open(os.path.join(workdir, "report.json")).read())
-    records = report["active_rounds"]
+    records = report["method_report"]["active_rounds"]
     assert [r["resumed"] for r in records[:2]] == [True, True]
     assert not any(r["resumed"] for r in records[2:])
     assert [r["images"] for r in records[:2]] == [200, 200]

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 import tfkd
-from tfkd import active
-from tfkd import synthesis
 from tfkd import teacher as teacher_lib
 from tfkd import workdir as workdir_lib
 from tfkd.methods import fsbbt
+from tfkd.methods.fsbbt import active
+from tfkd.methods.fsbbt import synthesis
 
 REAL = 100  # --num_shots: the real images, labelled first (evaluate_teacher off: no test images).
 POOL = 500 + 100  # 500 MixUp + 100 CVAE images: the pool the rounds choose from.
@@ -71,7 +71,7 @@ def test_a_raised_budget_extends_the_earlier_rounds_and_pays_only_the_new_images
     assert report.teacher_queries_total == 600
     assert _labelled_by_teacher(report) == 500
     assert report.transfer_set_sources["assistant"] == POOL - 500
-    rounds = report.active_rounds
+    rounds = report.method_report["active_rounds"]
     assert [r["resumed"] for r in rounds[:2]] == [True, True] and not rounds[-1]["resumed"]
     assert sum(r["images"] for r in rounds) == 500
     # The configured rounds are spent: the new images are one round of their own, not two (a
@@ -88,13 +88,13 @@ def test_a_rerun_with_settings_that_choose_or_cost_nothing_pays_no_query_again(
         first, server, tmp_path, change, monkeypatch, fashion):
     workdir = _copy(first, tmp_path / "rerun")
     taught = []
-    assistant = fsbbt._Synthetic.assistant
+    assistant = fsbbt.SyntheticMethod.assistant
 
     def spy(self, ctx, images, targets):
         taught.append((images, targets, ctx.few_shot))
         return assistant(self, ctx, images, targets)
 
-    monkeypatch.setattr(fsbbt._Synthetic, "assistant", spy)
+    monkeypatch.setattr(fsbbt.SyntheticMethod, "assistant", spy)
     report = _run(workdir, server, 400, **change)
     assert report.teacher_queries_sent == 0
     assert _labelled_by_teacher(report) == 300  # Every paid answer is in the transfer set.
@@ -121,7 +121,7 @@ def test_a_damaged_rounds_state_is_recovered_from_the_ledger_with_no_query(
     assert [d["what"] for d in report.damaged_artifacts] == ["active querying rounds"]
     assert report.teacher_queries_sent == 0
     assert _labelled_by_teacher(report) == 300
-    assert report.active_rounds[0]["selection"] == "ledger"
+    assert report.method_report["active_rounds"][0]["selection"] == "ledger"
 
 
 def _state(tmp_path, lengths, indices, pool_size=10, images=None):

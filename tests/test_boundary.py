@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import boundary
 from tfkd import errors
 from tfkd import serving
 from tfkd import teacher
+from tfkd.methods.db3kd import boundary
 
 SHAPE = (8, 8, 1)
 K = 4
@@ -216,7 +216,7 @@ def test_hopskipjump_finds_the_perpendicular_distance_within_its_query_count(two
     it within 10% of the perpendicular distance on average (measured: 5%; after 4, 37%), from
     above 50% after one iteration of one probe (measured: 882%); every
     sample's queries stay within the per-push bound the query plan charges."""
-    from tfkd import zeroshot
+    from tfkd.methods.db3kd import zeroshot
 
     client, w, b = two_class_teacher
     rng = np.random.default_rng(6)
@@ -258,7 +258,7 @@ def test_zero_shot_pseudo_samples_move_away_from_the_boundary(linear_teacher, se
     analytic: min over k != y of (f_y - f_k)(x) / ||w_y - w_k||. The untargeted search never
     reports less than it, and pushing the noise samples away from the boundary keeps their class
     and increases that distance."""
-    from tfkd import zeroshot
+    from tfkd.methods.db3kd import zeroshot
 
     client, w, b = linear_teacher
     config = zeroshot.ZeroShotConfig(per_class=4, iterations=2, queries=300, init_directions=3,
@@ -293,7 +293,7 @@ def test_a_class_noise_rarely_gives_is_filled_from_its_own_samples(linear_teache
     """A class the noise almost never lands in (the bias makes it rare) still gets ``per_class``
     samples once it has ``fill_from`` of them, every one labelled that class by the teacher; with
     the fill off (the reference's noise only), it stays short within the same rounds."""
-    from tfkd import zeroshot
+    from tfkd.methods.db3kd import zeroshot
 
     client, w, b = linear_teacher
     shares = np.bincount(zeroshot.noise_samples(
@@ -313,12 +313,12 @@ def test_a_class_noise_rarely_gives_is_filled_from_its_own_samples(linear_teache
 def test_decision_kd_loss_is_ce_to_top1_plus_scaled_kl():
     """DB3KD's student loss on one example, against numpy: CE to the argmax of the soft label plus
     T² · KL(p ‖ softmax(z / T))."""
-    from tfkd import training
+    from tfkd import student as student_lib
 
     p = np.array([[0.5, 0.3, 0.2]], np.float32)
     z = np.array([[1.0, 2.0, -1.0]], np.float32)
     t = 4.0
-    loss = float(training.make_loss("db3kd", t)(p, z))
+    loss = float(student_lib.make_loss("db3kd", t)(p, z))
 
     def log_softmax(v):
         return v - np.log(np.exp(v).sum())

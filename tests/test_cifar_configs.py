@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from test_data import write_idx
 
-from tfkd import models
+from tfkd.student import models
 
 from conftest import REPO
 
@@ -39,7 +39,7 @@ def test_cifar_pipeline_on_random_tensors(tmp_path, dataset, classes, teacher, s
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     assert (report["teacher_architecture"], report["student_architecture"]) == (teacher, student)
-    assert report["num_cvae"] == classes * 2
+    assert report["transfer_set_sources"]["cvae"] == classes * 2
     plan = report["teacher_query_plan"]
     assert plan["label_real"] + plan["label_mixup"] + plan["label_cvae"] == shots + 40 + classes * 2
     # The 60 test images are training images here: those labelled as shots during the run come from

@@ -18,7 +18,7 @@ import pytest
 import tfkd
 from tfkd import methods
 from tfkd import pipeline
-from tfkd import synthesis
+from tfkd.methods.fsbbt import synthesis
 
 
 def _config_classes():

@@ -17,7 +17,7 @@ from tfkd import config
 from tfkd import data
 from tfkd import methods
 from tfkd import pipeline
-from tfkd import training
+from tfkd import student as student_lib
 
 from conftest import REPO
 
@@ -32,10 +32,10 @@ for method, dataset in json.loads(sys.argv[1]):
     out[f"{method}/{dataset}"] = repr(d.config_from_flags().resolved())
 print("CONFIGS " + json.dumps(out))
 flags.FLAGS.unparse_flags()
-flags.FLAGS(["x", "--workdir=/tmp/contract", "--student_epochs=3",
+flags.FLAGS(["x", "--workdir=/tmp/contract", "--student_epochs=3", "--method=db3kd",
              '--params_override={"student.epochs": 9, "db3kd.num_directions": 4, "seed": 2}'])
 c = d.config_from_flags().resolved()
-print("OVERRIDE", c.student.epochs, c.db3kd.num_directions, c.seed)
+print("OVERRIDE", c.student.epochs, c.method_config.db3kd.num_directions, c.seed)
 """
 
 
@@ -78,19 +78,19 @@ def test_resolution_fills_only_what_was_left_unset_and_is_idempotent():
     assert (resolved.num_shots, resolved.num_validation) == (2000, config.NUM_VALIDATION)
     assert resolved.student.architecture == "lenet5_half"
     assert resolved.student.epochs == dict(methods.get("fsbbt").student_defaults)["epochs"]
-    assert resolved.teacher_train.architecture == "lenet5" and resolved.cvae.architecture == "mlp"
+    assert resolved.teacher_train.architecture == "lenet5" and resolved.method_config.cvae.architecture == "mlp"
     mine = pipeline.DistillConfig(
         workdir="w", dataset="cifar10", num_shots=40,
-        student=training.StudentConfig(epochs=3)).resolved()
+        student=student_lib.StudentConfig(epochs=3)).resolved()
     assert (mine.num_shots, mine.student.epochs, mine.student.architecture,
-            mine.cvae.architecture) == (40, 3, "alexnet_half", "conv")
+            mine.method_config.cvae.architecture) == (40, 3, "alexnet_half", "conv")
     assert mine.student.mixup_alpha == 0.0  # The rest of fsbbt's recipe is kept.
-    assert pipeline.DistillConfig(workdir="w", method="zskd_blackbox").resolved().zskd.count == \
+    assert pipeline.DistillConfig(workdir="w", method="zskd_blackbox").resolved().method_config.zskd.count == \
         12_000
     from tfkd import images
     own = pipeline.DistillConfig(workdir="w", images=images.ImageSourceConfig("/p")).resolved()
     assert (own.num_shots, own.num_validation, own.student.architecture,
-            own.cvae.architecture) == (0, 0, "mobilenet_v3_small", "auto")
+            own.method_config.cvae.architecture) == (0, 0, "mobilenet_v3_small", "auto")
 
 
 def test_settings_by_dotted_name_reach_the_config_as_their_types():

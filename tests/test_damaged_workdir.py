@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 from test_pipeline import TINY
 
-from tfkd import boundary
-from tfkd import impressions
 from tfkd import methods
 from tfkd import pipeline
+from tfkd import student as student_lib
 from tfkd import teacher
-from tfkd import training
-from tfkd import zeroshot
+from tfkd.methods.db3kd import boundary
+from tfkd.methods.db3kd import zeroshot
+from tfkd.methods.zskd import impressions
 from tfkd.teacher import TeacherConfig
+
+from conftest import config_of
 
 
 def _config(workdir, server):
-    return pipeline.DistillConfig(workdir=str(workdir), teacher=TeacherConfig(target=server.target),
+    return config_of(workdir=str(workdir), teacher=TeacherConfig(target=server.target),
                                 **{**TINY, "evaluate_teacher": True})
 
 
@@ -93,7 +95,7 @@ def test_a_damaged_line_of_the_query_account_is_skipped(finished, server, tmp_pa
 def finished_local(renamed_data, tmp_path_factory):
     """A finished tiny run whose teacher tfkd trained into the work dir (1 epoch, 2,500 images)."""
     workdir = tmp_path_factory.mktemp("finished_local") / "run"
-    config = pipeline.DistillConfig(workdir=str(workdir), data_dir=str(renamed_data / "true"),
+    config = config_of(workdir=str(workdir), data_dir=str(renamed_data / "true"),
                                   teacher_train=pipeline.TeacherTrainConfig(epochs=1),
                                   **{**TINY, "evaluate_teacher": True})
     report = pipeline.run(config)
@@ -183,10 +185,10 @@ STATES = {
 @pytest.mark.parametrize("method", sorted(STATES))
 def test_a_damaged_search_state_is_set_aside_and_searched_again(server, tmp_path, method):
     pattern, what, stages, settings = STATES[method]
-    config = pipeline.DistillConfig(
+    config = config_of(
         workdir=str(tmp_path), method=method, teacher=TeacherConfig(target=server.target),
         **{**TINY, "num_shots": 30, **settings,
-           "student": training.StudentConfig(epochs=1, batch_size=8)})
+           "student": student_lib.StudentConfig(epochs=1, batch_size=8)})
     first = pipeline.run(config)
     paid = sum(first.teacher_queries_sent_by_stage.get(s, 0) for s in stages)
     assert paid > 0, first.teacher_queries_sent_by_stage

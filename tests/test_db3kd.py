@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from tfkd import boundary
 from tfkd import methods
 from tfkd import teacher
+from tfkd.methods.db3kd import boundary
 
 from conftest import REPO
+from conftest import config_of
 from conftest import kill_when
 
 
@@ -61,7 +62,7 @@ def test_db3kd_runs_end_to_end_on_top1_labels_only(label_only_server, server, tm
 def test_db3kd_settings_are_checked_before_anything_runs(tmp_path):
     from tfkd import pipeline
 
-    bad = pipeline.DistillConfig(workdir=str(tmp_path / "w"), method="db3kd",
+    bad = config_of(workdir=str(tmp_path / "w"), method="db3kd",
                                  db3kd=boundary.BoundaryConfig(search="hsja"))
     with pytest.raises(ValueError, match="db3kd.search=.hsja."):
         pipeline.run(bad)

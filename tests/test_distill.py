@@ -3,16 +3,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import models
-from tfkd import training
+from tfkd import errors
+from tfkd import student as student_lib
+from tfkd.student import models
+
+from conftest import config_of
 
 
 def test_temperature_kd_at_t1_is_soft_cross_entropy():
     rng = np.random.default_rng(0)
     p = tf.nn.softmax(rng.normal(size=(8, 10)).astype(np.float32)).numpy()
     z = rng.normal(size=(8, 10)).astype(np.float32)
-    soft_ce = training.make_loss("soft_ce")(p, z).numpy()
-    kd1 = training.make_loss("kd", temperature=1.0)(p, z).numpy()
+    soft_ce = student_lib.make_loss("soft_ce")(p, z).numpy()
+    kd1 = student_lib.make_loss("kd", temperature=1.0)(p, z).numpy()
     assert abs(soft_ce - kd1) < 1e-4
     expected = np.mean(-np.sum(p * tf.nn.log_softmax(z).numpy(), axis=1))
     assert abs(soft_ce - expected) < 1e-4
@@ -20,21 +23,21 @@ def test_temperature_kd_at_t1_is_soft_cross_entropy():
     t = 4.0
     pt = tf.nn.softmax(np.log(p) / t).numpy()
     expected4 = np.mean(-t * t * np.sum(pt * tf.nn.log_softmax(z / t).numpy(), axis=1))
-    assert abs(training.make_loss("kd", temperature=t)(p, z).numpy() - expected4) < 1e-3
+    assert abs(student_lib.make_loss("kd", temperature=t)(p, z).numpy() - expected4) < 1e-3
 
 
 def test_bad_loss_and_temperature():
     with pytest.raises(ValueError, match="loss='mse'"):
-        training.make_loss("mse")
+        student_lib.make_loss("mse")
     with pytest.raises(ValueError, match="temperature=0"):
-        training.make_loss("kd", temperature=0)
+        student_lib.make_loss("kd", temperature=0)
 
 
 def test_training_batches_interpolate_stored_soft_labels():
     images = np.random.default_rng(0).uniform(size=(64, 28, 28, 1)).astype(np.float32)
     labels = np.eye(4, dtype=np.float32)[np.arange(64) % 4]
-    config = training.StudentConfig(mixup_alpha=1.0, rotation_degrees=10, shift_fraction=0.1)
-    x, y = next(iter(training.training_dataset(images, labels, config, 32, seed=0)))
+    config = student_lib.StudentConfig(mixup_alpha=1.0, rotation_degrees=10, shift_fraction=0.1)
+    x, y = next(iter(student_lib.training_dataset(images, labels, config, 32, seed=0)))
     assert x.shape == (32, 28, 28, 1) and y.shape == (32, 4)
     assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
     np.testing.assert_allclose(tf.reduce_sum(y, 1), 1.0, atol=1e-5)
@@ -48,8 +51,8 @@ def test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels():
     plain = dict(mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
 
     def batch(flip):
-        config = training.StudentConfig(horizontal_flip=flip, **plain)
-        x, y = next(iter(training.training_dataset(images, labels, config, 64, seed=3)))
+        config = student_lib.StudentConfig(horizontal_flip=flip, **plain)
+        x, y = next(iter(student_lib.training_dataset(images, labels, config, 64, seed=3)))
         return x.numpy(), y.numpy()
 
     x, y = batch(True)
@@ -65,21 +68,21 @@ def test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels():
 def test_student_trains_and_resumes(fashion, tmp_path):
     images = fashion.x_train[:640]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:640]] * 0.9 + 0.01
-    config = training.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
-    student, history = training.train_student(images, soft, config, seed=0,
+    config = student_lib.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    student, history = student_lib.train_student(images, soft, config, seed=0,
                                              backup_dir=str(tmp_path), verbose=0)
     assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
     assert tuple(student.output_shape) == (None, 10)
     # Same backup dir, 3 epochs in all: only the third is trained.
-    longer = training.StudentConfig(epochs=3, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
-    _, resumed = training.train_student(images, soft, longer, seed=0, backup_dir=str(tmp_path),
+    longer = student_lib.StudentConfig(epochs=3, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    _, resumed = student_lib.train_student(images, soft, longer, seed=0, backup_dir=str(tmp_path),
                                        verbose=0)
     assert len(resumed["loss"]) == 1
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashion, loop):
-    """ema_momentum: the exported weights are the average (warmed up: training.EMA_WARMUP), so
+    """ema_momentum: the exported weights are the average (warmed up: student_lib.EMA_WARMUP), so
     after 20 steps at momentum 0.99 they lag the trained ones: they differ from them and have moved
     less from the initial weights; weight_decay shrinks them."""
     images = fashion.x_train[:1280]
@@ -88,7 +91,7 @@ def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashi
                  lr_schedule="constant", learning_rate=1e-2)
 
     def weights(**fields):
-        student, _ = training.train_student(images, soft, training.StudentConfig(**plain, **fields),
+        student, _ = student_lib.train_student(images, soft, student_lib.StudentConfig(**plain, **fields),
                                            seed=0, verbose=0)
         return np.concatenate([np.ravel(w) for w in student.get_weights()])
 
@@ -101,7 +104,7 @@ def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashi
     assert np.linalg.norm(averaged - trained) > 0.05 * moved
     assert np.linalg.norm(weights(weight_decay=20.0)) < 0.9 * np.linalg.norm(trained)
     with pytest.raises(ValueError, match="ema_momentum=1"):
-        training.StudentConfig(ema_momentum=1).validate()
+        student_lib.StudentConfig(ema_momentum=1).validate()
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
@@ -110,10 +113,10 @@ def test_a_step_counted_student_streams_its_transfer_set_in_chunks(fashion, loop
     may end mid-pass: 320 images at batch 64 are 5 steps a pass; 12 steps are 3 chunks of 4."""
     images = fashion.x_train[:320]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:320]] * 0.9 + 0.01
-    config = training.StudentConfig(steps=12, loop=loop, mixup_alpha=0, rotation_degrees=0,
+    config = student_lib.StudentConfig(steps=12, loop=loop, mixup_alpha=0, rotation_degrees=0,
                                    shift_fraction=0, steps_per_execution=1)
-    assert training.training_length(config, 320, 64) == training.TrainingLength(3, 4, repeat=True)
-    student, history = training.train_student(images, soft, config, seed=0, verbose=0)
+    assert student_lib.training_length(config, 320, 64) == student_lib.TrainingLength(3, 4, repeat=True)
+    student, history = student_lib.train_student(images, soft, config, seed=0, verbose=0)
     assert len(history["loss"]) == 3
     if loop == "fit":
         assert int(student.optimizer.iterations.numpy()) == 12
@@ -121,17 +124,17 @@ def test_a_step_counted_student_streams_its_transfer_set_in_chunks(fashion, loop
 
 def test_student_rejects_bad_soft_labels(fashion):
     with pytest.raises(ValueError, match="soft_labels: expected 64 rows"):
-        training.train_student(fashion.x_train[:64], np.ones((10, 10)) / 10,
-                              training.StudentConfig(epochs=1), 0, verbose=0)
+        student_lib.train_student(fashion.x_train[:64], np.ones((10, 10)) / 10,
+                              student_lib.StudentConfig(epochs=1), 0, verbose=0)
     with pytest.raises(ValueError, match="rows summing to 1"):
-        training.train_student(fashion.x_train[:64], np.ones((64, 10)),
-                              training.StudentConfig(epochs=1), 0, verbose=0)
+        student_lib.train_student(fashion.x_train[:64], np.ones((64, 10)),
+                              student_lib.StudentConfig(epochs=1), 0, verbose=0)
 
 
 def test_random_affine_is_identity_at_zero_and_moves_pixels_otherwise(fashion):
     images = tf.constant(fashion.x_train[:16])
-    np.testing.assert_allclose(training.random_affine(images, 0.0, 0.0), images, atol=1e-6)
-    moved = training.random_affine(images, 10.0, 0.1).numpy()
+    np.testing.assert_allclose(student_lib.random_affine(images, 0.0, 0.0), images, atol=1e-6)
+    moved = student_lib.random_affine(images, 10.0, 0.1).numpy()
     assert moved.shape == (16, 28, 28, 1)
     assert 0.0 <= moved.min() and moved.max() <= 1.0
     assert np.abs(moved - fashion.x_train[:16]).mean() > 0.01
@@ -169,8 +172,8 @@ def test_a_short_schedule_batchnorm_student_serves_what_it_learned(fashion, tmp_
                  shift_fraction=0, loop=loop, learning_rate=3e-3)
 
     def agreements(**fields):
-        student, history = training.train_student(
-            images, soft, training.StudentConfig(**plain, **fields), seed=0, verbose=0)
+        student, history = student_lib.train_student(
+            images, soft, student_lib.StudentConfig(**plain, **fields), seed=0, verbose=0)
         served = float(np.mean(student.predict(images, verbose=0).argmax(1) == soft.argmax(1)))
         return history["teacher_agreement"][-1], served
 
@@ -184,11 +187,11 @@ def test_a_short_schedule_batchnorm_student_serves_what_it_learned(fashion, tmp_
 def test_batchnorm_layers_are_found_inside_nested_models():
     """keras.applications students nest their layers; every BatchNormalization is re-estimated."""
     student = models.build_model("mobilenet_v3_small", (32, 32, 3), 10)
-    found = training.batchnorm_layers(student)
+    found = student_lib.batchnorm_layers(student)
     assert len(found) >= 30 and all(isinstance(b, keras.layers.BatchNormalization) for b in found)
-    assert training.batchnorm_layers(models.build_model("lenet5_half", (28, 28, 1), 10)) == []
+    assert student_lib.batchnorm_layers(models.build_model("lenet5_half", (28, 28, 1), 10)) == []
     x = np.random.default_rng(0).uniform(size=(300, 32, 32, 3)).astype(np.float32)
-    assert training.reestimate_batchnorm(student, x, max_images=300, batch_size=100) == len(found)
+    assert student_lib.reestimate_batchnorm(student, x, max_images=300, batch_size=100) == len(found)
     moved = [float(np.abs(b.moving_mean.numpy()).max()) for b in found]
     assert min(moved) > 0 and all(b.momentum == found[0].momentum for b in found)
 
@@ -200,14 +203,14 @@ def test_a_non_finite_training_loss_stops_training_with_a_clear_error(fashion, t
     NaN soft labels are refused before training starts."""
     images = fashion.x_train[:256]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:256]]
-    config = training.StudentConfig(epochs=3, learning_rate=1e12, loop=loop, mixup_alpha=0,
+    config = student_lib.StudentConfig(epochs=3, learning_rate=1e12, loop=loop, mixup_alpha=0,
                                    rotation_degrees=0, shift_fraction=0, lr_schedule="constant")
-    with pytest.raises(training.StudentError, match="non-finite loss .* nothing was exported"):
-        training.train_student(images, soft, config, seed=0, verbose=0,
+    with pytest.raises(errors.StudentError, match="non-finite loss .* nothing was exported"):
+        student_lib.train_student(images, soft, config, seed=0, verbose=0,
                               backup_dir=str(tmp_path / loop))
     soft[5] = np.nan
     with pytest.raises(ValueError, match="soft_labels: expected finite probabilities, got 1 rows"):
-        training.train_student(images, soft, config, seed=0, verbose=0)
+        student_lib.train_student(images, soft, config, seed=0, verbose=0)
 
 
 @pytest.mark.parametrize("method", ["zskd", "zskd_blackbox"])
@@ -218,26 +221,25 @@ def test_stored_tempered_targets_are_not_tempered_again(method, student_temperat
     with must use the stored targets as they are: its minimum where the student's softmax at its
     own temperature τ equals them (z_s = (τ / T) z_t; τ = T, the default: the teacher's logits),
     zero gradient there, where the twice-tempering loss pulls elsewhere."""
-    from tfkd import impressions
     from tfkd import methods
-    from tfkd import pipeline
+    from tfkd.methods.zskd import impressions
 
-    config = pipeline.DistillConfig(
+    config = config_of(
         workdir="/unused", method=method,
         zskd=impressions.ImpressionConfig(student_temperature=student_temperature)).resolved()
     student = methods.get(method).student_config(config)
-    tau = config.zskd.student_temperature
+    tau = config.method_config.zskd.student_temperature
     assert student.temperature == tau == (student_temperature or tau)
     teacher_logits = tf.constant([[6.0, 1.0, -2.0, 0.5], [-1.0, 4.0, 2.0, 0.0]])
-    stored = tf.nn.softmax(teacher_logits / config.zskd.temperature)
+    stored = tf.nn.softmax(teacher_logits / config.method_config.zskd.temperature)
 
     def gradient(loss):
-        logits = tf.Variable(teacher_logits * tau / config.zskd.temperature)
+        logits = tf.Variable(teacher_logits * tau / config.method_config.zskd.temperature)
         with tf.GradientTape() as tape:
             value = loss(stored, logits)
         return float(tf.norm(tape.gradient(value, logits)))
 
-    assert gradient(training.make_loss(student.loss, student.temperature)) < 1e-4
+    assert gradient(student_lib.make_loss(student.loss, student.temperature)) < 1e-4
     if tau > 1:  # At τ = 1 kd tempers nothing: the same loss.
-        assert gradient(training.make_loss("kd", student.temperature)) > 1e-2  # Tempered twice.
+        assert gradient(student_lib.make_loss("kd", student.temperature)) > 1e-2  # Tempered twice.
 

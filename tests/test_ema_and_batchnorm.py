@@ -9,13 +9,16 @@ import tensorflow as tf
 from test_distill import _batchnorm_student
 
 import tfkd
+from tfkd import errors
 from tfkd import evaluation
 from tfkd import export
-from tfkd import models
-from tfkd import pipeline
-from tfkd import synthesis
-from tfkd import training
+from tfkd import student as student_lib
+from tfkd.methods.fsbbt import synthesis
 from tfkd.report import Report
+from tfkd.student import loops
+from tfkd.student import models
+
+from conftest import config_of
 
 
 def _average_after(ema_momentum, steps):
@@ -23,7 +26,7 @@ def _average_after(ema_momentum, steps):
     averages of the recorded per-step weights with momentum min(ema_momentum, (1 + t) / (10 + t))
     from the second step (t = 1, 2, ...), the recorded weights)."""
     variable = tf.Variable([1.0, -2.0])
-    optimizer = training._optimizer(training.StudentConfig(ema_momentum=ema_momentum), 0.1)
+    optimizer = loops._optimizer(student_lib.StudentConfig(ema_momentum=ema_momentum), 0.1)
     optimizer.build([variable])
     kept, expected, seen = [], [], []
     for t in range(steps):
@@ -48,7 +51,7 @@ def test_the_weight_average_warms_up_as_tensorflow_moving_averages_do():
 
 def test_no_average_replaces_the_trained_weights_at_momentum_zero():
     variable = tf.Variable([1.0, -2.0])
-    optimizer = training._optimizer(training.StudentConfig(ema_momentum=0.0), 0.1)
+    optimizer = loops._optimizer(student_lib.StudentConfig(ema_momentum=0.0), 0.1)
     optimizer.build([variable])
     for t in range(5):
         optimizer.apply_gradients([(tf.constant([1.0, 0.5]) * (t % 3 - 0.7), variable)])
@@ -68,7 +71,7 @@ def test_an_ema_student_passes_the_served_agreement_check(server, tmp_path):
         num_shots=100, num_validation=1000, eval_examples=300, compress=(), verbose=0,
         mixup=synthesis.MixUpConfig(num_images=1400), cvae=synthesis.CVAEConfig(num_images=100),
         evaluate_teacher=False,
-        student=training.StudentConfig(epochs=12, learning_rate=3e-3, ema_momentum=0.999))
+        student=student_lib.StudentConfig(epochs=12, learning_rate=3e-3, ema_momentum=0.999))
     trained, served = report.student_training_agreement, report.student_served_agreement
     print(f"EMA student: training agreement {trained:.4f}, served {served:.4f}")
     assert report.student_check["passed"] is True and report.student_steps == 300
@@ -88,11 +91,11 @@ def test_a_failed_check_names_batchnorm_only_for_a_student_that_has_it(tmp_path,
     else:
         model = models.build_model("lenet5_half", (28, 28, 1), 10)
     version_dir = _exported(tmp_path, model, "student")
-    config = pipeline.DistillConfig(
-        workdir=str(tmp_path), student=training.StudentConfig(ema_momentum=ema,
+    config = config_of(
+        workdir=str(tmp_path), student=student_lib.StudentConfig(ema_momentum=ema,
                                                                batchnorm_images=0)).resolved()
     report = Report(student_training_agreement=0.9, student_served_agreement=0.2)
-    with pytest.raises(training.StudentError) as raised:
+    with pytest.raises(errors.StudentError) as raised:
         evaluation.check_served_agreement(config, {"float32": version_dir}, 10, report)
     message = str(raised.value)
     # Before the fix: every failure blamed "BatchNormalization statistics ... (student.
@@ -108,7 +111,7 @@ def test_a_failed_check_names_batchnorm_only_for_a_student_that_has_it(tmp_path,
 
 def test_a_batchnorm_student_reestimated_has_no_stale_statistics_cause(tmp_path):
     model = models.load_user_model(_batchnorm_student(tmp_path / "bn.keras"), (28, 28, 1), 10)
-    config = pipeline.DistillConfig(workdir=str(tmp_path)).resolved()
+    config = config_of(workdir=str(tmp_path)).resolved()
     causes = evaluation.likely_causes(config, _exported(tmp_path, model, "student"))
     assert "(a layer that keeps its own)" in causes and "batchnorm_images=0" not in causes
     assert not evaluation.has_batchnorm(str(tmp_path / "nowhere"))
@@ -118,16 +121,16 @@ def test_a_batchnorm_student_reestimated_has_no_stale_statistics_cause(tmp_path)
                                              (64, False), (8192, False)])
 def test_batchnorm_images_is_off_or_enough_for_an_estimate(images, refused):
     # Before the fix: batchnorm_images=1 (and 63) passed validate().
-    config = training.StudentConfig(batchnorm_images=images)
+    config = student_lib.StudentConfig(batchnorm_images=images)
     if refused:
         with pytest.raises(ValueError, match=rf"^student.batchnorm_images={images}: expected 0 "
                                              rf"\(off\) or >= 64"):
             config.validate()
         with pytest.raises(tfkd.ConfigError, match=rf"student.batchnorm_images={images}"):
-            tfkd.DistillConfig(workdir="w", student=config).validate()
+            config_of(workdir="w", student=config).validate()
     else:
         config.validate()
-    assert training.BATCHNORM_MIN_IMAGES == 64
+    assert student_lib.BATCHNORM_MIN_IMAGES == 64
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
@@ -141,14 +144,14 @@ def test_the_batchnorm_floor_is_enough_for_a_real_batchnorm_student_and_one_imag
     path = _batchnorm_student(tmp_path / "bn_student.keras")
 
     def agreements(count):
-        config = training.StudentConfig(architecture=path, epochs=2, batch_size=64, mixup_alpha=0,
+        config = student_lib.StudentConfig(architecture=path, epochs=2, batch_size=64, mixup_alpha=0,
                                         rotation_degrees=0, shift_fraction=0, loop=loop,
                                         learning_rate=3e-3, batchnorm_images=count)
-        student, history = training.train_student(images, soft, config, seed=0, verbose=0)
+        student, history = student_lib.train_student(images, soft, config, seed=0, verbose=0)
         served = float(np.mean(student.predict(images, verbose=0).argmax(1) == soft.argmax(1)))
         return history["teacher_agreement"][-1], served
 
-    trained, floor = agreements(training.BATCHNORM_MIN_IMAGES)
+    trained, floor = agreements(student_lib.BATCHNORM_MIN_IMAGES)
     _, one = agreements(1)
     print(f"{loop}: training agreement {trained:.4f}; inference with 64 images {floor:.4f}, "
           f"with 1 image {one:.4f}")
@@ -158,14 +161,14 @@ def test_the_batchnorm_floor_is_enough_for_a_real_batchnorm_student_and_one_imag
 
 def test_weight_averaging_with_an_epoch_selected_on_validation_is_refused():
     """``select='validation'`` restores the selected epoch's weights as training left them
-    (:class:`tfkd.training.KeepBest` saves ``get_weights()`` during training), so the average was
+    (:class:`tfkd.student.KeepBest` saves ``get_weights()`` during training), so the average was
     silently dropped (ZSKD's recipe selects on validation)."""
     # Before the fix: validated, and the exported student was the selected epoch's trained weights.
     with pytest.raises(ValueError, match=r"^student.ema_momentum=0.99: expected 0 with select "
                                          r"'validation'"):
-        training.StudentConfig(ema_momentum=0.99, select="validation").validate()
+        student_lib.StudentConfig(ema_momentum=0.99, select="validation").validate()
     with pytest.raises(tfkd.ConfigError, match=r"student.ema_momentum=0.99"):
-        tfkd.DistillConfig(workdir="w", method="zskd",
-                           student=training.StudentConfig(ema_momentum=0.99)).validate()
-    training.StudentConfig(ema_momentum=0.99, select="final").validate()
-    training.StudentConfig(ema_momentum=0.0, select="validation").validate()
+        config_of(workdir="w", method="zskd",
+                           student=student_lib.StudentConfig(ema_momentum=0.99)).validate()
+    student_lib.StudentConfig(ema_momentum=0.99, select="final").validate()
+    student_lib.StudentConfig(ema_momentum=0.0, select="validation").validate()

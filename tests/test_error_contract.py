@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 
 import tfkd
-from tfkd import boundary
 from tfkd import data
+from tfkd import distribute
 from tfkd import errors
 from tfkd import export
 from tfkd import images as images_lib
 from tfkd import methods
 from tfkd import serving
+from tfkd import student as student_lib
 from tfkd import teacher_setup
-from tfkd import training
 from tfkd import workdir
+from tfkd.methods.db3kd import boundary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +63,7 @@ def test_a_teacher_saved_model_dir_without_a_model_is_a_config_error(tmp_path):
 def test_a_teacher_saved_model_that_does_not_load_is_a_config_error(tmp_path):
     # Before the fix: tf.saved_model.load's OSError ("Cannot parse file ...") escaped from a
     # damaged saved_model.pb.
-    from tfkd import impressions
+    from tfkd.methods.zskd import impressions
 
     version = tmp_path / "1"
     version.mkdir()
@@ -75,7 +76,7 @@ def test_a_teacher_saved_model_that_does_not_load_is_a_config_error(tmp_path):
 
 
 def test_a_model_file_that_does_not_load_is_a_config_error(tmp_path):
-    from tfkd import models
+    from tfkd.student import models
 
     # Before the fix: Keras' plain ValueError "File not found: ..." for a .keras file that is
     # there but no Keras model.
@@ -254,13 +255,13 @@ def test_a_training_setting_only_a_run_can_refuse_is_a_config_error():
     # Before the fix: a plain ValueError for a TF_CONFIG that is not JSON, an unknown strategy
     # and an unknown loss.
     with pytest.raises(errors.ConfigError) as e:
-        training.parse_tf_config("{cluster")
+        distribute.parse_tf_config("{cluster")
     _one_line(e.value, "TF_CONFIG", "not JSON")
     with pytest.raises(errors.ConfigError) as e:
-        training.make_strategy("tpu")
+        distribute.make_strategy("tpu")
     _one_line(e.value, "strategy='tpu'", "expected one of")
     with pytest.raises(errors.ConfigError) as e:
-        training.make_loss("hinge", 4.0)
+        student_lib.make_loss("hinge", 4.0)
     _one_line(e.value, "loss='hinge'", "expected one of")
 
 

@@ -134,7 +134,7 @@ def test_distill_from_a_png_folder_into_a_keras_applications_student(fashion, rg
     assert report["images"]["images_per_second"] > 0
     assert report["transfer_set_sources"] == {"real": 300, "mixup": 200, "cvae": 100}
     assert report["student_architecture"] == "mobilenet_v3_small"
-    assert report["cvae"]["working_shape"] == [32, 32, 3] and report["cvae"]["architecture"] == "conv"
+    assert report["method_report"]["cvae"]["working_shape"] == [32, 32, 3] and report["method_report"]["cvae"]["architecture"] == "conv"
     assert report["stage_seconds"]["cvae_training"] > 0
     assert report["teacher_accuracy"] > 0.5  # The teacher's, on the labelled folders.
     for key in ("student_accuracy", "student_fidelity"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import impressions
+from tfkd.methods.zskd import impressions
 
 SHAPE = (6, 6, 1)
 K = 3
@@ -261,7 +261,7 @@ def test_the_final_layer_is_found_in_a_saved_model(tmp_path):
     """A LeNet-5 export: the one [84, 10] variable is the final layer; the log-probabilities give
     the same softmax at T as the model's logits; a wrong name is refused with the names there."""
     from tfkd import export
-    from tfkd import models
+    from tfkd.student import models
 
     model = models.build_model("lenet5", (28, 28, 1), 10)
     teacher = impressions.SavedModelTeacher(export.export_classifier(model, str(tmp_path / "t")))

@@ -24,7 +24,6 @@ import pytest
 import tensorflow as tf
 
 import tfkd
-from tfkd import active
 from tfkd import client as client_lib
 from tfkd import errors
 from tfkd import evaluation
@@ -32,12 +31,14 @@ from tfkd import export
 from tfkd import kubeflow
 from tfkd import methods
 from tfkd import serving
+from tfkd import student as student_lib
 from tfkd import teacher
-from tfkd import training
-from tfkd import zeroshot
+from tfkd.methods.db3kd import zeroshot
+from tfkd.methods.fsbbt import active
 from tfkd.report import Report
 
 from conftest import REPO
+from conftest import config_of
 
 FAST_RETRY = client_lib.RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
 
@@ -53,24 +54,24 @@ def test_the_auto_assistant_is_the_datasets_teacher_architecture_not_the_student
     written out here), whatever student is trained; the user's images have none; a named one is
     kept."""
     # Before the fix (the breakage applied): 'lenet5_half' == 'lenet5' for fashion_mnist.
-    config = tfkd.DistillConfig(workdir="/unused", dataset=dataset, method="fsbbt").resolved()
+    config = config_of(workdir="/unused", dataset=dataset, method="fsbbt").resolved()
     assert config.student.architecture == student_arch
-    assert config.active.assistant == teacher_arch
-    other_student = tfkd.DistillConfig(workdir="/unused", dataset=dataset, method="fsbbt",
+    assert config.method_config.active.assistant == teacher_arch
+    other_student = config_of(workdir="/unused", dataset=dataset, method="fsbbt",
                                        student=tfkd.StudentConfig(architecture="resnet20"))
-    assert other_student.resolved().active.assistant == teacher_arch
-    named = tfkd.DistillConfig(workdir="/unused", dataset=dataset,
+    assert other_student.resolved().method_config.active.assistant == teacher_arch
+    named = config_of(workdir="/unused", dataset=dataset,
                                active=active.ActiveConfig(assistant="lenet5_half"))
-    assert named.resolved().active.assistant == "lenet5_half"
+    assert named.resolved().method_config.active.assistant == "lenet5_half"
 
 
 def test_the_users_images_get_no_auto_assistant():
     # Pins the other branch of the resolving line: with the user's images, no assistant ("").
     from tfkd import images
 
-    config = tfkd.DistillConfig(workdir="/unused", method="fsbbt",
+    config = config_of(workdir="/unused", method="fsbbt",
                                 images=images.ImageSourceConfig(path="/a")).resolved()
-    assert config.active.assistant == ""
+    assert config.method_config.active.assistant == ""
 
 
 # ---- b, c. the REST client: a pinned version, 503 retried -----------------------------------------
@@ -233,7 +234,7 @@ def _variant_dirs(teacher_base, root):
 def test_a_failed_served_agreement_check_sets_every_exported_variant_aside(teacher_base, tmp_path):
     # Before the fix (only float32 set aside): "AssertionError: float16", its version 1 still
     # listed after the failure, for any server or tfkd-deploy to pick up.
-    config = tfkd.DistillConfig(workdir=str(tmp_path))
+    config = config_of(workdir=str(tmp_path))
     failing = _variant_dirs(teacher_base, tmp_path)
     report = Report(student_training_agreement=0.9, student_served_agreement=0.12)
     with pytest.raises(errors.StudentError, match="agrees with the teacher on 12.0%"):
@@ -314,10 +315,10 @@ def test_student_jit_compile_is_what_keras_compiles_with(setting, fashion):
     where it is on)."""
     # Before the fix (jit_compile never passed on): "assert (False,) == (True,)" on this CPU.
     images, labels = fashion.x_train[:64], fashion.y_train[:64]
-    config = training.StudentConfig(epochs=1, batch_size=32, batchnorm_images=0, loop="fit",
+    config = student_lib.StudentConfig(epochs=1, batch_size=32, batchnorm_images=0, loop="fit",
                                     jit_compile=setting)
     with pytest.raises(_Compiled) as compiled:
-        training.train_student(images, np.eye(10, dtype=np.float32)[labels], config, seed=0,
+        student_lib.train_student(images, np.eye(10, dtype=np.float32)[labels], config, seed=0,
                                verbose=0, callbacks=[_StopAtTrainBegin()])
     assert compiled.value.args == (setting,)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import tfkd
-from tfkd import boundary
 from tfkd import data
 from tfkd import methods
-from tfkd import synthesis
-from tfkd import votes
+from tfkd.methods.db3kd import boundary
+from tfkd.methods.fsbbt import synthesis
+from tfkd.methods.fsbbt import votes
 
 VOTES = votes.VoteConfig(votes=4, sigma=0.2)
 

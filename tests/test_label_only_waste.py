@@ -18,19 +18,20 @@ import keras
 import numpy as np
 import pytest
 
-from tfkd import boundary
 from tfkd import errors
 from tfkd import export
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
+from tfkd import student as student_lib
 from tfkd import teacher
-from tfkd import training
-from tfkd import zeroshot
+from tfkd.methods.db3kd import boundary
+from tfkd.methods.db3kd import zeroshot
 from tfkd.teacher import QueryAccount
 from tfkd.teacher import TeacherConfig
 
 from conftest import REPO
+from conftest import config_of
 
 SHAPE = (28, 28, 1)
 ONE_CLASS = 3  # What the one-class teacher answers.
@@ -168,12 +169,12 @@ def test_a_rare_class_without_a_way_to_fill_it_stays_short_within_the_allowance(
 
 
 def _tiny(workdir, target, model, method, **settings):
-    return pipeline.DistillConfig(
+    return config_of(
         workdir=str(workdir), method=method, num_validation=500, eval_examples=200,
         evaluate_teacher=False, compress=(), verbose=0,
         teacher=TeacherConfig(target=target, model_name=model,
                               **settings.pop("teacher", {})),
-        student=training.StudentConfig(epochs=1, batch_size=8), **settings)
+        student=student_lib.StudentConfig(epochs=1, batch_size=8), **settings)
 
 
 def _sent(workdir) -> dict:
@@ -195,7 +196,7 @@ def test_zsdb3kd_refuses_a_one_class_teacher_within_its_noise_allowance(teachers
     assert "\n" not in str(caught.value)
     sent = _sent(tmp_path)
     assert sent == {"zsdb3kd_samples": 800}, sent
-    assert sent["zsdb3kd_samples"] <= (1 + config.zsdb3kd.noise_patience) * 20 * 10
+    assert sent["zsdb3kd_samples"] <= (1 + config.method_config.zsdb3kd.noise_patience) * 20 * 10
 
 
 def test_db3kd_refuses_a_one_class_teacher_after_its_n_labels(teachers, tmp_path):

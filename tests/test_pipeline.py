@@ -10,24 +10,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import active
 from tfkd import errors
 from tfkd import evaluation
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
-from tfkd import synthesis
+from tfkd import student as student_lib
 from tfkd import teacher
-from tfkd import training
 from tfkd.methods import fsbbt as fsbbt_methods
+from tfkd.methods.fsbbt import active
+from tfkd.methods.fsbbt import synthesis
 from tfkd.teacher import TeacherConfig
 
 from conftest import REPO
 from conftest import RequireToken
+from conftest import config_of
 
 TINY = dict(num_shots=50, num_validation=500, mixup=synthesis.MixUpConfig(num_images=200),
             cvae=synthesis.CVAEConfig(epochs=2, batch_size=64, num_images=40),
-            student=training.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
+            student=student_lib.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
             evaluate_teacher=False, compress=(), verbose=0)
 
 # The accuracy a tiny launcher run's student must beat (chance: 10%). Seen by hand (output not
@@ -45,7 +46,7 @@ def test_methods_never_see_the_true_labels(server, fashion, renamed_data, tmp_pa
     the comparison does see a method that reads labels."""
     runs = {}
     for name in ("true", "renamed"):
-        config = pipeline.DistillConfig(workdir=str(tmp_path / name), method=method,
+        config = config_of(workdir=str(tmp_path / name), method=method,
                                       data_dir=str(renamed_data / name),
                                       teacher=TeacherConfig(target=server.target), **TINY)
         report = pipeline.run(config)
@@ -91,7 +92,7 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
                 "student_parameters", "teacher_saved_model_bytes", "student_saved_model_bytes",
                 "stage_seconds"):
         assert key in report, key
-    assert (report["num_shots"], report["num_mixup"], report["num_cvae"]) == (100, 400, 100)
+    assert (report["num_shots"], *(report["transfer_set_sources"].get(s, 0) for s in ("mixup", "cvae"))) == (100, 400, 100)
     recipe = report["student_recipe"]  # fsbbt's defaults, --student_epochs given
     assert (recipe["epochs"], recipe["mixup_alpha"], recipe["rotation_degrees"]) == (15, 0.0, 0.0)
     # Every image the teacher saw: 600 to label, 500 to measure the teacher itself.
@@ -150,8 +151,8 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
     # shuffled across images (what a broken pairing of images and answers gives) falls below it.
     labelled = methods.TransferSet.load(report["labelled_set"])
     shuffled = labelled.targets[np.random.default_rng(0).permutation(len(labelled.images))]
-    student, _ = training.train_student(labelled.images, shuffled,
-                                       training.StudentConfig(epochs=15), seed=0, verbose=0)
+    student, _ = student_lib.train_student(labelled.images, shuffled,
+                                       student_lib.StudentConfig(epochs=15), seed=0, verbose=0)
     predictions = student.predict(fashion.x_test[:500], verbose=0).argmax(axis=1)
     assert np.mean(predictions == fashion.y_test[:500]) < STUDENT_FLOOR
 
@@ -294,7 +295,7 @@ def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, 
     assert report["teacher_queries_total"] == report["query_budget"] == 899
     assert report["teacher_query_plan"] == {"label_real": 100, "label_mixup": 239,
                                             "label_cvae": 60, "evaluate_teacher": 500}
-    assert (report["num_mixup"], report["num_cvae"]) == (239, 60)
+    assert tuple(report["transfer_set_sources"].get(s, 0) for s in ("mixup", "cvae")) == (239, 60)
     # The student keeps the full plan's training length, 2 epochs of 600 images // 64 = 9 steps
     # (not 2 epochs of 399 // 64 = 6).
     assert report["query_plan_fitted"]["student_steps"] == report["student_steps"] == 18
@@ -310,8 +311,8 @@ def test_launcher_budget_equal_to_the_plan_and_no_secret_anywhere(teacher_base, 
 
 
 def test_methods_share_the_synthetic_budget():
-    base = pipeline.DistillConfig(workdir="unused", mixup=synthesis.MixUpConfig(num_images=430),
-                                  cvae=synthesis.CVAEConfig(num_images=70))
+    base = config_of(workdir="unused", mixup=synthesis.MixUpConfig(num_images=430),
+                     cvae=synthesis.CVAEConfig(num_images=70)).resolved()
     counts = {m: methods.get(m).counts(base) for m in fsbbt_methods.METHODS[1:]}
     assert counts == {"standard_kd": (0, 0), "mixup": (500, 0), "cvae": (0, 500),
                       "fsbbt": (430, 70)}
@@ -326,27 +327,32 @@ def test_a_query_budget_cuts_the_synthetic_images_in_their_ratio():
     """Issue 13: the FS-BBT family fits its plan to the budget instead of refusing it: with
     active querying off it cuts MixUp and CVAE in their ratio; on (the default, issue 28) it keeps
     the whole plan as the pool and buys what the budget leaves."""
-    config = pipeline.DistillConfig(workdir="unused", mixup=synthesis.MixUpConfig(num_images=43200),
-                                    cvae=synthesis.CVAEConfig(num_images=4800),
-                                    active=active.ActiveConfig(rounds=0))
+    settings = dict(workdir="unused", mixup=synthesis.MixUpConfig(num_images=43200),
+                    cvae=synthesis.CVAEConfig(num_images=4800))
+    config = config_of(**settings, active=active.ActiveConfig(rounds=0)).resolved()
     fsbbt = methods.get("fsbbt")
-    chosen = fsbbt.fit_budget(dataclasses.replace(config, active=active.ActiveConfig()), 25_000, 2000)
-    assert (chosen.mixup.num_images, chosen.cvae.num_images) == (43_200, 4_800)
-    assert chosen.active.labelled_images == 23_000 and fsbbt.active(chosen)
-    fitted = fsbbt.fit_budget(config, 25_000, 2000)
-    assert (fitted.mixup.num_images, fitted.cvae.num_images) == (20_700, 2_300)
+    plan = fsbbt.budget_plan(config_of(**settings).resolved(), teacher=None)
+    assert (plan.queries_per_image, plan.synthetic_images) == (1, 48_000)
+    chosen, summary = plan.fit(25_000, 2000)
+    own = chosen.method_config
+    assert (own.mixup.num_images, own.cvae.num_images) == (43_200, 4_800)
+    assert own.active.labelled_images == 23_000 and fsbbt.active(chosen)
+    assert summary == {"num_mixup": 43_200, "num_cvae": 4_800, "active_labelled_images": 23_000}
+    fitted, summary = fsbbt.budget_plan(config, teacher=None).fit(25_000, 2000)
+    assert (fitted.method_config.mixup.num_images, fitted.method_config.cvae.num_images) == (20_700, 2_300)
+    assert summary["active_labelled_images"] is None  # Cut, not chosen in rounds.
     assert methods.get("mixup").counts(fitted) == (23_000, 0)  # The whole cut budget to MixUp.
     assert fsbbt.fit_budget(config, 50_000, 2000) is config  # It fits: unchanged.
-    assert fsbbt.fit_budget(config, 1_999, 2000).mixup.num_images == 0  # Left to the check.
+    assert fsbbt.fit_budget(config, 1_999, 2000).method_config.mixup.num_images == 0  # Left to the check.
     assert methods.get("standard_kd").fit_budget(config, 10, 2000) is config
-    assert methods.get("zskd").fit_budget(config, 10, 2000) is config  # Refused by the check.
+    assert methods.get("zskd").budget_plan(config, teacher=None).fit is None  # Refused by the check.
     # A student with a step count streams the transfer set in chunks that reach it.
-    length = training.training_length(training.StudentConfig(steps=100), 1000, 64)
+    length = student_lib.training_length(student_lib.StudentConfig(steps=100), 1000, 64)
     assert (length.epochs, length.steps_per_epoch, length.steps, length.repeat) == (7, 15, 105, True)
-    length = training.training_length(training.StudentConfig(steps=7810), 1000, 64)  # 500 passes.
+    length = student_lib.training_length(student_lib.StudentConfig(steps=7810), 1000, 64)  # 500 passes.
     assert (length.epochs, length.steps_per_epoch, length.steps) == (50, 157, 7850)
-    assert training.training_length(training.StudentConfig(epochs=3), 1000, 64) == (
-        training.TrainingLength(3, 15, repeat=False))
+    assert student_lib.training_length(student_lib.StudentConfig(epochs=3), 1000, 64) == (
+        student_lib.TrainingLength(3, 15, repeat=False))
 
 
 FSBBT_STUDENT = "25 0.0 0.0 0.0"  # epochs, training MixUp α, rotation, shift (RESULTS.md rows)
@@ -374,7 +380,7 @@ def test_launcher_student_epochs_default_is_the_methods():
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-len(cases):] == [e for _, e in cases], out.stdout
-    library = training.RECIPE
+    library = student_lib.RECIPE
     assert LIBRARY_STUDENT == " ".join(str(library[k]) for k in (
         "epochs", "mixup_alpha", "rotation_degrees", "shift_fraction"))
 

@@ -3,12 +3,14 @@ teacher's SavedModel, a real student, served over gRPC. Only instrumentation is 
 handed to the selection callback and to training are recorded, to check which split they came
 from. Issue 27: the test split is never used for any selection."""
 
+import sys
+
 import numpy as np
 import pytest
 
 import tfkd
-from tfkd import impressions
-from tfkd import training
+from tfkd import student as student_lib
+from tfkd.methods.zskd import impressions
 
 
 def _rows(images):
@@ -20,8 +22,8 @@ def _rows(images):
 def recorded(monkeypatch):
     """What ValidationAccuracy was asked to score and what train_student was asked to train on."""
     seen = {"selection": [], "training": []}
-    init = training.ValidationAccuracy.__init__
-    train = training.train_student
+    init = student_lib.ValidationAccuracy.__init__
+    train = student_lib.train_student
 
     def record_init(self, images, labels, *args, **kwargs):
         seen["selection"].append(images)
@@ -31,8 +33,12 @@ def recorded(monkeypatch):
         seen["training"].append(images)
         return train(images, *args, **kwargs)
 
-    monkeypatch.setattr(training.ValidationAccuracy, "__init__", record_init)
-    monkeypatch.setattr(training, "train_student", record_train)
+    monkeypatch.setattr(student_lib.ValidationAccuracy, "__init__", record_init)
+    # Every tfkd module that holds train_student (tfkd.student, tfkd.student.loops, and any caller
+    # that imported the name), so the record does not depend on how the caller reaches it.
+    for name, module in list(sys.modules.items()):
+        if name.startswith("tfkd") and getattr(module, "train_student", None) is train:
+            monkeypatch.setattr(module, "train_student", record_train)
     return seen
 
 

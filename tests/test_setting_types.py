@@ -18,7 +18,7 @@ from tfkd import errors
 from tfkd import images
 from tfkd import methods
 from tfkd import pipeline
-from tfkd import training
+from tfkd import student as student_lib
 
 from conftest import REPO
 
@@ -100,7 +100,7 @@ def test_a_nested_config_given_as_a_mapping_is_checked_field_by_field():
     ({"evaluate_teacher": 1}, r"evaluate_teacher'\]: expected bool, got int 1"),
     ({"student.jit_compile": 0}, r"student.jit_compile'\]: expected bool or None, got int 0"),
     ({"teacher.target": 8500}, r"teacher.target'\]: expected str, got int 8500"),
-    ({"zskd.betas": [1, "x"]}, r"zskd.betas\[1\]'\]: expected float, got str 'x'"),
+    ({"method": "zskd", "zskd.betas": [1, "x"]}, r"zskd.betas\[1\]'\]: expected float, got str 'x'"),
     ({"dataset": ["cifar10"]}, r"dataset'\]: expected str, got list \['cifar10'\]"),
 ])
 def test_a_value_of_the_wrong_type_is_one_config_error_naming_key_type_and_value(settings,
@@ -113,13 +113,14 @@ def test_a_value_of_the_wrong_type_is_one_config_error_naming_key_type_and_value
 
 def test_json_numbers_and_lists_become_the_fields_types():
     """KFP's protobuf Struct makes every number a float; JSON has no tuple and no float 1.0."""
-    config = _settings({"num_shots": 500.0, "student.learning_rate": 1, "zskd.betas": [1, 0],
-                        "teacher.class_map": (1.0, 0.0), "cvae.hidden": [8, 4]})
+    config = _settings({"num_shots": 500.0, "student.learning_rate": 1, "method": "zskd",
+                        "zskd.betas": [1, 0], "teacher.class_map": (1.0, 0.0)})
     assert config.num_shots == 500 and type(config.num_shots) is int
     assert config.student.learning_rate == 1.0 and type(config.student.learning_rate) is float
-    assert config.zskd.betas == (1.0, 0.0) and all(type(b) is float for b in config.zskd.betas)
+    betas = config.resolved().method_config.zskd.betas
+    assert betas == (1.0, 0.0) and all(type(b) is float for b in betas)
     assert config.teacher.class_map == (1, 0) and all(type(c) is int for c in config.teacher.class_map)
-    assert config.cvae.hidden == (8, 4)
+    assert _settings({"cvae.hidden": [8, 4]}).resolved().method_config.cvae.hidden == (8, 4)
     with pytest.raises(errors.ConfigError, match=r"^settings: expected a mapping of setting names"):
         pipeline.DistillConfig(workdir="w").with_settings([("seed", 1)])
 
@@ -218,11 +219,11 @@ def test_a_config_built_directly_is_checked_by_validate(tmp_path):
         tfkd.DistillConfig(workdir="w", student={"epochs": 3}).validate()
     with pytest.raises(tfkd.ConfigError, match=r"^student.batchnorm_images='8': expected int, "
                                                r"got str$"):
-        tfkd.DistillConfig(workdir="w", student=training.StudentConfig(
+        tfkd.DistillConfig(workdir="w", student=student_lib.StudentConfig(
             batchnorm_images="8")).validate()
     with pytest.raises(tfkd.ConfigError, match=r"^compress='int8': expected list, got str$"):
         tfkd.DistillConfig(workdir="w", compress="int8").validate()
-    tfkd.DistillConfig(workdir="w", compress=["int8"], student=training.StudentConfig(
+    tfkd.DistillConfig(workdir="w", compress=["int8"], student=student_lib.StudentConfig(
         learning_rate=1)).validate()  # A list is a tuple's value, an int a float's.
     assert not (tmp_path / "run").exists()
 

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tfkd import synthesis
+from tfkd.methods.fsbbt import synthesis
 
 
 def test_mixup_invariants(fashion):

@@ -10,11 +10,13 @@ from tfkd import pipeline
 from tfkd import teacher
 from tfkd import workdir
 
+from conftest import config_of
+
 
 @pytest.fixture()
 def local_config(renamed_data, tmp_path):
     """A tiny run that trains its own teacher (1 epoch on 2,500 images) into the work dir."""
-    return pipeline.DistillConfig(workdir=str(tmp_path / "run"), data_dir=str(renamed_data / "true"),
+    return config_of(workdir=str(tmp_path / "run"), data_dir=str(renamed_data / "true"),
                                 teacher_train=pipeline.TeacherTrainConfig(epochs=1), **TINY)
 
 
@@ -40,7 +42,7 @@ def test_a_busy_work_dir_is_refused(local_config):
 def test_growing_the_synthetic_set_keeps_what_was_paid_for(server, tmp_path):
     """MixUp 200 -> 300 and CVAE 40 -> 60 on the same work dir: the larger sets extend the smaller
     ones, so only the 100 + 20 new images are sent to the teacher."""
-    config = pipeline.DistillConfig(workdir=str(tmp_path / "run"),
+    config = config_of(workdir=str(tmp_path / "run"),
                                   teacher=teacher.TeacherConfig(target=server.target), **TINY)
     first = pipeline.run(config)
     assert first["teacher_queries_sent"] == 50 + 200 + 40

@@ -11,12 +11,14 @@ import pytest
 
 from tfkd import export
 from tfkd import methods
-from tfkd import models
 from tfkd import pipeline
 from tfkd import serving
-from tfkd import synthesis
+from tfkd import student as student_lib
 from tfkd import teacher
-from tfkd import training
+from tfkd.methods.fsbbt import synthesis
+from tfkd.student import models
+
+from conftest import config_of
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +34,11 @@ def seven_class_teacher(tmp_path_factory, fashion):
 def test_a_teacher_with_another_class_count_is_refused(seven_class_teacher, tmp_path):
     with serving.ModelServer([serving.ModelConfig("teacher", seven_class_teacher)],
                              poll_seconds=0) as srv:
-        config = pipeline.DistillConfig(
+        config = config_of(
             workdir=str(tmp_path / "run"), num_shots=50, num_validation=500,
             teacher=teacher.TeacherConfig(target=srv.target),
             mixup=synthesis.MixUpConfig(num_images=100), cvae=synthesis.CVAEConfig(num_images=20),
-            student=training.StudentConfig(epochs=1), eval_examples=100, compress=(), verbose=0)
+            student=student_lib.StudentConfig(epochs=1), eval_examples=100, compress=(), verbose=0)
         with pytest.raises(teacher.TeacherError,
                            match="'probabilities' has 7 classes but dataset 'fashion_mnist' has 10"):
             pipeline.run(config)

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from tfkd import impressions
 from tfkd import methods
 from tfkd import teacher as teacher_lib
+from tfkd.methods.zskd import impressions
 
 from conftest import REPO
 

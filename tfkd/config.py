@@ -12,21 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from tfkd import active as active_lib
-from tfkd import boundary
 from tfkd import data as data_lib
 from tfkd import errors
 from tfkd import export
 from tfkd import images as images_lib
-from tfkd import impressions
 from tfkd import methods
 from tfkd import models
-from tfkd import synthesis
 from tfkd import teacher as teacher_lib
 from tfkd import training
 from tfkd import vertex
-from tfkd import votes as votes_lib
-from tfkd import zeroshot
 from tfkd.settings import dataclass_in as _dataclass_in
 from tfkd.settings import is_union as _is_union
 
@@ -68,8 +62,8 @@ class DistillConfig:
 
     Attributes:
       workdir: where everything of the run is written (see module docstring).
-      method: a registered method (:func:`tfkd.methods.names`; the FS-BBT family's table is in
-        :mod:`tfkd.methods.fsbbt`).
+      method: a registered method (:func:`tfkd.methods.names`; each family's table is in its
+        package's method module, e.g. :mod:`tfkd.methods.fsbbt.method`).
       dataset, data_dir: see :func:`tfkd.data.load_dataset`.
       images: the user's own images in place of ``dataset`` (:class:`tfkd.images.ImageSourceConfig`):
         unlabeled few shots at the teacher's input size, and optional evaluation images (labelled
@@ -82,20 +76,9 @@ class DistillConfig:
         ``target`` trains a teacher into the work dir if none is there, serves it on a free loopback
         port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
       teacher_train: used only when tfkd trains the teacher.
-      mixup, cvae: the FS-BBT family's synthesis (their ``num_images`` are its synthetic budget).
-      active: how the FS-BBT family spends a query budget smaller than its plan
-        (:class:`tfkd.active.ActiveConfig`: the whole plan is made as a pool and the teacher is asked
-        about the images chosen in rounds; ``rounds`` 0: the plan is cut instead).
-      db3kd: the DB3KD family's boundary search and soft-label temperature.
-      zsdb3kd: ZSDB3KD's pseudo-sample schedule.
-      zskd: ZSKD's Data Impression search (``zskd`` and ``zskd_blackbox``).
-      zskd_blackbox: how ``zskd_blackbox`` estimates image gradients from queries.
-      votes: soft labels from a teacher that answers its top-1 class only (the FS-BBT family):
-        the vote over perturbed copies (:mod:`tfkd.votes`); ignored for a teacher that answers
-        probabilities.
       teacher_saved_model: the teacher's SavedModel (a version directory, or a TF Serving base path:
         its newest version), loaded in-process by a method that needs the teacher's weights
-        (``zskd``); with a remote ``teacher.target`` it is required for such a method.
+        (``teacher_needs`` ``weights``); with a remote ``teacher.target`` it is required for such a method.
       student: how the student trains (a method may name its own loss).
       num_validation: training images held out as the validation split (the same images for
         every seed and method; see :func:`tfkd.data.with_validation_split`): neither the teacher
@@ -111,9 +94,10 @@ class DistillConfig:
       verbose: Keras verbosity: 0 silent, 1 progress bars (also for labelling), 2 one line per epoch.
       outputs: where the exported student, the student's checkpoints and TensorBoard events also
         or instead go (:class:`tfkd.vertex.OutputDirs`; Vertex AI's ``AIP_*`` directories).
-      method_config: the method's own settings (:attr:`tfkd.methods.Method.config_class`): an
-        instance, a dict of its fields (JSON; dotted names reach nested ones), or None: its
-        defaults. :meth:`resolved` makes it an instance.
+      method_config: the method's own settings (:attr:`tfkd.methods.Method.config_class`: its
+        synthesis, search, ...): an instance, a dict of its fields (JSON; dotted names reach nested ones), or
+        None: its defaults. :meth:`resolved` makes it an instance. :meth:`with_settings` takes
+        its fields by their own dotted names too (``mixup.alpha``).
     """
 
     workdir: str
@@ -126,15 +110,7 @@ class DistillConfig:
     num_validation: int | None = None
     teacher: teacher_lib.TeacherConfig = teacher_lib.TeacherConfig()
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
-    mixup: synthesis.MixUpConfig = synthesis.MixUpConfig()
-    cvae: synthesis.CVAEConfig = synthesis.CVAEConfig()
-    active: active_lib.ActiveConfig = active_lib.ActiveConfig()
     student: training.StudentConfig = training.StudentConfig()
-    db3kd: boundary.BoundaryConfig = boundary.BoundaryConfig()
-    zsdb3kd: zeroshot.ZeroShotConfig = zeroshot.ZeroShotConfig()
-    zskd: impressions.ImpressionConfig = impressions.ImpressionConfig()
-    zskd_blackbox: impressions.ZerothOrderConfig = impressions.ZerothOrderConfig()
-    votes: votes_lib.VoteConfig = votes_lib.VoteConfig()
     teacher_saved_model: str | None = None
     eval_examples: int = 0
     evaluate_test: bool = True
@@ -153,12 +129,32 @@ class DistillConfig:
         keywords, ``--params_override``, Kubeflow components and other JSON-driven callers use
         (Model Garden's ``params_override``).
 
+        A name that is no field of this class but one of the method's own settings
+        (:attr:`tfkd.methods.Method.config_class`, the method named in ``settings`` or else this
+        config's) is that setting: ``{"mixup.alpha": 0.5}`` is ``{"method_config.mixup.alpha":
+        0.5}`` for a method whose settings have ``mixup``.
+
         Raises:
           ConfigError: one line naming the setting, what was expected and what came: a name that
             is no field (with the fields there are), an empty or partial name, a value of
             another type (bool for an int, a str for a list, a non-mapping for a nested config).
         """
-        return override(self, settings)
+        if not isinstance(settings, Mapping):
+            return override(self, settings)  # Refused there, in its words.
+        method = settings.get("method", self.method)
+        cls = methods.get(method).config_class if method in methods.names() else None
+        own = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+        mine = {f.name for f in dataclasses.fields(self)}
+        routed, theirs = {}, {}
+        for key, value in settings.items():
+            head = key.partition(".")[0] if isinstance(key, str) else None
+            if head in own and head not in mine:
+                theirs[key] = value
+                key = f"method_config.{key}"
+            routed[key] = value
+        if theirs:
+            override(cls(), theirs)  # Each value's type checked now, by the name it was given.
+        return override(self, routed, fields_also=sorted(own - mine))
 
     def resolved(self) -> "DistillConfig":
         """This config with every setting left unset (None, ``auto``) given its default, the one
@@ -166,12 +162,12 @@ class DistillConfig:
 
         * from the data: ``num_shots`` the paper's N (:data:`tfkd.models.DEFAULT_NUM_SHOTS`; with
           ``images``, 0: all), ``num_validation`` :data:`NUM_VALIDATION` (0 with ``images``), the
-          paper's teacher and student architectures (:data:`tfkd.models.DEFAULT_PAIRS`; the
-          teacher's is also ``active.assistant``'s ``auto``, none with ``images``;
-          ``mobilenet_v3_small`` for the user's images) and the CVAE's (``mlp`` for 28x28 grey,
-          ``conv`` for CIFAR; with ``images`` it is chosen at their size);
+          paper's teacher and student architectures (:data:`tfkd.models.DEFAULT_PAIRS`;
+          ``mobilenet_v3_small`` for the user's images);
         * from the method: its student recipe (:attr:`tfkd.methods.Method.student_defaults`, then
-          :data:`tfkd.training.RECIPE`) and its own settings (:meth:`tfkd.methods.Method.resolve`);
+          :data:`tfkd.training.RECIPE`) and its own settings: ``method_config`` an instance of its
+          :attr:`~tfkd.methods.Method.config_class` (a dict of fields applied over its defaults),
+          then :meth:`tfkd.methods.Method.resolve` (the method's ``auto`` settings);
         * ``verbose``: 1 (progress bars) on a terminal, 2 (a line per epoch) otherwise.
 
         Idempotent. Raises :class:`tfkd.errors.ConfigError` for an unknown ``dataset`` or
@@ -183,9 +179,6 @@ class DistillConfig:
                                      f"{data_lib.SUPPORTED_DATASETS}")
         own = self.images is not None
         teacher_arch, student_arch = models.DEFAULT_PAIRS[self.dataset]
-        cvae_arch = self.cvae.architecture
-        if cvae_arch == "auto" and not own:
-            cvae_arch = "conv" if self.dataset.startswith("cifar") else "mlp"
         config = dataclasses.replace(
             self,
             num_shots=(self.num_shots if self.num_shots is not None
@@ -194,21 +187,16 @@ class DistillConfig:
                             else 0 if own else NUM_VALIDATION),
             teacher_train=(self.teacher_train if self.teacher_train.architecture != "auto" else
                            dataclasses.replace(self.teacher_train, architecture=teacher_arch)),
-            cvae=dataclasses.replace(self.cvae, architecture=cvae_arch),
-            active=(self.active if self.active.assistant != "auto" else dataclasses.replace(
-                self.active, assistant="" if own else teacher_arch)),
             student=self.student.resolved({"architecture": "mobilenet_v3_small" if own
                                            else student_arch, **dict(method.student_defaults)}),
             verbose=self.verbose if self.verbose is not None else 1 if sys.stdout.isatty() else 2)
-        config = method.resolve(config)
         own, cls = config.method_config, method.config_class
         if cls is not None and not isinstance(own, cls):
             if own is not None and not isinstance(own, dict):
                 raise errors.ConfigError(f"method_config: expected a {cls.__name__} or a dict of "
                                          f"its fields, got {type(own).__name__}")
-            config = dataclasses.replace(config, method_config=override(
-                cls(), dict(own or {}), "method_config."))
-        return config
+            config = dataclasses.replace(config, method_config=override(cls(), dict(own or {})))
+        return method.resolve(config)
 
     def validate(self) -> None:
         """Checks every setting that can be checked without data, teacher or training: first each
@@ -249,16 +237,8 @@ class DistillConfig:
                 raise errors.ConfigError(f"{name}={value!r}: expected {expected}")
         self.teacher.validate(require_target=False)
         self.teacher_train.validate()
-        self.mixup.validate()
-        self.cvae.validate()
         self.outputs.validate()
         self.student.validate()
-        self.db3kd.validate()
-        self.zsdb3kd.validate()
-        self.zskd.validate()
-        self.zskd_blackbox.validate()
-        self.votes.validate()
-        self.active.validate()
         if self.images is not None:
             self._validate_images(method)
         if method.teacher_needs == "weights" and self.teacher.target and not self.teacher_saved_model:
@@ -288,12 +268,13 @@ NUM_VALIDATION = 5000
 """The validation split's size on a named dataset (:attr:`DistillConfig.num_validation`)."""
 
 
-def override(config, settings: dict, prefix: str = ""):
+def override(config, settings: dict, prefix: str = "", fields_also: list | tuple = ()):
     """``config`` (a frozen dataclass) with dotted ``settings`` applied (see
     :meth:`DistillConfig.with_settings`), every value checked against its field's type annotation
     (:func:`conform`). A whole nested config (``{"student": {...}}``) applies before the dotted
     names inside it (``{"student.epochs": 3}``). ``prefix``: the dotted name of ``config`` itself
-    in the messages (``"student."``).
+    in the messages (``"student."``); ``fields_also``: names also accepted, listed among the
+    expected ones in the message for a name that is no field (a method's own settings).
 
     Raises:
       ConfigError: one line naming the setting (``settings['teacher.query_budget']``), what was
@@ -314,7 +295,7 @@ def override(config, settings: dict, prefix: str = ""):
         head, _, rest = key.partition(".")
         if head not in names:
             raise errors.ConfigError(f"settings[{prefix + key!r}]: no such setting; expected one "
-                                     f"of {sorted(prefix + n for n in names)}")
+                                     f"of {sorted(prefix + n for n in names | set(fields_also))}")
         if not rest:
             changes[head] = conform(hints[head], value, prefix + head, getattr(config, head))
         elif _dataclass_in(hints[head]) is None and hints[head] is not Any:
@@ -379,7 +360,7 @@ def conform(hint, value, name: str, current=None, mappings: bool = True):
         if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
             return override(current, value, name + ".")
         if isinstance(value, Mapping) and isinstance(current, Mapping):
-            return {**current, **value}
+            return _merged(current, value)
         return value
     options = typing.get_args(hint) if _is_union(hint) else (hint,)
     if value is None and type(None) in options:
@@ -393,6 +374,18 @@ def conform(hint, value, name: str, current=None, mappings: bool = True):
 
 
 _REFUSED = object()
+
+
+def _merged(current: Mapping, value: Mapping) -> dict:
+    """``value`` applied over ``current``, nested mappings merged key by key (settings given in
+    layers: a config file's ``{"mixup": {"alpha": 1}}`` then a flag's ``{"mixup": {"num_images":
+    10}}``)."""
+    merged = dict(current)
+    for key, item in value.items():
+        old = merged.get(key)
+        merged[key] = (_merged(old, item) if isinstance(old, Mapping) and isinstance(item, Mapping)
+                       else item)
+    return merged
 
 
 def _as(hint, value, name: str, current, mappings: bool):

@@ -236,19 +236,24 @@ def transfer_key(config: DistillConfig, method: methods.Method, link: teacher_se
 def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: data_lib.Dataset,
                      link: teacher_setup.TeacherLink, num_eval: int, strategy,
                      report: Report) -> DistillConfig:
-    """The run's config with the method's plan cut to the query budget (:meth:`Method.fit_budget`):
-    what the budget leaves after the teacher's evaluation (``num_eval`` images when the teacher is
-    evaluated) and the N real images goes to synthetic images, each image costing
-    :meth:`Method.queries_per_image` queries. The student keeps the training
-    length (optimizer steps) the full plan would have had, unless ``student.steps`` is set. The
-    config is unchanged without a budget, or when the plan fits.
+    """The run's config with the method's plan cut to the query budget (its
+    :meth:`~tfkd.methods.Method.budget_plan`): what the budget leaves after the teacher's
+    evaluation (``num_eval`` images when the teacher is evaluated) and the N real images goes to
+    synthetic images, each image costing the plan's ``queries_per_image``. The student keeps the
+    training length (optimizer steps) the full plan would have had, unless ``student.steps`` is
+    set. The config is unchanged without a budget, or when the plan fits.
+
+    Raises:
+      tfkd.teacher.QueryBudgetExceeded: the teacher's evaluation and the real images alone take
+        the budget (nothing was sent).
     """
     budget = config.teacher.query_budget
     if budget is None or method.teacher_needs == "none":
         return config
     reserved = num_eval if link.eval_client is not None else 0
     num_real = config.num_shots if dataset.y_train is not None else len(dataset.x_train)
-    per_image = method.queries_per_image(config, link.labeller)  # Votes: 1 + k.
+    plan = method.budget_plan(config, link.labeller)
+    per_image = plan.queries_per_image  # Votes: 1 + k.
     if reserved and budget - reserved < num_real * per_image:
         raise teacher_lib.QueryBudgetExceeded(
             f"teacher.query_budget={budget}: the teacher's evaluation takes {reserved} of it "
@@ -256,20 +261,22 @@ def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: dat
             f"{num_real * per_image}, which leaves nothing to distil with; set "
             "evaluate_teacher=False (the budget then buys the student only) or fewer "
             "eval_examples, or raise the budget; nothing was sent")
-    fitted = method.fit_budget(config, (budget - reserved) // per_image, num_real)
+    if plan.fit is None:
+        return config
+    fitted, summary = plan.fit((budget - reserved) // per_image, num_real)
     if fitted == config:
         return config
-    student, wanted = config.student, method.synthetic_images(config)
+    student, wanted = config.student, plan.synthetic_images
     if student.steps == 0:  # The full plan's steps: its epochs over N + the synthetic images asked.
         global_batch = student.batch_size * strategy.num_replicas_in_sync
         steps = student.epochs * ((num_real + wanted) // global_batch)
         fitted = dataclasses.replace(fitted, student=dataclasses.replace(student, steps=steps))
     report.query_plan_fitted = {
         "budget": budget, "reserved": reserved, "num_real": num_real, "wanted": wanted,
-        **method.plan_summary(fitted), "student_steps": fitted.student.steps}
+        **summary, "student_steps": fitted.student.steps}
     logging.warning("Query budget %d: the plan is cut to %s (%d synthetic images asked for) "
                     "beside %d real images and %d for the teacher's evaluation; the student keeps "
-                    "%d training steps", budget, method.plan_summary(fitted), wanted, num_real,
+                    "%d training steps", budget, summary, wanted, num_real,
                     reserved, fitted.student.steps)
     return fitted
 
@@ -318,7 +325,6 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
         transfer, _ = workdir_lib.reuse_or_build(path, lambda: method.build(ctx),
                                                  lambda t, p: t.save(p), methods.TransferSet.load,
                                                  "Transfer set")
-    report.update(**ctx.findings)
     if ctx.method_report is not None:
         report.method_report = {"method": method.name, **dataclasses.asdict(ctx.method_report)}
     expected = (dataset.image_shape, dataset.num_classes)
@@ -331,7 +337,6 @@ def build_transfer_set(config: DistillConfig, method: methods.Method, dataset: d
     settings = [dataclasses.asdict(f) if dataclasses.is_dataclass(f) else f
                 for f in method.fingerprint(config)]
     report.update(labelled_set=path, num_shots=transfer.count("real"), method_settings=settings,
-                  **method.transfer_findings(transfer),
                   transfer_set_sources={s: transfer.count(s) for s in transfer.source_names},
                   grids=outputs.write_grids(transfer, config.workdir))
     outputs.write_tensorboard_grids(transfer, os.path.join(outputs.tensorboard_root(config), "synthesis"))

@@ -45,10 +45,6 @@ class Report:
     """Training images held out as the validation split (0: none)."""
     num_shots: int | None = None
     """N: the few real images in the transfer set."""
-    num_mixup: int | None = None
-    """MixUp images in the transfer set (0 for methods without)."""
-    num_cvae: int | None = None
-    """CVAE images in the transfer set (0 for methods without)."""
     transfer_set_sources: dict = dataclasses.field(default_factory=dict)
     """Images in the transfer set by source name (``real``, ``mixup``, ``cvae``, a method's own)."""
     method_settings: list = dataclasses.field(default_factory=list)
@@ -60,16 +56,6 @@ class Report:
     labelled_set: str | None = None
     """Path of the persisted transfer set (``transfer_set-<fp>.npz``); null for a method that asks
     no teacher (nothing paid to keep)."""
-    cvae: dict | None = None
-    """The CVAE this run trained or reused (FS-BBT family): ``architecture``, ``working_shape``
-    [h, w, C] (the resolution it models; its samples are resized to the image size), ``parameters``;
-    its seconds are ``stage_seconds`` ``cvae_training`` and ``cvae_sampling``. Null when the transfer
-    set was reused whole."""
-    active_rounds: list | None = None
-    """Active querying's rounds (:mod:`tfkd.active`; FS-BBT family under a query budget): one
-    record per round, ``round``, ``selection`` (``random`` or ``margin``), ``images`` (labelled in
-    it), ``labelled`` (synthetic images labelled after it), ``resumed`` (its choice read back from
-    an earlier process). Null when every image of the plan was labelled, or the plan was cut."""
     grids: dict = dataclasses.field(default_factory=dict)
     """PNG grids of the transfer set's images per teacher class, by source: name -> path."""
     eval_examples: int | None = None
@@ -131,10 +117,11 @@ class Report:
     query_budget: int | None = None
     """The cap on ``teacher_queries_total`` (null: none)."""
     query_plan_fitted: dict | None = None
-    """Null unless the method's plan was cut to fit the query budget (FS-BBT family): ``budget``,
-    ``reserved`` (the teacher's evaluation), ``num_mixup`` and ``num_cvae`` (what the plan was cut
-    to), ``wanted`` (the synthetic images asked for), and ``student_steps`` (the training length
-    the full plan would have had, kept)."""
+    """Null unless the method's plan was cut to fit the query budget
+    (:meth:`tfkd.methods.Method.budget_plan`): ``budget``, ``reserved`` (the teacher's evaluation),
+    ``num_real``, ``wanted`` (the synthetic images asked for), ``student_steps`` (the training
+    length the full plan would have had, kept), and the method's figures of what is left (the
+    FS-BBT family: ``num_mixup``, ``num_cvae``, ``active_labelled_images``)."""
 
     # ---- student
     student_architecture: str | None = None

@@ -35,7 +35,7 @@ from tfkd import errors
 from tfkd import fs
 
 
-def _check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = ()) -> None:
+def check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = ()) -> None:
     """``keys``: per-row arrays of one length; ``other_keys``: arrays that must be readable."""
     with fs.load_npz(path) as f:
         arrays = [f[k] for k in keys]  # Reading each member checks its CRC.
@@ -46,14 +46,15 @@ def _check_npz(path: str, keys: tuple[str, ...], other_keys: tuple[str, ...] = (
                                   "expected one length (one row per image)")
 
 
-def _check_readable_npz(path: str) -> None:
+def check_readable_npz(path: str) -> None:
     """Every member of an npz readable (each read checks its CRC): search and synthesis states."""
     with fs.load_npz(path) as f:
         for k in f:
             f[k]
 
 
-def _check_h5(path: str) -> None:
+def check_h5(path: str) -> None:
+    """A Keras ``.weights.h5`` file: readable, every dataset in it read."""
     import h5py
 
     with h5py.File(path if fs.is_local(path) else io.BytesIO(fs.read_bytes(path)), "r") as f:
@@ -97,20 +98,13 @@ def _check_answers(path: str, keys: tuple, targets: str, other_keys: tuple = ())
     a sum check (every comparison with NaN is false) and trained a student to ``loss: nan``."""
     from tfkd import teacher
 
-    _check_npz(path, keys, other_keys)
+    check_npz(path, keys, other_keys)
     with fs.load_npz(path) as f:
         teacher.check_soft_labels(f[targets], targets)
 
 
-def _check_rounds(path: str) -> None:
-    """Active querying rounds: readable, and consistent (:meth:`tfkd.active.RoundState.load`)."""
-    from tfkd import active
-
-    _check_readable_npz(path)
-    active.RoundState.load(path)
-
-
-# (glob under the work dir, what it is, checker, the path set aside: the file or its directory).
+# (glob under the work dir, what it is, checker, the path set aside: the file or its directory);
+# a method's own state is added by its package (register_artifact).
 ARTIFACTS = [
     ("teacher/*/saved_model.pb", "teacher SavedModel", _check_saved_model, "dir"),
     ("teacher/recipe.json", "teacher recipe", _check_json, "file"),
@@ -118,15 +112,7 @@ ARTIFACTS = [
      lambda p: _check_answers(p, ("keys", "soft_labels"), "soft_labels"), "file"),
     ("transfer_set-*.npz", "transfer set", lambda p: _check_answers(
         p, ("images", "targets", "source"), "targets", ("source_names",)), "file"),
-    ("cvae-*.weights.h5", "CVAE weights", _check_h5, "file"),
-    ("boundary_state-*.npz", "DB3KD boundary search state",
-     lambda p: _check_npz(p, ("best", "best_direction")), "file"),
-    ("zsdb3kd_samples-*.npz", "ZSDB3KD pseudo-samples",
-     lambda p: _check_npz(p, ("x", "labels"), ("done",)), "file"),
-    ("impressions-*.npz", "Data Impressions", _check_readable_npz, "file"),
-    ("active_rounds-*.npz", "active querying rounds", _check_rounds, "file"),
-    ("impressions_blackbox-*.npz", "black-box Data Impressions", _check_readable_npz, "file"),
-    ("student_backup-*/*.weights.h5", "student training state", _check_h5, "dir"),
+    ("student_backup-*/*.weights.h5", "student training state", check_h5, "dir"),
     ("student_backup-*/training_metadata.json", "student training state", _check_json, "dir"),
     ("student_backup-*/checkpoint", "student training state",
      lambda p: _check_checkpoint(os.path.dirname(p)), "dir"),

@@ -19,8 +19,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import numpy as np  # noqa: E402
 
-from tfkd import impressions  # noqa: E402
-from tfkd import training  # noqa: E402
+from tfkd import distribute  # noqa: E402
+from tfkd.methods.zskd import impressions  # noqa: E402
 
 w = tf.constant(np.random.default_rng(0).normal(size=(36, 3)) * 30, tf.float32)
 
@@ -33,7 +33,7 @@ similarity = impressions.class_similarity(np.random.default_rng(1).normal(size=(
 config = impressions.ImpressionConfig(count=24, iterations=50, batch_size=4, learning_rate=0.01)
 out = {}
 for devices in (["/cpu:0", "/cpu:1"], ["/cpu:0"]):
-    strategy = training.make_strategy("mirrored", devices)
+    strategy = distribute.make_strategy("mirrored", devices)
     out[len(devices)] = impressions.synthesize(logits, (6, 6, 1), similarity, config, seed=2,
                                                strategy=strategy) + (strategy.num_replicas_in_sync,)
 print(json.dumps({"replicas": [out[2][4], out[1][4]],

@@ -114,8 +114,8 @@ class MethodContext:
     """What the pipeline hands a method.
 
     Attributes:
-      config: the run's :class:`tfkd.pipeline.DistillConfig` (seed, workdir, the method family's
-        settings such as ``mixup`` and ``cvae``).
+      config: the run's :class:`tfkd.config.DistillConfig` (seed, workdir; the method's own
+        settings, an instance of its :attr:`Method.config_class`, are ``config.method_config``).
       few_shot: float32 [N, H, W, C] in [0, 1], the few unlabeled images.
       num_classes: K, the data's classes.
       teacher: what the method may ask (None if ``teacher_needs`` is "none"): ``soft_labels(images,
@@ -130,8 +130,6 @@ class MethodContext:
       stage: ``with ctx.stage("name"):`` times a step for the report's ``stage_seconds``.
       strategy: the run's ``tf.distribute`` strategy (the student's), for a method whose synthesis
         spreads over its replicas (``zskd``); None: the default one.
-      findings: report fields a method fills while building (:class:`tfkd.report.Report` names,
-        e.g. ``cvae``); copied into the report by the pipeline.
       artifacts: the run's :class:`tfkd.workdir.ArtifactStore`: ``artifacts.path(stem, suffix,
         *settings)`` names a state the method persists (the run's data, seed, N and teacher are
         in every name), ``artifacts.reuse_or_build(...)`` reuses it, setting aside one that does
@@ -149,7 +147,6 @@ class MethodContext:
     stage: Callable[[str], contextlib.AbstractContextManager] = \
         lambda name: contextlib.nullcontext()  # noqa: E731
     strategy: Any = None
-    findings: dict = dataclasses.field(default_factory=dict)
     artifacts: Any = None
     method_report: Any = None
     _memo: dict = dataclasses.field(default_factory=dict)
@@ -161,6 +158,12 @@ class MethodContext:
     @property
     def workdir(self) -> str:
         return self.config.workdir
+
+    @property
+    def settings(self):
+        """The method's own settings: ``config.method_config``, an instance of its
+        :attr:`Method.config_class` (None for a method without)."""
+        return self.config.method_config
 
     @property
     def image_shape(self) -> tuple:
@@ -176,6 +179,28 @@ class MethodContext:
         if key not in self._memo:
             self._memo[key] = make()
         return self._memo[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    """How a method spends a query budget smaller than its plan (:meth:`Method.budget_plan`);
+    :func:`tfkd.pipeline.fit_query_budget` uses it before any query is sent.
+
+    Attributes:
+      queries_per_image: teacher queries each transfer-set image costs (>= 1; FS-BBT's votes from
+        a label-only teacher: 1 + k). The budget, less the teacher's evaluation, is divided by it.
+      synthetic_images: images the full plan adds to the N real ones; when the plan is cut, the
+        student keeps the training length (optimizer steps) it would have had over N + these.
+      fit: ``fit(images, num_real) -> (config, summary)``: the run's config with the plan cut to at
+        most ``images`` transfer-set images of which ``num_real`` are the real ones (the config
+        itself when the plan fits), and JSON-able figures of what is left (``report.json``'s
+        ``query_plan_fitted``). Deterministic: a rerun recomputes it to find its transfer set
+        again. None: the method cuts nothing.
+    """
+
+    queries_per_image: int = 1
+    synthetic_images: int = 0
+    fit: Callable[[int, int], tuple[Any, dict]] | None = None
 
 
 class Method:
@@ -198,6 +223,10 @@ class Method:
         differs from :data:`tfkd.training.RECIPE` (each chosen on the validation split;
         RESULTS.md), applied to the recipe fields a config leaves unset
         (:meth:`tfkd.pipeline.DistillConfig.resolved`); a value the user sets still wins.
+      flag_prefix: what ``tfkd-distill`` puts before a ``config_class`` field's dotted name (``.``
+        as ``_``) to make its flag; None: the method's name and ``_`` (``--uniform_noise_count``).
+        The shipped families use ``""``: their settings are namespaced already
+        (``--mixup_alpha``). Methods sharing a config class share its flags.
     """
 
     name: str = ""
@@ -208,11 +237,13 @@ class Method:
     student_defaults: tuple = ()
     config_class: type | None = None
     report_class: type | None = None
+    flag_prefix: str | None = None
 
     def resolve(self, config):
-        """The run's config with this method's own defaults in the settings left unset (None);
-        :meth:`tfkd.pipeline.DistillConfig.resolved` calls it after applying
-        :attr:`student_defaults`. Must be idempotent. Default: the config unchanged."""
+        """The run's config with this method's own defaults in the settings left unset (None,
+        ``auto``); :meth:`tfkd.config.DistillConfig.resolved` calls it last, after applying
+        :attr:`student_defaults` and making ``config.method_config`` an instance of
+        :attr:`config_class`. Must be idempotent. Default: the config unchanged."""
         return config
 
     def fingerprint(self, config) -> tuple:
@@ -236,32 +267,12 @@ class Method:
             return config.student
         return dataclasses.replace(config.student, loss=self.loss)
 
-    def fit_budget(self, config, queries: int, num_real: int):
-        """The run's config with this method's teacher queries cut to at most ``queries`` (what a
-        query budget leaves after the teacher's evaluation), for ``num_real`` few-shot images.
-        Default: the config unchanged (the pipeline's budget check then refuses a plan that does
-        not fit). Must be deterministic: a rerun recomputes it to find its transfer set again."""
-        return config
-
-    def queries_per_image(self, config, teacher) -> int:
-        """Teacher queries each transfer-set image costs with this ``teacher`` (a
-        :class:`tfkd.teacher.Teacher`): what :meth:`fit_budget` divides a budget by. Default 1."""
-        return 1
-
-    def synthetic_images(self, config) -> int:
-        """Images this method's plan adds to the N real ones (the student's training length over
-        them is kept when a query budget cuts the plan). Default: 0."""
-        return 0
-
-    def plan_summary(self, config) -> dict:
-        """JSON-able figures of this method's plan for ``report.json``'s ``query_plan_fitted``
-        (after a budget cut: what is left of it). Default: none."""
-        return {}
-
-    def transfer_findings(self, transfer: TransferSet) -> dict:
-        """Report fields (:class:`tfkd.report.Report` names) read off the transfer set, built or
-        reused. Default: none."""
-        return {}
+    def budget_plan(self, config, teacher) -> "BudgetPlan":
+        """How this method fits a query budget smaller than its plan, given the run's (resolved)
+        config and the :class:`tfkd.teacher.Teacher` it will ask. Default: ``BudgetPlan()`` (one
+        query per image, nothing cut: the pipeline's budget check then refuses a plan that does
+        not fit)."""
+        return BudgetPlan()
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         """Teacher queries this process will send, by stage (less ledger answers), before any is

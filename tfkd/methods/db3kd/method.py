@@ -2,7 +2,7 @@
 
 DB3KD (Wang, "Zero-Shot Knowledge Distillation from a Decision-Based Black-Box Model", ICML 2021):
 the teacher answers class ids only; the distance of each image to the teacher's decision boundary
-toward every other class (:mod:`tfkd.boundary`) becomes its soft label, and the student trains with
+toward every other class (:mod:`tfkd.methods.db3kd.boundary`) becomes its soft label, and the student trains with
 CE to the teacher's top-1 class plus KL to that soft label at temperature T
 (:class:`tfkd.training.DecisionKD`).
 
@@ -23,7 +23,7 @@ another T (which shapes the soft labels, not the search) asks nothing again.
 A teacher that gives one class for every image of the transfer set is refused before the search
 (:class:`tfkd.errors.TeacherError`, one line naming it and the class): there is no boundary to
 measure and nothing a student could learn. ``zsdb3kd`` refuses it in its noise rounds
-(:func:`tfkd.zeroshot.noise_samples`) and never seeks a class ``teacher.class_map`` cannot give.
+(:func:`tfkd.methods.db3kd.zeroshot.noise_samples`) and never seeks a class ``teacher.class_map`` cannot give.
 
 ``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. ``--db3kd_search=mbd``
 adds the Sign-OPT refinement to either. Under MultiWorkerMirroredStrategy each worker searches its
@@ -38,22 +38,31 @@ import math
 
 import numpy as np
 
-from tfkd import boundary
 from tfkd import errors
-from tfkd import zeroshot
+from tfkd import workdir
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
 from tfkd.methods import TransferSet
 from tfkd.methods import fsbbt
 from tfkd.methods import register
+from tfkd.methods.db3kd import boundary
+from tfkd.methods.db3kd import zeroshot
+from tfkd.methods.db3kd.config import DB3KDConfig
+from tfkd.methods.db3kd.config import FSBBTDB3KDConfig
+
+
+workdir.register_artifact("boundary_state-*.npz", "DB3KD boundary search state",
+                          lambda p: workdir.check_npz(p, ("best", "best_direction")))
+workdir.register_artifact("zsdb3kd_samples-*.npz", "ZSDB3KD pseudo-samples",
+                          lambda p: workdir.check_npz(p, ("x", "labels"), ("done",)))
 
 
 def search_plan(ctx: MethodContext, num_images: int) -> int:
     """An upper bound on the search's queries for ``num_images`` images: per pair and direction,
     one pruning probe and a full binary search from the longest possible segment (the diagonal of
     the [0, 1] pixel cube) down to the tolerance; with ``mbd``, the refinement's bound per pair
-    (:func:`tfkd.boundary.refine_queries`)."""
-    config = ctx.config.db3kd
+    (:func:`tfkd.methods.db3kd.boundary.refine_queries`)."""
+    config = ctx.settings.db3kd
     steps = 1 + math.ceil(math.log2(math.sqrt(np.prod(ctx.image_shape)) / config.tolerance))
     per_pair = config.num_directions * steps
     if config.search == "mbd":
@@ -97,7 +106,7 @@ def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.
       TeacherError: ``labels`` hold one class: the teacher answered it for every image (no
         boundary to measure, nothing a student could learn); nothing more is asked.
     """
-    config = ctx.config.db3kd
+    config = ctx.settings.db3kd
     given = np.unique(labels)
     if len(given) < 2:
         raise errors.TeacherError(
@@ -119,14 +128,17 @@ def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.
 
 
 class _DecisionBased(Method):
-    """What the DB3KD family shares: top-1 labels only, the DecisionKD loss at the search's T."""
+    """What the DB3KD family shares: top-1 labels only, the DecisionKD loss at the search's T, its
+    settings (flags named by their dotted names: ``--db3kd_temperature``)."""
 
     teacher_needs = "top1_labels"
     loss = "db3kd"
+    config_class = DB3KDConfig
+    flag_prefix = ""
 
     def student_config(self, config):
         return dataclasses.replace(super().student_config(config),
-                                   temperature=config.db3kd.temperature)
+                                   temperature=config.method_config.db3kd.temperature)
 
 
 @register
@@ -138,7 +150,7 @@ class DB3KD(_DecisionBased):
                    "decision boundaries (DB3KD)")
 
     def fingerprint(self, config) -> tuple:
-        return (config.db3kd,)
+        return (config.method_config.db3kd,)
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         return {"label_real": ctx.teacher.missing(ctx.few_shot),
@@ -152,18 +164,20 @@ class DB3KD(_DecisionBased):
         return TransferSet.from_parts([("real", ctx.few_shot, targets)])
 
 
-class FSBBTDB3KD(_DecisionBased, fsbbt._Synthetic):
+class FSBBTDB3KD(_DecisionBased, fsbbt.SyntheticMethod):
     """FS-BBT's transfer set (N + MixUp + CVAE images, the CVAE conditioned on the teacher's top-1
     classes) with DB3KD soft labels instead of one-hot: every image searched toward the N real
     images the teacher labels t."""
 
+    config_class = FSBBTDB3KDConfig
+
     def __init__(self):
-        fsbbt._Synthetic.__init__(
+        fsbbt.SyntheticMethod.__init__(
             self, "fsbbt_db3kd", None, "FS-BBT's N + MixUp + CVAE images with DB3KD soft labels "
             "from a label-only teacher")
 
     def fingerprint(self, config) -> tuple:
-        return (*fsbbt._Synthetic.fingerprint(self, config), config.db3kd)
+        return (*fsbbt.SyntheticMethod.fingerprint(self, config), config.method_config.db3kd)
 
     def votes(self, ctx: MethodContext) -> bool:
         return False  # Its soft labels are the boundary distances', not votes.
@@ -172,12 +186,12 @@ class FSBBTDB3KD(_DecisionBased, fsbbt._Synthetic):
         return 1  # The search's queries are its own plan's, not a share of the budget.
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
-        plan = fsbbt._Synthetic.plan(self, ctx)
+        plan = fsbbt.SyntheticMethod.plan(self, ctx)
         total = len(ctx.few_shot) + sum(self.counts(ctx.config))
         return {**plan, "db3kd_search": search_plan(ctx, total)}
 
     def build(self, ctx: MethodContext) -> TransferSet:
-        one_hot = fsbbt._Synthetic.build(self, ctx)
+        one_hot = fsbbt.SyntheticMethod.build(self, ctx)
         labels = one_hot.targets.argmax(axis=1)
         real = one_hot.source == one_hot.source_names.index("real")
         targets = db3kd_targets(ctx, self.name, one_hot.images, labels, one_hot.images[real],
@@ -190,7 +204,7 @@ register(FSBBTDB3KD())
 
 @register
 class ZSDB3KD(_DecisionBased):
-    """No real images: ZSDB3KD's pseudo-samples (:mod:`tfkd.zeroshot`) with DB3KD soft labels."""
+    """No real images: ZSDB3KD's pseudo-samples (:mod:`tfkd.methods.db3kd.zeroshot`) with DB3KD soft labels."""
 
     name = "zsdb3kd"
     description = ("zero-shot: noise images pushed away from a label-only teacher's decision "
@@ -202,19 +216,19 @@ class ZSDB3KD(_DecisionBased):
     student_defaults = (("mixup_alpha", 0.0), ("rotation_degrees", 0.0), ("shift_fraction", 0.0))
 
     def fingerprint(self, config) -> tuple:
-        return (config.db3kd, config.zsdb3kd)
+        return (config.method_config.db3kd, config.method_config.zsdb3kd)
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
-        """An upper bound: the pseudo-samples' (:meth:`tfkd.zeroshot.ZeroShotConfig.query_plan`,
+        """An upper bound: the pseudo-samples' (:meth:`tfkd.methods.db3kd.zeroshot.ZeroShotConfig.query_plan`,
         which the sampling never passes), then the search, for the classes the teacher can
         give."""
-        zs = ctx.config.zsdb3kd
+        zs = ctx.settings.zsdb3kd
         reachable = len(reachable_classes(ctx))
         return {"zsdb3kd_samples": zs.query_plan(reachable, int(np.prod(ctx.image_shape))),
                 "db3kd_search": search_plan(ctx, zs.per_class * reachable)}
 
     def build(self, ctx: MethodContext) -> TransferSet:
-        zs = ctx.config.zsdb3kd
+        zs = ctx.settings.zsdb3kd
         state = ctx.artifacts.path("zsdb3kd_samples", ".npz", dataclasses.replace(zs, iterations=0))
         with ctx.stage("zsdb3kd_samples"):
             images, labels = zeroshot.pseudo_samples(

@@ -4,7 +4,7 @@ ZSDB3KD (Wang, ICML 2021, §3.5; reference code github zwang84/zsdb3kd, ``get_ps
 ``untargeted_mbd.py``): noise images are drawn until the teacher gives each class enough of them,
 then each is pushed away from its nearest decision boundary for a number of iterations, so that the
 samples become robust, class-typical inputs of the teacher; they are then labelled as DB3KD labels
-real images (:func:`tfkd.boundary.boundary_distances`).
+real images (:func:`tfkd.methods.db3kd.boundary.boundary_distances`).
 
 * :func:`noise_samples`: x = clip((U[0,1] + 0.2)·s1 + N(0,1)·s2) with s1, s2 ~ U[0,1] per sample,
   kept once the teacher gives the wanted class (drawn in batched rounds, all classes together).
@@ -26,7 +26,7 @@ real images (:func:`tfkd.boundary.boundary_distances`).
     2 × 15 + B0 + a few queries instead of the reference's fresh search.
   - ``sign_opt`` (the reference code's): ``init_directions`` random initial directions (each
     sample's own, scaled until its label flips), a binary search along each, then the Sign-OPT
-    refinement (:func:`tfkd.boundary.refine_distances` with the untargeted predicate) within
+    refinement (:func:`tfkd.methods.db3kd.boundary.refine_distances` with the untargeted predicate) within
     ``queries`` per sample and push.
 
 * :func:`push_away`: x <- clip(x - step · direction), the step halved for a sample whose label flips.
@@ -48,10 +48,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfkd import boundary
 from tfkd import errors
 from tfkd import fs
-from tfkd import impressions
+from tfkd.methods.db3kd import boundary
+from tfkd.methods.zskd import impressions
 
 SEARCHES = ("hopskipjump", "sign_opt")
 NOISES = ("smooth", "uniform")
@@ -156,7 +156,7 @@ class ZeroShotConfig:
         """An upper bound on one push's queries per sample: the search (``hopskipjump``: the first
         bisection, then per iteration B_t probes, the step's halvings and a bisection;
         ``sign_opt``: per initial direction its scale draws and a bisection, then the Sign-OPT
-        refinement's bound, :func:`tfkd.boundary.refine_queries`), then the push's tries
+        refinement's bound, :func:`tfkd.methods.db3kd.boundary.refine_queries`), then the push's tries
         (:func:`_push_tries`)."""
         if self.search == "hopskipjump":
             bisection = _bisection_steps(pixels)
@@ -169,7 +169,7 @@ class ZeroShotConfig:
         return search + _push_tries(self.step)
 
     def _refine_config(self) -> boundary.BoundaryConfig:
-        """``sign_opt``'s refinement: the Sign-OPT search of :mod:`tfkd.boundary` within
+        """``sign_opt``'s refinement: the Sign-OPT search of :mod:`tfkd.methods.db3kd.boundary` within
         ``queries`` per sample and push."""
         return boundary.BoundaryConfig(mbd_queries=self.queries)
 
@@ -440,7 +440,7 @@ def starting_points(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
 
 def _bisect(top1, x, across, target, theta, stage) -> np.ndarray:
     """HSJA's binary search on the segment from x (its own side) to ``across`` (past the boundary)
-    to θ of the segment's length (:func:`tfkd.boundary._line_search`); returns the points on the
+    to θ of the segment's length (:func:`tfkd.methods.db3kd.boundary._line_search`); returns the points on the
     other class's side."""
     gap = across - x
     length = np.linalg.norm(gap, axis=1)

@@ -49,6 +49,7 @@ from absl import logging
 
 from tfkd import errors
 from tfkd import fs
+from tfkd import workdir
 
 SELECTIONS = ("margin", "random")
 
@@ -178,6 +179,13 @@ class RoundState:
                     lengths=np.asarray([len(c) for c in self.chosen], np.int64),
                     indices=np.concatenate(self.chosen), images=np.concatenate(self.images),
                     selections=np.asarray(self.selections, dtype=str))
+
+    @staticmethod
+    def check_file(path: str) -> None:
+        """The work dir's check of a stored rounds file (:func:`tfkd.workdir.check`): readable,
+        and consistent (:meth:`load`). Raises what :meth:`load` raises."""
+        workdir.check_readable_npz(path)
+        RoundState.load(path)
 
     @classmethod
     def load(cls, path: str, pool_size: int | None = None) -> "RoundState":

@@ -3,10 +3,10 @@
 ``zskd`` needs the teacher's weights and gradients: the teacher's SavedModel loaded in-process
 (``DistillConfig.teacher_saved_model``, the directory a TF Serving base path holds, or the teacher
 tfkd trained locally). No real image and no query: the class similarity comes from the final
-layer's weights (:func:`tfkd.impressions.class_similarity`), the impressions from gradient descent
-on noise (:func:`tfkd.impressions.synthesize`), and the stored targets are the teacher's softmax at
+layer's weights (:func:`tfkd.methods.zskd.impressions.class_similarity`), the impressions from gradient descent
+on noise (:func:`tfkd.methods.zskd.impressions.synthesize`), and the stored targets are the teacher's softmax at
 T on them; with ``zskd.views``, augmented views of each impression are added, each labelled by the
-teacher at T (:func:`tfkd.impressions.augmented_views`). The student trains with
+teacher at T (:func:`tfkd.methods.zskd.impressions.augmented_views`). The student trains with
 T² · CE(stored, softmax(z_s / T)) at the same T (``tempered_kd``: the stored targets are used as
 they are; ``kd``, used before issue 27's fix, tempered them a second time, to the nearly uniform
 softmax(z_t / 400)).
@@ -19,12 +19,19 @@ import dataclasses
 import numpy as np
 
 from tfkd import errors
-from tfkd import impressions
 from tfkd import workdir as workdir_lib
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
 from tfkd.methods import TransferSet
 from tfkd.methods import register
+from tfkd.methods.zskd import impressions
+from tfkd.methods.zskd.config import ZSKDConfig
+
+
+workdir_lib.register_artifact("impressions-*.npz", "Data Impressions",
+                              workdir_lib.check_readable_npz)
+workdir_lib.register_artifact("impressions_blackbox-*.npz", "black-box Data Impressions",
+                              workdir_lib.check_readable_npz)
 
 
 class _Impressions(Method):
@@ -33,18 +40,22 @@ class _Impressions(Method):
 
     loss = "tempered_kd"
     blackbox = False
+    config_class = ZSKDConfig
+    flag_prefix = ""  # Its settings are namespaced: --zskd_count, --zskd_blackbox_sigma.
     # Chosen on the validation split (issue 27): exported at the epoch of best validation
     # accuracy (RESULTS.md, "ZSKD ablations"); never the test split.
     student_defaults = (("select", "validation"),)
 
     def resolve(self, config):
         """The search's settings left unset: the paper's for the dataset (``zskd``), or the black-box
-        variant's (:data:`tfkd.impressions.BLACKBOX_DEFAULTS`)."""
-        return dataclasses.replace(config, zskd=config.zskd.resolved(config.dataset, self.blackbox))
+        variant's (:data:`tfkd.methods.zskd.impressions.BLACKBOX_DEFAULTS`)."""
+        own = config.method_config
+        return dataclasses.replace(config, method_config=dataclasses.replace(
+            own, zskd=own.zskd.resolved(config.dataset, self.blackbox)))
 
     def student_config(self, config):
         return dataclasses.replace(super().student_config(config),
-                                   temperature=config.zskd.student_temperature)
+                                   temperature=config.method_config.zskd.student_temperature)
 
 
 @register
@@ -57,13 +68,13 @@ class ZSKD(_Impressions):
                    "gradients (ZSKD), no real image, no query")
 
     def fingerprint(self, config) -> tuple:
-        return (config.zskd,)
+        return (config.method_config.zskd,)
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         return {}
 
     def build(self, ctx: MethodContext) -> TransferSet:
-        config = ctx.config.zskd
+        config = ctx.settings.zskd
         teacher = impressions.SavedModelTeacher(ctx.teacher_saved_model)
         if teacher.image_shape != ctx.image_shape:
             raise errors.ConfigError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
@@ -89,7 +100,7 @@ class ZSKD(_Impressions):
 class ZSKDBlackBox(_Impressions):
     """Data Impressions of a teacher reached only over gRPC (tfkd's own variant; no seed paper has
     it): ZSKD's targets and loss, the class similarity estimated from the teacher's answers and the
-    image gradient from antithetic probes (:func:`tfkd.impressions.synthesize_blackbox`).
+    image gradient from antithetic probes (:func:`tfkd.methods.zskd.impressions.synthesize_blackbox`).
 
     Queries: ``zskd_probes`` (2q per impression and step, sent every time, charged in the work dir's
     ``queries_sent.log``), ``label_impressions`` (the final images, ledgered) and ``label_views``
@@ -105,32 +116,32 @@ class ZSKDBlackBox(_Impressions):
                    "(class similarity and image gradients estimated by queries)")
 
     def fingerprint(self, config) -> tuple:
-        return (dataclasses.replace(config.zskd, final_layer=None), config.zskd_blackbox)
+        return (dataclasses.replace(config.method_config.zskd, final_layer=None), config.method_config.zskd_blackbox)
 
     def _state(self, ctx: MethodContext) -> str:
         config = ctx.config
         return ctx.memo("zskd_blackbox_state", lambda: ctx.artifacts.path(
-            "impressions_blackbox", ".npz", dataclasses.replace(config.zskd.search(), final_layer=None),
-            config.zskd_blackbox))
+            "impressions_blackbox", ".npz", dataclasses.replace(config.method_config.zskd.search(), final_layer=None),
+            config.method_config.zskd_blackbox))
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
         probes, labels = impressions.blackbox_queries_left(
-            ctx.num_classes, ctx.config.zskd, ctx.config.zskd_blackbox, self._state(ctx))
+            ctx.num_classes, ctx.settings.zskd, ctx.settings.zskd_blackbox, self._state(ctx))
         return {"zskd_probes": probes, "label_impressions": labels,
-                "label_views": labels * ctx.config.zskd.views}
+                "label_views": labels * ctx.settings.zskd.views}
 
     def build(self, ctx: MethodContext) -> TransferSet:
         with ctx.stage("impressions"):
             images, targets, _, _ = impressions.synthesize_blackbox(
                 lambda x: ctx.teacher.probe(x, stage="zskd_probes"),
                 lambda x: ctx.teacher.soft_labels(x, stage="label_impressions"),
-                ctx.image_shape, ctx.num_classes, ctx.config.zskd, ctx.config.zskd_blackbox,
+                ctx.image_shape, ctx.num_classes, ctx.settings.zskd, ctx.settings.zskd_blackbox,
                 ctx.seed, state_path=self._state(ctx), progress=ctx.progress)
         parts = [("impressions", images, targets)]
-        if ctx.config.zskd.views:  # Each view one query, ledgered: a rerun asks none again.
+        if ctx.settings.zskd.views:  # Each view one query, ledgered: a rerun asks none again.
             with ctx.stage("views"):
-                views = impressions.augmented_views(images, ctx.config.zskd, ctx.seed)
+                views = impressions.augmented_views(images, ctx.settings.zskd, ctx.seed)
                 answers = ctx.teacher.soft_labels(views, stage="label_views")
                 parts.append(("views", views, impressions.tempered(answers,
-                                                                   ctx.config.zskd.temperature)))
+                                                                   ctx.settings.zskd.temperature)))
         return TransferSet.from_parts(parts)
