@@ -19,7 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfkd.methods.zskd import blackbox
 from tfkd.methods.zskd import impressions  # noqa: E402
+from tfkd.methods.zskd import whitebox
 
 TEACHER = "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/teacher/1"
 SETTINGS = [(0.003, 7), (0.01, 7), (0.03, 7), (0.01, 14), (0.03, 14), (0.05, 14), (0.1, 14),
@@ -27,7 +29,7 @@ SETTINGS = [(0.003, 7), (0.01, 7), (0.03, 7), (0.01, 14), (0.03, 14), (0.05, 14)
 
 
 def main():
-    teacher = impressions.SavedModelTeacher(sys.argv[1] if len(sys.argv) > 1 else TEACHER)
+    teacher = whitebox.SavedModelTeacher(sys.argv[1] if len(sys.argv) > 1 else TEACHER)
 
     def probe(x):
         return np.concatenate([tf.nn.softmax(teacher.logits(tf.constant(x[i:i + 8192]))).numpy()
@@ -44,8 +46,8 @@ def main():
             path = os.path.join(tmp, f"bb-{lr}-{resolution}.npz")
             config = impressions.ImpressionConfig(count=200, iterations=100, batch_size=10,
                                                   learning_rate=lr)
-            zo = impressions.ZerothOrderConfig(resolution=resolution)
-            images, _, classes, last = impressions.synthesize_blackbox(
+            zo = blackbox.ZerothOrderConfig(resolution=resolution)
+            images, _, classes, last = blackbox.synthesize_blackbox(
                 probe, probe, teacher.image_shape, 10, config, zo, 0, state_path=path)
             report(f"black-box 100 steps, Adam {lr}, {resolution} x {resolution} directions", path,
                    images, classes, last)

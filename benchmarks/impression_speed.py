@@ -17,10 +17,12 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfkd.methods.zskd import impressions  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import teacher as teacher_lib  # noqa: E402
 from tfkd import teacher_setup  # noqa: E402
+from tfkd.methods.zskd import blackbox
+from tfkd.methods.zskd import impressions  # noqa: E402
+from tfkd.methods.zskd import whitebox
 
 flags.DEFINE_string("teacher", "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/"
                     "teacher", "The teacher's TF Serving base path (numeric versions under it).")
@@ -30,7 +32,7 @@ FLAGS = flags.FLAGS
 
 def main(_):
     version_dir = teacher_setup.saved_model_dir(FLAGS.teacher)
-    teacher = impressions.SavedModelTeacher(version_dir)
+    teacher = whitebox.SavedModelTeacher(version_dir)
     similarity = impressions.class_similarity(teacher.final_layer_weights())
     white = impressions.ImpressionConfig(count=2000, iterations=FLAGS.steps, batch_size=100)
     impressions.synthesize(teacher.logits, teacher.image_shape, similarity,
@@ -41,11 +43,11 @@ def main(_):
     print(f"white-box: 2,000 impressions x {FLAGS.steps} steps in {seconds:.1f} s: "
           f"{seconds / 2 * 1500 / FLAGS.steps:.0f} s per 1,000 impressions at 1,500 steps")
     black = impressions.config_for("", blackbox=True, count=2000, iterations=FLAGS.steps // 4)
-    zo = impressions.ZerothOrderConfig()
+    zo = blackbox.ZerothOrderConfig()
     with serving.ModelServer([serving.ModelConfig("teacher", FLAGS.teacher)], poll_seconds=0) as srv:
         with teacher_lib.connect(srv.target) as client:
             start = time.perf_counter()
-            impressions.synthesize_blackbox(
+            blackbox.synthesize_blackbox(
                 lambda x: client.probe(x, "zskd_probes"), lambda x: client.soft_labels(x),
                 teacher.image_shape, teacher.num_classes, black, zo, 0)
             seconds = time.perf_counter() - start

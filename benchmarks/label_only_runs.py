@@ -23,14 +23,11 @@ import json
 import os
 import sys
 
+from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
 from tfkd import student as student_lib
 from tfkd import teacher as teacher_lib
-from tfkd.methods.db3kd import boundary
-from tfkd.methods.db3kd import zeroshot
-from tfkd.methods.fsbbt import votes
-from tfkd.methods.zskd import impressions
 
 name, method, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
@@ -39,17 +36,19 @@ extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 base = os.environ.get("TFKD_TEACHER_BASE",
                       "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/teacher")
 with serving.ModelServer([serving.ModelConfig("teacher", base)], poll_seconds=0) as srv:
-    config = pipeline.DistillConfig(
-        workdir=f"runs/db3kd/{name}-seed{seed}", method=method, seed=seed,
-        teacher=teacher_lib.TeacherConfig(target=srv.target, label_only=extra.pop("label_only", False)),
-        zsdb3kd=zeroshot.ZeroShotConfig(**extra.pop("zsdb3kd", {})),
-        zskd=impressions.config_for("fashion_mnist", method == "zskd_blackbox",
-                                    **extra.pop("zskd", {})),
-        zskd_blackbox=impressions.ZerothOrderConfig(**extra.pop("zskd_blackbox", {})),
-        teacher_saved_model=base if method == "zskd" else None,
-        student=dataclasses.replace(student_lib.StudentConfig(), **extra.pop("student", {})),
-        votes=votes.VoteConfig(**extra.pop("votes", {})),
-        db3kd=boundary.BoundaryConfig(**extra), evaluate_teacher=False, compress=(), verbose=2)
+    own = {"zsdb3kd": extra.pop("zsdb3kd", {}), "zskd": extra.pop("zskd", {}),
+           "zskd_blackbox": extra.pop("zskd_blackbox", {}), "votes": extra.pop("votes", {})}
+    student = extra.pop("student", {})
+    own["db3kd"] = extra  # The method's own settings it has (its config_class), by name.
+    mine = {f.name for f in dataclasses.fields(methods.get(method).config_class)}
+    config = pipeline.DistillConfig(workdir=f"runs/db3kd/{name}-seed{seed}").with_settings({
+        "method": method, "seed": seed,
+        "teacher": teacher_lib.TeacherConfig(target=srv.target,
+                                             label_only=extra.pop("label_only", False)),
+        "teacher_saved_model": base if method == "zskd" else None,
+        "student": dataclasses.replace(student_lib.StudentConfig(), **student),
+        "evaluate_teacher": False, "compress": (), "verbose": 2,
+        **{k: v for k, v in own.items() if k in mine}})
     r = pipeline.run(config)
 print(json.dumps({"name": name, "seed": seed, "test": r.student_accuracy,
                   "validation": r.student_validation_accuracy,

@@ -41,8 +41,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from tfkd.teacher import client as client_lib  # noqa: E402
 from tfkd import data  # noqa: E402
+from tfkd import errors  # noqa: E402
 from tfkd import outputs  # noqa: E402
 from tfkd import pipeline  # noqa: E402
 from tfkd import serving  # noqa: E402
@@ -51,6 +51,7 @@ from tfkd import teacher as teacher_lib  # noqa: E402
 from tfkd import teacher_setup  # noqa: E402
 from tfkd import workdir as workdir_lib  # noqa: E402
 from tfkd.methods import fsbbt as fsbbt_methods  # noqa: E402
+from tfkd.teacher import client as client_lib  # noqa: E402
 
 flags.DEFINE_enum("dataset", "fashion_mnist", list(data.SUPPORTED_DATASETS), "Dataset.")
 flags.DEFINE_list("methods", list(fsbbt_methods.METHODS), "Methods (rows).")
@@ -301,6 +302,12 @@ PUBLISHED = {"student_alone_tuned": (("FS-BBT paper, student alone", 81.37),),
              "fsbbt_lenet5_e100_no_augment": _SAME_SIZE}
 
 
+
+def images_of(report: dict, source: str) -> int:
+    """Transfer-set images from ``source`` (``mixup``, ``cvae``) in a stored report: its
+    ``transfer_set_sources``, or the ``num_<source>`` field reports had before issue 36."""
+    return report.get("transfer_set_sources", {}).get(source, report.get(f"num_{source}", 0))
+
 def _store(report_path: str, name: str) -> str:
     """Copies a run's report.json into the committed reports dir; returns the stored path."""
     dst = os.path.join(FLAGS.reports_dir, FLAGS.dataset, name + ".json")
@@ -434,8 +441,8 @@ def summarize(reports: dict[str, dict]) -> list[dict]:
             "teacher_queries": int(np.mean([r["teacher_queries_sent"] + r["teacher_ledger_hits"]
                                             for r in runs])),
             "teacher_accuracy": (round(100 * teacher["test_accuracy"], 2) if teacher else None),
-            "num_shots": runs[0]["num_shots"], "num_mixup": runs[0]["num_mixup"],
-            "num_cvae": runs[0]["num_cvae"], "num_validation": runs[0].get("num_validation"),
+            "num_shots": runs[0]["num_shots"], "num_mixup": images_of(runs[0], "mixup"),
+            "num_cvae": images_of(runs[0], "cvae"), "num_validation": runs[0].get("num_validation"),
             "stage_seconds": {k: round(float(np.mean(v)), 1) for k, v in stages.items()},
             "paper_accuracy": PAPER.get(runs[0]["dataset"], {}).get(method),
             "reports": [os.path.relpath(r["path"], _REPO) for r in runs],
@@ -463,7 +470,7 @@ def summarize_rows(reports: dict[str, dict]) -> list[dict]:
                 [100 * r["student_validation_accuracy"] for r in runs])), 2),
             "teacher_queries": int(np.mean([r["teacher_queries_sent"] + r["teacher_ledger_hits"]
                                             for r in runs])),
-            "num_mixup": runs[0]["num_mixup"], "num_cvae": runs[0]["num_cvae"],
+            "num_mixup": images_of(runs[0], "mixup"), "num_cvae": images_of(runs[0], "cvae"),
             "student_steps": runs[0].get("student_steps"),
             "student_seconds": round(float(np.mean([r["stage_seconds"]["student_training"]
                                                     for r in runs])), 1),
@@ -727,7 +734,7 @@ def main(argv):
     if not FLAGS.write_only:
         try:
             run_all(FLAGS.methods, [int(s) for s in FLAGS.seeds])
-        except data.DatasetUnavailableError as e:
+        except errors.DatasetUnavailableError as e:
             sys.exit(f"error: {e}\nRun this on an online GPU node: {GPU_COMMANDS.get(FLAGS.dataset)}")
     write_results()
 

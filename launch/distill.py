@@ -1,17 +1,11 @@
 r"""Distils a TF-Serving-served teacher into a compact student (FS-BBT by default; --method).
 
-With no flags it runs the paper's Fashion-MNIST setting: it trains a LeNet-5 teacher into the work
-dir (if none is there), serves it on a free loopback port, and distils LeNet-5-half from N = 2000
-unlabeled images, 43,200 MixUp and 4,800 CVAE images.
+No flags: the paper's Fashion-MNIST setting (a LeNet-5 teacher trained and served locally).
 
-  tfkd-distill --workdir=/tmp/tfkd_fashion        # or: python launch/distill.py ...
-  tfkd-distill --teacher=teacher-host:8500 --teacher_model_name=my_model
-  tfkd-distill --config_file=run.yaml --params_override='{"student.epochs": 10}'
-
-Each setting of tfkd.DistillConfig is a flag, its dotted name with "_" for "." (--student_epochs),
-help and default from the config classes (tfkd.settings); ALIASES keeps short names. Applied in
-order: defaults, AIP_* dirs, --config_file, the flags given, --method_settings, --params_override;
-the library validates them. docs/flags.md lists every flag.
+Each setting of tfkd.DistillConfig, and of the method's own config class, is a flag: its dotted
+name with "_" for "." (--student_epochs, --mixup_alpha), help and default from the dataclasses
+(tfkd.settings); ALIASES keeps short names. Applied in order: defaults, AIP_* dirs, --config_file,
+the flags given, --method_settings, --params_override; the library validates them (docs/flags.md).
 """
 
 import json
@@ -25,12 +19,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfkd import distribute
 from tfkd import errors
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import report as report_lib
 from tfkd import settings as settings_lib
-from tfkd import training
 from tfkd import vertex
 
 ALIASES = {  # The short names users type, each an alias of a generated flag.
@@ -81,19 +75,17 @@ flags.DEFINE_string("method_settings", None, "The method's own settings (its con
 flags.DEFINE_list("plugins", [], "Python modules imported before the flags are read (their "
                   "import registers methods: tfkd.methods.register); module:function also calls "
                   "function(). Their methods' settings are then flags, shown by --help.")
-flags.DEFINE_enum("strategy", training.STRATEGIES[0], list(training.STRATEGIES), "mirrored: all "
+flags.DEFINE_enum("strategy", distribute.STRATEGIES[0], list(distribute.STRATEGIES), "mirrored: all "
                   "local GPUs; multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG (run the "
                   "same command on every worker; the chief exports).")
-flags.DEFINE_float("cluster_startup_timeout", training.CLUSTER_STARTUP_TIMEOUT_S, "With "
+flags.DEFINE_float("cluster_startup_timeout", distribute.CLUSTER_STARTUP_TIMEOUT_S, "With "
                    "--strategy=multi_worker: seconds the cluster's other tasks have to start.")
 FLAGS = flags.FLAGS
 
 
 def method_flags() -> None:
-    """Defines a flag for every field of each registered method's own settings
-    (``Method.config_class``, a plug-in's included): its ``flag_prefix`` (default ``<method>_``)
-    and dotted name (``--mixup_alpha``, ``--uniform_noise_count``); methods sharing a setting share
-    its flag. Then the short names of :data:`ALIASES`."""
+    """A flag per field of each registered method's ``config_class`` (plug-ins' too): its
+    ``flag_prefix`` and dotted name, shared by the methods that have it; then the ALIASES."""
     for name in methods.names():
         method = methods.get(name)
         prefix = f"{name}_" if method.flag_prefix is None else method.flag_prefix
@@ -172,7 +164,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:  # First: a multi-worker strategy must exist before any other TensorFlow work.
-        strategy = training.make_strategy(FLAGS.strategy,
+        strategy = distribute.make_strategy(FLAGS.strategy,
                                          startup_timeout_s=FLAGS.cluster_startup_timeout)
         config = config_from_flags()
         config.validate()  # Resolves the defaults first; pipeline.run resolves the same way.

@@ -1,4 +1,4 @@
-"""Active querying (tfkd.methods.fsbbt.active): the rounds' choice, and a killed run that resumes without asking
+"""Active querying (FS-BBT's active module): the rounds' choice, and a killed run that resumes without asking
 the teacher again about any image it already had an answer for (and labels the rest of the pool
 with a teacher assistant)."""
 

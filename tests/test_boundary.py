@@ -9,6 +9,7 @@ from tfkd import errors
 from tfkd import serving
 from tfkd import teacher
 from tfkd.methods.db3kd import boundary
+from tfkd.methods.db3kd import noise_rounds
 
 SHAPE = (8, 8, 1)
 K = 4
@@ -264,7 +265,7 @@ def test_zero_shot_pseudo_samples_move_away_from_the_boundary(linear_teacher, se
     config = zeroshot.ZeroShotConfig(per_class=4, iterations=2, queries=300, init_directions=3,
                                      gradient_queries=20, search=search)
     rng = np.random.default_rng(5)
-    images, labels = zeroshot.noise_samples(client.top1, SHAPE, K, config, rng)
+    images, labels = noise_rounds.noise_samples(client.top1, SHAPE, K, config, rng)
     assert len(images) == 4 * K and np.all(client.top1(images, "test") == labels)
     flat = images.reshape(len(images), -1)
 
@@ -284,7 +285,7 @@ def test_zero_shot_pseudo_samples_move_away_from_the_boundary(linear_teacher, se
     assert np.all(g >= nearest(flat) - 1e-3)
     pushed, kept = zeroshot.pseudo_samples(client.top1, SHAPE, K, config, seed=0)
     assert np.all(client.top1(pushed, "test") == kept)
-    before = zeroshot.noise_samples(client.top1, SHAPE, K, config, np.random.default_rng([0, 72]))[0]
+    before = noise_rounds.noise_samples(client.top1, SHAPE, K, config, np.random.default_rng([0, 72]))[0]
     assert nearest(pushed.reshape(len(pushed), -1)).mean() > nearest(
         before.reshape(len(before), -1)).mean()
 
@@ -296,7 +297,7 @@ def test_a_class_noise_rarely_gives_is_filled_from_its_own_samples(linear_teache
     from tfkd.methods.db3kd import zeroshot
 
     client, w, b = linear_teacher
-    shares = np.bincount(zeroshot.noise_samples(
+    shares = np.bincount(noise_rounds.noise_samples(
         client.top1, SHAPE, K, zeroshot.ZeroShotConfig(per_class=200, max_noise_rounds=1,
                                                        fill_from=0, noise="uniform"),
         np.random.default_rng(0))[1],
@@ -304,7 +305,7 @@ def test_a_class_noise_rarely_gives_is_filled_from_its_own_samples(linear_teache
     rare = int(np.argmin(shares))
     assert shares[rare] < 200 / 2, shares  # The noise alone leaves this class short in a round.
     config = zeroshot.ZeroShotConfig(per_class=200, max_noise_rounds=6, fill_from=2, noise="uniform")
-    images, labels = zeroshot.noise_samples(client.top1, SHAPE, K, config, np.random.default_rng(1))
+    images, labels = noise_rounds.noise_samples(client.top1, SHAPE, K, config, np.random.default_rng(1))
     assert np.all(np.bincount(labels, minlength=K) == 200)
     assert np.all(client.top1(images, "test") == labels)
     assert len(np.unique(images[labels == rare].reshape(200, -1), axis=0)) == 200  # No copies.

@@ -78,15 +78,16 @@ def test_resolution_fills_only_what_was_left_unset_and_is_idempotent():
     assert (resolved.num_shots, resolved.num_validation) == (2000, config.NUM_VALIDATION)
     assert resolved.student.architecture == "lenet5_half"
     assert resolved.student.epochs == dict(methods.get("fsbbt").student_defaults)["epochs"]
-    assert resolved.teacher_train.architecture == "lenet5" and resolved.method_config.cvae.architecture == "mlp"
+    assert resolved.teacher_train.architecture == "lenet5"
+    assert resolved.method_config.cvae.architecture == "mlp"
     mine = pipeline.DistillConfig(
         workdir="w", dataset="cifar10", num_shots=40,
         student=student_lib.StudentConfig(epochs=3)).resolved()
     assert (mine.num_shots, mine.student.epochs, mine.student.architecture,
             mine.method_config.cvae.architecture) == (40, 3, "alexnet_half", "conv")
     assert mine.student.mixup_alpha == 0.0  # The rest of fsbbt's recipe is kept.
-    assert pipeline.DistillConfig(workdir="w", method="zskd_blackbox").resolved().method_config.zskd.count == \
-        12_000
+    blackbox = pipeline.DistillConfig(workdir="w", method="zskd_blackbox").resolved()
+    assert blackbox.method_config.zskd.count == 12_000
     from tfkd import images
     own = pipeline.DistillConfig(workdir="w", images=images.ImageSourceConfig("/p")).resolved()
     assert (own.num_shots, own.num_validation, own.student.architecture,

@@ -16,6 +16,7 @@ from tfkd import student as student_lib
 from tfkd import teacher
 from tfkd.methods.db3kd import boundary
 from tfkd.methods.db3kd import zeroshot
+from tfkd.methods.zskd import blackbox
 from tfkd.methods.zskd import impressions
 from tfkd.teacher import TeacherConfig
 
@@ -178,7 +179,7 @@ STATES = {
     "zskd_blackbox": ("impressions_blackbox-*.npz", "black-box Data Impressions",
                       ("zskd_probes", "label_impressions"),
                       dict(zskd=impressions.ImpressionConfig(count=40, batch_size=2, iterations=2),
-                           zskd_blackbox=impressions.ZerothOrderConfig(directions=2))),
+                           zskd_blackbox=blackbox.ZerothOrderConfig(directions=2))),
 }
 
 

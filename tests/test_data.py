@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tfkd import data
+from tfkd import errors
 
 
 def write_idx(directory, x_train, y_train, x_test, y_test):
@@ -41,7 +42,7 @@ def test_data_dir_round_trip(tmp_path, fashion):
 
 
 def test_data_dir_missing_files_names_the_dir(tmp_path):
-    with pytest.raises(data.DatasetUnavailableError, match="data_dir=.*train-images-idx3-ubyte"):
+    with pytest.raises(errors.DatasetUnavailableError, match="data_dir=.*train-images-idx3-ubyte"):
         data.load_dataset("fashion_mnist", str(tmp_path))
 
 
@@ -54,7 +55,7 @@ def test_offline_keras_dataset_fails_clearly():
     """MNIST has no local copy here; offline, keras.datasets cannot download it."""
     try:
         data.load_dataset("mnist")
-    except data.DatasetUnavailableError as e:
+    except errors.DatasetUnavailableError as e:
         assert "dataset='mnist'" in str(e) and "online" in str(e)
     else:
         pytest.skip("this machine is online or has MNIST cached")

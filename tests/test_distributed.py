@@ -47,10 +47,11 @@ def _checkpointed_weights(directory) -> dict:
 
 
 def _distill_command(workdir, server, *extra):
+    synthesis = () if any(e.startswith("--method=") for e in extra) else (
+        "--num_mixup=301", "--num_cvae=31", "--cvae_epochs=2")  # FS-BBT's settings (the default).
     return [sys.executable, os.path.join(REPO, "launch", "distill.py"), f"--workdir={workdir}",
-            f"--teacher={server.target}", "--num_shots=50", "--num_mixup=301", "--num_cvae=31",
-            "--cvae_epochs=2", "--student_epochs=2", "--eval_examples=300", "--num_validation=1000",
-            "--compress=", "--verbose=0", *extra]
+            f"--teacher={server.target}", "--num_shots=50", *synthesis, "--student_epochs=2",
+            "--eval_examples=300", "--num_validation=1000", "--compress=", "--verbose=0", *extra]
 
 
 def _cluster_and_single(tmp_path, server, workers_extra, single_extra):

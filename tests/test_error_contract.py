@@ -63,7 +63,7 @@ def test_a_teacher_saved_model_dir_without_a_model_is_a_config_error(tmp_path):
 def test_a_teacher_saved_model_that_does_not_load_is_a_config_error(tmp_path):
     # Before the fix: tf.saved_model.load's OSError ("Cannot parse file ...") escaped from a
     # damaged saved_model.pb.
-    from tfkd.methods.zskd import impressions
+    from tfkd.methods.zskd import whitebox
 
     version = tmp_path / "1"
     version.mkdir()
@@ -71,7 +71,7 @@ def test_a_teacher_saved_model_that_does_not_load_is_a_config_error(tmp_path):
     path = teacher_setup.saved_model_dir(str(tmp_path))
     assert path == str(version)
     with pytest.raises(errors.ConfigError) as e:
-        impressions.SavedModelTeacher(path)
+        whitebox.SavedModelTeacher(path)
     _one_line(e.value, f"{path!r}", "does not load")
 
 

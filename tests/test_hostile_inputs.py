@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfkd import errors
 from tfkd import images
-from tfkd import models
 from tfkd import outputs
 from tfkd import pipeline
 from tfkd import report
 from tfkd import teacher
-from tfkd import training
 from tfkd.report import Report
+from tfkd.student import models
 
 
 def test_a_class_map_that_merges_teacher_classes_is_refused():
@@ -34,7 +34,7 @@ def test_a_student_with_nan_weights_is_never_exported(tmp_path):
     weights[0][...] = np.nan
     student.set_weights(weights)
     config = pipeline.DistillConfig(workdir=str(tmp_path), compress=(), verbose=0)
-    with pytest.raises(training.StudentError, match="weights are not finite .* nothing was exported"):
+    with pytest.raises(errors.StudentError, match="weights are not finite .* nothing was exported"):
         outputs.export_student(config, student, np.zeros((2, 28, 28, 1), np.float32), None,
                                 tuple(str(i) for i in range(10)), report.StageTimer(), Report())
     assert not (tmp_path / "export").exists()
@@ -73,7 +73,7 @@ def test_a_tfrecord_without_the_image_key_names_the_features_it_has(tmp_path):
             "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x89PNG"])),
             "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[3]))}))
         writer.write(example.SerializeToString())
-    with pytest.raises(images.ImageSourceError,
+    with pytest.raises(errors.ImageSourceError,
                        match=r"image_key='image/encoded': .* it has: image_raw \(bytes_list\), "
                              r"label \(int64_list\)"):
         images.load_images(path, (28, 28, 1))

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfkd import data
+from tfkd import errors
 from tfkd import images
 
 from conftest import REPO
@@ -40,7 +41,7 @@ def test_a_folder_is_read_at_the_asked_size_with_unreadable_files_counted(fashio
     assert rgb.images.shape == (6, SIZE, SIZE, 3)
     np.testing.assert_allclose(rgb.images[..., 0], rgb.images[..., 2])  # Grey made colour.
     np.testing.assert_allclose(rgb.images, _rgb64(x[:6]), atol=0.02)
-    with pytest.raises(images.ImageSourceError, match="nothing matched"):
+    with pytest.raises(errors.ImageSourceError, match="nothing matched"):
         images.load_images(str(tmp_path / "none-*.png"), (28, 28, 1))
 
 
@@ -63,7 +64,7 @@ def test_tfrecords_and_a_non_local_file_system_are_read_alike(fashion, tmp_path)
     assert sorted(labelled.labels.tolist()) == sorted(fashion.y_test[:5].tolist())
     for name, label in zip(labelled.names, labelled.labels):
         assert f"/{NAMES[label]}/" in name
-    with pytest.raises(images.ImageSourceError, match="not class names"):
+    with pytest.raises(errors.ImageSourceError, match="not class names"):
         images.load_labelled(ram, (28, 28, 1), 10, tuple(f"c{i}" for i in range(10)))
 
 
@@ -134,7 +135,8 @@ def test_distill_from_a_png_folder_into_a_keras_applications_student(fashion, rg
     assert report["images"]["images_per_second"] > 0
     assert report["transfer_set_sources"] == {"real": 300, "mixup": 200, "cvae": 100}
     assert report["student_architecture"] == "mobilenet_v3_small"
-    assert report["method_report"]["cvae"]["working_shape"] == [32, 32, 3] and report["method_report"]["cvae"]["architecture"] == "conv"
+    cvae = report["method_report"]["cvae"]
+    assert cvae["working_shape"] == [32, 32, 3] and cvae["architecture"] == "conv"
     assert report["stage_seconds"]["cvae_training"] > 0
     assert report["teacher_accuracy"] > 0.5  # The teacher's, on the labelled folders.
     for key in ("student_accuracy", "student_fidelity"):

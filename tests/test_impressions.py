@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfkd.methods.zskd import blackbox
 from tfkd.methods.zskd import impressions
+from tfkd.methods.zskd import whitebox
 
 SHAPE = (6, 6, 1)
 K = 3
@@ -140,7 +142,7 @@ def _probabilities(logits_fn, calls=None, fail_at=None):
 def test_tempered_answers_are_the_softmax_at_t():
     logits = np.random.default_rng(0).normal(size=(5, K)) * 10
     p = tf.nn.softmax(logits).numpy()
-    np.testing.assert_allclose(impressions.tempered(p, 20.0), tf.nn.softmax(logits / 20).numpy(),
+    np.testing.assert_allclose(blackbox.tempered(p, 20.0), tf.nn.softmax(logits / 20).numpy(),
                                atol=1e-6)
 
 
@@ -151,9 +153,9 @@ def test_the_zeroth_order_gradient_points_along_the_true_one():
     x = np.full((3, *SHAPE), 0.5, np.float32) + np.random.default_rng(0).uniform(
         -0.1, 0.1, (3, *SHAPE)).astype(np.float32)
     y = np.eye(K, dtype=np.float32)[[0, 1, 2]] * 0.7 + 0.1
-    zo = impressions.ZerothOrderConfig(directions=400, sigma=1e-3, resolution=SHAPE[0])
+    zo = blackbox.ZerothOrderConfig(directions=400, sigma=1e-3, resolution=SHAPE[0])
     calls = []
-    grad, loss = impressions.estimate_gradient(_probabilities(logits_fn, calls), x, y, 20.0, zo,
+    grad, loss = blackbox.estimate_gradient(_probabilities(logits_fn, calls), x, y, 20.0, zo,
                                                np.random.default_rng(1))
     assert calls == [3 * 800]
     xt = tf.constant(x)
@@ -170,11 +172,11 @@ def test_the_zeroth_order_gradient_points_along_the_true_one():
 
 def test_the_estimated_class_similarity_is_the_teachers_confusion():
     targets = np.array([[0.8, 0.2, 0.0], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]])
-    sim = impressions.estimate_similarity(targets, np.array([0, 0, 1]), K)
+    sim = blackbox.estimate_similarity(targets, np.array([0, 0, 1]), K)
     # M = [[.7, .3, 0], [.1, .9, 0], [0, 0, 1] (class 2: none yet, identity row)]; (M + Mᵀ) / 2.
     expected = np.array([[0.7, 0.2, 0.0], [0.2, 0.9, 0.0], [0.0, 0.0, 1.0]])
     np.testing.assert_allclose(sim, expected, atol=1e-6)
-    np.testing.assert_array_equal(impressions.estimate_similarity(np.zeros((0, K)), [], K), np.eye(K))
+    np.testing.assert_array_equal(blackbox.estimate_similarity(np.zeros((0, K)), [], K), np.eye(K))
 
 
 def test_blackbox_impressions_approach_their_targets_with_every_probe_counted(tmp_path):
@@ -185,21 +187,21 @@ def test_blackbox_impressions_approach_their_targets_with_every_probe_counted(tm
     logits_fn = _linear_logits(scale=8.0)  # Probabilities stay above float32's underflow.
     config = impressions.ImpressionConfig(count=2 * (2 * K * 8), iterations=100, batch_size=8,
                                           learning_rate=0.02)
-    zo = impressions.ZerothOrderConfig(directions=10, sigma=0.05, resolution=SHAPE[0])
+    zo = blackbox.ZerothOrderConfig(directions=10, sigma=0.05, resolution=SHAPE[0])
     path = str(tmp_path / "bb.npz")
-    assert impressions.blackbox_queries_left(K, config, zo, path) == (96 * 100 * 20, 96)
+    assert blackbox.blackbox_queries_left(K, config, zo, path) == (96 * 100 * 20, 96)
     calls, labels = [], []
-    images, targets, classes, _ = impressions.synthesize_blackbox(
+    images, targets, classes, _ = blackbox.synthesize_blackbox(
         _probabilities(logits_fn, calls), _probabilities(logits_fn, labels), SHAPE, K, config, zo,
         seed=0, state_path=path)
     assert sum(calls) == 96 * 100 * 20 and labels == [48, 48]
-    assert impressions.blackbox_queries_left(K, config, zo, path) == (0, 0)
+    assert blackbox.blackbox_queries_left(K, config, zo, path) == (0, 0)
     assert images.min() >= 0 and images.max() <= 1
     np.testing.assert_array_equal(np.bincount(classes), [32] * K)
     answers = tf.nn.softmax(logits_fn(images)).numpy()  # What the teacher tells.
-    np.testing.assert_allclose(targets, impressions.tempered(answers, 20.0), atol=1e-5)
+    np.testing.assert_allclose(targets, blackbox.tempered(answers, 20.0), atol=1e-5)
     plan = impressions.target_plan(K, config)
-    similarity = [np.eye(K), impressions.estimate_similarity(targets[:48], classes[:48], K)]
+    similarity = [np.eye(K), blackbox.estimate_similarity(targets[:48], classes[:48], K)]
     wanted = np.concatenate([impressions._draw(similarity[i // 6], plan[i], i, 0, SHAPE, config)[1]
                              for i in range(12)])
     noise = np.concatenate([impressions._draw(similarity[i // 6], plan[i], i, 0, SHAPE, config)[0]
@@ -222,20 +224,20 @@ def test_a_killed_blackbox_search_asks_no_answered_probe_again(tmp_path):
     logits_fn = _linear_logits()
     config = impressions.ImpressionConfig(count=2 * (2 * K * 4), iterations=20, batch_size=4,
                                           learning_rate=0.02)
-    zo = impressions.ZerothOrderConfig(directions=3, sigma=0.05, resolution=3)
+    zo = blackbox.ZerothOrderConfig(directions=3, sigma=0.05, resolution=3)
     label = _probabilities(logits_fn)
-    straight = impressions.synthesize_blackbox(_probabilities(logits_fn), label, SHAPE, K, config,
+    straight = blackbox.synthesize_blackbox(_probabilities(logits_fn), label, SHAPE, K, config,
                                                zo, seed=5)
     path = str(tmp_path / "bb.npz")
     calls = []
     with pytest.raises(RuntimeError, match="teacher down"):
-        impressions.synthesize_blackbox(_probabilities(logits_fn, calls, fail_at=31), label, SHAPE,
+        blackbox.synthesize_blackbox(_probabilities(logits_fn, calls, fail_at=31), label, SHAPE,
                                         K, config, zo, seed=5, state_path=path)
     assert len(calls) == 30
     per_step = 2 * K * 4 * 2 * 3
-    assert impressions.blackbox_queries_left(K, config, zo, path) == (10 * per_step, 24)
+    assert blackbox.blackbox_queries_left(K, config, zo, path) == (10 * per_step, 24)
     again = []
-    resumed = impressions.synthesize_blackbox(_probabilities(logits_fn, again), label, SHAPE, K,
+    resumed = blackbox.synthesize_blackbox(_probabilities(logits_fn, again), label, SHAPE, K,
                                               config, zo, seed=5, state_path=path)
     assert sum(again) == 10 * per_step
     for a, b in zip(resumed, straight):
@@ -248,9 +250,9 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="zskd.betas"):
         impressions.ImpressionConfig(betas=()).validate()
     with pytest.raises(ValueError, match="zskd_blackbox.sigma=0: expected in \\(0, 1\\]"):
-        impressions.ZerothOrderConfig(sigma=0).validate()
+        blackbox.ZerothOrderConfig(sigma=0).validate()
     with pytest.raises(ValueError, match="zskd_blackbox.directions=0"):
-        impressions.ZerothOrderConfig(directions=0).validate()
+        blackbox.ZerothOrderConfig(directions=0).validate()
     bb = impressions.config_for("mnist", blackbox=True, iterations=7, learning_rate=None)
     assert (bb.count, bb.iterations, bb.learning_rate) == (12_000, 7, 0.01)
     assert impressions.config_for("mnist").count == 24_000
@@ -264,7 +266,7 @@ def test_the_final_layer_is_found_in_a_saved_model(tmp_path):
     from tfkd.student import models
 
     model = models.build_model("lenet5", (28, 28, 1), 10)
-    teacher = impressions.SavedModelTeacher(export.export_classifier(model, str(tmp_path / "t")))
+    teacher = whitebox.SavedModelTeacher(export.export_classifier(model, str(tmp_path / "t")))
     assert teacher.image_shape == (28, 28, 1) and teacher.num_classes == 10
     np.testing.assert_array_equal(teacher.final_layer_weights(), model.layers[-1].kernel.numpy())
     x = tf.random.uniform([4, 28, 28, 1], seed=1)

@@ -26,6 +26,8 @@ from tfkd import serving
 from tfkd import student as student_lib
 from tfkd import teacher
 from tfkd.methods.db3kd import boundary
+from tfkd.methods.db3kd import noise_rounds
+from tfkd.methods.db3kd import signopt
 from tfkd.methods.db3kd import zeroshot
 from tfkd.teacher import QueryAccount
 from tfkd.teacher import TeacherConfig
@@ -85,7 +87,7 @@ def test_zsdb3kd_noise_stops_after_the_patience_on_a_one_class_teacher_with_one_
     config = zeroshot.ZeroShotConfig(per_class=20, noise_queries_per_sample=1000, noise_patience=10)
     with _client(teachers, "one_class") as client:
         with pytest.raises(errors.TeacherError) as caught:
-            zeroshot.noise_samples(client.top1, SHAPE, 10, config, np.random.default_rng(0),
+            noise_rounds.noise_samples(client.top1, SHAPE, 10, config, np.random.default_rng(0),
                                    teacher=client.name)
         sent = client.queries
     assert sent == (1 + 10) * 20 * 10  # One round that gains, then the patience's rounds.
@@ -105,7 +107,7 @@ def _bright_noise(teachers, **settings):
         client.expect_num_classes(2)
         sent = []
         top1 = lambda x, s: (sent.append(len(x)), client.top1(x, s))[1]  # noqa: E731
-        images, labels = zeroshot.noise_samples(top1, SHAPE, 2, config, np.random.default_rng(0))
+        images, labels = noise_rounds.noise_samples(top1, SHAPE, 2, config, np.random.default_rng(0))
         assert client.queries == sum(sent)
         assert np.array_equal(client.top1(images, "check"), labels)  # Every sample its class's.
     return np.bincount(labels, minlength=2).tolist(), sent
@@ -279,7 +281,7 @@ def test_zsdb3kd_refuses_a_class_map_that_reaches_one_class_before_sending(teach
     with _client(teachers, "one_class") as client:
         with pytest.raises(errors.ConfigError, match=r"^teacher\.class_map: reaches classes \[3\] "
                            r"of 10; ZSDB3KD needs a teacher that can give at least two$"):
-            zeroshot.noise_samples(client.top1, SHAPE, 10, zeroshot.ZeroShotConfig(per_class=2),
+            noise_rounds.noise_samples(client.top1, SHAPE, 10, zeroshot.ZeroShotConfig(per_class=2),
                                    np.random.default_rng(0), classes=(3,))
         assert client.queries == 0
 
@@ -291,7 +293,8 @@ import json, re, sys
 import numpy as np
 from absl import flags
 from launch import distill as d
-from tfkd import cluster, methods
+from tfkd import methods
+from tfkd.teacher import cluster
 text = open("docs/methods.md").read()
 command = re.search(r"tfkd-distill (--teacher=\\S+ --method=zsdb3kd .*?)# ", text, re.S).group(1)
 flags.FLAGS(["x"] + command.replace("\\\\", " ").split())
@@ -376,7 +379,7 @@ def test_a_local_search_gives_up_after_its_step_cap(teachers):
     theta = np.ones((3, 784), np.float32) / 28
     with _client(teachers, "one_class") as client:
         top1 = lambda f, s: client.top1(f.reshape(-1, *SHAPE), s)  # noqa: E731
-        dist, queries = boundary._local_search(top1, x, theta, np.array([5, -1, 5]),
+        dist, queries = signopt._local_search(top1, x, theta, np.array([5, -1, 5]),
                                                np.array([1e-3, 0.2, 1.0]), 1e-6, "local")
         assert client.queries == queries.sum()
     # From 1.0, 1.01^463 > 100: it gives up at the distance before the cap.
@@ -384,7 +387,7 @@ def test_a_local_search_gives_up_after_its_step_cap(teachers):
     assert dist[0] == dist[2] == np.inf and dist[1] == pytest.approx(0.2 * 0.99 ** 1000)
     per_local = 1 + 1000 + _local_bisection_bound()
     config = boundary.BoundaryConfig(mbd_queries=60, mbd_directions=10)
-    assert boundary.refine_queries(config) == 60 + 10 + 30 * per_local
+    assert signopt.refine_queries(config) == 60 + 10 + 30 * per_local
 
 
 def _local_bisection_bound():

@@ -87,12 +87,13 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "student accuracy (served)" in result.stdout
     report = json.loads((workdir / "report.json").read_text())
-    for key in ("dataset", "num_shots", "num_mixup", "num_cvae", "teacher_queries",
+    for key in ("dataset", "num_shots", "transfer_set_sources", "method_config", "teacher_queries",
                 "teacher_accuracy", "student_accuracy", "student_export_dir", "teacher_parameters",
                 "student_parameters", "teacher_saved_model_bytes", "student_saved_model_bytes",
                 "stage_seconds"):
         assert key in report, key
-    assert (report["num_shots"], *(report["transfer_set_sources"].get(s, 0) for s in ("mixup", "cvae"))) == (100, 400, 100)
+    sources = report["transfer_set_sources"]
+    assert (report["num_shots"], sources["mixup"], sources["cvae"]) == (100, 400, 100)
     recipe = report["student_recipe"]  # fsbbt's defaults, --student_epochs given
     assert (recipe["epochs"], recipe["mixup_alpha"], recipe["rotation_degrees"]) == (15, 0.0, 0.0)
     # Every image the teacher saw: 600 to label, 500 to measure the teacher itself.

@@ -23,16 +23,13 @@ def test_the_public_api_is_importable_and_documented():
 
 
 def test_every_error_is_a_tfkd_error_and_keeps_its_builtin_base():
-    from tfkd import data
-    from tfkd import images
     from tfkd import teacher
-    from tfkd import training
     from tfkd import workdir
-    for cls, base in [(errors.ConfigError, ValueError), (images.ImageSourceError, ValueError),
+    for cls, base in [(errors.ConfigError, ValueError), (errors.ImageSourceError, ValueError),
                       (teacher.TeacherError, RuntimeError), (teacher.QueryBudgetExceeded, RuntimeError),
                       (workdir.WorkdirError, RuntimeError),
-                      (data.DatasetUnavailableError, RuntimeError),
-                      (training.StudentError, RuntimeError)]:
+                      (errors.DatasetUnavailableError, RuntimeError),
+                      (errors.StudentError, RuntimeError)]:
         assert issubclass(cls, errors.TfkdError) and issubclass(cls, base), cls
     with pytest.raises(errors.ConfigError, match="num_shots=-1"):
         tfkd.DistillConfig(workdir="w", num_shots=-1).validate()

@@ -15,6 +15,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from test_data import write_idx
 
 from tfkd import data
+from tfkd import errors
 from tfkd import serving
 from tfkd import teacher
 
@@ -30,7 +31,7 @@ def test_truncated_idx_file_names_the_file(fashion, tmp_path):
     _small_idx(tmp_path, fashion)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:200])  # A download cut short.
-    with pytest.raises(data.DatasetUnavailableError, match="train-images-idx3-ubyte.gz: cannot read"):
+    with pytest.raises(errors.DatasetUnavailableError, match="train-images-idx3-ubyte.gz: cannot read"):
         data.load_dataset("fashion_mnist", str(tmp_path))
 
 
@@ -38,7 +39,7 @@ def test_label_file_shorter_than_images_is_refused(fashion, tmp_path):
     _small_idx(tmp_path, fashion)
     with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
         f.write(bytes([0, 0, 8, 1, 0, 0, 0, 40]) + bytes(40))  # 40 labels for 50 images.
-    with pytest.raises(data.DatasetUnavailableError, match="train split has 50 images but 40 labels"):
+    with pytest.raises(errors.DatasetUnavailableError, match="train split has 50 images but 40 labels"):
         data.load_dataset("fashion_mnist", str(tmp_path))
 
 
@@ -93,10 +94,10 @@ def test_settings_are_refused_before_anything_runs(tmp_path, field, value, messa
     """A wrong setting is one ValueError before the work dir is touched (no data read, teacher
     trained or query sent), not a failure after student training."""
     from tfkd import pipeline
-    from tfkd import training
+    from tfkd import student as student_lib
 
     if field == "student":
-        field, value = "student", training.StudentConfig(architecture=value)
+        field, value = "student", student_lib.StudentConfig(architecture=value)
     config = pipeline.DistillConfig(workdir=str(tmp_path / "w"), **{field: value})
     with pytest.raises(ValueError) as raised:
         pipeline.run(config)

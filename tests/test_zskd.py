@@ -12,6 +12,7 @@ import pytest
 from tfkd import methods
 from tfkd import teacher as teacher_lib
 from tfkd.methods.zskd import impressions
+from tfkd.methods.zskd import whitebox
 
 from conftest import REPO
 
@@ -45,9 +46,9 @@ def test_zskd_runs_end_to_end_from_the_teacher_saved_model(server, teacher_base,
     # Each augmented view carries the teacher's answer on the view (softmax at T = 20), not the
     # stored target of the impression it was made from (issue 27).
     is_view = transfer.source == transfer.source_names.index("views")
-    teacher = impressions.SavedModelTeacher(os.path.join(teacher_base, "1"))
+    teacher = whitebox.SavedModelTeacher(os.path.join(teacher_base, "1"))
     assert teacher.output_key == "logits"  # tfkd's teacher export answers its logits.
-    answers = impressions.label_in_process(teacher.logits, transfer.images[is_view], 20.0)
+    answers = whitebox.label_in_process(teacher.logits, transfer.images[is_view], 20.0)
     np.testing.assert_allclose(transfer.targets[is_view], answers, atol=1e-5)
     assert np.abs(transfer.targets[is_view] - transfer.targets[~is_view]).max() > 1e-3
     again = _zskd(tmp_path, f"--teacher={server.target}", f"--teacher_saved_model={teacher_base}",

@@ -17,12 +17,12 @@ from tfkd import errors
 from tfkd import export
 from tfkd import images as images_lib
 from tfkd import methods
-from tfkd import models
+from tfkd import student as student_lib
 from tfkd import teacher as teacher_lib
-from tfkd import training
 from tfkd import vertex
 from tfkd.settings import dataclass_in as _dataclass_in
 from tfkd.settings import is_union as _is_union
+from tfkd.student import models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +31,8 @@ class TeacherTrainConfig:
     has no teacher target.
 
     Attributes:
-      architecture: a name in :data:`tfkd.models.MODELS`; ``auto``: the paper's teacher for the
-        dataset (:data:`tfkd.models.DEFAULT_PAIRS`).
+      architecture: a name in :data:`tfkd.student.models.MODELS`; ``auto``: the paper's teacher for the
+        dataset (:data:`tfkd.student.models.DEFAULT_PAIRS`).
       epochs, batch_size, learning_rate: Adam training.
       lr_schedule: ``cosine`` decay to 0 (a constant rate leaves LeNet-5 below 89% on
         Fashion-MNIST after 20 epochs) or ``constant``.
@@ -52,7 +52,7 @@ class TeacherTrainConfig:
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("learning_rate", self.learning_rate > 0, "> 0"),
-            ("lr_schedule", self.lr_schedule in training.LR_SCHEDULES, training.LR_SCHEDULES),
+            ("lr_schedule", self.lr_schedule in student_lib.LR_SCHEDULES, student_lib.LR_SCHEDULES),
         ])
 
 
@@ -63,7 +63,7 @@ class DistillConfig:
     Attributes:
       workdir: where everything of the run is written (see module docstring).
       method: a registered method (:func:`tfkd.methods.names`; each family's table is in its
-        package's method module, e.g. :mod:`tfkd.methods.fsbbt.method`).
+        package under :mod:`tfkd.methods`).
       dataset, data_dir: see :func:`tfkd.data.load_dataset`.
       images: the user's own images in place of ``dataset`` (:class:`tfkd.images.ImageSourceConfig`):
         unlabeled few shots at the teacher's input size, and optional evaluation images (labelled
@@ -110,7 +110,7 @@ class DistillConfig:
     num_validation: int | None = None
     teacher: teacher_lib.TeacherConfig = teacher_lib.TeacherConfig()
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
-    student: training.StudentConfig = training.StudentConfig()
+    student: student_lib.StudentConfig = student_lib.StudentConfig()
     teacher_saved_model: str | None = None
     eval_examples: int = 0
     evaluate_test: bool = True
@@ -160,12 +160,12 @@ class DistillConfig:
         """This config with every setting left unset (None, ``auto``) given its default, the one
         place those defaults are decided (the launcher passes what the user left out as unset):
 
-        * from the data: ``num_shots`` the paper's N (:data:`tfkd.models.DEFAULT_NUM_SHOTS`; with
+        * from the data: ``num_shots`` the paper's N (:data:`tfkd.student.models.DEFAULT_NUM_SHOTS`; with
           ``images``, 0: all), ``num_validation`` :data:`NUM_VALIDATION` (0 with ``images``), the
-          paper's teacher and student architectures (:data:`tfkd.models.DEFAULT_PAIRS`;
+          paper's teacher and student architectures (:data:`tfkd.student.models.DEFAULT_PAIRS`;
           ``mobilenet_v3_small`` for the user's images);
         * from the method: its student recipe (:attr:`tfkd.methods.Method.student_defaults`, then
-          :data:`tfkd.training.RECIPE`) and its own settings: ``method_config`` an instance of its
+          :data:`tfkd.student.RECIPE`) and its own settings: ``method_config`` an instance of its
           :attr:`~tfkd.methods.Method.config_class` (a dict of fields applied over its defaults),
           then :meth:`tfkd.methods.Method.resolve` (the method's ``auto`` settings);
         * ``verbose``: 1 (progress bars) on a terminal, 2 (a line per epoch) otherwise.
@@ -230,7 +230,7 @@ class DistillConfig:
             ("verbose", self.verbose, self.verbose in (0, 1, 2), "0, 1 or 2"),
             ("compress", self.compress, set(self.compress) <= set(export.FORMATS) - {"float32"},
              tuple(sorted(set(export.FORMATS) - {"float32"}))),
-            ("method loss", method.loss, method.loss in (None, *training.LOSSES), training.LOSSES),
+            ("method loss", method.loss, method.loss in (None, *student_lib.LOSSES), student_lib.LOSSES),
         ]
         for name, value, ok, expected in checks:
             if not ok:

@@ -6,7 +6,8 @@ int64 of shape [n] with values in [0, num_classes).
 Sources, in order:
   1. an explicit ``data_dir`` holding the four IDX files (``train-images-idx3-ubyte[.gz]`` ...),
   2. the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``),
-  3. ``keras.datasets`` (downloads when online; offline it fails with :class:`DatasetUnavailableError`).
+  3. ``keras.datasets`` (downloads when online; offline it fails with
+     :class:`tfkd.errors.DatasetUnavailableError`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ CLASS_NAMES = {
 }
 
 
-DatasetUnavailableError = errors.DatasetUnavailableError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,18 +98,18 @@ def _read_idx(path: str) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
-        raise DatasetUnavailableError(f"{path}: cannot read it ({type(e).__name__}: "
+        raise errors.DatasetUnavailableError(f"{path}: cannot read it ({type(e).__name__}: "
                                       f"{' '.join(str(e).split())})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DatasetUnavailableError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
+        raise errors.DatasetUnavailableError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
     type_code, ndim = raw[2], raw[3]
     if type_code != 0x08:
-        raise DatasetUnavailableError(f"{path}: expected unsigned-byte IDX data (type 0x08), got "
+        raise errors.DatasetUnavailableError(f"{path}: expected unsigned-byte IDX data (type 0x08), got "
                                       f"type {type_code:#x}")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DatasetUnavailableError(f"{path}: header says {dims} ({np.prod(dims)} values), "
+        raise errors.DatasetUnavailableError(f"{path}: header says {dims} ({np.prod(dims)} values), "
                                       f"file holds {data.size}")
     return data.reshape(dims)
 
@@ -129,20 +129,20 @@ def load_idx_dir(data_dir: str) -> dict[str, np.ndarray]:
       dict with uint8 ``x_train`` [n, 28, 28], ``y_train`` [n], ``x_test``, ``y_test``.
 
     Raises:
-      DatasetUnavailableError: a file is missing.
+      tfkd.errors.DatasetUnavailableError: a file is missing.
     """
     arrays = {}
     for key, stem in _IDX_FILES.items():
         path = _find_idx(data_dir, stem)
         if path is None:
-            raise DatasetUnavailableError(
+            raise errors.DatasetUnavailableError(
                 f"data_dir={data_dir!r}: expected IDX file {stem}[.gz] there, found "
                 f"{sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else 'no such directory'}")
         arrays[key] = _read_idx(path)
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if len(images) != len(labels) or labels.ndim != 1:
-            raise DatasetUnavailableError(
+            raise errors.DatasetUnavailableError(
                 f"data_dir={data_dir!r}: the {split} split has {len(images)} images but "
                 f"{len(labels) if labels.ndim == 1 else list(labels.shape)} labels "
                 f"({_IDX_FILES[f'x_{split}']} vs {_IDX_FILES[f'y_{split}']})")
@@ -194,7 +194,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
 
     Raises:
       tfkd.errors.ConfigError: unknown ``name``.
-      DatasetUnavailableError: ``data_dir`` was given but lacks the files or holds files that are
+      tfkd.errors.DatasetUnavailableError: ``data_dir`` was given but lacks the files or holds files that are
         not MNIST-layout IDX data, or no source could be read (for example offline, with no local
         copy).
     """
@@ -210,7 +210,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         (x_train, y_train), (x_test, y_test) = _keras_loader(name)()
     except Exception as e:  # Offline: urllib errors, wrapped by keras in various ways.
         hint = (" or `apt-get install -y dataset-fashion-mnist`" if name == "fashion_mnist" else "")
-        raise DatasetUnavailableError(
+        raise errors.DatasetUnavailableError(
             f"dataset={name!r}: no local copy (data_dir not given"
             f"{', no ' + debian if debian else ''}) and keras.datasets could not download it "
             f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). Run on a machine that is online, pass "

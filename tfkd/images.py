@@ -38,7 +38,6 @@ TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
 DEFAULT_IMAGE_KEY = "image/encoded"
 
 
-ImageSourceError = errors.ImageSourceError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +67,7 @@ class ImageSourceConfig:
 
     def validate(self) -> None:
         """Raises :class:`tfkd.errors.ConfigError` naming the first field out of range
-        (:class:`ImageSourceError` for a class-name file that is not there)."""
+        (:class:`tfkd.errors.ImageSourceError` for a class-name file that is not there)."""
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -79,7 +78,7 @@ class ImageSourceConfig:
             raise errors.ConfigError("images.path='': expected a directory, pattern or TFRecord "
                                      "path")
         if self.class_names and not tf.io.gfile.exists(self.class_names):
-            raise ImageSourceError(f"class_names={self.class_names!r}: no such file (expected one "
+            raise errors.ImageSourceError(f"class_names={self.class_names!r}: no such file (expected one "
                                    "class name per line, in the teacher's order)")
 
     def image_shape(self, teacher_input_shape: tuple) -> tuple[int, int, int]:
@@ -87,13 +86,13 @@ class ImageSourceConfig:
         (metadata ``[batch, H, W, C]`` or ``[batch, H, W]``; -1 for unknown dimensions).
 
         Raises:
-          ImageSourceError: a dimension neither the teacher's metadata nor this config gives.
+          tfkd.errors.ImageSourceError: a dimension neither the teacher's metadata nor this config gives.
         """
         dims = list(teacher_input_shape[1:]) if len(teacher_input_shape) in (3, 4) else []
         taught = (dims + [1])[:3] if len(dims) == 2 else (dims or [-1, -1, -1])
         shape = [self.height or taught[0], self.width or taught[1], self.channels or taught[2]]
         if min(shape) < 1:
-            raise ImageSourceError(
+            raise errors.ImageSourceError(
                 f"images: the teacher's input shape {list(teacher_input_shape)} does not say the "
                 f"image size; give it (images.height, images.width, images.channels); got "
                 f"{shape}")
@@ -135,18 +134,18 @@ def list_files(path: str) -> list[str]:
     or single file names.
 
     Raises:
-      ImageSourceError: nothing matched, or the directory holds no image file.
+      tfkd.errors.ImageSourceError: nothing matched, or the directory holds no image file.
     """
     if tf.io.gfile.isdir(path):
         files = [f for f in fs.walk_files(path) if f.lower().endswith(IMAGE_EXTENSIONS)]
         if not files:
             kinds = ", ".join(IMAGE_EXTENSIONS)
-            raise ImageSourceError(f"images={path!r}: expected image files ({kinds}) in the "
+            raise errors.ImageSourceError(f"images={path!r}: expected image files ({kinds}) in the "
                                    "directory or its sub-folders; found none")
     else:
         files = tf.io.gfile.glob(path)
         if not files:
-            raise ImageSourceError(f"images={path!r}: expected a directory, a file or a pattern "
+            raise errors.ImageSourceError(f"images={path!r}: expected a directory, a file or a pattern "
                                    "matching files; nothing matched")
     return sorted(files)
 
@@ -225,7 +224,7 @@ def _check_image_key(files: list[str], image_key: str) -> None:
         feature = example.features.feature
         if image_key not in feature or not feature[image_key].bytes_list.value:
             found = ", ".join(f"{k} ({v.WhichOneof('kind')})" for k, v in sorted(feature.items()))
-            raise ImageSourceError(f"image_key={image_key!r}: the first record of {files[0]} has "
+            raise errors.ImageSourceError(f"image_key={image_key!r}: the first record of {files[0]} has "
                                    f"no bytes feature by that name; it has: {found or 'none'} "
                                    "(images.image_key names the encoded image)")
 
@@ -274,7 +273,7 @@ def load_images(path: str, image_shape: tuple, image_key: str = DEFAULT_IMAGE_KE
       :class:`LoadedImages` (unlabeled), in source order.
 
     Raises:
-      ImageSourceError: nothing matched, or no image of the source could be decoded.
+      tfkd.errors.ImageSourceError: nothing matched, or no image of the source could be decoded.
       tfkd.errors.ConfigError: ``image_shape`` not (H, W, 1 or 3) with H, W >= 1 (the teacher's
         input shape, or the images.height/width/channels settings).
     """
@@ -299,7 +298,7 @@ def load_images(path: str, image_shape: tuple, image_key: str = DEFAULT_IMAGE_KE
                         "over %d pixels) and were skipped (e.g. %s)", what, path, len(skipped),
                         len(indices), MAX_IMAGE_PIXELS, ", ".join(skipped[:5]))
     if not len(got):
-        raise ImageSourceError(f"{what}={path!r}: expected decodable images; none of its "
+        raise errors.ImageSourceError(f"{what}={path!r}: expected decodable images; none of its "
                                f"{len(indices)} files could be read (e.g. {', '.join(skipped[:3])})")
     return LoadedImages(np.concatenate(images).astype(np.float32),
                         tuple(names[i] for i in got), None, skipped, len(names),
@@ -315,12 +314,12 @@ def read_class_names(path: str) -> tuple[str, ...]:
     """A class-name file: one name per line, in the teacher's class order (blank lines ignored).
 
     Raises:
-      ImageSourceError: no name, or a name twice.
+      tfkd.errors.ImageSourceError: no name, or a name twice.
     """
     with tf.io.gfile.GFile(path) as f:
         names = tuple(line.strip() for line in f if line.strip())
     if not names or len(set(names)) != len(names):
-        raise ImageSourceError(f"class_names={path!r}: expected one distinct class name per line; "
+        raise errors.ImageSourceError(f"class_names={path!r}: expected one distinct class name per line; "
                                f"got {len(names)} lines, {len(set(names))} distinct")
     return names
 
@@ -342,25 +341,25 @@ def class_order(folders: list[str], num_classes: int,
     its order.
 
     Raises:
-      ImageSourceError: a folder that is not a class name, or more folders than classes.
+      tfkd.errors.ImageSourceError: a folder that is not a class name, or more folders than classes.
     """
     if class_names is not None:
         if len(class_names) != num_classes:
-            raise ImageSourceError(f"class_names: expected {num_classes} names (the teacher's "
+            raise errors.ImageSourceError(f"class_names: expected {num_classes} names (the teacher's "
                                    f"classes), got {len(class_names)}")
         unknown = sorted(set(folders) - set(class_names))
         if unknown:
-            raise ImageSourceError(f"eval_images: sub-folders {unknown} are not class names "
+            raise errors.ImageSourceError(f"eval_images: sub-folders {unknown} are not class names "
                                    f"(expected some of {list(class_names)})")
         return tuple(class_names)
     if all(f.isdigit() for f in folders):
         ids = [int(f) for f in folders]
         if max(ids) >= num_classes:
-            raise ImageSourceError(f"eval_images: sub-folder {max(ids)} is not a class index in "
+            raise errors.ImageSourceError(f"eval_images: sub-folder {max(ids)} is not a class index in "
                                    f"[0, {num_classes})")
         return tuple(str(i) for i in range(num_classes))
     if len(folders) != num_classes:
-        raise ImageSourceError(
+        raise errors.ImageSourceError(
             f"eval_images: {len(folders)} sub-folders for a teacher of {num_classes} classes and "
             "no class_names file to say which is which; give images.class_names (one name per line, "
             "the teacher's order)")
@@ -379,7 +378,7 @@ def load_labelled(path: str, image_shape: tuple, num_classes: int,
       sub-folders, else None; the class order used, or None when unlabeled).
 
     Raises:
-      ImageSourceError: see :func:`load_images` and :func:`class_order`.
+      tfkd.errors.ImageSourceError: see :func:`load_images` and :func:`class_order`.
     """
     folders = label_folders(path)
     if not folders:
@@ -392,7 +391,7 @@ def load_labelled(path: str, image_shape: tuple, num_classes: int,
     for name in loaded.names:
         folder = name[len(root):].split("/", 1)[0] if name.startswith(root) else ""
         if folder not in index:
-            raise ImageSourceError(f"{what}={path!r}: {name} is not in a class sub-folder "
+            raise errors.ImageSourceError(f"{what}={path!r}: {name} is not in a class sub-folder "
                                    f"(expected one of {list(order)})")
         labels.append(index[folder])
     return dataclasses.replace(loaded, labels=np.asarray(labels, np.int64)), order

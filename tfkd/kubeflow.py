@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import os
 
-from tfkd import client as client_lib
 from tfkd import data as data_lib
 from tfkd import errors
 from tfkd import export
 from tfkd import fs
 from tfkd import model_card
 from tfkd import serving
+from tfkd import teacher as teacher_lib
+from tfkd.teacher import client as client_lib
 
 # Report figures logged to the Metrics artifact (name in the report -> metric name).
 METRICS = ("student_accuracy", "student_fidelity", "student_validation_accuracy",
@@ -27,7 +28,7 @@ METRICS = ("student_accuracy", "student_fidelity", "student_validation_accuracy"
 
 CHANNEL_FIELDS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name",
                   "auth_token_file", "auth_token_env")
-"""The :class:`tfkd.client.ServingConfig` fields that say how to reach a teacher (TLS, a token)."""
+"""The :class:`tfkd.teacher.ServingConfig` fields that say how to reach a teacher (TLS, a token)."""
 
 
 def distill_config(workdir: str, teacher: str, teacher_model_name: str, settings: dict):
@@ -55,19 +56,20 @@ def check_teacher(target: str, model_name: str = "teacher", timeout_s: float = 3
       {"target", "model_name", "version", "signatures": [the signature read]}.
 
     ``target`` is any address the distillation takes: ``host:port`` (gRPC) or
-    ``http(s)://host:port`` (REST), opened by the same factory (:func:`tfkd.transports.open_client`).
+    ``http(s)://host:port`` (REST), opened by the same factory as the distillation's teacher
+    (``tfkd.connect``).
 
     Raises:
-      ServingClientError (a RuntimeError): the endpoint does not answer (the cause named), or does
-        not serve ``model_name``; ConfigError (a ValueError): a ``channel`` field that is not one of
-        :data:`CHANNEL_FIELDS`, or a TLS or token file that cannot be read.
+      TeacherError (a ServingClientError, RuntimeError): the endpoint does not answer (the cause
+        named), or does not serve ``model_name``; ConfigError (a ValueError): a ``channel`` field
+        that is not one of :data:`CHANNEL_FIELDS`, or a TLS or token file that cannot be read.
     """
     unknown = set(channel) - set(CHANNEL_FIELDS)
     if unknown:
         raise errors.ConfigError(f"channel: {sorted(unknown)} are not among {CHANNEL_FIELDS}")
-    with client_lib.connect(target, model_name, role="teacher", timeout_s=timeout_s,
-                            connect_timeout_s=timeout_s, **channel) as client:
-        signature = client.signature
+    with teacher_lib.connect(target, model_name, timeout_s=timeout_s,
+                             connect_timeout_s=timeout_s, **channel) as teacher:
+        signature = teacher.signature
     return {"target": target, "model_name": model_name, "version": signature.version,
             "signatures": [signature.signature_name]}
 
@@ -127,7 +129,7 @@ def evaluate_served(model_path: str, dataset: str, eval_examples: int = 0,
 
     Raises:
       ConfigError: no numeric version directory under ``model_path``.
-      tfkd.data.DatasetUnavailableError: the dataset cannot be loaded here.
+      tfkd.errors.DatasetUnavailableError: the dataset cannot be loaded here.
     """
     versions = export.list_versions(model_path)
     if not versions:

@@ -51,15 +51,16 @@ import tensorflow as tf
 from absl import logging
 
 from tfkd import data as data_lib
+from tfkd import distribute
 from tfkd import errors
 from tfkd import evaluation
 from tfkd import fs
 from tfkd import images as images_lib
 from tfkd import methods
 from tfkd import outputs
+from tfkd import student as student_lib
 from tfkd import teacher as teacher_lib
 from tfkd import teacher_setup
-from tfkd import training
 from tfkd import workdir as workdir_lib
 from tfkd.config import DistillConfig
 from tfkd.config import TeacherTrainConfig  # noqa: F401  (re-exported: tfkd.pipeline.TeacherTrainConfig)
@@ -75,9 +76,9 @@ def run(config: DistillConfig, strategy: tf.distribute.Strategy | None = None,
     once the lock is held: a run refused because another holds the work dir leaves that run's
     record as it was.
 
-    ``strategy`` (default: :func:`tfkd.training.make_strategy`, mirrored) trains the student. Under
+    ``strategy`` (default: :func:`tfkd.distribute.make_strategy`, mirrored) trains the student. Under
     MultiWorkerMirroredStrategy every worker runs this with its own work dir: each asks the teacher
-    about its shard of every image set and all get every answer (:mod:`tfkd.cluster`), all train in
+    about its shard of every image set and all get every answer (:mod:`tfkd.teacher.cluster`), all train in
     step, and only the chief exports, evaluates and writes the full report (a worker's report has
     ``role: worker``).
 
@@ -89,7 +90,7 @@ def run(config: DistillConfig, strategy: tf.distribute.Strategy | None = None,
         only the data, the images or the teacher can refuse (e.g. N not a multiple of the classes).
       tfkd.workdir.WorkdirError: the work dir (or an output dir) cannot be written, another run
         holds the work dir, or its teacher was trained with other settings.
-      tfkd.data.DatasetUnavailableError, tfkd.teacher.TeacherError (QueryBudgetExceeded included).
+      tfkd.errors.DatasetUnavailableError, tfkd.errors.TeacherError (QueryBudgetExceeded included).
     """
     config.validate()
     config = config.resolved()
@@ -100,13 +101,15 @@ def run(config: DistillConfig, strategy: tf.distribute.Strategy | None = None,
     with workdir_lib.lock(config.workdir):
         if flags is not None:
             workdir_lib.write_json(os.path.join(config.workdir, "flags.json"), flags)
-        return _run(config, method, strategy or training.make_strategy())
+        return _run(config, method, strategy or distribute.make_strategy())
 
 
 def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
     timer = StageTimer()
     report = Report(method=config.method, dataset=config.dataset, seed=config.seed,
                     code_commit=outputs.code_commit(),
+                    method_config=(dataclasses.asdict(config.method_config)
+                                   if dataclasses.is_dataclass(config.method_config) else None),
                     # Every artifact this run may read back, validated; damaged ones set aside.
                     damaged_artifacts=workdir_lib.check(config.workdir))
     with contextlib.ExitStack() as stack:
@@ -127,7 +130,7 @@ def _run(config: DistillConfig, method: methods.Method, strategy) -> Report:
         student = train_student(config, method, dataset, transfer,
                                 workdir_lib.fingerprint(*transfer_key(config, method, link)),
                                 strategy, timer, report)
-        if not training.is_chief(strategy):
+        if not distribute.is_chief(strategy):
             report.update(role="worker", stage_seconds=timer.seconds,
                           **teacher_setup.query_figures(link))
             report.write(os.path.join(config.workdir, "report.json"))
@@ -158,7 +161,7 @@ def load_images(config: DistillConfig, link: teacher_setup.TeacherLink, timer: S
     ``few_shot_files.txt``.
 
     Raises:
-      tfkd.images.ImageSourceError: no image, more shots asked than there are, or labels that
+      tfkd.errors.ImageSourceError: no image, more shots asked than there are, or labels that
         cannot be read; tfkd.errors.ConfigError: an image size the teacher does not give.
     """
     source = config.images
@@ -166,7 +169,7 @@ def load_images(config: DistillConfig, link: teacher_setup.TeacherLink, timer: S
     num_classes = link.client.num_data_classes
     def draw(pool: int) -> np.ndarray | None:
         if config.num_shots > pool:
-            raise images_lib.ImageSourceError(
+            raise errors.ImageSourceError(
                 f"num_shots={config.num_shots}: expected at most the {pool} images of "
                 f"images={source.path!r} (0: all of them)")
         return (None if config.num_shots in (0, pool) else np.random.default_rng(
@@ -348,7 +351,7 @@ SELECTION_HOLDOUT = (0.1, 5000)
 held out of training to select on, and its most images."""
 
 
-def selection_split(student_config: training.StudentConfig, dataset: data_lib.Dataset,
+def selection_split(student_config: student_lib.StudentConfig, dataset: data_lib.Dataset,
                     transfer: methods.TransferSet, seed: int):
     """What the student selects its epoch on: ``(train images, train targets, selection images,
     selection labels int [m], what it is)``; selection images and labels None for ``final``.
@@ -385,21 +388,21 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
     images, targets, x_sel, y_sel, selection = selection_split(student_config, dataset, transfer,
                                                                config.seed)
     global_batch = student_config.batch_size * strategy.num_replicas_in_sync
-    length = training.training_length(student_config, len(images), global_batch)
+    length = student_lib.training_length(student_config, len(images), global_batch)
     tensorboard_dir = outputs.tensorboard_root(config)
     callbacks = [keras.callbacks.TensorBoard(os.path.join(tensorboard_dir, "student"))]
     monitor = (x_sel, y_sel) if x_sel is not None else (dataset.x_val, dataset.y_val)
     if monitor[0] is not None:  # Monitoring and selection never read the test split.
-        callbacks.append(training.ValidationAccuracy(
+        callbacks.append(student_lib.ValidationAccuracy(
             *monitor, os.path.join(tensorboard_dir, "student", "validation"),
             every=1 if x_sel is not None else length.epochs // 50))  # Else about 50 a run.
     backup = workdir_lib.artifact_path(config.outputs.checkpoint_dir or config.workdir,
                                        "student_backup", "", transfer_fp,
                                        student_config, config.seed)
-    keep_best = (training.KeepBest(os.path.join(backup, "selected_weights.npz"))
+    keep_best = (student_lib.KeepBest(os.path.join(backup, "selected_weights.npz"))
                  if x_sel is not None else None)
     with timer("student_training"):
-        student, history = training.train_student(
+        student, history = student_lib.train_student(
             images, targets, student_config, config.seed, backup_dir=backup,
             strategy=strategy, verbose=config.verbose, callbacks=callbacks, loss=loss,
             keep_best=keep_best)
@@ -409,7 +412,7 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
         student_selection=selection, student_selected_epoch=history.get("selected_epoch"),
         student_selection_scores=keep_best.scores if keep_best else None,
         student_training_agreement=float(agreement[-1]) if agreement else None,
-        student_batchnorm_layers=(len(training.batchnorm_layers(student))
+        student_batchnorm_layers=(len(student_lib.batchnorm_layers(student))
                                   if student_config.batchnorm_images else 0),
         strategy=("multi_worker" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
                   else "mirrored"),
@@ -418,7 +421,7 @@ def train_student(config: DistillConfig, method: methods.Method, dataset: data_l
                       else f"{method.name}:{type(loss()).__name__}"),
         student_recipe=dataclasses.asdict(student_config),
         student_epochs=length.epochs, student_global_batch=global_batch,
-        student_learning_rate=training.scaled_learning_rate(student_config,
+        student_learning_rate=student_lib.scaled_learning_rate(student_config,
                                                             strategy.num_replicas_in_sync),
         student_steps_per_epoch=length.steps_per_epoch, student_steps=length.steps,
         student_epochs_resumed_from=length.epochs - len(losses),

@@ -50,6 +50,10 @@ class Report:
     method_settings: list = dataclasses.field(default_factory=list)
     """The method's settings its transfer set depends on (:meth:`tfkd.methods.Method.fingerprint`,
     dataclasses as dicts): e.g. ``zskd``'s impression count, steps and T."""
+    method_config: dict | None = None
+    """The method's own settings as the run used them (its
+    :attr:`tfkd.methods.Method.config_class`, resolved: ``auto`` given its value); null for a
+    method without."""
     method_report: dict | None = None
     """The method's own report fields (its :attr:`tfkd.methods.Method.report_class`, as a dict,
     with ``method``: its name); null for a method without one."""
@@ -125,20 +129,20 @@ class Report:
 
     # ---- student
     student_architecture: str | None = None
-    """The student's architecture (:data:`tfkd.models.MODELS`)."""
+    """The student's architecture (:data:`tfkd.student.models.MODELS`)."""
     student_loss: str | None = None
-    """The loss the student trained with (:data:`tfkd.training.LOSSES`)."""
+    """The loss the student trained with (:data:`tfkd.student.LOSSES`)."""
     student_recipe: dict | None = None
-    """Every field of the :class:`tfkd.training.StudentConfig` the student trained with (batch,
+    """Every field of the :class:`tfkd.student.StudentConfig` the student trained with (batch,
     rate, schedule, augmentation, ...)."""
     student_learning_rate: float | None = None
     """The learning rate the student trained at (its peak, under a schedule): ``learning_rate``
-    scaled to the global batch by ``lr_scaling`` (:func:`tfkd.training.scaled_learning_rate`)."""
+    scaled to the global batch by ``lr_scaling`` (:func:`tfkd.student.scaled_learning_rate`)."""
     student_global_batch: int | None = None
     """Images per optimizer step over every replica (``batch_size`` x replicas)."""
     student_epochs: int | None = None
     """Keras epochs the student trained for in all: passes over the transfer set, or chunks of its
-    endless stream when the training length is set in steps (:func:`tfkd.training.training_length`)."""
+    endless stream when the training length is set in steps (:func:`tfkd.student.training_length`)."""
     student_steps_per_epoch: int | None = None
     """Optimizer steps per Keras epoch."""
     student_steps: int | None = None
@@ -182,7 +186,7 @@ class Report:
     and ``rejected_exports`` (version directories set aside when it failed)."""
     student_batchnorm_layers: int | None = None
     """BatchNormalization layers of the student whose statistics were re-estimated after training
-    (:func:`tfkd.training.reestimate_batchnorm`; 0: none, or ``batchnorm_images`` = 0)."""
+    (:func:`tfkd.student.reestimate_batchnorm`; 0: none, or ``batchnorm_images`` = 0)."""
     student_variants: dict = dataclasses.field(default_factory=dict)
     """Per variant (float32, float16, int8): accuracy, validation_accuracy, fidelity, export_dir,
     parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64}, accuracy_change and

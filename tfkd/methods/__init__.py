@@ -13,7 +13,7 @@ training, export, evaluation, the report); a method only
 * plans its teacher queries before any is sent (:meth:`Method.plan`, checked against the budget),
 * builds the *transfer set*: the images the student learns from and their targets
   (:meth:`Method.build` -> :class:`TransferSet`), and
-* names the student's loss (``loss``: a name in :data:`tfkd.training.LOSSES`).
+* names the student's loss (``loss``: a name in :data:`tfkd.student.LOSSES`).
 
 The FS-BBT family (Nguyen et al., ECCV 2022: ``student_alone``, ``standard_kd``, ``mixup``, ``cvae``,
 ``fsbbt``) lives in :mod:`tfkd.methods.fsbbt`, the DB3KD family (Wang, ICML 2021: ``db3kd``) in
@@ -211,7 +211,7 @@ class Method:
       name: the registry name (``--method``).
       teacher_needs: one of ``TEACHER_NEEDS``.
       reads_true_labels: the method reads the few-shot images' labels (a supervised baseline).
-      loss: the student's loss, a name in :data:`tfkd.training.LOSSES`; None: the config's.
+      loss: the student's loss, a name in :data:`tfkd.student.LOSSES`; None: the config's.
       description: one line for ``--help``.
       config_class: the method's own settings, a frozen dataclass (defaults, a ``validate()``
         method if it checks them, a docstring per field); ``DistillConfig.method_config`` holds an
@@ -220,7 +220,7 @@ class Method:
         to :meth:`build` as ``ctx.method_report`` and writes it to ``report.json`` under
         ``method_report``. None: none.
       student_defaults: ((StudentConfig field, value), ...): this method's student recipe where it
-        differs from :data:`tfkd.training.RECIPE` (each chosen on the validation split;
+        differs from :data:`tfkd.student.RECIPE` (each chosen on the validation split;
         RESULTS.md), applied to the recipe fields a config leaves unset
         (:meth:`tfkd.pipeline.DistillConfig.resolved`); a value the user sets still wins.
       flag_prefix: what ``tfkd-distill`` puts before a ``config_class`` field's dotted name (``.``
@@ -256,12 +256,12 @@ class Method:
         """Given the run's :class:`tfkd.config.DistillConfig`, the student's loss as
         ``loss(reduction=...) -> keras.losses.Loss`` (logits [b, K] against targets [b, K]; a
         custom training loop asks for ``reduction=None``), or None: the
-        named loss of :meth:`student_config` (:func:`tfkd.training.make_loss`). Override to train
+        named loss of :meth:`student_config` (:func:`tfkd.student.make_loss`). Override to train
         with a loss of the method's own (its settings: ``config.method_config``)."""
         return None
 
     def student_config(self, config):
-        """The :class:`tfkd.training.StudentConfig` the student trains with: the run's, with this
+        """The :class:`tfkd.student.StudentConfig` the student trains with: the run's, with this
         method's ``loss`` when it names one. Override to set more (a temperature, ...)."""
         if self.loss is None:
             return config.student

@@ -2,9 +2,9 @@
 
 DB3KD (Wang, "Zero-Shot Knowledge Distillation from a Decision-Based Black-Box Model", ICML 2021):
 the teacher answers class ids only; the distance of each image to the teacher's decision boundary
-toward every other class (:mod:`tfkd.methods.db3kd.boundary`) becomes its soft label, and the student trains with
+toward every other class (:mod:`.boundary`) becomes its soft label, and the student trains with
 CE to the teacher's top-1 class plus KL to that soft label at temperature T
-(:class:`tfkd.training.DecisionKD`).
+(:class:`tfkd.student.DecisionKD`).
 
 ===========  ========================================================  ===========================
 method       transfer set                                              teacher queries
@@ -23,7 +23,7 @@ another T (which shapes the soft labels, not the search) asks nothing again.
 A teacher that gives one class for every image of the transfer set is refused before the search
 (:class:`tfkd.errors.TeacherError`, one line naming it and the class): there is no boundary to
 measure and nothing a student could learn. ``zsdb3kd`` refuses it in its noise rounds
-(:func:`tfkd.methods.db3kd.zeroshot.noise_samples`) and never seeks a class ``teacher.class_map`` cannot give.
+(:func:`.zeroshot.noise_samples`) and never seeks a class ``teacher.class_map`` cannot give.
 
 ``fsbbt_db3kd`` is the label-only variant of FS-BBT that no seed paper has. ``--db3kd_search=mbd``
 adds the Sign-OPT refinement to either. Under MultiWorkerMirroredStrategy each worker searches its
@@ -46,10 +46,10 @@ from tfkd.methods import TransferSet
 from tfkd.methods import fsbbt
 from tfkd.methods import register
 from tfkd.methods.db3kd import boundary
+from tfkd.methods.db3kd import signopt
 from tfkd.methods.db3kd import zeroshot
 from tfkd.methods.db3kd.config import DB3KDConfig
 from tfkd.methods.db3kd.config import FSBBTDB3KDConfig
-
 
 workdir.register_artifact("boundary_state-*.npz", "DB3KD boundary search state",
                           lambda p: workdir.check_npz(p, ("best", "best_direction")))
@@ -61,12 +61,12 @@ def search_plan(ctx: MethodContext, num_images: int) -> int:
     """An upper bound on the search's queries for ``num_images`` images: per pair and direction,
     one pruning probe and a full binary search from the longest possible segment (the diagonal of
     the [0, 1] pixel cube) down to the tolerance; with ``mbd``, the refinement's bound per pair
-    (:func:`tfkd.methods.db3kd.boundary.refine_queries`)."""
+    (:func:`.boundary.refine_queries`)."""
     config = ctx.settings.db3kd
     steps = 1 + math.ceil(math.log2(math.sqrt(np.prod(ctx.image_shape)) / config.tolerance))
     per_pair = config.num_directions * steps
     if config.search == "mbd":
-        per_pair += boundary.refine_queries(config)
+        per_pair += signopt.refine_queries(config)
     return ctx.teacher.share(num_images) * (ctx.num_classes - 1) * per_pair
 
 
@@ -97,7 +97,7 @@ def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.
                   pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
     """DB3KD soft labels float32 [n, K] of ``images`` (teacher top-1 ``labels``), from the search
     toward ``pool`` images (teacher top-1 ``pool_labels``). Each worker of a cluster searches its
-    shard of the images and every worker gets every distance (:mod:`tfkd.cluster`). The search state
+    shard of the images and every worker gets every distance (:mod:`tfkd.teacher.cluster`). The search state
     is persisted under a fingerprint without ``num_directions`` (more directions continue it) or
     ``temperature`` (T only turns distances into soft labels). ``num_directions`` 0: one-hot
     ``labels``, no query.
@@ -204,7 +204,7 @@ register(FSBBTDB3KD())
 
 @register
 class ZSDB3KD(_DecisionBased):
-    """No real images: ZSDB3KD's pseudo-samples (:mod:`tfkd.methods.db3kd.zeroshot`) with DB3KD soft labels."""
+    """No real images: ZSDB3KD's pseudo-samples (:mod:`.zeroshot`) with DB3KD soft labels."""
 
     name = "zsdb3kd"
     description = ("zero-shot: noise images pushed away from a label-only teacher's decision "
@@ -219,7 +219,7 @@ class ZSDB3KD(_DecisionBased):
         return (config.method_config.db3kd, config.method_config.zsdb3kd)
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
-        """An upper bound: the pseudo-samples' (:meth:`tfkd.methods.db3kd.zeroshot.ZeroShotConfig.query_plan`,
+        """An upper bound: the pseudo-samples' (:meth:`.zeroshot.ZeroShotConfig.query_plan`,
         which the sampling never passes), then the search, for the classes the teacher can
         give."""
         zs = ctx.settings.zsdb3kd

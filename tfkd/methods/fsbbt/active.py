@@ -69,9 +69,9 @@ class ActiveConfig:
       labelled_images: synthetic images to label, at most the pool; 0: set from the query budget
         (what it leaves after the real images and the teacher's evaluation), or all of the pool
         without a budget. Part of the transfer set's fingerprint.
-      assistant: an architecture (:data:`tfkd.models.MODELS`) trained ``assistant_epochs`` on
+      assistant: an architecture (:data:`tfkd.student.models.MODELS`) trained ``assistant_epochs`` on
         the teacher-labelled images to label the rest of the pool (module docstring); ``auto``:
-        the dataset's teacher architecture (:data:`tfkd.models.DEFAULT_PAIRS`; none for the
+        the dataset's teacher architecture (:data:`tfkd.student.models.DEFAULT_PAIRS`; none for the
         user's own images), resolved by :meth:`tfkd.config.DistillConfig.resolved`; empty: the
         rest of the pool is not used.
       assistant_epochs: the assistant's epochs (>= 1).
@@ -97,7 +97,7 @@ class ActiveConfig:
 
 
 def _models():
-    from tfkd import models
+    from tfkd.student import models
     return models
 
 

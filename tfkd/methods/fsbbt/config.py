@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from tfkd import models
 from tfkd.methods.fsbbt import active as active_lib
 from tfkd.methods.fsbbt import synthesis
 from tfkd.methods.fsbbt import votes as votes_lib
+from tfkd.student import models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class FSBBTConfig:
         :data:`tfkd.data.SUPPORTED_DATASETS`) or, with ``own_images``, the user's images: the
         CVAE's architecture (``mlp`` for 28x28 grey, ``conv`` for CIFAR; the user's images: chosen
         at their size when the CVAE is built) and the teacher assistant (the paper's teacher for
-        the dataset, :data:`tfkd.models.DEFAULT_PAIRS`; none for the user's images). Idempotent."""
+        the dataset, :data:`tfkd.student.models.DEFAULT_PAIRS`; none for the user's images). Idempotent."""
         cvae, active = self.cvae, self.active
         if cvae.architecture == "auto" and not own_images:
             cvae = dataclasses.replace(cvae, architecture="conv" if dataset.startswith("cifar") else "mlp")

@@ -20,7 +20,7 @@ number of teacher queries. Queries are charged under the stages ``label_real``, 
 ``label_cvae``. Only ``student_alone`` reads labels; the others see images only.
 
 Under a query budget smaller than the plan, the synthetic methods make the whole plan as a pool
-and ask the teacher about the images chosen in rounds by a proxy student (:mod:`tfkd.methods.fsbbt.active`;
+and ask the teacher about the images chosen in rounds by a proxy student (:mod:`.active`;
 queries charged under ``label_active``); ``active.rounds`` 0 cuts the plan to the budget instead.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfkd import training
+from tfkd import student as student_lib
 from tfkd import workdir
 from tfkd.methods import BudgetPlan
 from tfkd.methods import Method
@@ -55,7 +55,7 @@ class FSBBTReport:
         (the resolution it models; its samples are resized to the image size), ``parameters``;
         its seconds are ``stage_seconds`` ``cvae_training`` and ``cvae_sampling``. Null when the
         transfer set was reused whole or the method makes no CVAE image.
-      active_rounds: active querying's rounds (:mod:`tfkd.methods.fsbbt.active`, under a query
+      active_rounds: active querying's rounds (:mod:`.active`, under a query
         budget): one record per round, ``round``, ``selection`` (``random`` or ``margin``),
         ``images`` (labelled in it), ``labelled`` (synthetic images labelled after it),
         ``resumed`` (its choice read back from an earlier process). Null when every image of the
@@ -145,10 +145,10 @@ class SyntheticMethod(Family):
                 *((config.method_config.active,) if self.active(config) else ()))
 
     def active(self, config) -> bool:
-        """Whether a share of the pool is chosen in rounds (:mod:`tfkd.methods.fsbbt.active`): ``active.rounds``
+        """Whether a share of the pool is chosen in rounds (:mod:`.active`): ``active.rounds``
         > 0 and ``active.labelled_images`` fewer than the pool's images (and more than 0)."""
-        return config.method_config.active.rounds > 0 and 0 < config.method_config.active.labelled_images < sum(
-            self.counts(config))
+        own = config.method_config.active
+        return own.rounds > 0 and 0 < own.labelled_images < sum(self.counts(config))
 
     def budget_plan(self, config, teacher) -> BudgetPlan:
         """One query per image (1 + k with votes from a label-only teacher); the plan is fitted by
@@ -166,7 +166,7 @@ class SyntheticMethod(Family):
     def fit_budget(self, config, queries: int, num_real: int):
         """What ``queries`` leaves after the ``num_real`` real images buys: with ``active.rounds``
         > 0 that many images of the whole plan's pool, chosen in rounds
-        (``active.labelled_images``, :mod:`tfkd.methods.fsbbt.active`); with 0 the synthetic budget (MixUp and
+        (``active.labelled_images``, :mod:`.active`); with 0 the synthetic budget (MixUp and
         CVAE images, in their configured ratio) shrunk to it. Unchanged when the plan fits. A
         budget below ``num_real`` is left to the pipeline's check (which refuses it)."""
         wanted = config.method_config.mixup.num_images + config.method_config.cvae.num_images
@@ -216,7 +216,7 @@ class SyntheticMethod(Family):
         return plan
 
     def active_plan(self, ctx: MethodContext, free: bool) -> int:
-        """Queries the active rounds send (:func:`tfkd.methods.fsbbt.active.run_rounds`): the stored rounds'
+        """Queries the active rounds send (:func:`.active.run_rounds`): the stored rounds'
         images the ledger lacks, and the images still to buy after every pool image already paid
         for. The pool is made here when that is free (``free``: the real images' answers, which
         the CVAE is conditioned on, are all in the ledger, so a rerun counts the ledger's answers
@@ -240,14 +240,14 @@ class SyntheticMethod(Family):
                     else 0)
 
     def votes(self, ctx: MethodContext) -> bool:
-        """Whether the soft labels are votes (:mod:`tfkd.methods.fsbbt.votes`): a teacher that answers its top-1
+        """Whether the soft labels are votes (:mod:`.votes`): a teacher that answers its top-1
         class only, and ``votes.votes`` > 0."""
         return ctx.settings.votes.votes > 0 and ctx.teacher.decision_only
 
     def label(self, ctx: MethodContext, images: np.ndarray, stage: str) -> np.ndarray:
         """The teacher's soft labels float32 [n, K] of ``images`` (charged to ``stage``); from a
         label-only teacher, the vote of its answers over perturbed copies
-        (:func:`tfkd.methods.fsbbt.votes.vote_soft_labels`, charged to ``label_votes``)."""
+        (:func:`.votes.vote_soft_labels`, charged to ``label_votes``)."""
         with ctx.stage(stage):
             answers = ctx.teacher.soft_labels(images, progress=ctx.progress, stage=stage)
         if not self.votes(ctx):
@@ -287,7 +287,7 @@ class SyntheticMethod(Family):
 
     def chosen_parts(self, ctx: MethodContext, real: np.ndarray,
                      pool: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """The pool's images chosen in rounds (:func:`tfkd.methods.fsbbt.active.run_rounds`) with their soft
+        """The pool's images chosen in rounds (:func:`.active.run_rounds`) with their soft
         labels, as transfer-set parts by source; the rounds go to the report's
         ``active_rounds``."""
         images = np.concatenate([p[1] for p in pool])
@@ -308,7 +308,7 @@ class SyntheticMethod(Family):
         return parts
 
     def assistant(self, ctx: MethodContext, images: np.ndarray, targets: np.ndarray):
-        """The teacher assistant (:mod:`tfkd.methods.fsbbt.active`): ``active.assistant`` trained
+        """The teacher assistant (:mod:`.active`): ``active.assistant`` trained
         ``active.assistant_epochs`` on the teacher-labelled ``images`` [n, H, W, C] and soft labels
         [n, K] (the student's recipe otherwise, in this process); returns its softmax
         ``probabilities(images) -> float32 [m, K]``."""
@@ -319,9 +319,9 @@ class SyntheticMethod(Family):
         return self.proxy(ctx, images, targets, config, "active_assistant")
 
     def state_path(self, ctx: MethodContext) -> str:
-        """Where the active rounds' choices are persisted (:class:`tfkd.methods.fsbbt.active.RoundState`): keyed
+        """Where the active rounds' choices are persisted (:class:`.active.RoundState`): keyed
         by the pool (the method and its MixUp and CVAE settings), not by the active settings, so
-        that every round paid for is used whatever chooses the next (:mod:`tfkd.methods.fsbbt.active`)."""
+        that every round paid for is used whatever chooses the next (:mod:`.active`)."""
         return ctx.artifacts.path("active_rounds", ".npz", self.name, *self.configs(ctx.config))
 
     def proxy(self, ctx: MethodContext, images: np.ndarray, targets: np.ndarray, config=None,
@@ -333,7 +333,7 @@ class SyntheticMethod(Family):
                                                epochs=ctx.settings.active.proxy_epochs, steps=0,
                                                select="final", loop="fit")
         with ctx.stage(stage):
-            student, _ = training.train_student(images, targets, config, ctx.seed,
+            student, _ = student_lib.train_student(images, targets, config, ctx.seed,
                                                 strategy=tf.distribute.get_strategy(), verbose=0,
                                                 loss=self.make_loss(ctx.config))
 

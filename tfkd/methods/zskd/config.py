@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfkd.methods.zskd import blackbox
 from tfkd.methods.zskd import impressions
 
 
@@ -16,11 +17,11 @@ class ZSKDConfig:
       zskd: the Data Impression search (:class:`tfkd.methods.zskd.impressions.ImpressionConfig`),
         both variants.
       zskd_blackbox: how ``zskd_blackbox`` estimates image gradients from queries
-        (:class:`tfkd.methods.zskd.impressions.ZerothOrderConfig`).
+        (:class:`tfkd.methods.zskd.blackbox.ZerothOrderConfig`).
     """
 
     zskd: impressions.ImpressionConfig = impressions.ImpressionConfig()
-    zskd_blackbox: impressions.ZerothOrderConfig = impressions.ZerothOrderConfig()
+    zskd_blackbox: blackbox.ZerothOrderConfig = blackbox.ZerothOrderConfig()
 
     def validate(self) -> None:
         """Raises ConfigError naming the first setting out of range (``zskd.count``, ...)."""

@@ -3,10 +3,10 @@
 ``zskd`` needs the teacher's weights and gradients: the teacher's SavedModel loaded in-process
 (``DistillConfig.teacher_saved_model``, the directory a TF Serving base path holds, or the teacher
 tfkd trained locally). No real image and no query: the class similarity comes from the final
-layer's weights (:func:`tfkd.methods.zskd.impressions.class_similarity`), the impressions from gradient descent
-on noise (:func:`tfkd.methods.zskd.impressions.synthesize`), and the stored targets are the teacher's softmax at
+layer's weights (:func:`.impressions.class_similarity`), the impressions from gradient descent
+on noise (:func:`.impressions.synthesize`), and the stored targets are the teacher's softmax at
 T on them; with ``zskd.views``, augmented views of each impression are added, each labelled by the
-teacher at T (:func:`tfkd.methods.zskd.impressions.augmented_views`). The student trains with
+teacher at T (:func:`.views.augmented_views`). The student trains with
 T² · CE(stored, softmax(z_s / T)) at the same T (``tempered_kd``: the stored targets are used as
 they are; ``kd``, used before issue 27's fix, tempered them a second time, to the nearly uniform
 softmax(z_t / 400)).
@@ -24,9 +24,11 @@ from tfkd.methods import Method
 from tfkd.methods import MethodContext
 from tfkd.methods import TransferSet
 from tfkd.methods import register
+from tfkd.methods.zskd import blackbox
 from tfkd.methods.zskd import impressions
+from tfkd.methods.zskd import views as views_lib
+from tfkd.methods.zskd import whitebox
 from tfkd.methods.zskd.config import ZSKDConfig
-
 
 workdir_lib.register_artifact("impressions-*.npz", "Data Impressions",
                               workdir_lib.check_readable_npz)
@@ -48,7 +50,7 @@ class _Impressions(Method):
 
     def resolve(self, config):
         """The search's settings left unset: the paper's for the dataset (``zskd``), or the black-box
-        variant's (:data:`tfkd.methods.zskd.impressions.BLACKBOX_DEFAULTS`)."""
+        variant's (:data:`.impressions.BLACKBOX_DEFAULTS`)."""
         own = config.method_config
         return dataclasses.replace(config, method_config=dataclasses.replace(
             own, zskd=own.zskd.resolved(config.dataset, self.blackbox)))
@@ -75,7 +77,7 @@ class ZSKD(_Impressions):
 
     def build(self, ctx: MethodContext) -> TransferSet:
         config = ctx.settings.zskd
-        teacher = impressions.SavedModelTeacher(ctx.teacher_saved_model)
+        teacher = whitebox.SavedModelTeacher(ctx.teacher_saved_model)
         if teacher.image_shape != ctx.image_shape:
             raise errors.ConfigError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
                                      f"{list(teacher.image_shape)}, expected "
@@ -90,8 +92,8 @@ class ZSKD(_Impressions):
         parts = [("impressions", images, targets)]
         if config.views:
             with ctx.stage("views"):
-                views = impressions.augmented_views(images, config, ctx.seed)
-                parts.append(("views", views, impressions.label_in_process(
+                views = views_lib.augmented_views(images, config, ctx.seed)
+                parts.append(("views", views, whitebox.label_in_process(
                     teacher.logits, views, config.temperature)))
         return TransferSet.from_parts(parts)
 
@@ -100,7 +102,7 @@ class ZSKD(_Impressions):
 class ZSKDBlackBox(_Impressions):
     """Data Impressions of a teacher reached only over gRPC (tfkd's own variant; no seed paper has
     it): ZSKD's targets and loss, the class similarity estimated from the teacher's answers and the
-    image gradient from antithetic probes (:func:`tfkd.methods.zskd.impressions.synthesize_blackbox`).
+    image gradient from antithetic probes (:func:`.blackbox.synthesize_blackbox`).
 
     Queries: ``zskd_probes`` (2q per impression and step, sent every time, charged in the work dir's
     ``queries_sent.log``), ``label_impressions`` (the final images, ledgered) and ``label_views``
@@ -116,23 +118,24 @@ class ZSKDBlackBox(_Impressions):
                    "(class similarity and image gradients estimated by queries)")
 
     def fingerprint(self, config) -> tuple:
-        return (dataclasses.replace(config.method_config.zskd, final_layer=None), config.method_config.zskd_blackbox)
+        own = config.method_config
+        return (dataclasses.replace(own.zskd, final_layer=None), own.zskd_blackbox)
 
     def _state(self, ctx: MethodContext) -> str:
-        config = ctx.config
+        own = ctx.settings
         return ctx.memo("zskd_blackbox_state", lambda: ctx.artifacts.path(
-            "impressions_blackbox", ".npz", dataclasses.replace(config.method_config.zskd.search(), final_layer=None),
-            config.method_config.zskd_blackbox))
+            "impressions_blackbox", ".npz", dataclasses.replace(own.zskd.search(), final_layer=None),
+            own.zskd_blackbox))
 
     def plan(self, ctx: MethodContext) -> dict[str, int]:
-        probes, labels = impressions.blackbox_queries_left(
+        probes, labels = blackbox.blackbox_queries_left(
             ctx.num_classes, ctx.settings.zskd, ctx.settings.zskd_blackbox, self._state(ctx))
         return {"zskd_probes": probes, "label_impressions": labels,
                 "label_views": labels * ctx.settings.zskd.views}
 
     def build(self, ctx: MethodContext) -> TransferSet:
         with ctx.stage("impressions"):
-            images, targets, _, _ = impressions.synthesize_blackbox(
+            images, targets, _, _ = blackbox.synthesize_blackbox(
                 lambda x: ctx.teacher.probe(x, stage="zskd_probes"),
                 lambda x: ctx.teacher.soft_labels(x, stage="label_impressions"),
                 ctx.image_shape, ctx.num_classes, ctx.settings.zskd, ctx.settings.zskd_blackbox,
@@ -140,8 +143,8 @@ class ZSKDBlackBox(_Impressions):
         parts = [("impressions", images, targets)]
         if ctx.settings.zskd.views:  # Each view one query, ledgered: a rerun asks none again.
             with ctx.stage("views"):
-                views = impressions.augmented_views(images, ctx.settings.zskd, ctx.seed)
+                views = views_lib.augmented_views(images, ctx.settings.zskd, ctx.seed)
                 answers = ctx.teacher.soft_labels(views, stage="label_views")
-                parts.append(("views", views, impressions.tempered(answers,
+                parts.append(("views", views, blackbox.tempered(answers,
                                                                    ctx.settings.zskd.temperature)))
         return TransferSet.from_parts(parts)
