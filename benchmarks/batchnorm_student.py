@@ -68,7 +68,7 @@ def prepare(root: str) -> tuple[str, str, str]:
         small = data.Dataset("fashion_mnist", fashion.x_train[5000:], fashion.y_train[5000:],
                              fashion.x_test, fashion.y_test, 10, fashion.source)
         inner = teacher_setup.train_and_export_teacher(
-            small, pipeline.TeacherTrainConfig(epochs=FLAGS.teacher_epochs),
+            small, pipeline.TeacherTrainConfig(epochs=FLAGS.teacher_epochs).resolved("fashion_mnist"),
             os.path.join(root, "lenet5"), verbose=2)
         module = ForeignTeacher(inner["export_dir"])
         tf.saved_model.save(module, os.path.join(base, "1"), signatures={"serving_default": module.serve})

@@ -52,7 +52,7 @@ def main():
             report(f"black-box 100 steps, Adam {lr}, {resolution} x {resolution} directions", path,
                    images, classes, last)
         path = os.path.join(tmp, "wb.npz")
-        config = impressions.ImpressionConfig(count=200, iterations=1500, batch_size=10)
+        config = impressions.config_for("fashion_mnist", count=200, iterations=1500, batch_size=10)
         images, _, classes, last = impressions.synthesize(
             teacher.logits, teacher.image_shape, np.eye(10, dtype=np.float32), config, 0,
             state_path=path)

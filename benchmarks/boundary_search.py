@@ -17,10 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app
 from absl import flags
 
-from tfkd.methods.db3kd import boundary
 from tfkd import data
 from tfkd import serving
 from tfkd import teacher
+from tfkd.methods.db3kd import boundary
 
 flags.DEFINE_string("teacher_base", None, "Base path of the teacher SavedModel (numeric versions).",
                     required=True)

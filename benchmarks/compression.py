@@ -4,7 +4,7 @@ two students trained here on real Fashion-MNIST.
 
   python benchmarks/compression.py > benchmarks/reports/issue28/compression.txt
 
-Students (trained by :func:`tfkd.training.train_student` on true labels: what is measured is the
+Students (trained by :func:`tfkd.student.train_student` on true labels: what is measured is the
 export, not distillation):
 
 - ``lenet5_half`` (28x28x1, 35,820 parameters): 48,000 training images, 8 epochs;
@@ -31,12 +31,12 @@ import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tfkd import client as client_lib  # noqa: E402
 from tfkd import data  # noqa: E402
 from tfkd import evaluation  # noqa: E402
 from tfkd import export  # noqa: E402
 from tfkd import serving  # noqa: E402
-from tfkd import training  # noqa: E402
+from tfkd import student as student_lib  # noqa: E402
+from tfkd.teacher import client as client_lib  # noqa: E402
 
 flags.DEFINE_list("students", ["lenet5_half", "mobilenet_v3_small"], "Students to measure.")
 flags.DEFINE_integer("test_images", 10_000, "Test images the served accuracy is measured on.")
@@ -49,10 +49,10 @@ def train(name: str, dataset):
     n, epochs, size = RECIPES[name]
     pad = [(0, 0), ((size[0] - 28) // 2,) * 2, ((size[1] - 28) // 2,) * 2, (0, 0)]
     x, x_test = np.pad(dataset.x_train[:n], pad), np.pad(dataset.x_test, pad)
-    config = training.StudentConfig(architecture=name, epochs=epochs, mixup_alpha=0.0,
-                                    rotation_degrees=0.0, shift_fraction=0.0)
+    config = student_lib.StudentConfig(architecture=name, epochs=epochs, mixup_alpha=0.0,
+                                    rotation_degrees=0.0, shift_fraction=0.0).resolved()
     start = time.perf_counter()
-    model, _ = training.train_student(x, np.eye(10, dtype=np.float32)[dataset.y_train[:n]], config,
+    model, _ = student_lib.train_student(x, np.eye(10, dtype=np.float32)[dataset.y_train[:n]], config,
                                       seed=0, verbose=0)
     print(f"{name}: trained {epochs} epochs on {n} images in {time.perf_counter() - start:.0f} s",
           flush=True)

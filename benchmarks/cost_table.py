@@ -87,7 +87,7 @@ def stored_blocks(results_md: str) -> list[str]:
             ("compression.txt", "### Compressed students",
              "Bytes on disk of each export format's version directory, top-1 accuracy served over "
              "gRPC by tfkd's server, in-process latency (median ms) at batch 1 and 64 and the "
-             "served round trip at batch 1; int8 is the LiteRT full-integer model (`tfkd.litert`)."),
+             "served round trip at batch 1; int8 is the LiteRT full-integer model (`tfkd.export.litert`)."),
             ("teacher_throughput.txt", "### Labelling throughput",
              "Images/s labelled over loopback gRPC (tfkd's server in its own process, request "
              "batching off and on) beside in-process prediction of the same SavedModel, in one run."),

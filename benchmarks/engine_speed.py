@@ -12,13 +12,13 @@ cross-entropy, batch 64. Recipes:
 - ``augmented``: training-time MixUp (alpha 1), +-10 degree rotations and +-10% shifts, the FS-BBT
   paper's (and ``../shared/reference/fsbbt_reference.py``'s) recipe.
 
-For each recipe, ``--repeats`` times in turn: **tfkd** (:func:`tfkd.training.train_student`, its
+For each recipe, ``--repeats`` times in turn: **tfkd** (:func:`tfkd.student.train_student`, its
 MirroredStrategy and tf.data pipeline) and **plain Keras**: the pipeline of
 ``fsbbt_reference.py`` (``from_tensor_slices`` -> element ``shuffle`` -> ``batch(64)`` -> a
 ``map`` of Keras ``RandomRotation``/``RandomTranslation`` and batch MixUp for ``augmented`` ->
 ``prefetch``) and ``model.fit`` with Keras' defaults (one step per call); also plain ``fit`` with
 ``steps_per_execution=32`` (tfkd's setting), the strongest plain baseline, and tfkd under a
-MirroredStrategy over the machine's one device (what :func:`tfkd.training.make_strategy` gave
+MirroredStrategy over the machine's one device (what :func:`tfkd.distribute.make_strategy` gave
 before it chose TensorFlow's default strategy for one device). Images/s is over the
 epochs after the first (the first traces). Prints a table, the ratios against the plain runs, and
 the machine.
@@ -38,8 +38,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tfkd import data  # noqa: E402
-from tfkd import models  # noqa: E402
-from tfkd import training  # noqa: E402
+from tfkd import student as student_lib  # noqa: E402
+from tfkd.student import models  # noqa: E402
 
 flags.DEFINE_integer("epochs", 3, "Epochs per run (the first is not timed).")
 flags.DEFINE_integer("repeats", 2, "Runs of each kind, interleaved.")
@@ -72,11 +72,11 @@ def images_per_second(timer: EpochTimer, n: int) -> float:
 
 def tfkd_run(x, y, recipe: str, strategy=None, variant: str = "float32") -> float:
     precision, _, xla = variant.partition("+")
-    config = training.StudentConfig(epochs=FLAGS.epochs, batch_size=BATCH, architecture="lenet5_half",
+    config = student_lib.StudentConfig(epochs=FLAGS.epochs, batch_size=BATCH, architecture="lenet5_half",
                                     mixed_precision=precision, jit_compile=True if xla else None,
-                                    **(AUGMENTED if recipe == "augmented" else PLAIN))
+                                    **(AUGMENTED if recipe == "augmented" else PLAIN)).resolved()
     timer = EpochTimer()
-    training.train_student(x, y, config, seed=0, verbose=0, callbacks=[timer], strategy=strategy)
+    student_lib.train_student(x, y, config, seed=0, verbose=0, callbacks=[timer], strategy=strategy)
     return images_per_second(timer, len(x))
 
 

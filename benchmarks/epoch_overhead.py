@@ -24,16 +24,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tfkd import data  # noqa: E402
-from tfkd import training  # noqa: E402
+from tfkd import student as student_lib  # noqa: E402
 
 STEPS, PASS = 15_600, 156
 
 
-def run(x, y, config: training.StudentConfig) -> float:
+def run(x, y, config: student_lib.StudentConfig) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         callbacks = [keras.callbacks.TensorBoard(os.path.join(tmp, "tensorboard"))]
         start = time.perf_counter()
-        training.train_student(x, y, config, seed=0, backup_dir=os.path.join(tmp, "backup"),
+        student_lib.train_student(x, y, config, seed=0, backup_dir=os.path.join(tmp, "backup"),
                               verbose=0, callbacks=callbacks)
         seconds = time.perf_counter() - start
     keras.backend.clear_session()
@@ -44,13 +44,13 @@ def main(repeats: int = 1):
     dataset = data.load_dataset("fashion_mnist")
     x = dataset.x_train[:PASS * 64]
     y = np.eye(10, dtype=np.float32)[dataset.y_train[:PASS * 64]]
-    settings = {"passes": training.StudentConfig(epochs=STEPS // PASS),
-                "chunks": training.StudentConfig(steps=STEPS)}
+    settings = {"passes": student_lib.StudentConfig(epochs=STEPS // PASS).resolved(),
+                "chunks": student_lib.StudentConfig(steps=STEPS).resolved()}
     print(f"{'setting':<8} {'epochs':>6} {'steps/epoch':>11} {'steps':>6} {'seconds':>8} {'ms/step':>8}")
     times = {name: [] for name in settings}
     for _ in range(repeats):
         for name, config in settings.items():
-            length = training.training_length(config, len(x), 64)
+            length = student_lib.training_length(config, len(x), 64)
             seconds = run(x, y, config)
             times[name].append(seconds)
             print(f"{name:<8} {length.epochs:>6} {length.steps_per_epoch:>11} {length.steps:>6} "

@@ -30,7 +30,7 @@ from tfkd import teacher as teacher_lib
 TEACHER = "runs/reproduce/fashion_mnist/teacher_tries/lenet5_same_cosine/teacher"
 ROOT = "runs/images"
 STORED = "benchmarks/reports/fashion_mnist_images"
-NAMES = tuple(n.replace("/", "-") for n in data.CLASS_NAMES["fashion_mnist"])
+NAMES = tuple(n.replace("/", "-") for n in data.dataset_spec("fashion_mnist").class_names)
 
 
 def write_pngs() -> tuple[str, str, str]:

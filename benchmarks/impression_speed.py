@@ -34,9 +34,9 @@ def main(_):
     version_dir = teacher_setup.saved_model_dir(FLAGS.teacher)
     teacher = whitebox.SavedModelTeacher(version_dir)
     similarity = impressions.class_similarity(teacher.final_layer_weights())
-    white = impressions.ImpressionConfig(count=2000, iterations=FLAGS.steps, batch_size=100)
-    impressions.synthesize(teacher.logits, teacher.image_shape, similarity,
-                           impressions.ImpressionConfig(count=2000, iterations=2, batch_size=100), 0)
+    white = impressions.config_for("fashion_mnist", count=2000, iterations=FLAGS.steps, batch_size=100)
+    warmup = impressions.config_for("fashion_mnist", count=2000, iterations=2, batch_size=100)
+    impressions.synthesize(teacher.logits, teacher.image_shape, similarity, warmup, 0)
     start = time.perf_counter()
     impressions.synthesize(teacher.logits, teacher.image_shape, similarity, white, 1)
     seconds = time.perf_counter() - start

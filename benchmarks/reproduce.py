@@ -326,8 +326,9 @@ def choose_teacher(root: str, dataset: data.Dataset) -> str:
             logging.info("Teacher recipe %s", name)
             keras.utils.set_random_seed(0)
             start = time.perf_counter()
-            trained = teacher_setup.train_and_export_teacher(dataset, config, os.path.join(run, "teacher"),
-                                                        seed=0, verbose=2, evaluate_test=False)
+            trained = teacher_setup.train_and_export_teacher(
+                dataset, config.resolved(dataset.name), os.path.join(run, "teacher"), seed=0,
+                verbose=2, evaluate_test=False)
             workdir_lib.write_json(path, {
                 "kind": "teacher_try", "try": name, "what": what, "dataset": dataset.name,
                 "recipe": dataclasses.asdict(config), "num_train": len(dataset.x_train),

@@ -36,8 +36,8 @@ from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
 from tfkd import export  # noqa: E402
-from tfkd import models  # noqa: E402
 from tfkd.serving import config as config_lib  # noqa: E402
+from tfkd.student import models  # noqa: E402
 
 flags.DEFINE_integer("clients", 32, "Concurrent clients, one request in flight each.")
 flags.DEFINE_float("seconds", 15.0, "Measured time per setting (after 3 s of warm-up).")

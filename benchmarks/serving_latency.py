@@ -23,8 +23,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tfkd import export  # noqa: E402
-from tfkd import models  # noqa: E402
 from tfkd import teacher  # noqa: E402
+from tfkd.student import models  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A tfkd work dir (teacher/ and export/student/); default: "
                     "untrained LeNet-5 and LeNet-5-half exported to a temp dir.")

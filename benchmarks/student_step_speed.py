@@ -3,7 +3,7 @@ r"""Where the student's training time goes: seconds per epoch of the LeNet-5-hal
 
   python benchmarks/student_step_speed.py [BATCH ...] > benchmarks/reports/student_step_speed.txt
 
-Each setting trains two epochs with :func:`tfkd.training.train_student` (tf.data augmentation:
+Each setting trains two epochs with :func:`tfkd.student.train_student` (tf.data augmentation:
 fused rotation/shift and training-time MixUp, as the default recipe; under tfkd's one-replica
 MirroredStrategy, or TensorFlow's default strategy as a plain Keras script runs) or with a bare
 ``model.fit`` on batched tensors without augmentation, ``steps_per_execution=32`` (float32, or
@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfkd import data  # noqa: E402
-from tfkd import models  # noqa: E402
-from tfkd import training  # noqa: E402
+from tfkd import student as student_lib  # noqa: E402
+from tfkd.student import models  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -37,8 +37,8 @@ class EpochTimer(keras.callbacks.Callback):
 def tfkd_epoch(x, y, batch_size: int, augment: bool, strategy=None) -> float:
     fields = {} if augment else {"rotation_degrees": 0.0, "shift_fraction": 0.0, "mixup_alpha": 0.0}
     timer = EpochTimer()
-    training.train_student(x, y, training.StudentConfig(epochs=2, batch_size=batch_size, **fields),
-                          seed=0, verbose=0, callbacks=[timer], strategy=strategy)
+    config = student_lib.StudentConfig(epochs=2, batch_size=batch_size, **fields).resolved()
+    student_lib.train_student(x, y, config, seed=0, verbose=0, callbacks=[timer], strategy=strategy)
     return timer.seconds
 
 

@@ -28,8 +28,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tfkd import export  # noqa: E402
-from tfkd import models  # noqa: E402
 from tfkd import teacher  # noqa: E402
+from tfkd.student import models  # noqa: E402
 
 flags.DEFINE_string("model_base_path", None, "Teacher base path; default: an untrained LeNet-5 "
                     "(28x28x1, 10 classes) exported to a temp dir (throughput does not depend on "

@@ -17,10 +17,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from tfkd import client
 from tfkd import data
 from tfkd import errors
-from tfkd import transports
+from tfkd.teacher import client
 
 flags.DEFINE_string("server", None, "The TF Serving (or tfkd) server: host:port (its gRPC API) or "
                     "http(s)://host:port (its REST API).", required=True)
@@ -51,11 +50,9 @@ def main(argv):
             logging.warning("--eval_examples=%d: the test split has %d test images; all %d "
                             "evaluated, not the %d asked", FLAGS.eval_examples, n, n,
                             FLAGS.eval_examples)
-        config = client.ServingConfig(
-            target=FLAGS.server, model_name=FLAGS.model_name, version=FLAGS.version,
-            version_label=FLAGS.version_label, signature_name=FLAGS.signature,
-            output_key=FLAGS.output_key)
-        with transports.open_client(config) as model:  # gRPC, or REST for http(s)://.
+        with client.connect(FLAGS.server, FLAGS.model_name, version=FLAGS.version,
+                            version_label=FLAGS.version_label, signature_name=FLAGS.signature,
+                            output_key=FLAGS.output_key) as model:  # gRPC, or REST for http(s)://.
             accuracy = client.accuracy(model, dataset.x_test[:n], dataset.y_test[:n])
             result = {"model_name": FLAGS.model_name, "version": model.signature.version,
                       "dataset": FLAGS.dataset, "examples": n, "accuracy": accuracy}

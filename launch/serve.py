@@ -10,6 +10,7 @@ Flags are named as tensorflow_model_server's:
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
@@ -124,6 +125,23 @@ def server_config_from_flags() -> serving.ServerConfig:
         allow_reload_config=not FLAGS.disable_reload_config)
 
 
+SETTING_FLAGS = {"batching": "batching_parameters_file", "monitoring": "monitoring_config_file",
+                 "poll_seconds": "file_system_poll_wait_seconds", "max_workers": "grpc_max_threads"}
+""":class:`tfkd.serving.ServerConfig` settings whose flag has another name (TF Serving's); every other
+setting a flag sets has the flag's name (``rest_api_port``, ``max_tensor_bytes``, ``ssl_server_cert``)."""
+
+
+def with_flag_names(message: str) -> str:
+    """A library message with each setting of :data:`SETTING_FLAGS` it names followed by its flag:
+    ``batching: '/x': not a ...`` -> ``batching (--batching_parameters_file): '/x': not a ...``.
+    A one-word setting (``batching``) counts only where it opens the message (``batching:``,
+    ``monitoring:``), as the library names a setting it refuses."""
+    for setting, flag in SETTING_FLAGS.items():
+        pattern = rf"(?<![\w.-]){setting}(?![\w.])" if "_" in setting else rf"^{setting}(?=[:=])"
+        message = re.sub(pattern, f"{setting} (--{flag})", message)
+    return message
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -137,13 +155,13 @@ def main(argv):
                       _existing("model_config_file")))
         server = serving.ModelServer(models, server_config_from_flags())
     except errors.TfkdError as e:  # Every file a flag names is read here: one line, first.
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {with_flag_names(str(e))}")
     if FLAGS.model_base_path and not fs.isdir(FLAGS.model_base_path):
         sys.exit(f"error: --model_base_path={FLAGS.model_base_path!r}: no such directory")
     try:
         server.start()
     except errors.TfkdError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {with_flag_names(str(e))}")
     rest = f", REST on {server.config.host}:{server.rest_api_port}" if FLAGS.rest_api_port else ""
     print(f"Serving {[m.name for m in models]} on {server.target}{rest}", flush=True)
     logging.info("Press Ctrl-C to stop.")

@@ -16,8 +16,8 @@ from absl import flags
 from tfkd import config
 from tfkd import data
 from tfkd import errors
-from tfkd import models
 from tfkd import teacher_setup
+from tfkd.student import models
 
 _RECIPE = config.TeacherTrainConfig()  # The flags' defaults: the library's, read from one place.
 _RUN = config.DistillConfig(workdir="")
@@ -44,6 +44,7 @@ def main(argv):
                                        FLAGS.learning_rate)
     try:
         recipe.validate()
+        recipe = recipe.resolved(FLAGS.dataset)
         dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
     except errors.TfkdError as e:
         sys.exit(f"error: {e}")

@@ -32,8 +32,8 @@ def teacher_base(fashion, tmp_path_factory):
     small = data.Dataset("fashion_mnist", fashion.x_train[:12000], fashion.y_train[:12000],
                          fashion.x_test[:2000], fashion.y_test[:2000], 10, fashion.source)
     base = str(tmp_path_factory.mktemp("models") / "teacher")
-    result = teacher_setup.train_and_export_teacher(small, pipeline.TeacherTrainConfig(epochs=1),
-                                                    base, seed=0, verbose=0)
+    result = teacher_setup.train_and_export_teacher(
+        small, pipeline.TeacherTrainConfig(epochs=1).resolved("fashion_mnist"), base, seed=0, verbose=0)
     assert result["test_accuracy"] > 0.6, result
     return base
 
@@ -261,3 +261,117 @@ def config_of(**settings):
     from tfkd import config
 
     return config.DistillConfig(workdir=str(settings.pop("workdir"))).with_settings(settings)
+
+
+# ---- launchers' flags, parsed for several tests in one child process -----------------------------
+
+_ONE_PROCESS = r'''
+import contextlib, importlib, io, json, os, signal, sys, traceback
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def launcher(name):
+    """launch/<name>.py imported here; first the flags of any other launcher imported here are
+    removed (and it is forgotten), as two launchers define flags of one name (--dataset)."""
+    for module_name, defined in list(FLAGS.flags_by_module_dict().items()):
+        if module_name.startswith("launch.") and module_name != f"launch.{name}":
+            for flag in list(defined):  # delattr edits this list.
+                if flag.name in FLAGS:
+                    delattr(FLAGS, flag.name)
+            sys.modules.pop(module_name, None)
+    return importlib.import_module(f"launch.{name}")
+
+
+def parse(name, *argv):
+    """The launcher's module with ``argv`` parsed (as its run() parses them: its parse_flags,
+    absl's otherwise), nothing kept from an earlier parse."""
+    return _parse(name, argv)[0]
+
+
+def _parse(name, argv):
+    module = launcher(name)
+    FLAGS.unparse_flags()
+    return module, getattr(module, "parse_flags", app.parse_flags_with_usage)([f"{name}.py", *argv])
+
+
+def command(name, *argv):
+    """What ``python launch/<name>.py *argv`` ends with, run here as its run() runs it (parse, then
+    main): [exit status, last line of stderr]. An exception other than SystemExit propagates (the
+    traceback a process would print)."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            module, rest = _parse(name, argv)
+            module.main(rest)
+    except SystemExit as e:  # sys.exit("error: ...") prints the text and exits with 1.
+        if isinstance(e.code, str):
+            return [1, e.code.splitlines()[-1]]
+        return [e.code or 0, (stderr.getvalue().strip().splitlines() or [""])[-1]]
+    return [0, (stderr.getvalue().strip().splitlines() or [""])[-1]]
+
+
+def _too_long(signum, frame):
+    raise TimeoutError(f"the case ran over {sys.argv[2]} s (a command that should have stopped "
+                       "went on to run?)")
+
+
+signal.signal(signal.SIGALRM, _too_long)
+results = {}
+for case_name, (source, variables) in json.loads(sys.stdin.read()).items():
+    tmp = os.path.join(sys.argv[1], case_name)
+    os.makedirs(tmp)
+    out = io.StringIO()
+    signal.alarm(int(sys.argv[2]))
+    try:
+        FLAGS.unparse_flags()
+        with contextlib.redirect_stdout(out):
+            exec(source, {"__name__": case_name, "FLAGS": FLAGS, "TMP": tmp, "launcher": launcher,
+                          "parse": parse, "command": command, **variables})
+        results[case_name] = {"out": out.getvalue()}
+    except BaseException:  # Any failure is that case's, reported to its test.
+        results[case_name] = {"error": out.getvalue() + traceback.format_exc()}
+    signal.alarm(0)
+print("RESULTS " + json.dumps(results))
+'''
+
+
+def launchers_in_one_process(cases: dict, tmp_dir: str, pythonpath=(REPO,), case_timeout_s=120,
+                             timeout_s=600) -> dict:
+    """Runs the Python of each case in one child process, in order, and returns what each printed.
+
+    What a launcher parses lives in absl's process-global FLAGS, so it is parsed in a child (never
+    in the test process); one child for many cases pays TensorFlow's import once instead of once
+    a case. Each case runs with absl's FLAGS unparsed (nothing kept from the case before), in a
+    fresh namespace holding ``FLAGS``, ``TMP`` (an empty directory of its own, under ``tmp_dir``),
+    its variables, and ``launcher(name)``, ``parse(name, *argv)`` and ``command(name, *argv)``
+    (what ``python launch/<name>.py *argv`` ends with: [exit status, last line of stderr]). A case
+    that loads plug-ins changes the child for the cases after it: put it last.
+
+    Args:
+      cases: case name -> Python source, or (source, {variable: JSON value}).
+      tmp_dir: an existing directory; each case gets ``tmp_dir/<case name>``.
+      case_timeout_s: a case running longer fails (TimeoutError) and the next one runs.
+      timeout_s: the whole child's limit.
+    Returns:
+      case name -> ``{"out": what it printed}`` or ``{"error": that and its traceback}``; read it
+      with :func:`printed`.
+    """
+    import json
+    import subprocess
+
+    cases = {name: (case, {}) if isinstance(case, str) else case for name, case in cases.items()}
+    result = subprocess.run([sys.executable, "-c", _ONE_PROCESS, tmp_dir, str(case_timeout_s)],
+                            input=json.dumps(cases), cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout_s,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(next(x for x in result.stdout.splitlines() if x.startswith("RESULTS "))[8:])
+
+
+def printed(results: dict, name: str) -> str:
+    """What case ``name`` of :func:`launchers_in_one_process` printed; fails with its traceback."""
+    assert "error" not in results[name], results[name]["error"][-3000:]
+    return results[name]["out"]

@@ -18,22 +18,23 @@ import pytest
 import tensorflow as tf
 from test_teacher_contract import FailFirst
 
-from tfkd import cluster
+from tfkd import distribute
 from tfkd import export
 from tfkd import methods
 from tfkd import model_card
-from tfkd import models
 from tfkd import pipeline
 from tfkd import report
 from tfkd import serving
+from tfkd import student as student_lib
 from tfkd import teacher
-from tfkd import training
 from tfkd.report import Report
 from tfkd.serving import monitoring
+from tfkd.student import models
+from tfkd.teacher import cluster
 
 
-def _no_augmentation(**fields) -> training.StudentConfig:
-    return training.StudentConfig(mixup_alpha=0, rotation_degrees=0, shift_fraction=0, **fields)
+def _no_augmentation(**fields) -> student_lib.StudentConfig:
+    return student_lib.StudentConfig(mixup_alpha=0, rotation_degrees=0, shift_fraction=0, **fields)
 
 
 def test_the_student_learns_the_teachers_soft_labels_not_their_argmax(fashion, tmp_path):
@@ -51,7 +52,7 @@ def test_the_student_learns_the_teachers_soft_labels_not_their_argmax(fashion, t
                                     student=_no_augmentation(epochs=8, learning_rate=3e-3))
     dataset = dataclasses.replace(fashion, x_train=images, y_train=labels)
     student = pipeline.train_student(config, methods.get("standard_kd"), dataset, transfer, "fp",
-                                     training.make_strategy(), report.StageTimer(), Report())
+                                     distribute.make_strategy(), report.StageTimer(), Report())
     probabilities = tf.nn.softmax(student.predict(images, verbose=0)).numpy()
     top = np.sort(probabilities, axis=1)
     assert 0.45 < top[:, -1].mean() < 0.75, top[:, -1].mean()
@@ -76,7 +77,7 @@ def test_a_retry_is_refused_when_it_would_exceed_the_budget(teacher_base, fashio
     """A budget of 10 images: the first attempt of a 10-image request fits, is charged, and fails
     in flight (an injected UNAVAILABLE); its retry would be the 11th to 20th images the teacher may
     have seen, so it is refused unsent, and the account holds 10."""
-    fast = teacher.client_lib.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
+    fast = teacher.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
     account = teacher.QueryAccount(str(tmp_path), budget=10)
     with serving.ModelServer([serving.ModelConfig("teacher", teacher_base)], poll_seconds=0,
                              interceptors=[FailFirst(grpc.StatusCode.UNAVAILABLE, 1)]) as srv, \
@@ -117,18 +118,17 @@ def test_methods_train_their_student_at_their_own_temperature(method, field):
     split, issue 27): the student config a method hands the trainer carries that temperature and
     the method's loss, and a loss at T > 1 differs from the loss at T = 1."""
     config = pipeline.DistillConfig(workdir="/unused", method=method)
-    at_t = getattr(config, field).temperature
+    at_t = getattr(config.resolved().method_config, field).temperature
     expected = 1.0 if method == "zskd" else at_t
     student = methods.get(method).student_config(config.resolved())
     assert at_t == 20.0 and student.temperature == expected, (method, student.temperature)
-    other = dataclasses.replace(config, **{field: dataclasses.replace(getattr(config, field),
-                                                                      temperature=7.0)})
+    other = config.with_settings({f"{field}.temperature": 7.0})
     assert methods.get(method).student_config(other.resolved()).temperature == (
         1.0 if method == "zskd" else 7.0)
     targets = tf.constant([[0.7, 0.2, 0.1]])
     logits = tf.constant([[2.0, 0.5, -1.0]])
-    loss = training.make_loss(student.loss, student.temperature)
-    difference = abs(float(loss(targets, logits)) - float(training.make_loss(student.loss, 1.0)(
+    loss = student_lib.make_loss(student.loss, student.temperature)
+    difference = abs(float(loss(targets, logits)) - float(student_lib.make_loss(student.loss, 1.0)(
         targets, logits)))
     assert difference > 1e-2 if student.temperature > 1 else difference == 0
 
@@ -145,7 +145,7 @@ def test_a_chief_and_its_workers_each_label_their_own_shard():
                                         SimpleClusterResolver(spec, task_type=t, task_id=i))
                   for t, i in tasks]
     assert [cluster.worker_position(s) for s in strategies] == [(0, 3), (1, 3), (2, 3)]
-    assert [training.is_chief(s) for s in strategies] == [True, False, False]
+    assert [distribute.is_chief(s) for s in strategies] == [True, False, False]
     for n in (3, 10, 301):
         rows = np.concatenate([np.arange(n)[cluster.ShardedTeacher(None, s).shard(n)]
                                for s in strategies])

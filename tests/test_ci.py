@@ -12,27 +12,26 @@ from conftest import REPO
 def test_ci_creates_and_uses_its_own_isolated_venv(tmp_path):
     """``CI_STEPS=venv`` runs .ci/run's environment step alone (a real venv, made in seconds): its
     python is a virtual environment without the machine's site-packages (numpy, installed in the
-    environment running this test, cannot be imported there), and every Python step of the script
-    runs through such an environment, never the machine's ``python3`` directly."""
+    environment running this test, cannot be imported there), made afresh each run (what an
+    earlier run left in the directory is gone)."""
+    # Before: this test also asserted the script's text (no ``--system-site-packages``, each
+    # ``pip``/``pytest``/``ruff`` line starting with ``"$VENV/bin/python"``), which restated the
+    # script; what the environment holds is checked by running it.
     venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / "left-by-an-earlier-run").write_text("stale")
     result = subprocess.run(["bash", os.path.join(REPO, ".ci", "run")], capture_output=True,
                             text=True, timeout=300,
                             env=dict(os.environ, CI_STEPS="venv", CI_VENV=str(venv)))
     assert result.returncode == 0, result.stderr[-2000:]
     python = result.stdout.strip().splitlines()[-1]
     assert python == f"{venv}/bin/python"
+    assert not (venv / "left-by-an-earlier-run").exists(), sorted(p.name for p in venv.iterdir())
     probe = subprocess.run(
         [python, "-c", "import sys; print(sys.prefix != sys.base_prefix)\n"
          "try:\n import numpy\n print('numpy')\nexcept ImportError:\n print('isolated')"],
         capture_output=True, text=True, timeout=60)
     assert probe.stdout.split() == ["True", "isolated"], probe.stdout + probe.stderr
-    with open(os.path.join(REPO, ".ci", "run")) as f:
-        script = f.read()
-    assert "--system-site-packages" not in script
-    steps = [line.strip() for line in script.splitlines()
-             if " -m pytest" in line or " -m pip install" in line or " -m ruff" in line]
-    assert len(steps) >= 5, steps
-    assert all(step.startswith(('"$VENV/bin/python"', '"$KFP_VENV/bin/python"')) for step in steps), steps
 
 
 _BLOCKED_COLLECTION = """

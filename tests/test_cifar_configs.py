@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from test_data import write_idx
 
-from tfkd.student import models
+from tfkd import data
 
 from conftest import REPO
 
@@ -24,7 +24,8 @@ from conftest import REPO
     ("cifar100", 100, "resnet32", "resnet20", 100),
 ])
 def test_cifar_pipeline_on_random_tensors(tmp_path, dataset, classes, teacher, student, shots):
-    assert models.DEFAULT_PAIRS[dataset] == (teacher, student)
+    spec = data.dataset_spec(dataset)
+    assert (spec.teacher, spec.student, spec.cvae_architecture) == (teacher, student, "conv")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8)
     write_idx(tmp_path / "data", x, np.arange(400) % classes, x[:60], np.arange(60) % classes)

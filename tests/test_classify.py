@@ -17,12 +17,12 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfkd import data
 from tfkd import export
-from tfkd import models
 from tfkd import serving
+from tfkd.student import models
 
 from conftest import real_model_server
 
-NAMES = data.CLASS_NAMES["fashion_mnist"]  # "T-shirt/top": a name need not be a file name.
+NAMES = data.dataset_spec("fashion_mnist").class_names  # "T-shirt/top": a name need not be a file name.
 
 
 @pytest.fixture(scope="module")

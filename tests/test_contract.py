@@ -13,7 +13,6 @@ import sys
 
 import pytest
 
-from tfkd import config
 from tfkd import data
 from tfkd import methods
 from tfkd import pipeline
@@ -75,7 +74,7 @@ def test_the_launcher_with_no_flags_resolves_the_library_default_of_every_method
 def test_resolution_fills_only_what_was_left_unset_and_is_idempotent():
     resolved = pipeline.DistillConfig(workdir="w").resolved()
     assert resolved == resolved.resolved()
-    assert (resolved.num_shots, resolved.num_validation) == (2000, config.NUM_VALIDATION)
+    assert (resolved.num_shots, resolved.num_validation) == (2000, 5000)
     assert resolved.student.architecture == "lenet5_half"
     assert resolved.student.epochs == dict(methods.get("fsbbt").student_defaults)["epochs"]
     assert resolved.teacher_train.architecture == "lenet5"

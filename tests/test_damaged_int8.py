@@ -26,20 +26,20 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from tfkd import client as client_lib
 from tfkd import data
 from tfkd import errors
 from tfkd import export
 from tfkd import fs
-from tfkd import litert
-from tfkd import models
 from tfkd import outputs
 from tfkd import serving
-from tfkd import training
+from tfkd import student as student_lib
+from tfkd.export import litert
+from tfkd.student import models
+from tfkd.teacher import client as client_lib
 
 from conftest import REPO
 
-NAMES = data.CLASS_NAMES["fashion_mnist"]
+NAMES = data.dataset_spec("fashion_mnist").class_names
 
 
 def _interpreter(content: bytes):
@@ -77,8 +77,9 @@ def student(fashion, tmp_path_factory):
     """A LeNet-5-half trained briefly on 2,000 real images, exported int8 and float32 (with
     warmup requests), and the damaged bytes of its int8 file."""
     images, labels = fashion.x_train[:2000], fashion.y_train[:2000]
-    config = training.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
-    model, _ = training.train_student(images, np.eye(10, dtype=np.float32)[labels], config,
+    config = student_lib.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0,
+                                       shift_fraction=0).resolved()
+    model, _ = student_lib.train_student(images, np.eye(10, dtype=np.float32)[labels], config,
                                       seed=0, verbose=0)
     root = tmp_path_factory.mktemp("damaged_int8")
     int8 = export.export_classifier(model, str(root / "student_int8"), variant="int8",
@@ -272,7 +273,7 @@ def test_deploying_a_version_into_itself_is_refused_and_nests_nothing(student, t
 
 
 def test_the_int8_model_is_test_run_at_load_and_names_what_failed(student, tmp_path):
-    """:class:`tfkd.litert.LiteRTModel` test-runs every signature at load: the damaged file is
+    """:class:`tfkd.export.litert.LiteRTModel` test-runs every signature at load: the damaged file is
     refused with one line naming it and the interpreter's reason; the healthy one loads, answers
     as TFLite's own interpreter does, and refuses input names that are not the signature's (as a
     SavedModel's signature does) rather than blaming the model."""

@@ -12,9 +12,9 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 
 from tfkd import export
-from tfkd import models
 from tfkd import serving
 from tfkd import teacher
+from tfkd.student import models
 
 from conftest import REPO
 from test_faults import free_port

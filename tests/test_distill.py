@@ -68,13 +68,15 @@ def test_horizontal_flip_mirrors_about_half_the_images_and_keeps_their_labels():
 def test_student_trains_and_resumes(fashion, tmp_path):
     images = fashion.x_train[:640]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:640]] * 0.9 + 0.01
-    config = student_lib.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    config = student_lib.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0,
+                                       shift_fraction=0).resolved()
     student, history = student_lib.train_student(images, soft, config, seed=0,
                                              backup_dir=str(tmp_path), verbose=0)
     assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
     assert tuple(student.output_shape) == (None, 10)
     # Same backup dir, 3 epochs in all: only the third is trained.
-    longer = student_lib.StudentConfig(epochs=3, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
+    longer = student_lib.StudentConfig(epochs=3, mixup_alpha=0, rotation_degrees=0,
+                                       shift_fraction=0).resolved()
     _, resumed = student_lib.train_student(images, soft, longer, seed=0, backup_dir=str(tmp_path),
                                        verbose=0)
     assert len(resumed["loss"]) == 1
@@ -91,8 +93,8 @@ def test_weight_averaging_and_decay_change_the_exported_weights_as_defined(fashi
                  lr_schedule="constant", learning_rate=1e-2)
 
     def weights(**fields):
-        student, _ = student_lib.train_student(images, soft, student_lib.StudentConfig(**plain, **fields),
-                                           seed=0, verbose=0)
+        config = student_lib.StudentConfig(**plain, **fields).resolved()
+        student, _ = student_lib.train_student(images, soft, config, seed=0, verbose=0)
         return np.concatenate([np.ravel(w) for w in student.get_weights()])
 
     keras.utils.set_random_seed(0)  # what train_student does before it builds the student
@@ -114,7 +116,7 @@ def test_a_step_counted_student_streams_its_transfer_set_in_chunks(fashion, loop
     images = fashion.x_train[:320]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:320]] * 0.9 + 0.01
     config = student_lib.StudentConfig(steps=12, loop=loop, mixup_alpha=0, rotation_degrees=0,
-                                   shift_fraction=0, steps_per_execution=1)
+                                   shift_fraction=0, steps_per_execution=1).resolved()
     assert student_lib.training_length(config, 320, 64) == student_lib.TrainingLength(3, 4, repeat=True)
     student, history = student_lib.train_student(images, soft, config, seed=0, verbose=0)
     assert len(history["loss"]) == 3
@@ -125,10 +127,10 @@ def test_a_step_counted_student_streams_its_transfer_set_in_chunks(fashion, loop
 def test_student_rejects_bad_soft_labels(fashion):
     with pytest.raises(ValueError, match="soft_labels: expected 64 rows"):
         student_lib.train_student(fashion.x_train[:64], np.ones((10, 10)) / 10,
-                              student_lib.StudentConfig(epochs=1), 0, verbose=0)
+                              student_lib.StudentConfig(epochs=1).resolved(), 0, verbose=0)
     with pytest.raises(ValueError, match="rows summing to 1"):
         student_lib.train_student(fashion.x_train[:64], np.ones((64, 10)),
-                              student_lib.StudentConfig(epochs=1), 0, verbose=0)
+                              student_lib.StudentConfig(epochs=1).resolved(), 0, verbose=0)
 
 
 def test_random_affine_is_identity_at_zero_and_moves_pixels_otherwise(fashion):
@@ -173,7 +175,7 @@ def test_a_short_schedule_batchnorm_student_serves_what_it_learned(fashion, tmp_
 
     def agreements(**fields):
         student, history = student_lib.train_student(
-            images, soft, student_lib.StudentConfig(**plain, **fields), seed=0, verbose=0)
+            images, soft, student_lib.StudentConfig(**plain, **fields).resolved(), seed=0, verbose=0)
         served = float(np.mean(student.predict(images, verbose=0).argmax(1) == soft.argmax(1)))
         return history["teacher_agreement"][-1], served
 
@@ -204,7 +206,8 @@ def test_a_non_finite_training_loss_stops_training_with_a_clear_error(fashion, t
     images = fashion.x_train[:256]
     soft = np.eye(10, dtype=np.float32)[fashion.y_train[:256]]
     config = student_lib.StudentConfig(epochs=3, learning_rate=1e12, loop=loop, mixup_alpha=0,
-                                   rotation_degrees=0, shift_fraction=0, lr_schedule="constant")
+                                   rotation_degrees=0, shift_fraction=0,
+                                   lr_schedule="constant").resolved()
     with pytest.raises(errors.StudentError, match="non-finite loss .* nothing was exported"):
         student_lib.train_student(images, soft, config, seed=0, verbose=0,
                               backup_dir=str(tmp_path / loop))

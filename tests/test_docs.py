@@ -5,10 +5,12 @@
 import importlib
 import os
 import re
-import subprocess
-import sys
+
+import pytest
 
 from conftest import REPO
+from conftest import launchers_in_one_process
+from conftest import printed
 
 DOCS = ("README.md", "BUILD_NOTES.md", "CHANGELOG.md", "serving/README.md", "docs/methods.md",
         "docs/budget_and_checks.md", "docs/workdir.md", "docs/mlops.md", "docs/layout.md")
@@ -21,26 +23,28 @@ def _read(name):
         return f.read()
 
 
-def _python(script):
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": REPO})
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
+@pytest.fixture(scope="module")
+def launchers(tmp_path_factory):
+    """The flag reference and the flags each launcher defines, from one child process (absl's
+    FLAGS are process-global; each launcher's flags are removed before the next is imported)."""
+    return launchers_in_one_process({
+        "reference": "from launch import flag_reference\nprint(flag_reference.markdown(), end='')",
+        "defined": "for name in ('distill', 'serve', 'deploy', 'evaluate', 'train_teacher'):\n"
+                   "    launcher(name)\n"
+                   "    print(name, ' '.join(FLAGS))\n"}, str(tmp_path_factory.mktemp("docs")))
 
 
-def test_the_flag_reference_is_current():
+def test_the_flag_reference_is_current(launchers):
     # docs/flags.md is generated: `python -m launch.flag_reference > docs/flags.md` when this fails.
-    generated = _python("from launch import flag_reference\n"
-                        "print(flag_reference.markdown(), end='')")
+    generated = printed(launchers, "reference")
     assert generated == _read("docs/flags.md"), "docs/flags.md is stale: regenerate it"
     assert len(re.findall(r"^\| `--", generated, re.M)) > 140
 
 
-def test_every_flag_the_docs_name_is_one_a_launcher_defines():
-    defined = set()
-    for launcher in ("distill", "serve", "deploy", "evaluate", "train_teacher"):
-        defined |= set(_python(f"from absl import flags\nfrom launch import {launcher}\n"
-                               "print(' '.join(flags.FLAGS))").split())
+def test_every_flag_the_docs_name_is_one_a_launcher_defines(launchers):
+    by_launcher = dict(line.split(" ", 1) for line in printed(launchers, "defined").splitlines())
+    assert set(by_launcher) == {"distill", "serve", "deploy", "evaluate", "train_teacher"}
+    defined = set(" ".join(by_launcher.values()).split())
     defined |= {"help", "helpfull", "helpshort"}  # absl's, defined when a launcher runs.
     named = {(doc, n) for doc in DOCS if doc != "CHANGELOG.md"
              for n in re.findall(r"`--(?:no)?([a-z][a-z0-9_]*)", _read(doc))}

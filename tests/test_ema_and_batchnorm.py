@@ -146,7 +146,7 @@ def test_the_batchnorm_floor_is_enough_for_a_real_batchnorm_student_and_one_imag
     def agreements(count):
         config = student_lib.StudentConfig(architecture=path, epochs=2, batch_size=64, mixup_alpha=0,
                                         rotation_degrees=0, shift_fraction=0, loop=loop,
-                                        learning_rate=3e-3, batchnorm_images=count)
+                                        learning_rate=3e-3, batchnorm_images=count).resolved()
         student, history = student_lib.train_student(images, soft, config, seed=0, verbose=0)
         served = float(np.mean(student.predict(images, verbose=0).argmax(1) == soft.argmax(1)))
         return history["teacher_agreement"][-1], served

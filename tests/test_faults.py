@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from tfkd import client as client_lib
 from tfkd import teacher
+from tfkd.teacher import client as client_lib
 
 from conftest import REPO
 

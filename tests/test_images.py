@@ -18,7 +18,7 @@ from tfkd import images
 from conftest import REPO
 
 SIZE = 64
-NAMES = tuple(n.replace("/", "-") for n in data.CLASS_NAMES["fashion_mnist"])  # Folder-safe.
+NAMES = tuple(n.replace("/", "-") for n in data.dataset_spec("fashion_mnist").class_names)  # Folder-safe.
 
 
 def _rgb64(x):

@@ -114,7 +114,7 @@ def test_a_killed_search_resumes_with_the_same_impressions(tmp_path):
     uninterrupted result, and the 2 kept batches are not searched again (marked, they stay marked)."""
     logits_fn = _linear_logits()
     sim = impressions.class_similarity(np.random.default_rng(1).normal(size=(5, K)))
-    config = impressions.ImpressionConfig(count=2 * K * 4, iterations=20, batch_size=4)
+    config = impressions.ImpressionConfig(count=2 * K * 4, iterations=20, batch_size=4, learning_rate=1e-3)
     path = str(tmp_path / "impressions.npz")
     straight = impressions.synthesize(logits_fn, SHAPE, sim, config, seed=3, state_path=path)
     with np.load(path) as f:

@@ -12,25 +12,26 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from test_classify import _example
 
-from tfkd import client as client_lib
 from tfkd import data
 from tfkd import export
-from tfkd import litert
-from tfkd import models
 from tfkd import serving
-from tfkd import training
+from tfkd import student as student_lib
+from tfkd.export import litert
+from tfkd.student import models
+from tfkd.teacher import client as client_lib
 
 from conftest import real_model_server
 
-NAMES = data.CLASS_NAMES["fashion_mnist"]
+NAMES = data.dataset_spec("fashion_mnist").class_names
 
 
 @pytest.fixture(scope="module")
 def exported(fashion, tmp_path_factory):
     """A LeNet-5-half trained briefly on 2,000 real images, exported float32 and int8."""
     images, labels = fashion.x_train[:2000], fashion.y_train[:2000]
-    config = training.StudentConfig(epochs=4, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
-    model, _ = training.train_student(images, np.eye(10, dtype=np.float32)[labels], config,
+    config = student_lib.StudentConfig(epochs=4, mixup_alpha=0, rotation_degrees=0,
+                                       shift_fraction=0).resolved()
+    model, _ = student_lib.train_student(images, np.eye(10, dtype=np.float32)[labels], config,
                                       seed=0, verbose=0)
     root = tmp_path_factory.mktemp("int8")
     full = export.export_classifier(model, str(root / "student"), class_names=NAMES)

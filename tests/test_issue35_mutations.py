@@ -24,7 +24,6 @@ import pytest
 import tensorflow as tf
 
 import tfkd
-from tfkd import client as client_lib
 from tfkd import errors
 from tfkd import evaluation
 from tfkd import export
@@ -36,6 +35,7 @@ from tfkd import teacher
 from tfkd.methods.db3kd import zeroshot
 from tfkd.methods.fsbbt import active
 from tfkd.report import Report
+from tfkd.teacher import client as client_lib
 
 from conftest import REPO
 from conftest import config_of
@@ -316,7 +316,7 @@ def test_student_jit_compile_is_what_keras_compiles_with(setting, fashion):
     # Before the fix (jit_compile never passed on): "assert (False,) == (True,)" on this CPU.
     images, labels = fashion.x_train[:64], fashion.y_train[:64]
     config = student_lib.StudentConfig(epochs=1, batch_size=32, batchnorm_images=0, loop="fit",
-                                    jit_compile=setting)
+                                    jit_compile=setting).resolved()
     with pytest.raises(_Compiled) as compiled:
         student_lib.train_student(images, np.eye(10, dtype=np.float32)[labels], config, seed=0,
                                verbose=0, callbacks=[_StopAtTrainBegin()])

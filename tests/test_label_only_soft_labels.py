@@ -22,10 +22,10 @@ def _distill(workdir, server, method, **fields):
     return tfkd.distill(
         workdir=str(workdir), method=method, teacher=tfkd.TeacherConfig(target=server.target),
         num_shots=60, num_validation=200, eval_examples=200, evaluate_teacher=False, compress=(),
-        verbose=0, mixup=synthesis.MixUpConfig(num_images=120),
-        cvae=synthesis.CVAEConfig(num_images=0), votes=VOTES,
-        db3kd=boundary.BoundaryConfig(num_directions=2, tolerance=1e-2),
-        student=tfkd.StudentConfig(epochs=1, batch_size=16), **fields)
+        verbose=0, student=tfkd.StudentConfig(epochs=1, batch_size=16),
+        **(dict(db3kd=boundary.BoundaryConfig(num_directions=2, tolerance=1e-2)) if method == "db3kd"
+           else dict(mixup=synthesis.MixUpConfig(num_images=120),
+                     cvae=synthesis.CVAEConfig(num_images=0), votes=VOTES)), **fields)
 
 
 @pytest.fixture()

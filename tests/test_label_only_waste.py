@@ -198,7 +198,8 @@ def test_zsdb3kd_refuses_a_one_class_teacher_within_its_noise_allowance(teachers
     assert "\n" not in str(caught.value)
     sent = _sent(tmp_path)
     assert sent == {"zsdb3kd_samples": 800}, sent
-    assert sent["zsdb3kd_samples"] <= (1 + config.method_config.zsdb3kd.noise_patience) * 20 * 10
+    patience = config.resolved().method_config.zsdb3kd.noise_patience
+    assert sent["zsdb3kd_samples"] <= (1 + patience) * 20 * 10
 
 
 def test_db3kd_refuses_a_one_class_teacher_after_its_n_labels(teachers, tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tfkd import models
+from tfkd.student import models
 
 
 def test_lenet_parameter_counts():

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import client as client_lib
 from tfkd import errors
 from tfkd import serving
 from tfkd import teacher
-from tfkd import transports
+from tfkd.teacher import client as client_lib
+from tfkd.teacher import transports
 
 from conftest import RequireToken
 
@@ -368,7 +368,7 @@ def test_a_deadline_covers_each_attempt_of_a_retried_rest_call(metadata_answer, 
 
 def test_the_rest_answer_limit_is_the_grpc_channel_limit(server, monkeypatch):
     # Before the fix: transports had no MAX_ANSWER_BYTES (AttributeError).
-    assert transports.MAX_ANSWER_BYTES == client_lib.MAX_ANSWER_BYTES == 64 * 1024 * 1024
+    assert transports.rest.MAX_ANSWER_BYTES == client_lib.MAX_ANSWER_BYTES == 64 * 1024 * 1024
     seen = []
     real = grpc.insecure_channel
 
@@ -427,7 +427,7 @@ def _until_close(total: int):
 def test_a_rest_answer_over_the_limit_is_refused_with_its_size(make, metadata_answer, fashion,
                                                                monkeypatch):
     # Before the fix: DID NOT RAISE (an answer of LIMIT + 1 bytes read and parsed whole).
-    monkeypatch.setattr(transports, "MAX_ANSWER_BYTES", LIMIT, raising=False)
+    monkeypatch.setattr(transports.rest, "MAX_ANSWER_BYTES", LIMIT)
     for size in (LIMIT, LIMIT + 1):
         with RawPeer(metadata_answer, make(size)) as peer, \
                 teacher.connect(peer.url, retry=ONE_TRY) as t:
@@ -444,7 +444,7 @@ def test_a_rest_answer_over_the_limit_is_refused_with_its_size(make, metadata_an
 def test_a_huge_announced_rest_answer_is_refused_without_reading_it(metadata_answer, fashion,
                                                                     monkeypatch):
     # Before the fix: the client read 299,958,272 bytes, then "UNAVAILABLE: IncompleteRead".
-    monkeypatch.setattr(transports, "MAX_ANSWER_BYTES", LIMIT, raising=False)
+    monkeypatch.setattr(transports.rest, "MAX_ANSWER_BYTES", LIMIT)
     huge = 300_000_000
     with RawPeer(metadata_answer, _announce(huge, valid=False)) as peer, \
             teacher.connect(peer.url, retry=ONE_TRY) as t:
@@ -458,7 +458,7 @@ def test_a_huge_announced_rest_answer_is_refused_without_reading_it(metadata_ans
 def test_a_huge_chunked_rest_answer_is_refused_after_the_limit(metadata_answer, fashion,
                                                                monkeypatch):
     # Before the fix: the client read 299,958,272 bytes, then "UNAVAILABLE: IncompleteRead".
-    monkeypatch.setattr(transports, "MAX_ANSWER_BYTES", LIMIT, raising=False)
+    monkeypatch.setattr(transports.rest, "MAX_ANSWER_BYTES", LIMIT)
 
     def endless(peer, conn):
         peer.send(conn, _http_answer(200, b"", {"Transfer-Encoding": "chunked"}))
@@ -634,7 +634,7 @@ def test_a_finished_rest_call_leaves_no_deadline_timer_behind(metadata_answer, f
         for _ in range(3):
             t.soft_labels(fashion.x_test[:2] * np.float32(0.5 + _ / 4))
     deadline = time.monotonic() + 10
-    while any(th.name == transports.DEADLINE_THREAD for th in threading.enumerate()):
+    while any(th.name == transports.rest.DEADLINE_THREAD for th in threading.enumerate()):
         assert time.monotonic() < deadline, "deadline timers still running 10 s after the calls"
         time.sleep(0.02)  # The poll interval of a loop bounded by the deadline.
 
@@ -726,11 +726,12 @@ def int8_teacher_base(fashion, tmp_path_factory):
     """tfkd's own int8 student (LeNet-5-half, trained briefly on 1,000 real images) exported as
     a servable version: (its base path, the float Keras model it was made from)."""
     from tfkd import export
-    from tfkd import training
+    from tfkd import student as student_lib
 
     images, labels = fashion.x_train[:1000], fashion.y_train[:1000]
-    config = training.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0, shift_fraction=0)
-    model, _ = training.train_student(images, np.eye(10, dtype=np.float32)[labels], config,
+    config = student_lib.StudentConfig(epochs=2, mixup_alpha=0, rotation_degrees=0,
+                                       shift_fraction=0).resolved()
+    model, _ = student_lib.train_student(images, np.eye(10, dtype=np.float32)[labels], config,
                                       seed=0, verbose=0)
     version = export.export_classifier(model, str(tmp_path_factory.mktemp("int8") / "student"),
                                        variant="int8", calibration_images=images)

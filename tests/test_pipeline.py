@@ -153,7 +153,7 @@ def test_launch_distill_end_to_end(tmp_path, fashion):
     labelled = methods.TransferSet.load(report["labelled_set"])
     shuffled = labelled.targets[np.random.default_rng(0).permutation(len(labelled.images))]
     student, _ = student_lib.train_student(labelled.images, shuffled,
-                                       student_lib.StudentConfig(epochs=15), seed=0, verbose=0)
+                                       student_lib.StudentConfig(epochs=15).resolved(), seed=0, verbose=0)
     predictions = student.predict(fashion.x_test[:500], verbose=0).argmax(axis=1)
     assert np.mean(predictions == fashion.y_test[:500]) < STUDENT_FLOOR
 

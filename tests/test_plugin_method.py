@@ -8,8 +8,8 @@ import tensorflow as tf
 
 from tfkd import methods
 from tfkd import pipeline
+from tfkd import student as student_lib
 from tfkd import teacher as tfkd_teacher
-from tfkd import training
 from tfkd.teacher import TeacherConfig
 
 NUM_NOISE = 300
@@ -69,7 +69,7 @@ def test_a_method_defined_outside_tfkd_runs_end_to_end(registered, server, fashi
     config = pipeline.DistillConfig(
         workdir=str(tmp_path), method=registered, num_shots=20, num_validation=500,
         teacher=TeacherConfig(target=server.target),
-        student=training.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
+        student=student_lib.StudentConfig(epochs=1, batch_size=32), eval_examples=200,
         evaluate_teacher=False, compress=(), verbose=0)
     report = pipeline.run(config)
     # Its transfer set, its queries, its loss, all through the pipeline's stages.
@@ -122,7 +122,7 @@ def test_what_a_method_declares_is_what_it_gets(server, tmp_path):
         config = pipeline.DistillConfig(
             workdir=str(tmp_path / "top1"), method="test_top1_only", num_shots=40,
             num_validation=0, teacher=TeacherConfig(target=server.target),
-            student=training.StudentConfig(epochs=1, batch_size=32), eval_examples=100,
+            student=student_lib.StudentConfig(epochs=1, batch_size=32), eval_examples=100,
             evaluate_teacher=False, compress=(), verbose=0)
         report = pipeline.run(config)
         targets = methods.TransferSet.load(report.labelled_set).targets

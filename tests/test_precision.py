@@ -13,22 +13,23 @@ import keras
 import numpy as np
 import pytest
 
-from tfkd import training
+from tfkd import student as student_lib
+from tfkd.student import loops
 
 from conftest import REPO
 
 
 def test_mixed_float16_computes_in_float16_scales_the_loss_and_exports_float32(fashion):
-    config = training.StudentConfig(epochs=5, mixup_alpha=0, rotation_degrees=0, shift_fraction=0,
-                                    mixed_precision="mixed_float16", jit_compile=True)
-    model = training.build_student(config.resolved(), (28, 28, 1), 10)
+    config = student_lib.StudentConfig(epochs=5, mixup_alpha=0, rotation_degrees=0, shift_fraction=0,
+                                    mixed_precision="mixed_float16", jit_compile=True).resolved()
+    model = student_lib.build_student(config, (28, 28, 1), 10)
     assert {layer.compute_dtype for layer in model.layers[1:-1]} == {"float16"}
     assert model.layers[-1].compute_dtype == "float32"  # Logits cast back: a float32 loss.
     assert {w.dtype for w in model.weights} == {"float32"}  # Float32 master variables.
-    assert isinstance(training._optimizer(config, 1e-3), keras.optimizers.LossScaleOptimizer)
+    assert isinstance(loops._optimizer(config, 1e-3), keras.optimizers.LossScaleOptimizer)
     images, labels = fashion.x_train[:1280], fashion.y_train[:1280]
     soft = np.eye(10, dtype=np.float32)[labels] * 0.91 + 0.009
-    student, history = training.train_student(images, soft, config, seed=0, verbose=0)
+    student, history = student_lib.train_student(images, soft, config, seed=0, verbose=0)
     assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
     assert {layer.compute_dtype for layer in student.layers} == {"float32"}  # What is exported.
     logits = student.predict(images, verbose=0)
@@ -54,12 +55,12 @@ def test_two_replicas_train_under_mixed_precision(policy, loop):
 
 
 def test_learning_rate_follows_the_global_batch_by_the_stated_rule():
-    base = training.StudentConfig(batch_size=64, learning_rate=1e-3)
-    assert training.scaled_learning_rate(base, 1) == pytest.approx(1e-3)
-    assert training.scaled_learning_rate(base, 4) == pytest.approx(2e-3)  # sqrt(4).
-    linear = training.StudentConfig(batch_size=128, learning_rate=1e-3, lr_scaling="linear")
-    assert training.scaled_learning_rate(linear, 2) == pytest.approx(4e-3)
-    none = training.StudentConfig(batch_size=256, learning_rate=1e-3, lr_scaling="none")
-    assert training.scaled_learning_rate(none, 8) == pytest.approx(1e-3)
+    base = student_lib.StudentConfig(batch_size=64, learning_rate=1e-3)
+    assert student_lib.scaled_learning_rate(base, 1) == pytest.approx(1e-3)
+    assert student_lib.scaled_learning_rate(base, 4) == pytest.approx(2e-3)  # sqrt(4).
+    linear = student_lib.StudentConfig(batch_size=128, learning_rate=1e-3, lr_scaling="linear")
+    assert student_lib.scaled_learning_rate(linear, 2) == pytest.approx(4e-3)
+    none = student_lib.StudentConfig(batch_size=256, learning_rate=1e-3, lr_scaling="none")
+    assert student_lib.scaled_learning_rate(none, 8) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="student.mixed_precision"):
-        training.StudentConfig(mixed_precision="float16").validate()
+        student_lib.StudentConfig(mixed_precision="float16").validate()

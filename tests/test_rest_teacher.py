@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from tfkd import client
-from tfkd import cluster
 from tfkd import serving
 from tfkd import teacher
-from tfkd import transports
+from tfkd.teacher import client
+from tfkd.teacher import cluster
+from tfkd.teacher import transports
 
 from conftest import REPO
 
@@ -46,7 +46,7 @@ def test_rest_grpc_and_in_process_teachers_answer_alike(rest_server, teacher_bas
             answers[name] = t.soft_labels(images, stage="label")
             counts[name] = (t.queries, account.total, t.signature.identity)
             if name == "rest":
-                assert isinstance(t._client, transports.RestClient) and t.requests >= 2
+                assert isinstance(t.transport, transports.RestTransport) and t.requests >= 2
     np.testing.assert_allclose(answers["rest"], answers["grpc"], atol=1e-6, rtol=0)
     np.testing.assert_allclose(answers["in_process"], answers["grpc"], atol=1e-6, rtol=0)
     assert counts["grpc"][:2] == counts["rest"][:2] == counts["in_process"][:2] == (300, 300)
@@ -60,7 +60,7 @@ def test_rest_teacher_sends_the_bearer_token_and_names_http_errors(rest_server, 
     monkeypatch.setenv("TFKD_TEST_TOKEN", "s3cret")
     rest_url = f"http://127.0.0.1:{rest_server.rest_api_port}"
     with teacher.connect(rest_url, auth_token_env="TFKD_TEST_TOKEN") as t:
-        assert "s3cret" not in repr(t) and t._client._headers["authorization"] == "Bearer s3cret"
+        assert "s3cret" not in repr(t) and t.transport._headers["authorization"] == "Bearer s3cret"
         assert t.top1(fashion.x_test[:5]).shape == (5,)
     with pytest.raises(teacher.TeacherError, match="NOT_FOUND.*HTTP 404"):
         teacher.connect(rest_url, model_name="nope")

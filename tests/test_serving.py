@@ -179,7 +179,7 @@ def test_serve_launcher_subprocess(teacher_base, fashion):
 
 
 def test_export_contract(tmp_path):
-    from tfkd import models
+    from tfkd.student import models
     model = models.build_model("lenet5_half", (28, 28, 1), 10)
     model.compile(optimizer="adam", loss="mse")
     model.fit(np.zeros((8, 28, 28, 1), np.float32), np.zeros((8, 10), np.float32), verbose=0)
@@ -206,8 +206,8 @@ def test_export_contract(tmp_path):
 
 @pytest.mark.parametrize("variant", ["float16", "int8"])
 def test_compressed_variants_keep_the_contract(tmp_path, variant):
-    from tfkd import litert
-    from tfkd import models
+    from tfkd.export import litert
+    from tfkd.student import models
     model = models.build_model("lenet5_half", (28, 28, 1), 10)
     images = np.random.default_rng(0).uniform(size=(32, 28, 28, 1)).astype(np.float32)
     full = export.export_classifier(model, str(tmp_path / "full"))

@@ -37,7 +37,7 @@ def test_mixup_bad_input():
 def test_cvae_trains_and_samples_every_class(fashion):
     images = fashion.x_train[:500]
     classes = fashion.y_train[:500]  # Any conditioning works for this test of the CVAE itself.
-    config = dataclasses.replace(synthesis.CVAEConfig(), epochs=8, batch_size=64)
+    config = dataclasses.replace(synthesis.CVAEConfig(), architecture="mlp", epochs=8, batch_size=64)
     cvae, history = synthesis.train_cvae(images, classes, 10, config, seed=0, verbose=0)
     loss = history["loss"]
     assert len(loss) == 8 and loss[-1] < 0.8 * loss[0], loss  # The negative ELBO falls.

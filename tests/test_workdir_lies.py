@@ -46,9 +46,7 @@ def test_growing_the_synthetic_set_keeps_what_was_paid_for(server, tmp_path):
                                   teacher=teacher.TeacherConfig(target=server.target), **TINY)
     first = pipeline.run(config)
     assert first["teacher_queries_sent"] == 50 + 200 + 40
-    grown = dataclasses.replace(
-        config, mixup=dataclasses.replace(config.mixup, num_images=300),
-        cvae=dataclasses.replace(config.cvae, num_images=60))
+    grown = config.with_settings({"mixup.num_images": 300, "cvae.num_images": 60})
     second = pipeline.run(grown)
     assert second["teacher_queries_sent_by_stage"] == {"label_mixup": 100, "label_cvae": 20}
     assert second["teacher_ledger_hits"] == 50 + 200 + 40

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from tfkd import data
 from tfkd import methods
 from tfkd import teacher as teacher_lib
-from tfkd.methods.zskd import impressions
 from tfkd.methods.zskd import whitebox
 
 from conftest import REPO
@@ -137,4 +137,4 @@ def test_zskd_configurations_on_random_tensors(tmp_path, dataset, side, channels
     assert report["method_settings"][0]["iterations"] == 3
     transfer = methods.TransferSet.load(report["labelled_set"]) if report["labelled_set"] else None
     assert transfer is None or transfer.images.shape[1:] == (side, side, channels)
-    assert impressions.PAPER_COUNTS[dataset] == {"mnist": 24_000, "cifar10": 40_000}[dataset]
+    assert data.dataset_spec(dataset).zskd_impressions == {"mnist": 24_000, "cifar10": 40_000}[dataset]

@@ -14,10 +14,10 @@ The public API (``tfkd.__all__``)::
 * :func:`distill` / :class:`DistillConfig` (:mod:`tfkd.pipeline`): one run, every stage, resumable.
 * :mod:`methods`: the registered distillation methods (FS-BBT, DB3KD, ZSDB3KD, ZSKD); a new one is
   a :class:`tfkd.methods.Method` subclass.
-* :class:`Teacher`, :func:`connect`, :class:`TeacherConfig` (:mod:`tfkd.teacher`,
-  :mod:`tfkd.transports`): the teacher over gRPC, REST or in-process, with its query account,
-  ledger and budget.
-* :class:`StudentConfig` (:mod:`tfkd.training`): how the student trains.
+* :class:`Teacher`, :func:`connect`, :class:`TeacherConfig` (:mod:`tfkd.teacher`, its transports
+  in :mod:`tfkd.teacher.transports`): the teacher over gRPC, REST or in-process, with its query
+  account, ledger and budget.
+* :class:`StudentConfig` (:mod:`tfkd.student`): how the student trains.
 * :mod:`export`: the student's SavedModel variants (float32, float16, int8) and deployment.
 * :mod:`serving`: a TF-Serving-compatible model server (gRPC and REST).
 * :mod:`errors`: :class:`TfkdError` and its subclasses, the only errors raised on purpose.
@@ -36,10 +36,10 @@ from tfkd.errors import TfkdError
 from tfkd.errors import WorkdirError
 from tfkd.pipeline import DistillConfig
 from tfkd.report import Report
+from tfkd.student import StudentConfig
 from tfkd.teacher import Teacher
 from tfkd.teacher import TeacherConfig
 from tfkd.teacher import connect
-from tfkd.training import StudentConfig
 
 __all__ = [
     "distill", "DistillConfig", "StudentConfig", "Report",

@@ -32,7 +32,7 @@ class TeacherTrainConfig:
 
     Attributes:
       architecture: a name in :data:`tfkd.student.models.MODELS`; ``auto``: the paper's teacher for the
-        dataset (:data:`tfkd.student.models.DEFAULT_PAIRS`).
+        dataset (its :class:`tfkd.data.DatasetSpec`'s ``teacher``; :meth:`resolved`).
       epochs, batch_size, learning_rate: Adam training.
       lr_schedule: ``cosine`` decay to 0 (a constant rate leaves LeNet-5 below 89% on
         Fashion-MNIST after 20 epochs) or ``constant``.
@@ -55,6 +55,13 @@ class TeacherTrainConfig:
             ("lr_schedule", self.lr_schedule in student_lib.LR_SCHEDULES, student_lib.LR_SCHEDULES),
         ])
 
+    def resolved(self, dataset: str) -> "TeacherTrainConfig":
+        """``architecture`` ``auto`` given the paper's teacher for ``dataset`` (a registered name,
+        :func:`tfkd.data.dataset_spec`). Idempotent. Raises ConfigError for an unknown dataset."""
+        if self.architecture != "auto":
+            return self
+        return dataclasses.replace(self, architecture=data_lib.dataset_spec(dataset).teacher)
+
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
@@ -64,14 +71,16 @@ class DistillConfig:
       workdir: where everything of the run is written (see module docstring).
       method: a registered method (:func:`tfkd.methods.names`; each family's table is in its
         package under :mod:`tfkd.methods`).
-      dataset, data_dir: see :func:`tfkd.data.load_dataset`.
+      dataset, data_dir: see :func:`tfkd.data.load_dataset`; ``dataset`` is a registered name
+        (:func:`tfkd.data.register_dataset`), whose :class:`tfkd.data.DatasetSpec` gives the
+        defaults :meth:`resolved` fills.
       images: the user's own images in place of ``dataset`` (:class:`tfkd.images.ImageSourceConfig`):
         unlabeled few shots at the teacher's input size, and optional evaluation images (labelled
         by class sub-folders, or not: then the report gives fidelity). Needs a remote
         ``teacher.target``; ``num_validation`` must be 0 (there are no labels to validate on).
       seed: one seed for sampling, synthesis and training.
-      num_shots: N, the unlabeled real images (balanced over classes); with ``images``, a uniform
-        draw of N of them (0: all).
+      num_shots: N, the unlabeled real images (balanced over classes; the dataset's spec gives the
+        paper's); with ``images``, a uniform draw of N of them (0: all).
       teacher: how to reach and read the teacher (:class:`tfkd.teacher.TeacherConfig`); an empty
         ``target`` trains a teacher into the work dir if none is there, serves it on a free loopback
         port, and stops it at the end. ``teacher.query_budget`` caps the images sent.
@@ -160,35 +169,36 @@ class DistillConfig:
         """This config with every setting left unset (None, ``auto``) given its default, the one
         place those defaults are decided (the launcher passes what the user left out as unset):
 
-        * from the data: ``num_shots`` the paper's N (:data:`tfkd.student.models.DEFAULT_NUM_SHOTS`; with
-          ``images``, 0: all), ``num_validation`` :data:`NUM_VALIDATION` (0 with ``images``), the
-          paper's teacher and student architectures (:data:`tfkd.student.models.DEFAULT_PAIRS`;
-          ``mobilenet_v3_small`` for the user's images);
+        * from the dataset's :class:`tfkd.data.DatasetSpec` (:func:`tfkd.data.dataset_spec`):
+          ``num_shots`` the paper's N (with ``images``, 0: all), ``num_validation`` (0 with
+          ``images``), the paper's teacher and student architectures (``mobilenet_v3_small`` for
+          the user's images);
         * from the method: its student recipe (:attr:`tfkd.methods.Method.student_defaults`, then
           :data:`tfkd.student.RECIPE`) and its own settings: ``method_config`` an instance of its
           :attr:`~tfkd.methods.Method.config_class` (a dict of fields applied over its defaults),
           then :meth:`tfkd.methods.Method.resolve` (the method's ``auto`` settings);
         * ``verbose``: 1 (progress bars) on a terminal, 2 (a line per epoch) otherwise.
 
+        The layers below (training, synthesis, the search) refuse a value still unset with a
+        ValueError (a programming error): nothing below decides a default, except what needs the
+        run itself (the CVAE's ``auto`` for the user's images, at the size the teacher's signature
+        gives; the student's ``loop`` and ``jit_compile``, by the distribution strategy).
+
         Idempotent. Raises :class:`tfkd.errors.ConfigError` for an unknown ``dataset`` or
         ``method``.
         """
         method = methods.get(self.method)
-        if self.dataset not in data_lib.SUPPORTED_DATASETS:
-            raise errors.ConfigError(f"dataset={self.dataset!r}: expected one of "
-                                     f"{data_lib.SUPPORTED_DATASETS}")
+        spec = data_lib.dataset_spec(self.dataset)
         own = self.images is not None
-        teacher_arch, student_arch = models.DEFAULT_PAIRS[self.dataset]
         config = dataclasses.replace(
             self,
             num_shots=(self.num_shots if self.num_shots is not None
-                       else 0 if own else models.DEFAULT_NUM_SHOTS[self.dataset]),
+                       else 0 if own else spec.num_shots),
             num_validation=(self.num_validation if self.num_validation is not None
-                            else 0 if own else NUM_VALIDATION),
-            teacher_train=(self.teacher_train if self.teacher_train.architecture != "auto" else
-                           dataclasses.replace(self.teacher_train, architecture=teacher_arch)),
+                            else 0 if own else spec.num_validation),
+            teacher_train=self.teacher_train.resolved(self.dataset),
             student=self.student.resolved({"architecture": "mobilenet_v3_small" if own
-                                           else student_arch, **dict(method.student_defaults)}),
+                                           else spec.student, **dict(method.student_defaults)}),
             verbose=self.verbose if self.verbose is not None else 1 if sys.stdout.isatty() else 2)
         own, cls = config.method_config, method.config_class
         if cls is not None and not isinstance(own, cls):
@@ -262,10 +272,6 @@ class DistillConfig:
         for refused, why in refusals:
             if refused:
                 raise errors.ConfigError(f"images={self.images.path!r}: {why}")
-
-
-NUM_VALIDATION = 5000
-"""The validation split's size on a named dataset (:attr:`DistillConfig.num_validation`)."""
 
 
 def override(config, settings: dict, prefix: str = "", fields_also: list | tuple = ()):

@@ -10,9 +10,11 @@ maps settings to its flags; the library never names a command-line flag.
     ├── ConfigError (also ValueError)        a setting out of range or contradictory
     │   └── ImageSourceError                 images that cannot be read as asked
     ├── ServingClientError (RuntimeError)    a served model unreachable, erroring, off-contract
+    │   ├── TransportError                   one exchange failed (the client retries or reports it)
     │   └── TeacherError                     ... the teacher
     │       └── QueryBudgetExceeded          the next images would exceed the query budget
     ├── ServingError                         tfkd-serve's answer to a client: a gRPC status code
+    ├── InterpreterError (RuntimeError)      the LiteRT interpreter failed on inputs it accepts
     ├── WorkdirError (RuntimeError)          the work dir cannot be used as asked
     ├── DatasetUnavailableError (RuntimeError)  no source of a dataset can be read
     └── StudentError (RuntimeError)          the student failed a check a deployable one passes
@@ -49,6 +51,23 @@ class ServingClientError(TfkdError, RuntimeError):
         self.code = code
 
 
+class TransportError(ServingClientError):
+    """One exchange of a transport (:class:`tfkd.teacher.protocol.Transport`) with a served model
+    failed; the client that wraps the transport retries it or reports it naming the model.
+
+    Attributes:
+      code: the ``grpc.StatusCode`` (REST statuses mapped to theirs), or None where no status
+        applies (an answer that is not TF Serving's); details: what failed, one line;
+      retryable: False for what a retry cannot mend (a port of another protocol, an answer over
+        the size limit); True: retried when ``code`` is one the retry policy covers.
+    """
+
+    def __init__(self, code, details: str, retryable: bool = True):
+        super().__init__(str(details), code)
+        self.details = details
+        self.retryable = retryable
+
+
 class TeacherError(ServingClientError):
     """The teacher could not be reached, answered an error, or broke its contract."""
 
@@ -78,6 +97,20 @@ class ServingError(TfkdError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class InterpreterError(TfkdError, RuntimeError):
+    """The LiteRT interpreter failed to run a model on inputs its signature accepts: the model is
+    at fault (a damaged ``model.tflite``), not the inputs (:mod:`tfkd.export.litert`; a server
+    answers it INTERNAL).
+
+    Attributes:
+      reason: the interpreter's message, on one line (without the model's path).
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class WorkdirError(TfkdError, RuntimeError):

@@ -9,17 +9,16 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfkd import client as client_lib
 from tfkd import data as data_lib
+from tfkd import errors
 from tfkd import export
 from tfkd import fs
-from tfkd import litert
 from tfkd import methods
 from tfkd import teacher_setup
-from tfkd import training
 from tfkd.config import DistillConfig
 from tfkd.report import Report
 from tfkd.report import StageTimer
+from tfkd.teacher import client as client_lib
 
 AGREEMENT_IMAGES = 2000
 """Transfer-set images (a seeded draw) the served student's agreement with the teacher is
@@ -115,7 +114,7 @@ def check_served_agreement(config: DistillConfig, variant_dirs: dict[str, str], 
     ``tfkd-deploy`` picks them up.
 
     Raises:
-      tfkd.training.StudentError: one line with both figures and the likely causes
+      tfkd.errors.StudentError: one line with both figures and the likely causes
         (:func:`likely_causes`: BatchNorm statistics named only for a student with BatchNorm).
     """
     trained, served = report.student_training_agreement, report.student_served_agreement
@@ -131,7 +130,7 @@ def check_served_agreement(config: DistillConfig, variant_dirs: dict[str, str], 
     rejected = [fs.reject_version(d) for d in variant_dirs.values()]
     report.student_check["rejected_exports"] = rejected
     report.write(os.path.join(config.workdir, "report.json"))
-    raise training.StudentError(
+    raise errors.StudentError(
         f"the exported student agrees with the teacher on {served:.1%} of transfer-set images, "
         f"against {trained:.1%} in training (below {SERVED_AGREEMENT_FLOOR:g}x): likely "
         f"{causes}; the export was set aside as {', '.join(rejected)}")
@@ -168,13 +167,14 @@ def has_batchnorm(version_dir: str) -> bool:
 
 def cpu_latency_ms(version_dir: str, images: np.ndarray, batch_sizes=(1, 64),
                    repeats: int = 30) -> dict[str, float]:
-    """Median in-process CPU latency (ms) of a version's ``serving_default`` (its SavedModel, or
-    its LiteRT model: :class:`tfkd.litert.LiteRTModel`) per batch size."""
-    if fs.exists(os.path.join(version_dir, litert.FILE)):
-        fn = litert.LiteRTModel(os.path.join(version_dir, litert.FILE)).signatures[
-            export.SIGNATURE_KEY]
-    else:
-        fn = tf.saved_model.load(version_dir).signatures[export.SIGNATURE_KEY]
+    """Median in-process CPU latency (ms) of a version's ``serving_default``, loaded by its
+    registered format's loader (:func:`tfkd.export.load_version`: a SavedModel, a LiteRT model, or
+    a registered format's), per batch size: {"batch_<b>": ms}.
+
+    Raises:
+      tfkd.errors.ConfigError: ``version_dir`` holds no registered format's marker file.
+    """
+    fn = export.load_version(version_dir).signatures[export.SIGNATURE_KEY]
     result = {}
     for b in batch_sizes:
         batch = tf.constant(images[:b])

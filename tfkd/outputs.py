@@ -9,18 +9,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkd import errors
 from tfkd import export
 from tfkd import fs
-from tfkd import litert
 from tfkd import methods
 from tfkd import model_card
-from tfkd import models
 from tfkd import serving
-from tfkd import training
 from tfkd import viz
 from tfkd.config import DistillConfig
+from tfkd.export import litert
 from tfkd.report import Report
 from tfkd.report import StageTimer
+from tfkd.student import models
 
 
 def export_student(config: DistillConfig, student: keras.Model, images: np.ndarray,
@@ -35,7 +35,7 @@ def export_student(config: DistillConfig, student: keras.Model, images: np.ndarr
     export_root = os.path.join(config.workdir, "export")
     broken = [w.path for w in student.weights if not np.all(np.isfinite(w.numpy()))]
     if broken:  # Never a new version, never a canary: a NaN student answers class 0 for all.
-        raise training.StudentError(
+        raise errors.StudentError(
             f"the student's weights are not finite ({len(broken)} variables, e.g. {broken[0]}): "
             "likely a training state restored from a run whose loss diverged; nothing was "
             f"exported (remove the student_backup-* directory of {config.workdir} to train again)")

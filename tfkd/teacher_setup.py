@@ -12,22 +12,23 @@ import keras
 import numpy as np
 from absl import logging
 
-from tfkd import cluster
 from tfkd import data as data_lib
+from tfkd import distribute
 from tfkd import errors
 from tfkd import export
 from tfkd import fs
 from tfkd import images as images_lib
 from tfkd import methods
-from tfkd import models
 from tfkd import serving
+from tfkd import student as student_lib
 from tfkd import teacher as teacher_lib
-from tfkd import training
 from tfkd import workdir as workdir_lib
 from tfkd.config import DistillConfig
 from tfkd.config import TeacherTrainConfig
 from tfkd.report import Report
 from tfkd.report import StageTimer
+from tfkd.student import models
+from tfkd.teacher import cluster
 
 
 @dataclasses.dataclass
@@ -36,7 +37,8 @@ class TeacherLink:
 
     Attributes:
       client: the :class:`tfkd.teacher.TeacherClient` methods label with (label-only view if asked).
-      labeller: ``client`` as this worker of the cluster asks it (:class:`tfkd.cluster.ShardedTeacher`).
+      labeller: ``client`` as this worker of the cluster asks it
+        (:class:`tfkd.teacher.cluster.ShardedTeacher`).
       eval_client: a probability view for the teacher's own test accuracy (chief only), or None.
       account, ledger: the work dir's query account and answer ledger (shared by both clients).
       local_base: the base path of a teacher tfkd trained and serves, or None for a remote one.
@@ -66,13 +68,14 @@ def train_and_export_teacher(dataset: data_lib.Dataset, config: TeacherTrainConf
       dict with ``export_dir``, ``test_accuracy`` and ``validation_accuracy`` (in-process, fractions
       in [0, 1], or None when not measured), ``parameters``.
     """
-    keras.utils.set_random_seed(seed)
     if config.architecture == "auto":
-        config = dataclasses.replace(config, architecture=models.DEFAULT_PAIRS.get(
-            dataset.name, ("lenet5",))[0])
+        raise ValueError(  # Programming error: TeacherTrainConfig.resolved(dataset) names it.
+            "teacher_train.architecture='auto' unresolved; expected an architecture "
+            "(TeacherTrainConfig.resolved or DistillConfig.resolved)")
+    keras.utils.set_random_seed(seed)
     model = models.build_model(config.architecture, dataset.image_shape, dataset.num_classes)
     steps = config.epochs * -(-len(dataset.x_train) // config.batch_size)
-    lr = training.learning_rate(config.learning_rate, config.lr_schedule, steps)
+    lr = student_lib.learning_rate(config.learning_rate, config.lr_schedule, steps)
     model.compile(optimizer=keras.optimizers.Adam(lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
@@ -148,7 +151,7 @@ def connect_teacher(config: DistillConfig, method: methods.Method,
     num_classes = dataset.num_classes if dataset else user_num_classes(config, client)
     client.expect_num_classes(num_classes, data_name)
     eval_client = None
-    if config.evaluate_teacher and config.evaluate_test and training.is_chief(strategy):
+    if config.evaluate_teacher and config.evaluate_test and distribute.is_chief(strategy):
         # The teacher's own test accuracy: read as probabilities, charged to the same account
         # (and so to the budget), answers kept in the ledger like every other query.
         eval_client = stack.enter_context(teacher_lib.TeacherClient(

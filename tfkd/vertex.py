@@ -4,7 +4,7 @@ Vertex AI sets, for a custom training job, ``AIP_MODEL_DIR`` (where the job must
 it uploads: a SavedModel at the directory's root for the prebuilt TensorFlow serving container),
 ``AIP_CHECKPOINT_DIR`` (checkpoints, kept across preemptions and retries) and
 ``AIP_TENSORBOARD_LOG_DIR`` (what a Vertex TensorBoard instance reads), usually ``gs://`` URIs;
-``TF_CONFIG`` describes a multi-worker cluster as it does anywhere (:mod:`tfkd.cluster`). Every
+``TF_CONFIG`` describes a multi-worker cluster as it does anywhere (:mod:`tfkd.teacher.cluster`). Every
 path is written through ``tf.io.gfile`` (:mod:`tfkd.fs`), so any of them can be ``gs://``.
 """
 

@@ -21,23 +21,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 
 from tfkd import data  # noqa: E402
-from tfkd import training  # noqa: E402
+from tfkd import distribute  # noqa: E402
+from tfkd import student as student_lib  # noqa: E402
 
 policy, loop = sys.argv[1], sys.argv[2]
 ds = data.load_dataset("fashion_mnist")
 images, labels = ds.x_train[:1280], ds.y_train[:1280]
 soft = np.eye(10, dtype=np.float32)[labels] * 0.91 + 0.009
-strategy = training.make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
-config = training.StudentConfig(batch_size=32, epochs=3, mixup_alpha=0, rotation_degrees=0,
+strategy = distribute.make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
+config = student_lib.StudentConfig(batch_size=32, epochs=3, mixup_alpha=0, rotation_degrees=0,
                                 shift_fraction=0, loop=loop, mixed_precision=policy,
-                                jit_compile=True)
+                                jit_compile=True).resolved()
 try:
-    training.train_student(images, soft, config, seed=0, strategy=strategy, verbose=0)
+    student_lib.train_student(images, soft, config, seed=0, strategy=strategy, verbose=0)
     refusal = None
 except ValueError as e:
     refusal = str(e)
 config = dataclasses.replace(config, jit_compile=False)
-student, history = training.train_student(images, soft, config, seed=0, strategy=strategy,
+student, history = student_lib.train_student(images, soft, config, seed=0, strategy=strategy,
                                           verbose=0)
 logits = student.predict(images, verbose=0)
 print(json.dumps({
@@ -46,4 +47,4 @@ print(json.dumps({
     "compute_dtypes": sorted({layer.compute_dtype for layer in student.layers}),
     "output_dtype": str(logits.dtype), "accuracy": float(np.mean(logits.argmax(1) == labels)),
     "refusal": refusal,
-    "learning_rate": training.scaled_learning_rate(config, strategy.num_replicas_in_sync)}))
+    "learning_rate": student_lib.scaled_learning_rate(config, strategy.num_replicas_in_sync)}))

@@ -21,7 +21,7 @@ the configs tfkd writes beside an export: request batching with TF Serving's bat
 (:mod:`~tfkd.serving.batching`), and Prometheus request metrics in TF Serving's names at the path of a
 ``monitoring.config`` (:mod:`~tfkd.serving.monitoring`).
 
-Clients (:class:`tfkd.client.ServingClient`) work unchanged against the real server.
+Clients (:class:`tfkd.teacher.client.ServingClient`) work unchanged against the real server.
 
 Modules, each readable on its own: :class:`tfkd.errors.ServingError` (the status-coded error),
 :mod:`~tfkd.serving.registry` (servables, version policies, the registry),

@@ -78,7 +78,7 @@ BatchingParametersProto = _batching_message_class()
 
 @dataclasses.dataclass(frozen=True)
 class BatchingParameters:
-    """TF Serving's batching parameters (``--batching_parameters_file``), with its defaults.
+    """TF Serving's batching parameters (its ``BatchingParameters`` text proto), with its defaults.
 
     Attributes:
       max_batch_size: the most examples in one model call (>= 1).
@@ -134,8 +134,9 @@ class BatchingParameters:
 
     @classmethod
     def from_file(cls, path: str) -> "BatchingParameters":
-        """:meth:`from_text` of the file at ``path`` (local or any ``tf.io.gfile`` scheme)."""
-        return cls.from_text(fs.read_text(path), f"--batching_parameters_file={path}")
+        """:meth:`from_text` of the file at ``path`` (local or any ``tf.io.gfile`` scheme); its
+        messages name the setting (:attr:`tfkd.serving.ServerConfig.batching`) and the path."""
+        return cls.from_text(fs.read_text(path), f"batching: {path!r}")
 
 
 @dataclasses.dataclass

@@ -176,7 +176,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(self, request, context):
         if not self._allow_reload_config:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "HandleReloadConfigRequest is disabled "
-                          "on this server (--disable_reload_config)")
+                          "on this server (its allow_reload_config setting is off)")
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self._registry.configure(model_configs_from_proto(request.config))

@@ -72,7 +72,7 @@ DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default 
 
 @dataclasses.dataclass(frozen=True)
 class MonitoringConfig:
-    """Where Prometheus metrics are served (``--monitoring_config_file``).
+    """Where Prometheus metrics are served (TF Serving's ``MonitoringConfig`` text proto).
 
     Attributes:
       prometheus_enable: serve them (on the REST port; the server needs ``rest_api_port``).
@@ -105,8 +105,9 @@ class MonitoringConfig:
 
     @classmethod
     def from_file(cls, path: str) -> "MonitoringConfig":
-        """:meth:`from_text` of the file at ``path`` (local or any ``tf.io.gfile`` scheme)."""
-        return cls.from_text(fs.read_text(path), f"--monitoring_config_file={path}")
+        """:meth:`from_text` of the file at ``path`` (local or any ``tf.io.gfile`` scheme); its
+        messages name the setting (:attr:`tfkd.serving.ServerConfig.monitoring`) and the path."""
+        return cls.from_text(fs.read_text(path), f"monitoring: {path!r}")
 
 
 class _ExactCounter:

@@ -16,11 +16,9 @@ import threading
 import grpc
 import tensorflow as tf
 from absl import logging
-from tensorflow.core.protobuf import saved_model_pb2
 
 from tfkd import export
 from tfkd import fs
-from tfkd import litert
 from tfkd.errors import ConfigError
 from tfkd.errors import ServingError
 
@@ -35,12 +33,13 @@ class Servable:
       name: model name.
       version: numeric version (the directory name).
       path: the version directory.
-      signature_defs: SignatureDef protos by signature key, as stored in ``saved_model.pb``.
-      loaded: the object returned by ``tf.saved_model.load``.
-      fingerprint: what the SavedModel is, whatever its name and version: TensorFlow's SavedModel
-        fingerprint (``fingerprint.pb``, its ``singleprint``: hashes of the graph, the signatures and
-        the checkpoint), else a SHA-256 of ``saved_model.pb`` and ``variables/variables.index``
-        (whose entries carry the weights' checksums). tfkd's server answers it as the
+      signature_defs: SignatureDef protos by signature key, as the format's loader gives them (for
+        a SavedModel: as stored in ``saved_model.pb``).
+      loaded: the :class:`tfkd.export.LoadedVersion` its format's loader returned (its
+        ``signatures`` are what requests run).
+      fingerprint: what the model is, whatever its name and version
+        (:attr:`tfkd.export.LoadedVersion.fingerprint`: for a SavedModel, TensorFlow's SavedModel
+        fingerprint, else a SHA-256 of its files). tfkd's server answers it as the
         ``saved_model_fingerprint`` metadata field (TF Serving has none: its clients fall back to
         the endpoint's address).
     """
@@ -55,47 +54,29 @@ class Servable:
 
     @classmethod
     def load(cls, name: str, version: int, path: str) -> "Servable":
-        if not fs.exists(os.path.join(path, "saved_model.pb")) and fs.exists(
-                os.path.join(path, litert.FILE)):
-            return cls.load_litert(name, version, path)
-        proto = saved_model_pb2.SavedModel()
-        proto.ParseFromString(fs.read_bytes(os.path.join(path, "saved_model.pb")))
-        meta_graph = next((m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags),
-                          proto.meta_graphs[0])
-        signature_defs = {k: v for k, v in meta_graph.signature_def.items()
-                          if not k.startswith("__")}
-        loaded = tf.saved_model.load(path, tags=["serve"])
-        servable = cls(name, version, path, signature_defs, loaded,
-                       fingerprint=saved_model_fingerprint(path))
+        """Loads a version by its format's loader (:func:`tfkd.export.format_of`: the first
+        registered format whose marker file the directory holds: a SavedModel, the int8 LiteRT
+        model, or a registered format's) and replays its warmup requests (:meth:`warmup`).
+
+        A format whose signatures raise its ``model_errors`` (a LiteRT interpreter that fails on a
+        request the signature accepts) answers INTERNAL, in one line naming the model, the version,
+        the marker file and the reason.
+
+        Raises:
+          tfkd.errors.ConfigError: no registered format's marker file there; what the loader
+            raises (a damaged LiteRT model fails its test run here).
+          ServingError: a warmup request fails.
+        """
+        fmt = export.format_of(path)
+        loaded = fmt.loader(path)
+        if loaded.model_errors:
+            loaded = dataclasses.replace(loaded, signatures={
+                key: _internal_on_failure(fn, name, version, loaded, fmt.marker)
+                for key, fn in loaded.signatures.items()})
+        servable = cls(name, version, path, dict(loaded.signature_defs), loaded,
+                       fingerprint=loaded.fingerprint)
         servable.warmup()
         return servable
-
-    @classmethod
-    def load_litert(cls, name: str, version: int, path: str) -> "Servable":
-        """A version holding a LiteRT model (``model.tflite``, no SavedModel: tfkd's int8 variant),
-        served as TF Serving serves it with ``--prefer_tflite_model``: its signatures' inputs and
-        outputs as SignatureDefs; with ``assets/labels.txt`` also a ``classify`` signature
-        (Classify API), which decodes each Example's ``image/encoded`` as the SavedModel's does.
-
-        The model is test-run at load (:meth:`tfkd.litert.LiteRTModel.check`: a damaged file
-        raises ConfigError and the version is not served); an interpreter that fails on a request
-        answers INTERNAL naming the model, the version and the interpreter's reason."""
-        import hashlib
-
-        model = litert.LiteRTModel(os.path.join(path, litert.FILE))
-        signature_defs = {key: _signature_def(*model.details[key]) for key in model.signatures}
-        labels = os.path.join(path, "assets", export.VOCABULARY_FILE)
-        if DEFAULT_SIGNATURE in model.signatures and fs.exists(labels):
-            names = [n for n in fs.read_text(labels).split("\n") if n]
-            inputs = model.details[DEFAULT_SIGNATURE][0]
-            shape = next(iter(inputs.values()))[1][1:]
-            model.signatures[export.CLASSIFY_SIGNATURE_KEY] = _litert_classify(
-                model.signatures[DEFAULT_SIGNATURE], shape, names)
-            signature_defs[export.CLASSIFY_SIGNATURE_KEY] = _classify_signature_def(len(names))
-        model.signatures = {key: _internal_on_failure(fn, name, version)
-                            for key, fn in model.signatures.items()}
-        digest = hashlib.sha256(fs.read_bytes(os.path.join(path, litert.FILE))).hexdigest()
-        return cls(name, version, path, signature_defs, model, fingerprint="sha256:" + digest)
 
     def warmup(self) -> int:
         """Replays ``assets.extra/tf_serving_warmup_requests`` (Predict records), as TF Serving does.
@@ -129,62 +110,20 @@ class Servable:
         return count
 
 
-def _internal_on_failure(fn, name: str, version: int):
-    """A LiteRT signature whose interpreter failures (:class:`tfkd.litert.InterpreterError`: the
-    request matched the signature, so the model is at fault) answer INTERNAL, in one line naming
-    the model, the version and the interpreter's reason (not the server's file path)."""
+def _internal_on_failure(fn, name: str, version: int, loaded, marker: str):
+    """A signature whose model failures (``loaded.model_errors``, e.g.
+    :class:`tfkd.errors.InterpreterError`: the request matched the signature, so the model
+    is at fault) answer INTERNAL, in one line naming the model, the version, the marker file and
+    the reason (not the server's file path)."""
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except litert.InterpreterError as e:
+        except loaded.model_errors as e:
+            reason = getattr(e, "reason", None) or " ".join(str(e).split())
             raise ServingError(grpc.StatusCode.INTERNAL,
-                               f"{shown_name(name)} version {version}: its LiteRT model "
-                               f"({litert.FILE}) failed to run: {e.reason}") from None
+                               f"{shown_name(name)} version {version}: its {loaded.runtime} model "
+                               f"({marker}) failed to run: {reason}") from None
     return call
-
-
-def _tensor_info(dtype, shape):
-    from tensorflow.core.protobuf import meta_graph_pb2
-
-    info = meta_graph_pb2.TensorInfo(dtype=tf.as_dtype(dtype).as_datatype_enum)
-    for d in shape:
-        info.tensor_shape.dim.add(size=int(d))
-    return info
-
-
-def _signature_def(inputs: dict, outputs: dict, method: str = tf.saved_model.PREDICT_METHOD_NAME):
-    """A SignatureDef of a LiteRT signature's (dtype, shape) inputs and outputs."""
-    from tensorflow.core.protobuf import meta_graph_pb2
-
-    proto = meta_graph_pb2.SignatureDef(method_name=method)
-    for target, part in ((proto.inputs, inputs), (proto.outputs, outputs)):
-        for key, (dtype, shape) in part.items():
-            target[key].CopyFrom(_tensor_info(dtype, shape))
-    return proto
-
-
-def _classify_signature_def(num_classes: int):
-    return _signature_def({tf.saved_model.CLASSIFY_INPUTS: (tf.string, [-1])},
-                          {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: (tf.string, [-1, num_classes]),
-                           tf.saved_model.CLASSIFY_OUTPUT_SCORES: (tf.float32, [-1, num_classes])},
-                          tf.saved_model.CLASSIFY_METHOD_NAME)
-
-
-def _litert_classify(predict, image_shape, names: list[str]):
-    """The Classify signature of a LiteRT servable: Examples -> decoded images (as the SavedModel's
-    ``classify``: :func:`tfkd.images.decode`) -> ``predict`` -> classes and scores [n, K]."""
-    from tfkd import images as images_lib
-
-    def classify(inputs):
-        features = tf.io.parse_example(inputs, {export.CLASSIFY_IMAGE_FEATURE:
-                                                tf.io.FixedLenFeature([], tf.string)})
-        pixels = tf.map_fn(lambda b: images_lib.decode(b, tuple(image_shape)),
-                           features[export.CLASSIFY_IMAGE_FEATURE], fn_output_signature=tf.float32)
-        scores = predict(images=pixels.numpy())[export.PROBABILITIES_KEY]
-        classes = tf.tile(tf.constant(names)[None], [tf.shape(scores)[0], 1])
-        return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
-                tf.saved_model.CLASSIFY_OUTPUT_SCORES: scores}
-    return classify
 
 
 MAX_SHOWN_NAME = 256
@@ -197,20 +136,6 @@ def shown_name(name: str) -> str:
     if len(name) <= MAX_SHOWN_NAME:
         return name
     return f"{name[:MAX_SHOWN_NAME]}... ({len(name)} characters)"
-
-
-def saved_model_fingerprint(path: str) -> str:
-    """See :attr:`Servable.fingerprint`."""
-    try:
-        return "tf:" + tf.saved_model.experimental.read_fingerprint(path).singleprint()
-    except Exception:  # noqa: BLE001 - no fingerprint.pb (older SavedModels): hash the files.
-        import hashlib
-
-        digest = hashlib.sha256()
-        for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
-            if fs.exists(os.path.join(path, name)):
-                digest.update(fs.read_bytes(os.path.join(path, name)))
-        return "sha256:" + digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -249,8 +174,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._configs: dict[str, ModelConfig] = {}
         self._servables: dict[str, dict[int, Servable]] = {}
-        # (name, version) -> the (size, mtime) of saved_model.pb when its load failed: logged once,
-        # tried again only once the file changes.
+        # (name, version) -> the (size, mtime) of its format's marker file when its load failed:
+        # logged once, tried again only once the file changes.
         self._failed: dict[tuple[str, int], tuple] = {}
         self.configure(models)
 
@@ -281,8 +206,8 @@ class ModelRegistry:
         TF Serving's default policy does: while a wanted version fails to load, the versions it
         would replace stay served (a damaged new version never takes a healthy model offline).
         A failed load (an unreadable SavedModel, a failing warmup request, a LiteRT model that
-        fails its test run) is logged once and tried again only when its ``saved_model.pb`` (or
-        ``model.tflite``) changes."""
+        fails its test run) is logged once and tried again only when its format's marker file
+        (``saved_model.pb``, ``model.tflite``, a registered format's) changes."""
         with self._lock:
             configs = list(self._configs.values())
         for config in configs:
@@ -303,7 +228,8 @@ class ModelRegistry:
         """Loads one version into ``loaded``; False when it failed (now or, unchanged, before)."""
         path = os.path.join(config.base_path, str(version))
         key = (config.name, version)
-        present = next((f for f in fs.LAST_FILES if os.path.exists(os.path.join(path, f))), None)
+        fmt = export.detect_format(path)
+        present = None if fmt is None else fmt.marker
         marker = os.path.join(path, present or "x")
         try:
             stat = os.stat(marker) if fs.is_local(path) else None

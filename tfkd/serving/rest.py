@@ -5,7 +5,7 @@ Paths as ``tensorflow_model_server --rest_api_port`` answers them:
 format (``instances``) and the columnar format (``inputs``); classify bodies as ``{"signature_name",
 "context", "examples": [{feature: value}]}`` (bytes as ``{"b64": ...}``), answered
 ``{"result": [[[label, score], ...], ...]}``. Model names and version labels are percent-decoded
-(``/v1/models/my%20teacher``, as tfkd's :class:`~tfkd.transports.RestClient` sends them; raw UTF-8
+(``/v1/models/my%20teacher``, as tfkd's :class:`~tfkd.teacher.transports.RestTransport` sends them; raw UTF-8
 bytes in the path are read as UTF-8 too). Every malformed request gets a 4xx JSON ``{"error": ...}``:
 a body over the size limit (413), a missing or bad Content-Length (411/400), a body that is not UTF-8
 JSON or not an object, a request not in by its deadline (408, see :class:`RestServer`); a bug of
@@ -449,7 +449,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             servable = registry.resolve(spec)
             record.version = servable.version
             # The SavedModel's fingerprint too (TF Serving's answer has only signature_def): a
-            # REST teacher is then identified as its gRPC twin is (tfkd.transports.RestClient).
+            # REST teacher is then identified as its gRPC twin is (tfkd.teacher.transports.RestTransport).
             return json_format.MessageToDict(
                 metadata_response(servable, ("signature_def", "saved_model_fingerprint")),
                 preserving_proto_field_name=True)

@@ -112,7 +112,7 @@ class ModelServer:
     Usage::
 
         with ModelServer([ModelConfig("teacher", "/work/teacher")]) as server:
-            client = tfkd.client.connect(server.target, "teacher")
+            teacher = tfkd.connect(server.target, "teacher")
 
     Args:
       models: the models to serve.

@@ -245,7 +245,8 @@ def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np
     return found, found < best
 
 
-def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
+# Over the argument limit (PLR0913): the search's data, its teacher, its settings and its resume point.
+def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,  # noqa: PLR0913
                        pool_labels: np.ndarray, num_classes: int, top1: Callable,
                        config: BoundaryConfig, seed: int = 0, stage: str = "db3kd_search",
                        state_path: str | None = None, progress: bool = False,

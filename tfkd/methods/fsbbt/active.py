@@ -71,8 +71,8 @@ class ActiveConfig:
         without a budget. Part of the transfer set's fingerprint.
       assistant: an architecture (:data:`tfkd.student.models.MODELS`) trained ``assistant_epochs`` on
         the teacher-labelled images to label the rest of the pool (module docstring); ``auto``:
-        the dataset's teacher architecture (:data:`tfkd.student.models.DEFAULT_PAIRS`; none for the
-        user's own images), resolved by :meth:`tfkd.config.DistillConfig.resolved`; empty: the
+        the dataset's teacher architecture (its :class:`tfkd.data.DatasetSpec`'s ``teacher``; none
+        for the user's own images), resolved by :meth:`tfkd.config.DistillConfig.resolved`; empty: the
         rest of the pool is not used.
       assistant_epochs: the assistant's epochs (>= 1).
     """

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfkd import data
 from tfkd.methods.fsbbt import active as active_lib
 from tfkd.methods.fsbbt import synthesis
 from tfkd.methods.fsbbt import votes as votes_lib
-from tfkd.student import models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +39,19 @@ class FSBBTConfig:
             part.validate()
 
     def resolved(self, dataset: str, own_images: bool) -> "FSBBTConfig":
-        """``auto`` settings given their defaults for ``dataset`` (a name in
-        :data:`tfkd.data.SUPPORTED_DATASETS`) or, with ``own_images``, the user's images: the
-        CVAE's architecture (``mlp`` for 28x28 grey, ``conv`` for CIFAR; the user's images: chosen
-        at their size when the CVAE is built) and the teacher assistant (the paper's teacher for
-        the dataset, :data:`tfkd.student.models.DEFAULT_PAIRS`; none for the user's images). Idempotent."""
+        """``auto`` settings given their defaults for ``dataset`` (a registered name: its
+        :class:`tfkd.data.DatasetSpec`) or, with ``own_images``, the user's images: the CVAE's
+        architecture (the spec's ``cvae_architecture``) and the teacher assistant (the spec's
+        ``teacher``; none for the user's images). Idempotent.
+
+        With ``own_images`` the CVAE's ``auto`` stays: the images' size is the teacher's input
+        shape, read from its signature when the run connects (after this), and the architecture
+        follows the size the CVAE works at (:func:`.synthesis.resolve_cvae`, the one place that
+        decides it then)."""
         cvae, active = self.cvae, self.active
+        spec = data.dataset_spec(dataset)
         if cvae.architecture == "auto" and not own_images:
-            cvae = dataclasses.replace(cvae, architecture="conv" if dataset.startswith("cifar") else "mlp")
+            cvae = dataclasses.replace(cvae, architecture=spec.cvae_architecture)
         if active.assistant == "auto":
-            active = dataclasses.replace(
-                active, assistant="" if own_images else models.DEFAULT_PAIRS[dataset][0])
+            active = dataclasses.replace(active, assistant="" if own_images else spec.teacher)
         return dataclasses.replace(self, cvae=cvae, active=active)

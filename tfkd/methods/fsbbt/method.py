@@ -312,6 +312,9 @@ class SyntheticMethod(Family):
         ``active.assistant_epochs`` on the teacher-labelled ``images`` [n, H, W, C] and soft labels
         [n, K] (the student's recipe otherwise, in this process); returns its softmax
         ``probabilities(images) -> float32 [m, K]``."""
+        if ctx.settings.active.assistant == "auto":
+            raise ValueError(  # Programming error: FSBBTConfig.resolved names the assistant.
+                "active.assistant='auto' unresolved; expected an architecture (DistillConfig.resolved)")
         config = dataclasses.replace(self.student_config(ctx.config),
                                      architecture=ctx.settings.active.assistant,
                                      epochs=ctx.settings.active.assistant_epochs, steps=0,

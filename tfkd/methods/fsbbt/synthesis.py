@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from keras import layers
 
+from tfkd import data
 from tfkd import errors
 
 tfd = tfp.distributions
@@ -112,8 +113,11 @@ class CVAEConfig:
     Attributes:
       latent_dim: size of the latent z.
       architecture: ``mlp`` (the FS-BBT code's, for 28x28 grey images), ``conv`` (convolutional
-        encoder and transposed-convolution decoder, for CIFAR; H and W divisible by 4) or ``auto``
-        (:func:`resolve_cvae`: ``mlp`` up to 28x28 grey, else ``conv``).
+        encoder and transposed-convolution decoder, for CIFAR; H and W divisible by 4) or ``auto``:
+        the dataset's (its :class:`tfkd.data.DatasetSpec`'s, set by
+        :meth:`tfkd.config.DistillConfig.resolved`); for the user's images, whose size the
+        teacher's signature gives when the run starts, :func:`resolve_cvae` decides it then
+        (``mlp`` up to 28x28 grey, else ``conv``, :func:`tfkd.data.cvae_architecture_for`).
       working_size: the CVAE models images at working_size x working_size and its samples are
         resized back up to the image size (bilinear), so that its cost does not grow with the
         teacher's input (224x224 RGB: 150,528 pixels per image); 0: ``auto`` (the image size up
@@ -156,20 +160,17 @@ ARCHITECTURES = ("auto", "mlp", "conv")
 
 
 def resolve_cvae(config: CVAEConfig, image_shape: tuple) -> tuple[CVAEConfig, tuple]:
-    """``config`` with ``auto`` resolved for images of ``image_shape`` (H, W, C), and the working
-    shape (h, w, C) the CVAE models (see :class:`CVAEConfig`)."""
+    """``config`` with what depends on the images' size resolved for images of ``image_shape``
+    (H, W, C): ``working_size`` 0 and, for the user's images (whose size is known only once the
+    run reads the teacher's signature), ``architecture`` ``auto``
+    (:func:`tfkd.data.cvae_architecture_for` the working shape); and the working shape (h, w, C)
+    the CVAE models (see :class:`CVAEConfig`). The one place these are decided."""
     h, w, c = (int(d) for d in image_shape)
     size = config.working_size or (0 if max(h, w) <= 32 else 32)
     working = (h, w, c) if not size or (size, size) == (h, w) else (size, size, c)
     architecture = (config.architecture if config.architecture != "auto"
-                    else _auto_architecture(working))
+                    else data.cvae_architecture_for(working))
     return dataclasses.replace(config, architecture=architecture, working_size=size), working
-
-
-def _auto_architecture(working_shape: tuple) -> str:
-    """``mlp`` for images up to 28x28 grey (the FS-BBT code's), else ``conv``."""
-    h, w, c = (int(d) for d in working_shape)
-    return "mlp" if h * w <= 28 * 28 and c == 1 else "conv"
 
 
 def resize_images(images: np.ndarray, shape: tuple, batch_size: int = 1024) -> np.ndarray:
@@ -279,10 +280,13 @@ class CVAE(keras.Model):
 
 def build_cvae(image_shape, num_classes: int, config: CVAEConfig) -> CVAE:
     """A compiled, built :class:`CVAE` for images of ``image_shape`` (its working shape) and
-    ``num_classes`` conditions; ``auto`` architecture as :func:`resolve_cvae` picks it."""
-    architecture = (config.architecture if config.architecture != "auto"
-                    else _auto_architecture(image_shape))
-    cvae = CVAE(image_shape, num_classes, config.latent_dim, config.hidden, architecture)
+    ``num_classes`` conditions. ``config.architecture`` must be resolved (:func:`resolve_cvae`):
+    ``auto`` is a ValueError (the caller's bug)."""
+    if config.architecture == "auto":
+        raise ValueError(  # Programming error: DistillConfig.resolved or resolve_cvae decides it.
+            f"build_cvae: cvae.architecture='auto' unresolved for images {list(image_shape)}; "
+            "expected 'mlp' or 'conv' (resolve_cvae)")
+    cvae = CVAE(image_shape, num_classes, config.latent_dim, config.hidden, config.architecture)
     cvae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     cvae((tf.zeros([1, *image_shape]), tf.zeros([1, num_classes])))
     return cvae
@@ -303,8 +307,9 @@ def train_cvae(images: np.ndarray, classes: np.ndarray, num_classes: int, config
       (the trained CVAE, Keras history dict of per-epoch loss / reconstruction / kl in nats).
 
     Raises:
-      ValueError: images and classes of different lengths, or classes out of range (the caller's
-        bug: the classes are the teacher's argmax over K, one per image).
+      ValueError: images and classes of different lengths, classes out of range (the caller's
+        bug: the classes are the teacher's argmax over K, one per image), or
+        ``config.architecture`` ``auto`` (:func:`build_cvae`).
     """
     images = np.asarray(images, np.float32)
     classes = np.asarray(classes).reshape(-1)

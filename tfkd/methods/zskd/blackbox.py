@@ -149,7 +149,7 @@ def blackbox_queries_left(num_classes: int, config: impressions.ImpressionConfig
     """(probes, labels): the queries :func:`synthesize_blackbox` still sends, from its persisted
     state: 2q per image and step of every step not yet taken, and the final images' labels (an
     upper bound: the ledger may know some)."""
-    config = config.resolved(blackbox=True)
+    config.check_resolved("blackbox_queries_left", ("count", "iterations"))
     plan = impressions.target_plan(num_classes, config)
     cells, b = num_classes * len(config.betas), config.batch_size
     first = impressions._State.resume(state_path).batches(b)
@@ -192,8 +192,9 @@ def synthesize_blackbox(probe: Callable, label: Callable, image_shape: tuple, nu
     Raises:
       What ``probe`` and ``label`` raise (TeacherError, QueryBudgetExceeded): what was answered is
       kept.
+      ValueError: ``config``'s count, iterations or learning rate unset (the caller's bug).
     """
-    config = config.resolved(blackbox=True)
+    config.check_resolved("synthesize_blackbox", ("count", "iterations", "learning_rate"))
     plan = impressions.target_plan(num_classes, config)
     cells = num_classes * len(config.betas)
     done = impressions._State.resume(state_path)

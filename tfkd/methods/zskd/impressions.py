@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfkd import data
 from tfkd import errors
 from tfkd import fs
 
@@ -50,12 +51,13 @@ VIEW_KINDS = ("affine", "mixup")
 AFTER_SEARCH = ("student_temperature", "views", "view_kind", "view_rotation", "view_scale",
                 "view_shift")
 """The :class:`ImpressionConfig` fields that act after the search (not in its persisted key)."""
-PAPER_COUNTS = {"mnist": 24_000, "fashion_mnist": 48_000, "cifar10": 40_000}
-"""The paper's number of impressions per dataset (its Table 1-3 settings)."""
 
 
 PAPER_SEARCH = {"iterations": 1500, "learning_rate": 1e-3}
 """The paper's Adam steps per batch of impressions and its learning rate on pixels in [0, 1]."""
+
+RESOLVED = ("count", "iterations", "learning_rate", "student_temperature", "views", "view_kind")
+"""The :class:`ImpressionConfig` fields None leaves to :meth:`ImpressionConfig.resolved`."""
 
 WHITEBOX_CHOICES = {"student_temperature": 1.0, "views": 4, "view_kind": "mixup"}
 """``zskd``'s defaults where tfkd departs from the reference, each chosen on the validation split
@@ -76,8 +78,9 @@ class ImpressionConfig:
     """The Data Impression search (defaults: the paper's and the reference code's).
 
     Attributes:
-      count: impressions in all, split evenly over the classes and the betas (the paper: 24,000 for
-        MNIST, 48,000 for Fashion-MNIST, 40,000 for CIFAR-10).
+      count: impressions in all, split evenly over the classes and the betas (the paper's for the
+        dataset, :class:`tfkd.data.DatasetSpec`'s ``zskd_impressions``: 24,000 for MNIST, 48,000
+        for Fashion-MNIST, 40,000 for CIFAR-10).
       iterations: Adam steps per batch (1,500).
       batch_size: impressions optimised together (100).
       learning_rate: Adam's, on pixels in [0, 1] (1e-3).
@@ -107,7 +110,8 @@ class ImpressionConfig:
 
     ``count``, ``iterations``, ``learning_rate``, ``student_temperature``, ``views`` and
     ``view_kind`` left None take the method's defaults (:meth:`resolved`: the paper's and
-    :data:`WHITEBOX_CHOICES` for ``zskd``, :data:`BLACKBOX_DEFAULTS` for ``zskd_blackbox``).
+    :data:`WHITEBOX_CHOICES` for ``zskd``, :data:`BLACKBOX_DEFAULTS` for ``zskd_blackbox``); the
+    search refuses them unset (:meth:`check_resolved`).
     """
 
     count: int | None = None
@@ -125,15 +129,34 @@ class ImpressionConfig:
     view_scale: float = 0.6
     view_shift: float = 0.2
 
-    def resolved(self, dataset: str = "", blackbox: bool = False) -> "ImpressionConfig":
+    def resolved(self, dataset: str, blackbox: bool = False) -> "ImpressionConfig":
         """The fields left None filled: with ``blackbox`` from :data:`BLACKBOX_DEFAULTS` (and the
-        reference's τ = T, no view), else the paper's (count from :data:`PAPER_COUNTS`, 48,000 for
-        another dataset; 1,500 Adam steps at 1e-3) and :data:`WHITEBOX_CHOICES`. Idempotent."""
-        base = ({**BLACKBOX_DEFAULTS, "student_temperature": self.temperature, "views": 0,
-                 "view_kind": "affine"} if blackbox else
-                {"count": PAPER_COUNTS.get(dataset, 48_000), **PAPER_SEARCH, **WHITEBOX_CHOICES})
+        reference's τ = T, no view), else the paper's (count from ``dataset``'s
+        :class:`tfkd.data.DatasetSpec`, ``zskd_impressions``; 1,500 Adam steps at 1e-3) and
+        :data:`WHITEBOX_CHOICES`. Idempotent. Raises ConfigError for an unknown ``dataset`` whose
+        count is needed."""
+        if blackbox:
+            base = {**BLACKBOX_DEFAULTS, "student_temperature": self.temperature, "views": 0,
+                    "view_kind": "affine"}
+        else:
+            count = self.count if self.count is not None else data.dataset_spec(dataset).zskd_impressions
+            base = {"count": count, **PAPER_SEARCH, **WHITEBOX_CHOICES}
         unset = {k: v for k, v in base.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **unset) if unset else self
+
+    def check_resolved(self, where: str, names: tuple = RESOLVED) -> "ImpressionConfig":
+        """This config, when the fields ``names`` that ``where`` uses are set (:meth:`resolved`
+        decides them; the search decides no default of its own).
+
+        Raises:
+          ValueError: a field still None (a programming error: the caller resolves first).
+        """
+        unset = [n for n in names if getattr(self, n) is None]
+        if unset:
+            raise ValueError(  # Programming error: the method's resolve (DistillConfig.resolved) fills them.
+                f"{where}: zskd.{', zskd.'.join(unset)} unset (None); expected a resolved "
+                f"ImpressionConfig (ImpressionConfig.resolved or DistillConfig.resolved)")
+        return self
 
     def search(self) -> "ImpressionConfig":
         """This config less what acts after the search (:data:`AFTER_SEARCH`, reset to their
@@ -231,8 +254,8 @@ def dirichlet_targets(similarity: np.ndarray, classes: np.ndarray, beta: float,
 def target_plan(num_classes: int, config: ImpressionConfig) -> list[tuple[int, float]]:
     """(class, β) of each batch, in order: rounds of one batch of every (β, class) cell, as many
     rounds as the count allows (rounded down to whole rounds). The black-box search re-estimates
-    the class similarity between rounds."""
-    config = config.resolved()
+    the class similarity between rounds. ``config.count`` must be set (ValueError otherwise)."""
+    config.check_resolved("target_plan", ("count",))
     per_cell = config.count // (num_classes * len(config.betas) * config.batch_size)
     if per_cell < 1:
         raise errors.ConfigError(f"zskd.count={config.count}: expected at least one batch of "
@@ -280,8 +303,9 @@ def make_search(logits_fn: Callable, image_shape: tuple, config: ImpressionConfi
     tensors, not variables, so that under a distribution strategy each replica optimises its own
     batch (a variable made in a MirroredStrategy scope would be one mirrored batch).
     ``tests/test_impressions.py`` checks it step for step against ``keras.optimizers.Adam``.
+    ``config.iterations`` and ``learning_rate`` must be set (ValueError otherwise).
     """
-    config = config.resolved()
+    config.check_resolved("make_search", ("iterations", "learning_rate"))
     temperature = tf.constant(config.temperature, tf.float32)
 
     def loss_and_grad(images, targets):
@@ -321,7 +345,8 @@ def synthesize(logits_fn: Callable, image_shape: tuple, similarity: np.ndarray,
         teacher's logits (or log-probabilities: the softmax at T is the same), differentiable.
       image_shape: (H, W, C).
       similarity: float [K, K] from :func:`class_similarity`.
-      config: the search.
+      config: the search, resolved (:meth:`ImpressionConfig.resolved`: its count, iterations and
+        learning rate set; ValueError otherwise).
       seed: the noise and the Dirichlet draws.
       state_path: an ``.npz`` the impressions so far are saved to after each round (atomically)
         and resumed from; None keeps nothing.
@@ -333,7 +358,7 @@ def synthesize(logits_fn: Callable, image_shape: tuple, similarity: np.ndarray,
       T on each image: the stored soft labels), classes int64 [n] (the class each was drawn
       for), last losses float32 [n / batch]), n = len(:func:`target_plan`) x batch size.
     """
-    config = config.resolved()
+    config.check_resolved("synthesize", ("count", "iterations", "learning_rate"))
     strategy = strategy or tf.distribute.get_strategy()
     plan = target_plan(similarity.shape[0], config)
     done = _State.resume(state_path)
@@ -436,9 +461,9 @@ class _State:
 
 
 def config_for(dataset: str, blackbox: bool = False, **fields) -> "ImpressionConfig":
-    """The search's settings for ``dataset``: the paper's (count from :data:`PAPER_COUNTS`, 48,000
-    for another dataset), or with ``blackbox`` :data:`BLACKBOX_DEFAULTS`; ``fields`` that are not
-    None override (the launcher's flags)."""
+    """The search's settings for ``dataset``: the paper's (count from its
+    :class:`tfkd.data.DatasetSpec`), or with ``blackbox`` :data:`BLACKBOX_DEFAULTS`; ``fields``
+    that are not None override."""
     return ImpressionConfig(**{k: v for k, v in fields.items() if v is not None}).resolved(
         dataset, blackbox)
 

@@ -49,15 +49,17 @@ class _Impressions(Method):
     student_defaults = (("select", "validation"),)
 
     def resolve(self, config):
-        """The search's settings left unset: the paper's for the dataset (``zskd``), or the black-box
-        variant's (:data:`.impressions.BLACKBOX_DEFAULTS`)."""
+        """The search's settings left unset: the paper's for the dataset (``zskd``: the count of its
+        :class:`tfkd.data.DatasetSpec`), or the black-box variant's
+        (:data:`.impressions.BLACKBOX_DEFAULTS`). The search refuses them unset."""
         own = config.method_config
         return dataclasses.replace(config, method_config=dataclasses.replace(
             own, zskd=own.zskd.resolved(config.dataset, self.blackbox)))
 
     def student_config(self, config):
+        zskd = config.method_config.zskd.check_resolved(self.name, ("student_temperature",))
         return dataclasses.replace(super().student_config(config),
-                                   temperature=config.method_config.zskd.student_temperature)
+                                   temperature=zskd.student_temperature)
 
 
 @register
@@ -76,7 +78,7 @@ class ZSKD(_Impressions):
         return {}
 
     def build(self, ctx: MethodContext) -> TransferSet:
-        config = ctx.settings.zskd
+        config = ctx.settings.zskd.check_resolved(self.name)
         teacher = whitebox.SavedModelTeacher(ctx.teacher_saved_model)
         if teacher.image_shape != ctx.image_shape:
             raise errors.ConfigError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
@@ -134,6 +136,7 @@ class ZSKDBlackBox(_Impressions):
                 "label_views": labels * ctx.settings.zskd.views}
 
     def build(self, ctx: MethodContext) -> TransferSet:
+        ctx.settings.zskd.check_resolved(self.name)
         with ctx.stage("impressions"):
             images, targets, _, _ = blackbox.synthesize_blackbox(
                 lambda x: ctx.teacher.probe(x, stage="zskd_probes"),

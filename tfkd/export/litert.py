@@ -10,8 +10,10 @@ float operator), int8 weights with per-channel scales. The signature keeps tfkd'
 ``probabilities`` float32 [b, K] and ``classes`` int64 [b].
 
 It is written as ``model.tflite`` in a version directory: the file TensorFlow Serving reads
-instead of a SavedModel when started with ``--prefer_tflite_model=true``; tfkd's server loads it
-whenever a version holds no ``saved_model.pb`` (:class:`LiteRTModel`).
+instead of a SavedModel when started with ``--prefer_tflite_model=true``, and the int8 format's
+marker file in the format registry (:mod:`tfkd.export.formats`), whose loader (:func:`load`: a
+:class:`LiteRTModel`, with a ``classify`` signature from ``assets/labels.txt``) every reader of
+version directories uses.
 
 TF 2.21's ``tf.lite`` converter and interpreter are used (the tested stack); LiteRT's own package
 (``ai_edge_litert``) has the same interpreter API.
@@ -19,6 +21,7 @@ TF 2.21's ``tf.lite`` converter and interpreter are used (the tested stack); Lit
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -30,6 +33,8 @@ import tensorflow as tf
 
 from tfkd import errors
 from tfkd import fs
+from tfkd import images as images_lib
+from tfkd.export import formats
 
 FILE = "model.tflite"
 """The LiteRT model's file name in a version directory (TF Serving's ``--prefer_tflite_model``)."""
@@ -42,7 +47,7 @@ def convert_int8(serve: tf.types.experimental.ConcreteFunction, calibration: np.
 
     Args:
       serve: the float32 serving function (``images`` float32 [None, H, W, C] -> a dict of named
-        outputs), e.g. ``tfkd.export._ClassifierServable.serve.get_concrete_function()``.
+        outputs), e.g. ``tfkd.export.saved_model._ClassifierServable.serve.get_concrete_function()``.
       calibration: float32 [n >= 1, H, W, C] in [0, 1], real inputs (the transfer set); the first
         :data:`CALIBRATION_IMAGES` are used.
 
@@ -88,17 +93,17 @@ def write_int8(serve, calibration: np.ndarray, version_dir: str) -> str:
     return path
 
 
-class InterpreterError(RuntimeError):
-    """The LiteRT interpreter failed to run a model on inputs its signature accepts: the model is
-    at fault (a damaged ``model.tflite``), not the inputs.
+def write_variant(serve, version_dir: str, calibration: np.ndarray | None) -> None:
+    """The int8 format's writer (:attr:`tfkd.export.formats.ExportFormat.writer`):
+    :func:`write_int8`.
 
-    Attributes:
-      reason: the interpreter's message, on one line (without the model's path).
+    Raises:
+      tfkd.errors.ConfigError: no calibration images; what :func:`convert_int8` raises.
     """
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
+    if calibration is None:
+        raise errors.ConfigError("variant='int8': expected calibration_images (real inputs, e.g. "
+                                 "the transfer set) to calibrate its int8 ranges on")
+    write_int8(serve, calibration, version_dir)
 
 
 class LiteRTModel:
@@ -110,7 +115,8 @@ class LiteRTModel:
       path: the file.
       signatures: signature key -> ``fn(**inputs)`` -> dict of output name -> ``tf.Tensor`` (as
         ``tf.saved_model.load(...).signatures`` gives). ``fn`` raises TypeError for input names
-        other than the signature's, :class:`InterpreterError` when the interpreter fails.
+        other than the signature's, :class:`tfkd.errors.InterpreterError` when the interpreter
+        fails.
       details: signature key -> (inputs, outputs): name -> (numpy dtype, shape signature with -1
         for the batch).
 
@@ -156,7 +162,7 @@ class LiteRTModel:
                      for name, (dtype, shape) in inputs.items()}
             try:
                 self.signatures[key](**feeds)
-            except InterpreterError as e:
+            except errors.InterpreterError as e:
                 raise errors.ConfigError(f"{self.path}: a damaged LiteRT model: signature {key!r} "
                                          f"fails its test run on zeros: {e.reason}") from None
 
@@ -172,7 +178,49 @@ class LiteRTModel:
                 except (RuntimeError, ValueError) as e:
                     reason = " ".join(str(e).split())
                     shapes = {k: list(v.shape) for k, v in feeds.items()}
-                    raise InterpreterError(f"{self.path}: the LiteRT interpreter failed on "
-                                           f"{shapes}: {reason}", reason) from None
+                    raise errors.InterpreterError(f"{self.path}: the LiteRT interpreter failed on "
+                                                  f"{shapes}: {reason}", reason) from None
             return {k: tf.constant(v) for k, v in out.items()}
         return call
+
+
+def load(version_dir: str) -> formats.LoadedVersion:
+    """The int8 format's loader: ``<version_dir>/model.tflite`` as a :class:`LiteRTModel`
+    (test-run at load), served as TF Serving serves it with ``--prefer_tflite_model``: its
+    signatures' inputs and outputs as SignatureDefs; with ``assets/labels.txt`` also a
+    ``classify`` signature (Classify API), which decodes each Example's ``image/encoded`` as the
+    SavedModel's does. Its signatures raise :class:`tfkd.errors.InterpreterError` when the
+    interpreter fails.
+
+    Raises:
+      tfkd.errors.ConfigError: not a LiteRT model, or one that fails its test run.
+    """
+    path = os.path.join(version_dir, FILE)
+    model = LiteRTModel(path)
+    signatures = dict(model.signatures)
+    signature_defs = {key: formats.signature_def(*model.details[key]) for key in signatures}
+    labels = os.path.join(version_dir, "assets", formats.VOCABULARY_FILE)
+    if formats.SIGNATURE_KEY in signatures and fs.exists(labels):
+        names = [n for n in fs.read_text(labels).split("\n") if n]
+        shape = next(iter(model.details[formats.SIGNATURE_KEY][0].values()))[1][1:]
+        signatures[formats.CLASSIFY_SIGNATURE_KEY] = _classify(
+            signatures[formats.SIGNATURE_KEY], shape, names)
+        signature_defs[formats.CLASSIFY_SIGNATURE_KEY] = formats.classify_signature_def(len(names))
+    digest = hashlib.sha256(fs.read_bytes(path)).hexdigest()
+    return formats.LoadedVersion(signatures, signature_defs, "sha256:" + digest, model, "LiteRT",
+                                 (errors.InterpreterError,))
+
+
+def _classify(predict, image_shape, names: list[str]):
+    """The Classify signature of a LiteRT version: Examples -> decoded images (as the SavedModel's
+    ``classify``: :func:`tfkd.images.decode`) -> ``predict`` -> classes and scores [n, K]."""
+    def classify(inputs):
+        features = tf.io.parse_example(inputs, {formats.CLASSIFY_IMAGE_FEATURE:
+                                                tf.io.FixedLenFeature([], tf.string)})
+        pixels = tf.map_fn(lambda b: images_lib.decode(b, tuple(image_shape)),
+                           features[formats.CLASSIFY_IMAGE_FEATURE], fn_output_signature=tf.float32)
+        scores = predict(images=pixels.numpy())[formats.PROBABILITIES_KEY]
+        classes = tf.tile(tf.constant(names)[None], [tf.shape(scores)[0], 1])
+        return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
+                tf.saved_model.CLASSIFY_OUTPUT_SCORES: scores}
+    return classify

@@ -7,7 +7,8 @@ about (worker w of K asks about rows ``[w n / K, (w + 1) n / K)``), then all-gat
 the strategy's collective ops, so that every worker holds every answer and the cluster asks about each
 image once. With one worker (any other strategy) it is the teacher itself. Per-image work other than
 labelling (DB3KD's boundary search) shards the same way: :meth:`ShardedTeacher.shard` and
-:meth:`ShardedTeacher.gather_rows`.
+:meth:`ShardedTeacher.gather_rows`, which the one-worker :class:`tfkd.teacher.TeacherClient` has too
+(every row is its shard), so that a method never needs to know which it holds.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ShardedTeacher:
 
     @property
     def label_only(self) -> bool:
+        """The client's :attr:`tfkd.teacher.TeacherClient.label_only`."""
         return self.teacher.label_only
 
     @property
