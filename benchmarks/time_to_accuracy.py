@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 
+import report_dates  # benchmarks/, beside this script
 from absl import app
 from absl import flags
 
@@ -86,10 +87,12 @@ def augmentation(report: dict) -> str:
 def section() -> list[str]:
     """RESULTS.md's time-to-accuracy section from the stored reports; [] without a pair."""
     found = collections.defaultdict(dict)  # (session, seed) -> kind -> report
+    paths = collections.defaultdict(list)  # session -> its reports
     for path in sorted(glob.glob(os.path.join(STORED, "*-seed*.json"))):
         session, kind, seed = os.path.basename(path)[:-len(".json")].rsplit("-", 2)
         with open(path) as f:
             found[session, int(seed[len("seed"):])][kind] = json.load(f)
+        paths[session].append(path)
     lines = []
     for (session, seed), runs in sorted(found.items()):
         if "reference" not in runs:
@@ -99,7 +102,8 @@ def section() -> list[str]:
         for kind in (k for k in KINDS if k in runs and k != "reference"):
             ours = runs[kind]
             our_s, our_student = after_teacher(kind, ours)
-            lines.append(f"| {session} | {seed} | {100 * ref['student_accuracy']:.2f} | {ref_s:.0f} "
+            lines.append(f"| {session}, {report_dates.days(paths[session])} | {seed} | "
+                         f"{100 * ref['student_accuracy']:.2f} | {ref_s:.0f} "
                          f"({ref_student:.0f}) | {kind} | {ours.get('student_epochs')} | "
                          f"{augmentation(ours)} | "
                          f"{100 * ours['student_accuracy']:.2f} | {our_s:.0f} ({our_student:.0f}) | "
@@ -110,8 +114,10 @@ def section() -> list[str]:
             "`python benchmarks/time_to_accuracy.py`: the plain Keras 3 FS-BBT of "
             "`../shared/reference/fsbbt_reference.py` (50 student epochs) and",
             "tfkd's README command (`tfkd`; `tfkd_e25`: with `--student_epochs=25`), one after the other "
-            "on this machine (2 CPU cores, nothing else",
-            "running); each tfkd run beside the reference of its own session and seed. Seconds after "
+            f"on {report_dates.MACHINE}, nothing else",
+            "running. A session is one sitting there, named with its day (the day of the commit "
+            "that stored its reports); each tfkd run",
+            "is compared with the reference of its own session and seed. Seconds after "
             "the teacher: CVAE, synthesis, the teacher's",
             "labels and the student's training. Test accuracy, final epoch. Reports: "
             "benchmarks/reports/time_to_accuracy/.", "",

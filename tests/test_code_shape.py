@@ -159,3 +159,31 @@ def test_the_server_names_its_flag_beside_the_setting_a_library_message_names(tm
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert last.startswith(f"error: batching (--batching_parameters_file): {str(bad)!r}: not a "
                            "BatchingParameters text proto"), last
+
+
+def test_every_error_tfkd_defines_is_a_tfkd_error_of_tfkd_errors():
+    """One hierarchy in one module: an exception class a tfkd module defines (but a private one its
+    module raises and catches itself) is a :class:`tfkd.errors.TfkdError` defined in tfkd/errors.py,
+    so ``except tfkd.TfkdError`` in a launcher catches it."""
+    # Before the fix: tfkd.export.litert.InterpreterError was a plain RuntimeError defined there.
+    import importlib
+    import inspect
+    import pkgutil
+
+    import tfkd
+    from tfkd import errors
+
+    outside = []
+    for module_info in pkgutil.walk_packages(tfkd.__path__, "tfkd."):
+        try:
+            module = importlib.import_module(module_info.name)
+        except ModuleNotFoundError as e:  # An optional package (kfp): not this test's concern.
+            if e.name and e.name.split(".")[0] in ("kfp", "matplotlib"):
+                continue
+            raise
+        outside += [f"{module.__name__}.{name}" for name, value in vars(module).items()
+                    if inspect.isclass(value) and issubclass(value, BaseException)
+                    and value.__module__ == module.__name__ and not name.startswith("_")
+                    and not (module is errors and issubclass(value, errors.TfkdError))]
+    assert not outside, outside
+    assert issubclass(errors.InterpreterError, RuntimeError)  # As before: code catching it still does.

@@ -91,8 +91,8 @@ def test_the_spec_loads_its_images_at_its_shape_and_refuses_others(small_fashion
     # Before the fix no shape was known: 28x28 IDX files were read as any dataset's images.
     x = np.round(fashion.x_train[:20, ..., 0] * 255).astype(np.uint8)
     write_idx(tmp_path, x, fashion.y_train[:20], x[:5], fashion.y_train[:5])
-    with pytest.raises(errors.DatasetUnavailableError,
-                       match=r"expected images of shape \[12, 12, 1\] \(its DatasetSpec\), got \[28, 28, 1\]"):
+    expected = r"expected images of shape \[12, 12, 1\] \(its DatasetSpec\), got \[28, 28, 1\]"
+    with pytest.raises(errors.DatasetUnavailableError, match=expected):
         data.load_dataset(NAME, str(tmp_path))
 
 

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from tfkd import methods
 from tfkd import pipeline
 from tfkd import settings
 
@@ -45,6 +46,15 @@ for name, s in d.SETTINGS.items():
     for part in s.name.split("."): got = getattr(got, part)
     want = tuple(s.items(v)) if isinstance(v, list) else v
     out[name] = got == want or repr((got, want))
+for name, (s, owners) in d.METHOD_SETTINGS.items():  # A method's own: under one of its methods.
+    v = value(s)[0]
+    arg = f"--{name}" if v is True else f"--no{name}" if v is False else (
+        f"--{name}={','.join(v)}" if isinstance(v, list) else f"--{name}={v}")
+    parse("distill", "--workdir=/tmp/w", f"--method={sorted(owners)[0]}", arg)
+    got = d.config_from_flags().resolved().method_config
+    for part in s.name.split("."): got = getattr(got, part)
+    want = tuple(s.items(v)) if isinstance(v, list) else v
+    out[name] = got == want or repr((got, want))
 print("WIRING " + json.dumps(out))
 """
 
@@ -53,7 +63,10 @@ def test_every_setting_is_a_flag_whose_value_reaches_it(parsed):
     out = printed(parsed, "every_flag")
     wiring = json.loads(next(x for x in out.splitlines() if x.startswith("WIRING "))[7:])
     every = {s.name.replace(".", "_") for s in settings.settings(pipeline.DistillConfig)}
-    assert set(wiring) == every and len(every) > 130
+    shipped = {type(methods.get(m)).__module__.startswith("tfkd.") and methods.get(m).config_class
+               for m in methods.names()} - {False, None}
+    own = {s.name.replace(".", "_") for cls in shipped for s in settings.settings(cls)}
+    assert set(wiring) == every | own and len(every | own) > 130
     assert {n: w for n, w in wiring.items() if w is not True} == {}
 
 
@@ -62,8 +75,9 @@ d = parse("distill", "--workdir=/tmp/w", "--num_mixup=7", "--teacher=h:1", "--qu
           "--train_mixup_alpha=0.5", "--batch_size=16", "--teacher_max_attempts=2",
           "--student_model=/tmp/m.keras", "--votes=3", "--eval_images=/tmp/e", "--images=/tmp/i")
 c = d.config_from_flags()
-print("ALIASES", c.mixup.num_images, c.teacher.target, c.teacher.query_budget, c.student.mixup_alpha,
-      c.student.batch_size, c.teacher.retry.max_attempts, c.student.architecture, c.votes.votes,
+o = c.resolved().method_config
+print("ALIASES", o.mixup.num_images, c.teacher.target, c.teacher.query_budget, c.student.mixup_alpha,
+      c.student.batch_size, c.teacher.retry.max_attempts, c.student.architecture, o.votes.votes,
       c.images.eval_path, c.images.path)
 """
 
@@ -82,7 +96,8 @@ with open(path, "w") as f:
 d = parse("distill", "--workdir=/tmp/w", f"--config_file={path}", "--student_epochs=4",
           '--params_override={"seed": 5}')
 c = d.config_from_flags()
-print("LAYERS", c.student.epochs, c.mixup.num_images, c.seed, c.teacher.query_budget)
+print("LAYERS", c.student.epochs, c.resolved().method_config.mixup.num_images, c.seed,
+      c.teacher.query_budget)
 """
 
 
@@ -150,7 +165,7 @@ def test_a_plugins_settings_are_flags_listed_by_help_and_reach_its_config(parsed
     assert "num_noise=33" in next(x for x in printed(parsed, "plugin_own").splitlines()
                                   if x.startswith("OWN"))
     assert json.loads(printed(parsed, "plugin_other")) == [1, (
-        "error: --test_one_file_noise_num_noise: a setting of method 'test_one_file_noise', not of "
+        "error: --test_one_file_noise_num_noise: a setting of method test_one_file_noise, not of "
         "--method=fsbbt")]
 
 

@@ -71,9 +71,9 @@ class DistillConfig:
       workdir: where everything of the run is written (see module docstring).
       method: a registered method (:func:`tfkd.methods.names`; each family's table is in its
         package under :mod:`tfkd.methods`).
-      dataset, data_dir: see :func:`tfkd.data.load_dataset`; ``dataset`` is a registered name
-        (:func:`tfkd.data.register_dataset`), whose :class:`tfkd.data.DatasetSpec` gives the
-        defaults :meth:`resolved` fills.
+      dataset: a registered dataset (:func:`tfkd.data.register_dataset`), whose
+        :class:`tfkd.data.DatasetSpec` gives the defaults :meth:`resolved` fills.
+      data_dir: see :func:`tfkd.data.load_dataset`.
       images: the user's own images in place of ``dataset`` (:class:`tfkd.images.ImageSourceConfig`):
         unlabeled few shots at the teacher's input size, and optional evaluation images (labelled
         by class sub-folders, or not: then the report gives fidelity). Needs a remote
