@@ -49,7 +49,7 @@ def test_the_student_learns_the_teachers_soft_labels_not_their_argmax(fashion, t
     targets[np.arange(n), (labels + 1) % 10] = 0.4
     transfer = methods.TransferSet(images, targets, np.zeros(n, np.int8), ("real",))
     config = pipeline.DistillConfig(workdir=str(tmp_path), method="standard_kd", verbose=0,
-                                    student=_no_augmentation(epochs=8, learning_rate=3e-3))
+                                    student=_no_augmentation(epochs=8, learning_rate=3e-3)).resolved()
     dataset = dataclasses.replace(fashion, x_train=images, y_train=labels)
     student = pipeline.train_student(config, methods.get("standard_kd"), dataset, transfer, "fp",
                                      distribute.make_strategy(), report.StageTimer(), Report())

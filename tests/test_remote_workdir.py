@@ -14,11 +14,13 @@ from tfkd import methods
 from tfkd import pipeline
 from tfkd import teacher as teacher_lib
 
+from conftest import config_of
+
 
 @pytest.mark.slow
 def test_fsbbt_runs_with_its_work_dir_on_ram_and_a_rerun_asks_nothing(server, fashion):
     workdir = "ram://tfkd_test/run"
-    config = pipeline.DistillConfig(workdir=workdir, method="fsbbt",
+    config = config_of(workdir=workdir, method="fsbbt",
                                     teacher=teacher_lib.TeacherConfig(target=server.target),
                                     **{**TINY, "compress": ("int8",)})
     report = pipeline.run(config)
