@@ -15,6 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
 
+import tensorflow as tf
 from absl import app
 from absl import flags
 from absl import logging
@@ -78,7 +79,7 @@ def _read(flag: str):
         return None
     try:
         return fs.read_bytes(path)
-    except Exception as e:  # noqa: BLE001 - OSError, or tf.errors.NotFoundError from gfile.
+    except (OSError, tf.errors.OpError) as e:  # What gfile raises for a file it cannot read.
         raise errors.ConfigError(f"--{flag}={path!r}: cannot read it "
                                  f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
 
