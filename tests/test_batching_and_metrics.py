@@ -126,6 +126,6 @@ def test_bad_batching_and_monitoring_configs_are_refused_by_name(teacher_base):
         serving.BatchingParameters.from_text("num_batch_threads { value: 0 }")
     with pytest.raises(ValueError, match="path='metrics', expected a path starting with '/'"):
         serving.MonitoringConfig.from_text('prometheus_config { enable: true path: "metrics" }')
-    with pytest.raises(ValueError, match="set rest_api_port"):
+    with pytest.raises(ValueError, match="set rest_api_port to a port number$"):  # Not 0: none.
         serving.ModelServer([serving.ModelConfig("teacher", teacher_base)],
                             monitoring=serving.MonitoringConfig(prometheus_enable=True))

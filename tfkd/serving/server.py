@@ -97,7 +97,7 @@ class ServerConfig:
             self.batching.validate()
         if self.metrics_path is not None and self.rest_api_port is None:
             raise ConfigError("monitoring: Prometheus metrics are served on the REST port; set "
-                              "rest_api_port (0: a free one)")
+                              "rest_api_port to a port number")
 
     @property
     def metrics_path(self) -> str | None:
