@@ -112,3 +112,16 @@ def test_a_tiny_run_on_the_registered_dataset(small_fashion, tmp_path):
     assert 0.0 <= report.student_accuracy <= 1.0
     student = tf.saved_model.load(report.student_export_dir).signatures["serving_default"]
     assert student.structured_input_signature[1]["images"].shape.as_list() == [None, 12, 12, 1]
+
+
+def test_a_registered_spec_cannot_change_behind_the_registry():
+    """Specs (and their loaders) are frozen, hashable values: nothing changes a registered
+    dataset's shape, classes or source in place. Mutation sample: KerasDownload not frozen made
+    every built-in spec unhashable, and no test noticed."""
+    import dataclasses
+
+    for name in data.dataset_names():
+        spec = data.dataset_spec(name)
+        assert hash(spec) == hash(dataclasses.replace(spec))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.num_classes = 3
