@@ -25,6 +25,11 @@ def test_soft_labels_and_query_count(client, fashion):
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
     assert np.mean(labels.argmax(1) == fashion.y_test[:300]) > 0.6
     assert client.queries == 300 and client.retries == 0  # Each image asked once (not how many requests).
+    # No image: nothing sent, and still [0, K] (mutation sample: probe gave [0, 0]).
+    for ask in (client.soft_labels, client.probe):
+        empty = ask(fashion.x_test[:0])
+        assert empty.shape == (0, 10) and empty.dtype == np.float32
+    assert client.queries == 300
 
 
 def test_batch_over_4mb_is_split(client, fashion):
