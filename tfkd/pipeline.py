@@ -254,8 +254,9 @@ def fit_query_budget(config: DistillConfig, method: methods.Method, dataset: dat
     if budget is None or method.teacher_needs == "none":
         return config
     reserved = num_eval if link.eval_client is not None else 0
-    num_real = config.num_shots if dataset.y_train is not None else len(dataset.x_train)
     plan = method.budget_plan(config, link.labeller)
+    num_real = (0 if not plan.labels_real_images else config.num_shots
+                if dataset.y_train is not None else len(dataset.x_train))
     per_image = plan.queries_per_image  # Votes: 1 + k.
     if reserved and budget - reserved < num_real * per_image:
         raise teacher_lib.QueryBudgetExceeded(

@@ -196,11 +196,15 @@ class BudgetPlan:
         itself when the plan fits), and JSON-able figures of what is left (``report.json``'s
         ``query_plan_fitted``). Deterministic: a rerun recomputes it to find its transfer set
         again. None: the method cuts nothing.
+      labels_real_images: the plan asks the teacher about the N real images (the few-shot
+        families); False for a zero-shot method, whose plan is its synthetic images only (the budget
+        then reserves nothing for real images and ``fit`` gets ``num_real`` 0).
     """
 
     queries_per_image: int = 1
     synthetic_images: int = 0
     fit: Callable[[int, int], tuple[Any, dict]] | None = None
+    labels_real_images: bool = True
 
 
 class Method:
@@ -362,3 +366,6 @@ from tfkd.methods import db3kd  # noqa: E402,F401  (registers the DB3KD family)
 
 # isort: split
 from tfkd.methods import zskd  # noqa: E402,F401  (registers ZSKD)
+
+# isort: split
+from tfkd.methods import priors  # noqa: E402,F401  (registers prior_kd)

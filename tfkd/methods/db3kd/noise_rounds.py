@@ -7,13 +7,12 @@ from typing import Callable
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from tfkd import errors
 from tfkd.methods.db3kd import zeroshot
-
-_SMOOTH_SIZES = (3, 4, 5, 7)  # smooth noise: each sample's grid, bilinearly upsampled.
+from tfkd.methods.noise import smooth_noise
+from tfkd.methods.noise import uniform_noise
 
 
 def noise_samples(top1: Callable, shape: tuple, num_classes: int, config: zeroshot.ZeroShotConfig,
@@ -124,31 +123,6 @@ def _noise_result(kept, reachable, asked, config, teacher) -> tuple[np.ndarray, 
     images = np.stack([x for k in kept for x in k]).astype(np.float32)
     labels = np.concatenate([np.full(len(k), c, np.int64) for c, k in enumerate(kept)])
     return images, labels
-
-
-def uniform_noise(n: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
-    """The reference's noise: clip((U[0,1] + 0.2)·s1 + N(0,1)·s2, 0, 1), s1, s2 ~ U[0,1] per
-    sample. float32 [n, *shape]."""
-    s1, s2 = rng.uniform(size=(2, n) + (1,) * len(shape))
-    return np.clip((rng.uniform(size=(n, *shape)) + 0.2) * s1
-                   + rng.standard_normal((n, *shape)) * s2, 0, 1).astype(np.float32)
-
-
-def smooth_noise(n: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:
-    """Low-frequency noise: per sample a grid of r x r x C values U[0,1]·s (r from 3, 4, 5, 7;
-    s ~ U[0.3, 1.5]) bilinearly upsampled to ``shape`` (H, W, C), plus N(0,1)·σ per pixel
-    (σ ~ U[0, 0.2]), clipped to [0, 1]. On the Fashion-MNIST LeNet-5 teacher it reaches every class
-    (a 4x4 grid reached the rarest at 0.4% where the uniform noise gives 0.015%:
-    benchmarks/reports/probes/zsdb3kd_prototype.txt). float32 [n, H, W, C]."""
-    out = np.zeros((n, *shape), np.float32)
-    sizes = rng.choice(_SMOOTH_SIZES, size=n)
-    for r in np.unique(sizes):
-        rows = np.flatnonzero(sizes == r)
-        grid = rng.uniform(size=(len(rows), r, r, shape[2])) * rng.uniform(
-            0.3, 1.5, size=(len(rows), 1, 1, 1))
-        out[rows] = tf.image.resize(grid.astype(np.float32), shape[:2], method="bilinear").numpy()
-    sigma = rng.uniform(0, 0.2, size=(n, 1, 1, 1))
-    return np.clip(out + sigma * rng.standard_normal(out.shape), 0, 1).astype(np.float32)
 
 
 def _fill_round(kept: list, per_class: int, shape: tuple, rng: np.random.Generator) -> np.ndarray:

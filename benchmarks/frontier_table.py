@@ -1,0 +1,133 @@
+r"""The accuracy frontier of RESULTS.md (issue 37): one line per setting, tfkd's default and best
+stored rows against the best published figure, the goal and the full-data ceiling, read from stored
+reports only.
+
+  python benchmarks/frontier_table.py   # prints the section; reproduce.py --write_only puts it in
+                                        # RESULTS.md
+
+Rows are ``(stored report glob, what)`` per setting: the first is the setting's default recipe (the
+README's command), the others tries at or under the setting's query cap. A row with no stored
+report is left out; a setting none of whose rows is stored says "not measured".
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORTS = os.path.join(REPO, "benchmarks", "reports")
+
+# Full-data ceilings: the student trained on the training split's true labels with the default
+# few-shot student recipe (25 epochs, no training-time augmentation), 3 seeds.
+CEILINGS = {"lenet5_half": ("frontier/ceiling-seed*.json", "88.68 (DivBFKD)"),
+            "lenet5": ("frontier/ceiling_lenet5-seed*.json", "-")}
+
+SETTINGS = [
+    {"setting": "few-shot, soft labels, N = 2000, ≤ 50,000 queries", "student": "lenet5_half",
+     "cap": 50_000, "published": "DivBFKD 86.50", "goal": 88.5,
+     "rows": [("fashion_mnist/row-fsbbt_e25_no_augment-seed*.json", "fsbbt default"),
+              ("fashion_mnist/row-fsbbt_e100_no_augment-seed*.json", "fsbbt, 100 epochs")]},
+    {"setting": "same, same-size LeNet-5 student", "student": "lenet5", "cap": 50_000,
+     "published": "DivBFKD 87.65", "goal": 90.0,
+     "rows": [("fashion_mnist/row-fsbbt_lenet5_e100_no_augment-seed*.json",
+               "fsbbt, LeNet-5, 100 epochs")]},
+    {"setting": "few-shot, soft labels, ≤ 5,000 queries", "student": "lenet5_half", "cap": 5_000,
+     "published": "QEDG uses 5,000 (hard labels)", "goal": 87.0,
+     "rows": [("fashion_mnist/row-fsbbt_q5000_assistant_e60-seed*.json",
+               "fsbbt, --query_budget=5000 (active rounds + assistant)")]},
+    {"setting": "zero-shot, white-box (the teacher's SavedModel in-process)",
+     "student": "lenet5_half", "cap": None, "published": "ZSKD 79.62", "goal": 80.0,
+     "rows": [("frontier/prior_kd_whitebox-seed*.json", "prior_kd_whitebox default"),
+              ("fashion_mnist_zero_shot/zskd_issue27-seed*.json", "zskd")]},
+    {"setting": "zero-shot, black-box, soft labels, ≤ 200,000 queries", "student": "lenet5_half",
+     "cap": 200_000, "published": "none at this budget", "goal": 80.0,
+     "rows": [("frontier/prior_kd-seed*.json", "prior_kd default")]},
+    {"setting": "zero-shot, label-only, half-size student, ≤ 50,000 queries",
+     "student": "lenet5_half", "cap": 50_000, "published": "DIP-KD 74.90", "goal": 76.0,
+     "rows": [("frontier/prior_kd_label_only_q50k-seed*.json", "prior_kd, label-only, 50,000")]},
+    {"setting": "zero-shot, label-only, half-size student, ≤ 1,000,000 queries",
+     "student": "lenet5_half", "cap": 1_000_000, "published": "ZSDB3KD 72.31 (billions)",
+     "goal": 80.0,
+     "rows": [("fashion_mnist_label_only/zsdb3kd_n400k_noaug-seed*.json",
+               "zsdb3kd, 400,000 noise samples, one-hot")]},
+    {"setting": "zero-shot, label-only, same-size LeNet-5, ≤ 50,000 queries", "student": "lenet5",
+     "cap": 50_000, "published": "DIP-KD 83.98", "goal": 85.0, "rows": []},
+]
+
+
+def load(pattern: str) -> list[dict]:
+    """The stored reports matching ``pattern`` (under benchmarks/reports/), seed order."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(REPORTS, pattern))):
+        with open(path) as f:
+            out.append(json.load(f) | {"path": path})
+    return out
+
+
+def queries(report: dict) -> int:
+    """Teacher queries the run's work dir spent on its transfer set (the teacher's own evaluation
+    left out): every stage's sent queries plus ledger answers reused from an earlier process."""
+    total = report.get("teacher_queries_total")
+    if total is None:
+        total = sum(report["teacher_queries_sent_by_stage"].values()) + report["teacher_ledger_hits"]
+    return int(total - report["teacher_queries_sent_by_stage"].get("evaluate_teacher", 0))
+
+
+def summary(reports: list[dict]) -> dict:
+    """Mean ± sample std (ddof = 1) of the test accuracy in %, per-seed figures and links."""
+    test = np.array([100 * r["student_accuracy"] for r in reports])
+    return {"mean": float(test.mean()), "std": float(test.std(ddof=1)) if len(test) > 1 else None,
+            "per_seed": [float(a) for a in test], "paths": [r["path"] for r in reports],
+            "validation": float(np.mean([100 * r["student_validation_accuracy"] for r in reports])),
+            "queries": int(np.mean([queries(r) for r in reports])), "seeds": len(test)}
+
+
+def _cell(s: dict, results_md: str) -> str:
+    std = "-" if s["std"] is None else f"{s['std']:.2f}"
+    links = ", ".join(f"[{a:.2f}]({os.path.relpath(p, os.path.dirname(results_md))})"
+                      for a, p in zip(s["per_seed"], s["paths"]))
+    return f"**{s['mean']:.2f} ± {std}** ({s['seeds']} seeds: {links}; {s['queries']:,} queries)"
+
+
+def section(results_md: str) -> list[str]:
+    """RESULTS.md's frontier section (a list of lines)."""
+    ceilings = {k: load(p) for k, (p, _) in CEILINGS.items()}
+    lines = ["## The accuracy frontier (issue 37)", "",
+             "Fashion-MNIST, LeNet-5 teacher 90.75%, full test set over gRPC, final-epoch weights "
+             "unless a row says otherwise. *tfkd* is the setting's default recipe (its README command), "
+             "*best* the best stored row at or under the setting's query cap (chosen by validation "
+             "accuracy). *Ceiling*: the same student trained on the 54,590 training images' true "
+             "labels with the few-shot student recipe (25 epochs, no augmentation).", "",
+             "| setting | tfkd (default) | best stored row | best published | goal | to goal | "
+             "to ceiling |", "|---|---|---|---|---:|---:|---:|"]
+    for s in SETTINGS:
+        rows = [(what, load(p)) for p, what in s["rows"]]
+        rows = [(what, summary(r)) for what, r in rows if r
+                and (s["cap"] is None or summary(r)["queries"] <= s["cap"])]
+        if not rows:
+            lines.append(f"| {s['setting']} | not measured | - | {s['published']} | "
+                         f"{s['goal']:.1f} | - | - |")
+            continue
+        default = rows[0][1] if s["rows"] and rows[0][0] == s["rows"][0][1] else None
+        best_what, best = max(rows, key=lambda r: r[1]["validation"])
+        ceiling = ceilings.get(s["student"])
+        top = max(r[1]["mean"] for r in rows)
+        to_ceiling = (f"{summary(ceiling)['mean'] - top:+.2f}" if ceiling else "-")
+        lines.append(f"| {s['setting']} | {_cell(default, results_md) if default else '-'} | "
+                     f"{best_what}: {_cell(best, results_md)} | {s['published']} | "
+                     f"{s['goal']:.1f} | {s['goal'] - top:+.2f} | {to_ceiling} |")
+    lines += ["", "| full-data ceiling | student | test acc. | published |", "|---|---|---|---|"]
+    for student, (pattern, published) in CEILINGS.items():
+        reports = ceilings[student]
+        if reports:
+            lines.append(f"| true labels, all training images | {student} | "
+                         f"{_cell(summary(reports), results_md)} | {published} |")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(section(os.path.join(REPO, "RESULTS.md"))))
