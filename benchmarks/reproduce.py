@@ -34,6 +34,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import cost_table  # noqa: E402  (benchmarks/, beside this script)
 import images_vs_idx  # noqa: E402
 import keras  # noqa: E402
+import frontier_table  # noqa: E402  (benchmarks/, beside this script)
 import label_only_table  # noqa: E402  (benchmarks/, beside this script)
 import numpy as np  # noqa: E402
 import report_dates  # noqa: E402  (benchmarks/, beside this script)
@@ -670,6 +671,7 @@ def write_markdown(rows: list[dict], reports: dict[str, dict], path: str, plot: 
                   f"validation split; test accuracy over gRPC **{100 * teacher['test_accuracy']:.2f}%** "
                   f"({teacher['test_examples']:,} images, measured once; "
                   f"{_link(teacher['path'], path)}).", ""]
+    lines += [*frontier_table.section(path), "", "## FS-BBT and its baselines", ""]
     lines += ["| dataset | method | teacher acc. | N | MixUp | CVAE | teacher queries | student acc. "
               "(mean ± sample std) | per seed | validation acc. (mean) | paper | student training s "
               "| total s | run date |",

@@ -377,3 +377,26 @@ def test_a_cut_plan_keeps_the_full_plans_training_length(runs):
     _, cut, _, full = runs
     assert full.student_steps == IMAGES // 64
     assert abs(cut.student_steps - full.student_steps) <= 1, (cut.student_steps, full.student_steps)
+
+
+def test_the_white_box_variant_labels_the_same_images_by_the_teachers_logits_without_a_query(
+        server, teacher_base, tmp_path):
+    """prior_kd_whitebox: the plan's images, targets softmax(logits / T) of the teacher's SavedModel
+    (read here from its signature's logits, not through tfkd), no query for the transfer set."""
+    images = 300
+    report = tfkd.distill(
+        workdir=str(tmp_path / "wb"), method="prior_kd_whitebox",
+        priors={"images": images, "temperature": T}, teacher={"target": server.target},
+        teacher_saved_model=os.path.join(teacher_base, "1"), student={"epochs": 1},
+        num_validation=0, eval_examples=100, evaluate_teacher=False, compress=(), verbose=0)
+    assert report.teacher_queries_sent_by_stage.get("label_priors", 0) == 0
+    assert sum(report.teacher_queries_sent_by_stage.values()) == 0
+    transfer = methods.TransferSet.load(report.labelled_set)
+    plan = images_lib.transfer_images(PriorConfig(images=images, temperature=T), SHAPE, report.seed)
+    assert np.array_equal(transfer.images, plan)
+    signature = tf.saved_model.load(os.path.join(teacher_base, "1")).signatures["serving_default"]
+    logits = signature(images=tf.constant(plan))["logits"].numpy().astype(np.float64) / T
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(transfer.targets, expected, atol=1e-5)
+    assert report.student_recipe["temperature"] == T
