@@ -27,34 +27,46 @@ CEILINGS = {"lenet5_half": ("frontier/ceiling-seed*.json", "88.68 (DivBFKD)"),
             "lenet5": ("frontier/ceiling_lenet5-seed*.json", "-")}
 
 SETTINGS = [
-    {"setting": "few-shot, soft labels, N = 2000, ≤ 50,000 queries", "student": "lenet5_half",
+    {"setting": "few-shot, soft labels, N = 2000, ≤ 50,000 queries",
+     "command": "tfkd-distill", "student": "lenet5_half",
      "cap": 50_000, "published": "DivBFKD 86.50", "goal": 88.5,
      "rows": [("fashion_mnist/row-fsbbt_e25_no_augment-seed*.json", "fsbbt default"),
               ("fashion_mnist/row-fsbbt_e100_no_augment-seed*.json", "fsbbt, 100 epochs")]},
-    {"setting": "same, same-size LeNet-5 student", "student": "lenet5", "cap": 50_000,
+    {"setting": "same, same-size LeNet-5 student",
+     "command": "tfkd-distill --student_architecture=lenet5 --student_epochs=100",
+     "student": "lenet5", "cap": 50_000,
      "published": "DivBFKD 87.65", "goal": 90.0,
      "rows": [("fashion_mnist/row-fsbbt_lenet5_e100_no_augment-seed*.json",
                "fsbbt, LeNet-5, 100 epochs")]},
-    {"setting": "few-shot, soft labels, ≤ 5,000 queries", "student": "lenet5_half", "cap": 5_000,
+    {"setting": "few-shot, soft labels, ≤ 5,000 queries",
+     "command": "tfkd-distill --query_budget=5000 --evaluate_teacher=false",
+     "student": "lenet5_half", "cap": 5_000,
      "published": "QEDG uses 5,000 (hard labels)", "goal": 87.0,
      "rows": [("fashion_mnist/row-fsbbt_q5000_assistant_e60-seed*.json",
                "fsbbt, --query_budget=5000 (active rounds + assistant)")]},
     {"setting": "zero-shot, white-box (the teacher's SavedModel in-process)",
+     "command": "tfkd-distill --method=prior_kd_whitebox --teacher_saved_model=DIR",
      "student": "lenet5_half", "cap": None, "published": "ZSKD 79.62", "goal": 80.0,
      "rows": [("frontier/prior_kd_whitebox-seed*.json", "prior_kd_whitebox default"),
               ("fashion_mnist_zero_shot/zskd_issue27-seed*.json", "zskd")]},
-    {"setting": "zero-shot, black-box, soft labels, ≤ 200,000 queries", "student": "lenet5_half",
+    {"setting": "zero-shot, black-box, soft labels, ≤ 200,000 queries",
+     "command": "tfkd-distill --method=prior_kd", "student": "lenet5_half",
      "cap": 200_000, "published": "none at this budget", "goal": 80.0,
      "rows": [("frontier/prior_kd-seed*.json", "prior_kd default")]},
     {"setting": "zero-shot, label-only, half-size student, ≤ 50,000 queries",
+     "command": "tfkd-distill --method=prior_kd --teacher_label_only --priors_images=50000",
      "student": "lenet5_half", "cap": 50_000, "published": "DIP-KD 74.90", "goal": 76.0,
      "rows": [("frontier/prior_kd_label_only_q50k-seed*.json", "prior_kd, label-only, 50,000")]},
     {"setting": "zero-shot, label-only, half-size student, ≤ 1,000,000 queries",
+     "command": ("tfkd-distill --method=zsdb3kd --teacher_label_only --zsdb3kd_per_class=40000 "
+                 "--zsdb3kd_iterations=0 --db3kd_directions=0 --db3kd_temperature=1 "
+                 "--student_epochs=20"),
      "student": "lenet5_half", "cap": 1_000_000, "published": "ZSDB3KD 72.31 (billions)",
      "goal": 80.0,
      "rows": [("fashion_mnist_label_only/zsdb3kd_n400k_noaug-seed*.json",
                "zsdb3kd, 400,000 noise samples, one-hot")]},
-    {"setting": "zero-shot, label-only, same-size LeNet-5, ≤ 50,000 queries", "student": "lenet5",
+    {"setting": "zero-shot, label-only, same-size LeNet-5, ≤ 50,000 queries",
+     "command": "-", "student": "lenet5",
      "cap": 50_000, "published": "DIP-KD 83.98", "goal": 85.0, "rows": []},
 ]
 
@@ -93,6 +105,58 @@ def _cell(s: dict, results_md: str) -> str:
     return f"**{s['mean']:.2f} ± {std}** ({s['seeds']} seeds: {links}; {s['queries']:,} queries)"
 
 
+# The zero-shot accuracy-vs-queries curves: (label, stored report globs in query order).
+CURVES = {
+    "prior_kd, soft labels (black-box)": [
+        "frontier/prior_kd_q10000-seed*.json", "frontier/prior_kd_q25000-seed*.json",
+        "frontier/prior_kd_q50000-seed*.json", "frontier/prior_kd-seed*.json",
+        "frontier/prior_kd_i200k-seed*.json"],
+    "prior_kd, label-only (one-hot answers)": [
+        "frontier/prior_kd_label_only_q50k-seed*.json"],
+    "zsdb3kd, label-only": [
+        "fashion_mnist_label_only/zsdb3kd_n100k_onehot_noaug-seed*.json",
+        "fashion_mnist_label_only/zsdb3kd_n400k_noaug-seed*.json",
+        "fashion_mnist_label_only/zsdb3kd_b1e7-seed*.json"],
+    "zskd_blackbox, soft labels": ["fashion_mnist_zero_shot/zskd_blackbox-seed*.json",
+                                   "fashion_mnist_zero_shot/zskd_blackbox_issue27-seed*.json"],
+}
+
+
+def curves() -> dict[str, list[dict]]:
+    """Label -> the summaries of its stored points (absent points left out)."""
+    return {label: [summary(r) for r in map(load, patterns) if r]
+            for label, patterns in CURVES.items()}
+
+
+def plot(path: str) -> str | None:
+    """The zero-shot settings' test accuracy against teacher queries (log x), one line per method
+    and answer kind, error bars the sample std over seeds; a PNG at ``path`` (None without
+    matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for label, points in curves().items():
+        if points:
+            ax.errorbar([p["queries"] for p in points], [p["mean"] for p in points],
+                        yerr=[p["std"] or 0 for p in points], capsize=3, marker="o", label=label)
+    ax.axhline(80.0, ls="--", c="gray", lw=1, label="goal, black-box soft labels (≤ 200,000)")
+    ax.axhline(74.90, ls=":", c="gray", lw=1, label="DIP-KD, label-only, 50,000 (published)")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher queries per run (log scale)")
+    ax.set_ylabel("student test accuracy (%)")
+    ax.set_title("Fashion-MNIST, zero-shot (no real image), LeNet-5-half student")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def section(results_md: str) -> list[str]:
     """RESULTS.md's frontier section (a list of lines)."""
     ceilings = {k: load(p) for k, (p, _) in CEILINGS.items()}
@@ -102,14 +166,14 @@ def section(results_md: str) -> list[str]:
              "*best* the best stored row at or under the setting's query cap (chosen by validation "
              "accuracy). *Ceiling*: the same student trained on the 54,590 training images' true "
              "labels with the few-shot student recipe (25 epochs, no augmentation).", "",
-             "| setting | tfkd (default) | best stored row | best published | goal | to goal | "
-             "to ceiling |", "|---|---|---|---|---:|---:|---:|"]
+             "| setting | command | tfkd (default) | best stored row | best published | goal | "
+             "short of goal | short of ceiling |", "|---|---|---|---|---|---:|---:|---:|"]
     for s in SETTINGS:
         rows = [(what, load(p)) for p, what in s["rows"]]
         rows = [(what, summary(r)) for what, r in rows if r
                 and (s["cap"] is None or summary(r)["queries"] <= s["cap"])]
         if not rows:
-            lines.append(f"| {s['setting']} | not measured | - | {s['published']} | "
+            lines.append(f"| {s['setting']} | `{s['command']}` | not measured | - | {s['published']} | "
                          f"{s['goal']:.1f} | - | - |")
             continue
         default = rows[0][1] if s["rows"] and rows[0][0] == s["rows"][0][1] else None
@@ -117,7 +181,8 @@ def section(results_md: str) -> list[str]:
         ceiling = ceilings.get(s["student"])
         top = max(r[1]["mean"] for r in rows)
         to_ceiling = (f"{summary(ceiling)['mean'] - top:+.2f}" if ceiling else "-")
-        lines.append(f"| {s['setting']} | {_cell(default, results_md) if default else '-'} | "
+        lines.append(f"| {s['setting']} | `{s['command']}` | "
+                     f"{_cell(default, results_md) if default else '-'} | "
                      f"{best_what}: {_cell(best, results_md)} | {s['published']} | "
                      f"{s['goal']:.1f} | {s['goal'] - top:+.2f} | {to_ceiling} |")
     lines += ["", "| full-data ceiling | student | test acc. | published |", "|---|---|---|---|"]
@@ -126,6 +191,16 @@ def section(results_md: str) -> list[str]:
         if reports:
             lines.append(f"| true labels, all training images | {student} | "
                          f"{_cell(summary(reports), results_md)} | {published} |")
+    picture = plot(os.path.join(REPO, "benchmarks", "pictures", "fashion_mnist_frontier_zero_shot.png"))
+    lines += ["", "Zero-shot accuracy against teacher queries (each point a stored row; 3 seeds where "
+              "it has an error bar, else seed 0):", ""]
+    for label, points in curves().items():
+        if points:
+            lines.append(f"- {label}: " + "; ".join(
+                f"{p['queries']:,} queries {_cell(p, results_md).split(' (')[0]}" for p in points))
+    if picture:
+        lines += ["", f"![zero-shot accuracy against queries]"
+                      f"({os.path.relpath(picture, os.path.dirname(results_md))})"]
     return lines
 
 

@@ -32,9 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import cost_table  # noqa: E402  (benchmarks/, beside this script)
+import frontier_table  # noqa: E402  (benchmarks/, beside this script)
 import images_vs_idx  # noqa: E402
 import keras  # noqa: E402
-import frontier_table  # noqa: E402  (benchmarks/, beside this script)
 import label_only_table  # noqa: E402  (benchmarks/, beside this script)
 import numpy as np  # noqa: E402
 import report_dates  # noqa: E402  (benchmarks/, beside this script)

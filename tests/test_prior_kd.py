@@ -365,7 +365,7 @@ def test_the_student_learns_at_the_priors_temperature(runs):
         assert report.student_recipe["loss"] == "tempered_kd"
         assert report.student_recipe["temperature"] == T
         assert report.method_config == {"priors": {
-            "images": IMAGES, "prior": "mix", "augment": "none", "augment_share": 0.25,
+            "images": IMAGES, "prior": "smooth", "augment": "none", "augment_share": 0.25,
             "temperature": T}}
 
 
@@ -400,3 +400,17 @@ def test_the_white_box_variant_labels_the_same_images_by_the_teachers_logits_wit
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(transfer.targets, expected, atol=1e-5)
     assert report.student_recipe["temperature"] == T
+
+
+def test_the_student_recipe_is_prior_kds_unless_the_user_sets_it():
+    """prior_kd's student recipe (chosen on the validation split): 20 epochs at a constant rate,
+    no training-time augmentation; ``lr_schedule`` is a recipe field, so the user's value wins and
+    other methods keep the library's cosine decay."""
+    student = config_of(workdir="w", method="prior_kd").resolved().student
+    assert (student.epochs, student.lr_schedule, student.mixup_alpha, student.rotation_degrees,
+            student.shift_fraction) == (20, "constant", 0.0, 0.0, 0.0)
+    mine = config_of(workdir="w", method="prior_kd", **{"student.lr_schedule": "cosine",
+                                           "student.epochs": 3}).resolved().student
+    assert (mine.lr_schedule, mine.epochs) == ("cosine", 3)
+    assert config_of(workdir="w", method="fsbbt").resolved().student.lr_schedule == "cosine"
+    assert config_of(workdir="w", method="zskd").resolved().student.lr_schedule == "cosine"

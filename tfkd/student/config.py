@@ -56,9 +56,10 @@ class StudentConfig:
         pass) and the student trains about that many steps, so that a smaller transfer set (a
         query budget, a baseline's N images) gets the same training length as a larger one.
         :func:`training_length` is the rule.
-      lr_schedule: one of ``LR_SCHEDULES``; default ``cosine`` decay to 0 (chosen on the validation
-        split over the paper's constant rate: +0.52, +0.30, +0.46 points for FS-BBT, seeds 0-2;
-        RESULTS.md, "Log of tries"). ``constant`` is the paper's.
+      lr_schedule: one of ``LR_SCHEDULES``; None (a recipe field): the method's, else
+        :data:`RECIPE`'s ``cosine`` decay to 0 (chosen on the validation split over the paper's
+        constant rate: +0.52, +0.30, +0.46 points for FS-BBT, seeds 0-2; RESULTS.md, "Log of
+        tries"). ``constant`` is the paper's, and ``prior_kd``'s (on noise images).
       weight_decay: Adam's decoupled weight decay (Keras' ``weight_decay``, AdamW's rule: each
         step subtracts learning rate x weight_decay x weight); 0 disables.
       ema_momentum: with a value in (0, 1), the exported weights are an exponential moving average
@@ -118,7 +119,7 @@ class StudentConfig:
     steps: int = 0
     batch_size: int = 64
     learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"
+    lr_schedule: str | None = None
     weight_decay: float = 0.0
     ema_momentum: float = 0.0
     loss: str = "soft_ce"
@@ -203,11 +204,11 @@ def _unset(value) -> bool:
     return value is None or value == "auto"
 
 
-RECIPE = {"architecture": "lenet5_half", "epochs": 50, "mixup_alpha": 1.0,
+RECIPE = {"architecture": "lenet5_half", "epochs": 50, "lr_schedule": "cosine", "mixup_alpha": 1.0,
           "rotation_degrees": 10.0, "shift_fraction": 0.1, "select": "final"}
 """The student recipe of a method that names none (:meth:`StudentConfig.resolved`): LeNet-5-half,
-50 epochs, training-time MixUp (α = 1), ±10° rotations and ±10% shifts, the final epoch's
-weights."""
+50 epochs, cosine decay, training-time MixUp (α = 1), ±10° rotations and ±10% shifts, the final
+epoch's weights."""
 
 LR_REFERENCE_BATCH = 64
 """The global batch at which ``StudentConfig.learning_rate`` is meant (the FS-BBT paper's batch, at

@@ -31,8 +31,8 @@ class PriorConfig:
         T² · CE(targets, softmax(z_s / T)) (``tempered_kd``).
     """
 
-    images: int = 200_000
-    prior: str = "mix"
+    images: int = 100_000
+    prior: str = "smooth"
     augment: str = "none"
     augment_share: float = 0.25
     temperature: float = 4.0
