@@ -123,6 +123,24 @@ def test_cutmix_of_black_and_white_pastes_one_square_of_side_a_quarter_to_three_
     assert len(set(sides)) >= 6  # s ~ U{4 ... 12} is drawn, not fixed.
 
 
+def test_cutmix_squares_reach_every_edge_of_the_image():
+    """The pasted square's place is uniform over every place it fits: some squares touch the first
+    and the last row and column (a place range one short never reaches the bottom or right edge)."""
+    side = 16
+    mixed = images_lib.mixed_pairs(_black_and_white(side), "cutmix", 600, np.random.default_rng(1))
+    touches = {"top": 0, "bottom": 0, "left": 0, "right": 0}
+    for x in mixed[..., 0]:
+        pasted = x != x[0, 0] if (x != x[0, 0]).any() and (x == x[0, 0]).sum() > x.size // 2 else None
+        if pasted is None:
+            continue  # One image twice, or a square that covers the corner: no clear square.
+        rows, cols = np.flatnonzero(pasted.any(1)), np.flatnonzero(pasted.any(0))
+        touches["top"] += rows[0] == 0
+        touches["bottom"] += rows[-1] == side - 1
+        touches["left"] += cols[0] == 0
+        touches["right"] += cols[-1] == side - 1
+    assert all(n >= 5 for n in touches.values()), touches
+
+
 # ---- the plan: seeded chunks, prefixes, the augmented share ----------------------------------------
 
 SMALL_CHUNK = 64  # images.CHUNK is 10,000; patched so that a few hundred images cross 3 boundaries.
