@@ -322,6 +322,16 @@ def test_the_settings_are_reached_by_dotted_name_and_by_distill_keyword(tmp_path
     assert not (tmp_path / "never").exists()
 
 
+def test_the_settings_are_frozen_and_hashable():
+    """Both config classes are frozen dataclasses (a run's settings cannot change under it, and
+    they key the persisted transfer set's fingerprint)."""
+    import dataclasses
+    for config in (PriorConfig(), PriorKDConfig()):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            config.images = 5  # type: ignore[misc]
+        assert hash(config) == hash(type(config)())
+
+
 # ---- end to end over tfkd's real gRPC server ------------------------------------------------------
 # Two runs in one work dir (the file's time limit allows two): first on a query budget below the
 # plan, then the full plan, which finds the budget run's answers in the ledger.
@@ -461,5 +471,11 @@ def test_the_student_recipe_is_prior_kds_unless_the_user_sets_it():
     mine = config_of(workdir="w", method="prior_kd", **{"student.lr_schedule": "cosine",
                                            "student.epochs": 3}).resolved().student
     assert (mine.lr_schedule, mine.epochs) == ("cosine", 3)
+    # The recipe's transfer set (README, docs/methods.md): 100,000 smooth-noise images at T = 4, and
+    # the student's loss at that T.
+    resolved = config_of(workdir="w", method="prior_kd").resolved()
+    assert resolved.method_config == PriorKDConfig(PriorConfig(
+        images=100_000, prior="smooth", augment="none", temperature=4.0))
+    assert methods.get("prior_kd").student_config(resolved).temperature == 4.0
     assert config_of(workdir="w", method="fsbbt").resolved().student.lr_schedule == "cosine"
     assert config_of(workdir="w", method="zskd").resolved().student.lr_schedule == "cosine"
