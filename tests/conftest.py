@@ -263,6 +263,16 @@ def config_of(**settings):
     return config.DistillConfig(workdir=str(settings.pop("workdir"))).with_settings(settings)
 
 
+def sent_by_stage(workdir):
+    """A work dir's query account (``pathlib.Path``), summed by stage from its
+    ledger/queries_sent.log: {stage: queries sent over the work dir's life}."""
+    totals = {}
+    for line in (workdir / "ledger" / "queries_sent.log").read_text().splitlines():
+        stage, _, n = line.split()[:3]
+        totals[stage] = totals.get(stage, 0) + int(n)
+    return totals
+
+
 # ---- launchers' flags, parsed for several tests in one child process -----------------------------
 
 _ONE_PROCESS = r'''

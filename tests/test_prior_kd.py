@@ -20,6 +20,7 @@ from tfkd.methods.priors.config import PriorConfig
 from tfkd.methods.priors.config import PriorKDConfig
 
 from conftest import config_of
+from conftest import sent_by_stage
 
 SHAPE = (28, 28, 1)
 
@@ -348,21 +349,12 @@ def _distill(workdir, server, **teacher):
         num_validation=0, eval_examples=100, evaluate_teacher=False, compress=(), verbose=0)
 
 
-def _sent_by_stage(workdir):
-    """The work dir's query account, summed by stage from its queries_sent.log."""
-    totals = {}
-    for line in (workdir / "ledger" / "queries_sent.log").read_text().splitlines():
-        stage, _, n = line.split()[:3]
-        totals[stage] = totals.get(stage, 0) + int(n)
-    return totals
-
-
 @pytest.fixture(scope="module")
 def runs(server, tmp_path_factory):
     """(work dir, the budget run's report and queries_sent.log totals, the full run's report)."""
     workdir = tmp_path_factory.mktemp("prior_kd") / "run"
     cut = _distill(workdir, server, query_budget=BUDGET)
-    sent_by_cut = _sent_by_stage(workdir)
+    sent_by_cut = sent_by_stage(workdir)
     full = _distill(workdir, server)
     return workdir, cut, sent_by_cut, full
 
@@ -390,7 +382,7 @@ def test_every_image_is_one_teacher_query_asked_once_and_no_real_image_is_used(r
     assert report.teacher_queries_sent_by_stage == {"label_priors": IMAGES - BUDGET}
     assert report.teacher_ledger_hits == BUDGET
     assert report.teacher_queries_by_stage == {"label_priors": IMAGES}
-    assert _sent_by_stage(workdir) == {"label_priors": IMAGES}
+    assert sent_by_stage(workdir) == {"label_priors": IMAGES}
     assert teacher_lib.QueryLedger(str(workdir / "ledger")).rows_on_disk == IMAGES
     assert report.teacher_query_plan["label_priors"] == IMAGES - BUDGET  # Less the ledger's.
     assert report.transfer_set_sources == {"priors": IMAGES}

@@ -15,6 +15,7 @@ from tfkd import teacher as teacher_lib
 from tfkd.methods.zskd import whitebox
 
 from conftest import REPO
+from conftest import sent_by_stage
 
 
 def _zskd(workdir, *extra):
@@ -66,15 +67,6 @@ def test_zskd_with_only_an_endpoint_stops_with_one_line_naming_both_ways_out(tmp
     assert not (tmp_path / "report.json").exists()
 
 
-def _sent_by_stage(workdir):
-    """The work dir's query account, summed by stage from its queries_sent.log."""
-    totals = {}
-    for line in (workdir / "ledger" / "queries_sent.log").read_text().splitlines():
-        stage, _, n = line.split()[:3]
-        totals[stage] = totals.get(stage, 0) + int(n)
-    return totals
-
-
 @pytest.mark.slow
 def test_zskd_blackbox_runs_end_to_end_on_a_query_budget(server, tmp_path):
     """Two rounds of 40 impressions (10 classes x 2 betas x batches of 2), 3 steps of 2 x 2 probes:
@@ -86,14 +78,14 @@ def test_zskd_blackbox_runs_end_to_end_on_a_query_budget(server, tmp_path):
     short = _zskd(tmp_path / "short", *flags, "--query_budget=1039")
     assert short.returncode != 0 and "query budget of 1039" in short.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "short" / "ledger" / "queries_sent.log").exists() or \
-        not _sent_by_stage(tmp_path / "short")
+        not sent_by_stage(tmp_path / "short")
     result = _zskd(tmp_path, *flags, "--query_budget=1040")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "zskd_blackbox" and report["student_loss"] == "tempered_kd"
     expected = {"zskd_probes": 960, "label_impressions": 80}
     assert report["teacher_queries_sent_by_stage"] == expected
-    assert _sent_by_stage(tmp_path) == expected
+    assert sent_by_stage(tmp_path) == expected
     # Probes are asked once each and not kept; only the 80 final labels are in the answer ledger.
     assert teacher_lib.QueryLedger(str(tmp_path / "ledger")).rows_on_disk == 80
     assert {k: v for k, v in report["teacher_query_plan"].items() if v} == expected
