@@ -83,13 +83,12 @@ def mixed_pairs(images: np.ndarray, augment: str, n: int, rng: np.random.Generat
         return (lam * a + (1 - lam) * b).astype(np.float32)
     if augment == "cutmix":
         h, w = images.shape[1:3]
-        out = a.copy()
-        sides = rng.integers(max(1, h // 4), max(2, 3 * h // 4 + 1), size=n)
-        for i, s in enumerate(sides):
-            s = min(int(s), h, w)
-            top, left = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
-            out[i, top:top + s, left:left + s] = b[i, top:top + s, left:left + s]
-        return out
+        sides = np.minimum(rng.integers(max(1, h // 4), max(2, 3 * h // 4 + 1), size=n), min(h, w))
+        top, left = rng.integers(0, h - sides + 1), rng.integers(0, w - sides + 1)
+        rows, cols = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
+        square = ((rows >= top[:, None, None]) & (rows < (top + sides)[:, None, None])
+                  & (cols >= left[:, None, None]) & (cols < (left + sides)[:, None, None]))
+        return np.where(square[..., None], b, a).astype(np.float32)
     raise ValueError(f"augment={augment!r}: expected one of {AUGMENTS}")  # Programming error.
 
 

@@ -18,7 +18,6 @@ import dataclasses
 
 import numpy as np
 
-from tfkd import errors
 from tfkd import workdir as workdir_lib
 from tfkd.methods import Method
 from tfkd.methods import MethodContext
@@ -79,11 +78,7 @@ class ZSKD(_Impressions):
 
     def build(self, ctx: MethodContext) -> TransferSet:
         config = ctx.settings.zskd.check_resolved(self.name)
-        teacher = whitebox.SavedModelTeacher(ctx.teacher_saved_model)
-        if teacher.image_shape != ctx.image_shape:
-            raise errors.ConfigError(f"teacher_saved_model={ctx.teacher_saved_model!r}: input "
-                                     f"{list(teacher.image_shape)}, expected "
-                                     f"{list(ctx.image_shape)} (the data's)")
+        teacher = whitebox.load_for(ctx.teacher_saved_model, ctx.image_shape)
         similarity = impressions.class_similarity(teacher.final_layer_weights(config.final_layer))
         state = ctx.artifacts.path("impressions", ".npz", config.search(),
                                    workdir_lib.fingerprint(np.asarray(similarity).tolist()))

@@ -96,3 +96,17 @@ def label_in_process(logits_fn: Callable, images: np.ndarray, temperature: float
     parts = [tf.nn.softmax(logits_fn(tf.constant(images[i:i + batch_size])) / temperature).numpy()
              for i in range(0, len(images), batch_size)]
     return np.concatenate(parts).astype(np.float32)
+
+
+def load_for(version_dir: str, image_shape: tuple) -> SavedModelTeacher:
+    """The teacher's SavedModel in-process, checked against the data's image shape (H, W, C).
+
+    Raises:
+      tfkd.errors.ConfigError: as :class:`SavedModelTeacher`, or its input shape is not
+        ``image_shape`` (both named)."""
+    teacher = SavedModelTeacher(version_dir)
+    if teacher.image_shape != tuple(image_shape):
+        raise errors.ConfigError(f"teacher_saved_model={version_dir!r}: input "
+                                 f"{list(teacher.image_shape)}, expected "
+                                 f"{list(image_shape)} (the data's)")
+    return teacher
