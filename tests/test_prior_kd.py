@@ -471,3 +471,14 @@ def test_the_student_recipe_is_prior_kds_unless_the_user_sets_it():
     assert methods.get("prior_kd").student_config(resolved).temperature == 4.0
     assert config_of(workdir="w", method="fsbbt").resolved().student.lr_schedule == "cosine"
     assert config_of(workdir="w", method="zskd").resolved().student.lr_schedule == "cosine"
+
+
+def test_a_white_box_teacher_of_another_input_shape_is_refused_in_one_line(teacher_base):
+    """whitebox.load_for (prior_kd_whitebox and zskd): the SavedModel's input is checked against
+    the data's image shape, the error naming the setting and both shapes."""
+    from tfkd.methods.zskd import whitebox
+
+    path = os.path.join(teacher_base, "1")
+    assert whitebox.load_for(path, SHAPE).image_shape == SHAPE
+    with pytest.raises(tfkd.ConfigError, match=r"teacher_saved_model=.*\[28, 28, 1\].*\[32, 32, 3\]"):
+        whitebox.load_for(path, (32, 32, 3))
