@@ -30,18 +30,21 @@ SETTINGS = [
     {"setting": "few-shot, soft labels, N = 2000, ≤ 50,000 queries",
      "command": "tfkd-distill", "student": "lenet5_half",
      "cap": 50_000, "published": "DivBFKD 86.50", "goal": 88.5,
+     "reproduction": "frontier/readme_fewshot_default-seed0.json",
      "rows": [("fashion_mnist/row-fsbbt_e25_no_augment-seed*.json", "fsbbt default"),
               ("fashion_mnist/row-fsbbt_e100_no_augment-seed*.json", "fsbbt, 100 epochs")]},
     {"setting": "same, same-size LeNet-5 student",
      "command": "tfkd-distill --student_architecture=lenet5 --student_epochs=100",
      "student": "lenet5", "cap": 50_000,
      "published": "DivBFKD 87.65", "goal": 90.0,
+     "reproduction": "frontier/readme_fewshot_lenet5-seed0.json",
      "rows": [("fashion_mnist/row-fsbbt_lenet5_e100_no_augment-seed*.json",
                "fsbbt, LeNet-5, 100 epochs")]},
     {"setting": "few-shot, soft labels, ≤ 5,000 queries",
      "command": "tfkd-distill --query_budget=5000 --evaluate_teacher=false",
      "student": "lenet5_half", "cap": 5_000,
      "published": "QEDG uses 5,000 (hard labels)", "goal": 87.0,
+     "reproduction": "frontier/readme_fewshot_q5000-seed0.json",
      "rows": [("fashion_mnist/row-fsbbt_q5000_assistant_e60-seed*.json",
                "fsbbt, --query_budget=5000 (active rounds + assistant)")]},
     {"setting": "zero-shot, white-box (the teacher's SavedModel in-process)",
@@ -61,10 +64,13 @@ SETTINGS = [
      "command": ("tfkd-distill --method=zsdb3kd --teacher_label_only --zsdb3kd_per_class=40000 "
                  "--zsdb3kd_iterations=0 --db3kd_directions=0 --db3kd_temperature=1 "
                  "--student_epochs=20"),
+     "reproduction": "frontier/readme_label_only_zsdb3kd-seed0.json",
      "student": "lenet5_half", "cap": 1_000_000, "published": "ZSDB3KD 72.31 (billions)",
      "goal": 80.0,
      "rows": [("fashion_mnist_label_only/zsdb3kd_n400k_noaug-seed*.json",
-               "zsdb3kd, 400,000 noise samples, one-hot")]},
+               "zsdb3kd, 400,000 noise samples, one-hot"),
+              ("frontier/prior_kd_label_only_q100k-seed*.json",
+               "prior_kd, label-only, 100,000")]},
     {"setting": "zero-shot, label-only, same-size LeNet-5, ≤ 50,000 queries",
      "command": ("tfkd-distill --method=prior_kd --teacher_label_only --priors_images=50000 "
                  "--student_architecture=lenet5"), "student": "lenet5",
@@ -98,7 +104,13 @@ def summary(reports: list[dict]) -> dict:
     return {"mean": float(test.mean()), "std": float(test.std(ddof=1)) if len(test) > 1 else None,
             "per_seed": [float(a) for a in test], "paths": [r["path"] for r in reports],
             "validation": float(np.mean([100 * r["student_validation_accuracy"] for r in reports])),
-            "queries": int(np.mean([queries(r) for r in reports])), "seeds": len(test)}
+            "queries": int(np.mean([queries(r) for r in reports])), "seeds": len(test),
+            "images": int(np.mean([images(r) for r in reports]))}
+
+
+def images(report: dict) -> int:
+    """The images of the run's transfer set (its sources' sizes)."""
+    return int(sum(report["transfer_set_sources"].values()))
 
 
 def _cell(s: dict, results_md: str) -> str:
@@ -109,20 +121,26 @@ def _cell(s: dict, results_md: str) -> str:
     return f"**{s['mean']:.2f} ± {std}** ({seeds}: {links}; {s['queries']:,} queries)"
 
 
-# The zero-shot accuracy-vs-queries curves: (label, stored report globs in query order).
+# The zero-shot accuracy-vs-queries curves: (label, stored report globs in query order). The
+# white-box curve asks no query: its x is the number of images labelled in-process.
+WHITE_BOX = "prior_kd_whitebox (x: images labelled in-process, no query)"
 CURVES = {
     "prior_kd, soft labels (black-box)": [
         "frontier/prior_kd_q10000-seed*.json", "frontier/prior_kd_q25000-seed*.json",
         "frontier/prior_kd_q50000-seed*.json", "frontier/prior_kd-seed*.json",
         "frontier/prior_kd_i200k-seed*.json"],
     "prior_kd, label-only (one-hot answers)": [
-        "frontier/prior_kd_label_only_q50k-seed*.json"],
+        "frontier/prior_kd_label_only_q10k-seed*.json", "frontier/prior_kd_label_only_q25k-seed*.json",
+        "frontier/prior_kd_label_only_q50k-seed*.json", "frontier/prior_kd_label_only_q100k-seed*.json"],
     "zsdb3kd, label-only": [
         "fashion_mnist_label_only/zsdb3kd_n100k_onehot_noaug-seed*.json",
         "fashion_mnist_label_only/zsdb3kd_n400k_noaug-seed*.json",
         "fashion_mnist_label_only/zsdb3kd_b1e7-seed*.json"],
     "zskd_blackbox, soft labels": ["fashion_mnist_zero_shot/zskd_blackbox-seed*.json",
                                    "fashion_mnist_zero_shot/zskd_blackbox_issue27-seed*.json"],
+    WHITE_BOX: ["frontier/prior_kd_whitebox_i10k-seed*.json",
+                "frontier/prior_kd_whitebox_i25k-seed*.json",
+                "frontier/prior_kd_whitebox_i50k-seed*.json", "frontier/prior_kd_whitebox-seed*.json"],
 }
 
 
@@ -145,12 +163,14 @@ def plot(path: str) -> str | None:
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for label, points in curves().items():
         if points:
-            ax.errorbar([p["queries"] for p in points], [p["mean"] for p in points],
-                        yerr=[p["std"] or 0 for p in points], capsize=3, marker="o", label=label)
+            x = "images" if label == WHITE_BOX else "queries"
+            ax.errorbar([p[x] for p in points], [p["mean"] for p in points],
+                        yerr=[p["std"] or 0 for p in points], capsize=3, marker="o", label=label,
+                        ls="--" if label == WHITE_BOX else "-")
     ax.axhline(80.0, ls="--", c="gray", lw=1, label="goal, black-box soft labels (≤ 200,000)")
     ax.axhline(74.90, ls=":", c="gray", lw=1, label="DIP-KD, label-only, 50,000 (published)")
     ax.set_xscale("log")
-    ax.set_xlabel("teacher queries per run (log scale)")
+    ax.set_xlabel("teacher queries per run (white-box: images), log scale")
     ax.set_ylabel("student test accuracy (%)")
     ax.set_title("Fashion-MNIST, zero-shot (no real image), LeNet-5-half student")
     ax.grid(alpha=0.3)
@@ -159,6 +179,31 @@ def plot(path: str) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def reproductions(results_md: str) -> list[str]:
+    """Each setting's command run afresh at seed 0 against its default row's seed 0 (issue 37:
+    within 1 point). A setting without a ``reproduction`` report is its default row's seed-0
+    report itself (the command's run, made by frontier_runs.py with the command's settings)."""
+    lines = ["Each setting's command at seed 0 (`benchmarks/frontier_runs.py` with the command's "
+             "settings against the same teacher) beside its row's seed 0:", "",
+             "| setting | command at seed 0 (code commit) | row's seed 0 | difference |",
+             "|---|---|---|---:|"]
+    for s in SETTINGS:
+        row = load(s["rows"][0][0].replace("seed*", "seed0"))
+        fresh = load(s["reproduction"]) if "reproduction" in s else row
+        if not row or not fresh:
+            lines.append(f"| {s['setting']} | not stored | - | - |")
+            continue
+        (row,), (fresh,) = row, fresh
+        link = os.path.relpath(fresh["path"], os.path.dirname(results_md))
+        commit = (fresh.get("code_commit") or "not recorded")[:7]
+        same = fresh["path"] == row["path"]
+        diff = 100 * (fresh["student_accuracy"] - row["student_accuracy"])
+        before = "the same run" if same else f"{100 * row['student_accuracy']:.2f}"
+        lines.append(f"| {s['setting']} | [{100 * fresh['student_accuracy']:.2f}]({link}) ({commit}) | "
+                     f"{before} | {diff:+.2f} |")
+    return lines
 
 
 def section(results_md: str) -> list[str]:
@@ -189,6 +234,7 @@ def section(results_md: str) -> list[str]:
                      f"{_cell(default, results_md) if default else '-'} | "
                      f"{best_what}: {_cell(best, results_md)} | {s['published']} | "
                      f"{s['goal']:.1f} | {s['goal'] - top:+.2f} | {to_ceiling} |")
+    lines += ["", *reproductions(results_md)]
     lines += ["", "| full-data ceiling | student | test acc. | published |", "|---|---|---|---|"]
     for student, (pattern, published) in CEILINGS.items():
         reports = ceilings[student]
@@ -225,8 +271,11 @@ def section(results_md: str) -> list[str]:
               "it has an error bar, else seed 0):", ""]
     for label, points in curves().items():
         if points:
+            x = "images" if label == WHITE_BOX else "queries"
             lines.append(f"- {label}: " + "; ".join(
-                f"{p['queries']:,} queries {_cell(p, results_md).split(' (')[0]}" for p in points))
+                f"{p[x]:,} {x} **{p['mean']:.2f}"
+                + (f" ± {p['std']:.2f}** ({p['seeds']} seeds)" if p["std"] else "** (seed 0)")
+                for p in points))
     if picture:
         lines += ["", f"![zero-shot accuracy against queries]"
                       f"({os.path.relpath(picture, os.path.dirname(results_md))})"]
