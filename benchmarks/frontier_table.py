@@ -129,8 +129,8 @@ CURVES = {
         "frontier/prior_kd_q10000-seed*.json", "frontier/prior_kd_q25000-seed*.json",
         "frontier/prior_kd_q50000-seed*.json", "frontier/prior_kd-seed*.json",
         "frontier/prior_kd_i200k-seed*.json"],
-    "prior_kd, label-only (one-hot answers)": [
-        "frontier/prior_kd_label_only_q10k-seed*.json", "frontier/prior_kd_label_only_q25k-seed*.json",
+    "prior_kd, label-only (one-hot answers; --priors_images=N)": [
+        "frontier/prior_kd_label_only_i10k-seed*.json", "frontier/prior_kd_label_only_i25k-seed*.json",
         "frontier/prior_kd_label_only_q50k-seed*.json", "frontier/prior_kd_label_only_q100k-seed*.json"],
     "zsdb3kd, label-only": [
         "fashion_mnist_label_only/zsdb3kd_n100k_onehot_noaug-seed*.json",

@@ -286,13 +286,65 @@ def test_the_smooth_prior_reaches_more_of_the_real_teachers_classes_than_uniform
     assert smooth.max() < 0.6 * n, smooth  # No class takes most of the draws.
 
 
+# ---- the class-balanced draw -------------------------------------------------------------------------
+
+def _skewed_targets(n: int, shares: dict[int, float], k: int = 10, seed: int = 3) -> np.ndarray:
+    """Soft targets [n, k] whose argmax class c holds ``shares[c]`` of the rows (the others 0)."""
+    rng = np.random.default_rng(seed)
+    top1 = np.repeat(list(shares), [round(n * v) for v in shares.values()])
+    targets = rng.uniform(0.0, 0.5, size=(len(top1), k))
+    targets[np.arange(len(top1)), top1] = 1.0  # The argmax, whatever the rest.
+    return (targets / targets.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _shares(targets: np.ndarray, rows: np.ndarray, k: int = 10) -> np.ndarray:
+    return np.bincount(targets[rows].argmax(1), minlength=k) / len(rows)
+
+
+def test_balance_0_keeps_the_set_as_labelled():
+    targets = _skewed_targets(1000, {0: 0.9, 4: 0.1})
+    assert np.array_equal(images_lib.balanced_rows(targets, 0.0, seed=1), np.arange(1000))
+
+
+def test_balance_1_gives_every_reached_class_the_same_expected_share():
+    """Classes at 80%, 15%, 4.5% and 0.5% of the answers come out at about a quarter each; an
+    unreached class stays at 0 (no division by its zero share)."""
+    targets = _skewed_targets(40_000, {2: 0.8, 5: 0.15, 7: 0.045, 9: 0.005})
+    rows = images_lib.balanced_rows(targets, 1.0, seed=0)
+    assert len(rows) == len(targets) and rows.dtype == np.int64
+    shares = _shares(targets, rows)
+    np.testing.assert_allclose(shares[[2, 5, 7, 9]], 0.25, atol=0.015)
+    assert shares[[0, 1, 3, 4, 6, 8]].sum() == 0
+
+
+def test_balance_beta_shares_follow_the_share_to_the_power_1_minus_beta():
+    """With β = 0.5, a class of share s is drawn in proportion to s · s^-β = √s: 90% and 10%
+    become 3/4 and 1/4."""
+    targets = _skewed_targets(40_000, {1: 0.9, 6: 0.1})
+    shares = _shares(targets, images_lib.balanced_rows(targets, 0.5, seed=0))
+    np.testing.assert_allclose(shares[[1, 6]], [0.75, 0.25], atol=0.015)
+
+
+def test_the_balanced_draw_is_seeded_sorted_and_draws_within_a_class_uniformly():
+    targets = _skewed_targets(20_000, {0: 0.95, 3: 0.05})
+    rows = images_lib.balanced_rows(targets, 1.0, seed=7)
+    assert np.array_equal(rows, images_lib.balanced_rows(targets, 1.0, seed=7))
+    assert not np.array_equal(rows, images_lib.balanced_rows(targets, 1.0, seed=8))
+    assert np.all(np.diff(rows) >= 0)
+    # The rare class's 1,000 images are each drawn about 10 times, none left out in expectation:
+    # a draw of 20,000 with replacement at p = 1 / 2,000 each leaves out ~e^-10 of them.
+    rare = rows[targets[rows].argmax(1) == 3]
+    counts = np.bincount(rare, minlength=len(targets))[targets.argmax(1) == 3]
+    assert counts.min() >= 1 and abs(counts.mean() - 10) < 0.5
+
+
 # ---- the settings ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field,bad", [
     ("images", 0), ("images", -3), ("prior", "gaussian"), ("augment", "flip"),
     ("augment_share", 1.0), ("augment_share", -0.01), ("augment_share", float("nan")),
     ("temperature", 0.0), ("temperature", -1.0), ("temperature", 100.5),
-    ("temperature", float("nan")),
+    ("temperature", float("nan")), ("balance", -0.01), ("balance", 1.01), ("balance", float("nan")),
 ])
 def test_each_setting_out_of_range_is_refused_by_name(field, bad):
     with pytest.raises(tfkd.ConfigError, match=rf"priors\.{field}\b"):
@@ -303,7 +355,8 @@ def test_each_setting_out_of_range_is_refused_by_name(field, bad):
 
 def test_the_edges_of_each_range_are_accepted():
     for fields in ({"images": 1}, {"augment_share": 0.0}, {"augment_share": 0.99},
-                   {"temperature": 100.0}, {"temperature": 0.01}):
+                   {"temperature": 100.0}, {"temperature": 0.01}, {"balance": 0.0},
+                   {"balance": 1.0}):
         PriorConfig(**fields).validate()
     PriorKDConfig().validate()
 
@@ -342,21 +395,25 @@ T = 3.0  # Not the default 4: the stored targets and the student's loss must fol
 BUDGET = 600
 
 
-def _distill(workdir, server, **teacher):
+def _distill(workdir, server, balance=0.0, **teacher):
     return tfkd.distill(
-        workdir=str(workdir), method="prior_kd", priors={"images": IMAGES, "temperature": T},
+        workdir=str(workdir), method="prior_kd",
+        priors={"images": IMAGES, "temperature": T, "balance": balance},
         teacher={"target": server.target, **teacher}, student={"epochs": 1, "batch_size": 64},
         num_validation=0, eval_examples=100, evaluate_teacher=False, compress=(), verbose=0)
 
 
 @pytest.fixture(scope="module")
 def runs(server, tmp_path_factory):
-    """(work dir, the budget run's report and queries_sent.log totals, the full run's report)."""
+    """(work dir, the budget run's report and queries_sent.log totals, the full run's report, the
+    class-balanced run's report and its queries_sent.log totals)."""
     workdir = tmp_path_factory.mktemp("prior_kd") / "run"
     cut = _distill(workdir, server, query_budget=BUDGET)
     sent_by_cut = sent_by_stage(workdir)
     full = _distill(workdir, server)
-    return workdir, cut, sent_by_cut, full
+    sent_by_full = sent_by_stage(workdir)
+    balanced = _distill(workdir, server, balance=1.0)
+    return workdir, cut, sent_by_cut, full, (balanced, sent_by_stage(workdir), sent_by_full)
 
 
 def _plan():
@@ -364,7 +421,7 @@ def _plan():
 
 
 def test_a_query_budget_keeps_the_first_images_of_the_plan(runs):
-    _, cut, sent_by_cut, _ = runs
+    _, cut, sent_by_cut, _, _ = runs
     assert cut.teacher_queries_sent_by_stage == {"label_priors": BUDGET}
     assert sent_by_cut == {"label_priors": BUDGET}  # The account's own log agrees.
     assert cut.teacher_queries_total <= BUDGET
@@ -377,12 +434,12 @@ def test_a_query_budget_keeps_the_first_images_of_the_plan(runs):
 def test_every_image_is_one_teacher_query_asked_once_and_no_real_image_is_used(runs):
     """The full plan after the budget run: its first 600 images are in the ledger, so only the
     other 900 are sent; over the work dir's life each of the 1,500 images was asked once."""
-    workdir, _, _, report = runs
+    workdir, _, _, report, (_, _, sent_by_full) = runs
     assert report.method == "prior_kd"
     assert report.teacher_queries_sent_by_stage == {"label_priors": IMAGES - BUDGET}
     assert report.teacher_ledger_hits == BUDGET
     assert report.teacher_queries_by_stage == {"label_priors": IMAGES}
-    assert sent_by_stage(workdir) == {"label_priors": IMAGES}
+    assert sent_by_full == {"label_priors": IMAGES}
     assert teacher_lib.QueryLedger(str(workdir / "ledger")).rows_on_disk == IMAGES
     assert report.teacher_query_plan["label_priors"] == IMAGES - BUDGET  # Less the ledger's.
     assert report.transfer_set_sources == {"priors": IMAGES}
@@ -395,7 +452,7 @@ def test_every_image_is_one_teacher_query_asked_once_and_no_real_image_is_used(r
 
 def test_the_stored_targets_are_the_served_teachers_answers_tempered_at_T(runs, server):
     """Both the 600 answers from the ledger and the 900 asked anew."""
-    _, _, _, report = runs
+    _, _, _, report, _ = runs
     transfer = methods.TransferSet.load(report.labelled_set)
     with tfkd.connect(server.target) as teacher:
         p = teacher.soft_labels(transfer.images).astype(np.float64)
@@ -417,7 +474,32 @@ def test_the_student_learns_at_the_priors_temperature(runs):
         assert report.student_recipe["temperature"] == T
         assert report.method_config == {"priors": {
             "images": IMAGES, "prior": "smooth", "augment": "none", "augment_share": 0.25,
-            "temperature": T}}
+            "temperature": T, "balance": 0.0}}
+
+
+def test_a_balanced_run_redraws_the_labelled_images_toward_class_balance_without_a_query(runs):
+    """``priors.balance`` = 1 in the same work dir: every image's answer is the ledger's (none
+    sent), the transfer set holds the plan's images with their answers, redrawn so that the
+    classes the prior rarely reaches are seen about as often as the common ones."""
+    workdir, _, _, full, (balanced, sent_after, sent_before) = runs
+    assert balanced.teacher_queries_sent_by_stage.get("label_priors", 0) == 0
+    assert sent_after == sent_before  # queries_sent.log: nothing more went out.
+    assert balanced.teacher_ledger_hits == IMAGES
+    assert balanced.method_config["priors"]["balance"] == 1.0
+    plain = methods.TransferSet.load(full.labelled_set)
+    redrawn = methods.TransferSet.load(balanced.labelled_set)
+    assert balanced.labelled_set != full.labelled_set  # Its own fingerprinted artifact.
+    assert len(redrawn) == IMAGES == balanced.transfer_set_sources["priors"]
+    # Each row is one of the plan's images with that image's answer.
+    index = {img.tobytes(): i for i, img in enumerate(plain.images)}
+    rows = np.array([index[img.tobytes()] for img in redrawn.images])
+    np.testing.assert_array_equal(redrawn.targets, plain.targets[rows])
+    before = np.bincount(plain.targets.argmax(1), minlength=10)
+    after = np.bincount(redrawn.targets.argmax(1), minlength=10)
+    reached = before > 0
+    assert reached.sum() >= 3, before
+    assert after[reached].min() / after[reached].max() > 2 * before[reached].min() / before[reached].max()
+    assert np.all(after[~reached] == 0)
 
 
 # Before the fix (BudgetPlan.labels_real_images): the cut run counted the dataset's N = 2000 real
@@ -425,7 +507,7 @@ def test_the_student_learns_at_the_priors_temperature(runs):
 def test_a_cut_plan_keeps_the_full_plans_training_length(runs):
     """BudgetPlan: "when the plan is cut, the student keeps the training length (optimizer steps)
     it would have had" (the full plan's: 1,500 images, 1 epoch of batches of 64)."""
-    _, cut, _, full = runs
+    _, cut, _, full, _ = runs
     assert full.student_steps == IMAGES // 64
     assert abs(cut.student_steps - full.student_steps) <= 1, (cut.student_steps, full.student_steps)
 
@@ -437,7 +519,8 @@ def test_the_white_box_variant_labels_the_same_images_by_the_teachers_logits_wit
     images = 300
     report = tfkd.distill(
         workdir=str(tmp_path / "wb"), method="prior_kd_whitebox",
-        priors={"images": images, "temperature": T}, teacher={"target": server.target},
+        priors={"images": images, "temperature": T, "balance": 0.0},
+        teacher={"target": server.target},
         teacher_saved_model=os.path.join(teacher_base, "1"), student={"epochs": 1},
         num_validation=0, eval_examples=100, evaluate_teacher=False, compress=(), verbose=0)
     assert report.teacher_queries_sent_by_stage.get("label_priors", 0) == 0

@@ -109,3 +109,31 @@ def transfer_images(config, shape: tuple, seed: int, count: int | None = None) -
     if not chunks:
         return np.zeros((0, *shape), np.float32)
     return np.concatenate(chunks)[:count]
+
+
+def balanced_rows(targets: np.ndarray, beta: float, seed: int) -> np.ndarray:
+    """Rows of a labelled transfer set redrawn toward class balance (``PriorConfig.balance``).
+
+    Each of the ``n`` images is drawn with probability proportional to (1 / s_c)^β, s_c the share
+    of the images whose teacher top-1 class (argmax of its target) is c: with β = 1 every class
+    reached gets the same expected share, with β = 0 the draw is uniform. A class-balanced
+    resampling (re-weighting by inverse class frequency, as in long-tail learning) that needs no
+    further teacher query.
+
+    Args:
+      targets: float32 [n, K], the teacher's soft labels or one-hot answers (n >= 1).
+      beta: the exponent β, in [0, 1].
+      seed: the draw's seed; the same seed and targets give the same rows.
+
+    Returns:
+      int64 [n], row indices into ``targets`` (with repeats), in increasing order; with β = 0,
+      ``arange(n)`` (the set as labelled, no draw).
+    """
+    n = len(targets)
+    if beta == 0:
+        return np.arange(n, dtype=np.int64)
+    top1 = np.asarray(targets).argmax(axis=1)
+    share = np.bincount(top1) / n
+    weight = share[top1] ** -beta
+    rng = np.random.default_rng([seed, 0xBA1])
+    return np.sort(rng.choice(n, size=n, p=weight / weight.sum())).astype(np.int64)

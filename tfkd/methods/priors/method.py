@@ -49,6 +49,11 @@ class _Priors(Method):
         return dataclasses.replace(super().student_config(config),
                                    temperature=config.method_config.priors.temperature)
 
+    def transfer_set(self, ctx: MethodContext, images, targets) -> TransferSet:
+        """The labelled images redrawn toward class balance (``priors.balance``; no query)."""
+        rows = images_lib.balanced_rows(targets, ctx.settings.priors.balance, ctx.seed)
+        return TransferSet.from_parts([("priors", images[rows], targets[rows])])
+
     def images(self, ctx: MethodContext):
         """The plan's images (once per run), float32 [priors.images, H, W, C] in [0, 1]."""
         return ctx.memo("prior_images", lambda: images_lib.transfer_images(
@@ -72,7 +77,7 @@ class PriorKDWhiteBox(_Priors):
         with ctx.stage("label_in_process"):
             targets = whitebox.label_in_process(teacher.logits, images,
                                                 ctx.settings.priors.temperature)
-        return TransferSet.from_parts([("priors", images, targets)])
+        return self.transfer_set(ctx, images, targets)
 
 
 @register
@@ -105,5 +110,4 @@ class PriorKD(_Priors):
         images = self.images(ctx)
         with ctx.stage(STAGE):
             answers = ctx.teacher.soft_labels(images, progress=ctx.progress, stage=STAGE)
-        return TransferSet.from_parts([("priors", images, tempered(
-            answers, ctx.settings.priors.temperature))])
+        return self.transfer_set(ctx, images, tempered(answers, ctx.settings.priors.temperature))
