@@ -50,16 +50,20 @@ SETTINGS = [
     {"setting": "zero-shot, white-box (the teacher's SavedModel in-process)",
      "command": "tfkd-distill --method=prior_kd_whitebox --teacher_saved_model=DIR",
      "student": "lenet5_half", "cap": None, "published": "ZSKD 79.62", "goal": 80.0,
-     "rows": [("frontier/prior_kd_whitebox-seed*.json", "prior_kd_whitebox default"),
+     "rows": [("frontier/prior_kd_whitebox_b05-seed*.json", "prior_kd_whitebox default"),
+              ("frontier/prior_kd_whitebox-seed*.json", "prior_kd_whitebox, balance 0"),
               ("fashion_mnist_zero_shot/zskd_issue27-seed*.json", "zskd")]},
     {"setting": "zero-shot, black-box, soft labels, ≤ 200,000 queries",
      "command": "tfkd-distill --method=prior_kd", "student": "lenet5_half",
      "cap": 200_000, "published": "none at this budget", "goal": 80.0,
-     "rows": [("frontier/prior_kd-seed*.json", "prior_kd default")]},
+     "rows": [("frontier/prior_kd_b05-seed*.json", "prior_kd default"),
+              ("frontier/prior_kd-seed*.json", "prior_kd, balance 0")]},
     {"setting": "zero-shot, label-only, half-size student, ≤ 50,000 queries",
      "command": "tfkd-distill --method=prior_kd --teacher_label_only --priors_images=50000",
      "student": "lenet5_half", "cap": 50_000, "published": "DIP-KD 74.90", "goal": 76.0,
-     "rows": [("frontier/prior_kd_label_only_q50k-seed*.json", "prior_kd, label-only, 50,000")]},
+     "rows": [("frontier/prior_kd_label_only_q50k_b05-seed*.json", "prior_kd, label-only, 50,000"),
+              ("frontier/prior_kd_label_only_q50k-seed*.json",
+               "prior_kd, label-only, 50,000, balance 0")]},
     {"setting": "zero-shot, label-only, half-size student, ≤ 1,000,000 queries",
      "command": ("tfkd-distill --method=zsdb3kd --teacher_label_only --zsdb3kd_per_class=40000 "
                  "--zsdb3kd_iterations=0 --db3kd_directions=0 --db3kd_temperature=1 "
@@ -75,8 +79,10 @@ SETTINGS = [
      "command": ("tfkd-distill --method=prior_kd --teacher_label_only --priors_images=50000 "
                  "--student_architecture=lenet5"), "student": "lenet5",
      "cap": 50_000, "published": "DIP-KD 83.98", "goal": 85.0,
-     "rows": [("frontier/prior_kd_lenet5_label_only_q50k-seed*.json",
-               "prior_kd, label-only, 50,000, LeNet-5")]},
+     "rows": [("frontier/prior_kd_lenet5_label_only_q50k_b05-seed*.json",
+               "prior_kd, label-only, 50,000, LeNet-5"),
+              ("frontier/prior_kd_lenet5_label_only_q50k-seed*.json",
+               "prior_kd, label-only, 50,000, LeNet-5, balance 0")]},
 ]
 
 
@@ -114,22 +120,25 @@ def images(report: dict) -> int:
 
 
 def _cell(s: dict, results_md: str) -> str:
-    std = "-" if s["std"] is None else f"{s['std']:.2f}"
+    std = "" if s["std"] is None else f" ± {s['std']:.2f}"
     links = ", ".join(f"[{a:.2f}]({os.path.relpath(p, os.path.dirname(results_md))})"
                       for a, p in zip(s["per_seed"], s["paths"]))
     seeds = f"{s['seeds']} seed{'s' if s['seeds'] > 1 else ''}"
-    return f"**{s['mean']:.2f} ± {std}** ({seeds}: {links}; {s['queries']:,} queries)"
+    return f"**{s['mean']:.2f}{std}** ({seeds}: {links}; {s['queries']:,} queries)"
 
 
 # The zero-shot accuracy-vs-queries curves: (label, stored report globs in query order). The
 # white-box curve asks no query: its x is the number of images labelled in-process.
-WHITE_BOX = "prior_kd_whitebox (x: images labelled in-process, no query)"
+WHITE_BOX = "prior_kd_whitebox, balance 0 (x: images labelled in-process, no query)"
 CURVES = {
-    "prior_kd, soft labels (black-box)": [
+    "prior_kd default, soft labels (black-box)": [
+        "frontier/prior_kd_b05_q10000-seed*.json", "frontier/prior_kd_b05_q25000-seed*.json",
+        "frontier/prior_kd_b05_q50000-seed*.json", "frontier/prior_kd_b05-seed*.json"],
+    "prior_kd, balance 0, soft labels (black-box)": [
         "frontier/prior_kd_q10000-seed*.json", "frontier/prior_kd_q25000-seed*.json",
         "frontier/prior_kd_q50000-seed*.json", "frontier/prior_kd-seed*.json",
         "frontier/prior_kd_i200k-seed*.json"],
-    "prior_kd, label-only (one-hot answers; --priors_images=N)": [
+    "prior_kd, balance 0, label-only (one-hot answers; --priors_images=N)": [
         "frontier/prior_kd_label_only_i10k-seed*.json", "frontier/prior_kd_label_only_i25k-seed*.json",
         "frontier/prior_kd_label_only_q50k-seed*.json", "frontier/prior_kd_label_only_q100k-seed*.json"],
     "zsdb3kd, label-only": [

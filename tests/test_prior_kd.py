@@ -546,11 +546,11 @@ def test_the_student_recipe_is_prior_kds_unless_the_user_sets_it():
     mine = config_of(workdir="w", method="prior_kd", **{"student.lr_schedule": "cosine",
                                            "student.epochs": 3}).resolved().student
     assert (mine.lr_schedule, mine.epochs) == ("cosine", 3)
-    # The recipe's transfer set (README, docs/methods.md): 100,000 smooth-noise images at T = 4, and
-    # the student's loss at that T.
+    # The recipe's transfer set (README, docs/methods.md): 100,000 smooth-noise images at T = 4,
+    # redrawn toward class balance at β = 0.5, and the student's loss at that T.
     resolved = config_of(workdir="w", method="prior_kd").resolved()
     assert resolved.method_config == PriorKDConfig(PriorConfig(
-        images=100_000, prior="smooth", augment="none", temperature=4.0))
+        images=100_000, prior="smooth", augment="none", temperature=4.0, balance=0.5))
     assert methods.get("prior_kd").student_config(resolved).temperature == 4.0
     assert config_of(workdir="w", method="fsbbt").resolved().student.lr_schedule == "cosine"
     assert config_of(workdir="w", method="zskd").resolved().student.lr_schedule == "cosine"
