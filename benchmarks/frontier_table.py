@@ -252,8 +252,20 @@ def section(results_md: str) -> list[str]:
                          f"{_cell(summary(reports), results_md)} | {published} |")
     probes = os.path.relpath(os.path.join(REPORTS, "probes", "prior_kd_probes.txt"),
                              os.path.dirname(results_md))
+    ema = os.path.relpath(os.path.join(REPORTS, "frontier", "probe_prior_kd_ema999-seed0.json"),
+                          os.path.dirname(results_md))
     lines += ["", "How `prior_kd`'s recipe was chosen, and what did not help (in-process probes, seed 0, "
               f"validation accuracy, test in brackets; [stored output]({probes})):", "",
+              "- Class balance without a query (`priors.balance`, adopted at β = 0.5): the smooth "
+              "prior's answers are 42% bag, 29% T-shirt and about 1% each trouser, coat and sneaker, "
+              "and seed 0's student (balance 0) got trouser right 14% of the time. Seed 0's labelled "
+              "set replayed with per-image loss weights (1 / class share)^β: β = 0.5 72.58 (71.33), "
+              "β = 1 66.42 (65.06); redrawn at β = 0.5 74.50 (73.20). In the pipeline (stored rows "
+              "above): black-box seed 0 75.72 (74.33) against 68.74 (67.53), white-box 71.46 (69.77) "
+              "against 66.30 (65.59); on one-hot answers (label-only, 50,000 images) 56.48 (54.84) "
+              "against 55.52 (54.18), about the same.",
+              f"- Polyak averaging of the student's weights (`student.ema_momentum` 0.999, balance 0; "
+              f"[stored report]({ema})): 68.80 (67.79) against 68.74 (67.53), no gain.",
               "- The student's schedule decides most: 100,000 smooth-noise images, 20 epochs, batch 128 "
               "with cosine decay 65.76 (64.84); batch 64 at a constant rate **72.58 (71.52)**, adopted; "
               "batch 64 cosine over 40 epochs 72.26 (71.75), at twice the time.",
@@ -269,8 +281,9 @@ def section(results_md: str) -> list[str]:
               "more) then soft labels 73.98 (72.39), +1.4 for 3 times the queries.",
               "- Student impressions (half the images made by 20 Adam steps on a student trained on "
               "the first half, then labelled): 72.14 (70.77), no gain.",
-              "- Seeds vary more than any of these: the default recipe's runs above range over 6 test "
-              "points (seed 0 67.53, seed 1 73.52). Seed 0's stored transfer set trained by plain "
+              "- Before balancing, seeds varied more than any other change: the balance-0 runs "
+              "range over 6 test points (seed 0 67.53, seed 1 73.52), the rare classes learnt or "
+              "not (trouser 14% at seed 0, 65% at seed 1). Seed 0's stored transfer set trained by plain "
               "Keras `fit` in the probe (replay.py) gives 68.82 (66.80), as the pipeline's 68.74 "
               "(67.53): tfkd trains as plain Keras does. The same seed-0 images labelled in-process "
               "(`prior_kd_whitebox`: logits at T instead of probabilities at T, equal up to float "
