@@ -133,7 +133,6 @@ def balanced_rows(targets: np.ndarray, beta: float, seed: int) -> np.ndarray:
     if beta == 0:
         return np.arange(n, dtype=np.int64)
     top1 = np.asarray(targets).argmax(axis=1)
-    share = np.bincount(top1) / n
-    weight = share[top1] ** -beta
+    weight = np.bincount(top1)[top1].astype(np.float64) ** -beta  # ∝ share^-β (normalised below).
     rng = np.random.default_rng([seed, 0xBA1])
     return np.sort(rng.choice(n, size=n, p=weight / weight.sum())).astype(np.int64)
