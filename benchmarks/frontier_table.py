@@ -74,7 +74,7 @@ SETTINGS = [
      "rows": [("fashion_mnist_label_only/zsdb3kd_n400k_noaug-seed*.json",
                "zsdb3kd, 400,000 noise samples, one-hot"),
               ("frontier/prior_kd_label_only_q100k-seed*.json",
-               "prior_kd, label-only, 100,000")]},
+               "prior_kd, label-only, 100,000, balance 0")]},
     {"setting": "zero-shot, label-only, same-size LeNet-5, ≤ 50,000 queries",
      "command": ("tfkd-distill --method=prior_kd --teacher_label_only --priors_images=50000 "
                  "--student_architecture=lenet5"), "student": "lenet5",
