@@ -228,8 +228,9 @@ def _over_one_point(results_md: str) -> list[str]:
     same = all(a[k] == b[k] for k in a.keys() & b.keys())  # Older reports record fewer fields.
     return ["", f"zsdb3kd's command at seed 0 asked {queries(fresh):,} queries (its row's seed 0 "
             f"{queries(seed0):,}) for {images(fresh):,} pseudo-samples ({images(seed0):,}), with "
-            f"{'the same' if same else 'another'} student recipe (every field both record), and came out {diff:+.2f} points "
-            f"from it: one-hot targets on noise train noisily (the row's seeds span {span:.2f} "
+            f"{'the same' if same else 'another'} student recipe (every field both record), "
+            f"and came out {diff:+.2f} points from it: one-hot targets on noise train noisily "
+            f"(the row's seeds span {span:.2f} "
             "points), and TensorFlow's multi-threaded CPU kernels are not bit-reproducible run "
             "to run."]
 
