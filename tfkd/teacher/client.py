@@ -231,7 +231,7 @@ class ServingClient:
                                      f"{list(input_shape)}; expected images [batch, H, W] or "
                                      "[batch, H, W, C]")
         origin = (f"saved_model:{metadata.fingerprint}" if metadata.fingerprint
-                  else f"endpoint:{config.target}")
+                  else metadata.origin or f"endpoint:{config.target}")
         return ServingSignature(
             model_name=config.model_name, version=metadata.version,
             signature_name=config.signature_name, input_key=input_key, input_dtype=dtype,
@@ -241,9 +241,11 @@ class ServingClient:
 
     @property
     def images_per_request(self) -> int:
-        """Images per Predict request so that the request stays under ``max_request_bytes`` (the
-        transport's envelope and bytes per image)."""
-        room = self.config.max_request_bytes - self.transport.envelope_bytes
+        """Images per Predict request so that the request stays under ``max_request_bytes`` and
+        the transport's own limit where it has one (its envelope and bytes per image)."""
+        limit = getattr(self.transport, "request_limit_bytes", None)
+        room = (min(self.config.max_request_bytes, limit or self.config.max_request_bytes)
+                - self.transport.envelope_bytes)
         return max(1, room // self.transport.image_bytes(self.signature))
 
     def encode(self, images: np.ndarray) -> np.ndarray:

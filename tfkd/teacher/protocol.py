@@ -36,11 +36,15 @@ class Metadata:
       version: the version the server resolved (0: the server does not say).
       fingerprint: the SavedModel's fingerprint where the server gives it (tfkd's server, an
         in-process SavedModel), else None (TF Serving).
+      origin: what answers, where the protocol says more than the endpoint (the Open Inference
+        Protocol's platform, a Vertex AI endpoint's deployed model), else None; it becomes
+        :attr:`ServingSignature.origin` when there is no fingerprint.
     """
 
     signature_defs: typing.Any
     version: int
     fingerprint: str | None = None
+    origin: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Transport(typing.Protocol):
       metadata_call, predict_call: the names of its two exchanges in messages ("GetModelMetadata",
         "GET metadata", ...).
       envelope_bytes: bytes a request takes beside its images.
+      request_limit_bytes: the most bytes a request may take whatever ``max_request_bytes`` says
+        (a Vertex AI endpoint's 1.5 MB), or None; optional.
     """
 
     address: str
@@ -108,8 +114,10 @@ class ServingSignature:
       output_key; output_dtype: a ``tf.DType``; output_shape: as ``input_shape``.
       origin: what answers, beyond its name and version: ``saved_model:<fingerprint>`` where the
         server gives the SavedModel's fingerprint (tfkd's server: the ``saved_model_fingerprint``
-        metadata field), else ``endpoint:<target>`` (TF Serving, which has no such field). Two
-        servers that both serve "teacher" version 1 are then told apart.
+        metadata field), else what the transport reads (:attr:`Metadata.origin`: an Open Inference
+        Protocol server's platform, a Vertex AI endpoint's deployed model), else
+        ``endpoint:<target>`` (TF Serving, which has no such field). Two servers that both serve
+        "teacher" version 1 are then told apart.
     """
 
     model_name: str
@@ -200,9 +208,11 @@ class Teacher(typing.Protocol):
 
 TRANSPORTS: dict = {}
 """URL scheme -> the transport factory (called as ``factory(config)``, returning a
-:class:`Transport`) for targets ``<scheme>://...``: ``http`` and ``https`` TF Serving's REST API
-(:class:`tfkd.teacher.transports.rest.RestTransport`); a target without a scheme (``host:port``,
-``unix:path``) is gRPC. :func:`register_transport` adds one; the client
+:class:`Transport`) for targets ``<scheme>://...``: ``http`` and ``https`` (TF Serving's REST API,
+the Open Inference Protocol's ``.../v2`` or a Vertex AI ``.../endpoints/E``, told apart by the
+path: :func:`tfkd.teacher.transports.open_http`), ``grpc+v2`` (the Open Inference Protocol over
+gRPC), ``vertex`` (a Vertex AI endpoint); a target without a scheme (``host:port``,
+``unix:path``) is TF Serving's gRPC API. :func:`register_transport` adds one; the client
 (:class:`tfkd.teacher.client.ServingClient`) is the one place a target is opened."""
 
 

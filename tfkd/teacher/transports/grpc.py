@@ -47,15 +47,7 @@ class GrpcTransport:
         token = config_lib.read_secret(config.auth_token_file, config.auth_token_env)
         self._call_metadata = (((config.auth_header.lower(),
                                  f"{config.auth_scheme} {token}".strip()),) if token else None)
-        self._channel = _open_channel(config)
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=config.connect_timeout_s)
-        except grpc.FutureTimeoutError:
-            self._channel.close()
-            raise errors.TransportError(
-                grpc.StatusCode.UNAVAILABLE, f"unreachable (no connection within "
-                f"{config.connect_timeout_s:g} s: {diagnose_connection(config)})",
-                retryable=False) from None
+        self._channel = ready_channel(config, config.target)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def __repr__(self) -> str:  # Never shows the call metadata (secrets).
@@ -131,26 +123,51 @@ class GrpcTransport:
         self._channel.close()
 
 
-def _open_channel(config: config_lib.ServingConfig) -> grpc.Channel:
+def ready_channel(config: config_lib.ServingConfig, address: str) -> grpc.Channel:
+    """A gRPC channel to ``address`` (``host:port``, ``unix:path``) as ``config`` says (TLS or
+    plaintext, answers up to :data:`tfkd.teacher.config.MAX_ANSWER_BYTES`), ready within
+    ``connect_timeout_s``; shared by the gRPC transports (TF Serving's, the Open Inference
+    Protocol's).
+
+    Raises:
+      tfkd.errors.TransportError: UNAVAILABLE, not retried, naming why no channel was ready
+        (:func:`diagnose_connection`).
+      tfkd.errors.ConfigError: an unreadable TLS file.
+    """
+    channel = _open_channel(config, address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=config.connect_timeout_s)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        raise errors.TransportError(
+            grpc.StatusCode.UNAVAILABLE, f"unreachable (no connection within "
+            f"{config.connect_timeout_s:g} s: {diagnose_connection(config, address)})",
+            retryable=False) from None
+    return channel
+
+
+def _open_channel(config: config_lib.ServingConfig, address: str) -> grpc.Channel:
     options = [("grpc.max_receive_message_length", config_lib.MAX_ANSWER_BYTES)]
     if not (config.tls_ca_file or config.tls_cert_file or config.tls_key_file):
-        return grpc.insecure_channel(config.target, options=options)
+        return grpc.insecure_channel(address, options=options)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=config_lib.read_pem(config.tls_ca_file, "tls_ca_file"),
         private_key=config_lib.read_pem(config.tls_key_file, "tls_key_file"),
         certificate_chain=config_lib.read_pem(config.tls_cert_file, "tls_cert_file"))
     if config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
-    return grpc.secure_channel(config.target, credentials, options=options)
+    return grpc.secure_channel(address, credentials, options=options)
 
 
-def diagnose_connection(config: config_lib.ServingConfig, timeout_s: float = 5.0) -> str:
-    """Why a gRPC channel to ``config.target`` did not become ready, in words: the host is unknown,
-    nothing listens, the port speaks HTTP/1.x (a REST port), TLS where plaintext was expected or
-    the reverse, a certificate the CA does not sign. Probes with one TCP connection (and one TLS
-    handshake when TLS is configured); never raises."""
-    host, _, port = config.target.rpartition(":")
-    if config.target.startswith("unix:") or not port.isdigit():
+def diagnose_connection(config: config_lib.ServingConfig, address: str | None = None,
+                        timeout_s: float = 5.0) -> str:
+    """Why a gRPC channel to ``address`` (default ``config.target``) did not become ready, in
+    words: the host is unknown, nothing listens, the port speaks HTTP/1.x (a REST port), TLS where
+    plaintext was expected or the reverse, a certificate the CA does not sign. Probes with one TCP
+    connection (and one TLS handshake when TLS is configured); never raises."""
+    address = address or config.target
+    host, _, port = address.rpartition(":")
+    if address.startswith("unix:") or not port.isdigit():
         return "no connection"
     try:
         sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)

@@ -1,6 +1,7 @@
 """TF Serving's REST API as a :class:`tfkd.teacher.protocol.Transport` (``tensorflow_model_server
 --rest_api_port``; a KServe v1 endpoint only when KServe runs TF Serving, since the transport needs the
-metadata path; not a Vertex AI endpoint's ``projects/.../endpoints/E:predict``).
+metadata path), and the HTTP exchange the other HTTP transports share (the Open Inference Protocol's
+:mod:`~tfkd.teacher.transports.oip_rest`, Vertex AI's :mod:`~tfkd.teacher.transports.vertex`).
 
 ``GET /v1/models/NAME[/versions/N|/labels/L]/metadata`` and ``POST ...:predict`` with a columnar JSON
 body (``{"signature_name", "inputs"}``), answered ``{"outputs": ...}``. TLS (a CA bundle, optional
@@ -323,7 +324,7 @@ def _answer(status: int, raw: bytes, location: str | None = None) -> dict:
             message = (f"redirected to {location}; give that address as the target "
                        "(redirects are not followed)")
         else:
-            message = _one_line(answer.get("error", "") if isinstance(answer, dict) else raw)
+            message = _one_line(_error_text(answer) if isinstance(answer, dict) else raw)
         raise errors.TransportError(_HTTP_CODES.get(status, grpc.StatusCode.INTERNAL),
                                     f"HTTP {status}: {message}")
     if answer is None:
@@ -334,5 +335,14 @@ def _answer(status: int, raw: bytes, location: str | None = None) -> dict:
                                     "HTTP 200: the answer is not a JSON object")
     if "error" in answer:
         raise errors.TransportError(grpc.StatusCode.INTERNAL,
-                                    f"HTTP 200 with an error: {_one_line(answer['error'])}")
+                                    f"HTTP 200 with an error: {_one_line(_error_text(answer))}")
     return answer
+
+
+def _error_text(answer: dict):
+    """An error answer's text: TF Serving's and the Open Inference Protocol's ``{"error": "..."}``,
+    Google APIs' (Vertex AI) ``{"error": {"code", "message", "status"}}``."""
+    error = answer.get("error", "")
+    if isinstance(error, dict) and "message" in error:
+        return f"{error.get('status', '')} {error['message']}".strip()
+    return error
