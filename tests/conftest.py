@@ -385,3 +385,26 @@ def printed(results: dict, name: str) -> str:
     """What case ``name`` of :func:`launchers_in_one_process` printed; fails with its traceback."""
     assert "error" not in results[name], results[name]["error"][-3000:]
     return results[name]["out"]
+
+
+# ---- one tiny distillation, the same over every transport ----------------------------------------
+
+def tiny_distill(workdir, target: str, **teacher_fields):
+    """A real, tiny FS-BBT distillation (100 real images, 300 MixUp, 50 CVAE images, one student
+    epoch, no teacher evaluation, no compressed variant) from the teacher at ``target``; returns
+    its :class:`tfkd.Report`. The same run over two transports of one SavedModel sends the same
+    images, so their labelled sets and query counts can be compared."""
+    import tfkd
+
+    return tfkd.distill(
+        workdir=str(workdir), num_shots=100, evaluate_teacher=False, eval_examples=200,
+        compress=(), verbose=0, seed=0,
+        teacher=tfkd.TeacherConfig(target=target, model_name="teacher", **teacher_fields),
+        mixup={"num_images": 300}, cvae={"num_images": 50, "epochs": 1},
+        student={"epochs": 1, "batch_size": 64})
+
+
+def labelled_set(report) -> dict:
+    """A report's persisted transfer set (``labelled_set``): array name -> numpy array."""
+    with np.load(report.labelled_set) as archive:
+        return {name: archive[name] for name in archive.files}

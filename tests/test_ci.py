@@ -50,12 +50,13 @@ sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", {tests!r
 
 
 def test_collection_survives_without_the_optional_packages():
-    """The whole suite collects with the optional packages (kfp, the ``kfp`` extra; matplotlib,
+    """The whole suite collects with the optional packages (kfp and kserve, their extras;
+    matplotlib,
     the ``benchmarks`` extra; pyyaml is a dependency since ``--config_file``) made unimportable,
     as on a fresh machine with only ``.[test]``: a module that needs one must skip through
     ``pytest.importorskip`` (a top-level ``import yaml`` once stopped collection: "Interrupted: 1
     error during collection")."""
-    code = _BLOCKED_COLLECTION.format(blocked=("kfp", "matplotlib"),
+    code = _BLOCKED_COLLECTION.format(blocked=("kfp", "kserve", "matplotlib"),
                                       tests=os.path.join(REPO, "tests"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, cwd=REPO)

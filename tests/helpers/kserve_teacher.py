@@ -6,7 +6,9 @@ real server tfkd did not write, for tests/test_oip_kserve.py.
 
 MODEL_DIR is a SavedModel version directory; its ``serving_default`` signature's inputs and outputs
 are published as the model's metadata (FP32, INT64, ... with -1 for the batch), and each infer
-request's inputs are fed to it. Runs until killed.
+request's inputs are fed to it. It is served twice: as NAME, whose answers hold typed values
+(JSON ``data``; gRPC ``contents``), and as NAME_raw, whose gRPC answers hold raw bytes
+(``raw_output_contents``). Runs until killed.
 """
 
 import sys
@@ -31,9 +33,10 @@ def _types(specs: dict) -> list:
 class SavedModelTeacher(Model):
     """A SavedModel's ``serving_default`` behind KServe's model API (a "small predictor")."""
 
-    def __init__(self, name: str, model_dir: str):
+    def __init__(self, name: str, model_dir: str, raw: bool = False):
         super().__init__(name)
         self.model_dir = model_dir
+        self.raw = raw
         self.load()
 
     def load(self) -> bool:
@@ -59,7 +62,7 @@ class SavedModelTeacher(Model):
             value = np.asarray(answers[name])
             output = InferOutput(name=name, shape=list(value.shape),
                                  datatype=DATATYPES[answers[name].dtype])
-            output.set_data_from_numpy(value, binary_data=False)
+            output.set_data_from_numpy(value, binary_data=self.raw)
             outputs.append(output)
         return InferResponse(response_id=payload.id or "", model_name=self.name,
                              infer_outputs=outputs)
@@ -69,4 +72,5 @@ if __name__ == "__main__":
     model_dir, name, http_port, grpc_port = sys.argv[1:5]
     sys.argv = sys.argv[:1]  # KServe's ModelServer parses the command line too.
     ModelServer(http_port=int(http_port), grpc_port=int(grpc_port), workers=1,
-                enable_grpc=True).start([SavedModelTeacher(name, model_dir)])
+                enable_grpc=True).start([SavedModelTeacher(name, model_dir),
+                                         SavedModelTeacher(f"{name}_raw", model_dir, raw=True)])

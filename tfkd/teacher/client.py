@@ -23,6 +23,7 @@ every attempt before it is sent (``on_attempt``) and may refuse it by raising.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import random
 import threading
 import time
@@ -242,11 +243,19 @@ class ServingClient:
     @property
     def images_per_request(self) -> int:
         """Images per Predict request so that the request stays under ``max_request_bytes`` and
-        the transport's own limit where it has one (its envelope and bytes per image)."""
+        the transport's own limit where it has one (its envelope and bytes per image, for images
+        of the signature's shape)."""
+        return self._images_per_request(self.signature.input_shape)
+
+    def _images_per_request(self, shape: tuple) -> int:
+        """:attr:`images_per_request` for encoded images of ``shape`` (batch first): the bytes an
+        image takes are those of the images sent, also where the signature does not say its shape
+        (a Vertex AI endpoint)."""
         limit = getattr(self.transport, "request_limit_bytes", None)
         room = (min(self.config.max_request_bytes, limit or self.config.max_request_bytes)
                 - self.transport.envelope_bytes)
-        return max(1, room // self.transport.image_bytes(self.signature))
+        signature = dataclasses.replace(self.signature, input_shape=tuple(shape))
+        return max(1, room // self.transport.image_bytes(signature))
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """float32 [n, H, W, C] in [0, 1] -> the signature's input (dtype, scale, layout).
@@ -332,7 +341,7 @@ class ServingClient:
         rows = np.arange(len(encoded)) if rows is None else np.asarray(rows, np.int64)
         # Split evenly over the requests in flight (each under the message limit, none below
         # SPLIT_FLOOR images): one large batch becomes concurrent requests.
-        step = min(self.images_per_request,
+        step = min(self._images_per_request((-1, *np.shape(encoded)[1:])),
                    max(SPLIT_FLOOR, -(-len(rows) // self.config.max_in_flight)))
         chunks = [rows[s:s + step] for s in range(0, len(rows), step)]
         convert = convert or (lambda idx, raw: np.asarray(raw, np.float32))
