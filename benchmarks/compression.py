@@ -15,7 +15,10 @@ Each format is exported with :func:`tfkd.export.export_classifier` (int8 calibra
 training images, as the pipeline calibrates on the transfer set), served together by tfkd's gRPC
 server, and measured: bytes of the version directory; top-1 accuracy on the test images through
 the server; in-process CPU latency (median ms, :func:`tfkd.evaluation.cpu_latency_ms`) at batch 1
-and 64; and the served round trip at batch 1 (median ms of Predict over loopback gRPC).
+and 64; and the served round trip at batch 1 (median ms of Predict over loopback gRPC). Then, per
+student, the line a run's report gives each format slower than float32 at batch 1 or 64
+(:func:`tfkd.report.slower_than_float32`), or that none is. The formats of one student are
+measured one after another in one process, so their latencies compare.
 """
 
 import os
@@ -34,6 +37,7 @@ from absl import flags  # noqa: E402
 from tfkd import data  # noqa: E402
 from tfkd import evaluation  # noqa: E402
 from tfkd import export  # noqa: E402
+from tfkd import report  # noqa: E402
 from tfkd import serving  # noqa: E402
 from tfkd import student as student_lib  # noqa: E402
 from tfkd.teacher import client as client_lib  # noqa: E402
@@ -96,8 +100,9 @@ def main(argv):
     dataset = data.load_dataset("fashion_mnist")
     root = tempfile.mkdtemp(prefix="tfkd-compression-")
     rows = [row for name in FLAGS.students for row in measure(name, dataset, root)]
-    print(f"machine: {os.cpu_count()} CPU cores, GPUs: {len(tf.config.list_physical_devices('GPU'))}"
-          f"; served accuracy on {FLAGS.test_images} test images; latency: median ms")
+    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPU cores, GPUs: "
+          f"{len(tf.config.list_physical_devices('GPU'))}; served accuracy on {FLAGS.test_images} "
+          "test images; latency: median ms")
     print(f"{'student':<20} {'format':<8} {'bytes':>10} {'x smaller':>9} {'accuracy %':>10} "
           f"{'change':>7} {'ms b=1':>7} {'ms b=64':>8} {'served b=1':>10}")
     base = {r[0]: r for r in rows if r[1] == "float32"}
@@ -105,6 +110,20 @@ def main(argv):
         ref = base[name]
         print(f"{name:<20} {fmt:<8} {size:>10,} {ref[2] / size:>9.2f} {100 * accuracy:>10.2f} "
               f"{100 * (accuracy - ref[3]):>+7.2f} {b1:>7.3f} {b64:>8.3f} {served:>10.3f}")
+    for name in FLAGS.students:
+        variants = {r[1]: {"cpu_latency_ms": {"batch_1": r[4], "batch_64": r[5]}}
+                    for r in rows if r[0] == name}
+        flags = report.slower_than_float32(variants)
+        for line in flags.values() or ["no format slower than float32 at batch 1 or 64"]:
+            print(f"{name}: {line}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "CPU model unknown"
 
 
 if __name__ == "__main__":

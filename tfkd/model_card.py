@@ -17,6 +17,7 @@ import datetime
 import os
 
 from tfkd import fs
+from tfkd import report as report_lib
 from tfkd import workdir as workdir_lib
 
 PAPERS = {
@@ -151,8 +152,11 @@ def _considerations(report: dict, variants: dict) -> dict:
         "tradeoffs": [{"description": (
             f"{variant}: {_pct(f.get('accuracy'))} accuracy, "
             f"{(f.get('saved_model_bytes') or 0) / 1e6:.2f} MB, "
-            f"{(f.get('cpu_latency_ms') or {}).get('batch_1', '-')} ms per image on CPU")}
-            for variant, f in sorted(variants.items())],
+            f"{(f.get('cpu_latency_ms') or {}).get('batch_1', '-')} ms per image on CPU, "
+            f"{(f.get('cpu_latency_ms') or {}).get('batch_64', '-')} ms per batch of 64")}
+            for variant, f in sorted(variants.items())] + [
+            {"description": f"Slower than float32: {line}"}
+            for line in report_lib.slower_than_float32(variants).values()],
     }
 
 

@@ -189,8 +189,14 @@ class Report:
     (:func:`tfkd.student.reestimate_batchnorm`; 0: none, or ``batchnorm_images`` = 0)."""
     student_variants: dict = dataclasses.field(default_factory=dict)
     """Per variant (float32, float16, int8): accuracy, validation_accuracy, fidelity, export_dir,
-    parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64}, accuracy_change and
-    bytes_ratio against float32."""
+    parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64} (median in-process ms on the
+    machine that ran, :func:`tfkd.evaluation.cpu_latency_ms`), accuracy_change and bytes_ratio
+    against float32."""
+    student_slower_than_float32: dict = dataclasses.field(default_factory=dict)
+    """The flag of a compressed variant slower than float32 on the machine that measured it: variant
+    name -> one line giving each batch size (1, 64) at which its ``cpu_latency_ms`` is above
+    float32's, with both figures; empty when none is slower. Derived from ``student_variants``
+    each time it is set (:func:`slower_than_float32`)."""
     student_parameters: int | None = None
     """Parameters of the student model."""
     student_saved_model_bytes: int | None = None
@@ -209,6 +215,14 @@ class Report:
     """Wall-clock seconds per stage of this process."""
     total_seconds: float | None = None
     """Sum of ``stage_seconds``."""
+
+    def __post_init__(self):
+        self.student_variants = self.student_variants  # Derives student_slower_than_float32.
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "student_variants":
+            super().__setattr__("student_slower_than_float32", slower_than_float32(value or {}))
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.keys():
@@ -239,6 +253,35 @@ class Report:
         return workdir_lib.write_json(path, self.to_dict())
 
 
+def slower_than_float32(variants: dict) -> dict[str, str]:
+    """Which compressed variants are slower than float32, in one line each.
+
+    Args:
+      variants: ``student_variants``: name -> figures whose ``cpu_latency_ms`` maps ``batch_<b>``
+        to median ms (a variant without figures, or a batch size float32 was not measured at, is
+        not compared).
+
+    Returns:
+      name -> one line (e.g. "int8 is slower than float32 on the CPU that measured it: batch 64
+      6.06 ms against 1.84 ms (3.30x)") for every variant but float32 whose latency is above
+      float32's at any batch size both were measured at; {} when none is (or float32 was not
+      measured). Any excess counts: a median above float32's is flagged, however small, so that
+      no slower variant goes unsaid (the line's ratio says how much).
+    """
+    base = (variants.get("float32") or {}).get("cpu_latency_ms") or {}
+    flags = {}
+    for name, figures in variants.items():
+        latency = (figures or {}).get("cpu_latency_ms") or {}
+        slower = [(b, latency[b], base[b]) for b in base
+                  if name != "float32" and latency.get(b) is not None and base[b] is not None
+                  and latency[b] > base[b]]
+        if slower:
+            flags[name] = (f"{name} is slower than float32 on the CPU that measured it: " + ", ".join(
+                f"{b.replace('_', ' ')} {ms:.2f} ms against {ref:.2f} ms"
+                + (f" ({ms / ref:.2f}x)" if ref > 0 else "") for b, ms, ref in slower))
+    return flags
+
+
 def format_table(report: Report | dict) -> str:
     """A short plain-text table of a report's figures."""
 
@@ -267,10 +310,16 @@ def format_table(report: Report | dict) -> str:
         ("student params / bytes",
          f"{num(report.get('student_parameters'))} / {num(report.get('student_saved_model_bytes'))}"),
     ]
-    for variant, figures in (report.get("student_variants") or {}).items():
+    variants = report.get("student_variants") or {}
+    for variant, figures in variants.items():
+        latency = figures.get("cpu_latency_ms") or {}
         rows.append((f"student {variant}",
                      f"{pct(figures['accuracy'])}, {num(figures['saved_model_bytes'])} bytes, "
-                     f"{figures['cpu_latency_ms'].get('batch_1', 0):.2f} ms (batch 1)"))
+                     f"{latency.get('batch_1', 0):.2f} / {latency.get('batch_64', 0):.2f} ms "
+                     "(batch 1 / 64)"))
+    slower = report.get("student_slower_than_float32")  # None in a report.json from before it.
+    rows += [("SLOWER than float32", line) for line in
+             (slower if slower is not None else slower_than_float32(variants)).values()]
     rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in (report.get("stage_seconds") or {}).items()]
     if report.get("model_card"):
         rows.append(("model card", report["model_card"]["markdown"]))

@@ -21,8 +21,11 @@ model dir, the Kubeflow artifact and every reader of version directories pick up
 names its marker file (whose presence makes a numeric directory a version of it) and its loader
 (what :func:`list_versions`, :func:`deploy_version`, :func:`tfkd.evaluation.cpu_latency_ms`,
 :meth:`tfkd.serving.Servable.load` and the server's version poller use). The registered ones:
-``float32`` (as trained), ``float16`` (every layer's weights and compute in float16; inputs and
-outputs of the signature stay float32), both SavedModels (marker ``saved_model.pb``); ``int8`` (a
+``float32`` (as trained), ``float16`` (the weights stored in float16, computed in float32:
+LiteRT's float16 quantization convention for CPUs; each weight a float16 graph constant cast to
+float32, a cast TensorFlow folds once when the version is loaded, so it is as fast as float32 and
+about half its weights' bytes: :class:`tfkd.export.saved_model.Float16Weights`; its signatures'
+dtypes and shapes are float32's), both SavedModels (marker ``saved_model.pb``); ``int8`` (a
 LiteRT full-integer model, :mod:`tfkd.export.litert`: every operator int8, convolutions included,
 calibrated on the transfer set; marker ``model.tflite``, the file TF Serving reads with
 ``--prefer_tflite_model=true``, and the version holds no SavedModel; ``classify`` is answered by
@@ -73,7 +76,8 @@ from tfkd.export.saved_model import warmup_records
 
 register_format(ExportFormat("float32", lambda m: m, "as trained"))
 register_format(ExportFormat("float16", saved_model.float16_copy,
-                             "every layer's weights and compute in float16"))
+                             "weights stored in float16, computed in float32 (LiteRT's float16 "
+                             "quantization convention on CPUs)"))
 register_format(ExportFormat("int8", lambda m: m, "LiteRT full-integer model (every operator "
                                                   "int8, calibrated on the transfer set)",
                              writer=litert.write_variant, marker=litert.FILE, loader=litert.load))

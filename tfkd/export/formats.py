@@ -152,7 +152,10 @@ class ExportFormat:
     Attributes:
       name: the variant's name (``compress`` setting, ``report.json``'s ``student_variants`` key).
       compress: ``compress(model) -> model``: the compressed copy of a freshly rebuilt float32
-        model (float32 [b, H, W, C] in [0, 1] -> logits [b, K] either way).
+        Keras model, called in the serving graph as ``model(images, training=False)`` (float32
+        [b, H, W, C] in [0, 1] -> logits [b, K] either way): a Keras model, or any callable whose
+        trackable state is what the SavedModel should store (float16's
+        :class:`tfkd.export.saved_model.Float16Weights`, which stores float16 constants).
       description: one line for docs and the model card.
       writer: ``writer(serve, version_dir, calibration)`` writes the variant instead of a
         SavedModel (``serve``: the float32 serving concrete function; ``calibration``: float32
@@ -164,7 +167,7 @@ class ExportFormat:
     """
 
     name: str
-    compress: Callable[[keras.Model], keras.Model]
+    compress: Callable[[keras.Model], Callable]
     description: str = ""
     writer: Callable | None = None
     marker: str = SAVED_MODEL_FILE

@@ -42,25 +42,69 @@ from tfkd.export.formats import TEACHER_OUTPUTS
 from tfkd.export.formats import VOCABULARY_FILE
 from tfkd.export.formats import WARMUP_FILE
 
-
-def _float16_layers(config: dict) -> None:
-    """Sets every layer of a functional model's config to float16, nested models' layers too (a
-    ``keras.applications`` backbone inside tfkd's model kept float32 before)."""
-    for layer in config.get("layers", ()):
-        if layer["class_name"] != "InputLayer" and "dtype" in layer.get("config", {}):
-            layer["config"]["dtype"] = "float16"
-        _float16_layers(layer.get("config", {}))
+WEIGHT_CONSTANT = "tfkd_weight"
+"""The name of every weight constant in a float16 SavedModel's graph (:class:`Float16Weights`;
+TensorFlow numbers them ``tfkd_weight_1``, ...): what :func:`saved_model_parameters` counts there."""
 
 
-def float16_copy(model: keras.Model) -> keras.Model:
-    """The float16 format's ``compress``: a copy of a functional model with every layer's dtype
-    policy and float32 weights in float16 (its inputs stay float32)."""
-    config = model.get_config()
-    _float16_layers(config)
-    copy = model.__class__.from_config(config)
-    copy.set_weights([w.astype(np.float16) if w.dtype == np.float32 else w
-                      for w in model.get_weights()])
-    return copy
+class Float16Weights:
+    """The float16 format's compressed model: a Keras model's weights stored in float16, its
+    computation in float32 (LiteRT's float16 quantization convention: float16 weights, computed in
+    float32 on CPUs).
+
+    Each float32 weight becomes a float16 constant of the serving graph followed by a cast to
+    float32; weights of other dtypes stay as they are. TensorFlow's graph optimizer (Grappler's
+    constant folding) folds each cast when the function is first instantiated, which a server
+    does when it loads the version (its warmup requests), so the casts run once, at load, never
+    per request: the version is float32's arithmetic on float32 copies of the float16 weights,
+    about half float32's size on disk, and as fast (``benchmarks/compression.py``). Emulated
+    float16 arithmetic, 3 to 30 times slower than float32 on CPUs without native float16, is
+    what this avoids. On a GPU it computes in float32 too (LiteRT's GPU delegate would compute
+    in float16).
+
+    The weights are graph constants, not variables: a version has no float32 copy in its
+    checkpoint, and a cast of a variable could not be folded (it would run on every request).
+    The logits function is one ``tf.function`` that ``serving_default`` and ``classify`` call,
+    so the SavedModel holds its constants once. Its graph must fit a 2 GB protocol buffer
+    (float16 weights up to about 1 billion parameters).
+
+    Attributes:
+      model: the float32 Keras model computed (its own variables are never read: the weights
+        are passed to ``model.stateless_call``).
+      weights: (trainable, non_trainable): the model's weights as numpy arrays in the model's
+        variable order, float16 where the variable was float32.
+      logits: ``tf.function``: images float32 [b, H, W, C] -> logits float32 [b, K].
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.weights = tuple([np.asarray(v.numpy(), np.float16) if v.dtype == "float32"
+                              else np.asarray(v.numpy()) for v in variables]
+                             for variables in (model.trainable_variables,
+                                               model.non_trainable_variables))
+        self.logits = tf.function(self._logits, input_signature=[
+            tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_KEY)])
+
+    def _logits(self, images):
+        trainable, non_trainable = ([tf.cast(tf.constant(w, name=WEIGHT_CONSTANT), tf.float32)
+                                     if w.dtype == np.float16
+                                     else tf.constant(w, name=WEIGHT_CONSTANT) for w in part]
+                                    for part in self.weights)
+        logits, _ = self.model.stateless_call(trainable, non_trainable, images, training=False)
+        return tf.cast(logits, tf.float32)
+
+    def __call__(self, images, training=False):
+        """Logits float32 [b, K] of images float32 [b, H, W, C] (inference only: ``training`` is
+        accepted as a Keras model's call accepts it, and must be False)."""
+        if training:
+            raise ValueError("Float16Weights is an inference copy: training must be False")
+        return self.logits(images)
+
+
+def float16_copy(model: keras.Model) -> Float16Weights:
+    """The float16 format's ``compress``: :class:`Float16Weights` of a freshly rebuilt float32
+    model (float16 weights, float32 computation; float32 [b, H, W, C] -> logits [b, K])."""
+    return Float16Weights(model)
 
 
 class _ClassifierServable(tf.Module):
@@ -100,8 +144,11 @@ class _ClassifierServable(tf.Module):
                    LOGITS_KEY: logits}
         return {key: outputs[key] for key in self._outputs}
 
-def compressed_copy(model: keras.Model, variant: str = "float32") -> keras.Model:
-    """A fresh, uncompiled copy of a functional model, optionally compressed (see module docstring).
+def compressed_copy(model: keras.Model, variant: str = "float32"):
+    """A fresh, uncompiled copy of a functional model, compressed by the variant's format
+    (:attr:`tfkd.export.ExportFormat.compress`): the Keras model itself for float32 and int8 (whose
+    writer converts it), a :class:`Float16Weights` for float16; either is called as
+    ``copy(images float32 [b, H, W, C], training=False)`` -> logits [b, K].
 
     The copy is rebuilt from the config (``keras.models.clone_model`` would carry the compiled
     optimizer into the SavedModel).
@@ -294,7 +341,13 @@ def saved_model_bytes(path: str) -> int:
 
 
 def saved_model_parameters(path: str) -> int:
-    """Number of scalar weights stored in a SavedModel's variables checkpoint (0 if it has none)."""
+    """Number of scalar weights a SavedModel stores: in its variables checkpoint, and as the weight
+    constants of its graph (the float16 format's, :data:`WEIGHT_CONSTANT`); 0 if it has neither
+    (a LiteRT version)."""
+    return _checkpoint_parameters(path) + _constant_parameters(path)
+
+
+def _checkpoint_parameters(path: str) -> int:
     prefix = os.path.join(path, "variables", "variables")
     if not tf.io.gfile.exists(prefix + ".index"):
         return 0
@@ -304,3 +357,24 @@ def saved_model_parameters(path: str) -> int:
     return int(sum(int(np.prod(shape)) for name, shape in shapes.items()
                    if name != "_CHECKPOINTABLE_OBJECT_GRAPH"))
 
+
+def weight_constants(path: str) -> list[tuple[str, tf.dtypes.DType, tuple[int, ...]]]:
+    """The weight constants (:data:`WEIGHT_CONSTANT`) of a SavedModel's graph functions, each
+    function once: (node name, dtype, shape) per weight; [] for a SavedModel whose weights are
+    variables (float32) and for a directory without ``saved_model.pb``."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = os.path.join(path, SAVED_MODEL_FILE)
+    if not fs.exists(pb):
+        return []
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(fs.read_bytes(pb))
+    functions = {f.signature.name: f for m in proto.meta_graphs for f in m.graph_def.library.function}
+    return [(node.name, tf.dtypes.as_dtype(node.attr["dtype"].type),
+             tuple(d.size for d in node.attr["value"].tensor.tensor_shape.dim))
+            for f in functions.values() for node in f.node_def
+            if node.op == "Const" and node.name.split("_")[:2] == WEIGHT_CONSTANT.split("_")]
+
+
+def _constant_parameters(path: str) -> int:
+    return int(sum(int(np.prod(shape)) for _, _, shape in weight_constants(path)))
