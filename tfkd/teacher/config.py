@@ -62,8 +62,11 @@ class ServingConfig:
     """How to reach and read a served classifier.
 
     Attributes:
-      target: ``host:port`` (or ``unix:path``) of the gRPC API, ``http(s)://host:port[/prefix]`` of
-        the REST API, or a registered transport's ``<scheme>://...``.
+      target: ``host:port`` (or ``unix:path``) of TF Serving's gRPC API,
+        ``http(s)://host:port[/prefix]`` of its REST API, ``.../v2`` of the Open Inference
+        Protocol's, ``grpc+v2://host:port``, a Vertex AI endpoint (``https://...endpoints/E``,
+        ``vertex://P/L/E``), or a registered transport's ``<scheme>://...``
+        (:mod:`tfkd.teacher.transports`).
       model_name, version, version_label, signature_name: the model spec (version and version_label
         are exclusive; neither: the server's latest).
       input_key: the image input's name; default: the signature's only input.
@@ -147,9 +150,12 @@ class TeacherConfig(ServingConfig):
     """How to reach and read a served teacher: :class:`ServingConfig`'s fields, and
 
     Attributes:
-      target: ``host:port`` (TF Serving's gRPC API), ``http(s)://host:port`` (its REST API) or a
-        registered transport's ``<scheme>://...`` (:func:`tfkd.teacher.transports.register_transport`);
-        "" lets the pipeline train and serve one locally (:func:`tfkd.pipeline.run`).
+      target: ``host:port`` (TF Serving's gRPC API), ``http(s)://host:port`` (its REST API),
+        ``http(s)://host:port/v2`` (the Open Inference Protocol over REST), ``grpc+v2://host:port``
+        (over gRPC), ``https://REGION-aiplatform.googleapis.com/v1/projects/P/locations/L/endpoints/E``
+        or ``vertex://P/L/E`` (a Vertex AI endpoint), or a registered transport's
+        ``<scheme>://...`` (:func:`tfkd.teacher.transports.register_transport`); "" lets the
+        pipeline train and serve one locally (:func:`tfkd.pipeline.run`).
       output_kind: one of ``OUTPUT_KINDS``; default ``classes`` for an integer output of rank <= 1,
         else ``probabilities``.
       class_map: ``class_map[t]`` is the data's class for the teacher's class t (a teacher whose
@@ -216,7 +222,8 @@ def check_target(target: str) -> str:
         if protocol.scheme(target) in protocol.TRANSPORTS and target.partition("://")[2]:
             return target  # A registered transport's own address; it reads the rest.
         raise ConfigError(f"target={target!r}: expected host:port (gRPC), http(s)://host:port "
-                          f"(REST) or a registered scheme {sorted(protocol.TRANSPORTS)}")
+                          "(REST; .../v2 the Open Inference Protocol; .../endpoints/E Vertex AI) "
+                          f"or a registered scheme {sorted(protocol.TRANSPORTS)}")
     host, _, port = (target or "").rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"target={target!r}: expected host:port with a port in 1..65535, "
