@@ -1,6 +1,7 @@
 """What the teacher was asked and what it answered, persisted: :class:`QueryAccount` (every image
 sent over a work dir's life, and the query budget on that total) and :class:`QueryLedger` (every
-answer, keyed by the image's content and the teacher's identity, never asked again)."""
+answer, keyed by the image's content and the teacher's identity, never asked again); and
+:class:`QueryProgress`, the progress bar of what is being asked."""
 
 from __future__ import annotations
 
@@ -171,3 +172,38 @@ class QueryLedger:
         with self._lock:
             self.rows_on_disk += len(keys)
             self._answers.update(zip(keys, soft_labels))
+
+
+class QueryProgress:
+    """A Keras progress bar (``keras.utils.Progbar``) over ``total`` items (images labelled,
+    image/class pairs searched) that also shows the teacher queries sent per second
+    (``images/s``: one query is one image) and, under a query budget, what remains of it
+    (``budget left``, images).
+
+    Args:
+      total: items the bar runs over (> 0).
+      unit_name: what an item is ("image", "pair").
+      account: the :class:`QueryAccount` charged; None: every item is one query and no budget is
+        shown.
+    """
+
+    def __init__(self, total: int, unit_name: str = "image", account: QueryAccount | None = None):
+        import keras  # noqa: PLC0415  (only where a bar is shown)
+
+        self._bar = keras.utils.Progbar(total, unit_name=unit_name,
+                                        stateful_metrics=("images/s", "budget left"))
+        self._account = account
+        self._start = time.monotonic()
+        self._sent_before = account.sent if account is not None else 0
+        self._items = 0
+
+    def add(self, n: int) -> None:
+        """Advances the bar by ``n`` items and shows the rate and the budget left now."""
+        self._items += n
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        account = self._account
+        sent = self._items if account is None else account.sent - self._sent_before
+        values = [("images/s", float(round(sent / elapsed)))]  # Keras shows a metric's float.
+        if account is not None and account.remaining is not None:
+            values.append(("budget left", float(account.remaining)))
+        self._bar.add(n, values)

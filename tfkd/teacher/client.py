@@ -30,12 +30,12 @@ import time
 from typing import Callable
 
 import grpc
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tfkd import errors
+from tfkd.teacher import account as account_lib
 from tfkd.teacher import protocol
 from tfkd.teacher import transports
 from tfkd.teacher.config import GRPC_DEFAULT_MAX_MESSAGE_BYTES
@@ -318,7 +318,7 @@ class ServingClient:
     def predict(self, encoded: np.ndarray, rows: np.ndarray | None = None,
                 convert: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                 on_attempt: Callable[[int, bool], None] | None = None,
-                progress: bool = False) -> np.ndarray:
+                progress=False) -> np.ndarray:
         """Predicts ``encoded[rows]`` split evenly over ``max_in_flight`` concurrent requests, each
         under the message limit (:attr:`images_per_request`) and of at least :data:`SPLIT_FLOOR`
         images, as one ``tensor_content`` buffer (rows sliced without a copy when contiguous).
@@ -329,7 +329,9 @@ class ServingClient:
           convert: ``convert(idx, raw) -> float32 [len(idx), K]`` checks and converts each answer as
             it arrives (the teacher persists it there); default: the raw output as float32.
           on_attempt: see :meth:`predict_raw`.
-          progress: show a Keras progress bar.
+          progress: show a progress bar (:class:`tfkd.teacher.account.QueryProgress`, images per
+            second); or a factory ``progress(total) -> bar`` of one (the teacher's: with the
+            budget left).
 
         Returns:
           float32 [len(rows), K], in the order of ``rows``.
@@ -347,7 +349,8 @@ class ServingClient:
         convert = convert or (lambda idx, raw: np.asarray(raw, np.float32))
         bar = None
         if progress and len(rows):
-            bar = keras.utils.Progbar(len(rows), unit_name="image")
+            bar = (progress(len(rows)) if callable(progress)
+                   else account_lib.QueryProgress(len(rows), "image"))
 
         def one(position: int):
             idx = chunks[position]

@@ -103,6 +103,10 @@ class ShardedTeacher:
             return mine
         return self.gather_rows(mine, len(images))
 
+    def progress_bar(self, total: int, unit_name: str = "image"):
+        """This worker's teacher's progress bar (:meth:`tfkd.teacher.TeacherClient.progress_bar`)."""
+        return self.teacher.progress_bar(total, unit_name)
+
     def gather_rows(self, mine: np.ndarray, n: int) -> np.ndarray:
         """Every worker's rows of a per-image result, in row order: ``mine`` float [share(n), K] is
         this worker's shard (:meth:`shard`) of n rows; returns float32 [n, K] on every worker

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from tfkd import errors
+from tfkd.teacher import account as account_lib
 from tfkd.teacher import client as client_lib
 from tfkd.teacher import protocol
 from tfkd.teacher.account import QueryAccount
@@ -126,6 +127,11 @@ class TeacherClient:
     requests = property(lambda self: self._client.requests, doc="Predict RPCs, retries included.")
     retries = property(lambda self: self._client.retries, doc="Attempts after a retryable error.")
     images_per_request = property(lambda self: self._client.images_per_request)
+
+    def progress_bar(self, total: int, unit_name: str = "image") -> account_lib.QueryProgress:
+        """A progress bar over ``total`` items showing the queries sent per second and what
+        remains of this teacher's query budget (:class:`tfkd.teacher.account.QueryProgress`)."""
+        return account_lib.QueryProgress(total, unit_name, self.account)
 
     @property
     def query_budget(self) -> int | None:
@@ -263,7 +269,9 @@ class TeacherClient:
             raise errors.QueryBudgetExceeded(f"{self.name}: {e}") from None
         with _as_teacher_error():
             asked = (self._client.predict(encoded, missing, self._convert(keys),
-                                          self._charger(stage), progress) if len(missing) else None)
+                                          self._charger(stage),
+                                          progress and (lambda total: self.progress_bar(total)))
+                     if len(missing) else None)
         width = (asked.shape[1] if asked is not None else len(next(iter(known.values()))) if known
                  else self.signature.num_classes or 0)
         out = np.zeros((n, width), np.float32)

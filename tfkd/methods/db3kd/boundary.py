@@ -249,7 +249,7 @@ def _one_direction(top1: Callable, x: np.ndarray, toward: np.ndarray, target: np
 def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,  # noqa: PLR0913
                        pool_labels: np.ndarray, num_classes: int, top1: Callable,
                        config: BoundaryConfig, seed: int = 0, stage: str = "db3kd_search",
-                       state_path: str | None = None, progress: bool = False,
+                       state_path: str | None = None, progress=False,
                        offset: int = 0) -> np.ndarray:
     """The ``bd`` (or ``mbd``) distances of every image to the teacher's boundary toward every other
     class.
@@ -266,7 +266,8 @@ def boundary_distances(images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
       stage: the name queries are charged under.
       state_path: an ``.npz`` each pair's state is persisted to when its chunk of
         ``config.chunk_pairs`` pairs ends (resumed from if there), or None.
-      progress: a Keras progress bar over pairs.
+      progress: a progress bar over pairs: True, or a factory ``progress(total, unit_name)`` of
+        one (:meth:`tfkd.teacher.TeacherClient.progress_bar`: queries per second, budget left).
       offset: the index of ``images[0]`` in the whole set when ``images`` is one worker's shard:
         image i goes toward the same pool images as in an unsharded search (``bd`` distances are
         then the same; ``mbd``'s random directions are not).
@@ -371,12 +372,17 @@ def _toward(flat_pool: np.ndarray, order: list[np.ndarray], pair_target: np.ndar
     return toward
 
 
-def _progress_bar(total: int, progress: bool):
+def _progress_bar(total: int, progress):
+    """``progress(total, "pair")`` where ``progress`` is a bar factory (the teacher's
+    ``progress_bar``: queries per second, budget left), a plain bar over pairs where it is True,
+    else None."""
     if not progress or total <= 0:
         return None
-    import keras
+    if callable(progress):
+        return progress(total, "pair")
+    from tfkd.teacher import account  # noqa: PLC0415
 
-    return keras.utils.Progbar(total, unit_name="pair")
+    return account.QueryProgress(total, "pair")
 
 
 # ------------------------------------------------------------------ mbd: the Sign-OPT refinement

@@ -121,7 +121,8 @@ def db3kd_targets(ctx: MethodContext, name: str, images: np.ndarray, labels: np.
     with ctx.stage("db3kd_search"):
         mine = boundary.boundary_distances(
             images[part], labels[part], pool, pool_labels, ctx.num_classes, ctx.teacher.top1,
-            config, ctx.seed, stage="db3kd_search", state_path=state, progress=ctx.progress,
+            config, ctx.seed, stage="db3kd_search", state_path=state,
+            progress=ctx.progress and getattr(ctx.teacher, "progress_bar", True),
             offset=part.start)
     distances = ctx.teacher.gather_rows(mine, len(images))
     return boundary.soft_labels_from_distances(distances, labels, config.temperature)
