@@ -16,6 +16,7 @@ from tfkd import export
 from tfkd import model_card
 from tfkd import serving
 from tfkd.export import saved_model
+from tfkd.report import SEQUENTIAL_SPREAD
 from tfkd.report import Report
 from tfkd.report import format_table
 from tfkd.report import slower_than_float32
@@ -147,6 +148,10 @@ def test_the_flag_names_each_variant_slower_than_float32_at_either_batch():
     assert "batch 64 6.06 ms against 1.84 ms (3.29x)" in flags["int8"]
     assert "batch 1" not in flags["int8"]
     assert "batch 1 0.72 ms against 0.71 ms" in flags["slow1"] and "batch 64" not in flags["slow1"]
+    # An excess under the spread of medians timed in sequence says so; a larger one does not.
+    assert "within the spread" in flags["slow1"] and "within the spread" not in flags["int8"]
+    assert "within the spread" not in slower_than_float32(
+        _variants((1.0, 1.0), float16=(1.0, 1.0 * SEQUENTIAL_SPREAD)))["float16"]
     assert slower_than_float32(_variants((2.0, 9.0), float16=(1.0, 8.0), int8=(2.0, 9.0))) == {}
     assert slower_than_float32({"int8": _variants((1.0, 1.0))["float32"]}) == {}  # No float32.
 
