@@ -11,10 +11,14 @@ base path inside the version itself is refused with one line and nothing is copi
       --model_base_path=/srv/models/student
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+try:  # First, before TensorFlow is imported: the console filter (launch/console.py).
+    from . import console
+except ImportError:  # A script (python launch/x.py) or a file loaded by path: the installed one.
+    from tfkd_launch import console
+
+console.start(__name__, "tfkd-deploy")
 
 from absl import app
 from absl import flags

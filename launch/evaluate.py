@@ -6,12 +6,15 @@ line: model_name, version, dataset, examples (the test images evaluated), accura
   python launch/evaluate.py --server=http://localhost:8501 --model_name=student
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
-
 import json
 import sys
+
+try:  # First, before TensorFlow is imported: the console filter (launch/console.py).
+    from . import console
+except ImportError:  # A script (python launch/x.py) or a file loaded by path: the installed one.
+    from tfkd_launch import console
+
+console.start(__name__, "tfkd-evaluate")
 
 from absl import app
 from absl import flags

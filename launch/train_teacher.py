@@ -4,11 +4,14 @@ r"""Trains a teacher on a dataset's full training set and exports it in TF Servi
   python launch/serve.py --model_name=teacher --model_base_path=/tmp/models/teacher
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
-
 import sys
+
+try:  # First, before TensorFlow is imported: the console filter (launch/console.py).
+    from . import console
+except ImportError:  # A script (python launch/x.py) or a file loaded by path: the installed one.
+    from tfkd_launch import console
+
+console.start(__name__, "tfkd-train-teacher")
 
 from absl import app
 from absl import flags
