@@ -64,3 +64,16 @@ def test_learning_rate_follows_the_global_batch_by_the_stated_rule():
     assert student_lib.scaled_learning_rate(none, 8) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="student.mixed_precision"):
         student_lib.StudentConfig(mixed_precision="float16").validate()
+
+
+def test_an_epoch_shorter_than_steps_per_execution_shows_its_own_steps(fashion, capsys):
+    """9 steps an epoch under the default steps_per_execution (32): the epoch's bar counts 9/9,
+    not 32/9 (an execution is capped at the epoch's steps)."""
+    config = student_lib.StudentConfig(epochs=1, batch_size=64, mixup_alpha=0,
+                                       rotation_degrees=0, shift_fraction=0).resolved()
+    assert config.steps_per_execution > 9
+    images, labels = fashion.x_train[:576], fashion.y_train[:576]  # 9 batches of 64.
+    soft = np.eye(10, dtype=np.float32)[labels]
+    student_lib.train_student(images, soft, config, seed=0, verbose=1)
+    out = capsys.readouterr().out
+    assert "9/9" in out and "32/9" not in out, out[-1500:]

@@ -181,15 +181,17 @@ def _custom_loop(student, ds, config: StudentConfig, length: TrainingLength, str
     return history
 
 
-def _compile(student: keras.Model, config: StudentConfig, strategy, lr, loss) -> None:
-    """Compiles the student for ``fit``: Adam at ``lr``, ``loss()``, teacher agreement."""
+def _compile(student: keras.Model, config: StudentConfig, strategy, lr, loss,
+             steps_per_epoch: int) -> None:
+    """Compiles the student for ``fit``: Adam at ``lr``, ``loss()``, teacher agreement; at most
+    ``steps_per_epoch`` steps an execution (more would overrun the epoch's progress bar: "32/9")."""
     with strategy.scope():
         student.compile(optimizer=_optimizer(config, lr), loss=loss(),
                         metrics=[keras.metrics.CategoricalAccuracy(name="teacher_agreement")],
                         jit_compile="auto" if config.jit_compile is None else config.jit_compile,
                         # Keras 3.15's multi-step loop fails under MirroredStrategy with more than
                         # one replica ("You must feed a value for placeholder tensor"): one step.
-                        steps_per_execution=(config.steps_per_execution
+                        steps_per_execution=(min(config.steps_per_execution, steps_per_epoch)
                                              if strategy.num_replicas_in_sync == 1 else 1))
 
 
@@ -303,7 +305,7 @@ def train_student(images: np.ndarray, soft_labels: np.ndarray, config: StudentCo
         history = _custom_loop(student, ds, config, length, strategy, global_batch, lr,
                                backup_dir, verbose, loss)
     else:
-        _compile(student, config, strategy, lr, loss)
+        _compile(student, config, strategy, lr, loss, length.steps_per_epoch)
         history = _fit(student, ds, config, length, backup_dir, verbose,
                        [*(callbacks or []), *([keep_best] if config.select == "validation" else [])])
     check_finite_loss(history)
