@@ -2,7 +2,7 @@ r"""The compressed students (issue 28): size on disk, accuracy served over gRPC,
 every export format (:data:`tfkd.export.FORMATS`: float32, float16, int8 = LiteRT full integer) of
 two students trained here on real Fashion-MNIST.
 
-  python benchmarks/compression.py > benchmarks/reports/issue28/compression.txt
+  python benchmarks/compression.py > benchmarks/reports/issue38/compression.txt
 
 Students (trained by :func:`tfkd.student.train_student` on true labels: what is measured is the
 export, not distillation):

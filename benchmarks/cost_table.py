@@ -3,7 +3,8 @@
 - accuracy against teacher queries: the tuned rows of :data:`reproduce.ROWS` under a query budget
   (the plan cut, active rounds, active rounds with a teacher assistant) beside the default recipe's
   full plan, from ``benchmarks/reports/fashion_mnist/row-*.json``;
-- the compression table: ``benchmarks/reports/issue28/compression.txt``
+- the compression table: ``benchmarks/reports/issue38/compression.txt`` (float16 computed in
+  float32)
   (``benchmarks/compression.py``);
 - labelling throughput: ``benchmarks/reports/issue28/teacher_throughput.txt``
   (``benchmarks/teacher_throughput.py``);
@@ -43,7 +44,7 @@ def _cell(row: dict | None, results_md: str) -> str:
 
 
 def _stored(name: str, results_md: str) -> tuple[list[str], str]:
-    path = os.path.join(STORED, name)
+    path = os.path.join(STORED, name) if "/" not in name else os.path.join(STORED, "..", name)
     if not os.path.exists(path):
         return [], ""
     with open(path) as f:
@@ -84,7 +85,7 @@ def queries(tuned: list[dict], results_md: str) -> list[str]:
 def stored_blocks(results_md: str) -> list[str]:
     lines = []
     for name, title, what in (
-            ("compression.txt", "### Compressed students",
+            ("issue38/compression.txt", "### Compressed students",
              "Bytes on disk of each export format's version directory, top-1 accuracy served over "
              "gRPC by tfkd's server, in-process latency (median ms) at batch 1 and 64 and the "
              "served round trip at batch 1; int8 is the LiteRT full-integer model (`tfkd.export.litert`)."),
@@ -95,6 +96,7 @@ def stored_blocks(results_md: str) -> list[str]:
              "Images/s of tfkd's trainer and of a plain Keras `fit` of the same model and recipe "
              "(the reference implementation's pipeline), interleaved in one process.")):
         text, link = _stored(name, results_md)
+        link = link.replace(f"[{name}]", f"[{os.path.basename(name)}]")
         if text:
             lines += [title, "", f"{what} Stored output: {link}.", "", "```", *text, "```", ""]
     return lines
