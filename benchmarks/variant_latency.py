@@ -1,10 +1,9 @@
 r"""A run's exported variants (float32, float16, int8, ...: every registered format found under
 ``<workdir>/export/``) timed side by side in one process: in-process CPU latency of
 ``serving_default`` at batch 1 and 64, the variants' calls interleaved (one call of each, round
-after round), so that a change in the machine's load falls on all of them alike. A run's report
-times them one after another (:func:`tfkd.evaluation.cpu_latency_ms`), where a busy machine can
-move one variant's median and not another's; this tells a flag of its
-``student_slower_than_float32`` from noise.
+after round: :func:`tfkd.evaluation.cpu_latencies_ms`, as a run's report times them), so that a
+change in the machine's load falls on all of them alike; several rounds, printed one by one, show
+how far a flag of ``student_slower_than_float32`` stands from the machine's noise.
 
   python benchmarks/variant_latency.py --workdir=/tmp/tfkd_fsbbt     # after launch/distill.py
 
@@ -15,7 +14,6 @@ medians over all rounds with each variant's ratio to float32, and the lines the 
 
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,6 +24,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tfkd import data  # noqa: E402
+from tfkd import evaluation  # noqa: E402
 from tfkd import export  # noqa: E402
 from tfkd import report  # noqa: E402
 
@@ -43,8 +42,6 @@ def main(argv):
                                                          fmt.servable_name))
             for name, fmt in export.FORMATS.items()}
     dirs = {name: d for name, d in dirs.items() if d}
-    fns = {name: export.load_version(d).signatures[export.SIGNATURE_KEY]
-           for name, d in dirs.items()}
     signature = export.load_version(dirs["float32"]).signature_defs[export.SIGNATURE_KEY]
     shape = [d.size for d in signature.inputs[export.INPUT_KEY].tensor_shape.dim]
     x_test = data.load_dataset("fashion_mnist").x_test if shape[1:] == [28, 28, 1] else None
@@ -57,23 +54,16 @@ def main(argv):
           f"{len(tf.config.list_physical_devices('GPU'))}; load average at the start: "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; {FLAGS.rounds} rounds x "
           f"{FLAGS.calls} interleaved calls per batch size; median ms")
-    medians = {name: {} for name in fns}
+    medians = {name: {} for name in dirs}
     for b in map(int, FLAGS.batch_sizes):
-        batch = tf.constant(images[:b])
-        for fn in fns.values():  # Warm-up.
-            fn(images=batch)
-        times = {name: [] for name in fns}
-        for r in range(FLAGS.rounds):
-            start = {name: len(t) for name, t in times.items()}
-            for _ in range(FLAGS.calls):
-                for name, fn in fns.items():
-                    t0 = time.perf_counter()
-                    fn(images=batch)[export.PROBABILITIES_KEY].numpy()
-                    times[name].append((time.perf_counter() - t0) * 1000)
+        rounds = []
+        for r in range(FLAGS.rounds):  # Each round the run's own interleaved timing.
+            rounds.append(evaluation.cpu_latencies_ms(dirs, images, (b,), FLAGS.calls))
             print(f"batch {b:>3} round {r}: " + "  ".join(
-                f"{name} {np.median(t[start[name]:]):.3f}" for name, t in times.items()))
-        for name, t in times.items():
-            medians[name][f"batch_{b}"] = round(float(np.median(t)), 3)
+                f"{name} {latency[f'batch_{b}']:.3f}" for name, latency in rounds[-1].items()))
+        for name in dirs:
+            medians[name][f"batch_{b}"] = round(float(np.median(
+                [one[name][f"batch_{b}"] for one in rounds])), 3)
     print("all rounds:")
     for name, latency in medians.items():
         print(f"  {name:<8} " + "  ".join(

@@ -33,14 +33,14 @@ def agreement_sample(transfer: methods.TransferSet, seed: int) -> tuple[np.ndarr
     return transfer.images[rows], transfer.targets[rows].argmax(axis=1)
 
 
-def measure_variant(target: str, name: str, version_dir: str, images: np.ndarray,
-                    x_eval: np.ndarray, y_eval: np.ndarray | None, teacher_top1: np.ndarray | None,
+def measure_variant(target: str, name: str, version_dir: str, x_eval: np.ndarray,
+                    y_eval: np.ndarray | None, teacher_top1: np.ndarray | None,
                     dataset: data_lib.Dataset, progress: bool,
                     agreement: tuple[np.ndarray, np.ndarray]) -> dict:
     """One served student variant's figures over gRPC: test accuracy (labelled images), fidelity
     (agreement with ``teacher_top1``), agreement with the teacher's stored answers on
     ``agreement`` (images, top-1: :func:`agreement_sample`), validation accuracy; size,
-    parameters, in-process CPU latency."""
+    parameters (the in-process CPU latency is :func:`evaluate_students`', all variants interleaved)."""
     with client_lib.connect(target, name, role="student",
                             version=int(os.path.basename(version_dir))) as student:
         top1 = client_lib.top1(student, x_eval, progress) if len(x_eval) else None
@@ -56,7 +56,6 @@ def measure_variant(target: str, name: str, version_dir: str, images: np.ndarray
             "export_dir": fs.abspath(version_dir),
             "parameters": export.saved_model_parameters(version_dir),
             "saved_model_bytes": export.saved_model_bytes(version_dir),
-            "cpu_latency_ms": cpu_latency_ms(version_dir, images),
         }
 
 
@@ -65,16 +64,18 @@ def evaluate_students(config: DistillConfig, dataset: data_lib.Dataset,
                       x_eval: np.ndarray, y_eval: np.ndarray | None,
                       teacher_top1: np.ndarray | None, timer: StageTimer, report: Report) -> None:
     """Serves every exported variant and measures it over gRPC (:func:`measure_variant`; latency
-    on the transfer set's first images, agreement on :func:`agreement_sample`)."""
+    on the transfer set's first images, every variant's calls interleaved: :func:`cpu_latencies_ms`;
+    agreement on :func:`agreement_sample`)."""
     names = {v: export.FORMATS[v].servable_name for v in variant_dirs}
     agreement = agreement_sample(transfer, config.seed)
     with timer("evaluate_student"):
         served = {names[v]: os.path.dirname(d) for v, d in variant_dirs.items()}
         with teacher_setup.serve(served) as target:
-            variants = {v: measure_variant(target, names[v], d, transfer.images[:64], x_eval,
-                                           y_eval, teacher_top1, dataset, config.verbose == 1,
-                                           agreement)
+            variants = {v: measure_variant(target, names[v], d, x_eval, y_eval, teacher_top1,
+                                           dataset, config.verbose == 1, agreement)
                         for v, d in variant_dirs.items()}
+        for v, latency in cpu_latencies_ms(variant_dirs, transfer.images[:64]).items():
+            variants[v]["cpu_latency_ms"] = latency
     base = variants["float32"]
     for figures in variants.values():
         figures["accuracy_change"] = (None if figures["accuracy"] is None else
@@ -169,20 +170,46 @@ def cpu_latency_ms(version_dir: str, images: np.ndarray, batch_sizes=(1, 64),
                    repeats: int = 30) -> dict[str, float]:
     """Median in-process CPU latency (ms) of a version's ``serving_default``, loaded by its
     registered format's loader (:func:`tfkd.export.load_version`: a SavedModel, a LiteRT model, or
-    a registered format's), per batch size: {"batch_<b>": ms}.
+    a registered format's), per batch size: {"batch_<b>": ms} (:func:`cpu_latencies_ms` of one).
 
     Raises:
       tfkd.errors.ConfigError: ``version_dir`` holds no registered format's marker file.
     """
-    fn = export.load_version(version_dir).signatures[export.SIGNATURE_KEY]
-    result = {}
+    return cpu_latencies_ms({"": version_dir}, images, batch_sizes, repeats)[""]
+
+
+def cpu_latencies_ms(version_dirs: dict[str, str], images: np.ndarray, batch_sizes=(1, 64),
+                     repeats: int = 30) -> dict[str, dict[str, float]]:
+    """Median in-process CPU latency (ms) of several versions' ``serving_default``, their calls
+    interleaved: per batch size, ``repeats`` rounds of one call of each version in turn (after one
+    warm-up call each), so that a shared machine's load, which drifts over seconds, falls on every
+    version alike and their medians compare (timed one after another, the same student's medians
+    differed by up to 1.2x on the development machine: ``benchmarks/reports/issue38/``).
+
+    Args:
+      version_dirs: name -> version directory (each loaded by its format's loader).
+      images: float32 [n, H, W, C] in [0, 1], n >= the largest batch size.
+      batch_sizes: the batch sizes timed; repeats: calls of each version per batch size.
+
+    Returns:
+      name -> {"batch_<b>": median ms, rounded to 1 us}.
+
+    Raises:
+      tfkd.errors.ConfigError: a directory holds no registered format's marker file.
+    """
+    fns = {name: export.load_version(d).signatures[export.SIGNATURE_KEY]
+           for name, d in version_dirs.items()}
+    result: dict = {name: {} for name in fns}
     for b in batch_sizes:
         batch = tf.constant(images[:b])
-        fn(images=batch)  # Warm-up.
-        times = []
+        times: dict = {name: [] for name in fns}
+        for fn in fns.values():  # Warm-up.
+            fn(images=batch)
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn(images=batch)[export.PROBABILITIES_KEY].numpy()
-            times.append((time.perf_counter() - start) * 1000)
-        result[f"batch_{b}"] = round(float(np.median(times)), 3)
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(images=batch)[export.PROBABILITIES_KEY].numpy()
+                times[name].append((time.perf_counter() - start) * 1000)
+        for name, t in times.items():
+            result[name][f"batch_{b}"] = round(float(np.median(t)), 3)
     return result
