@@ -97,7 +97,7 @@ class Float16Weights:
         """Logits float32 [b, K] of images float32 [b, H, W, C] (inference only: ``training`` is
         accepted as a Keras model's call accepts it, and must be False)."""
         if training:
-            raise ValueError("Float16Weights is an inference copy: training must be False")
+            raise ValueError("Float16Weights is inference only: training=False")  # Programming error.
         return self.logits(images)
 
 
