@@ -17,6 +17,13 @@ if REPO not in sys.path:
 from tfkd import data  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked ``slow`` (launcher runs of tens of seconds) first, each group in its own
+    order: pytest-xdist hands tests to its two workers in this order, so the longest start early
+    and the short ones fill in around them, instead of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def fashion():
     """Real Fashion-MNIST (the Debian package on CI)."""
