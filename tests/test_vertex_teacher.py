@@ -170,3 +170,19 @@ def test_application_default_credentials_where_google_auth_is_installed(endpoint
     finally:
         token_server.shutdown()
         token_server.server_close()
+
+
+def test_the_open_inference_protocol_targets_are_checked_by_form():
+    """grpc+v2://host:port with a port in 1..65535 (the gRPC transport's address); .../v2 over
+    HTTP (tests/test_oip_kserve.py runs both against KServe's server)."""
+    from tfkd.teacher.transports import oip_grpc
+
+    assert transports.transport_for("grpc+v2://h:8081") is transports.OipGrpcTransport
+    assert oip_grpc.address("grpc+v2://h:65535") == "h:65535"
+    assert oip_grpc.address("grpc+v2://[::1]:1") == "[::1]:1"
+    for bad in ("grpc+v2://h:0", "grpc+v2://h:65536", "grpc+v2://h", "grpc+v2://h:1/v2",
+                "grpc+v2://:8081"):
+        with pytest.raises(errors.ConfigError, match="grpc\\+v2://host:port"):
+            oip_grpc.address(bad)
+    for prefix in ("http://h:8080/v2", "https://h/serving/v2/"):
+        assert transports.http_transport(prefix) is transports.OipRestTransport
