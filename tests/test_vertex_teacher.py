@@ -186,3 +186,29 @@ def test_the_open_inference_protocol_targets_are_checked_by_form():
             oip_grpc.address(bad)
     for prefix in ("http://h:8080/v2", "https://h/serving/v2/"):
         assert transports.http_transport(prefix) is transports.OipRestTransport
+
+
+def test_a_vertex_target_reaches_its_endpoint_url():
+    """vertex://P/L/E opens https://L-aiplatform.googleapis.com/v1/projects/P/locations/L/
+    endpoints/E (nothing is sent when a transport is made)."""
+    from tfkd.teacher import config as config_lib
+
+    transport = transports.VertexTransport(config_lib.ServingConfig(
+        target="vertex://proj/europe-west4/42", auth_token_env="HOME"))
+    assert transport.address == ("https://europe-west4-aiplatform.googleapis.com/v1/projects/"
+                                 "proj/locations/europe-west4/endpoints/42")
+    assert transport.request_limit_bytes == 1_500_000
+
+
+def test_open_inference_protocol_versions_are_read_as_numbers():
+    """The version pinned: the one asked, else the highest of the server's whole-number versions,
+    else 0 (the server's choice); an answer's model_version as a number, else None."""
+    from tfkd.teacher.transports import oip
+
+    assert oip.resolved_version(3, ["1", "2"]) == 3
+    assert oip.resolved_version(None, ["1", "12", "2"]) == 12
+    assert oip.resolved_version(None, ["1", "canary"]) == 0
+    assert oip.resolved_version(None, None) == oip.resolved_version(None, []) == 0
+    assert oip.answered_version("7") == 7
+    assert oip.answered_version("") is None and oip.answered_version(None) is None
+    assert oip.answered_version("v7") is None
