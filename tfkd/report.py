@@ -190,7 +190,8 @@ class Report:
     student_variants: dict = dataclasses.field(default_factory=dict)
     """Per variant (float32, float16, int8): accuracy, validation_accuracy, fidelity, export_dir,
     parameters, saved_model_bytes, cpu_latency_ms {batch_1, batch_64} (median in-process ms on the
-    machine that ran, :func:`tfkd.evaluation.cpu_latency_ms`), accuracy_change and bytes_ratio
+    machine that ran, the variants' calls interleaved: :func:`tfkd.evaluation.cpu_latencies_ms`),
+    accuracy_change and bytes_ratio
     against float32."""
     student_slower_than_float32: dict = dataclasses.field(default_factory=dict)
     """The flag of a compressed variant slower than float32 on the machine that measured it: variant
