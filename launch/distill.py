@@ -90,7 +90,10 @@ FLAGS = flags.FLAGS
 
 def method_flags() -> None:
     """A flag per field of each registered method's ``config_class`` (plug-ins' too): its
-    ``flag_prefix`` and dotted name, shared by the methods that have it; then the ALIASES."""
+    ``flag_prefix`` and dotted name, shared by the methods that have it (where their defaults
+    differ, the help names each method's; the flag's own default is the first method's, and a
+    flag not given leaves the method's default); then the ALIASES."""
+    defaults = {}  # flag -> {method: its default}
     for name in methods.names():
         method = methods.get(name)
         prefix = f"{name}_" if method.flag_prefix is None else method.flag_prefix
@@ -101,6 +104,11 @@ def method_flags() -> None:
                 define(setting, flag)
             if flag not in SETTINGS:
                 METHOD_SETTINGS.setdefault(flag, (setting, set()))[1].add(name)
+                defaults.setdefault(flag, {})[name] = setting.default
+    for flag, by_method in defaults.items():
+        if len(set(map(repr, by_method.values()))) > 1:
+            FLAGS[flag].help += " Default by method: " + ", ".join(
+                f"{m} {v}" for m, v in sorted(by_method.items())) + "."
     for alias, flag in ALIASES.items():
         if alias not in FLAGS and flag in FLAGS:
             flags.DEFINE_alias(alias, flag)
