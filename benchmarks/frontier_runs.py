@@ -8,14 +8,20 @@ Fashion-MNIST LeNet-5 teacher (90.75% over gRPC), served by tfkd's own server on
 SETTINGS (JSON) are :meth:`tfkd.DistillConfig.with_settings`' (dotted names: ``student.epochs``,
 ``priors.temperature``, ``teacher.query_budget``). Each run's work dir is runs/frontier/NAME-seedSEED
 (a killed run continues where it stopped: its teacher answers are in the work dir's ledger); its
-report.json is copied to benchmarks/reports/frontier/NAME-seedSEED.json. The teacher:
-TFKD_TEACHER_BASE, else runs/teacher_lenet5 (the README main command's teacher, LeNet-5 seed 0,
-20 epochs, cosine: 90.75% test over gRPC, benchmarks/reports/main_command_issue36/), which white-box
-methods (``teacher_needs='weights'``) also load in-process.
+report.json is copied to benchmarks/reports/frontier/NAME-seedSEED.json with ``frontier_teacher``
+added (the teacher's base path and the SHA-256 of its variables), so a table can tell which
+teacher a row was measured against.
+
+The teacher: TFKD_TEACHER_BASE, else the stored one, benchmarks/teachers/fashion_mnist_lenet5
+(the README main command's teacher recipe, LeNet-5 seed 0, 20 epochs, cosine; its README gives its
+accuracy and the machine that trained it), which white-box methods (``teacher_needs='weights'``)
+also load in-process. It is stored because the same recipe and seed train another teacher on
+another CPU (TensorFlow's CPU kernels differ by instruction set): the rows stored before
+2026-12-08 were measured against a 90.75% teacher trained on an Intel Xeon machine and not kept.
 """
+import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -25,10 +31,36 @@ from tfkd import serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORTS = os.path.join(REPO, "benchmarks", "reports", "frontier")
+TEACHER = os.path.join(REPO, "benchmarks", "teachers", "fashion_mnist_lenet5")
+
+
+def teacher_identity(base: str) -> dict:
+    """The teacher a run asked: its base path (relative to the repository when inside it) and the
+    SHA-256 of its latest version's variables (equal hashes: the same weights)."""
+    version = max((d for d in os.listdir(base) if d.isdigit()), key=int)
+    digest = hashlib.sha256()
+    with open(os.path.join(base, version, "variables", "variables.data-00000-of-00001"), "rb") as f:
+        digest.update(f.read())
+    rel = os.path.relpath(os.path.abspath(base), REPO)
+    return {"base": base if rel.startswith("..") else rel, "version": int(version),
+            "variables_sha256": digest.hexdigest()}
+
+
+def store(report_json: str, name: str, seed: int, base: str) -> str:
+    """Copies a run's report.json to REPORTS/NAME-seedSEED.json with ``frontier_teacher`` added."""
+    with open(report_json) as f:
+        report = json.load(f)
+    report["frontier_teacher"] = teacher_identity(base)
+    os.makedirs(REPORTS, exist_ok=True)
+    path = os.path.join(REPORTS, f"{name}-seed{seed}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def main(name: str, method: str, seed: int, settings: dict) -> None:
-    base = os.environ.get("TFKD_TEACHER_BASE", os.path.join(REPO, "runs", "teacher_lenet5"))
+    base = os.environ.get("TFKD_TEACHER_BASE", TEACHER)
     workdir = os.path.join(REPO, "runs", "frontier", f"{name}-seed{seed}")
     white_box = methods.get(method).teacher_needs == "weights"
     start = time.perf_counter()
@@ -38,9 +70,7 @@ def main(name: str, method: str, seed: int, settings: dict) -> None:
             "teacher_saved_model": os.path.join(base, "1") if white_box else None,
             "evaluate_teacher": False, "compress": (), "verbose": 2, **settings})
         result = pipeline.run(config)
-    os.makedirs(REPORTS, exist_ok=True)
-    shutil.copyfile(os.path.join(workdir, "report.json"),
-                    os.path.join(REPORTS, f"{name}-seed{seed}.json"))
+    store(os.path.join(workdir, "report.json"), name, seed, base)
     print(json.dumps({"name": name, "seed": seed, "test": result.student_accuracy,
                       "validation": result.student_validation_accuracy,
                       "queries": result.teacher_queries_sent_by_stage,
