@@ -251,6 +251,15 @@ def _over_one_point(results_md: str) -> list[str]:
                   "`zsdb3kd_n400k_noaug` (issue 27's code, no commit recorded): "
                   + _compared(None, fresh[0], row[0], load(EARLIER_ZSDB3KD[1].replace(
                       "seed0", "seed*")))]
+    now = load("frontier/readme_label_only_zsdb3kd-seed0.json")
+    if now and row and stored_teacher(now[0]):
+        link = os.path.relpath(now[0]["path"], os.path.dirname(results_md))
+        lines += ["", f"Across teachers and CPUs: [zsdb3kd's defaults at seed 0]({link}) "
+                  f"({now[0]['code_commit'][:7]}) against the stored teacher "
+                  f"({100 * STORED_TEACHER['test_accuracy_grpc']:.2f}%, AMD EPYC machine) beside "
+                  "row `zsdb3kd_n400k_noaug` (the 90.75% teacher, Intel Xeon machine): "
+                  + _compared(None, now[0], row[0], load(EARLIER_ZSDB3KD[1].replace(
+                      "seed0", "seed*")))]
     return lines
 
 
