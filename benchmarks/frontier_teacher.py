@@ -42,8 +42,18 @@ def main(base: str) -> None:
                       "test_examples": len(dataset.y_test),
                       "validation_examples": len(dataset.y_val),
                       "recipe": {**vars(config.teacher_train), "seed": config.seed},
-                      "trained_now": trained is not None, "machine": platform.processor()
-                      or platform.machine()}, default=str))
+                      "trained_now": trained is not None, "machine": cpu_model()},
+                     default=str))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else the platform's machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 if __name__ == "__main__":
