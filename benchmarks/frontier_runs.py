@@ -1,5 +1,6 @@
 """Issue 37's runs (the accuracy frontier): any registered method, any settings, against the
-Fashion-MNIST LeNet-5 teacher (90.75% over gRPC), served by tfkd's own server on a loopback port.
+Fashion-MNIST LeNet-5 teacher (the stored one by default, below), served by tfkd's own server on
+a loopback port.
 
   python benchmarks/frontier_runs.py NAME METHOD SEED '{"priors.images": 100000}'
   python benchmarks/frontier_runs.py prior_kd prior_kd 0
@@ -25,9 +26,11 @@ import os
 import sys
 import time
 
+from tfkd import export
 from tfkd import methods
 from tfkd import pipeline
 from tfkd import serving
+from tfkd import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORTS = os.path.join(REPO, "benchmarks", "reports", "frontier")
@@ -37,13 +40,12 @@ TEACHER = os.path.join(REPO, "benchmarks", "teachers", "fashion_mnist_lenet5")
 def teacher_identity(base: str) -> dict:
     """The teacher a run asked: its base path (relative to the repository when inside it) and the
     SHA-256 of its latest version's variables (equal hashes: the same weights)."""
-    version = max((d for d in os.listdir(base) if d.isdigit()), key=int)
-    digest = hashlib.sha256()
-    with open(os.path.join(base, version, "variables", "variables.data-00000-of-00001"), "rb") as f:
-        digest.update(f.read())
+    version = export.latest_version_dir(base)
+    with open(os.path.join(version, "variables", "variables.data-00000-of-00001"), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
     rel = os.path.relpath(os.path.abspath(base), REPO)
-    return {"base": base if rel.startswith("..") else rel, "version": int(version),
-            "variables_sha256": digest.hexdigest()}
+    return {"base": base if rel.startswith("..") else rel,
+            "version": int(os.path.basename(version)), "variables_sha256": digest}
 
 
 def store(report_json: str, name: str, seed: int, base: str) -> str:
@@ -52,11 +54,7 @@ def store(report_json: str, name: str, seed: int, base: str) -> str:
         report = json.load(f)
     report["frontier_teacher"] = teacher_identity(base)
     os.makedirs(REPORTS, exist_ok=True)
-    path = os.path.join(REPORTS, f"{name}-seed{seed}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-    return path
+    return workdir_lib.write_json(os.path.join(REPORTS, f"{name}-seed{seed}.json"), report)
 
 
 def main(name: str, method: str, seed: int, settings: dict) -> None:
